@@ -1,0 +1,490 @@
+"""The ``marketcare`` command: a stable contract that tests and later tools rely on."""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from . import audit, demo, ledger, logs
+from .db import make_engine, migrate, read
+from .errors import MarketcareError, ScheduleError, SettingsError
+from .obligations import Planned, State, expand
+from .schedules import Schedule, load_paths
+from .settings import Settings, load_settings
+
+app = typer.Typer(
+    name="marketcare",
+    help="Sanitation compliance for farmers' markets: schedules, a ledger and a daemon.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+audit_app = typer.Typer(help="Check the tamper-evident event log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+F = TypeVar("F", bound=Callable[..., Any])
+
+STATE_STYLE = {
+    State.MISSED: "bold red",
+    State.FAILED: "red",
+    State.OPEN: "cyan",
+    State.UPCOMING: "dim",
+    State.LATE: "yellow",
+    State.DONE: "green",
+    State.EXCUSED: "magenta",
+}
+
+
+def handled(fn: F) -> F:
+    """Turn every expected failure into a one-line message and an exit code, never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except ScheduleError as exc:
+            for e in exc.errors:
+                err.print(str(e), markup=False)
+            raise typer.Exit(1) from None
+        except SettingsError as exc:
+            err.print(f"error: {exc}", markup=False)
+            raise typer.Exit(2) from None
+        except MarketcareError as exc:
+            err.print(f"error: {exc}", markup=False)
+            raise typer.Exit(1) from None
+        except sa.exc.OperationalError as exc:
+            err.print(f"error: database: {exc.orig}", markup=False)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _settings() -> Settings:
+    s = load_settings()
+    logs.setup(s.log_level, s.log_format)
+    return s
+
+
+def _engine(s: Settings) -> sa.Engine:
+    engine = make_engine(s.database_url)
+    return engine
+
+
+def _now() -> datetime:
+    return ledger.now_utc()
+
+
+def _today(s: Settings) -> date:
+    return _now().astimezone(ZoneInfo(s.timezone)).date()
+
+
+def _parse_date(value: str | None, what: str) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r} is not a date; write YYYY-MM-DD", param_hint=what
+        ) from None
+
+
+# ------------------------------------------------------------------------------ init
+
+
+@app.command()
+@handled
+def init() -> None:
+    """Migrate the database and load the schedules (safe to run again)."""
+    s = _settings()
+    engine = _engine(s)
+    migrate(engine)
+    schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
+    now = _now()
+    result = ledger.materialise(engine, schedule, now=now, horizon=s.horizon)
+    swept = ledger.sweep_all(engine, now=now)
+    out.print(
+        f"database ready ({engine.url.render_as_string(hide_password=True)}); "
+        f"schedule {schedule.digest[:12]}: {len(schedule.markets)} markets, {len(schedule.tasks)} tasks; "
+        f"{result.created} obligations created up to {_fmt_local(result.until, s.timezone)}"
+        + (f", {swept.missed} missed" if swept.missed else ""),
+        markup=False,
+    )
+
+
+# ------------------------------------------------------------------------------ check
+
+
+@app.command()
+@handled
+def check(
+    paths: Annotated[
+        list[Path] | None,
+        typer.Argument(help="Files or directories (default: the schedules directory)."),
+    ] = None,
+) -> None:
+    """Validate schedule files: exit 0 when valid, 1 with every error on stderr."""
+    s = _settings()
+    targets = paths or [s.schedules_dir]
+    for p in targets:
+        if not p.exists():
+            raise MarketcareError(f"{p}: no such file or directory")
+    schedule = load_paths(targets, default_timezone=s.timezone)
+    areas = sum(len(m.areas) for m in schedule.markets)
+    m2 = sum(a.m2 for m in schedule.markets for a in m.areas)
+    out.print(
+        f"ok: {len(schedule.sources)} file(s), {len(schedule.markets)} markets, {areas} areas "
+        f"({m2:,.0f} m²), {len(schedule.tasks)} tasks",
+        markup=False,
+    )
+
+
+# ------------------------------------------------------------------------------ plan
+
+
+def _window(s: Settings, start: str | None, days: int) -> tuple[datetime, datetime]:
+    zone = ZoneInfo(s.timezone)
+    first = _parse_date(start, "--from") or _today(s)
+    lo = datetime.combine(first, datetime.min.time()).replace(tzinfo=zone).astimezone(UTC)
+    hi = (
+        datetime.combine(first + timedelta(days=days), datetime.min.time())
+        .replace(tzinfo=zone)
+        .astimezone(UTC)
+    )
+    return lo, hi
+
+
+def _planned_json(p: Planned, schedule: Schedule) -> dict[str, Any]:
+    zone = schedule.zone(schedule.market_by_id[p.market_id])
+    return {
+        "market": p.market_id,
+        "area": p.area_id,
+        "task": p.task_id,
+        "kind": p.kind,
+        "occurrence": p.occurrence.strftime("%Y-%m-%dT%H:%M"),
+        "opens_at": p.opens_at.astimezone(zone).isoformat(),
+        "due_at": p.due_at.astimezone(zone).isoformat(),
+        "missed_at": p.missed_at.astimezone(zone).isoformat(),
+    }
+
+
+@app.command()
+@handled
+def plan(
+    from_: Annotated[
+        str | None, typer.Option("--from", help="First local day (YYYY-MM-DD; default today).")
+    ] = None,
+    days: Annotated[int, typer.Option(min=1, max=366, help="How many days.")] = 1,
+    market: Annotated[list[str] | None, typer.Option(help="Only this market (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    diff: Annotated[
+        bool,
+        typer.Option(
+            "--diff", help="Show what the files on disk add and remove against the loaded schedule."
+        ),
+    ] = False,
+) -> None:
+    """Show what the schedules produce in a window, without writing anything."""
+    s = _settings()
+    schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
+    if market:
+        unknown = [m for m in market if m not in schedule.market_by_id]
+        if unknown:
+            raise MarketcareError(
+                f"--market: unknown market {unknown[0]!r} (known: {', '.join(schedule.market_by_id)})"
+            )
+    lo, hi = _window(s, from_, days)
+    planned = expand(schedule, lo, hi, markets=market)
+    if not diff:
+        if as_json:
+            out.print(
+                json.dumps(
+                    [_planned_json(p, schedule) for p in planned], ensure_ascii=False, indent=1
+                ),
+                markup=False,
+            )
+            return
+        _plan_table(planned, schedule, f"{len(planned)} obligations")
+        return
+    engine = _engine(s)
+    with engine.connect() as conn:
+        loaded = (
+            ledger.active_schedule(conn) if sa.inspect(conn).has_table("ledger_state") else None
+        )
+    before = expand(loaded, lo, hi, markets=market) if loaded else []
+    old = {p.natural_key: p for p in before}
+    new = {p.natural_key: p for p in planned}
+    added = [p for k, p in new.items() if k not in old]
+    removed = [p for k, p in old.items() if k not in new]
+    changed = [
+        p
+        for k, p in new.items()
+        if k in old
+        and (old[k].opens_at, old[k].due_at, old[k].missed_at)
+        != (p.opens_at, p.due_at, p.missed_at)
+    ]
+    if as_json:
+        ref = loaded or schedule
+        out.print(
+            json.dumps(
+                {
+                    "added": [_planned_json(p, schedule) for p in added],
+                    "removed": [_planned_json(p, ref) for p in removed],
+                    "changed": [_planned_json(p, schedule) for p in changed],
+                },
+                ensure_ascii=False,
+                indent=1,
+            ),
+            markup=False,
+        )
+        return
+    if not (added or removed or changed):
+        out.print("no difference against the loaded schedule", markup=False)
+        return
+    if added:
+        _plan_table(added, schedule, f"+ {len(added)} added", style="green")
+    if removed:
+        _plan_table(removed, loaded or schedule, f"- {len(removed)} removed", style="red")
+    if changed:
+        _plan_table(changed, schedule, f"~ {len(changed)} with new times", style="yellow")
+
+
+def _plan_table(planned: list[Planned], schedule: Schedule, title: str, style: str = "") -> None:
+    table = Table(title=title, title_style=style, title_justify="left")
+    for col in ("market", "area", "task", "opens", "due", "missed after"):
+        table.add_column(col)
+    for p in planned:
+        zone = schedule.zone(schedule.market_by_id[p.market_id])
+        table.add_row(
+            p.market_id,
+            p.area_id or "—",
+            p.task_id,
+            f"{p.opens_at.astimezone(zone):%m-%d %H:%M}",
+            f"{p.due_at.astimezone(zone):%m-%d %H:%M}",
+            f"{p.missed_at.astimezone(zone):%m-%d %H:%M}",
+        )
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------ status
+
+
+@app.command()
+@handled
+def status(
+    date_: Annotated[
+        str | None, typer.Option("--date", help="Local day (YYYY-MM-DD; default today).")
+    ] = None,
+    market: Annotated[list[str] | None, typer.Option(help="Only this market (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The board: every obligation of the day and its state, overdue first."""
+    s = _settings()
+    engine = _engine(s)
+    day = _parse_date(date_, "--date") or _today(s)
+    now = _now()
+    rows = ledger.board(engine, day=day, now=now, markets=market)
+    if as_json:
+        out.print(
+            json.dumps([r.as_json() for r in rows], ensure_ascii=False, indent=1), markup=False
+        )
+        return
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state.value] = counts.get(r.state.value, 0) + 1
+    table = Table(
+        title=f"{day} — " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
+        title_justify="left",
+    )
+    for col in ("id", "market", "area", "task", "opens", "due", "state", "completed"):
+        table.add_column(col)
+    for r in rows:
+        completed = r.local(r.completed_at)
+        table.add_row(
+            str(r.id),
+            r.market_id,
+            r.area_id or "—",
+            r.task_id,
+            f"{r.local(r.opens_at):%H:%M}",
+            f"{r.local(r.due_at):%H:%M}",
+            f"[{STATE_STYLE[r.state]}]{r.state.value}{' !' if r.overdue else ''}[/]",
+            f"{completed:%H:%M}" if completed else "",
+        )
+    out.print(table if rows else f"no obligations on {day}")
+
+
+# ------------------------------------------------------------------------------ tick
+
+
+def _readings(pairs: list[str]) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise MarketcareError(f"--reading {pair!r}: write KEY=VALUE, e.g. chlorine=1000")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise MarketcareError(f"--reading {pair!r}: {raw!r} is not a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise MarketcareError(f"--reading {pair!r}: {raw!r} is not a finite number")
+        values[key.strip()] = value
+    return values
+
+
+@app.command()
+@handled
+def tick(
+    obligation_id: Annotated[
+        int, typer.Argument(help="The obligation's id (see marketcare status).")
+    ],
+    by: Annotated[str, typer.Option("--by", help="Who did the work.")],
+    reading: Annotated[
+        list[str] | None, typer.Option("--reading", help="A reading, KEY=VALUE (repeatable).")
+    ] = None,
+    item: Annotated[
+        list[str] | None,
+        typer.Option("--item", help="A checklist item done (repeatable; default all)."),
+    ] = None,
+    note: Annotated[str | None, typer.Option(help="A note for the record.")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Client token: the same token records once.")
+    ] = None,
+) -> None:
+    """Record a completion: out-of-range readings mark it failed; early ticks are refused."""
+    s = _settings()
+    engine = _engine(s)
+    result = ledger.tick(
+        engine,
+        obligation_id=obligation_id,
+        by=by,
+        now=_now(),
+        readings=_readings(reading or []),
+        items=item,
+        note=note,
+        token=token,
+    )
+    out.print(
+        f"obligation {result.obligation_id}: {result.state.value} — {result.message}", markup=False
+    )
+    if result.state == State.FAILED and result.changed:
+        raise typer.Exit(3)
+
+
+# ------------------------------------------------------------------------------ demo
+
+
+@app.command(name="demo")
+@handled
+def demo_cmd(
+    days: Annotated[int, typer.Option(min=1, max=366, help="Days of history that end today.")] = 14,
+    seed: Annotated[
+        int, typer.Option(help="Random seed: the same seed gives the same history.")
+    ] = 1,
+) -> None:
+    """Fill a new database with seeded, simulated history (mostly on time; some late, missed, failed)."""
+    s = _settings()
+    engine = _engine(s)
+    migrate(engine)
+    schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
+    with Progress(
+        TextColumn("simulating"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("demo", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = demo.fill(
+            engine, schedule, days=days, seed=seed, now=_now(), horizon=s.horizon, progress=progress
+        )
+    out.print(
+        f"{days} days of history: {result.obligations} obligations — {result.done} on time, "
+        f"{result.late} late, {result.failed} failed readings ({result.redone} redone), "
+        f"{result.missed} missed",
+        markup=False,
+    )
+
+
+# ------------------------------------------------------------------------------ run
+
+
+@app.command()
+@handled
+def run() -> None:
+    """Run the daemon in the foreground (materialise, sweep, hot-reload) until SIGTERM."""
+    from .daemon import build
+
+    s = _settings()
+    build(s).run()
+
+
+# ------------------------------------------------------------------------------ audit
+
+
+@audit_app.command("verify")
+@handled
+def audit_verify() -> None:
+    """Recompute the event chain; name the first event altered or removed."""
+    s = _settings()
+    engine = _engine(s)
+    with read(engine) as conn:
+        verdict = audit.verify(conn)
+    if verdict.ok:
+        out.print(f"ok: {verdict.checked} events, chain intact", markup=False)
+        return
+    err.print(
+        f"TAMPERED: {verdict.reason} (first bad event: {verdict.first_bad_seq}; {verdict.checked} events before it are intact)",
+        markup=False,
+    )
+    raise typer.Exit(1)
+
+
+def _fmt_local(value: datetime | None, zone: str) -> str:
+    return "—" if value is None else f"{value.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M %Z}"
+
+
+def main() -> None:
+    """Entry point: no traceback reaches a user unless MARKETCARE_DEBUG is set."""
+    try:
+        app()
+    except SystemExit:
+        raise
+    except Exception as exc:  # a bug: say so in one line, keep the details in the log
+        if os.environ.get("MARKETCARE_DEBUG"):
+            raise
+        logging.getLogger("marketcare").error("internal error", exc_info=True)
+        sys.stderr.write(
+            f"internal error: {type(exc).__name__}: {exc} (set MARKETCARE_DEBUG=1 for details)\n"
+        )
+        sys.exit(70)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,244 @@
+"""The long-running daemon: small steps against the ledger, woken by APScheduler.
+
+APScheduler only decides *when* a step runs (memory job store, plain interval
+triggers, one worker thread so steps never overlap). What is due is always derived
+from the ledger's watermark, so a run APScheduler skips, a crash or days of downtime
+lose nothing: the next step replays the gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import sqlalchemy as sa
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from filelock import FileLock, Timeout
+
+from . import ledger
+from .db import make_engine, migrate
+from .errors import MarketcareError, ScheduleError
+from .schedules import Schedule, load_paths
+from .settings import Settings
+
+log = logging.getLogger("marketcare.daemon")
+
+
+@dataclass
+class Daemon:
+    """The daemon's steps; each is callable on its own (tests call them directly)."""
+
+    settings: Settings
+    engine: sa.Engine
+    schedule: Schedule | None = None
+    _files_signature: tuple[tuple[str, float, int], ...] = ()
+
+    def now(self) -> datetime:
+        return ledger.now_utc()
+
+    # -- steps -------------------------------------------------------------------------
+
+    def step_reload(self) -> bool:
+        """Load the schedule files; keep the last good schedule when they are broken.
+
+        Returns True when a new schedule was taken.
+        """
+        try:
+            fresh = load_paths(
+                [self.settings.schedules_dir], default_timezone=self.settings.timezone
+            )
+        except ScheduleError as exc:
+            kept = "keeping the last good schedule" if self.schedule else "no schedule to run yet"
+            log.error(
+                "schedule files are invalid; %s:\n%s", kept, "\n".join(str(e) for e in exc.errors)
+            )
+            return False
+        if self.schedule is not None and fresh.digest == self.schedule.digest:
+            return False
+        self.schedule = fresh
+        log.info(
+            "schedule loaded",
+            extra={
+                "digest": fresh.digest[:12],
+                "markets": len(fresh.markets),
+                "tasks": len(fresh.tasks),
+            },
+        )
+        self.step_materialise()
+        return True
+
+    def step_materialise(self) -> ledger.MaterialiseResult | None:
+        if self.schedule is None:
+            return None
+        started = time.monotonic()
+        result = ledger.materialise(
+            self.engine, self.schedule, now=self.now(), horizon=self.settings.horizon
+        )
+        if result.created or result.withdrawn or result.excused or result.updated:
+            log.info(
+                "materialised",
+                extra={
+                    "created": result.created,
+                    "withdrawn": result.withdrawn,
+                    "excused": result.excused,
+                    "until": result.until.isoformat() if result.until else None,
+                    "version": result.version_id,
+                    "seconds": round(time.monotonic() - started, 3),
+                },
+            )
+        self.step_sweep()
+        return result
+
+    def step_sweep(self) -> ledger.SweepResult:
+        result = ledger.sweep_all(self.engine, now=self.now())
+        if result.opened or result.missed:
+            log.info("swept", extra={"opened": result.opened, "missed": result.missed})
+        return result
+
+    def _schedule_signature(self) -> tuple[tuple[str, float, int], ...]:
+        out = []
+        directory = self.settings.schedules_dir
+        for p in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            out.append((p.name, st.st_mtime, st.st_size))
+        return tuple(out)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Run until SIGTERM/SIGINT (or ``stop``); returns after a clean shutdown."""
+        stop = stop or threading.Event()
+        lock = _lock_for(self.settings)
+        try:
+            if lock is not None:
+                lock.acquire(timeout=0)
+        except Timeout:
+            raise MarketcareError(
+                f"another marketcare daemon is running on {self.settings.sqlite_path} "
+                f"(lock {lock.lock_file if lock else ''}); one daemon per SQLite database"
+            ) from None
+        try:
+            self._run(stop)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _run(self, stop: threading.Event) -> None:
+        migrate(self.engine)
+        log.info(
+            "daemon starting",
+            extra={
+                "database": self.engine.url.render_as_string(hide_password=True),
+                "schedules": str(self.settings.schedules_dir),
+                "horizon": str(self.settings.horizon),
+            },
+        )
+        if not self.step_reload() and self.schedule is None:
+            # broken files at start: run the last schedule the ledger applied, if any
+            with self.engine.connect() as conn:
+                self.schedule = ledger.active_schedule(conn)
+            if self.schedule is None:
+                raise MarketcareError(
+                    f"no valid schedule in {self.settings.schedules_dir} and none applied before; "
+                    "fix the files (marketcare check) and start again"
+                )
+            log.warning("running the last applied schedule until the files are fixed")
+            self.step_materialise()
+        self._files_signature = self._schedule_signature()
+
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        scheduler.add_job(
+            self._guarded(self.step_sweep),
+            "interval",
+            seconds=self.settings.sweep_interval_seconds,
+            id="sweep",
+        )
+        scheduler.add_job(
+            self._guarded(self.step_materialise),
+            "interval",
+            seconds=self.settings.materialise_interval_seconds,
+            id="materialise",
+        )
+        scheduler.add_job(self._guarded(self._maybe_reload), "interval", seconds=1, id="reload")
+        watcher = threading.Thread(target=self._watch, args=(stop, scheduler), daemon=True)
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal received; stopping", extra={"signal": signal.Signals(signum).name})
+            stop.set()
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, on_signal)
+        scheduler.start()
+        watcher.start()
+        log.info("daemon running")
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            scheduler.shutdown(wait=True)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            log.info("daemon stopped")
+
+    def _maybe_reload(self) -> None:
+        """Poll the files' mtimes as a fallback for file systems that do not notify."""
+        signature = self._schedule_signature()
+        if signature != self._files_signature:
+            self._files_signature = signature
+            self.step_reload()
+
+    def _watch(self, stop: threading.Event, scheduler: BackgroundScheduler) -> None:
+        """Wake the reload step as soon as a schedule file changes (inotify via watchfiles)."""
+        try:
+            from watchfiles import watch
+
+            for _changes in watch(
+                self.settings.schedules_dir,
+                stop_event=stop,
+                debounce=300,
+                rust_timeout=1000,
+                raise_interrupt=False,
+            ):
+                scheduler.add_job(
+                    self._guarded(self._maybe_reload), id="reload-now", replace_existing=True
+                )
+        except Exception:  # the 1-second polling job still catches every change
+            log.warning("file watching unavailable; polling the schedule files", exc_info=True)
+
+    def _guarded(self, fn: Any) -> Any:
+        def run() -> None:
+            try:
+                fn()
+            except Exception:
+                log.exception("step %s failed; it will run again", getattr(fn, "__name__", fn))
+
+        run.__name__ = getattr(fn, "__name__", "step")
+        return run
+
+
+def _lock_for(settings: Settings) -> FileLock | None:
+    path = settings.sqlite_path
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(Path(str(path) + ".lock")))
+
+
+def build(settings: Settings) -> Daemon:
+    return Daemon(settings=settings, engine=make_engine(settings.database_url))

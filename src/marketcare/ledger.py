@@ -1,0 +1,887 @@
+"""The ledger: the only truth about what was due and what was done.
+
+Every function here is one small unit of work in its own transaction(s), callable from
+the daemon, the CLI and tests alike. Writes are idempotent (natural keys, client tokens)
+and state changes are compare-and-swap updates, so several processes can work on one
+database without doubling or losing anything.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+from . import audit
+from .db import read, retrying, write
+from .errors import MarketcareError, NotFound, TickRefused
+from .models import AreaRow, Completion, LedgerState, MarketRow, Obligation, ScheduleVersion
+from .obligations import (
+    COMPLETED,
+    ORDER_ON_BOARD,
+    PENDING,
+    TICKABLE,
+    Planned,
+    State,
+    completion_outcome,
+    expand,
+    format_range,
+    in_range,
+    is_overdue,
+    minutes_late,
+)
+from .schedules import ChecklistItem, Schedule, load_texts
+
+log = logging.getLogger(__name__)
+
+SYSTEM = "system"
+INSERT_CHUNK = 500
+#: a clock that went back further than this is an alarm, not a reason to mark misses
+CLOCK_TOLERANCE = timedelta(minutes=5)
+
+
+def _insert(conn: sa.Connection, table: Any) -> Any:
+    return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+# ---------------------------------------------------------------- schedule versions
+
+
+def ensure_version(conn: sa.Connection, schedule: Schedule, *, now: datetime) -> int:
+    """Record the schedule's exact texts (once per digest) and refresh markets and areas."""
+    stmt = _insert(conn, ScheduleVersion).values(
+        digest=schedule.digest,
+        loaded_at=now,
+        default_timezone=schedule.default_timezone,
+        sources=dict(schedule.sources),
+    )
+    conn.execute(stmt.on_conflict_do_nothing(index_elements=["digest"]))
+    version_id: int = conn.execute(
+        sa.select(ScheduleVersion.id).where(ScheduleVersion.digest == schedule.digest)
+    ).scalar_one()
+    _sync_markets(conn, schedule, version_id)
+    return version_id
+
+
+def _sync_markets(conn: sa.Connection, schedule: Schedule, version_id: int) -> None:
+    existing = {r.id: r for r in conn.execute(sa.select(MarketRow)).all()}
+    seen = set()
+    for m in schedule.markets:
+        seen.add(m.id)
+        values = {
+            "name": m.name,
+            "sub_district": m.sub_district,
+            "timezone": m.timezone or schedule.default_timezone,
+            "active": True,
+        }
+        row = existing.get(m.id)
+        if row is None:
+            conn.execute(sa.insert(MarketRow).values(id=m.id, version_id=version_id, **values))
+        elif any(getattr(row, k) != v for k, v in values.items()):
+            conn.execute(
+                sa.update(MarketRow)
+                .where(MarketRow.id == m.id)
+                .values(version_id=version_id, **values)
+            )
+        areas = {
+            r.id: r for r in conn.execute(sa.select(AreaRow).where(AreaRow.market_id == m.id)).all()
+        }
+        for a in m.areas:
+            avalues = {"name": a.name, "kind": a.kind.value, "m2": a.m2, "active": True}
+            arow = areas.pop(a.id, None)
+            if arow is None:
+                conn.execute(sa.insert(AreaRow).values(market_id=m.id, id=a.id, **avalues))
+            elif any(getattr(arow, k) != v for k, v in avalues.items()):
+                conn.execute(
+                    sa.update(AreaRow)
+                    .where(AreaRow.market_id == m.id, AreaRow.id == a.id)
+                    .values(**avalues)
+                )
+        for gone in areas:
+            conn.execute(
+                sa.update(AreaRow)
+                .where(AreaRow.market_id == m.id, AreaRow.id == gone)
+                .values(active=False)
+            )
+    for gone in set(existing) - seen:
+        conn.execute(sa.update(MarketRow).where(MarketRow.id == gone).values(active=False))
+
+
+@lru_cache(maxsize=8)
+def _parse_version(digest: str, sources: tuple[tuple[str, str], ...], zone: str) -> Schedule:
+    return load_texts(dict(sources), default_timezone=zone)
+
+
+def schedule_of_version(conn: sa.Connection, version_id: int) -> Schedule:
+    """The schedule exactly as it was when ``version_id`` was loaded (parsed once, cached)."""
+    row = conn.execute(
+        sa.select(ScheduleVersion).where(ScheduleVersion.id == version_id)
+    ).one_or_none()
+    if row is None:
+        raise NotFound(f"schedule version {version_id} does not exist")
+    return _parse_version(row.digest, tuple(sorted(row.sources.items())), row.default_timezone)
+
+
+def active_schedule(conn: sa.Connection) -> Schedule | None:
+    """The schedule the ledger was last materialised with, if any."""
+    state = _state(conn)
+    if state is None or state.version_id is None:
+        return None
+    return schedule_of_version(conn, state.version_id)
+
+
+# ---------------------------------------------------------------- materialising
+
+
+@dataclass
+class MaterialiseResult:
+    created: int = 0
+    updated: int = 0
+    withdrawn: int = 0
+    excused: int = 0
+    until: datetime | None = None
+    version_id: int | None = None
+    chunks: int = 0
+
+
+def _state(conn: sa.Connection, *, lock: bool = False) -> sa.Row[Any] | None:
+    stmt = sa.select(LedgerState).where(LedgerState.id == 1)
+    if lock:
+        stmt = stmt.with_for_update()
+    return conn.execute(stmt).one_or_none()
+
+
+def _rows(planned: Iterable[Planned], version_id: int, now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "natural_key": p.natural_key,
+            "market_id": p.market_id,
+            "area_id": p.area_id,
+            "task_id": p.task_id,
+            "kind": p.kind,
+            "local_date": p.occurrence.strftime("%Y-%m-%d"),
+            "occurrence": p.occurrence.strftime("%Y-%m-%dT%H:%M"),
+            "opens_at": p.opens_at,
+            "due_at": p.due_at,
+            "missed_at": p.missed_at,
+            "state": State.UPCOMING.value,
+            "state_changed_at": now,
+            "version_id": version_id,
+            "created_at": now,
+        }
+        for p in planned
+    ]
+
+
+def insert_planned(
+    conn: sa.Connection, planned: Sequence[Planned], *, version_id: int, now: datetime
+) -> int:
+    """Insert obligations, skipping those already there; returns how many were new."""
+    created = 0
+    for i in range(0, len(planned), INSERT_CHUNK):
+        rows = _rows(planned[i : i + INSERT_CHUNK], version_id, now)
+        stmt = _insert(conn, Obligation).on_conflict_do_nothing(index_elements=["natural_key"])
+        result = conn.execute(stmt.returning(Obligation.id), rows)
+        created += len(result.all())
+    return created
+
+
+def materialise(
+    engine: sa.Engine,
+    schedule: Schedule,
+    *,
+    now: datetime,
+    horizon: timedelta,
+    start: datetime | None = None,
+    chunk: timedelta = timedelta(days=1),
+    on_chunk: Callable[[datetime, datetime], None] | None = None,
+) -> MaterialiseResult:
+    """Bring the ledger up to ``now + horizon`` for ``schedule``, from the stored watermark.
+
+    A fresh ledger starts at ``start`` (default: ``now``). Each chunk is one transaction
+    that inserts its obligations and advances the watermark, so a crash at any moment
+    leaves a consistent ledger and the next run continues where this one stopped;
+    downtime is replayed in full. A schedule different from the last one applied is
+    reconciled first (future only: see :func:`_apply_version`).
+    """
+    result = MaterialiseResult()
+    target = now + horizon
+
+    def step() -> bool:
+        with write(engine) as conn:
+            version_id = ensure_version(conn, schedule, now=now)
+            result.version_id = version_id
+            state = _state(conn, lock=True)
+            if state is None:
+                first = start or now
+                conn.execute(
+                    sa.insert(LedgerState).values(id=1, version_id=None, materialised_until=first)
+                )
+                state = _state(conn, lock=True)
+                assert state is not None
+            until = state.materialised_until or (start or now)
+            if state.version_id != version_id:
+                _apply_version(
+                    conn,
+                    schedule,
+                    version_id,
+                    state.version_id,
+                    now=now,
+                    until=until,
+                    result=result,
+                )
+                conn.execute(
+                    sa.update(LedgerState).where(LedgerState.id == 1).values(version_id=version_id)
+                )
+            result.until = until
+            if until >= target:
+                return False
+            hi = min(until + chunk, target)
+            planned = expand(schedule, until, hi)
+            created = insert_planned(conn, planned, version_id=version_id, now=now)
+            conn.execute(
+                sa.update(LedgerState).where(LedgerState.id == 1).values(materialised_until=hi)
+            )
+            audit.append(
+                conn,
+                [
+                    audit.NewEvent(
+                        at=now,
+                        actor=SYSTEM,
+                        action="materialised",
+                        details={
+                            "from": until.isoformat(),
+                            "to": hi.isoformat(),
+                            "created": created,
+                            "planned": len(planned),
+                            "version_id": version_id,
+                        },
+                    )
+                ],
+            )
+            result.created += created
+            result.chunks += 1
+            result.until = hi
+            lo = until
+        if on_chunk is not None:
+            on_chunk(lo, hi)
+        return True
+
+    while retrying(step, what="materialise"):
+        pass
+    return result
+
+
+def _apply_version(
+    conn: sa.Connection,
+    schedule: Schedule,
+    version_id: int,
+    old_version_id: int | None,
+    *,
+    now: datetime,
+    until: datetime,
+    result: MaterialiseResult,
+) -> None:
+    """Make the ledger follow a changed schedule, for the future only.
+
+    Obligations that have not opened yet (and so have no completion) take the new
+    windows or are withdrawn if the new schedule no longer has them; anything already
+    open or past, and every completion, stays as it was. A day newly declared closed
+    excuses that day's unfinished obligations, with the closure's reason.
+    """
+    events: list[audit.NewEvent] = []
+    if until > now:
+        planned = expand(schedule, now, until)
+        keys = {p.natural_key for p in planned}
+        rows = _rows(planned, version_id, now)
+        for i in range(0, len(rows), INSERT_CHUNK):
+            ins = _insert(conn, Obligation)
+            stmt = ins.on_conflict_do_update(
+                index_elements=["natural_key"],
+                set_={
+                    "opens_at": ins.excluded.opens_at,
+                    "due_at": ins.excluded.due_at,
+                    "missed_at": ins.excluded.missed_at,
+                    "version_id": ins.excluded.version_id,
+                },
+                where=(Obligation.state == State.UPCOMING.value) & (Obligation.opens_at > now),
+            )
+            conn.execute(stmt, rows[i : i + INSERT_CHUNK])
+        stale = conn.execute(
+            sa.select(Obligation.id, Obligation.natural_key).where(
+                Obligation.state == State.UPCOMING.value,
+                Obligation.opens_at > now,
+            )
+        ).all()
+        gone = [r for r in stale if r.natural_key not in keys]
+        for i in range(0, len(gone), INSERT_CHUNK):
+            ids = [r.id for r in gone[i : i + INSERT_CHUNK]]
+            conn.execute(
+                sa.delete(Obligation).where(
+                    Obligation.id.in_(ids), Obligation.state == State.UPCOMING.value
+                )
+            )
+        result.withdrawn += len(gone)
+        if gone:
+            events.append(
+                audit.NewEvent(
+                    at=now,
+                    actor=SYSTEM,
+                    action="withdrawn",
+                    details={
+                        "version_id": version_id,
+                        "natural_keys": sorted(r.natural_key for r in gone),
+                    },
+                )
+            )
+    result.excused += _excuse_closed_days(conn, schedule, now=now, events=events)
+    events.insert(
+        0,
+        audit.NewEvent(
+            at=now,
+            actor=SYSTEM,
+            action="schedule_applied",
+            details={
+                "version_id": version_id,
+                "previous_version_id": old_version_id,
+                "digest": schedule.digest,
+            },
+        ),
+    )
+    audit.append(conn, events)
+
+
+def _excuse_closed_days(
+    conn: sa.Connection, schedule: Schedule, *, now: datetime, events: list[audit.NewEvent]
+) -> int:
+    skip_tasks = [t.id for t in schedule.tasks if t.skip_closed]
+    if not skip_tasks:
+        return 0
+    count = 0
+    unfinished = [State.UPCOMING.value, State.OPEN.value, State.MISSED.value]
+    for market in schedule.markets:
+        for span in market.closed:
+            rows = conn.execute(
+                sa.select(Obligation.id, Obligation.state).where(
+                    Obligation.market_id == market.id,
+                    Obligation.local_date.between(span.date.isoformat(), span.last.isoformat()),
+                    Obligation.task_id.in_(skip_tasks),
+                    Obligation.state.in_(unfinished),
+                )
+            ).all()
+            for r in rows:
+                changed = conn.execute(
+                    sa.update(Obligation)
+                    .where(Obligation.id == r.id, Obligation.state == r.state)
+                    .values(state=State.EXCUSED.value, state_changed_at=now, note=span.reason)
+                ).rowcount
+                if changed:
+                    count += 1
+                    events.append(
+                        audit.NewEvent(
+                            at=now,
+                            actor=SYSTEM,
+                            action="excused",
+                            obligation_id=r.id,
+                            from_state=r.state,
+                            to_state=State.EXCUSED.value,
+                            details={"reason": span.reason},
+                        )
+                    )
+    return count
+
+
+# ---------------------------------------------------------------- the sweep
+
+
+@dataclass
+class SweepResult:
+    opened: int = 0
+    missed: int = 0
+    more: bool = False
+    clock_went_back: bool = False
+
+
+def sweep(engine: sa.Engine, *, now: datetime, batch: int = 2000) -> SweepResult:
+    """Move obligations on by the clock: upcoming → open, and open → missed after grace.
+
+    One batch per call; ``more`` says whether another call has work. A clock earlier than
+    the last one seen (beyond a small tolerance) raises an alarm in the log and marks
+    nothing missed until the clock has caught up again.
+    """
+
+    def step() -> SweepResult:
+        result = SweepResult()
+        with write(engine) as conn:
+            state = _state(conn, lock=True)
+            last = state.last_seen_now if state else None
+            if last is not None and now < last - CLOCK_TOLERANCE:
+                log.error(
+                    "clock went backwards: now %s is before %s, seen earlier; not marking anything missed",
+                    now.isoformat(),
+                    last.isoformat(),
+                )
+                result.clock_went_back = True
+                return result
+            events: list[audit.NewEvent] = []
+            pending = [s.value for s in PENDING]
+            missed = conn.execute(
+                sa.select(Obligation.id, Obligation.state)
+                .where(Obligation.state.in_(pending), Obligation.missed_at <= now)
+                .order_by(Obligation.missed_at)
+                .limit(batch)
+            ).all()
+            result.missed = _flip(conn, missed, State.MISSED, now, events)
+            opened = conn.execute(
+                sa.select(Obligation.id, Obligation.state)
+                .where(Obligation.state == State.UPCOMING.value, Obligation.opens_at <= now)
+                .order_by(Obligation.opens_at)
+                .limit(batch)
+            ).all()
+            result.opened = _flip(conn, opened, State.OPEN, now, events)
+            result.more = len(missed) == batch or len(opened) == batch
+            audit.append(conn, events)
+            if state is not None and (last is None or now > last):
+                conn.execute(
+                    sa.update(LedgerState).where(LedgerState.id == 1).values(last_seen_now=now)
+                )
+        return result
+
+    return retrying(step, what="sweep")
+
+
+def _flip(
+    conn: sa.Connection,
+    rows: Sequence[Any],
+    to: State,
+    now: datetime,
+    events: list[audit.NewEvent],
+) -> int:
+    by_state: dict[str, list[int]] = {}
+    for r in rows:
+        by_state.setdefault(r.state, []).append(r.id)
+    n = 0
+    for from_state, ids in by_state.items():
+        for i in range(0, len(ids), INSERT_CHUNK):
+            part = ids[i : i + INSERT_CHUNK]
+            changed = (
+                conn.execute(
+                    sa.update(Obligation)
+                    .where(Obligation.id.in_(part), Obligation.state == from_state)
+                    .values(state=to.value, state_changed_at=now)
+                    .returning(Obligation.id)
+                )
+                .scalars()
+                .all()
+            )
+            n += len(changed)
+            events.extend(
+                audit.NewEvent(
+                    at=now,
+                    actor=SYSTEM,
+                    action="missed" if to == State.MISSED else "opened",
+                    obligation_id=oid,
+                    from_state=from_state,
+                    to_state=to.value,
+                )
+                for oid in sorted(changed)
+            )
+    return n
+
+
+def sweep_all(engine: sa.Engine, *, now: datetime) -> SweepResult:
+    total = SweepResult()
+    while True:
+        r = sweep(engine, now=now)
+        total.opened += r.opened
+        total.missed += r.missed
+        total.clock_went_back = r.clock_went_back
+        if not r.more:
+            return total
+
+
+# ---------------------------------------------------------------- completions
+
+
+@dataclass(frozen=True)
+class RequiredReading:
+    id: str
+    label: str
+    unit: str | None
+    range: tuple[float | None, float | None] | None
+
+    def describe(self) -> str:
+        return f"{self.id} ({self.label}, {format_range(self.range, self.unit)})"
+
+
+@dataclass(frozen=True)
+class Checklist:
+    ticks: tuple[ChecklistItem, ...]
+    readings: tuple[RequiredReading, ...]
+
+
+def checklist_of(schedule: Schedule, task_id: str, area_kind: str | None) -> Checklist:
+    """The checklist an obligation of ``task_id`` in an area of ``area_kind`` must satisfy."""
+    task = schedule.task_by_id.get(task_id)
+    if task is None:
+        return Checklist((), ())
+    ticks = tuple(c for c in task.checklist if c.tick is not None)
+    readings = tuple(
+        RequiredReading(c.id, c.label, c.unit, c.range_for(area_kind))
+        for c in task.checklist
+        if c.reading is not None
+    )
+    return Checklist(ticks, readings)
+
+
+@dataclass(frozen=True)
+class TickResult:
+    obligation_id: int
+    state: State
+    changed: bool
+    completion_id: int | None
+    message: str
+    failures: Mapping[str, Any] = field(default_factory=dict)
+
+
+def _area_kind(conn: sa.Connection, market_id: str, area_id: str | None) -> str | None:
+    if area_id is None:
+        return None
+    kind: str | None = conn.execute(
+        sa.select(AreaRow.kind).where(AreaRow.market_id == market_id, AreaRow.id == area_id)
+    ).scalar_one_or_none()
+    return kind
+
+
+def tick(
+    engine: sa.Engine,
+    *,
+    obligation_id: int,
+    by: str,
+    now: datetime,
+    readings: Mapping[str, float] | None = None,
+    items: Sequence[str] | None = None,
+    note: str | None = None,
+    token: str | None = None,
+) -> TickResult:
+    """Record a completion of one obligation (see ``completion_outcome`` for the rule).
+
+    The same ``token`` submitted twice records once. A completed obligation is reported
+    as such and left unchanged; before its window opens a tick is refused with the time
+    it opens. Readings are checked against the range of the schedule version that made
+    the obligation; out of range means failed (kept, and the obligation can be redone).
+    """
+    token = token or uuid.uuid4().hex
+    by = by.strip()
+    if not by:
+        raise TickRefused("--by: say who did the work")
+    readings = dict(readings or {})
+
+    def attempt() -> TickResult:
+        with write(engine) as conn:
+            prior = conn.execute(
+                sa.select(Completion).where(Completion.token == token)
+            ).one_or_none()
+            if prior is not None:
+                ob = conn.execute(
+                    sa.select(Obligation).where(Obligation.id == prior.obligation_id)
+                ).one()
+                return TickResult(
+                    ob.id, State(ob.state), False, prior.id, "already recorded (same submission)"
+                )
+            found = conn.execute(
+                sa.select(Obligation).where(Obligation.id == obligation_id).with_for_update()
+            ).one_or_none()
+            if found is None:
+                raise NotFound(f"obligation {obligation_id} does not exist")
+            ob = found
+            state = State(ob.state)
+            if state in COMPLETED:
+                done = conn.execute(
+                    sa.select(Completion)
+                    .where(
+                        Completion.obligation_id == ob.id,
+                        Completion.outcome.in_([s.value for s in COMPLETED]),
+                    )
+                    .order_by(Completion.id)
+                ).first()
+                who = f" by {done.by} at {done.at.isoformat(timespec='minutes')}" if done else ""
+                return TickResult(
+                    ob.id, state, False, None, f"already {state.value}{who}; nothing changed"
+                )
+            if state == State.EXCUSED:
+                raise TickRefused(
+                    f"obligation {ob.id} is excused ({ob.note or 'no reason given'}); nothing to do"
+                )
+            if now < ob.opens_at:
+                zone = _market_zone(conn, ob.market_id)
+                raise TickRefused(
+                    f"obligation {ob.id} opens at {ob.opens_at.astimezone(zone):%Y-%m-%d %H:%M %Z}; "
+                    "it cannot be completed before then"
+                )
+            if state not in TICKABLE and state != State.UPCOMING:
+                raise MarketcareError(f"obligation {ob.id} is {state.value}")
+            schedule = schedule_of_version(conn, ob.version_id)
+            checklist = checklist_of(
+                schedule, ob.task_id, _area_kind(conn, ob.market_id, ob.area_id)
+            )
+            failures, item_map = _check(checklist, readings, items)
+            outcome = completion_outcome(due_at=ob.due_at, at=now, readings_ok=not failures)
+            changed = conn.execute(
+                sa.update(Obligation)
+                .where(Obligation.id == ob.id, Obligation.state == state.value)
+                .values(
+                    state=outcome.value,
+                    state_changed_at=now,
+                    completed_at=now if outcome in COMPLETED else None,
+                )
+            ).rowcount
+            if changed != 1:
+                raise _Raced()
+            completion_id = conn.execute(
+                sa.insert(Completion)
+                .values(
+                    obligation_id=ob.id,
+                    token=token,
+                    by=by,
+                    at=now,
+                    outcome=outcome.value,
+                    readings=readings,
+                    items=item_map,
+                    failures=failures,
+                    note=note,
+                )
+                .returning(Completion.id)
+            ).scalar_one()
+            audit.append(
+                conn,
+                [
+                    audit.NewEvent(
+                        at=now,
+                        actor=by,
+                        action="completed" if outcome != State.FAILED else "failed_check",
+                        obligation_id=ob.id,
+                        from_state=state.value,
+                        to_state=outcome.value,
+                        details={
+                            "completion_id": completion_id,
+                            "token": token,
+                            "failures": failures,
+                        },
+                    )
+                ],
+            )
+            if outcome == State.FAILED:
+                parts = [
+                    f"{k}={v['value']:g} outside {format_range(_bounds(v['range']), v.get('unit'))}"
+                    for k, v in failures.items()
+                ]
+                msg = f"recorded, but failed: {'; '.join(parts)}; redo it and tick again"
+            elif outcome == State.LATE:
+                msg = f"recorded as late ({minutes_late(due_at=ob.due_at, completed_at=now)} min after due)"
+            else:
+                msg = "recorded as done on time"
+            return TickResult(ob.id, outcome, True, completion_id, msg, failures)
+
+    for _ in range(5):
+        try:
+            return retrying(attempt, what="tick")
+        except _Raced:
+            continue
+        except sa.exc.IntegrityError:
+            # the same token was inserted by a concurrent submission: report that one
+            continue
+    raise MarketcareError(f"obligation {obligation_id} kept changing under this tick; try again")
+
+
+def _bounds(value: Any) -> tuple[float | None, float | None] | None:
+    return None if value is None else (value[0], value[1])
+
+
+class _Raced(Exception):
+    pass
+
+
+def _check(
+    checklist: Checklist, readings: Mapping[str, float], items: Sequence[str] | None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    known_readings = {r.id: r for r in checklist.readings}
+    unknown = sorted(set(readings) - set(known_readings))
+    if unknown:
+        valid = ", ".join(r.describe() for r in checklist.readings) or "none"
+        raise TickRefused(f"unknown reading {unknown[0]!r}; this task takes: {valid}")
+    missing = [r for r in checklist.readings if r.id not in readings]
+    if missing:
+        raise TickRefused(
+            "missing reading(s): "
+            + ", ".join(r.describe() for r in missing)
+            + "; give each as --reading KEY=VALUE"
+        )
+    tick_ids = [c.id for c in checklist.ticks]
+    if items is None or not items:
+        given = list(tick_ids)
+    else:
+        given = list(dict.fromkeys(items))
+        bad = [i for i in given if i not in tick_ids]
+        if bad:
+            raise TickRefused(
+                f"unknown item {bad[0]!r}; this task's items: {', '.join(tick_ids) or 'none'}"
+            )
+        left = [i for i in tick_ids if i not in given]
+        if left:
+            raise TickRefused(
+                f"items not ticked: {', '.join(left)}; tick them all (or give no --item to tick all)"
+            )
+    failures: dict[str, Any] = {}
+    for r in checklist.readings:
+        value = readings[r.id]
+        if not in_range(value, r.range):
+            failures[r.id] = {
+                "value": value,
+                "range": list(r.range) if r.range else None,
+                "unit": r.unit,
+            }
+    return failures, dict.fromkeys(given, True)
+
+
+def _market_zone(conn: sa.Connection, market_id: str) -> ZoneInfo:
+    name = conn.execute(sa.select(MarketRow.timezone).where(MarketRow.id == market_id)).scalar_one()
+    return ZoneInfo(name)
+
+
+# ---------------------------------------------------------------- the board
+
+
+@dataclass(frozen=True)
+class BoardRow:
+    id: int
+    market_id: str
+    market_name: str
+    area_id: str | None
+    area_kind: str | None
+    task_id: str
+    kind: str
+    local_date: str
+    opens_at: datetime
+    due_at: datetime
+    missed_at: datetime
+    state: State
+    overdue: bool
+    completed_at: datetime | None
+    zone: str
+    note: str | None
+
+    def local(self, value: datetime | None) -> datetime | None:
+        return None if value is None else value.astimezone(ZoneInfo(self.zone))
+
+    def as_json(self) -> dict[str, Any]:
+        def iso(v: datetime | None) -> str | None:
+            loc = self.local(v)
+            return None if loc is None else loc.isoformat()
+
+        return {
+            "id": self.id,
+            "market": self.market_id,
+            "market_name": self.market_name,
+            "area": self.area_id,
+            "area_kind": self.area_kind,
+            "task": self.task_id,
+            "kind": self.kind,
+            "date": self.local_date,
+            "opens_at": iso(self.opens_at),
+            "due_at": iso(self.due_at),
+            "missed_at": iso(self.missed_at),
+            "state": self.state.value,
+            "overdue": self.overdue,
+            "completed_at": iso(self.completed_at),
+            "minutes_late": minutes_late(due_at=self.due_at, completed_at=self.completed_at),
+            "note": self.note,
+        }
+
+
+def board(
+    engine: sa.Engine, *, day: date, now: datetime, markets: Sequence[str] | None = None
+) -> list[BoardRow]:
+    """Every obligation of a local day with its state as of ``now``, overdue first."""
+    with read(engine) as conn:
+        stmt = (
+            sa.select(
+                Obligation,
+                MarketRow.name.label("market_name"),
+                MarketRow.timezone.label("zone"),
+                AreaRow.kind.label("area_kind"),
+            )
+            .join(MarketRow, MarketRow.id == Obligation.market_id)
+            .outerjoin(
+                AreaRow,
+                (AreaRow.market_id == Obligation.market_id) & (AreaRow.id == Obligation.area_id),
+            )
+            .where(Obligation.local_date == day.isoformat())
+        )
+        if markets:
+            stmt = stmt.where(Obligation.market_id.in_(list(markets)))
+        rows = conn.execute(stmt).all()
+    out = []
+    for ob in rows:
+        mname, zone, akind = ob.market_name, ob.zone, ob.area_kind
+        state = State(ob.state)
+        # the sweep runs every few seconds; show the board as the clock has it now
+        if state in PENDING:
+            if now >= ob.missed_at:
+                state = State.MISSED
+            elif now >= ob.opens_at:
+                state = State.OPEN
+        out.append(
+            BoardRow(
+                id=ob.id,
+                market_id=ob.market_id,
+                market_name=mname,
+                area_id=ob.area_id,
+                area_kind=akind,
+                task_id=ob.task_id,
+                kind=ob.kind,
+                local_date=ob.local_date,
+                opens_at=ob.opens_at,
+                due_at=ob.due_at,
+                missed_at=ob.missed_at,
+                state=state,
+                overdue=is_overdue(state, due_at=ob.due_at, now=now),
+                completed_at=ob.completed_at,
+                zone=zone,
+                note=ob.note,
+            )
+        )
+    out.sort(
+        key=lambda r: (
+            not r.overdue,
+            ORDER_ON_BOARD[r.state],
+            r.due_at,
+            r.market_id,
+            r.area_id or "",
+            r.task_id,
+        )
+    )
+    return out
+
+
+def completions_of(engine: sa.Engine, obligation_id: int) -> list[sa.Row[Any]]:
+    with read(engine) as conn:
+        return list(
+            conn.execute(
+                sa.select(Completion)
+                .where(Completion.obligation_id == obligation_id)
+                .order_by(Completion.id)
+            ).all()
+        )
+
+
+def now_utc() -> datetime:
+    return datetime.now(UTC)

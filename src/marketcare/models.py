@@ -1,0 +1,162 @@
+"""The ledger's tables. Schema changes go through Alembic (``migrations/``), never create_all."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Aware UTC datetimes on every engine (SQLite stores them naive, in UTC)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the ledger; use an aware UTC time")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+#: 64-bit ids on PostgreSQL; SQLite's INTEGER PRIMARY KEY is already 64-bit (and a rowid)
+BigId = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING)
+    type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: sa.JSON()}
+
+
+class ScheduleVersion(Base):
+    """One exact set of schedule texts; every obligation points to the version that made it."""
+
+    __tablename__ = "schedule_versions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    digest: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    loaded_at: Mapped[datetime]
+    default_timezone: Mapped[str] = mapped_column(sa.String(64))
+    sources: Mapped[dict[str, Any]]  # file name -> YAML text
+
+
+class MarketRow(Base):
+    __tablename__ = "markets"
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str] = mapped_column(sa.String(200))
+    sub_district: Mapped[str] = mapped_column(sa.String(100))
+    timezone: Mapped[str] = mapped_column(sa.String(64))
+    active: Mapped[bool] = mapped_column(default=True)
+    version_id: Mapped[int] = mapped_column(sa.ForeignKey("schedule_versions.id"))
+
+
+class AreaRow(Base):
+    __tablename__ = "areas"
+    market_id: Mapped[str] = mapped_column(sa.ForeignKey("markets.id"), primary_key=True)
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    name: Mapped[str | None] = mapped_column(sa.String(200))
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    m2: Mapped[float]
+    active: Mapped[bool] = mapped_column(default=True)
+
+
+class LedgerState(Base):
+    """The materialiser's watermark and the clock it last saw (a single row, id 1)."""
+
+    __tablename__ = "ledger_state"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    version_id: Mapped[int | None] = mapped_column(sa.ForeignKey("schedule_versions.id"))
+    materialised_until: Mapped[datetime | None]
+    last_seen_now: Mapped[datetime | None]
+
+
+class Obligation(Base):
+    __tablename__ = "obligations"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    natural_key: Mapped[str] = mapped_column(sa.String(300), unique=True)
+    market_id: Mapped[str] = mapped_column(sa.ForeignKey("markets.id"))
+    area_id: Mapped[str | None] = mapped_column(sa.String(64))
+    task_id: Mapped[str] = mapped_column(sa.String(64))
+    kind: Mapped[str] = mapped_column(sa.String(32))
+    local_date: Mapped[str] = mapped_column(sa.String(10))  # YYYY-MM-DD in the market's zone
+    occurrence: Mapped[str] = mapped_column(sa.String(16))  # local YYYY-MM-DDTHH:MM
+    opens_at: Mapped[datetime]
+    due_at: Mapped[datetime]
+    missed_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(sa.String(16))
+    state_changed_at: Mapped[datetime]
+    completed_at: Mapped[datetime | None]
+    note: Mapped[str | None] = mapped_column(sa.Text)  # e.g. the reason of an excuse
+    version_id: Mapped[int] = mapped_column(sa.ForeignKey("schedule_versions.id"))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        sa.Index("ix_obligations_state_opens", "state", "opens_at"),
+        sa.Index("ix_obligations_state_missed", "state", "missed_at"),
+        sa.Index("ix_obligations_market_date", "market_id", "local_date"),
+    )
+
+
+class Completion(Base):
+    """An attempt to fulfil an obligation; append-only, deduplicated by its client token."""
+
+    __tablename__ = "completions"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    obligation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("obligations.id"), index=True)
+    token: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    by: Mapped[str] = mapped_column(sa.String(100))
+    at: Mapped[datetime]
+    outcome: Mapped[str] = mapped_column(sa.String(16))
+    readings: Mapped[dict[str, Any]]
+    items: Mapped[dict[str, Any]]
+    failures: Mapped[dict[str, Any]]
+    note: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class Event(Base):
+    """Append-only, hash-chained log of every state change: who, when, what."""
+
+    __tablename__ = "events"
+    seq: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=False
+    )
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(sa.String(100))
+    action: Mapped[str] = mapped_column(sa.String(40))
+    obligation_id: Mapped[int | None] = mapped_column(
+        BigId, sa.ForeignKey("obligations.id"), index=True
+    )
+    from_state: Mapped[str | None] = mapped_column(sa.String(16))
+    to_state: Mapped[str | None] = mapped_column(sa.String(16))
+    details: Mapped[dict[str, Any]]
+    prev_hash: Mapped[str] = mapped_column(sa.String(64))
+    hash: Mapped[str] = mapped_column(sa.String(64))
+
+
+class AuditHead(Base):
+    """The chain's tip (single row, id 1): serialises appends and reveals a removed tail."""
+
+    __tablename__ = "audit_head"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int]
+    hash: Mapped[str] = mapped_column(sa.String(64))
