@@ -12,7 +12,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -40,6 +40,7 @@ class Daemon:
     engine: sa.Engine
     schedule: Schedule | None = None
     _files_signature: tuple[tuple[str, float, int], ...] = ()
+    stopping: threading.Event = field(default_factory=threading.Event)
 
     def now(self) -> datetime:
         return ledger.now_utc()
@@ -80,13 +81,17 @@ class Daemon:
             return None
         started = time.monotonic()
         result = ledger.materialise(
-            self.engine, self.schedule, now=self.now(), horizon=self.settings.horizon
+            self.engine,
+            self.schedule,
+            now=self.now(),
+            horizon=self.settings.horizon,
+            should_stop=self.stopping.is_set,
         )
         if result.created or result.withdrawn or result.excused or result.updated:
             log.info(
                 "materialised",
                 extra={
-                    "created": result.created,
+                    "obligations_created": result.created,
                     "withdrawn": result.withdrawn,
                     "excused": result.excused,
                     "until": result.until.isoformat() if result.until else None,
@@ -118,7 +123,8 @@ class Daemon:
 
     def run(self, stop: threading.Event | None = None) -> None:
         """Run until SIGTERM/SIGINT (or ``stop``); returns after a clean shutdown."""
-        stop = stop or threading.Event()
+        stop = stop or self.stopping
+        self.stopping = stop
         lock = _lock_for(self.settings)
         try:
             if lock is not None:
@@ -128,9 +134,20 @@ class Daemon:
                 f"another marketcare daemon is running on {self.settings.sqlite_path} "
                 f"(lock {lock.lock_file if lock else ''}); one daemon per SQLite database"
             ) from None
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal received; stopping", extra={"signal": signal.Signals(signum).name})
+            stop.set()
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, on_signal)
         try:
             self._run(stop)
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             if lock is not None:
                 lock.release()
 
@@ -176,14 +193,9 @@ class Daemon:
         scheduler.add_job(self._guarded(self._maybe_reload), "interval", seconds=1, id="reload")
         watcher = threading.Thread(target=self._watch, args=(stop, scheduler), daemon=True)
 
-        def on_signal(signum: int, _frame: FrameType | None) -> None:
-            log.info("signal received; stopping", extra={"signal": signal.Signals(signum).name})
-            stop.set()
-
-        previous = {}
-        if threading.current_thread() is threading.main_thread():
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                previous[sig] = signal.signal(sig, on_signal)
+        if stop.is_set():
+            log.info("daemon stopped before its loop started")
+            return
         scheduler.start()
         watcher.start()
         log.info("daemon running")
@@ -192,8 +204,6 @@ class Daemon:
                 pass
         finally:
             scheduler.shutdown(wait=True)
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
             log.info("daemon stopped")
 
     def _maybe_reload(self) -> None:

@@ -203,6 +203,7 @@ def materialise(
     start: datetime | None = None,
     chunk: timedelta = timedelta(days=1),
     on_chunk: Callable[[datetime, datetime], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> MaterialiseResult:
     """Bring the ledger up to ``now + horizon`` for ``schedule``, from the stored watermark.
 
@@ -210,7 +211,8 @@ def materialise(
     that inserts its obligations and advances the watermark, so a crash at any moment
     leaves a consistent ledger and the next run continues where this one stopped;
     downtime is replayed in full. A schedule different from the last one applied is
-    reconciled first (future only: see :func:`_apply_version`).
+    reconciled first (future only: see :func:`_apply_version`). ``should_stop`` is asked
+    between chunks so a shutdown need not wait for a long catch-up.
     """
     result = MaterialiseResult()
     target = now + horizon
@@ -276,7 +278,8 @@ def materialise(
         return True
 
     while retrying(step, what="materialise"):
-        pass
+        if should_stop is not None and should_stop():
+            break  # every finished chunk is committed; the next run continues from it
     return result
 
 
@@ -301,6 +304,12 @@ def _apply_version(
     if until > now:
         planned = expand(schedule, now, until)
         keys = {p.natural_key for p in planned}
+        known = set(
+            conn.execute(
+                sa.select(Obligation.natural_key).where(Obligation.opens_at >= now)
+            ).scalars()
+        )
+        result.created += len(keys - known)
         rows = _rows(planned, version_id, now)
         for i in range(0, len(rows), INSERT_CHUNK):
             ins = _insert(conn, Obligation)
@@ -580,6 +589,7 @@ def tick(
     the obligation; out of range means failed (kept, and the obligation can be redone).
     """
     token = token or uuid.uuid4().hex
+    now = now.replace(microsecond=0)  # the record keeps whole seconds, as the exports show
     by = by.strip()
     if not by:
         raise TickRefused("--by: say who did the work")

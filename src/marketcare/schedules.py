@@ -186,23 +186,17 @@ class Market(_Strict):
     def _special_parsed(self) -> dict[date, Hours | None]:
         return {d: parse_hours(t) for d, t in self.special_hours.items()}
 
-    @cached_property
-    def _closed_days(self) -> dict[date, str]:
-        days: dict[date, str] = {}
-        for span in self.closed:
-            d = span.date
-            while d <= span.last:
-                days.setdefault(d, span.reason)
-                d += timedelta(days=1)
-        return days
-
     def closed_reason(self, day: date) -> str | None:
         """Why the market is closed on ``day`` (a declared closure), or None."""
-        return self._closed_days.get(day)
+        # spans are compared, not expanded into days: 'until: 9999-12-31' is a valid span
+        for span in self.closed:
+            if span.date <= day <= span.last:
+                return span.reason
+        return None
 
     def hours_on(self, day: date) -> Hours | None:
         """Opening hours on ``day``, None when closed (declared, or a closed weekday)."""
-        if day in self._closed_days:
+        if self.closed_reason(day) is not None:
             return None
         if day in self._special_parsed:
             return self._special_parsed[day]
@@ -409,6 +403,13 @@ class Task(_Strict):
             raise ValueError(f"checklist item id {dupes[0]!r} is used twice")
         if self.kind == TaskKind.PEST_CONTROL and not self.contractor:
             raise ValueError("a pest_control task names its contractor")
+        if self.opens.anchor != "clock" and re.search(
+            r"BY(HOUR|MINUTE)=", self.recurrence.rrule_text, re.I
+        ):
+            raise ValueError(
+                "a recurrence that gives times of day (BYHOUR/BYMINUTE) opens at those times: "
+                f"write a clock time for opens (e.g. '09:00'), not {str(self.opens)!r}"
+            )
         return self
 
 

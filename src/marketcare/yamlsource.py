@@ -114,7 +114,14 @@ def parse(text: str, name: str) -> Located:
         raise _fail(name, 1, 1, f"text is larger than {MAX_FILE_BYTES // 1_000_000} MB")
     if "\x00" in text:
         raise _fail(name, *_offset_pos(text, text.index("\x00")), "file contains a NUL byte")
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # checks every character before parsing
+    except yaml.reader.ReaderError as exc:
+        raise _fail(
+            name,
+            *_offset_pos(text, exc.position),
+            f"character #x{exc.character:04x} is not allowed in YAML (a control character?)",
+        ) from None
     try:
         node = loader.get_single_node()
     except yaml.MarkedYAMLError as exc:
@@ -134,6 +141,8 @@ def parse(text: str, name: str) -> Located:
         located.data = _build(node, (), located, loader, _Budget(), set())
     except RecursionError:
         raise _fail(name, 1, 1, "YAML is nested too deeply") from None
+    if located.data is None:  # "---" or "~" alone: an empty document, like an empty file
+        located.data = {}
     return located
 
 

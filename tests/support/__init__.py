@@ -1,0 +1,1 @@
+"""Helpers for tests that run the real ``marketcare`` command in other processes."""

@@ -1,0 +1,369 @@
+"""The ``marketcare`` command's contract: output formats, exit codes, messages.
+
+In-process (typer's CliRunner, with time_machine for a fixed ``now``) where only the
+output matters; real subprocesses where the exit code and "no traceback" are the point.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import sqlite3
+from collections.abc import Iterator
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import pytest
+import time_machine
+from typer.testing import CliRunner, Result
+
+from marketcare.cli import app
+from marketcare.obligations import expand
+from marketcare.schedules import load_paths
+
+from .conftest import DISINFECTION, WASTE, make_market_yaml, utc
+from .support.procs import cli, db_path, make_env, query, scalar
+
+#: three market-wide rounds through the day, so that at 15:00 one is missed, one is open
+#: past its due time and one is open and not yet due
+ROUNDS = """
+  - id: morning-round
+    kind: facility_inspection
+    name: 早间巡查
+    scope: market
+    recurrence: daily
+    opens: "06:00"
+    due: +1h
+    grace: 1h
+    checklist: [{id: checked, tick: 已巡查}]
+  - id: civility-duty
+    kind: civility_duty
+    name: 文明劝导员值守
+    scope: market
+    recurrence: daily
+    opens: "09:00"
+    due: +2h
+    grace: 6h
+    checklist: [{id: on-duty, tick: 已到岗}]
+  - id: noon-round
+    kind: facility_inspection
+    name: 午间巡查
+    scope: market
+    recurrence: daily
+    opens: "12:00"
+    due: +4h
+    grace: 1h
+    checklist: [{id: checked, tick: 已巡查}]
+"""
+MARKETS = (
+    "markets:"
+    + make_market_yaml("lizhong")
+    + make_market_yaml(
+        "haibin", areas="[{id: meat, kind: meat, m2: 400}, {id: aisles, kind: aisles, m2: 300}]"
+    )
+)
+TASKS = f"tasks:{DISINFECTION}{WASTE}{ROUNDS}"
+# Friday 2026-11-27 in Quanzhou (UTC+8): midnight, and 15:00
+MIDNIGHT = utc(2026, 11, 26, 16, 0)
+AFTERNOON = utc(2026, 11, 27, 7, 0)
+LOCATED = re.compile(r"^(?P<file>.+?\.ya?ml):(?P<line>\d+):(?P<col>\d+): (?P<msg>.+)$")
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def keep_logging() -> Iterator[None]:
+    """The CLI installs its own log handler; give the root logger back afterwards."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    yield
+    root.handlers[:] = handlers
+    root.setLevel(level)
+
+
+@pytest.fixture
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Settings for both in-process and subprocess runs, and a two-market schedule."""
+    values = make_env(tmp_path)
+    for key in [k for k in values if k.startswith("MARKETCARE_")] + ["COLUMNS"]:
+        monkeypatch.setenv(key, values[key])
+    monkeypatch.chdir(tmp_path)
+    schedules = tmp_path / "schedules"
+    schedules.mkdir()
+    (schedules / "markets.yaml").write_text(MARKETS, encoding="utf-8")
+    (schedules / "tasks.yaml").write_text(TASKS, encoding="utf-8")
+    return values
+
+
+def invoke(*args: str, at: datetime | None = None) -> Result:
+    if at is None:
+        return runner.invoke(app, list(args))
+    with time_machine.travel(at, tick=False):
+        return runner.invoke(app, list(args))
+
+
+def obligation_id(env: dict[str, str], key: str) -> int:
+    rows = query(db_path(env), "SELECT id FROM obligations WHERE natural_key = ?", (key,))
+    assert len(rows) == 1, key
+    return int(rows[0][0])
+
+
+def completions(env: dict[str, str], oid: int) -> int:
+    return int(
+        scalar(db_path(env), "SELECT count(*) FROM completions WHERE obligation_id = ?", (oid,))
+    )
+
+
+# ---------------------------------------------------------------- check
+
+
+def test_check_accepts_a_valid_schedule(env: dict[str, str], tmp_path: Path) -> None:
+    r = cli(env, "check", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ok: 2 file(s), 2 markets, 4 areas")
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+def test_check_reports_every_error_at_its_file_line_and_column(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    markets = MARKETS.replace("kind: meat", "kind: meet").replace("    areas:", "    aeras:", 1)
+    (bad / "markets.yaml").write_text(markets, encoding="utf-8")
+    (bad / "tasks.yaml").write_text("tasks:\n  - id: x\n     kind: disinfection\n")
+    r = cli(env, "check", str(bad), cwd=tmp_path)
+    assert r.returncode == 1
+    assert "Traceback" not in r.stdout + r.stderr
+    errors = [LOCATED.match(line) for line in r.stderr.splitlines()]
+    assert errors and all(errors), r.stderr
+    found = {(Path(m["file"]).name, int(m["line"]), int(m["col"])): m["msg"] for m in errors if m}
+    lines = markets.splitlines()
+
+    def at(text: str) -> tuple[int, int]:
+        n = next(i for i, line in enumerate(lines) if text in line)
+        return n + 1, lines[n].index(text) + 1
+
+    assert "unknown key 'aeras'" in found[("markets.yaml", *at("aeras"))]
+    assert "'meet'" in found[("markets.yaml", *at("meet"))]
+    assert any(f == "tasks.yaml" and line == 3 for f, line, _ in found), found
+
+
+# ---------------------------------------------------------------- plan
+
+
+def test_plan_json_gives_each_obligation_with_iso_times_and_their_offset(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    r = invoke("plan", "--from", "2026-12-01", "--days", "2", "--json")
+    assert r.exit_code == 0, r.output
+    planned = json.loads(r.stdout)
+    schedule = load_paths([tmp_path / "schedules"], default_timezone="Asia/Shanghai")
+    assert len(planned) == len(
+        expand(schedule, utc(2026, 11, 30, 16), utc(2026, 12, 2, 16))
+    )  # 2 days × 2 markets × (2 areas + 4 market-wide tasks)
+    assert len(planned) == 24
+    for p in planned:
+        assert {"market", "area", "task", "kind", "opens_at", "due_at", "missed_at"} <= set(p)
+        assert (p["area"] is None) == (p["task"] != "disinfect")
+        for field in ("opens_at", "due_at", "missed_at"):
+            value = datetime.fromisoformat(p[field])
+            assert value.utcoffset() == timedelta(hours=8), p[field]
+            assert re.search(r"T\d\d:\d\d:\d\d\+08:00$", p[field]), p[field]
+    waste = next(p for p in planned if p["market"] == "lizhong" and p["task"] == "waste")
+    assert waste["kind"] == "waste_clearance"
+    assert waste["opens_at"] == "2026-12-01T18:30:00+08:00"  # closing on a Tuesday
+    assert waste["due_at"] == "2026-12-01T19:30:00+08:00"
+    assert waste["missed_at"] == "2026-12-01T20:00:00+08:00"
+
+
+def test_plan_diff_shows_what_an_edit_adds_and_removes_against_the_loaded_schedule(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    assert invoke("init").exit_code == 0
+    window = ("--from", "2026-12-01", "--days", "2")
+    same = invoke("plan", *window, "--diff")
+    assert same.exit_code == 0 and "no difference" in same.stdout
+    schedules = tmp_path / "schedules"
+    (schedules / "markets.yaml").write_text(MARKETS + make_market_yaml("linjiang"))
+    (schedules / "tasks.yaml").write_text(TASKS.replace(WASTE, ""))
+
+    r = invoke("plan", *window, "--diff", "--json")
+    assert r.exit_code == 0, r.output
+    diff = json.loads(r.stdout)
+    added = {(p["market"], p["task"]) for p in diff["added"]}
+    removed = {(p["market"], p["task"]) for p in diff["removed"]}
+    assert added == {
+        ("linjiang", t) for t in ("disinfect", "morning-round", "civility-duty", "noon-round")
+    }
+    assert len(diff["added"]) == 2 * (2 + 3)
+    assert removed == {("lizhong", "waste"), ("haibin", "waste")}
+    assert len(diff["removed"]) == 2 * 2
+    assert diff["changed"] == []
+
+    text = invoke("plan", *window, "--diff")
+    assert text.exit_code == 0
+    assert "+ 10 added" in text.stdout and "- 4 removed" in text.stdout
+
+
+# ---------------------------------------------------------------- status
+
+
+def test_status_json_lists_overdue_obligations_first(env: dict[str, str]) -> None:
+    assert invoke("init", at=MIDNIGHT).exit_code == 0
+    noon = obligation_id(env, "lizhong|-|noon-round|2026-11-27T00:00")
+    done = invoke("tick", str(noon), "--by", "林秀英", at=AFTERNOON)
+    assert done.exit_code == 0, done.output
+
+    r = invoke("status", "--json", at=AFTERNOON)
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)
+    assert len(rows) == 2 * 6  # two markets: 2 areas + 4 market-wide tasks each
+    flags = [row["overdue"] for row in rows]
+    assert flags == sorted(flags, reverse=True)  # every overdue one before the rest
+    overdue = [(row["task"], row["state"]) for row in rows if row["overdue"]]
+    assert overdue == [("morning-round", "missed")] * 2 + [("civility-duty", "open")] * 2
+    rest = [row["state"] for row in rows if not row["overdue"]]
+    assert rest == ["open"] + ["upcoming"] * 6 + ["done"]
+    assert rows[-1]["id"] == noon and rows[-1]["completed_at"] == "2026-11-27T15:00:00+08:00"
+
+
+# ---------------------------------------------------------------- tick
+
+
+def test_a_reading_out_of_range_exits_3_with_the_required_range(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    assert invoke("init", at=MIDNIGHT).exit_code == 0
+    oid = obligation_id(env, "lizhong|aquatic|disinfect|2026-11-27T00:00")
+    r = cli(
+        env,
+        "tick",
+        str(oid),
+        "--by",
+        "陈建国",
+        "--reading",
+        "chlorine=300",
+        cwd=tmp_path,
+        at=utc(2026, 11, 27, 11, 0),  # 19:00, half an hour after closing
+    )
+    assert r.returncode == 3, r.stdout + r.stderr
+    assert f"obligation {oid}: failed" in r.stdout
+    assert "chlorine=300 outside 900–1200 mg/L" in r.stdout
+    assert "Traceback" not in r.stdout + r.stderr
+    outcomes = query(
+        db_path(env), "SELECT outcome FROM completions WHERE obligation_id = ?", (oid,)
+    )
+    assert outcomes == [("failed",)]
+
+
+def test_ticking_a_done_obligation_says_so_and_changes_nothing(env: dict[str, str]) -> None:
+    assert invoke("init", at=MIDNIGHT).exit_code == 0
+    oid = obligation_id(env, "haibin|-|noon-round|2026-11-27T00:00")
+    first = invoke("tick", str(oid), "--by", "林秀英", at=AFTERNOON)
+    assert first.exit_code == 0 and "recorded as done on time" in first.stdout
+    db = db_path(env)
+    before = query(db, "SELECT * FROM obligations WHERE id = ?", (oid,))
+    events = scalar(db, "SELECT count(*) FROM events")
+
+    again = invoke("tick", str(oid), "--by", "陈建国", at=AFTERNOON + timedelta(minutes=5))
+    assert again.exit_code == 0
+    assert "already done by 林秀英 at 2026-11-27T07:00" in again.stdout
+    assert "nothing changed" in again.stdout
+    assert completions(env, oid) == 1
+    assert query(db, "SELECT * FROM obligations WHERE id = ?", (oid,)) == before
+    assert scalar(db, "SELECT count(*) FROM events") == events
+
+
+def test_a_tick_before_the_window_opens_is_refused_with_the_opening_time(
+    env: dict[str, str],
+) -> None:
+    assert invoke("init", at=MIDNIGHT).exit_code == 0
+    oid = obligation_id(env, "lizhong|-|waste|2026-11-27T00:00")
+    r = invoke("tick", str(oid), "--by", "林秀英", at=AFTERNOON)
+    assert r.exit_code == 1
+    assert "opens at 2026-11-27 18:30 CST" in r.stderr
+    assert completions(env, oid) == 0
+
+
+# ---------------------------------------------------------------- settings
+
+
+@pytest.mark.parametrize(
+    ("name", "value"), [("horizon", "banana"), ("timezone", "Mars/Base")], ids=["horizon", "zone"]
+)
+def test_a_bad_setting_exits_2_naming_the_setting(
+    env: dict[str, str], tmp_path: Path, name: str, value: str
+) -> None:
+    r = cli({**env, f"MARKETCARE_{name.upper()}": value}, "status", cwd=tmp_path)
+    assert r.returncode == 2
+    assert f"setting '{name}'" in r.stderr and f"MARKETCARE_{name.upper()}" in r.stderr
+    assert value in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- demo and audit
+
+
+def test_the_same_demo_seed_gives_the_same_history_on_two_new_databases(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    histories, outputs = [], []
+    for name in ("one", "two"):
+        db = tmp_path / f"{name}.db"
+        monkeypatch.setenv("MARKETCARE_DATABASE_URL", f"sqlite:///{db}")
+        r = invoke("demo", "--days", "3", "--seed", "7", at=AFTERNOON)
+        assert r.exit_code == 0, r.output
+        outputs.append(r.stdout)
+        histories.append(
+            query(
+                db,
+                "SELECT o.natural_key, c.token, c.by, c.at, c.outcome, c.readings, c.items,"
+                " c.failures, c.note FROM completions c JOIN obligations o"
+                " ON o.id = c.obligation_id ORDER BY o.natural_key, c.at, c.token",
+            )
+        )
+    assert outputs[0] == outputs[1]
+    assert histories[0] == histories[1]
+    assert len(histories[0]) > 20
+    assert len({row[4] for row in histories[0]}) >= 2  # not all the same outcome
+
+
+def test_audit_verify_names_the_event_that_was_altered(env: dict[str, str], tmp_path: Path) -> None:
+    assert invoke("demo", "--days", "2", "--seed", "3", at=AFTERNOON).exit_code == 0
+    ok = cli(env, "audit", "verify", cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr
+    assert re.match(r"ok: \d+ events, chain intact", ok.stdout)
+
+    conn = sqlite3.connect(db_path(env))
+    with conn:
+        conn.execute("UPDATE events SET actor = '无名氏' WHERE seq = 5")
+    conn.close()
+    r = cli(env, "audit", "verify", cwd=tmp_path)
+    assert r.returncode == 1
+    assert "event 5 was altered" in r.stderr and "first bad event: 5" in r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+# ---------------------------------------------------------------- help
+
+
+@pytest.mark.parametrize(
+    "command",
+    [[], ["init"], ["check"], ["plan"], ["status"], ["tick"], ["demo"], ["run"], ["audit"]]
+    + [["audit", "verify"]],
+    ids=lambda c: " ".join(c) or "marketcare",
+)
+def test_every_command_explains_itself_with_help(command: list[str]) -> None:
+    r = runner.invoke(app, [*command, "--help"])
+    assert r.exit_code == 0, r.output
+    assert "Usage:" in r.stdout
+    assert r.exception is None
+
+
+def test_help_works_from_the_installed_command(env: dict[str, str], tmp_path: Path) -> None:
+    r = cli(env, "--help", cwd=tmp_path)
+    assert r.returncode == 0
+    for command in ("init", "check", "plan", "status", "tick", "demo", "run", "audit"):
+        assert command in r.stdout
