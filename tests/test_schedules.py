@@ -245,7 +245,7 @@ def test_an_unknown_key_deep_inside_a_task_points_at_the_key() -> None:
 
 def test_an_unknown_key_far_from_any_valid_key_lists_the_valid_keys() -> None:
     error = only_error("markets: []\nwhatever: 1\n")
-    assert error.message == "unknown key 'whatever'; valid keys: markets, tasks"
+    assert error.message == "unknown key 'whatever'; valid keys: markets, reports, tasks"
     assert (error.line, error.column) == (2, 1)
 
 

@@ -57,6 +57,15 @@ def _insert(conn: sa.Connection, table: Any) -> Any:
 
 def ensure_version(conn: sa.Connection, schedule: Schedule, *, now: datetime) -> int:
     """Record the schedule's exact texts (once per digest) and refresh markets and areas."""
+    known = conn.execute(
+        sa.select(ScheduleVersion.id).where(ScheduleVersion.digest == schedule.digest)
+    ).scalar_one_or_none()
+    if known is not None:
+        applied = conn.execute(
+            sa.select(LedgerState.version_id).where(LedgerState.id == 1)
+        ).scalar_one_or_none()
+        if applied == known:
+            return int(known)  # markets and areas were written when it was applied
     stmt = _insert(conn, ScheduleVersion).values(
         digest=schedule.digest,
         loaded_at=now,
@@ -73,6 +82,9 @@ def ensure_version(conn: sa.Connection, schedule: Schedule, *, now: datetime) ->
 
 def _sync_markets(conn: sa.Connection, schedule: Schedule, version_id: int) -> None:
     existing = {r.id: r for r in conn.execute(sa.select(MarketRow)).all()}
+    all_areas: dict[str, dict[str, Any]] = {}
+    for r in conn.execute(sa.select(AreaRow)).all():
+        all_areas.setdefault(r.market_id, {})[r.id] = r
     seen = set()
     for m in schedule.markets:
         seen.add(m.id)
@@ -91,9 +103,7 @@ def _sync_markets(conn: sa.Connection, schedule: Schedule, version_id: int) -> N
                 .where(MarketRow.id == m.id)
                 .values(version_id=version_id, **values)
             )
-        areas = {
-            r.id: r for r in conn.execute(sa.select(AreaRow).where(AreaRow.market_id == m.id)).all()
-        }
+        areas = all_areas.get(m.id, {})
         for a in m.areas:
             avalues = {"name": a.name, "kind": a.kind.value, "m2": a.m2, "active": True}
             arow = areas.pop(a.id, None)
@@ -335,7 +345,7 @@ def _apply_version(
             ids = [r.id for r in gone[i : i + INSERT_CHUNK]]
             conn.execute(
                 sa.delete(Obligation).where(
-                    Obligation.id.in_(ids), Obligation.state == State.UPCOMING.value
+                    Obligation.id.in_(ids), (Obligation.state + "") == State.UPCOMING.value
                 )
             )
         result.withdrawn += len(gone)
@@ -484,7 +494,9 @@ def _flip(
             changed = (
                 conn.execute(
                     sa.update(Obligation)
-                    .where(Obligation.id.in_(part), Obligation.state == from_state)
+                    # `state || ''` keeps SQLite on primary-key lookups instead of walking
+                    # the (state, time) index over every row in that state
+                    .where(Obligation.id.in_(part), (Obligation.state + "") == from_state)
                     .values(state=to.value, state_changed_at=now)
                     .returning(Obligation.id)
                 )

@@ -160,3 +160,74 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int]
     hash: Mapped[str] = mapped_column(sa.String(64))
+
+
+class ReportRecord(Base):
+    """One written report file: a period's revision, with the file's SHA-256.
+
+    A report once written is a record: a later export of the same period whose values
+    differ is a new revision with its own file, never an overwrite.
+    """
+
+    __tablename__ = "reports"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    period_kind: Mapped[str] = mapped_column(sa.String(8))
+    period_key: Mapped[str] = mapped_column(sa.String(16))
+    scope: Mapped[str] = mapped_column(sa.String(200))  # "all" or market ids joined by "+"
+    language: Mapped[str] = mapped_column(sa.String(8))
+    revision: Mapped[int]
+    path: Mapped[str] = mapped_column(sa.String(500))
+    sha256: Mapped[str] = mapped_column(sa.String(64))
+    content_digest: Mapped[str] = mapped_column(sa.String(64))
+    rows: Mapped[int]
+    headline: Mapped[dict[str, Any]]
+    generated_at: Mapped[datetime]
+
+    __table_args__ = (
+        sa.UniqueConstraint("period_kind", "period_key", "scope", "language", "revision"),
+    )
+
+
+class ReportRun(Base):
+    """A scheduled report's run for one period; the natural key makes catch-up idempotent."""
+
+    __tablename__ = "report_runs"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    spec_id: Mapped[str] = mapped_column(sa.String(64))
+    period_key: Mapped[str] = mapped_column(sa.String(16))
+    due_at: Mapped[datetime]
+    state: Mapped[str] = mapped_column(sa.String(16))  # pending | done
+    report_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("reports.id"))
+    done_at: Mapped[datetime | None]
+
+    __table_args__ = (sa.UniqueConstraint("spec_id", "period_key"),)
+
+
+class ReportWatermark(Base):
+    """Up to when each configured report's run times have been turned into runs."""
+
+    __tablename__ = "report_watermarks"
+    spec_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    checked_until: Mapped[datetime]
+
+
+class OutboxMessage(Base):
+    """One email to deliver: written before sending, retried until sent or failed for good."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    report_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("reports.id"))
+    recipient: Mapped[str] = mapped_column(sa.String(320))
+    message_id: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    state: Mapped[str] = mapped_column(sa.String(16))  # pending | sending | sent | failed
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        sa.UniqueConstraint("report_id", "recipient"),
+        sa.Index("ix_outbox_state_next", "state", "next_attempt_at"),
+    )

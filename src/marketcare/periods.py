@@ -58,3 +58,18 @@ class Period:
     def closed(self, today: date) -> bool:
         """True once every day of the period is in the past."""
         return self.end <= today
+
+
+def from_key(kind: PeriodKind, key: str) -> Period:
+    """The period a stable key names (the inverse of ``Period.key``)."""
+    try:
+        if kind == "day":
+            return Period.of("day", date.fromisoformat(key))
+        if kind == "week":
+            year, week = key.split("-W")
+            return Period.of("week", date.fromisocalendar(int(year), int(week), 1))
+        if kind == "month":
+            return Period.of("month", date.fromisoformat(f"{key}-01"))
+    except ValueError:
+        pass
+    raise ValueError(f"{key!r} is not a {kind} period key")

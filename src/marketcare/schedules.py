@@ -413,9 +413,44 @@ class Task(_Strict):
         return self
 
 
+_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
+
+
+def _email(value: object) -> object:
+    if isinstance(value, str) and not _EMAIL.match(value.strip()):
+        raise ValueError(f"{value!r} is not an email address")
+    return value.strip() if isinstance(value, str) else value
+
+
+class ReportSpec(_Strict):
+    """A compliance report the daemon produces and emails on its own schedule."""
+
+    id: Id
+    period: Literal["day", "week", "month"]
+    at: TimeOfDay = Field(default_factory=lambda: parse_timespec("08:00"))
+    covers: Literal["current", "previous"] | None = None
+    weekday: Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"] = "mon"
+    day: int = Field(default=1, ge=1, le=28)
+    markets: Literal["all"] | list[Id] = "all"
+    recipients: list[Annotated[str, BeforeValidator(_email)]] = Field(min_length=1)
+    language: Literal["zh_CN", "en"] | None = None
+
+    @model_validator(mode="after")
+    def _clock(self) -> ReportSpec:
+        if self.at.anchor != "clock":
+            raise ValueError("at is a clock time such as '22:30'")
+        return self
+
+    @property
+    def covered(self) -> Literal["current", "previous"]:
+        """A daily report covers its own day; weekly and monthly ones the one before."""
+        return self.covers or ("current" if self.period == "day" else "previous")
+
+
 class ScheduleFile(_Strict):
     markets: list[Market] = Field(default_factory=list)
     tasks: list[Task] = Field(default_factory=list)
+    reports: list[ReportSpec] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -426,6 +461,7 @@ class Schedule:
     tasks: tuple[Task, ...]
     sources: Mapping[str, str]
     default_timezone: str
+    reports: tuple[ReportSpec, ...] = ()
 
     @cached_property
     def digest(self) -> str:
@@ -520,12 +556,17 @@ def load_texts(texts: Mapping[str, str], *, default_timezone: str) -> Schedule:
         raise ScheduleError(errors)
     markets = tuple(m for _, f in parsed for m in f.markets)
     tasks = tuple(t for _, f in parsed for t in f.tasks)
+    reports = tuple(r for _, f in parsed for r in f.reports)
     try:
         check_timezone(default_timezone)
     except ValueError as exc:
         raise ScheduleError([SourceError("<settings>", 1, 1, f"timezone: {exc}")]) from None
     return Schedule(
-        markets=markets, tasks=tasks, sources=dict(texts), default_timezone=default_timezone
+        markets=markets,
+        tasks=tasks,
+        sources=dict(texts),
+        default_timezone=default_timezone,
+        reports=reports,
     )
 
 
@@ -535,8 +576,14 @@ def _cross_check(parsed: list[Located]) -> list[SourceError]:
     errors: list[SourceError] = []
     market_ids: dict[str, str] = {}
     task_ids: dict[str, str] = {}
+    report_ids: dict[str, str] = {}
+    sections = (
+        ("markets", market_ids, "market"),
+        ("tasks", task_ids, "task"),
+        ("reports", report_ids, "report"),
+    )
     for located in parsed:
-        for section, seen, what in (("markets", market_ids, "market"), ("tasks", task_ids, "task")):
+        for section, seen, what in sections:
             items = located.data.get(section)
             if not isinstance(items, list):
                 continue
@@ -553,10 +600,10 @@ def _cross_check(parsed: list[Located]) -> list[SourceError]:
                     )
                 seen.setdefault(ident, located.file)
     known = sorted(market_ids)
-    for located in parsed:
-        tasks = located.data.get("tasks")
-        for i, task in enumerate(tasks if isinstance(tasks, list) else []):
-            refs = task.get("markets") if isinstance(task, dict) else None
+    for located, section in ((lo, sec) for lo in parsed for sec in ("tasks", "reports")):
+        entries = located.data.get(section)
+        for i, entry in enumerate(entries if isinstance(entries, list) else []):
+            refs = entry.get("markets") if isinstance(entry, dict) else None
             if not isinstance(refs, list):
                 continue
             for j, ref in enumerate(refs):
@@ -568,7 +615,7 @@ def _cross_check(parsed: list[Located]) -> list[SourceError]:
                         else f" (known: {', '.join(known) or 'none'})"
                     )
                     errors.append(
-                        located.error(("tasks", i, "markets", j), f"unknown market {ref!r}{hint}")
+                        located.error((section, i, "markets", j), f"unknown market {ref!r}{hint}")
                     )
     return errors
 
@@ -646,6 +693,7 @@ _MODEL_AT: dict[str, type[BaseModel]] = {
     "tasks": Task,
     "checklist": ChecklistItem,
     "recurrence": Recurrence,
+    "reports": ReportSpec,
 }
 
 

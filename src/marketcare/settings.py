@@ -3,11 +3,19 @@
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field, ValidationError, field_validator
+from pydantic import (
+    BeforeValidator,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -21,6 +29,7 @@ from .schedules import check_timezone
 from .timespec import parse_duration
 
 CONFIG_FILE = Path("config/marketcare.toml")
+EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 
 
 def _duration(value: object) -> timedelta:
@@ -43,6 +52,37 @@ class Settings(BaseSettings):
     materialise_interval_seconds: float = Field(default=60.0, gt=0, le=86400)
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["text", "json"] = "text"
+    language: Literal["zh_CN", "en"] = "zh_CN"
+
+    smtp_host: str = "localhost"
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_security: Literal["starttls", "tls", "none"] = "starttls"
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_sender: str = "marketcare@localhost"
+    smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+    report_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    outbox_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+
+    @field_validator("smtp_sender")
+    @classmethod
+    def _sender(cls, value: str) -> str:
+        if not EMAIL.match(value):
+            raise ValueError(f"{value!r} is not an email address")
+        return value
+
+    @model_validator(mode="after")
+    def _no_cleartext_password(self) -> Settings:
+        if (
+            self.smtp_password is not None
+            and self.smtp_security == "none"
+            and self.smtp_host not in {"localhost", "127.0.0.1", "::1"}
+        ):
+            raise ValueError(
+                "smtp_security is 'none' but a password is set for a remote server; "
+                "use starttls or tls so the password is not sent in clear text"
+            )
+        return self
 
     @field_validator("timezone")
     @classmethod

@@ -114,6 +114,9 @@ def parse(text: str, name: str) -> Located:
         raise _fail(name, 1, 1, f"text is larger than {MAX_FILE_BYTES // 1_000_000} MB")
     if "\x00" in text:
         raise _fail(name, *_offset_pos(text, text.index("\x00")), "file contains a NUL byte")
+    fast = _parse_fast(text, name)
+    if fast is not None:
+        return fast
     try:
         loader = yaml.SafeLoader(text)  # checks every character before parsing
     except yaml.reader.ReaderError as exc:
@@ -142,6 +145,34 @@ def parse(text: str, name: str) -> Located:
     except RecursionError:
         raise _fail(name, 1, 1, "YAML is nested too deeply") from None
     if located.data is None:  # "---" or "~" alone: an empty document, like an empty file
+        located.data = {}
+    return located
+
+
+def _parse_fast(text: str, name: str) -> Located | None:
+    """Parse with libyaml when it is there (about 3x faster); None means "use the pure
+    Python parser", which also words every syntax error best."""
+    cloader = getattr(yaml, "CSafeLoader", None)
+    if cloader is None:
+        return None
+    try:
+        loader = cloader(text)
+        try:
+            node = loader.get_single_node()
+        finally:
+            loader.dispose()
+    except (yaml.YAMLError, RecursionError, ValueError):
+        return None
+    located = Located(file=name, data=None)
+    if node is None:
+        located.data = {}
+        return located
+    located.values[()] = _pos(node)
+    try:
+        located.data = _build(node, (), located, loader, _Budget(), set())
+    except RecursionError:
+        raise _fail(name, 1, 1, "YAML is nested too deeply") from None
+    if located.data is None:
         located.data = {}
     return located
 

@@ -1,0 +1,140 @@
+"""Email: building a report message and handing it to an SMTP server, with no surprises.
+
+smplib's traps are handled here: a timeout on every connection, certificate checking
+for STARTTLS and implicit TLS, and failures sorted into *temporary* (try again later)
+and *permanent* (a person must act: bad address, login refused).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import smtplib
+import ssl
+from dataclasses import dataclass
+from datetime import datetime
+from email.header import Header
+from email.message import EmailMessage
+from email.utils import format_datetime
+from typing import Literal
+
+XLSX = ("application", "vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    port: int
+    security: Literal["starttls", "tls", "none"]
+    user: str | None
+    password: str | None
+    sender: str
+    timeout: float
+
+
+class DeliveryError(Exception):
+    """A send failed; ``permanent`` says whether retrying can help."""
+
+    def __init__(self, message: str, *, permanent: bool) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+def message_id(report_id: int, recipient: str, sender: str) -> str:
+    """The same Message-ID for every attempt of one report to one recipient."""
+    domain = sender.rsplit("@", 1)[-1] or "marketcare"
+    who = hashlib.sha256(recipient.strip().lower().encode()).hexdigest()[:16]
+    return f"<marketcare.report-{report_id}.{who}@{domain}>"
+
+
+def build_message(
+    *,
+    sender: str,
+    recipient: str,
+    subject: str,
+    body: str,
+    attachment: bytes,
+    filename: str,
+    msg_id: str,
+    date: datetime,
+) -> EmailMessage:
+    """A plain-text message with the workbook attached, UTF-8 throughout."""
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = recipient
+    msg["Subject"] = subject
+    msg["Date"] = format_datetime(date)
+    msg["Message-ID"] = msg_id
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content(body, charset="utf-8")
+    msg.add_attachment(attachment, maintype=XLSX[0], subtype=XLSX[1], filename=filename)
+    part = list(msg.iter_attachments())[-1]
+    # RFC 2231 filename* for standard clients, and an RFC 2047 name= for older Outlook
+    encoded = filename if filename.isascii() else Header(filename, "utf-8").encode()
+    part.set_param("name", encoded, header="Content-Type")
+    return msg
+
+
+def send(config: SmtpConfig, msg: EmailMessage, recipient: str) -> None:
+    """Deliver one message to one recipient or raise DeliveryError."""
+    context = ssl.create_default_context()
+    try:
+        client: smtplib.SMTP
+        if config.security == "tls":
+            client = smtplib.SMTP_SSL(
+                config.host, config.port, timeout=config.timeout, context=context
+            )
+        else:
+            client = smtplib.SMTP(config.host, config.port, timeout=config.timeout)
+        with client:
+            client.ehlo()
+            if config.security == "starttls":
+                client.starttls(context=context)
+                client.ehlo()
+            if config.user:
+                client.login(config.user, config.password or "")
+            refused = client.send_message(msg, from_addr=config.sender, to_addrs=[recipient])
+            if refused:
+                code, text = refused.get(recipient, (550, b"refused"))
+                raise DeliveryError(
+                    f"recipient refused: {code} {_text(text)}", permanent=code >= 500
+                )
+    except DeliveryError:
+        raise
+    except smtplib.SMTPAuthenticationError as exc:
+        raise DeliveryError(
+            f"login refused by {config.host}: {exc.smtp_code} {_text(exc.smtp_error)} "
+            "(check smtp_user and smtp_password)",
+            permanent=True,
+        ) from None
+    except smtplib.SMTPRecipientsRefused as exc:
+        code, text = next(iter(exc.recipients.values()), (550, b"refused"))
+        raise DeliveryError(
+            f"recipient refused: {code} {_text(text)}", permanent=code >= 500
+        ) from None
+    except (smtplib.SMTPSenderRefused, smtplib.SMTPDataError) as exc:
+        raise DeliveryError(
+            f"server refused the message: {exc.smtp_code} {_text(exc.smtp_error)}",
+            permanent=exc.smtp_code >= 500,
+        ) from None
+    except smtplib.SMTPNotSupportedError as exc:
+        raise DeliveryError(
+            f"server does not support {exc} (check smtp_security)", permanent=True
+        ) from None
+    except ssl.SSLCertVerificationError as exc:
+        raise DeliveryError(
+            f"TLS certificate of {config.host} not trusted: {exc.verify_message}", permanent=True
+        ) from None
+    except smtplib.SMTPResponseException as exc:
+        raise DeliveryError(
+            f"server answered {exc.smtp_code} {_text(exc.smtp_error)}",
+            permanent=exc.smtp_code >= 500,
+        ) from None
+    except (smtplib.SMTPException, OSError) as exc:
+        raise DeliveryError(
+            f"cannot reach {config.host}:{config.port}: {exc or type(exc).__name__}",
+            permanent=False,
+        ) from None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
