@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install run init test lint typecheck unit bench demo clean
+.PHONY: install system-deps run init test lint typecheck unit bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -23,8 +23,18 @@ run: install
 init: install
 	$(BIN)/marketcare init
 
+## Debian packages the tests need: LibreOffice proves an export opens; CJK fonts render it
+SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk poppler-utils
+system-deps:
+	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	else \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
+
 ## set everything up and run the whole suite (lint, types, tests)
-test: install lint typecheck unit
+test: install system-deps lint typecheck unit
 
 lint: install
 	$(BIN)/ruff check src tests bench

@@ -111,7 +111,12 @@ def sample() -> Schedule:
 
 
 def test_the_sample_schedules_load(sample: Schedule) -> None:
-    assert {Path(name).name for name in sample.sources} == {"markets.yaml", "tasks.yaml"}
+    assert {Path(name).name for name in sample.sources} == {
+        "markets.yaml",
+        "people.yaml",
+        "reports.yaml",
+        "tasks.yaml",
+    }
 
 
 def test_the_sample_describes_six_markets_in_distinct_sub_districts(sample: Schedule) -> None:
@@ -245,7 +250,9 @@ def test_an_unknown_key_deep_inside_a_task_points_at_the_key() -> None:
 
 def test_an_unknown_key_far_from_any_valid_key_lists_the_valid_keys() -> None:
     error = only_error("markets: []\nwhatever: 1\n")
-    assert error.message == "unknown key 'whatever'; valid keys: markets, reports, tasks"
+    assert error.message == (
+        "unknown key 'whatever'; valid keys: contracts, escalation, markets, people, reports, tasks"
+    )
     assert (error.line, error.column) == (2, 1)
 
 
@@ -756,7 +763,7 @@ def test_a_tick_cannot_carry_a_unit() -> None:
     text = make_file(
         [make_market()], [make_task(extra="checklist: [{ id: a, tick: x, unit: mg }]\n")]
     )
-    assert "belong to readings, not ticks" in only_error(text).message
+    assert "belong to readings" in only_error(text).message
 
 
 # ---------------------------------------------------------------- the loaded schedule

@@ -30,6 +30,7 @@ class NewEvent:
     from_state: str | None = None
     to_state: str | None = None
     details: dict[str, Any] = field(default_factory=dict)
+    problem_id: int | None = None
 
 
 def _canonical(seq: int, e: Any) -> bytes:
@@ -43,6 +44,9 @@ def _canonical(seq: int, e: Any) -> bytes:
         "to_state": e.to_state,
         "details": e.details,
     }
+    problem_id = getattr(e, "problem_id", None)
+    if problem_id is not None:  # absent from events older than problems, whose hashes stand
+        body["problem_id"] = problem_id
     return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
 
 
@@ -71,6 +75,7 @@ def append(conn: sa.Connection, events: Iterable[NewEvent]) -> int:
                 "actor": e.actor,
                 "action": e.action,
                 "obligation_id": e.obligation_id,
+                "problem_id": e.problem_id,
                 "from_state": e.from_state,
                 "to_state": e.to_state,
                 "details": e.details,

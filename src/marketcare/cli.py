@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import enum
 import functools
 import json
 import logging
@@ -23,6 +24,7 @@ from . import audit, demo, ledger, logs
 from .db import make_engine, migrate, read
 from .errors import MarketcareError, ScheduleError, SettingsError
 from .obligations import Planned, State, expand
+from .periods import Period
 from .schedules import Schedule, load_paths
 from .settings import Settings, load_settings
 
@@ -352,6 +354,16 @@ def _readings(pairs: list[str]) -> dict[str, float]:
     return values
 
 
+def _texts(pairs: list[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MarketcareError(f"--text {pair!r}: write KEY=VALUE, e.g. agents=溴敌隆 50 g")
+        values[key.strip()] = value
+    return values
+
+
 @app.command()
 @handled
 def tick(
@@ -370,6 +382,12 @@ def tick(
     token: Annotated[
         str | None, typer.Option(help="Client token: the same token records once.")
     ] = None,
+    text: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--text", help="A text item, KEY=VALUE (repeatable), e.g. agents='溴敌隆 50 g'."
+        ),
+    ] = None,
 ) -> None:
     """Record a completion: out-of-range readings mark it failed; early ticks are refused."""
     s = _settings()
@@ -383,6 +401,7 @@ def tick(
         items=item,
         note=note,
         token=token,
+        texts=_texts(text or []),
     )
     out.print(
         f"obligation {result.obligation_id}: {result.state.value} — {result.message}", markup=False
@@ -430,6 +449,543 @@ def demo_cmd(
         f"{result.missed} missed",
         markup=False,
     )
+
+
+# ------------------------------------------------------------------------------ export
+
+
+class PeriodChoice(enum.StrEnum):
+    day = "day"
+    week = "week"
+    month = "month"
+
+
+@app.command()
+@handled
+def export(
+    period: Annotated[PeriodChoice, typer.Option(help="The period the report covers.")],
+    date_: Annotated[
+        str | None, typer.Option("--date", help="A day in the period (YYYY-MM-DD; default today).")
+    ] = None,
+    market: Annotated[
+        list[str] | None, typer.Option(help="Only this market (repeatable; default all).")
+    ] = None,
+    out_path: Annotated[
+        Path | None, typer.Option("--out", help="Write here instead of the exports directory.")
+    ] = None,
+    email: Annotated[
+        bool,
+        typer.Option(
+            "--email",
+            help="Also email it (to --to, or the recipients of the configured reports of this period).",
+        ),
+    ] = False,
+    to: Annotated[
+        list[str] | None, typer.Option("--to", help="A recipient for --email (repeatable).")
+    ] = None,
+    language: Annotated[str | None, typer.Option(help="zh_CN (default setting) or en.")] = None,
+) -> None:
+    """Write the Excel compliance report of a period and print its path."""
+    from . import delivery
+    from .periods import Period
+
+    s = _settings()
+    lang = language or s.language
+    if lang not in ("zh_CN", "en"):
+        raise typer.BadParameter(f"{lang!r}: use zh_CN or en", param_hint="--language")
+    engine = _engine(s)
+    migrate(engine)
+    day = _parse_date(date_, "--date") or _today(s)
+    p = Period.of(period.value, day)
+    now = _now()
+    recipients: list[str] = []
+    if email:
+        recipients = list(to or [])
+        if not recipients:
+            schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
+            for spec in schedule.reports:
+                if spec.period == p.kind:
+                    recipients.extend(spec.recipients)
+        if not recipients:
+            raise MarketcareError(
+                f"--email: no recipients; give --to ADDRESS or configure a {p.kind} report in the schedules"
+            )
+    with Progress(
+        TextColumn(f"writing {p.kind} {p.key}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("export", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        result = delivery.export(
+            engine,
+            period=p,
+            exports_dir=s.exports_dir,
+            now=now,
+            markets=market,
+            language=lang,
+            out=out_path,
+            progress=progress,
+        )
+    note = "" if result.created else " (unchanged; the recorded file)"
+    err.print(f"revision {result.revision}, sha256 {result.sha256}{note}", markup=False)
+    out.print(str(result.path), markup=False)
+    if email:
+        delivery.enqueue(engine, result.report_id, recipients, now=now, sender=s.smtp_sender)
+        sent = delivery.send_due(engine, delivery.smtp_config(s), now=now, language=lang)
+        err.print(
+            f"email: {sent.sent} sent, {sent.retrying} to retry, {sent.failed} failed "
+            "(see marketcare outbox; the daemon keeps retrying)",
+            markup=False,
+        )
+        if sent.failed:
+            raise typer.Exit(1)
+
+
+@app.command(name="outbox")
+@handled
+def outbox_cmd(
+    state: Annotated[
+        list[str] | None,
+        typer.Option(help="Only messages in this state: pending, sending, sent, failed."),
+    ] = None,
+    resend: Annotated[int | None, typer.Option(help="Queue message ID again.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show emails waiting, sent and failed (with the reason); re-queue one with --resend."""
+    from . import delivery
+
+    s = _settings()
+    engine = _engine(s)
+    migrate(engine)
+    if resend is not None:
+        delivery.resend(engine, resend, now=_now())
+        out.print(f"message {resend} queued again", markup=False)
+        return
+    rows = delivery.outbox(engine, states=state)
+    if as_json:
+        data = [
+            {
+                "id": r.id,
+                "report": r.path,
+                "period": r.period_key,
+                "recipient": r.recipient,
+                "state": r.state,
+                "attempts": r.attempts,
+                "message_id": r.message_id,
+                "next_attempt_at": r.next_attempt_at.isoformat() if r.next_attempt_at else None,
+                "sent_at": r.sent_at.isoformat() if r.sent_at else None,
+                "error": r.last_error,
+            }
+            for r in rows
+        ]
+        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
+        return
+    if not rows:
+        out.print("the outbox is empty", markup=False)
+        return
+    table = Table(title="outbox", title_justify="left")
+    for col in ("id", "period", "recipient", "state", "tries", "next / sent", "reason"):
+        table.add_column(col)
+    styles = {"sent": "green", "failed": "bold red", "pending": "yellow", "sending": "cyan"}
+    for r in rows:
+        when = r.sent_at if r.state == "sent" else r.next_attempt_at
+        table.add_row(
+            str(r.id),
+            r.period_key,
+            r.recipient,
+            f"[{styles.get(r.state, '')}]{r.state}[/]",
+            str(r.attempts),
+            _fmt_local(when, s.timezone),
+            r.last_error or "",
+        )
+    out.print(table)
+
+
+@app.command(name="notifications")
+@handled
+def notifications_cmd(
+    state: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="Only messages in this state: pending, sending, sent, failed, cancelled."
+        ),
+    ] = None,
+    resend: Annotated[int | None, typer.Option(help="Queue message ID again.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Show reminders and escalations waiting, sent and failed; re-queue one with --resend."""
+    from . import notify
+
+    s = _settings()
+    engine = _engine(s)
+    migrate(engine)
+    if resend is not None:
+        notify.resend(engine, resend, now=_now())
+        out.print(f"notification {resend} queued again", markup=False)
+        return
+    rows = notify.messages(engine, states=state)
+    if as_json:
+        data = [
+            {
+                "id": r.id,
+                "person": r.person_id,
+                "market": r.market_id,
+                "channel": r.channel,
+                "address": r.address,
+                "subject": r.subject,
+                "state": r.state,
+                "attempts": r.attempts,
+                "stable_id": r.stable_id,
+                "next_attempt_at": r.next_attempt_at.isoformat() if r.next_attempt_at else None,
+                "sent_at": r.sent_at.isoformat() if r.sent_at else None,
+                "error": r.last_error,
+            }
+            for r in rows
+        ]
+        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
+        return
+    if not rows:
+        out.print("no notifications", markup=False)
+        return
+    table = Table(title="notifications", title_justify="left")
+    for col in ("id", "person", "channel", "subject", "state", "tries", "next / sent", "reason"):
+        table.add_column(col)
+    styles = {
+        "sent": "green",
+        "failed": "bold red",
+        "pending": "yellow",
+        "sending": "cyan",
+        "cancelled": "dim",
+    }
+    for r in rows:
+        when = r.sent_at if r.state == "sent" else r.next_attempt_at
+        table.add_row(
+            str(r.id),
+            r.person_id,
+            r.channel,
+            r.subject,
+            f"[{styles.get(r.state, '')}]{r.state}[/]",
+            str(r.attempts),
+            _fmt_local(when, s.timezone),
+            r.last_error or "",
+        )
+    out.print(table)
+
+
+# ------------------------------------------------------------------------------ problems
+
+problems_app = typer.Typer(
+    help="Problems found on inspection (整改事项): add, list, rectify, verify, reopen, import.",
+    no_args_is_help=True,
+)
+app.add_typer(problems_app, name="problems")
+
+
+def _parse_when(value: str, what: str, zone: str, *, end_of_day: bool = False) -> datetime:
+    text = value.strip()
+    try:
+        local = datetime.fromisoformat(text)
+    except ValueError:
+        raise typer.BadParameter(
+            f"{value!r}: write YYYY-MM-DD or 'YYYY-MM-DD HH:MM'", param_hint=what
+        ) from None
+    if len(text) <= 10 and end_of_day:
+        local += timedelta(days=1, seconds=-1)
+    if local.tzinfo is None:
+        local = local.replace(tzinfo=ZoneInfo(zone))
+    return local.astimezone(UTC)
+
+
+def _market_zone(engine: sa.Engine, market_id: str, default: str) -> str:
+    from .models import MarketRow
+
+    with read(engine) as conn:
+        zone = conn.execute(
+            sa.select(MarketRow.timezone).where(MarketRow.id == market_id)
+        ).scalar_one_or_none()
+    return zone or default
+
+
+@problems_app.command("add")
+@handled
+def problems_add(
+    market: Annotated[str, typer.Option(help="The market's id.")],
+    category: Annotated[str, typer.Option(help="sanitation, repair, pest or order.")],
+    description: Annotated[str, typer.Option(help="What is wrong.")],
+    found_by: Annotated[str, typer.Option("--found-by", help="Who found it.")],
+    deadline: Annotated[
+        str | None,
+        typer.Option(help="Rectify by (YYYY-MM-DD [HH:MM], market time; a date means its end)."),
+    ] = None,
+    within: Annotated[
+        str | None, typer.Option(help="Or: rectify within a duration, e.g. 3d.")
+    ] = None,
+    area: Annotated[str | None, typer.Option(help="The area's id, if it is in one.")] = None,
+    found_at: Annotated[
+        str | None, typer.Option("--found-at", help="When it was found (default now).")
+    ] = None,
+    evidence: Annotated[list[Path] | None, typer.Option(help="A photo (repeatable).")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Client token: the same token records once.")
+    ] = None,
+) -> None:
+    """Record a problem with its deadline."""
+    from . import rectification
+    from .timespec import parse_duration
+
+    s = _settings()
+    engine = _engine(s)
+    migrate(engine)
+    now = _now()
+    zone = _market_zone(engine, market, s.timezone)
+    found = _parse_when(found_at, "--found-at", zone) if found_at else now
+    if (deadline is None) == (within is None):
+        raise typer.BadParameter("give either --deadline or --within", param_hint="--deadline")
+    if deadline is not None:
+        due = _parse_when(deadline, "--deadline", zone, end_of_day=True)
+    else:
+        try:
+            due = found + parse_duration(within)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--within") from None
+    files = [rectification.store_evidence(p, s.evidence_dir) for p in evidence or []]
+    pid, created = rectification.add(
+        engine,
+        rectification.NewProblem(
+            market_id=market,
+            area_id=area,
+            category=category,
+            description=description,
+            found_by=found_by,
+            found_at=found,
+            deadline=due,
+            evidence=files,
+            source_key=f"token:{token}" if token else None,
+        ),
+        now=now,
+    )
+    verb = "recorded" if created else "already recorded"
+    out.print(f"problem {pid} {verb}; deadline {_fmt_local(due, zone)}", markup=False)
+
+
+@problems_app.command("list")
+@handled
+def problems_list(
+    market: Annotated[list[str] | None, typer.Option(help="Only this market (repeatable).")] = None,
+    state: Annotated[
+        list[str] | None, typer.Option(help="open, rectified or verified (repeatable).")
+    ] = None,
+    overdue: Annotated[
+        bool, typer.Option("--overdue", help="Only problems past their deadline and not verified.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Problems, overdue first, with their deadlines and how often they were reopened."""
+    from . import rectification
+
+    s = _settings()
+    engine = _engine(s)
+    migrate(engine)
+    rows = rectification.listing(engine, now=_now(), markets=market, states=state, overdue=overdue)
+    if as_json:
+        data = [
+            {
+                "id": r.id,
+                "market": r.market_id,
+                "area": r.area_id,
+                "category": r.category,
+                "description": r.description,
+                "found_at": r.found_at.isoformat(),
+                "found_by": r.found_by,
+                "deadline": r.deadline.isoformat(),
+                "state": r.state,
+                "overdue": r.overdue,
+                "reopened": r.reopened,
+                "rectified_at": r.rectified_at.isoformat() if r.rectified_at else None,
+                "verified_at": r.verified_at.isoformat() if r.verified_at else None,
+                "reinspection": r.reinspection_id,
+            }
+            for r in rows
+        ]
+        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
+        return
+    if not rows:
+        out.print("no problems", markup=False)
+        return
+    table = Table(title=f"{len(rows)} problems", title_justify="left")
+    for col in ("id", "market", "area", "category", "description", "deadline", "state", "reopened"):
+        table.add_column(col)
+    for r in rows:
+        style = (
+            "bold red" if r.overdue else {"verified": "green", "rectified": "cyan"}.get(r.state, "")
+        )
+        table.add_row(
+            str(r.id),
+            r.market_id,
+            r.area_id or "—",
+            r.category,
+            r.description,
+            _fmt_local(r.deadline, s.timezone),
+            f"[{style}]{r.state}{' (overdue)' if r.overdue else ''}[/]",
+            str(r.reopened),
+        )
+    out.print(table)
+
+
+@problems_app.command("rectify")
+@handled
+def problems_rectify(
+    problem_id: Annotated[int, typer.Argument(help="The problem's id.")],
+    by: Annotated[str, typer.Option(help="Who fixed it.")],
+    note: Annotated[str, typer.Option(help="What was done.")],
+    evidence: Annotated[
+        list[Path] | None, typer.Option(help="A photo of the result (repeatable).")
+    ] = None,
+) -> None:
+    """The market reports it fixed; the office's re-inspection is scheduled."""
+    from . import rectification
+
+    s = _settings()
+    engine = _engine(s)
+    files = [rectification.store_evidence(p, s.evidence_dir) for p in evidence or []]
+    ob = rectification.rectify(
+        engine, problem_id=problem_id, by=by, note=note, now=_now(), evidence=files
+    )
+    out.print(f"problem {problem_id} rectified; re-inspection is obligation {ob}", markup=False)
+
+
+@problems_app.command("verify")
+@handled
+def problems_verify(
+    problem_id: Annotated[int, typer.Argument(help="The problem's id.")],
+    by: Annotated[str, typer.Option(help="Who re-inspected it.")],
+    note: Annotated[str | None, typer.Option(help="A note for the record.")] = None,
+) -> None:
+    """The re-inspection passed: the problem is closed."""
+    from . import rectification
+
+    s = _settings()
+    engine = _engine(s)
+    rectification.verify(engine, problem_id=problem_id, by=by, now=_now(), note=note)
+    out.print(f"problem {problem_id} verified", markup=False)
+
+
+@problems_app.command("reopen")
+@handled
+def problems_reopen(
+    problem_id: Annotated[int, typer.Argument(help="The problem's id.")],
+    by: Annotated[str, typer.Option(help="Who re-inspected it.")],
+    note: Annotated[str, typer.Option(help="Why it did not pass.")],
+    deadline: Annotated[
+        str | None, typer.Option(help="A new deadline (YYYY-MM-DD [HH:MM]).")
+    ] = None,
+) -> None:
+    """The re-inspection failed: the problem is open again (and counted as reopened)."""
+    from . import rectification
+
+    s = _settings()
+    engine = _engine(s)
+    new = None
+    if deadline:
+        from .models import ProblemRow
+
+        with read(engine) as conn:
+            market = conn.execute(
+                sa.select(ProblemRow.market_id).where(ProblemRow.id == problem_id)
+            ).scalar_one_or_none()
+        new = _parse_when(
+            deadline, "--deadline", _market_zone(engine, market or "", s.timezone), end_of_day=True
+        )
+    rectification.reopen(engine, problem_id=problem_id, by=by, note=note, now=_now(), deadline=new)
+    out.print(f"problem {problem_id} reopened", markup=False)
+
+
+@problems_app.command("import")
+@handled
+def problems_import(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="An .xlsx whose first sheet has a header row (市场, 区域, 类别, 问题描述, 发现时间, 发现人, 整改期限)."
+        ),
+    ],
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Import the good rows and report each bad one.")
+    ] = False,
+) -> None:
+    """Import inspection findings from a spreadsheet: every row valid, or nothing imported."""
+    from . import rectification
+
+    s = _settings()
+    engine = _engine(s)
+    migrate(engine)
+    result = rectification.import_xlsx(engine, file, now=_now(), skip_bad=skip_bad)
+    for message in result.skipped:
+        err.print(f"skipped {message}", markup=False)
+    out.print(
+        f"{result.imported} problems imported"
+        + (f", {result.already} already imported before" if result.already else "")
+        + (f", {len(result.skipped)} bad rows skipped" if result.skipped else ""),
+        markup=False,
+    )
+
+
+# ------------------------------------------------------------------------------ pest control
+
+
+@app.command()
+@handled
+def pest(
+    month: Annotated[
+        str | None, typer.Option(help="The month, YYYY-MM (default this month).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Pest-control visits done against each contractor's agreed visits per month (灭四害)."""
+    from .periods import from_key
+    from .pestcontrol import contract_status
+
+    s = _settings()
+    engine = _engine(s)
+    migrate(engine)
+    try:
+        period = from_key("month", month) if month else Period.of("month", _today(s))
+    except ValueError:
+        raise typer.BadParameter(f"{month!r}: write YYYY-MM", param_hint="--month") from None
+    schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
+    with read(engine) as conn:
+        rows = contract_status(conn, schedule, period)
+    if as_json:
+        data = [
+            {
+                "market": r.market_id,
+                "contractor": r.contractor,
+                "agreed": r.agreed,
+                "done": r.done,
+                "short": r.short,
+            }
+            for r in rows
+        ]
+        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
+        return
+    if not rows:
+        out.print("no pest-control contracts in the schedules (contracts:)", markup=False)
+        return
+    table = Table(title=f"灭四害 {period.key}", title_justify="left")
+    for col in ("market", "contractor", "agreed", "done", "short"):
+        table.add_column(col)
+    for r in rows:
+        short = f"[bold red]{r.short}[/]" if r.short else "0"
+        table.add_row(r.market_id, r.contractor, str(r.agreed), str(r.done), short)
+    out.print(table)
 
 
 # ------------------------------------------------------------------------------ run

@@ -13,7 +13,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -103,10 +103,63 @@ class Daemon:
         return result
 
     def step_sweep(self) -> ledger.SweepResult:
-        result = ledger.sweep_all(self.engine, now=self.now())
+        now = self.now()
+        result = ledger.sweep_all(self.engine, now=now)
         if result.opened or result.missed:
             log.info("swept", extra={"opened": result.opened, "missed": result.missed})
+        if self.schedule is not None:
+            from . import rectification
+
+            raised = rectification.raise_from_obligations(self.engine, self.schedule, now=now)
+            if raised:
+                log.info("problems raised from obligations", extra={"problems": raised})
         return result
+
+    def step_reports(self) -> int:
+        """Produce reports whose run time has come (including any missed while down)."""
+        if self.schedule is None or not self.schedule.reports:
+            return 0
+        from . import delivery
+
+        now = self.now()
+        delivery.plan_runs(self.engine, self.schedule, now=now)
+        return delivery.run_pending(
+            self.engine,
+            self.schedule,
+            now=now,
+            exports_dir=self.settings.exports_dir,
+            default_language=self.settings.language,
+            sender=self.settings.smtp_sender,
+        )
+
+    def step_outbox(self) -> int:
+        """Send due emails; failures are kept in the outbox with their reason."""
+        from . import delivery
+
+        result = delivery.send_due(
+            self.engine,
+            delivery.smtp_config(self.settings),
+            now=self.now(),
+            language=self.settings.language,
+            clock=self.now,
+        )
+        return result.sent
+
+    def step_notifications(self) -> int:
+        """Turn escalation steps that came due into notifications, then send due ones."""
+        from . import delivery, notify
+
+        if self.schedule is not None:
+            notify.materialise(
+                self.engine, self.schedule, now=self.now(), sender=self.settings.smtp_sender
+            )
+        result = notify.send_due(
+            self.engine,
+            delivery.smtp_config(self.settings),
+            now=self.now(),
+            timezone=self.settings.timezone,
+        )
+        return result.sent
 
     def _schedule_signature(self) -> tuple[tuple[str, float, int], ...]:
         out = []
@@ -191,6 +244,27 @@ class Daemon:
             id="materialise",
         )
         scheduler.add_job(self._guarded(self._maybe_reload), "interval", seconds=1, id="reload")
+        scheduler.add_job(
+            self._guarded(self.step_reports),
+            "interval",
+            seconds=self.settings.report_interval_seconds,
+            id="reports",
+            next_run_time=datetime.now(UTC),  # catch up at once on start
+        )
+        scheduler.add_job(
+            self._guarded(self.step_outbox),
+            "interval",
+            seconds=self.settings.outbox_interval_seconds,
+            id="outbox",
+            next_run_time=datetime.now(UTC),
+        )
+        scheduler.add_job(
+            self._guarded(self.step_notifications),
+            "interval",
+            seconds=self.settings.notify_interval_seconds,
+            id="notifications",
+            next_run_time=datetime.now(UTC),
+        )
         watcher = threading.Thread(target=self._watch, args=(stop, scheduler), daemon=True)
 
         if stop.is_set():

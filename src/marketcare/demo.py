@@ -16,6 +16,7 @@ from .models import AreaRow, LedgerState, Obligation
 from .obligations import State
 from .schedules import Schedule
 
+AGENTS = ("溴敌隆毒饵 50 g；高效氯氰菊酯 20 mL", "杀蟑胶饵 10 g；灭蝇灯检查", "溴敌隆毒饵 30 g")
 PEOPLE = ("陈建国", "林秀英", "黄志强", "吴丽娟", "郑海峰", "王美玲")
 
 
@@ -88,8 +89,9 @@ def fill(
                 b = hi if hi is not None else a * 1.5
                 readings[r.id] = round(rng.uniform(a, b))
         token = f"demo-{seed}-{ob.id}"
+        texts = {t.id: rng.choice(AGENTS) for t in checklist.texts if t.required}
         res = ledger.tick(
-            engine, obligation_id=ob.id, by=who, now=at, readings=readings, token=token
+            engine, obligation_id=ob.id, by=who, now=at, readings=readings, token=token, texts=texts
         )
         if res.state == State.FAILED:
             result.failed += 1
@@ -105,6 +107,7 @@ def fill(
                         readings=good,
                         note="重新配药后复做",
                         token=token + "-redo",
+                        texts=texts,
                     )
                     result.redone += 1
         elif res.state == State.LATE:

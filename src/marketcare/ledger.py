@@ -547,6 +547,7 @@ class RequiredReading:
 class Checklist:
     ticks: tuple[ChecklistItem, ...]
     readings: tuple[RequiredReading, ...]
+    texts: tuple[ChecklistItem, ...] = ()
 
 
 def checklist_of(schedule: Schedule, task_id: str, area_kind: str | None) -> Checklist:
@@ -560,7 +561,8 @@ def checklist_of(schedule: Schedule, task_id: str, area_kind: str | None) -> Che
         for c in task.checklist
         if c.reading is not None
     )
-    return Checklist(ticks, readings)
+    texts = tuple(c for c in task.checklist if c.text is not None)
+    return Checklist(ticks, readings, texts)
 
 
 @dataclass(frozen=True)
@@ -592,6 +594,7 @@ def tick(
     items: Sequence[str] | None = None,
     note: str | None = None,
     token: str | None = None,
+    texts: Mapping[str, str] | None = None,
 ) -> TickResult:
     """Record a completion of one obligation (see ``completion_outcome`` for the rule).
 
@@ -655,7 +658,7 @@ def tick(
             checklist = checklist_of(
                 schedule, ob.task_id, _area_kind(conn, ob.market_id, ob.area_id)
             )
-            failures, item_map = _check(checklist, readings, items)
+            failures, item_map = _check(checklist, readings, items, texts or {})
             outcome = completion_outcome(due_at=ob.due_at, at=now, readings_ok=not failures)
             changed = conn.execute(
                 sa.update(Obligation)
@@ -733,7 +736,10 @@ class _Raced(Exception):
 
 
 def _check(
-    checklist: Checklist, readings: Mapping[str, float], items: Sequence[str] | None
+    checklist: Checklist,
+    readings: Mapping[str, float],
+    items: Sequence[str] | None,
+    texts: Mapping[str, str],
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     known_readings = {r.id: r for r in checklist.readings}
     unknown = sorted(set(readings) - set(known_readings))
@@ -762,6 +768,19 @@ def _check(
             raise TickRefused(
                 f"items not ticked: {', '.join(left)}; tick them all (or give no --item to tick all)"
             )
+    text_ids = [t.id for t in checklist.texts]
+    bad_texts = sorted(set(texts) - set(text_ids))
+    if bad_texts:
+        raise TickRefused(
+            f"unknown text {bad_texts[0]!r}; this task's texts: {', '.join(text_ids) or 'none'}"
+        )
+    blank = [t for t in checklist.texts if t.required and not str(texts.get(t.id, "")).strip()]
+    if blank:
+        raise TickRefused(
+            "missing text(s): "
+            + ", ".join(f"{t.id} ({t.label})" for t in blank)
+            + "; give each as --text KEY=VALUE"
+        )
     failures: dict[str, Any] = {}
     for r in checklist.readings:
         value = readings[r.id]
@@ -771,7 +790,9 @@ def _check(
                 "range": list(r.range) if r.range else None,
                 "unit": r.unit,
             }
-    return failures, dict.fromkeys(given, True)
+    recorded: dict[str, Any] = dict.fromkeys(given, True)
+    recorded.update({k: v.strip() for k, v in texts.items() if v.strip()})
+    return failures, recorded
 
 
 def _market_zone(conn: sa.Connection, market_id: str) -> ZoneInfo:

@@ -1,6 +1,6 @@
 """Email: building a report message and handing it to an SMTP server, with no surprises.
 
-smplib's traps are handled here: a timeout on every connection, certificate checking
+smtplib's traps are handled here: a timeout on every connection, certificate checking
 for STARTTLS and implicit TLS, and failures sorted into *temporary* (try again later)
 and *permanent* (a person must act: bad address, login refused).
 """
@@ -12,8 +12,12 @@ import smtplib
 import ssl
 from dataclasses import dataclass
 from datetime import datetime
+from email import encoders
 from email.header import Header
-from email.message import EmailMessage
+from email.message import Message
+from email.mime.base import MIMEBase
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
 from email.utils import format_datetime
 from typing import Literal
 
@@ -56,25 +60,32 @@ def build_message(
     filename: str,
     msg_id: str,
     date: datetime,
-) -> EmailMessage:
-    """A plain-text message with the workbook attached, UTF-8 throughout."""
-    msg = EmailMessage()
+) -> Message:
+    """A plain-text message with the workbook attached, UTF-8 throughout.
+
+    Built with the classic ``email.mime`` API (policy compat32): the newer
+    ``EmailMessage`` folding re-encodes a long Content-Type with a non-ASCII ``name`` and
+    breaks the MIME type itself. The name is given twice: RFC 2231 ``filename*`` for
+    standard clients and an RFC 2047 ``name=`` for Outlook versions that read only that.
+    """
+    msg = MIMEMultipart()
     msg["From"] = sender
     msg["To"] = recipient
-    msg["Subject"] = subject
+    msg["Subject"] = Header(subject, "utf-8").encode()
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = msg_id
     msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content(body, charset="utf-8")
-    msg.add_attachment(attachment, maintype=XLSX[0], subtype=XLSX[1], filename=filename)
-    part = list(msg.iter_attachments())[-1]
-    # RFC 2231 filename* for standard clients, and an RFC 2047 name= for older Outlook
-    encoded = filename if filename.isascii() else Header(filename, "utf-8").encode()
-    part.set_param("name", encoded, header="Content-Type")
+    msg.attach(MIMEText(body, "plain", "utf-8"))
+    part = MIMEBase(*XLSX)
+    part.set_payload(attachment)
+    encoders.encode_base64(part)
+    part.set_param("name", filename if filename.isascii() else Header(filename, "utf-8").encode())
+    part.add_header("Content-Disposition", "attachment", filename=("utf-8", "", filename))
+    msg.attach(part)
     return msg
 
 
-def send(config: SmtpConfig, msg: EmailMessage, recipient: str) -> None:
+def send(config: SmtpConfig, msg: Message, recipient: str) -> None:
     """Deliver one message to one recipient or raise DeliveryError."""
     context = ssl.create_default_context()
     try:

@@ -146,6 +146,7 @@ class Event(Base):
     obligation_id: Mapped[int | None] = mapped_column(
         BigId, sa.ForeignKey("obligations.id"), index=True
     )
+    problem_id: Mapped[int | None] = mapped_column(BigId, index=True)
     from_state: Mapped[str | None] = mapped_column(sa.String(16))
     to_state: Mapped[str | None] = mapped_column(sa.String(16))
     details: Mapped[dict[str, Any]]
@@ -230,4 +231,96 @@ class OutboxMessage(Base):
     __table_args__ = (
         sa.UniqueConstraint("report_id", "recipient"),
         sa.Index("ix_outbox_state_next", "state", "next_attempt_at"),
+    )
+
+
+class ProblemRow(Base):
+    """A problem found on inspection (整改事项) with its deadline and its rectification."""
+
+    __tablename__ = "problems"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    market_id: Mapped[str] = mapped_column(sa.ForeignKey("markets.id"), index=True)
+    area_id: Mapped[str | None] = mapped_column(sa.String(64))
+    category: Mapped[str] = mapped_column(sa.String(16))
+    description: Mapped[str] = mapped_column(sa.Text)
+    found_at: Mapped[datetime]
+    found_by: Mapped[str] = mapped_column(sa.String(100))
+    deadline: Mapped[datetime]
+    state: Mapped[str] = mapped_column(sa.String(16))
+    reopened: Mapped[int] = mapped_column(default=0)
+    #: makes raising idempotent: "obligation:123:missed", "import:<file sha>:7", a client token
+    source_key: Mapped[str | None] = mapped_column(sa.String(200), unique=True)
+    obligation_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("obligations.id"))
+    evidence: Mapped[dict[str, Any]]
+    rectified_at: Mapped[datetime | None]
+    rectified_by: Mapped[str | None] = mapped_column(sa.String(100))
+    rectify_note: Mapped[str | None] = mapped_column(sa.Text)
+    verified_at: Mapped[datetime | None]
+    verified_by: Mapped[str | None] = mapped_column(sa.String(100))
+    reinspection_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("obligations.id"))
+    created_at: Mapped[datetime]
+
+    __table_args__ = (sa.Index("ix_problems_state_deadline", "state", "deadline"),)
+
+
+class Notification(Base):
+    """One escalation step due for one person about one obligation or problem.
+
+    The natural key makes materialising idempotent: a restart, downtime catch-up or a
+    second process can never create the same notification twice.
+    """
+
+    __tablename__ = "notifications"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    subject_kind: Mapped[str] = mapped_column(sa.String(16))  # obligation | problem
+    subject_id: Mapped[int] = mapped_column(BigId)
+    step: Mapped[str] = mapped_column(sa.String(80))  # "{policy}:{index}" or "{policy}:p{index}"
+    person_id: Mapped[str] = mapped_column(sa.String(64))
+    market_id: Mapped[str] = mapped_column(sa.String(64))
+    trigger_at: Mapped[datetime]
+    digest_at: Mapped[datetime | None]  # batched into a digest at this time, or None
+    state: Mapped[str] = mapped_column(sa.String(16))  # waiting | queued | dropped
+    bundle: Mapped[str | None] = mapped_column(sa.String(200), index=True)
+    created_at: Mapped[datetime]
+
+    __table_args__ = (
+        sa.UniqueConstraint("subject_kind", "subject_id", "step", "person_id"),
+        sa.Index("ix_notifications_state_digest", "state", "digest_at"),
+    )
+
+
+class NotificationWatermark(Base):
+    """Up to when escalation trigger times have been turned into notifications (row id 1)."""
+
+    __tablename__ = "notification_watermark"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    checked_until: Mapped[datetime]
+
+
+class NotifyMessage(Base):
+    """One message of a bundle on one channel: retried until sent, failed or cancelled."""
+
+    __tablename__ = "notify_outbox"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    bundle: Mapped[str] = mapped_column(sa.String(200))
+    channel: Mapped[str] = mapped_column(sa.String(16))  # email | webhook
+    person_id: Mapped[str] = mapped_column(sa.String(64))
+    market_id: Mapped[str] = mapped_column(sa.String(64))
+    address: Mapped[str] = mapped_column(sa.String(1000))
+    webhook_format: Mapped[str | None] = mapped_column(sa.String(16))
+    quiet_hours: Mapped[str | None] = mapped_column(sa.String(16))
+    stable_id: Mapped[str] = mapped_column(sa.String(200), unique=True)
+    subject: Mapped[str] = mapped_column(sa.Text)
+    body: Mapped[str] = mapped_column(sa.Text)
+    state: Mapped[str] = mapped_column(sa.String(16))  # pending|sending|sent|failed|cancelled
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime]
+    lease_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+
+    __table_args__ = (
+        sa.UniqueConstraint("bundle", "channel"),
+        sa.Index("ix_notify_outbox_state_next", "state", "next_attempt_at"),
     )

@@ -350,31 +350,50 @@ ReadingRange = Annotated[Range, BeforeValidator(_range)]
 
 
 class ChecklistItem(_Strict):
-    """A tick (something done) or a reading (a measured number with its required range)."""
+    """A tick (something done), a reading (a measured number with its required range) or a
+    text (what a record must say in words: agents used, findings)."""
 
     id: Id
     tick: str | None = None
     reading: str | None = None
+    text: str | None = None
+    required: bool = False
     unit: str | None = None
     range: ReadingRange | None = None
     by_area_kind: dict[AreaKind, ReadingRange] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _shape(self) -> ChecklistItem:
-        if (self.tick is None) == (self.reading is None):
-            raise ValueError("a checklist item is either 'tick: label' or 'reading: label'")
-        if self.tick is not None and (self.unit or self.range or self.by_area_kind):
-            raise ValueError("unit, range and by_area_kind belong to readings, not ticks")
+        if [self.tick, self.reading, self.text].count(None) != 2:
+            raise ValueError(
+                "a checklist item is one of 'tick: label', 'reading: label' or 'text: label'"
+            )
+        if self.reading is None and (self.unit or self.range or self.by_area_kind):
+            raise ValueError("unit, range and by_area_kind belong to readings")
+        if self.required and self.text is None:
+            raise ValueError("required is for text items (ticks and readings are always required)")
         return self
 
     @property
     def label(self) -> str:
-        return self.tick or self.reading or self.id
+        return self.tick or self.reading or self.text or self.id
 
     def range_for(self, area_kind: str | None) -> Range | None:
         if area_kind is not None and area_kind in self.by_area_kind:
             return self.by_area_kind[AreaKind(area_kind)]
         return self.range
+
+
+def _both_outcomes() -> list[Literal["missed", "failed"]]:
+    return ["missed", "failed"]
+
+
+class RaiseProblem(_Strict):
+    """Turn a missed obligation or a failed reading into a problem with a deadline."""
+
+    when: list[Literal["missed", "failed"]] = Field(default_factory=_both_outcomes, min_length=1)
+    category: Literal["sanitation", "repair", "pest", "order"] = "sanitation"
+    within: Duration = timedelta(days=1)
 
 
 class Task(_Strict):
@@ -392,6 +411,7 @@ class Task(_Strict):
     contractor: str | None = None
     description: str | None = None
     checklist: list[ChecklistItem] = Field(default_factory=list)
+    raise_problem: RaiseProblem | None = None
 
     @model_validator(mode="after")
     def _coherent(self) -> Task:
@@ -447,10 +467,138 @@ class ReportSpec(_Strict):
         return self.covers or ("current" if self.period == "day" else "previous")
 
 
+class Contract(_Strict):
+    """A pest-control contractor's agreed visits per market per month (灭四害 contract)."""
+
+    contractor: str = Field(min_length=1)
+    markets: Literal["all"] | list[Id] = "all"
+    visits_per_month: int = Field(ge=1, le=31)
+
+
+# ---------------------------------------------------------------- people and escalation
+
+ROLES = ("manager", "supervisor", "office")
+_QUIET = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
+_CLOCK = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*$")
+_AT = re.compile(r"^\s*(opens|due|deadline)\s*(?:([+-])\s*(.+))?$")
+
+
+def _clock(value: object) -> dt.time:
+    if isinstance(value, int) and not isinstance(value, bool):
+        raise ValueError(f'{value!r} is a number for YAML: quote a clock time, e.g. "21:00"')
+    m = _CLOCK.match(value) if isinstance(value, str) else None
+    if m is None or int(m.group(1)) > 23 or int(m.group(2)) > 59:
+        raise ValueError(f'expected a clock time such as "21:00", got {value!r}')
+    return dt.time(int(m.group(1)), int(m.group(2)))
+
+
+def _quiet(value: object) -> object:
+    if isinstance(value, str):
+        m = _QUIET.match(value)
+        if m is None:
+            raise ValueError(f'quiet_hours is a local span such as "22:00-07:00", got {value!r}')
+        start = _clock(f"{m.group(1)}:{m.group(2)}")
+        end = _clock(f"{m.group(3)}:{m.group(4)}")
+        if start == end:
+            raise ValueError(f"quiet_hours {value!r} is empty (start equals end)")
+        return (start, end)
+    return value
+
+
+ClockTime = Annotated[dt.time, BeforeValidator(_clock)]
+QuietHours = Annotated[tuple[dt.time, dt.time], BeforeValidator(_quiet)]
+
+
+@dataclass(frozen=True)
+class StepAt:
+    """A time relative to an obligation (opens, due) or a problem (deadline)."""
+
+    anchor: Literal["opens", "due", "deadline"]
+    offset: timedelta
+
+    def __str__(self) -> str:
+        if not self.offset:
+            return self.anchor
+        sign = "-" if self.offset < timedelta(0) else "+"
+        from .timespec import format_duration
+
+        return f"{self.anchor}{sign}{format_duration(abs(self.offset))}"
+
+
+def parse_step_at(value: object, anchors: tuple[str, ...]) -> StepAt:
+    """Parse ``opens``, ``due-30m``, ``due+1h``, ``deadline+1d`` for the given anchors."""
+    if isinstance(value, StepAt):
+        return value
+    m = _AT.match(value) if isinstance(value, str) else None
+    if m is None or m.group(1) not in anchors:
+        forms = ", ".join(f"{a}, {a}-30m, {a}+1h" for a in anchors)
+        raise ValueError(f"bad time {value!r}: write {forms}")
+    offset = parse_duration(m.group(3)) if m.group(3) else timedelta(0)
+    return StepAt(m.group(1), -offset if m.group(2) == "-" else offset)  # type: ignore[arg-type]
+
+
+ObligationAt = Annotated[StepAt, BeforeValidator(lambda v: parse_step_at(v, ("opens", "due")))]
+DeadlineAt = Annotated[StepAt, BeforeValidator(lambda v: parse_step_at(v, ("deadline",)))]
+
+
+def _url(value: object) -> object:
+    if isinstance(value, str) and not re.match(r"^https?://[^\s/]+", value.strip()):
+        raise ValueError(f"{value!r} is not an http(s) URL")
+    return value.strip() if isinstance(value, str) else value
+
+
+class Person(_Strict):
+    """Someone notified: a market manager, a supervisor or the district office."""
+
+    id: Id
+    name: str = Field(min_length=1)
+    role: Literal["manager", "supervisor", "office"]
+    markets: Literal["all"] | list[Id] = "all"
+    email: Annotated[str, BeforeValidator(_email)] | None = None
+    webhook: Annotated[str, BeforeValidator(_url)] | None = None
+    webhook_format: Literal["wecom", "dingtalk", "generic"] = "generic"
+    quiet_hours: QuietHours | None = None
+
+    @model_validator(mode="after")
+    def _reachable(self) -> Person:
+        if self.email is None and self.webhook is None:
+            raise ValueError(f"person {self.id!r} needs an email or a webhook to be notified")
+        return self
+
+    def covers(self, market_id: str) -> bool:
+        return self.markets == "all" or market_id in self.markets
+
+
+class EscalationStep(_Strict):
+    at: ObligationAt
+    notify: list[str] = Field(min_length=1)
+
+
+class ProblemStep(_Strict):
+    at: DeadlineAt
+    notify: list[str] = Field(min_length=1)
+
+
+class EscalationPolicy(_Strict):
+    """Who is told, and when, while an obligation or a problem stays unresolved."""
+
+    id: Id
+    task_kinds: Literal["all"] | list[TaskKind] = "all"
+    steps: list[EscalationStep] = Field(default_factory=list)
+    problem_steps: list[ProblemStep] = Field(default_factory=list)
+    digest: ClockTime | None = None
+
+    def applies_to(self, kind: str) -> bool:
+        return self.task_kinds == "all" or kind in {k.value for k in self.task_kinds}
+
+
 class ScheduleFile(_Strict):
     markets: list[Market] = Field(default_factory=list)
     tasks: list[Task] = Field(default_factory=list)
     reports: list[ReportSpec] = Field(default_factory=list)
+    contracts: list[Contract] = Field(default_factory=list)
+    people: list[Person] = Field(default_factory=list)
+    escalation: list[EscalationPolicy] = Field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -462,6 +610,9 @@ class Schedule:
     sources: Mapping[str, str]
     default_timezone: str
     reports: tuple[ReportSpec, ...] = ()
+    contracts: tuple[Contract, ...] = ()
+    people: tuple[Person, ...] = ()
+    escalation: tuple[EscalationPolicy, ...] = ()
 
     @cached_property
     def digest(self) -> str:
@@ -557,6 +708,9 @@ def load_texts(texts: Mapping[str, str], *, default_timezone: str) -> Schedule:
     markets = tuple(m for _, f in parsed for m in f.markets)
     tasks = tuple(t for _, f in parsed for t in f.tasks)
     reports = tuple(r for _, f in parsed for r in f.reports)
+    contracts = tuple(c for _, f in parsed for c in f.contracts)
+    people = tuple(p for _, f in parsed for p in f.people)
+    escalation = tuple(e for _, f in parsed for e in f.escalation)
     try:
         check_timezone(default_timezone)
     except ValueError as exc:
@@ -567,6 +721,9 @@ def load_texts(texts: Mapping[str, str], *, default_timezone: str) -> Schedule:
         sources=dict(texts),
         default_timezone=default_timezone,
         reports=reports,
+        contracts=contracts,
+        people=people,
+        escalation=escalation,
     )
 
 
@@ -577,10 +734,14 @@ def _cross_check(parsed: list[Located]) -> list[SourceError]:
     market_ids: dict[str, str] = {}
     task_ids: dict[str, str] = {}
     report_ids: dict[str, str] = {}
+    person_ids: dict[str, str] = {}
+    policy_ids: dict[str, str] = {}
     sections = (
         ("markets", market_ids, "market"),
         ("tasks", task_ids, "task"),
         ("reports", report_ids, "report"),
+        ("people", person_ids, "person"),
+        ("escalation", policy_ids, "escalation policy"),
     )
     for located in parsed:
         for section, seen, what in sections:
@@ -600,7 +761,9 @@ def _cross_check(parsed: list[Located]) -> list[SourceError]:
                     )
                 seen.setdefault(ident, located.file)
     known = sorted(market_ids)
-    for located, section in ((lo, sec) for lo in parsed for sec in ("tasks", "reports")):
+    for located, section in (
+        (lo, sec) for lo in parsed for sec in ("tasks", "reports", "contracts", "people")
+    ):
         entries = located.data.get(section)
         for i, entry in enumerate(entries if isinstance(entries, list) else []):
             refs = entry.get("markets") if isinstance(entry, dict) else None
@@ -617,6 +780,39 @@ def _cross_check(parsed: list[Located]) -> list[SourceError]:
                     errors.append(
                         located.error((section, i, "markets", j), f"unknown market {ref!r}{hint}")
                     )
+    errors.extend(_check_notify(parsed, person_ids))
+    return errors
+
+
+def _check_notify(parsed: list[Located], person_ids: Mapping[str, str]) -> list[SourceError]:
+    """Every ``notify`` entry of an escalation policy names a role or a known person."""
+    errors: list[SourceError] = []
+    valid = sorted([*ROLES, *person_ids])
+    for located in parsed:
+        policies = located.data.get("escalation")
+        for i, policy in enumerate(policies if isinstance(policies, list) else []):
+            if not isinstance(policy, dict):
+                continue
+            for section in ("steps", "problem_steps"):
+                steps = policy.get(section)
+                for j, step in enumerate(steps if isinstance(steps, list) else []):
+                    refs = step.get("notify") if isinstance(step, dict) else None
+                    for k, ref in enumerate(refs if isinstance(refs, list) else []):
+                        if not isinstance(ref, str) or ref in ROLES or ref in person_ids:
+                            continue
+                        close = difflib.get_close_matches(ref, valid, n=1)
+                        hint = (
+                            f"; did you mean {close[0]!r}?"
+                            if close
+                            else f" (roles: {', '.join(ROLES)}; people: "
+                            f"{', '.join(sorted(person_ids)) or 'none'})"
+                        )
+                        errors.append(
+                            located.error(
+                                ("escalation", i, section, j, "notify", k),
+                                f"unknown person or role {ref!r}{hint}",
+                            )
+                        )
     return errors
 
 
@@ -694,6 +890,12 @@ _MODEL_AT: dict[str, type[BaseModel]] = {
     "checklist": ChecklistItem,
     "recurrence": Recurrence,
     "reports": ReportSpec,
+    "raise_problem": RaiseProblem,
+    "contracts": Contract,
+    "people": Person,
+    "escalation": EscalationPolicy,
+    "steps": EscalationStep,
+    "problem_steps": ProblemStep,
 }
 
 

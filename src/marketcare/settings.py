@@ -46,6 +46,7 @@ class Settings(BaseSettings):
     database_url: str = "sqlite:///var/marketcare.db"
     schedules_dir: Path = Path("schedules")
     exports_dir: Path = Path("exports")
+    evidence_dir: Path = Path("var/evidence")
     timezone: str = "Asia/Shanghai"
     horizon: Annotated[timedelta, BeforeValidator(_duration)] = timedelta(days=2)
     sweep_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
@@ -63,6 +64,7 @@ class Settings(BaseSettings):
     smtp_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
     report_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
     outbox_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
+    notify_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
 
     @field_validator("smtp_sender")
     @classmethod
