@@ -262,7 +262,10 @@ def as_date(v: Any) -> date:
 
 
 def market_sheets(wb: openpyxl.Workbook) -> Iterator[Worksheet]:
-    for ws in wb.worksheets[3:]:
+    """The sheets after summary, overdue, pest control, rectification rate, late problems
+    (and pest contracts, in a month)."""
+    fixed = 6 if wb.worksheets[5].title == "灭四害合同" else 5
+    for ws in wb.worksheets[fixed:]:
         assert isinstance(ws, Worksheet)
         yield ws
 
@@ -415,9 +418,9 @@ def test_compliance_is_a_percentage_and_nothing_due_shows_a_dash(
 @pytest.mark.parametrize(
     ("period", "sheets"),
     [
-        (Period.of("day", date(2026, 11, 25)), 6),
-        (WEEK, 6),
-        (Period.of("month", date(2026, 11, 1)), 6),
+        (Period.of("day", date(2026, 11, 25)), 8),
+        (WEEK, 8),
+        (Period.of("month", date(2026, 11, 1)), 8),
     ],
 )
 def test_day_week_and_month_list_the_obligations_of_their_period(
@@ -428,7 +431,7 @@ def test_day_week_and_month_list_the_obligations_of_their_period(
     expected = ledger_rows(book.engine, period)
     frames = pd.read_excel(path, sheet_name=None, header=1)
     assert list(frames) == list(info.sheets) and len(frames) == sheets
-    listed = pd.concat([frames[t] for t in info.sheets[3:]])
+    listed = pd.concat([frames[t] for t in info.sheets[5:]])
     assert sorted(listed["编号"]) == sorted(expected)
     assert pd.api.types.is_datetime64_any_dtype(listed["日期"])
     assert set(listed["日期"].dt.date) == {e["date"] for e in expected.values()}
@@ -457,7 +460,7 @@ def test_a_report_of_no_markets_is_a_summary_alone(book: Ledger, tmp_path: Path)
     with read(book.engine) as conn:
         report = Report(conn, WEEK, as_of=AS_OF, markets=["nowhere"])
         info = write_workbook(report, tmp_path / "none.xlsx", generated_at=GENERATED)
-    assert info.sheets == ("汇总", "逾期未完成", "灭四害")
+    assert info.sheets == ("汇总", "逾期未完成", "灭四害", "整改率", "逾期未整改")
     assert openpyxl.load_workbook(tmp_path / "none.xlsx").sheetnames == list(info.sheets)
 
 
@@ -524,8 +527,8 @@ def test_control_characters_are_removed(book: Ledger, tmp_path: Path) -> None:
 
 def test_sheet_titles_are_valid_unique_and_short(book: Ledger, tmp_path: Path) -> None:
     info = export(book.engine, tmp_path / "week.xlsx")
-    assert info.sheets[:3] == ("汇总", "逾期未完成", "灭四害")
-    titles = info.sheets[3:]
+    assert info.sheets[:5] == ("汇总", "逾期未完成", "灭四害", "整改率", "逾期未整改")
+    titles = info.sheets[5:]
     assert titles[1:] == ("鲤中农贸市场", "汇总 (2)")
     long = titles[0]
     assert len(long) == 31 and not re.search(r"[\[\]:*?/\\]", long)
@@ -743,7 +746,7 @@ def test_libreoffice_opens_the_workbook_and_reads_the_chinese_text(
     )
     assert done.returncode == 0, done.stderr
     csvs = {p.name: p.read_text(encoding="utf-8") for p in (tmp_path / "lo-out").glob("*.csv")}
-    assert len(csvs) == 6, sorted(csvs)
+    assert len(csvs) == 8, sorted(csvs)
     summary = csvs["week-汇总.csv"]
     assert "农贸市场环境卫生工作周报" in summary and "全区合计" in summary
     market = "".join(text for name, text in csvs.items() if name != "week-汇总.csv")

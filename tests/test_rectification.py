@@ -217,3 +217,30 @@ def test_a_missed_obligation_raises_one_problem_when_its_task_asks_for_it(
     (row,) = rectification.listing(engine, now=later)
     assert row.description == "垃圾日产日清 2026-11-27 未完成（漏做）"
     assert row.deadline == later + timedelta(days=1) and row.obligation_id is not None
+
+
+def test_the_weekly_export_lists_late_problems_and_the_rectification_rate(
+    ready: sa.Engine, tmp_path: Path
+) -> None:
+    import openpyxl
+
+    from marketcare import delivery
+    from marketcare.periods import Period
+
+    fixed, _ = rectification.add(
+        ready, make_problem(description="灯具损坏", deadline=NOW + timedelta(days=1)), now=NOW
+    )
+    rectification.add(
+        ready, make_problem(description="排水沟堵塞", deadline=NOW + timedelta(days=1)), now=NOW
+    )
+    rectification.rectify(
+        ready, problem_id=fixed, by="林秀英", note="已更换", now=NOW + timedelta(hours=3)
+    )
+    rectification.verify(ready, problem_id=fixed, by="张伟", now=NOW + timedelta(hours=6))
+    week = Period.of("week", NOW.date())
+    result = delivery.export(ready, period=week, exports_dir=tmp_path, now=NOW + timedelta(days=4))
+    wb = openpyxl.load_workbook(result.path)
+    rates = list(wb["整改率"].iter_rows(min_row=3, values_only=True))
+    assert rates[0][:5] == ("lizhong 农贸市场", "鲤中", 2, 1, 0.5)
+    late = [r for r in wb["逾期未整改"].iter_rows(min_row=3, values_only=True) if r[0] is not None]
+    assert [(r[4], r[7], r[9]) for r in late] == [("排水沟堵塞", "未整改", 3)]

@@ -64,7 +64,7 @@ from .i18n import (
     Translator,
     translator,
 )
-from .reports import Line, MarketInfo, Reading, Report
+from .reports import Line, MarketInfo, Reading, Report, contract_rows, late_problems, problem_rates
 from .vocabulary import TaskKind
 
 Value = str | int | float | date | datetime | None
@@ -609,7 +609,8 @@ class _Sheet:
         for i, w in enumerate(self._widths):
             for hint in self.hints.get(i, ()):
                 w = max(w, display_width(hint))
-            widths.append(float(min(max(w + 2, 6), self.caps[i])))
+            cap = max(self.caps[i], display_width(self.headers[i]) + 2)  # never cut a header
+            widths.append(float(min(max(w + 2, 6), cap)))
         self.widths = widths
         self.sink.setup(
             SheetLayout(
@@ -856,7 +857,6 @@ class _WorkbookWriter:
         summary_title = sheet_title(t.tr("Summary"), taken)
         overdue_title = sheet_title(t.tr("Overdue"), taken)
         pest_title = sheet_title(t.tr("Pest control"), taken)
-        market_titles = [sheet_title(m.name, taken) for m in self.report.markets]
 
         summary = self._summary(summary_title)
         overdue = self._list_sheet(
@@ -869,8 +869,15 @@ class _WorkbookWriter:
             PEST_FIELDS,
             t.tr("Pest control visits: {period}").format(period=self.period_text),
         )
+        rates_title = sheet_title(t.tr("Rectification rate"), taken)
+        late_title = sheet_title(t.tr("Late problems"), taken)
+        contracts = contract_rows(self.report)
+        contracts_title = sheet_title(t.tr("Pest contracts"), taken) if contracts else None
+        market_titles = [sheet_title(m.name, taken) for m in self.report.markets]
         total = self.report.count() if self.progress else 0
-        sheets = [summary, overdue, pest]
+        sheets = [summary, overdue, pest, self._rates(rates_title), self._late_problems(late_title)]
+        if contracts_title is not None:
+            sheets.append(self._contracts(contracts_title, contracts))
         for market, title in zip(self.report.markets, market_titles, strict=True):
             heading = t.tr("{market} ({sub_district}): {period}").format(
                 market=clean(market.name),
@@ -934,6 +941,155 @@ class _WorkbookWriter:
         if line.kind == PEST_CONTROL:
             self.pest_rows += 1
             pest.add(_PEST_PICK(values), _PEST_PICK(styles))
+
+    # -- rectification (the second half of the weekly double report) ----------------------
+
+    def _rates(self, title: str) -> _Sheet:
+        t, report = self.t, self.report
+        headers = [
+            t.tr("Market"),
+            t.tr("Sub-district"),
+            t.tr("Due"),
+            t.tr("Verified"),
+            t.tr("Rectification rate"),
+        ]
+        sheet = _Sheet(
+            self.sink.sheet(title),
+            title,
+            headers=headers,
+            caps=[30, 16, 12, 12, 14],
+            hints={0: [m.name for m in report.markets] + [t.tr("District total")]},
+            footer_left=self.footer_left,
+            footer_center=self.footer_center,
+        )
+        sheet.top([t.tr("Rectification: {period}").format(period=self.period_text)], ["title"])
+        sheet.header()
+        rates = problem_rates(report)
+        total_due = total_verified = 0
+        for market in report.markets:
+            rate = rates.get(market.id)
+            due, verified = (rate.due, rate.verified) if rate else (0, 0)
+            total_due += due
+            total_verified += verified
+            sheet.add(
+                [
+                    clean(market.name),
+                    clean(market.sub_district),
+                    due,
+                    verified,
+                    verified / due if due else DASH,
+                ],
+                [None, None, None, None, "percent" if due else "dash"],
+            )
+        filter_to = sheet.rows
+        sheet.add(
+            [
+                t.tr("District total"),
+                None,
+                total_due,
+                total_verified,
+                total_verified / total_due if total_due else DASH,
+            ],
+            ["total", "total", "total", "total", "total_percent" if total_due else "total_dash"],
+        )
+        sheet.top([None], [None])
+        sheet.top([t.tr(RATE_RULE)], ["note"])
+        sheet.close(filter_to=filter_to)
+        return sheet
+
+    def _late_problems(self, title: str) -> _Sheet:
+        t, report = self.t, self.report
+        headers = [
+            t.tr("No."),
+            t.tr("Market"),
+            t.tr("Area"),
+            t.tr("Category"),
+            t.tr("Problem"),
+            t.tr("Found at"),
+            t.tr("Deadline"),
+            t.tr("State"),
+            t.tr("Reopened"),
+            t.tr("Days overdue"),
+        ]
+        sheet = _Sheet(
+            self.sink.sheet(title),
+            title,
+            headers=headers,
+            caps=[10, 30, 20, 16, 50, 16, 16, 24, 12, 12],
+            hints={1: [m.name for m in report.markets]},
+            footer_left=self.footer_left,
+            footer_center=self.footer_center,
+        )
+        sheet.top(
+            [
+                t.tr("Problems not rectified by their deadline: {period}").format(
+                    period=self.period_text
+                )
+            ],
+            ["title"],
+        )
+        sheet.header()
+        names = {m.id: clean(m.name) for m in report.markets}
+        lines = late_problems(report)
+        for p in lines:
+            sheet.add(
+                [
+                    p.id,
+                    names.get(p.market_id, p.market_id),
+                    p.area_id or self.whole_market,
+                    t.tr(PROBLEM_CATEGORIES.get(p.category, p.category)),
+                    clean(p.description),
+                    p.found_at,
+                    p.deadline,
+                    t.tr(PROBLEM_STATES.get(p.state, p.state)),
+                    p.reopened,
+                    p.days_overdue,
+                ],
+                [None, None, None, None, "wrap", "time", "time", None, None, None],
+            )
+        if not lines:
+            sheet.top([t.tr("None.")], ["note"])
+            sheet.close(filter_to=sheet.header_row)
+        else:
+            sheet.close()
+        return sheet
+
+    def _contracts(self, title: str, rows: Sequence[Any]) -> _Sheet:
+        t = self.t
+        headers = [
+            t.tr("Market"),
+            t.tr("Contractor"),
+            t.tr("Agreed visits"),
+            t.tr("Visits done"),
+            t.tr("Short"),
+        ]
+        sheet = _Sheet(
+            self.sink.sheet(title),
+            title,
+            headers=headers,
+            caps=[30, 36, 12, 12, 12],
+            hints={0: [m.name for m in self.report.markets]},
+            footer_left=self.footer_left,
+            footer_center=self.footer_center,
+        )
+        sheet.top(
+            [t.tr("Pest control contracts: {period}").format(period=self.period_text)], ["title"]
+        )
+        sheet.header()
+        names = {m.id: clean(m.name) for m in self.report.markets}
+        for c in rows:
+            sheet.add(
+                [
+                    names.get(c.market_id, c.market_id),
+                    clean(c.contractor),
+                    c.agreed,
+                    c.done,
+                    c.short,
+                ],
+                [None, None, None, None, "status_missed" if c.short else None],
+            )
+        sheet.close()
+        return sheet
 
     # -- the summary ---------------------------------------------------------------------
 
@@ -1116,6 +1272,22 @@ def _picker(fields: Sequence[str]) -> Callable[[Sequence[Any]], list[Any]]:
 _MARKET_PICK: Final = _picker(MARKET_FIELDS)
 _OVERDUE_PICK: Final = _picker(OVERDUE_FIELDS)
 _PEST_PICK: Final = _picker(PEST_FIELDS)
+
+PROBLEM_CATEGORIES: Final = {
+    "sanitation": N_("Sanitation"),
+    "repair": N_("Facility repair"),
+    "pest": N_("Pests"),
+    "order": N_("Market order"),
+}
+PROBLEM_STATES: Final = {
+    "open": N_("Not rectified"),
+    "rectified": N_("Rectified, awaiting re-inspection"),
+    "verified": N_("Verified"),
+}
+RATE_RULE: Final = N_(
+    "Rectification rate = problems due in the period (deadline within it) verified by now ÷ "
+    "problems due in the period."
+)
 
 #: the count columns of the summary after "due", in the order shown
 COUNT_COLUMNS: Final = ("on_time", "late", "missed", "failed", "excused", "pending")

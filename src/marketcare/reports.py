@@ -320,3 +320,99 @@ def _with_rates(table: pd.DataFrame) -> pd.DataFrame:
 @lru_cache(maxsize=64)
 def _zone(name: str) -> ZoneInfo:
     return ZoneInfo(name)
+
+
+# ---------------------------------------------------------------- problems and contracts
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemLine:
+    """A problem not rectified by its deadline, as a report row (naive local times)."""
+
+    id: int
+    market_id: str
+    area_id: str | None
+    category: str
+    description: str
+    found_at: datetime
+    deadline: datetime
+    state: str
+    reopened: int
+    days_overdue: int
+
+
+def _utc_bounds(period: Period, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    start = datetime.combine(period.start, datetime.min.time()).replace(tzinfo=zone)
+    end = datetime.combine(period.end, datetime.min.time()).replace(tzinfo=zone)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def problem_rates(report: Report) -> dict[str, Any]:
+    """Rectification rate per market (``problems.Rate``), each market's period in its zone."""
+    from .rectification import rates
+
+    out: dict[str, Any] = {}
+    zones: dict[str, list[str]] = {}
+    for m in report.markets:
+        zones.setdefault(m.zone, []).append(m.id)
+    for zone, ids in zones.items():
+        start, end = _utc_bounds(report.period, _zone(zone))
+        out.update(rates(report.conn, start=start, end=end, as_of=report.as_of, markets=ids))
+    return out
+
+
+def late_problems(report: Report) -> list[ProblemLine]:
+    """Problems not rectified by their deadline: due in the period and verified late or not
+    at all, and older ones still not verified."""
+    from .models import ProblemRow
+    from .problems import ProblemState
+
+    out: list[ProblemLine] = []
+    zones = {m.id: m.zone for m in report.markets}
+    for market_id, zone_name in zones.items():
+        zone = _zone(zone_name)
+        start, end = _utc_bounds(report.period, zone)
+        cutoff = min(end, report.as_of)
+        rows = report.conn.execute(
+            sa.select(ProblemRow)
+            .where(ProblemRow.market_id == market_id, ProblemRow.deadline < cutoff)
+            .order_by(ProblemRow.deadline, ProblemRow.id)
+        ).all()
+        for r in rows:
+            verified = r.state == ProblemState.VERIFIED.value and r.verified_at is not None
+            in_period = start <= r.deadline < end
+            late = (not verified) or (r.verified_at > r.deadline and in_period)
+            if not late or (not in_period and verified):
+                continue
+            until = r.verified_at if verified else report.as_of
+            out.append(
+                ProblemLine(
+                    id=r.id,
+                    market_id=r.market_id,
+                    area_id=r.area_id,
+                    category=r.category,
+                    description=r.description,
+                    found_at=r.found_at.astimezone(zone).replace(tzinfo=None, microsecond=0),
+                    deadline=r.deadline.astimezone(zone).replace(tzinfo=None, microsecond=0),
+                    state=r.state,
+                    reopened=r.reopened,
+                    days_overdue=max(int((until - r.deadline).total_seconds() // 86400), 0),
+                )
+            )
+    return out
+
+
+def contract_rows(report: Report) -> list[Any]:
+    """Pest-control visits against the contracts, for a month report (else nothing)."""
+    if report.period.kind != "month":
+        return []
+    from .ledger import active_schedule
+    from .pestcontrol import contract_status
+
+    schedule = active_schedule(report.conn)
+    if schedule is None:
+        return []
+    wanted = {m.id for m in report.markets}
+    return [
+        c for c in contract_status(report.conn, schedule, report.period) if c.market_id in wanted
+    ]
