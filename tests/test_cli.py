@@ -367,3 +367,58 @@ def test_help_works_from_the_installed_command(env: dict[str, str], tmp_path: Pa
     assert r.returncode == 0
     for command in ("init", "check", "plan", "status", "tick", "demo", "run", "audit"):
         assert command in r.stdout
+
+
+def test_the_problems_commands_run_the_loop_and_report_the_rate(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    assert invoke("init", at=MIDNIGHT).exit_code == 0
+    added = invoke(
+        "problems",
+        "add",
+        "--market",
+        "lizhong",
+        "--area",
+        "aquatic",
+        "--category",
+        "repair",
+        "--description",
+        "水产区排水沟堵塞",
+        "--found-by",
+        "张伟",
+        "--deadline",
+        "2026-11-28",
+        at=MIDNIGHT,
+    )
+    assert added.exit_code == 0, added.output
+    assert "problem 1 recorded; deadline 2026-11-28 23:59 CST" in added.stdout
+    assert invoke("problems", "verify", "1", "--by", "张伟", at=MIDNIGHT).exit_code == 1
+    assert (
+        invoke(
+            "problems", "rectify", "1", "--by", "林秀英", "--note", "已疏通", at=MIDNIGHT
+        ).exit_code
+        == 0
+    )
+    assert invoke("problems", "verify", "1", "--by", "张伟", at=AFTERNOON).exit_code == 0
+    rate = invoke("problems", "rate", "--date", "2026-11-27", "--json", at=AFTERNOON)
+    assert json.loads(rate.stdout)["district"] == {"due": 1, "verified": 1, "rate": 1.0}
+    listed = json.loads(invoke("problems", "list", "--json", at=AFTERNOON).stdout)
+    assert [(p["id"], p["state"], p["overdue"]) for p in listed] == [(1, "verified", False)]
+
+
+def test_a_bad_spreadsheet_is_refused_with_its_rows_and_no_traceback(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    from openpyxl import Workbook
+
+    assert invoke("init", at=MIDNIGHT).exit_code == 0
+    wb = Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.append(["市场", "类别", "问题描述", "发现人", "整改期限"])
+    ws.append(["lizhong", "卫生", "地面积水", "张伟", "明天"])
+    wb.save(tmp_path / "findings.xlsx")
+    result = invoke("problems", "import", str(tmp_path / "findings.xlsx"), at=MIDNIGHT)
+    assert result.exit_code == 1
+    assert "row 2, column E (整改期限): '明天' is not a date" in result.output
+    assert "Traceback" not in result.output

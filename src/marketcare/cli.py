@@ -908,6 +908,56 @@ def problems_reopen(
     out.print(f"problem {problem_id} reopened", markup=False)
 
 
+@problems_app.command("rate")
+@handled
+def problems_rate(
+    period: Annotated[PeriodChoice, typer.Option(help="The period.")] = PeriodChoice.week,
+    date_: Annotated[
+        str | None, typer.Option("--date", help="A day in the period (default today).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The rectification rate (整改率) per market and for the district: verified ÷ due."""
+    from .db import read as read_tx
+    from .problems import Rate
+    from .reports import Report, problem_rates
+
+    s = _settings()
+    engine = _engine(s)
+    migrate(engine)
+    p = Period.of(period.value, _parse_date(date_, "--date") or _today(s))
+    with read_tx(engine) as conn:
+        report = Report(conn, p, as_of=_now())
+        rates = problem_rates(report)
+        markets = [(m.id, m.name) for m in report.markets]
+    rows = [(mid, name, rates.get(mid, Rate(0, 0))) for mid, name in markets]
+    total = Rate(sum(r.verified for _, _, r in rows), sum(r.due for _, _, r in rows))
+    if as_json:
+        data = {
+            "period": p.key,
+            "markets": [
+                {"market": mid, "due": r.due, "verified": r.verified, "rate": r.value}
+                for mid, _, r in rows
+            ],
+            "district": {"due": total.due, "verified": total.verified, "rate": total.value},
+        }
+        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
+        return
+
+    def pct(r: Rate) -> str:
+        return "—" if r.value is None else f"{r.value * 100:.1f}%"
+
+    table = Table(title=f"整改率 {p.key}", title_justify="left")
+    for col in ("market", "due", "verified", "rate"):
+        table.add_column(col)
+    for mid, name, r in rows:
+        table.add_row(f"{name} ({mid})", str(r.due), str(r.verified), pct(r))
+    table.add_row(
+        "[bold]district[/]", str(total.due), str(total.verified), f"[bold]{pct(total)}[/]"
+    )
+    out.print(table)
+
+
 @problems_app.command("import")
 @handled
 def problems_import(
