@@ -28,6 +28,7 @@ from .db import make_engine, migrate
 from .errors import MarketcareError, ScheduleError
 from .schedules import Schedule, load_paths
 from .settings import Settings
+from .timespec import format_duration
 
 log = logging.getLogger("marketcare.daemon")
 
@@ -211,7 +212,7 @@ class Daemon:
             extra={
                 "database": self.engine.url.render_as_string(hide_password=True),
                 "schedules": str(self.settings.schedules_dir),
-                "horizon": str(self.settings.horizon),
+                "horizon": format_duration(self.settings.horizon),
             },
         )
         if not self.step_reload() and self.schedule is None:
