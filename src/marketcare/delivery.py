@@ -28,6 +28,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from . import compliance
+from . import outbox as outbox_rules
 from .db import read, retrying, write
 from .errors import MarketcareError, NotFound
 from .ledger import _insert
@@ -39,9 +40,6 @@ from .schedules import ReportSpec, Schedule
 
 log = logging.getLogger(__name__)
 
-BACKOFF_FIRST = timedelta(minutes=1)
-BACKOFF_MAX = timedelta(hours=1)
-LEASE = timedelta(minutes=5)
 CATCH_UP_LIMIT = timedelta(days=400)
 _WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 
@@ -393,34 +391,12 @@ class SendResult:
 
 
 def _claim(engine: sa.Engine, now: datetime) -> Any | None:
-    """Take one due message under a lease; a crashed sender's lease expires and it is retried."""
+    """Take one due message under a lease (see ``outbox``), with its report."""
 
     def step() -> Any | None:
         with write(engine) as conn:
-            stmt = (
-                sa.select(OutboxMessage)
-                .where(
-                    sa.or_(
-                        (OutboxMessage.state == "pending") & (OutboxMessage.next_attempt_at <= now),
-                        (OutboxMessage.state == "sending") & (OutboxMessage.lease_until <= now),
-                    )
-                )
-                .order_by(OutboxMessage.next_attempt_at, OutboxMessage.id)
-                .limit(1)
-            )
-            if conn.dialect.name == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True)
-            row = conn.execute(stmt).one_or_none()
-            if row is None:
-                return None
-            claimed = conn.execute(
-                sa.update(OutboxMessage)
-                .where(OutboxMessage.id == row.id, OutboxMessage.state == row.state)
-                .values(
-                    state="sending", lease_until=now + LEASE, attempts=OutboxMessage.attempts + 1
-                )
-            ).rowcount
-            if claimed != 1:
+            row = outbox_rules.select_due(conn, OutboxMessage, now)
+            if row is None or not outbox_rules.take(conn, OutboxMessage, row, now):
                 return None
             report = conn.execute(
                 sa.select(ReportRecord).where(ReportRecord.id == row.report_id)
@@ -480,33 +456,10 @@ def send_due(
 
 
 def _settle(engine: sa.Engine, row: Any, error: DeliveryError | None, at: datetime) -> None:
-    if error is None:
-        values: dict[str, Any] = {
-            "state": "sent",
-            "sent_at": at,
-            "lease_until": None,
-            "last_error": None,
-        }
-    elif error.permanent:
-        values = {"state": "failed", "lease_until": None, "last_error": str(error)}
-    else:
-        delay = min(BACKOFF_FIRST * (2 ** max(row.attempts, 0)), BACKOFF_MAX)
-        values = {
-            "state": "pending",
-            "lease_until": None,
-            "last_error": str(error),
-            "next_attempt_at": at + delay,
-        }
-
-    def step() -> None:
-        with write(engine) as conn:
-            conn.execute(
-                sa.update(OutboxMessage)
-                .where(OutboxMessage.id == row.id, OutboxMessage.state == "sending")
-                .values(**values)
-            )
-
-    retrying(step, what="record delivery")
+    values = outbox_rules.outcome_values(
+        error=error, permanent=bool(error and error.permanent), attempts=row.attempts + 1, at=at
+    )
+    outbox_rules.settle(engine, OutboxMessage, row.id, values, what="record delivery")
 
 
 def subject_and_body(report: Any, *, language: str) -> tuple[str, str, str]:
@@ -566,23 +519,7 @@ def _message(row: Any, report: Any, smtp: SmtpConfig, *, now: datetime, language
 
 def resend(engine: sa.Engine, outbox_id: int, *, now: datetime) -> None:
     """Queue a message again (after a permanent failure was fixed, or to send a copy)."""
-
-    def step() -> None:
-        with write(engine) as conn:
-            row = conn.execute(
-                sa.select(OutboxMessage).where(OutboxMessage.id == outbox_id)
-            ).one_or_none()
-            if row is None:
-                raise NotFound(f"outbox message {outbox_id} does not exist")
-            if row.state == "sending":
-                raise MarketcareError(f"outbox message {outbox_id} is being sent right now")
-            conn.execute(
-                sa.update(OutboxMessage)
-                .where(OutboxMessage.id == outbox_id)
-                .values(state="pending", next_attempt_at=now, lease_until=None)
-            )
-
-    retrying(step, what="resend")
+    outbox_rules.requeue(engine, OutboxMessage, outbox_id, now=now, what="outbox message")
 
 
 def outbox(

@@ -37,6 +37,7 @@ from .obligations import (
     in_range,
     is_overdue,
     minutes_late,
+    state_by_clock,
 )
 from .schedules import ChecklistItem, Schedule, load_texts
 
@@ -875,13 +876,10 @@ def board(
     out = []
     for ob in rows:
         mname, zone, akind = ob.market_name, ob.zone, ob.area_kind
-        state = State(ob.state)
         # the sweep runs every few seconds; show the board as the clock has it now
-        if state in PENDING:
-            if now >= ob.missed_at:
-                state = State.MISSED
-            elif now >= ob.opens_at:
-                state = State.OPEN
+        state = state_by_clock(
+            State(ob.state), opens_at=ob.opens_at, missed_at=ob.missed_at, now=now
+        )
         out.append(
             BoardRow(
                 id=ob.id,

@@ -32,8 +32,8 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from . import outbox as outbox_rules
 from .db import read, retrying, write
-from .errors import MarketcareError, NotFound
 from .ledger import _insert
 from .mail import DeliveryError, SmtpConfig, send
 from .models import (
@@ -52,9 +52,6 @@ log = logging.getLogger(__name__)
 
 #: obligation states that still call for a reminder or an escalation
 UNRESOLVED = ("upcoming", "open", "missed", "failed")
-BACKOFF_FIRST = timedelta(minutes=1)
-BACKOFF_MAX = timedelta(hours=1)
-LEASE = timedelta(minutes=5)
 CATCH_UP_LIMIT = timedelta(days=7)
 WEBHOOK_TIMEOUT = 10.0
 
@@ -466,20 +463,7 @@ def _claim(engine: sa.Engine, now: datetime) -> Any | None:
 
     def step() -> Any | None:
         with write(engine) as conn:
-            stmt = (
-                sa.select(NotifyMessage)
-                .where(
-                    sa.or_(
-                        (NotifyMessage.state == "pending") & (NotifyMessage.next_attempt_at <= now),
-                        (NotifyMessage.state == "sending") & (NotifyMessage.lease_until <= now),
-                    )
-                )
-                .order_by(NotifyMessage.next_attempt_at, NotifyMessage.id)
-                .limit(1)
-            )
-            if conn.dialect.name == "postgresql":
-                stmt = stmt.with_for_update(skip_locked=True)
-            row = conn.execute(stmt).one_or_none()
+            row = outbox_rules.select_due(conn, NotifyMessage, now)
             if row is None:
                 return None
             members = conn.execute(
@@ -495,14 +479,7 @@ def _claim(engine: sa.Engine, now: datetime) -> Any | None:
                     .values(state="cancelled", last_error="resolved before it was sent")
                 )
                 return "cancelled"
-            claimed = conn.execute(
-                sa.update(NotifyMessage)
-                .where(NotifyMessage.id == row.id, NotifyMessage.state == row.state)
-                .values(
-                    state="sending", lease_until=now + LEASE, attempts=NotifyMessage.attempts + 1
-                )
-            ).rowcount
-            return row if claimed == 1 else "raced"
+            return row if outbox_rules.take(conn, NotifyMessage, row, now) else "raced"
 
     return retrying(step, what="claim notification")
 
@@ -553,33 +530,14 @@ def send_due(
 def _settle(
     engine: sa.Engine, row: Any, error: DeliveryError | None, at: datetime, zone: ZoneInfo
 ) -> None:
-    if error is None:
-        values: dict[str, Any] = {
-            "state": "sent",
-            "sent_at": at,
-            "lease_until": None,
-            "last_error": None,
-        }
-    elif error.permanent:
-        values = {"state": "failed", "lease_until": None, "last_error": str(error)}
-    else:
-        delay = min(BACKOFF_FIRST * (2 ** max(row.attempts - 1, 0)), BACKOFF_MAX)
-        values = {
-            "state": "pending",
-            "lease_until": None,
-            "last_error": str(error),
-            "next_attempt_at": after_quiet_hours(at + delay, parse_quiet(row.quiet_hours), zone),
-        }
-
-    def step() -> None:
-        with write(engine) as conn:
-            conn.execute(
-                sa.update(NotifyMessage)
-                .where(NotifyMessage.id == row.id, NotifyMessage.state == "sending")
-                .values(**values)
-            )
-
-    retrying(step, what="record notification")
+    values = outbox_rules.outcome_values(
+        error=error, permanent=bool(error and error.permanent), attempts=row.attempts + 1, at=at
+    )
+    if "next_attempt_at" in values:  # a retry waits for the end of the person's quiet hours
+        values["next_attempt_at"] = after_quiet_hours(
+            values["next_attempt_at"], parse_quiet(row.quiet_hours), zone
+        )
+    outbox_rules.settle(engine, NotifyMessage, row.id, values, what="record notification")
 
 
 def email_message(row: Any, *, sender: str, now: datetime) -> MIMEText:
@@ -662,20 +620,4 @@ def messages(
 
 def resend(engine: sa.Engine, message_id: int, *, now: datetime) -> None:
     """Queue a message again (after a permanent failure was fixed); same stable id."""
-
-    def step() -> None:
-        with write(engine) as conn:
-            row = conn.execute(
-                sa.select(NotifyMessage).where(NotifyMessage.id == message_id)
-            ).one_or_none()
-            if row is None:
-                raise NotFound(f"notification message {message_id} does not exist")
-            if row.state == "sending":
-                raise MarketcareError(f"notification message {message_id} is being sent right now")
-            conn.execute(
-                sa.update(NotifyMessage)
-                .where(NotifyMessage.id == message_id)
-                .values(state="pending", next_attempt_at=now, lease_until=None)
-            )
-
-    retrying(step, what="resend notification")
+    outbox_rules.requeue(engine, NotifyMessage, message_id, now=now, what="notification message")
