@@ -127,7 +127,7 @@ def test_the_email_carries_the_file_byte_for_byte_with_a_chinese_name(
     sent = delivery.send_due(engine, config(smtp), now=NOW)
     assert sent.sent == 2 and len(smtp.received) == 2
     msg = smtp.received[0].message
-    assert msg["Subject"] == "农贸市场卫生合规周报 2026-W48"
+    assert msg["Subject"] == "农贸市场环境卫生工作周报 2026-W48"
     body = msg.get_body(("plain",))
     assert body is not None and result.sha256 in body.get_content()
     (attachment,) = list(msg.iter_attachments())
@@ -135,7 +135,7 @@ def test_the_email_carries_the_file_byte_for_byte_with_a_chinese_name(
         attachment.get_content_type()
         == "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
     )
-    assert attachment.get_filename() == "农贸市场卫生合规周报_2026-W48.xlsx"
+    assert attachment.get_filename() == "农贸市场环境卫生工作周报_2026-W48.xlsx"
     assert attachment.get_content() == result.path.read_bytes()
     assert {r.rcpt_tos[0] for r in smtp.received} == set(OFFICE)
 
@@ -293,7 +293,7 @@ reports:
             daemon.step_outbox()
         assert daemon.step_reports() == 0
     subjects = sorted(r.message["Subject"] for r in smtp.received)
-    assert subjects == [f"农贸市场卫生合规日报 2026-11-{d}" for d in (23, 24, 25)]
+    assert subjects == [f"农贸市场环境卫生工作日报 2026-11-{d}" for d in (23, 24, 25)]
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == [
         f"marketcare_day_2026-11-{d}.xlsx" for d in (23, 24, 25)
     ]

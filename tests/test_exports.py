@@ -666,10 +666,15 @@ def test_progress_reaches_the_number_of_obligations(book: Ledger, tmp_path: Path
     assert [d for d, _ in seen] == sorted(d for d, _ in seen)
 
 
-def test_a_failed_export_leaves_no_partial_file(book: Ledger, tmp_path: Path) -> None:
+def test_a_failed_export_leaves_no_partial_file(
+    book: Ledger, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = tmp_path / "week.xlsx"
     path.write_bytes(b"the previous export")
-    temporary = set(Path(tempfile.gettempdir()).glob("openpyxl.*"))
+    private = tmp_path / "tmp"  # other processes' temporary files cannot interfere
+    private.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private))
+    temporary: set[Path] = set()
 
     def boom(done: int, total: int) -> None:
         raise RuntimeError("disk full")

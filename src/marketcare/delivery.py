@@ -31,6 +31,7 @@ from . import compliance
 from . import outbox as outbox_rules
 from .db import read, retrying, write
 from .errors import MarketcareError, NotFound
+from .i18n import translator
 from .ledger import _insert
 from .mail import DeliveryError, SmtpConfig, build_message, message_id, send
 from .models import OutboxMessage, ReportRecord, ReportRun, ReportWatermark
@@ -463,38 +464,40 @@ def _settle(engine: sa.Engine, row: Any, error: DeliveryError | None, at: dateti
 
 
 def subject_and_body(report: Any, *, language: str) -> tuple[str, str, str]:
-    """Subject, plain-text body and attachment name of a report email."""
+    """Subject, plain-text body and attachment name of a report email (from the catalogs)."""
+    t = translator(language)
     period = from_key(report.period_kind, report.period_key)
     h = report.headline or {}
     rate = h.get("compliance")
-    pct = "—" if rate is None else f"{rate * 100:.1f}%"
-    if language == "en":
-        kind = {"day": "daily", "week": "weekly", "month": "monthly"}[period.kind]
-        subject = f"Market sanitation compliance, {kind} report {period.key}"
-        body = (
-            f"Compliance report for {period.start} to {period.last_day} ({period.key}), revision {report.revision}.\n\n"
-            f"Compliance: {pct} ({h.get('on_time', 0)} of {h.get('due', 0)} due on time)\n"
-            f"Missed: {h.get('missed', 0)}   Failed readings: {h.get('failed', 0)}   Late: {h.get('late', 0)}\n"
-            f"Overdue list: {h.get('overdue', 0)} items\n\n"
-            f"Attachment SHA-256: {report.sha256}\n"
-        )
-        name = f"market-compliance-{period.kind}-{period.key}" + (
-            f"-r{report.revision}" if report.revision > 1 else ""
-        )
-    else:
-        kind = {"day": "日报", "week": "周报", "month": "月报"}[period.kind]
-        subject = f"农贸市场卫生合规{kind} {period.key}"
-        body = (
-            f"{period.start} 至 {period.last_day}（{period.key}）农贸市场卫生合规{kind}，第 {report.revision} 版。\n\n"
-            f"合规率：{pct}（应完成 {h.get('due', 0)} 项，按时完成 {h.get('on_time', 0)} 项）\n"
-            f"未完成：{h.get('missed', 0)} 项　读数不合格：{h.get('failed', 0)} 项　逾期完成：{h.get('late', 0)} 项\n"
-            f"逾期未完成清单：{h.get('overdue', 0)} 项\n\n"
-            f"附件 SHA-256：{report.sha256}\n"
-        )
-        name = f"农贸市场卫生合规{kind}_{period.key}" + (
-            f"_第{report.revision}版" if report.revision > 1 else ""
-        )
-    return subject, body, name + ".xlsx"
+    title = t.report_title(period)
+    values = {
+        "title": title,
+        "period": t.period(period),
+        "key": period.key,
+        "revision": report.revision,
+        "pct": "—" if rate is None else f"{rate * 100:.1f}%",
+        "sha": report.sha256,
+        **{k: h.get(k, 0) for k in ("due", "on_time", "late", "missed", "failed", "overdue")},
+    }
+    body = "\n".join(
+        [
+            t.tr("{title}: {period} ({key}), revision {revision}.").format(**values),
+            "",
+            t.tr("Compliance: {pct} ({on_time} of {due} due done on time)").format(**values),
+            t.tr("Missed: {missed}   Failed readings: {failed}   Done late: {late}").format(
+                **values
+            ),
+            t.tr("Overdue list: {overdue} items").format(**values),
+            "",
+            t.tr("Attachment SHA-256: {sha}").format(**values),
+            "",
+        ]
+    )
+    name = f"{title}_{period.key}"
+    if report.revision > 1:
+        name += "_" + t.tr("revision {revision}").format(**values)
+    name = re.sub(r'\s*[\\/:*?"<>|]+\s*', " ", name).strip()  # a name every mail client can save
+    return f"{title} {period.key}", body, name + ".xlsx"
 
 
 def _message(row: Any, report: Any, smtp: SmtpConfig, *, now: datetime, language: str) -> Any:

@@ -71,7 +71,7 @@ def build_message(
     msg = MIMEMultipart()
     msg["From"] = sender
     msg["To"] = recipient
-    msg["Subject"] = Header(subject, "utf-8").encode()
+    msg["Subject"] = Header(subject, "utf-8")  # type: ignore[assignment]  # compat32 folds it
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = msg_id
     msg["Auto-Submitted"] = "auto-generated"

@@ -545,7 +545,7 @@ def email_message(row: Any, *, sender: str, now: datetime) -> MIMEText:
     msg = MIMEText(row.body, "plain", "utf-8")
     msg["From"] = sender
     msg["To"] = row.address
-    msg["Subject"] = Header(row.subject, "utf-8").encode()
+    msg["Subject"] = Header(row.subject, "utf-8")  # type: ignore[assignment]  # compat32 folds it
     msg["Date"] = format_datetime(now)
     msg["Message-ID"] = row.stable_id
     msg["Auto-Submitted"] = "auto-generated"
