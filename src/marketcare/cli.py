@@ -690,18 +690,13 @@ app.add_typer(problems_app, name="problems")
 
 
 def _parse_when(value: str, what: str, zone: str, *, end_of_day: bool = False) -> datetime:
-    text = value.strip()
-    try:
-        local = datetime.fromisoformat(text)
-    except ValueError:
-        raise typer.BadParameter(
-            f"{value!r}: write YYYY-MM-DD or 'YYYY-MM-DD HH:MM'", param_hint=what
-        ) from None
-    if len(text) <= 10 and end_of_day:
-        local += timedelta(days=1, seconds=-1)
-    if local.tzinfo is None:
-        local = local.replace(tzinfo=ZoneInfo(zone))
-    return local.astimezone(UTC)
+    """A date or date and time in the market's zone, by the rule spreadsheets use too."""
+    from .rectification import parse_when
+
+    when, error = parse_when(value, ZoneInfo(zone), end_of_day=end_of_day, default=None)
+    if error is not None or when is None:
+        raise typer.BadParameter(error or f"{value!r} is not a date", param_hint=what)
+    return when
 
 
 def _market_zone(engine: sa.Engine, market_id: str, default: str) -> str:

@@ -45,13 +45,14 @@ from .models import (
     Obligation,
     ProblemRow,
 )
+from .obligations import COMPLETED, State
 from .problems import ProblemState
 from .schedules import EscalationPolicy, Person, Schedule, StepAt
 
 log = logging.getLogger(__name__)
 
-#: obligation states that still call for a reminder or an escalation
-UNRESOLVED = ("upcoming", "open", "missed", "failed")
+#: obligation states that still call for a reminder or an escalation: not completed, not excused
+UNRESOLVED = tuple(s.value for s in State if s not in COMPLETED and s != State.EXCUSED)
 CATCH_UP_LIMIT = timedelta(days=7)
 WEBHOOK_TIMEOUT = 10.0
 

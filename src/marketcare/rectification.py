@@ -568,10 +568,10 @@ def import_xlsx(
             zone = ZoneInfo(zones.get(market, "UTC")) if market else ZoneInfo("UTC")
             category_raw = _text(cell("category"))
             category = CATEGORY_WORDS.get(category_raw, category_raw)
-            found_at, err = _when(cell("found_at"), zone, end_of_day=False, default=now)
+            found_at, err = parse_when(cell("found_at"), zone, end_of_day=False, default=now)
             if err:
                 row_errors.append(f"{where('found_at')}: {err}")
-            deadline, err = _when(cell("deadline"), zone, end_of_day=True, default=None)
+            deadline, err = parse_when(cell("deadline"), zone, end_of_day=True, default=None)
             if err:
                 row_errors.append(f"{where('deadline')}: {err}")
             problem = NewProblem(
@@ -627,7 +627,7 @@ def _text(value: Any) -> str:
     return str(value).strip()
 
 
-def _when(
+def parse_when(
     value: Any, zone: ZoneInfo, *, end_of_day: bool, default: datetime | None
 ) -> tuple[datetime | None, str | None]:
     """A cell as an aware time: an Excel date/time, or text YYYY-MM-DD [HH:MM], in the
