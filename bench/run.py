@@ -45,9 +45,7 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -61,8 +59,8 @@ from sqlalchemy.orm import Session
 
 from marketcare import audit, ledger, schedules, yamlsource
 from marketcare.db import make_engine, migrate, write
-from marketcare.models import AreaRow, LedgerState, MarketRow, Obligation, ScheduleVersion
-from marketcare.obligations import Planned, State, expand
+from marketcare.models import LedgerState, Obligation
+from marketcare.obligations import Planned, expand
 from marketcare.schedules import Schedule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -247,19 +245,6 @@ def content(path: Path) -> list[tuple[Any, ...]]:
 
 def load_city(directory: Path) -> Schedule:
     return schedules.load_paths([directory], default_timezone=ZONE)
-
-
-@contextmanager
-def patched(obj: Any, name: str, value: Any) -> Iterator[None]:
-    old = getattr(obj, name)
-    setattr(obj, name, value)
-    try:
-        yield
-    finally:
-        setattr(obj, name, old)
-
-
-# ---------------------------------------------------------------- 1. load + validate
 
 
 def bench_load(city: Path, args: argparse.Namespace, out: Report) -> Schedule:
@@ -483,8 +468,6 @@ def bench_materialise(schedule: Schedule, tmp: Path, args: argparse.Namespace, o
         prof.disable()
         out.profile = summarize_profile(prof)
 
-    if args.experiments:
-        experiment_materialise(schedule, base, paths["full"], engines["full"], n, args, out)
     for e in engines.values():
         e.dispose()
 
@@ -540,191 +523,6 @@ def summarize_profile(prof: cProfile.Profile) -> dict[str, Any]:
         if func == "_execute_context"
     )
     return {"split": split, "top": top_rows, "statements": statements}
-
-
-def experiment_materialise(
-    schedule: Schedule,
-    base: Path,
-    path: Path,
-    engine: sa.Engine,
-    n: int,
-    args: argparse.Namespace,
-    out: Report,
-) -> None:
-    """Recommended ledger.py change, tried by monkeypatching: skip ensure_version (and its
-    market/area sync) when the schedule's version is already the ledger's version."""
-    original = ledger.ensure_version
-
-    def ensure_version_if_changed(conn: sa.Connection, sched: Schedule, *, now: datetime) -> int:
-        vid = conn.execute(
-            sa.select(ScheduleVersion.id).where(ScheduleVersion.digest == sched.digest)
-        ).scalar_one_or_none()
-        if vid is not None:
-            current = conn.execute(
-                sa.select(LedgerState.version_id).where(LedgerState.id == 1)
-            ).scalar_one_or_none()
-            if current == vid:
-                return int(vid)
-        return original(conn, sched, now=now)
-
-    now = DAY_START
-
-    def setup() -> None:
-        engine.dispose()
-        copy_db(base, path)
-        warm(engine)
-
-    def full() -> None:
-        r = ledger.materialise(engine, schedule, now=now, horizon=ONE_DAY)
-        assert r.created == n and r.chunks == 1, r
-
-    def full_patched() -> None:
-        with patched(ledger, "ensure_version", ensure_version_if_changed):
-            full()
-
-    def noop() -> None:
-        r = ledger.materialise(engine, schedule, now=now, horizon=ONE_DAY)
-        assert r.chunks == 0
-
-    def noop_patched() -> None:
-        with patched(ledger, "ensure_version", ensure_version_if_changed):
-            noop()
-
-    log("experiment: materialise with ensure_version skipped for an unchanged version")
-    t = rounds(
-        {"before": (setup, full), "after": (setup, full_patched)}, repeat=args.repeat, warmup=1
-    )
-    t2 = rounds(
-        {"noop before": (None, noop), "noop after": (None, noop_patched)},
-        repeat=args.repeat,
-        warmup=1,
-    )
-
-    # one query for all areas instead of one per market (matters on every schedule change)
-    original_sync = ledger._sync_markets
-
-    def sync_before() -> None:
-        with engine.begin() as conn:
-            original_sync(conn, schedule, 1)
-            conn.rollback()
-
-    def sync_after() -> None:
-        with engine.begin() as conn:
-            sync_markets_one_query(conn, schedule, 1)
-            conn.rollback()
-
-    log("experiment: _sync_markets with one areas query")
-    t3 = rounds(
-        {"sync before": (None, sync_before), "sync after": (None, sync_after)},
-        repeat=args.repeat,
-        warmup=1,
-    )
-    out.experiments.append(
-        (
-            "`materialise` one day: skip `ensure_version` when the digest's version is already "
-            "`ledger_state.version_id`",
-            statistics.median(t["before"]),
-            statistics.median(t["after"]),
-        )
-    )
-    out.experiments.append(
-        (
-            "`materialise` with nothing to do: same change",
-            statistics.median(t2["noop before"]),
-            statistics.median(t2["noop after"]),
-        )
-    )
-    out.experiments.append(
-        (
-            "`_sync_markets` (no change to apply): one `SELECT` of all areas instead of one per market",
-            statistics.median(t3["sync before"]),
-            statistics.median(t3["sync after"]),
-        )
-    )
-
-
-def sync_markets_one_query(conn: sa.Connection, schedule: Schedule, version_id: int) -> None:
-    """``ledger._sync_markets`` with the areas of all markets read by one query (the
-    recommended change; otherwise the same statements)."""
-    existing = {r.id: r for r in conn.execute(sa.select(MarketRow)).all()}
-    all_areas: dict[str, dict[str, Any]] = {}
-    for r in conn.execute(sa.select(AreaRow)).all():
-        all_areas.setdefault(r.market_id, {})[r.id] = r
-    seen = set()
-    for m in schedule.markets:
-        seen.add(m.id)
-        values = {
-            "name": m.name,
-            "sub_district": m.sub_district,
-            "timezone": m.timezone or schedule.default_timezone,
-            "active": True,
-        }
-        row = existing.get(m.id)
-        if row is None:
-            conn.execute(sa.insert(MarketRow).values(id=m.id, version_id=version_id, **values))
-        elif any(getattr(row, k) != v for k, v in values.items()):
-            conn.execute(
-                sa.update(MarketRow)
-                .where(MarketRow.id == m.id)
-                .values(version_id=version_id, **values)
-            )
-        areas = all_areas.get(m.id, {})
-        for a in m.areas:
-            avalues = {"name": a.name, "kind": a.kind.value, "m2": a.m2, "active": True}
-            arow = areas.pop(a.id, None)
-            if arow is None:
-                conn.execute(sa.insert(AreaRow).values(market_id=m.id, id=a.id, **avalues))
-            elif any(getattr(arow, k) != v for k, v in avalues.items()):
-                conn.execute(
-                    sa.update(AreaRow)
-                    .where(AreaRow.market_id == m.id, AreaRow.id == a.id)
-                    .values(**avalues)
-                )
-        for gone in areas:
-            conn.execute(
-                sa.update(AreaRow)
-                .where(AreaRow.market_id == m.id, AreaRow.id == gone)
-                .values(active=False)
-            )
-    for gone in set(existing) - seen:
-        conn.execute(sa.update(MarketRow).where(MarketRow.id == gone).values(active=False))
-
-
-def experiment_load(city: Path, args: argparse.Namespace, out: Report) -> None:
-    """yamlsource.parse on libyaml's composer (CSafeLoader) instead of the pure-Python one."""
-    if not hasattr(yaml, "CSafeLoader"):
-        return
-    fast = types.SimpleNamespace(
-        **{k: getattr(yaml, k) for k in dir(yaml) if not k.startswith("__")}
-    )
-    fast.SafeLoader = yaml.CSafeLoader
-    texts = {f.name: f.read_text(encoding="utf-8") for f in sorted(city.glob("*.yaml"))}
-    same = True
-    for name, text in texts.items():
-        a = yamlsource.parse(text, name)
-        with patched(yamlsource, "yaml", fast):
-            b = yamlsource.parse(text, name)
-        same = same and a.data == b.data and a.values == b.values and a.keys == b.keys
-
-    def before() -> None:
-        schedules._compile_rrule.cache_clear()
-        load_city(city)
-
-    def after() -> None:
-        schedules._compile_rrule.cache_clear()
-        with patched(yamlsource, "yaml", fast):
-            load_city(city)
-
-    log("experiment: load with libyaml's composer")
-    t = rounds({"before": (None, before), "after": (None, after)}, repeat=args.repeat, warmup=1)
-    out.experiments.append(
-        (
-            "`load_paths`: `yamlsource.parse` on `yaml.CSafeLoader` instead of `yaml.SafeLoader` "
-            f"(same data and positions for every file: {'yes' if same else 'NO'})",
-            statistics.median(t["before"]),
-            statistics.median(t["after"]),
-        )
-    )
 
 
 # ---------------------------------------------------------------- 3. the sweep
@@ -895,48 +693,6 @@ def reset_sweep(led: SweepLedger) -> None:
         conn.close()
 
 
-def flip_by_primary_key(
-    conn: sa.Connection,
-    rows: Sequence[Any],
-    to: State,
-    now: datetime,
-    events: list[audit.NewEvent],
-) -> int:
-    """``ledger._flip`` with the recommended change: the compare-and-swap test on ``state``
-    written as ``state || ''`` so that SQLite looks the ids up by primary key instead of
-    walking every row of that state in ``ix_obligations_state_opens``."""
-    by_state: dict[str, list[int]] = {}
-    for r in rows:
-        by_state.setdefault(r.state, []).append(r.id)
-    n = 0
-    for from_state, ids in by_state.items():
-        for i in range(0, len(ids), ledger.INSERT_CHUNK):
-            part = ids[i : i + ledger.INSERT_CHUNK]
-            changed = (
-                conn.execute(
-                    sa.update(Obligation)
-                    .where(Obligation.id.in_(part), (Obligation.state + "") == from_state)
-                    .values(state=to.value, state_changed_at=now)
-                    .returning(Obligation.id)
-                )
-                .scalars()
-                .all()
-            )
-            n += len(changed)
-            events.extend(
-                audit.NewEvent(
-                    at=now,
-                    actor=ledger.SYSTEM,
-                    action="missed" if to == State.MISSED else "opened",
-                    obligation_id=oid,
-                    from_state=from_state,
-                    to_state=to.value,
-                )
-                for oid in sorted(changed)
-            )
-    return n
-
-
 def is_select(statement: str) -> bool:
     return statement.lstrip().upper().startswith("SELECT") and "FROM obligations" in statement
 
@@ -1011,12 +767,11 @@ def bench_sweep(city_schedule: Schedule, tmp: Path, args: argparse.Namespace, ou
 
         return go
 
-    def busy(kind: str, flip: Any = None) -> Callable[[], None]:
+    def busy(kind: str) -> Callable[[], None]:
         def go() -> None:
             capturing[0] = kind if not captured[kind] else None
             try:
-                with patched(ledger, "_flip", flip or ledger._flip):
-                    r = ledger.sweep_all(engines[kind], now=SWEEP_AT)
+                r = ledger.sweep_all(engines[kind], now=SWEEP_AT)
             finally:
                 capturing[0] = None
             counts[kind].append((r.opened, r.missed))
@@ -1097,32 +852,6 @@ def bench_sweep(city_schedule: Schedule, tmp: Path, args: argparse.Namespace, ou
     )
     conn.close()
 
-    if args.experiments and "ahead" in leds:
-        log("experiment: the sweep's UPDATE by primary key (ledger with days ahead)")
-        t = rounds(
-            {
-                "before": (setup("ahead"), busy("ahead")),
-                "after": (setup("ahead"), busy("ahead", flip_by_primary_key)),
-            },
-            repeat=args.repeat,
-            warmup=1,
-        )
-        captured["ahead"].clear()
-        setup("ahead")()
-        busy("ahead", flip_by_primary_key)()
-        conn = raw_connect(leds["ahead"].path)
-        out.plans_after = [
-            (s, p) for s, p in explain(conn, captured["ahead"]) if s.startswith("UPDATE")
-        ]
-        conn.close()
-        out.experiments.append(
-            (
-                f"`sweep_all` with {args.ahead_days} days materialised ahead: `_flip`'s "
-                "`UPDATE … WHERE id IN (…) AND state = ?` written with `state || ''`",
-                statistics.median(t["before"]),
-                statistics.median(t["after"]),
-            )
-        )
     for e in engines.values():
         e.dispose()
 
@@ -1136,12 +865,10 @@ class Report:
     results: list[Result] = field(default_factory=list)
     checks: list[str] = field(default_factory=list)
     plans: list[tuple[str, list[str]]] = field(default_factory=list)
-    experiments: list[tuple[str, float, float]] = field(default_factory=list)
     profile: dict[str, Any] | None = None
     load_split: tuple[float, float] | None = None
     sweep_info: tuple[SweepLedger, SweepLedger, SweepLedger | None, int] | None = None
     scan_seconds: float | None = None
-    plans_after: list[tuple[str, list[str]]] = field(default_factory=list)
     sweep_selects: int = 0
     machine: list[tuple[str, str]] = field(default_factory=list)
     elapsed: float = 0.0
@@ -1216,10 +943,6 @@ class Report:
                 "EXPLAIN QUERY PLAN of the statements the sweep executed (history ledger):",
                 self.plans,
             ),
-            (
-                "The sweep's `UPDATE` with the recommended `state || ''` (ledger with days ahead):",
-                self.plans_after,
-            ),
         ):
             if not plans:
                 continue
@@ -1251,18 +974,6 @@ class Report:
             lines.append("|---|---:|---:|---:|")
             for fn, nc, tt, ct in self.profile["top"]:
                 lines.append(f"| `{fn}` | {nc} | {tt:.3f} s | {ct:.3f} s |")
-            lines.append("")
-        if self.experiments:
-            lines.append(
-                "Experiments (monkeypatched in `bench/run.py`, `src/` unchanged), medians:"
-            )
-            lines.append("")
-            lines.append("| change | before | after | speed-up |")
-            lines.append("|---|---:|---:|---:|")
-            for name, before, after in self.experiments:
-                lines.append(
-                    f"| {name} | {fmt_s(before)} | {fmt_s(after)} | {before / after:.1f}× |"
-                )
             lines.append("")
         return "\n".join(lines)
 
@@ -1335,7 +1046,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--no-orm", action="store_true", help="skip the ORM comparison")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
-    ap.add_argument("--no-experiments", dest="experiments", action="store_false")
     ap.add_argument(
         "--tmpdir", type=Path, default=None, help="where the ledgers go (default: system temp)"
     )
@@ -1364,8 +1074,6 @@ def main(argv: list[str] | None = None) -> None:
         )
         if "load" in sections:
             schedule = bench_load(city, args, report)
-            if args.experiments:
-                experiment_load(city, args, report)
         else:
             schedule = load_city(city)
         if "materialise" in sections:
