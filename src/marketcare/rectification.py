@@ -161,7 +161,25 @@ def _load(conn: sa.Connection, problem_id: int) -> Any:
     return row
 
 
-def _move(conn: sa.Connection, row: Any, action: str, values: dict[str, Any]) -> ProblemState:
+#: the audit action each move records
+_ACTIONS = {
+    "rectify": "problem_rectified",
+    "verify": "problem_verified",
+    "reopen": "problem_reopened",
+}
+
+
+def _move(
+    conn: sa.Connection,
+    row: Any,
+    action: str,
+    values: dict[str, Any],
+    *,
+    by: str,
+    now: datetime,
+    details: dict[str, Any],
+) -> ProblemState:
+    """Move a problem by the state machine (compare-and-swap) and log the move."""
     try:
         target = check_transition(ProblemState(row.state), action)
     except TransitionRefused as exc:
@@ -173,6 +191,20 @@ def _move(conn: sa.Connection, row: Any, action: str, values: dict[str, Any]) ->
     ).rowcount
     if changed != 1:
         raise MarketcareError(f"problem {row.id} changed meanwhile; look again and retry")
+    audit.append(
+        conn,
+        [
+            audit.NewEvent(
+                at=now,
+                actor=by,
+                action=_ACTIONS[action],
+                problem_id=row.id,
+                from_state=row.state,
+                to_state=target.value,
+                details=details,
+            )
+        ],
+    )
     return target
 
 
@@ -196,7 +228,8 @@ def rectify(
         with write(engine) as conn:
             row = _load(conn, problem_id)
             kept = list((row.evidence or {}).get("items", []))
-            state = _move(
+            ob_id = _schedule_reinspection(conn, row, now=now)
+            _move(
                 conn,
                 row,
                 "rectify",
@@ -205,25 +238,11 @@ def rectify(
                     "rectified_by": by,
                     "rectify_note": note,
                     "evidence": {"items": kept + list(evidence)},
+                    "reinspection_id": ob_id,
                 },
-            )
-            ob_id = _schedule_reinspection(conn, row, now=now)
-            conn.execute(
-                sa.update(ProblemRow).where(ProblemRow.id == row.id).values(reinspection_id=ob_id)
-            )
-            audit.append(
-                conn,
-                [
-                    audit.NewEvent(
-                        at=now,
-                        actor=by,
-                        action="problem_rectified",
-                        problem_id=row.id,
-                        from_state=row.state,
-                        to_state=state.value,
-                        details={"note": note, "reinspection": ob_id, "evidence": list(evidence)},
-                    )
-                ],
+                by=by,
+                now=now,
+                details={"note": note, "reinspection": ob_id, "evidence": list(evidence)},
             )
             return ob_id
 
@@ -309,22 +328,16 @@ def verify(
     def step() -> None:
         with write(engine) as conn:
             row = _load(conn, problem_id)
-            state = _move(conn, row, "verify", {"verified_at": now, "verified_by": by})
-            _close_reinspection(conn, row, by=by, now=now, passed=True)
-            audit.append(
+            _move(
                 conn,
-                [
-                    audit.NewEvent(
-                        at=now,
-                        actor=by,
-                        action="problem_verified",
-                        problem_id=row.id,
-                        from_state=row.state,
-                        to_state=state.value,
-                        details={"note": note},
-                    )
-                ],
+                row,
+                "verify",
+                {"verified_at": now, "verified_by": by},
+                by=by,
+                now=now,
+                details={"note": note},
             )
+            _close_reinspection(conn, row, by=by, now=now, passed=True)
 
     retrying(step, what="verify")
 
@@ -348,25 +361,16 @@ def reopen(
             values: dict[str, Any] = {"reopened": row.reopened + 1, "rectified_at": None}
             if deadline is not None:
                 values["deadline"] = deadline
-            state = _move(conn, row, "reopen", values)
-            _close_reinspection(conn, row, by=by, now=now, passed=False)
-            audit.append(
+            _move(
                 conn,
-                [
-                    audit.NewEvent(
-                        at=now,
-                        actor=by,
-                        action="problem_reopened",
-                        problem_id=row.id,
-                        from_state=row.state,
-                        to_state=state.value,
-                        details={
-                            "note": note,
-                            "deadline": deadline.isoformat() if deadline else None,
-                        },
-                    )
-                ],
+                row,
+                "reopen",
+                values,
+                by=by,
+                now=now,
+                details={"note": note, "deadline": deadline.isoformat() if deadline else None},
             )
+            _close_reinspection(conn, row, by=by, now=now, passed=False)
 
     retrying(step, what="reopen")
 
