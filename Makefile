@@ -23,10 +23,11 @@ run: install
 init: install
 	$(BIN)/marketcare init
 
-## Debian packages the tests need: LibreOffice proves an export opens; CJK fonts render it
-SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk poppler-utils openssl
+## Debian packages the tests need: LibreOffice proves an export opens; CJK fonts render it;
+## Chromium runs the browser tests (Playwright drives Debian's build, it downloads none)
+SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk poppler-utils openssl chromium
 system-deps:
-	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1; then :; \
+	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	else \

@@ -116,11 +116,20 @@ def _parse_date(value: str | None, what: str) -> date | None:
 
 @app.command()
 @handled
-def init() -> None:
-    """Migrate the database and load the schedules (safe to run again)."""
+def init(
+    operator: Annotated[
+        str, typer.Option(help="User name of the first operator, made when there is none")
+    ] = "admin",
+) -> None:
+    """Migrate the database and load the schedules (safe to run again).
+
+    When the database has no operator yet, one is made with a random password that is
+    printed once: sign in with it and change it (or use `marketcare users passwd`).
+    """
     s = _settings()
     engine = _engine(s)
     migrate(engine)
+    _first_operator(engine, operator)
     schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
     now = _now()
     result = ledger.materialise(engine, schedule, now=now, horizon=s.horizon)
@@ -1038,12 +1047,190 @@ def pest(
 
 @app.command()
 @handled
-def run() -> None:
-    """Run the daemon in the foreground (materialise, sweep, hot-reload) until SIGTERM."""
+def run(
+    host: Annotated[
+        str | None, typer.Option(help="Address the web app listens on (setting web_host)")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port of the web app (setting web_port; 0 picks a free one)")
+    ] = None,
+    web: Annotated[
+        bool | None, typer.Option("--web/--no-web", help="Serve the web app (setting web_enabled)")
+    ] = None,
+) -> None:
+    """Run the daemon in the foreground until SIGTERM: materialise, sweep, hot-reload,
+    reports, mail, and the web app at http://127.0.0.1:8000/ by default."""
     from .daemon import build
 
-    s = _settings()
+    overrides: dict[str, object] = {}
+    if host is not None:
+        overrides["web_host"] = host
+    if port is not None:
+        overrides["web_port"] = port
+    if web is not None:
+        overrides["web_enabled"] = web
+    s = load_settings(**overrides) if overrides else _settings()
+    if overrides:
+        logs.setup(s.log_level, s.log_format)
     build(s).run()
+
+
+# ------------------------------------------------------------------------------ users
+
+users_app = typer.Typer(
+    help="People who use the web app and the API: managers, the district office, operators.",
+    no_args_is_help=True,
+)
+app.add_typer(users_app, name="users")
+
+
+class RoleName(enum.StrEnum):
+    manager = "manager"
+    office = "office"
+    operator = "operator"
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first: str = typer.prompt("Password", hide_input=True)
+    again: str = typer.prompt("Repeat the password", hide_input=True)
+    if first != again:
+        raise MarketcareError("the two passwords differ; nothing changed")
+    return first
+
+
+def _first_operator(engine: sa.Engine, username: str) -> None:
+    import secrets
+
+    from . import accounts
+    from .access import Role
+
+    if accounts.count_users(engine, Role.OPERATOR):
+        return
+    password = secrets.token_urlsafe(12)
+    accounts.add_user(
+        engine,
+        accounts.NewUser(username, "Operator", Role.OPERATOR, password),
+        now=_now(),
+    )
+    out.print(
+        f"made the first operator {username!r} with password {password} "
+        "(shown once: sign in and make the other users, or run `marketcare users add`)",
+        markup=False,
+    )
+
+
+@users_app.command("add")
+@handled
+def users_add(
+    username: Annotated[str, typer.Argument(help="Sign-in name: a-z 0-9 . _ -")],
+    role: Annotated[RoleName, typer.Option(help="manager, office or operator")],
+    market: Annotated[
+        list[str] | None, typer.Option(help="A market a manager manages (repeat for more)")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Name shown on pages (default: the user name)")
+    ] = None,
+    language: Annotated[str | None, typer.Option(help="zh_CN or en (default: the site's)")] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Create a user (the password is asked for, or read with --password-stdin)."""
+    from . import accounts
+    from .access import Role
+
+    s = _settings()
+    engine = _engine(s)
+    migrate(engine)
+    password = _read_password(password_stdin)
+    accounts.add_user(
+        engine,
+        accounts.NewUser(
+            username, name or username, Role(role.value), password, tuple(market or ()), language
+        ),
+        now=_now(),
+    )
+    where = f" for {', '.join(market)}" if market else ""
+    out.print(f"user {username.lower()!r} ({role.value}{where}) created", markup=False)
+
+
+@users_app.command("passwd")
+@handled
+def users_passwd(
+    username: str,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Set a user's password; their open sessions are signed out."""
+    from . import accounts
+
+    engine = _engine(_settings())
+    accounts.set_password(engine, username, _read_password(password_stdin))
+    out.print(f"password of {username!r} changed; their sessions are signed out", markup=False)
+
+
+@users_app.command("disable")
+@handled
+def users_disable(
+    username: str,
+    enable: Annotated[bool, typer.Option("--enable", help="Enable the user again")] = False,
+) -> None:
+    """Disable a user: sign-in refused, sessions ended, API tokens stop working."""
+    from . import accounts
+
+    engine = _engine(_settings())
+    accounts.set_disabled(engine, username, not enable)
+    out.print(f"user {username!r} {'enabled' if enable else 'disabled'}", markup=False)
+
+
+@users_app.command("list")
+@handled
+def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every user with role, markets and status."""
+    from . import accounts
+
+    users = accounts.list_users(_engine(_settings()))
+    if as_json:
+        out.print_json(json.dumps(users, ensure_ascii=False))
+        return
+    table = Table("user", "name", "role", "markets", "language", "status")
+    for u in users:
+        table.add_row(
+            u["username"],
+            u["display_name"],
+            u["role"],
+            ", ".join(u["markets"]) or "—",
+            u["language"] or "—",
+            "disabled" if u["disabled"] else "active",
+        )
+    out.print(table)
+
+
+@users_app.command("token")
+@handled
+def users_token(
+    username: str,
+    name: Annotated[str, typer.Option(help="What the token is for, e.g. the system using it")],
+) -> None:
+    """Make an API token for a user (printed once; only its hash is kept)."""
+    from . import accounts
+
+    engine = _engine(_settings())
+    who = accounts.list_users(engine)
+    if not any(u["username"] == username.lower() for u in who):
+        raise MarketcareError(f"no user {username!r}")
+    with read(engine) as conn:
+        from .models import User
+
+        uid = conn.execute(sa.select(User.id).where(User.username == username.lower())).scalar_one()
+    tid, token = accounts.create_token(engine, uid, name, now=_now())
+    out.print(token, markup=False, soft_wrap=True)
+    err.print(
+        f"token {tid} for {username!r}: send it as 'Authorization: Bearer <token>'", markup=False
+    )
 
 
 # ------------------------------------------------------------------------------ audit

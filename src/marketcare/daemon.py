@@ -271,6 +271,7 @@ class Daemon:
         if stop.is_set():
             log.info("daemon stopped before its loop started")
             return
+        web = self._start_web()
         scheduler.start()
         watcher.start()
         log.info("daemon running")
@@ -279,7 +280,25 @@ class Daemon:
                 pass
         finally:
             scheduler.shutdown(wait=True)
+            if web is not None:
+                web.stop()
             log.info("daemon stopped")
+
+    def _start_web(self) -> Any:
+        """Serve the web app and API from this process (``web_enabled``)."""
+        if not self.settings.web_enabled:
+            return None
+        from .web import WebServer, create_app
+
+        server = WebServer(
+            create_app(self.settings, self.engine), self.settings.web_host, self.settings.web_port
+        )
+        server.start()
+        log.info(
+            "web app listening",
+            extra={"url": f"http://{self.settings.web_host}:{server.port}/"},
+        )
+        return server
 
     def _maybe_reload(self) -> None:
         """Poll the files' mtimes as a fallback for file systems that do not notify."""

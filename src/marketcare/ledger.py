@@ -596,6 +596,7 @@ def tick(
     note: str | None = None,
     token: str | None = None,
     texts: Mapping[str, str] | None = None,
+    evidence: Sequence[Mapping[str, Any]] = (),
 ) -> TickResult:
     """Record a completion of one obligation (see ``completion_outcome`` for the rule).
 
@@ -684,6 +685,7 @@ def tick(
                     items=item_map,
                     failures=failures,
                     note=note,
+                    evidence={"items": [dict(e) for e in evidence]} if evidence else None,
                 )
                 .returning(Completion.id)
             ).scalar_one()

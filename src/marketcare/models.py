@@ -131,6 +131,8 @@ class Completion(Base):
     items: Mapped[dict[str, Any]]
     failures: Mapped[dict[str, Any]]
     note: Mapped[str | None] = mapped_column(sa.Text)
+    #: photos taken with the completion: {"items": [{name, sha256, path, bytes}]}
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
 
 
 class Event(Base):
@@ -259,6 +261,9 @@ class ProblemRow(Base):
     verified_by: Mapped[str | None] = mapped_column(sa.String(100))
     reinspection_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("obligations.id"))
     created_at: Mapped[datetime]
+    #: who the office assigned the rectification to (a person or a contractor), when it did
+    assigned_to: Mapped[str | None] = mapped_column(sa.String(200))
+    assigned_at: Mapped[datetime | None]
 
     __table_args__ = (sa.Index("ix_problems_state_deadline", "state", "deadline"),)
 
@@ -324,3 +329,60 @@ class NotifyMessage(Base):
         sa.UniqueConstraint("bundle", "channel"),
         sa.Index("ix_notify_outbox_state_next", "state", "next_attempt_at"),
     )
+
+
+class User(Base):
+    """Someone who signs in to the web app or calls the API (see ``access`` for roles)."""
+
+    __tablename__ = "users"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    display_name: Mapped[str] = mapped_column(sa.String(200))
+    role: Mapped[str] = mapped_column(sa.String(16))  # manager | office | operator
+    password_hash: Mapped[str] = mapped_column(sa.String(200))
+    #: None: the site's language (settings.language)
+    language: Mapped[str | None] = mapped_column(sa.String(8))
+    disabled: Mapped[bool] = mapped_column(default=False)
+    #: bumped by a password change or a disable: signs every existing session out
+    session_epoch: Mapped[int] = mapped_column(default=0)
+    created_at: Mapped[datetime]
+
+
+class UserMarket(Base):
+    """The markets a market manager manages (other roles have none here)."""
+
+    __tablename__ = "user_markets"
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), primary_key=True)
+    market_id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+
+
+class ApiToken(Base):
+    """A per-user API token; only its SHA-256 is kept (the token is shown once)."""
+
+    __tablename__ = "api_tokens"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    name: Mapped[str] = mapped_column(sa.String(100))
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    created_at: Mapped[datetime]
+    last_used_at: Mapped[datetime | None]
+    revoked_at: Mapped[datetime | None]
+
+
+class LoginFailure(Base):
+    """A failed sign-in, kept for the rate limit (shared by every daemon on the database)."""
+
+    __tablename__ = "login_failures"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    username: Mapped[str] = mapped_column(sa.String(64), index=True)
+    client: Mapped[str] = mapped_column(sa.String(64), index=True)
+    at: Mapped[datetime] = mapped_column(index=True)
+
+
+class AppSecret(Base):
+    """Secrets generated once per installation (cookie signing, calendar feed URLs)."""
+
+    __tablename__ = "app_secrets"
+    name: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
+    value: Mapped[str] = mapped_column(sa.String(128))
+    created_at: Mapped[datetime]

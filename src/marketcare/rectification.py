@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -20,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from . import audit
+from . import audit, evidence
 from .db import read, retrying, write
 from .errors import MarketcareError, NotFound
 from .ledger import _insert
@@ -375,6 +374,60 @@ def reopen(
     retrying(step, what="reopen")
 
 
+def assign(
+    engine: sa.Engine,
+    *,
+    problem_id: int,
+    by: str,
+    to: str,
+    now: datetime,
+    deadline: datetime | None = None,
+) -> None:
+    """The office names who must rectify a problem (and may move its deadline).
+
+    Not a state change: an open problem stays open; assigning again replaces the name.
+    A verified problem is closed and cannot be assigned.
+    """
+    to = to.strip()
+    if not to:
+        raise MarketcareError("assigned_to: say who must rectify it")
+    if len(to) > 200:
+        raise MarketcareError("assigned_to: at most 200 characters")
+
+    def step() -> None:
+        with write(engine) as conn:
+            row = _load(conn, problem_id)
+            if row.state == ProblemState.VERIFIED.value:
+                raise MarketcareError(
+                    f"problem {problem_id} is verified (closed); nothing to assign"
+                )
+            if deadline is not None and deadline <= row.found_at:
+                raise MarketcareError("deadline: the deadline must be after the time it was found")
+            values: dict[str, Any] = {"assigned_to": to, "assigned_at": now}
+            if deadline is not None:
+                values["deadline"] = deadline
+            conn.execute(sa.update(ProblemRow).where(ProblemRow.id == row.id).values(**values))
+            audit.append(
+                conn,
+                [
+                    audit.NewEvent(
+                        at=now,
+                        actor=by,
+                        action="problem_assigned",
+                        problem_id=row.id,
+                        from_state=row.state,
+                        to_state=row.state,
+                        details={
+                            "to": to,
+                            "deadline": deadline.isoformat() if deadline else None,
+                        },
+                    )
+                ],
+            )
+
+    retrying(step, what="assign")
+
+
 def listing(
     engine: sa.Engine,
     *,
@@ -437,33 +490,10 @@ def rates(
 
 # ---------------------------------------------------------------- evidence and spreadsheets
 
-EVIDENCE_MAX_BYTES = 20_000_000
-EVIDENCE_TYPES = {".jpg", ".jpeg", ".png", ".heic", ".webp", ".pdf"}
-
 
 def store_evidence(path: Path, evidence_dir: Path) -> dict[str, Any]:
-    """Copy a photo (or PDF) into the evidence store under its SHA-256; returns its record."""
-    if not path.is_file():
-        raise MarketcareError(f"--evidence {path}: no such file")
-    if path.suffix.lower() not in EVIDENCE_TYPES:
-        raise MarketcareError(
-            f"--evidence {path}: {path.suffix or 'no extension'} is not a photo; use one of "
-            + ", ".join(sorted(EVIDENCE_TYPES))
-        )
-    size = path.stat().st_size
-    if size > EVIDENCE_MAX_BYTES:
-        raise MarketcareError(
-            f"--evidence {path}: {size / 1e6:.1f} MB is more than {EVIDENCE_MAX_BYTES // 1_000_000} MB"
-        )
-    data = path.read_bytes()
-    digest = hashlib.sha256(data).hexdigest()
-    evidence_dir.mkdir(parents=True, exist_ok=True)
-    target = evidence_dir / f"{digest}{path.suffix.lower()}"
-    if not target.exists():
-        tmp = target.with_suffix(target.suffix + ".part")
-        tmp.write_bytes(data)
-        os.replace(tmp, target)
-    return {"name": path.name, "sha256": digest, "path": str(target), "bytes": size}
+    """Keep a photo given on the command line (``evidence.store_file``)."""
+    return evidence.store_file(path, evidence_dir)
 
 
 HEADERS: dict[str, tuple[str, ...]] = {

@@ -66,6 +66,16 @@ class Settings(BaseSettings):
     outbox_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
     notify_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
 
+    #: the web app and JSON API that ``marketcare run`` serves
+    web_enabled: bool = True
+    web_host: str = "127.0.0.1"
+    web_port: int = Field(default=8000, ge=0, le=65535)
+    #: set when the site is reached over HTTPS (behind a proxy): cookies get ``Secure``
+    web_secure_cookies: bool = False
+    web_session_days: float = Field(default=14.0, gt=0, le=365)
+    #: the largest photo accepted with a completion or a rectification
+    upload_max_bytes: int = Field(default=10_000_000, ge=10_000, le=100_000_000)
+
     @field_validator("smtp_sender")
     @classmethod
     def _sender(cls, value: str) -> str:

@@ -1,0 +1,200 @@
+"""A real web server for tests: the app over a real SQLite ledger, served by uvicorn on a
+free loopback port, reached through HTTP with httpx (and by Chromium in browser tests).
+
+Two markets (``lizhong`` and ``xinhua``) and one user per role and market:
+
+==========  ==========  ===========
+user        role        markets
+==========  ==========  ===========
+mgr_a       manager     lizhong
+mgr_b       manager     xinhua
+office      office      (all)
+operator    operator    (none)
+==========  ==========  ===========
+
+The clock is the site's own (``site.clock.now``): tests move it instead of sleeping.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import sqlalchemy as sa
+
+from marketcare import accounts, ledger
+from marketcare.access import Role
+from marketcare.db import make_engine, migrate
+from marketcare.schedules import Schedule, load_texts
+from marketcare.settings import Settings
+from marketcare.web import WebServer, create_app
+
+PASSWORD = "correct horse battery"
+#: Monday 2026-11-23 19:00 in Asia/Shanghai: the markets have closed, disinfection is open
+START = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
+
+SCHEDULE = """
+markets:
+  - id: lizhong
+    name: 鲤中农贸市场
+    sub_district: 鲤中
+    timezone: Asia/Shanghai
+    hours: {mon-sun: "05:30-18:30"}
+    areas:
+      - {id: aquatic, name: 水产区, kind: aquatic, m2: 600}
+      - {id: veg, name: 蔬菜区, kind: vegetables, m2: 900}
+  - id: xinhua
+    name: 新华农贸市场
+    sub_district: 海滨
+    timezone: Asia/Shanghai
+    hours: {mon-sun: "05:30-18:30"}
+    areas:
+      - {id: meat, name: 肉类区, kind: meat, m2: 500}
+tasks:
+  - id: disinfect
+    kind: disinfection
+    name: 休市清洗消毒
+    scope: area
+    recurrence: daily
+    opens: closing
+    due: +2h
+    grace: 1h
+    checklist:
+      - {id: washed, tick: 已冲洗}
+      - {id: chlorine, reading: 有效氯, unit: mg/L, range: [400, 700], by_area_kind: {aquatic: [900, 1200]}}
+  - id: waste
+    kind: waste_clearance
+    name: 垃圾日产日清
+    scope: market
+    recurrence: daily
+    opens: closing
+    due: closing+1h
+    grace: 30m
+    checklist: [{id: cleared, tick: 已清运}]
+"""
+
+USERS: dict[str, tuple[Role, tuple[str, ...]]] = {
+    "mgr_a": (Role.MANAGER, ("lizhong",)),
+    "mgr_b": (Role.MANAGER, ("xinhua",)),
+    "office": (Role.OFFICE, ()),
+    "operator": (Role.OPERATOR, ()),
+}
+
+
+@dataclass
+class Clock:
+    at: datetime
+
+    def now(self) -> datetime:
+        return self.at
+
+    def advance(self, **delta: float) -> None:
+        self.at += timedelta(**delta)
+
+
+@dataclass
+class Site:
+    base: str
+    engine: sa.Engine
+    settings: Settings
+    schedule: Schedule
+    clock: Clock
+    tmp: Path
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def client(self, user: str | None = None, **kwargs: Any) -> httpx.Client:
+        """A client signed in as ``user`` through the sign-in form (a session cookie)."""
+        c = httpx.Client(base_url=self.base, follow_redirects=False, timeout=30, **kwargs)
+        if user is not None:
+            sign_in(c, user)
+        return c
+
+    def api(self, user: str) -> httpx.Client:
+        """A client that authenticates with ``user``'s API token (no cookie, no CSRF)."""
+        return httpx.Client(
+            base_url=self.base,
+            headers={"Authorization": f"Bearer {self.tokens[user]}"},
+            timeout=30,
+        )
+
+    def obligation(self, market: str, task: str, area: str | None = None) -> int:
+        """The id of today's obligation of ``task`` (in ``area``) in ``market``."""
+        day = self.clock.now().astimezone(START.astimezone().tzinfo).date()
+        from marketcare.models import Obligation
+
+        with self.engine.connect() as conn:
+            stmt = sa.select(Obligation.id).where(
+                Obligation.market_id == market,
+                Obligation.task_id == task,
+                Obligation.local_date == _local_day(self.clock.now()),
+            )
+            if area is not None:
+                stmt = stmt.where(Obligation.area_id == area)
+            found = conn.execute(stmt).scalars().first()
+        assert found is not None, (market, task, area, day)
+        return int(found)
+
+
+def _local_day(moment: datetime) -> str:
+    from zoneinfo import ZoneInfo
+
+    return moment.astimezone(ZoneInfo("Asia/Shanghai")).date().isoformat()
+
+
+def csrf_of(client: httpx.Client, path: str = "/login") -> str:
+    """The CSRF token a page carries (every page has it in a meta tag)."""
+    page = client.get(path)
+    marker = 'name="csrf-token" content="'
+    start = page.text.index(marker) + len(marker)
+    return page.text[start : page.text.index('"', start)]
+
+
+def sign_in(client: httpx.Client, user: str, password: str = PASSWORD) -> httpx.Response:
+    token = csrf_of(client)
+    response = client.post(
+        "/login",
+        data={"username": user, "password": password, "csrf_token": token, "next": "/"},
+    )
+    assert response.status_code == 303, response.text[:500]
+    client.headers["X-CSRF-Token"] = csrf_of(client, "/account")
+    return response
+
+
+@contextmanager
+def running_site(tmp: Path, **overrides: Any) -> Iterator[Site]:
+    """Build the ledger, the users and the server; stop the server at the end."""
+    engine = make_engine(f"sqlite:///{tmp / 'ledger.db'}")
+    migrate(engine)
+    schedule = load_texts({"schedules/site.yaml": SCHEDULE}, default_timezone="Asia/Shanghai")
+    clock = Clock(START)
+    ledger.materialise(engine, schedule, now=START - timedelta(days=1), horizon=timedelta(days=3))
+    ledger.sweep_all(engine, now=START)
+    settings = Settings(
+        database_url=str(engine.url),
+        schedules_dir=tmp / "schedules",
+        exports_dir=tmp / "exports",
+        evidence_dir=tmp / "evidence",
+        web_port=0,
+        **overrides,
+    )
+    site = Site("", engine, settings, schedule, clock, tmp)
+    for name, (role, markets) in USERS.items():
+        uid = accounts.add_user(
+            engine,
+            accounts.NewUser(name, f"{name} 用户", role, PASSWORD, markets),
+            now=START,
+        )
+        site.tokens[name] = accounts.create_token(engine, uid, "tests", now=START)[1]
+    server = WebServer(create_app(settings, engine, clock=clock.now), "127.0.0.1", 0)
+    server.start()
+    site.base = f"http://127.0.0.1:{server.port}"
+    try:
+        yield site
+    finally:
+        server.stop()
+        engine.dispose()
