@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-deps run init test lint typecheck unit bench demo clean
+.PHONY: install system-deps run init test lint typecheck unit unit-sqlite unit-postgresql bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,10 +24,11 @@ init: install
 	$(BIN)/marketcare init
 
 ## Debian packages the tests need: LibreOffice proves an export opens; CJK fonts render it;
-## Chromium runs the browser tests (Playwright drives Debian's build, it downloads none)
-SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk poppler-utils openssl chromium
+## Chromium runs the browser tests (Playwright drives Debian's build, it downloads none);
+## PostgreSQL's server binaries run a throwaway server for the suite's PostgreSQL run
+SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk poppler-utils openssl chromium postgresql
 system-deps:
-	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1; then :; \
+	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	else \
@@ -44,8 +45,15 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-unit: install
-	$(BIN)/pytest
+## the whole suite twice: on SQLite, then on PostgreSQL (a throwaway server in a temporary
+## folder, unless MARKETCARE_TEST_DATABASE_URL names one; see docs/postgresql.md)
+unit: unit-sqlite unit-postgresql
+
+unit-sqlite: install
+	MARKETCARE_TEST_DB=sqlite $(BIN)/pytest
+
+unit-postgresql: install
+	MARKETCARE_TEST_DB=postgresql $(BIN)/pytest
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -1,4 +1,9 @@
-"""Shared fixtures: a migrated ledger per test, small schedule factories, a DST zone."""
+"""Shared fixtures: a migrated ledger per test, small schedule factories, a DST zone.
+
+The suite runs on SQLite by default and on PostgreSQL with ``MARKETCARE_TEST_DB=postgresql``
+(see ``tests/support/pg.py`` and docs/postgresql.md): every test reaches its database
+through ``database_url(tmp_path)``, never through a hard-coded ``sqlite:///`` URL.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +18,80 @@ import sqlalchemy as sa
 from marketcare.db import make_engine, migrate
 from marketcare.schedules import Schedule, load_texts
 
+from .support import pg
+
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def database_url(folder: Path, *, migrated: bool = False) -> str:
+    """The test database of ``folder``: ``folder/ledger.db`` or a fresh PostgreSQL database."""
+    return pg.database_url(folder, migrated=migrated)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "sqlite_only(reason): proves something only SQLite has (its file lock); "
+        "not collected on a PostgreSQL run, with the reason printed",
+    )
+    config.addinivalue_line(
+        "markers",
+        "postgresql_only(reason): proves something only PostgreSQL has (several daemons "
+        "on one database); not collected on a SQLite run, with the reason printed",
+    )
+    pg.begin_session()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    pg.end_session()
+
+
+#: the tests a run left out because they belong to the other database, with the reason
+_OTHER_DATABASE: list[str] = []
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out what exists only on the other database: deselected with its reason, never
+    skipped. A skip says "could not run here"; these have nothing to run on this database,
+    and ``make test`` runs the suite on both, so each of them runs once."""
+    other = "sqlite_only" if pg.on_postgresql() else "postgresql_only"
+    kept, dropped = [], []
+    for item in items:
+        marker = item.get_closest_marker(other)
+        if marker is None:
+            kept.append(item)
+            continue
+        if not marker.args:
+            raise pytest.UsageError(f"{item.nodeid}: {other} needs a reason")
+        dropped.append(item)
+        _OTHER_DATABASE.append(f"{item.nodeid}: {marker.args[0]}")
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _OTHER_DATABASE:
+        here = "PostgreSQL" if pg.on_postgresql() else "SQLite"
+        terminalreporter.section(f"tests of the other database, not collected on {here}")
+        for line in _OTHER_DATABASE:
+            terminalreporter.write_line(line)
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"marketcare test database: {'postgresql' if pg.on_postgresql() else 'sqlite'}"
+
+
+@pytest.fixture(autouse=True)
+def _release_databases(tmp_path: Path) -> Iterator[None]:
+    """A test's PostgreSQL databases go with it (a long run would otherwise fill the disk)."""
+    yield
+    pg.release(tmp_path)
 
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[sa.Engine]:
-    eng = make_engine(f"sqlite:///{tmp_path / 'ledger.db'}")
+    eng = make_engine(database_url(tmp_path, migrated=True))
     migrate(eng)
     yield eng
     eng.dispose()

@@ -9,12 +9,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import sqlite3
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import time_machine
 from typer.testing import CliRunner, Result
 
@@ -22,8 +22,8 @@ from marketcare.cli import app
 from marketcare.obligations import expand
 from marketcare.schedules import load_paths
 
-from .conftest import DISINFECTION, WASTE, make_market_yaml, utc
-from .support.procs import cli, db_path, make_env, query, scalar
+from .conftest import DISINFECTION, WASTE, database_url, make_market_yaml, utc
+from .support.procs import cli, database, make_env, query, scalar
 
 #: three market-wide rounds through the day, so that at 15:00 one is missed, one is open
 #: past its due time and one is open and not yet due
@@ -104,14 +104,14 @@ def invoke(*args: str, at: datetime | None = None) -> Result:
 
 
 def obligation_id(env: dict[str, str], key: str) -> int:
-    rows = query(db_path(env), "SELECT id FROM obligations WHERE natural_key = ?", (key,))
+    rows = query(database(env), "SELECT id FROM obligations WHERE natural_key = ?", (key,))
     assert len(rows) == 1, key
     return int(rows[0][0])
 
 
 def completions(env: dict[str, str], oid: int) -> int:
     return int(
-        scalar(db_path(env), "SELECT count(*) FROM completions WHERE obligation_id = ?", (oid,))
+        scalar(database(env), "SELECT count(*) FROM completions WHERE obligation_id = ?", (oid,))
     )
 
 
@@ -253,7 +253,7 @@ def test_a_reading_out_of_range_exits_3_with_the_required_range(
     assert "chlorine=300 outside 900–1200 mg/L" in r.stdout
     assert "Traceback" not in r.stdout + r.stderr
     outcomes = query(
-        db_path(env), "SELECT outcome FROM completions WHERE obligation_id = ?", (oid,)
+        database(env), "SELECT outcome FROM completions WHERE obligation_id = ?", (oid,)
     )
     assert outcomes == [("failed",)]
 
@@ -263,7 +263,7 @@ def test_ticking_a_done_obligation_says_so_and_changes_nothing(env: dict[str, st
     oid = obligation_id(env, "haibin|-|noon-round|2026-11-27T00:00")
     first = invoke("tick", str(oid), "--by", "林秀英", at=AFTERNOON)
     assert first.exit_code == 0 and "recorded as done on time" in first.stdout
-    db = db_path(env)
+    db = database(env)
     before = query(db, "SELECT * FROM obligations WHERE id = ?", (oid,))
     events = scalar(db, "SELECT count(*) FROM events")
 
@@ -311,8 +311,8 @@ def test_the_same_demo_seed_gives_the_same_history_on_two_new_databases(
 ) -> None:
     histories, outputs = [], []
     for name in ("one", "two"):
-        db = tmp_path / f"{name}.db"
-        monkeypatch.setenv("MARKETCARE_DATABASE_URL", f"sqlite:///{db}")
+        db = database_url(tmp_path / name)
+        monkeypatch.setenv("MARKETCARE_DATABASE_URL", db)
         r = invoke("demo", "--days", "3", "--seed", "7", at=AFTERNOON)
         assert r.exit_code == 0, r.output
         outputs.append(r.stdout)
@@ -336,10 +336,10 @@ def test_audit_verify_names_the_event_that_was_altered(env: dict[str, str], tmp_
     assert ok.returncode == 0, ok.stderr
     assert re.match(r"ok: \d+ events, chain intact", ok.stdout)
 
-    conn = sqlite3.connect(db_path(env))
-    with conn:
-        conn.execute("UPDATE events SET actor = '无名氏' WHERE seq = 5")
-    conn.close()
+    engine = sa.create_engine(database(env), poolclass=sa.pool.NullPool)
+    with engine.begin() as conn:
+        conn.execute(sa.text("UPDATE events SET actor = '无名氏' WHERE seq = 5"))
+    engine.dispose()
     r = cli(env, "audit", "verify", cwd=tmp_path)
     assert r.returncode == 1
     assert "event 5 was altered" in r.stderr and "first bad event: 5" in r.stderr

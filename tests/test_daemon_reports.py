@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import make_market_yaml, make_schedule_text
-from .support.procs import Proc, db_path, make_env, query, start_daemon, wait_until
+from .support.procs import Proc, database, make_env, query, start_daemon, wait_until
 from .support.smtp import SmtpServer
 
 pytestmark = pytest.mark.slow
@@ -84,7 +84,7 @@ def test_reports_due_while_down_are_queued_while_smtp_is_down_and_mailed_once(
         report_interval_seconds="1",
         outbox_interval_seconds="1",
     )
-    db = db_path(env)
+    db = database(env)
 
     def daemon(at: datetime, name: str) -> Proc:
         proc = start_daemon(env, cwd=tmp_path, at=at, name=name)

@@ -16,7 +16,7 @@ from marketcare.mail import SmtpConfig
 from marketcare.models import OutboxMessage, ReportRecord, ReportRun
 from marketcare.periods import Period
 
-from .conftest import make_market_yaml, make_schedule, make_schedule_text, utc
+from .conftest import database_url, make_market_yaml, make_schedule, make_schedule_text, utc
 from .support.smtp import SmtpServer
 
 NOW = utc(2026, 11, 27, 2, 0)  # Friday 10:00 in Shanghai
@@ -271,7 +271,7 @@ reports:
     )
     (tmp_path / "schedules" / "s.yaml").write_text(text, encoding="utf-8")
     settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'd.db'}",
+        database_url=database_url(tmp_path),
         schedules_dir=tmp_path / "schedules",
         exports_dir=tmp_path / "exports",
         smtp_host="127.0.0.1",

@@ -19,7 +19,7 @@ from marketcare.db import make_engine, migrate, read
 from marketcare.models import Event, Obligation
 from marketcare.settings import load_settings
 
-from .conftest import make_market_yaml, make_schedule_text, utc
+from .conftest import database_url, make_market_yaml, make_schedule_text, utc
 
 STEP = timedelta(minutes=30)
 NIGHT_TASK = """
@@ -46,7 +46,7 @@ def drive(tmp_path: Path, name: str, start: datetime, end: datetime) -> sa.Engin
         ),
         encoding="utf-8",
     )
-    url = f"sqlite:///{tmp_path / name}.db"
+    url = database_url(tmp_path / name)
     settings = load_settings(
         database_url=url, schedules_dir=schedules, horizon="1d", timezone="Europe/London"
     )

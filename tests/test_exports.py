@@ -769,17 +769,33 @@ def test_libreoffice_opens_the_workbook_and_reads_the_chinese_text(
 # ---------------------------------------------------------------------- the catalogs
 
 
+#: the web modules translate through ``web.translator_of`` without importing ``i18n``
+WEB_MODULES = ("web.py", "api.py", "pages*.py")
+
+
 def code_msgids() -> dict[str, str]:
-    """Every message id the code marks (tr("…") or N_("…")), with where it is."""
+    """Every message id the code marks (tr("…") or N_("…"), and _("…") in the page
+    templates), with where it is."""
     found: dict[str, str] = {}
+    web = {p for pattern in WEB_MODULES for p in SRC.glob(pattern)}
     for path in sorted(SRC.glob("*.py")):
-        if path.name != "i18n.py" and "i18n" not in path.read_text(encoding="utf-8"):
+        if (
+            path.name != "i18n.py"
+            and path not in web
+            and "i18n" not in path.read_text(encoding="utf-8")
+        ):
             continue
         for lineno, message, _comments, _context in extract_from_file(
             "python", path, keywords={"tr": None, "N_": None}
         ):
             assert isinstance(message, str), f"{path.name}:{lineno}"
             found.setdefault(message, f"{path.name}:{lineno}")
+    for path in sorted((SRC / "templates").glob("*.html")):
+        for lineno, message, _comments, _context in extract_from_file(
+            "jinja2", path, keywords={"_": None}
+        ):
+            assert isinstance(message, str), f"templates/{path.name}:{lineno}"
+            found.setdefault(message, f"templates/{path.name}:{lineno}")
     return found
 
 

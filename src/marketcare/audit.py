@@ -55,14 +55,28 @@ def event_hash(prev_hash: str, seq: int, e: Any) -> str:
     return hashlib.sha256(prev_hash.encode() + b"\n" + _canonical(seq, e)).hexdigest()
 
 
+#: the PostgreSQL advisory lock key that serialises starting the chain ("mc-audit")
+FIRST_EVENT_LOCK = 0x6D632D6175646974
+
+
+def _lock_head(conn: sa.Connection) -> Any:
+    return conn.execute(
+        sa.select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+    ).one_or_none()
+
+
 def append(conn: sa.Connection, events: Iterable[NewEvent]) -> int:
     """Append events in order inside the caller's transaction; returns how many."""
     batch = list(events)
     if not batch:
         return 0
-    head = conn.execute(
-        sa.select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
-    ).one_or_none()
+    head = _lock_head(conn)
+    if head is None and conn.dialect.name == "postgresql":
+        # no head row to lock yet (the ledger's first event): on PostgreSQL two writers
+        # could both start the chain; this lock queues them, and the second then sees
+        # the head the first one committed (SQLite's BEGIN IMMEDIATE queues them already)
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(FIRST_EVENT_LOCK)))
+        head = _lock_head(conn)
     seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
     rows = []
     for e in batch:

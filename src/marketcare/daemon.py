@@ -21,16 +21,20 @@ from typing import Any
 import sqlalchemy as sa
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from filelock import FileLock, Timeout
+from filelock import FileLock
 
-from . import ledger
-from .db import make_engine, migrate
+from . import leader, ledger
+from .db import make_engine
 from .errors import MarketcareError, ScheduleError
+from .leader import Leadership, SqliteFileLock, identity, leadership_for, migrate_exclusively
 from .schedules import Schedule, load_paths
 from .settings import Settings
 from .timespec import format_duration
 
 log = logging.getLogger("marketcare.daemon")
+
+#: how often a daemon tries to take the scheduler lead, and the leader renews its heartbeat
+LEADER_TICK_SECONDS = 1.0
 
 
 @dataclass
@@ -42,6 +46,13 @@ class Daemon:
     schedule: Schedule | None = None
     _files_signature: tuple[tuple[str, float, int], ...] = ()
     stopping: threading.Event = field(default_factory=threading.Event)
+    #: all: scheduler (when leader) and web; scheduler: no web; web: no scheduler
+    role: str = "all"
+    leadership: Leadership | None = None
+    #: True while this daemon holds the scheduler lead (steps run only then)
+    leading: bool = True
+    _leading_since: datetime | None = None
+    _scheduler: Any = None
 
     def now(self) -> datetime:
         return ledger.now_utc()
@@ -104,8 +115,11 @@ class Daemon:
         return result
 
     def step_sweep(self) -> ledger.SweepResult:
+        from .ops import SWEEP_SECONDS
+
         now = self.now()
-        result = ledger.sweep_all(self.engine, now=now)
+        with SWEEP_SECONDS.time():
+            result = ledger.sweep_all(self.engine, now=now)
         if result.opened or result.missed:
             log.info("swept", extra={"opened": result.opened, "missed": result.missed})
         if self.schedule is not None:
@@ -179,15 +193,14 @@ class Daemon:
         """Run until SIGTERM/SIGINT (or ``stop``); returns after a clean shutdown."""
         stop = stop or self.stopping
         self.stopping = stop
-        lock = _lock_for(self.settings)
-        try:
-            if lock is not None:
-                lock.acquire(timeout=0)
-        except Timeout:
-            raise MarketcareError(
-                f"another marketcare daemon is running on {self.settings.sqlite_path} "
-                f"(lock {lock.lock_file if lock else ''}); one daemon per SQLite database"
-            ) from None
+        if self.role != "web":
+            self.leadership = leadership_for(self.engine, self.settings.sqlite_path)
+            if isinstance(self.leadership, SqliteFileLock) and not self.leadership.try_acquire():
+                raise MarketcareError(
+                    f"another marketcare daemon is running on {self.settings.sqlite_path} "
+                    f"(lock {self.leadership.lock_file}); one scheduler per SQLite database "
+                    "(use PostgreSQL for several daemons, or --role web for a web-only one)"
+                )
 
         def on_signal(signum: int, _frame: FrameType | None) -> None:
             log.info("signal received; stopping", extra={"signal": signal.Signals(signum).name})
@@ -202,36 +215,35 @@ class Daemon:
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            if lock is not None:
-                lock.release()
+            if self.leadership is not None:
+                self.leadership.release()
+                self.leading = False
 
     def _run(self, stop: threading.Event) -> None:
-        migrate(self.engine)
+        migrate_exclusively(self.engine)
         log.info(
             "daemon starting",
             extra={
+                "role": self.role,
                 "database": self.engine.url.render_as_string(hide_password=True),
                 "schedules": str(self.settings.schedules_dir),
                 "horizon": format_duration(self.settings.horizon),
             },
         )
-        if not self.step_reload() and self.schedule is None:
-            # broken files at start: run the last schedule the ledger applied, if any
-            with self.engine.connect() as conn:
-                self.schedule = ledger.active_schedule(conn)
-            if self.schedule is None:
-                raise MarketcareError(
-                    f"no valid schedule in {self.settings.schedules_dir} and none applied before; "
-                    "fix the files (marketcare check) and start again"
-                )
-            log.warning("running the last applied schedule until the files are fixed")
-            self.step_materialise()
+        if self.role == "web":
+            self._serve_only(stop)
+            return
+        # the leader decides; until this daemon leads, its steps are no-ops
+        self._take_lead_if_free()
+        if not self._load_at_start():
+            return
         self._files_signature = self._schedule_signature()
 
         scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
+        self._scheduler = scheduler
         scheduler.add_job(
             self._guarded(self.step_sweep),
             "interval",
@@ -271,18 +283,34 @@ class Daemon:
         if stop.is_set():
             log.info("daemon stopped before its loop started")
             return
-        web = self._start_web()
+        web = self._start_web() if self.role == "all" else None
         scheduler.start()
         watcher.start()
         log.info("daemon running")
         try:
-            while not stop.wait(0.5):
-                pass
+            while not stop.wait(LEADER_TICK_SECONDS):
+                self._leader_tick()
         finally:
             scheduler.shutdown(wait=True)
             if web is not None:
                 web.stop()
             log.info("daemon stopped")
+
+    def _load_at_start(self) -> bool:
+        """Load the schedule files, or fall back to the last applied schedule."""
+        if self.step_reload() or self.schedule is not None:
+            return True
+        # broken files at start: run the last schedule the ledger applied, if any
+        with self.engine.connect() as conn:
+            self.schedule = ledger.active_schedule(conn)
+        if self.schedule is None:
+            raise MarketcareError(
+                f"no valid schedule in {self.settings.schedules_dir} and none applied before; "
+                "fix the files (marketcare check) and start again"
+            )
+        log.warning("running the last applied schedule until the files are fixed")
+        self.step_materialise()
+        return True
 
     def _start_web(self) -> Any:
         """Serve the web app and API from this process (``web_enabled``)."""
@@ -291,7 +319,9 @@ class Daemon:
         from .web import WebServer, create_app
 
         server = WebServer(
-            create_app(self.settings, self.engine), self.settings.web_host, self.settings.web_port
+            create_app(self.settings, self.engine, daemon=self),
+            self.settings.web_host,
+            self.settings.web_port,
         )
         server.start()
         log.info(
@@ -299,6 +329,51 @@ class Daemon:
             extra={"url": f"http://{self.settings.web_host}:{server.port}/"},
         )
         return server
+
+    def _serve_only(self, stop: threading.Event) -> None:
+        web = self._start_web()
+        log.info("daemon running (web only)")
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            if web is not None:
+                web.stop()
+            log.info("daemon stopped")
+
+    # -- leadership --------------------------------------------------------------------
+
+    def _take_lead_if_free(self) -> bool:
+        """Try to become (or stay) the scheduler leader; keep the heartbeat fresh."""
+        if self.leadership is None:
+            return False
+        was = self.leading
+        try:
+            self.leading = self.leadership.still_held() if was else self.leadership.try_acquire()
+        except Exception:
+            log.warning("cannot reach the database to elect a leader", exc_info=True)
+            self.leading = False
+        now = self.now()
+        if self.leading and not was:
+            self._leading_since = now
+            log.info("this daemon now runs the scheduler", extra={"leader": identity()})
+        elif was and not self.leading:
+            log.warning(
+                "this daemon lost the scheduler lead; following", extra={"leader": identity()}
+            )
+        if self.leading:
+            try:
+                leader.heartbeat(self.engine, identity(), now=now, since=self._leading_since or now)
+            except Exception:
+                log.warning("heartbeat failed", exc_info=True)
+        return self.leading and not was
+
+    def _leader_tick(self) -> None:
+        became = self._take_lead_if_free()
+        if became and self._scheduler is not None:
+            # a new leader catches up at once: what the old one left undone is replayed
+            for job in self._scheduler.get_jobs():
+                job.modify(next_run_time=datetime.now(UTC))
 
     def _maybe_reload(self) -> None:
         """Poll the files' mtimes as a fallback for file systems that do not notify."""
@@ -327,6 +402,8 @@ class Daemon:
 
     def _guarded(self, fn: Any) -> Any:
         def run() -> None:
+            if not self.leading:
+                return  # another daemon runs the scheduler
             try:
                 fn()
             except Exception:
@@ -337,6 +414,7 @@ class Daemon:
 
 
 def _lock_for(settings: Settings) -> FileLock | None:
+    """The SQLite file lock of the scheduler (``backup``/``restore`` take it too)."""
     path = settings.sqlite_path
     if path is None:
         return None
@@ -344,5 +422,15 @@ def _lock_for(settings: Settings) -> FileLock | None:
     return FileLock(str(Path(str(path) + ".lock")))
 
 
-def build(settings: Settings) -> Daemon:
-    return Daemon(settings=settings, engine=make_engine(settings.database_url))
+ROLES = ("all", "scheduler", "web")
+
+
+def build(settings: Settings, role: str = "all") -> Daemon:
+    if role not in ROLES:
+        raise MarketcareError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    return Daemon(
+        settings=settings,
+        engine=make_engine(settings.database_url),
+        role=role,
+        leading=False,
+    )

@@ -31,13 +31,19 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     busy timeout then makes writers queue instead of failing.
     """
     parsed = make_url(url)
+    # the ledger counts what an INSERT … ON CONFLICT DO NOTHING wrote (0: someone was first);
+    # SQLAlchemy only keeps an INSERT's rowcount when asked to (psycopg reports -1 otherwise)
+    options = {"preserve_rowcount": True, **kwargs.pop("execution_options", {})}
     if parsed.get_backend_name() != "sqlite":
-        return sa.create_engine(url, pool_pre_ping=True, **kwargs)
+        engine = sa.create_engine(url, pool_pre_ping=True, execution_options=options, **kwargs)
+        _strip_nul_on(engine)
+        return engine
     if parsed.database and parsed.database != ":memory:":
         Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(
         url,
         connect_args={"timeout": BUSY_TIMEOUT_MS / 1000, "isolation_level": None},
+        execution_options=options,
         **kwargs,
     )
 
@@ -60,12 +66,55 @@ def make_engine(url: str, **kwargs: Any) -> sa.Engine:
     return engine
 
 
+def _strip_nul_on(engine: sa.Engine) -> None:
+    """Drop U+0000 from text parameters: PostgreSQL's text cannot hold it (SQLite's can).
+
+    A NUL in a note or a name is never something a person meant, and refusing the whole
+    write for it would lose what they did type; the exports drop control characters anyway.
+    """
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def _strip(
+        _conn: sa.Connection,
+        _cursor: Any,
+        statement: str,
+        parameters: Any,
+        _context: Any,
+        _executemany: bool,
+    ) -> tuple[str, Any]:
+        # an executemany gives a list of rows; "insertmanyvalues" batches give one mapping
+        if isinstance(parameters, list):
+            return statement, [_without_nul(p) for p in parameters]
+        return statement, _without_nul(parameters)
+
+
+def _without_nul(params: Any) -> Any:
+    if isinstance(params, dict):
+        if any(isinstance(v, str) and "\x00" in v for v in params.values()):
+            return {
+                k: v.replace("\x00", "") if isinstance(v, str) else v for k, v in params.items()
+            }
+        return params
+    if isinstance(params, tuple) and any(isinstance(v, str) and "\x00" in v for v in params):
+        return tuple(v.replace("\x00", "") if isinstance(v, str) else v for v in params)
+    return params
+
+
 def is_sqlite(engine: sa.Engine | sa.Connection) -> bool:
     return engine.dialect.name == "sqlite"
 
 
+#: PostgreSQL's "try the transaction again": serialization failure, deadlock detected
+RETRY_SQLSTATES = frozenset({"40001", "40P01"})
+
+
 def _is_locked(exc: BaseException) -> bool:
-    text = str(getattr(exc, "orig", exc)).lower()
+    """Whether running the transaction again may succeed: SQLite's lock held past the busy
+    timeout, or PostgreSQL aborting one of two transactions that got in each other's way."""
+    orig = getattr(exc, "orig", exc)
+    if getattr(orig, "sqlstate", None) in RETRY_SQLSTATES:
+        return True
+    text = str(orig).lower()
     return (
         "database is locked" in text
         or "database table is locked" in text
@@ -82,15 +131,26 @@ def write(engine: sa.Engine) -> Iterator[sa.Connection]:
 
 @contextmanager
 def read(engine: sa.Engine) -> Iterator[sa.Connection]:
-    """One read-only transaction: a consistent snapshot that never blocks writers."""
+    """One read-only transaction: a consistent snapshot that never blocks writers.
+
+    SQLite's WAL gives every transaction one snapshot; PostgreSQL's default (READ
+    COMMITTED) takes a new one per statement, so a read of several queries asks for
+    REPEATABLE READ there (read only, it never fails with a serialization error).
+    """
     with engine.connect() as conn:
-        conn = conn.execution_options(readonly=True)
+        if conn.dialect.name == "postgresql":
+            conn = conn.execution_options(
+                readonly=True, isolation_level="REPEATABLE READ", postgresql_readonly=True
+            )
+        else:
+            conn = conn.execution_options(readonly=True)
         with conn.begin():
             yield conn
 
 
 def retrying(fn: Callable[[], T], *, attempts: int = 20, what: str = "write") -> T:
-    """Run ``fn`` again when the database was locked past its busy timeout.
+    """Run ``fn`` again when the database was locked past its busy timeout (SQLite), or
+    rolled the transaction back for a serialization failure or a deadlock (PostgreSQL).
 
     ``fn`` must open its own transaction, so a retry starts from scratch.
     """

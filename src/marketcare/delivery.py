@@ -31,6 +31,7 @@ from . import compliance
 from . import outbox as outbox_rules
 from .db import read, retrying, write
 from .errors import MarketcareError, NotFound
+from .files import fsync_path
 from .i18n import translator
 from .ledger import _insert
 from .mail import DeliveryError, SmtpConfig, build_message, message_id, send
@@ -132,7 +133,7 @@ def export(
                 report, tmp, language=language, generated_at=now, progress=progress
             )
             headline = _headline(report)
-        _fsync(tmp)
+        fsync_path(tmp)
 
         def record() -> ExportResult:
             with write(engine) as conn:
@@ -208,14 +209,6 @@ def _recorded(conn: sa.Connection, path: Path) -> bool:
         conn.execute(sa.select(ReportRecord.id).where(ReportRecord.path == str(path))).first()
         is not None
     )
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------- scheduled reports

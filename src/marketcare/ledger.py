@@ -853,6 +853,32 @@ class BoardRow:
         }
 
 
+def board_row(
+    ob: Any, *, market_name: str, zone: str, area_kind: str | None, now: datetime
+) -> BoardRow:
+    """An obligation row as the board shows it: its state as the clock has it ``now``
+    (the sweep runs every few seconds, the board must not lag behind it)."""
+    state = state_by_clock(State(ob.state), opens_at=ob.opens_at, missed_at=ob.missed_at, now=now)
+    return BoardRow(
+        id=ob.id,
+        market_id=ob.market_id,
+        market_name=market_name,
+        area_id=ob.area_id,
+        area_kind=area_kind,
+        task_id=ob.task_id,
+        kind=ob.kind,
+        local_date=ob.local_date,
+        opens_at=ob.opens_at,
+        due_at=ob.due_at,
+        missed_at=ob.missed_at,
+        state=state,
+        overdue=is_overdue(state, due_at=ob.due_at, now=now),
+        completed_at=ob.completed_at,
+        zone=zone,
+        note=ob.note,
+    )
+
+
 def board(
     engine: sa.Engine, *, day: date, now: datetime, markets: Sequence[str] | None = None
 ) -> list[BoardRow]:
@@ -875,33 +901,10 @@ def board(
         if markets:
             stmt = stmt.where(Obligation.market_id.in_(list(markets)))
         rows = conn.execute(stmt).all()
-    out = []
-    for ob in rows:
-        mname, zone, akind = ob.market_name, ob.zone, ob.area_kind
-        # the sweep runs every few seconds; show the board as the clock has it now
-        state = state_by_clock(
-            State(ob.state), opens_at=ob.opens_at, missed_at=ob.missed_at, now=now
-        )
-        out.append(
-            BoardRow(
-                id=ob.id,
-                market_id=ob.market_id,
-                market_name=mname,
-                area_id=ob.area_id,
-                area_kind=akind,
-                task_id=ob.task_id,
-                kind=ob.kind,
-                local_date=ob.local_date,
-                opens_at=ob.opens_at,
-                due_at=ob.due_at,
-                missed_at=ob.missed_at,
-                state=state,
-                overdue=is_overdue(state, due_at=ob.due_at, now=now),
-                completed_at=ob.completed_at,
-                zone=zone,
-                note=ob.note,
-            )
-        )
+    out = [
+        board_row(ob, market_name=ob.market_name, zone=ob.zone, area_kind=ob.area_kind, now=now)
+        for ob in rows
+    ]
     out.sort(
         key=lambda r: (
             not r.overdue,

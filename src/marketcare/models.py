@@ -386,3 +386,18 @@ class AppSecret(Base):
     name: Mapped[str] = mapped_column(sa.String(32), primary_key=True)
     value: Mapped[str] = mapped_column(sa.String(128))
     created_at: Mapped[datetime]
+
+
+class SchedulerLeader(Base):
+    """Which daemon runs the scheduler role now, and when it last said so.
+
+    The lock itself is PostgreSQL's advisory lock (or the SQLite file lock); this row is
+    what readiness checks and operators read: a heartbeat older than a few intervals
+    means no leader is known.
+    """
+
+    __tablename__ = "scheduler_leader"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    holder: Mapped[str] = mapped_column(sa.String(200))
+    since: Mapped[datetime]
+    heartbeat_at: Mapped[datetime]

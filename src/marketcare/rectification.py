@@ -226,6 +226,10 @@ def rectify(
     def step() -> int:
         with write(engine) as conn:
             row = _load(conn, problem_id)
+            try:  # refuse a wrong move before anything is written (a double submit)
+                check_transition(ProblemState(row.state), "rectify")
+            except TransitionRefused as exc:
+                raise MarketcareError(f"problem {row.id}: {exc}") from None
             kept = list((row.evidence or {}).get("items", []))
             ob_id = _schedule_reinspection(conn, row, now=now)
             _move(
@@ -357,6 +361,8 @@ def reopen(
     def step() -> None:
         with write(engine) as conn:
             row = _load(conn, problem_id)
+            if deadline is not None and deadline <= row.found_at:
+                raise MarketcareError("deadline: the deadline must be after the time it was found")
             values: dict[str, Any] = {"reopened": row.reopened + 1, "rectified_at": None}
             if deadline is not None:
                 values["deadline"] = deadline

@@ -18,9 +18,9 @@ import sqlalchemy as sa
 from . import compliance, ledger
 from .db import read
 from .errors import NotFound
-from .ledger import BoardRow, Checklist, checklist_of, schedule_of_version
+from .ledger import BoardRow, Checklist, board_row, checklist_of, schedule_of_version
 from .models import AreaRow, Completion, MarketRow, Obligation, ProblemRow
-from .obligations import COMPLETED, TICKABLE, State, format_range, state_by_clock
+from .obligations import COMPLETED, TICKABLE, State, format_range
 from .periods import Period
 from .problems import ProblemState, is_overdue
 from .reports import Report, problem_rates
@@ -218,28 +218,12 @@ def obligation(engine: sa.Engine, obligation_id: int, *, now: datetime) -> Oblig
             .order_by(Completion.id)
         ).all()
     zone = ZoneInfo(found.timezone)
-    state = state_by_clock(
-        State(found.state), opens_at=found.opens_at, missed_at=found.missed_at, now=now
-    )
-    from .obligations import is_overdue as ob_overdue
-
-    row = BoardRow(
-        id=found.id,
-        market_id=found.market_id,
+    row = board_row(
+        found,
         market_name=found.market_name,
-        area_id=found.area_id,
-        area_kind=area.kind if area is not None else None,
-        task_id=found.task_id,
-        kind=found.kind,
-        local_date=found.local_date,
-        opens_at=found.opens_at,
-        due_at=found.due_at,
-        missed_at=found.missed_at,
-        state=state,
-        overdue=ob_overdue(state, due_at=found.due_at, now=now),
-        completed_at=found.completed_at,
         zone=found.timezone,
-        note=found.note,
+        area_kind=area.kind if area is not None else None,
+        now=now,
     )
     task = schedule.task_by_id.get(found.task_id)
     return ObligationView(

@@ -301,9 +301,10 @@ def create_app(
     *,
     clock: Clock = now_utc,
     secret: str | None = None,
+    daemon: Any = None,
 ) -> FastAPI:
     """The whole web app over ``engine``; ``clock`` is injectable for tests."""
-    from . import api, pages
+    from . import api, ops, pages, pages_office
 
     app = FastAPI(
         title="marketcare",
@@ -316,6 +317,8 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.clock = clock
+    #: the daemon serving this app, if any (readiness reads its schedule and role)
+    app.state.daemon = daemon
     app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.state.feed_secret = accounts.app_secret(engine, "feeds", now=clock())
     session_secret = secret or accounts.app_secret(engine, "sessions", now=clock())
@@ -329,8 +332,11 @@ def create_app(
     )
     _install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.include_router(ops.router)
     app.include_router(api.router)
+    api.install(app)
     app.include_router(pages.router)
+    app.include_router(pages_office.router)
     return app
 
 

@@ -1,4 +1,7 @@
-"""Real processes against a real SQLite file: the daemon, CLI commands, polling the ledger.
+"""Real processes against a real database: the daemon, CLI commands, polling the ledger.
+
+The database is the test's own (``tests/support/pg.py``): a SQLite file in the test's
+folder, or a fresh PostgreSQL database when the suite runs on PostgreSQL.
 
 Every timeout here is a liveness bound (something that should happen did not happen at
 all), never a performance assertion: they are generous on purpose.
@@ -7,8 +10,8 @@ all), never a performance assertion: they are generous on purpose.
 from __future__ import annotations
 
 import os
+import re
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -17,6 +20,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from .pg import database_url
 
 T = TypeVar("T")
 
@@ -36,9 +43,10 @@ def make_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETCARE_")}
     env.update(
         MARKETCARE_CONFIG=str(tmp_path / "no-such-config.toml"),
-        MARKETCARE_DATABASE_URL=f"sqlite:///{tmp_path / 'ledger.db'}",
+        MARKETCARE_DATABASE_URL=database_url(tmp_path),
         MARKETCARE_SCHEDULES_DIR=str(tmp_path / "schedules"),
         MARKETCARE_LOG_FORMAT="json",
+        MARKETCARE_WEB_PORT="0",  # a free port: daemons of parallel tests never collide
         PYTHONUNBUFFERED="1",
         PYTHONIOENCODING="utf-8",
         COLUMNS="200",
@@ -48,8 +56,9 @@ def make_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     return env
 
 
-def db_path(env: dict[str, str]) -> Path:
-    return Path(env["MARKETCARE_DATABASE_URL"].removeprefix("sqlite:///"))
+def database(env: dict[str, str]) -> str:
+    """The URL of the database the processes of ``env`` use."""
+    return env["MARKETCARE_DATABASE_URL"]
 
 
 def command(args: Sequence[str], *, at: datetime | None = None) -> list[str]:
@@ -179,33 +188,71 @@ def wait_until(
         time.sleep(interval)
 
 
-def query(db: Path, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> list[tuple[Any, ...]]:
-    """Read rows with a short-lived connection (WAL: never blocks the writers)."""
-    if not db.exists():
+_engines: dict[str, sa.Engine] = {}
+
+
+def _reader(url: str) -> sa.Engine | None:
+    """An engine that only reads, holds no connection between calls (a test's database is
+    dropped at its end) and, on SQLite, never creates the file the daemon has yet to make."""
+    if url not in _engines:
+        parsed = sa.make_url(url)
+        if parsed.get_backend_name() == "sqlite":
+            path = Path(parsed.database or "")
+            if not path.exists():
+                return None
+            engine = sa.create_engine(
+                f"sqlite:///file:{path}?mode=ro&uri=true",
+                connect_args={"timeout": 30},
+                poolclass=sa.pool.NullPool,
+            )
+        else:
+            engine = sa.create_engine(url, poolclass=sa.pool.NullPool)
+        _engines[url] = engine
+    return _engines[url]
+
+
+def query(
+    db: str, sql: str | sa.Executable, params: Sequence[Any] | dict[str, Any] = ()
+) -> list[tuple[Any, ...]]:
+    """Read rows with a short-lived connection (never blocks the writers).
+
+    ``sql`` is SQL text that works on SQLite and PostgreSQL alike, with ``:name``
+    parameters or ``?`` placeholders (given as a sequence), or a SQLAlchemy statement.
+    A table that does not exist yet reads as no rows: the daemon has not migrated yet.
+    """
+    engine = _reader(db)
+    if engine is None:
         return []
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=30)
+    if isinstance(sql, str):
+        if not isinstance(params, dict):
+            numbered = iter(range(len(params)))
+            sql = re.sub(r"\?", lambda _m: f":p{next(numbered)}", sql)
+            params = {f"p{i}": v for i, v in enumerate(params)}
+        statement: sa.Executable = sa.text(sql)
+    else:
+        statement = sql
     try:
-        return list(conn.execute(sql, params).fetchall())
-    except sqlite3.OperationalError as exc:
-        if "no such table" in str(exc):
+        with engine.connect() as conn:
+            return [tuple(row) for row in conn.execute(statement, params or {})]
+    except (sa.exc.OperationalError, sa.exc.ProgrammingError) as exc:
+        text = str(exc.orig)
+        if "no such table" in text or "UndefinedTable" in type(exc.orig).__name__:
             return []
         raise
-    finally:
-        conn.close()
 
 
-def scalar(db: Path, sql: str, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
+def scalar(db: str, sql: str | sa.Executable, params: Sequence[Any] | dict[str, Any] = ()) -> Any:
     rows = query(db, sql, params)
     return rows[0][0] if rows else None
 
 
-def watermark(db: Path) -> datetime | None:
+def watermark(db: str) -> datetime | None:
     """The materialiser's ``materialised_until`` (aware UTC), or None before the first run."""
     raw = scalar(db, "SELECT materialised_until FROM ledger_state WHERE id = 1")
     return None if raw is None else parse_utc(raw)
 
 
-def parse_utc(raw: str) -> datetime:
-    """A datetime column as SQLite stores it (naive UTC) as an aware datetime."""
-    value = datetime.fromisoformat(raw)
+def parse_utc(raw: str | datetime) -> datetime:
+    """A datetime column as read raw: naive UTC text on SQLite, aware on PostgreSQL."""
+    value = raw if isinstance(raw, datetime) else datetime.fromisoformat(raw)
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)

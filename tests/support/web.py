@@ -34,6 +34,8 @@ from marketcare.schedules import Schedule, load_texts
 from marketcare.settings import Settings
 from marketcare.web import WebServer, create_app
 
+from .pg import database_url
+
 PASSWORD = "correct horse battery"
 #: Monday 2026-11-23 19:00 in Asia/Shanghai: the markets have closed, disinfection is open
 START = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
@@ -168,7 +170,7 @@ def sign_in(client: httpx.Client, user: str, password: str = PASSWORD) -> httpx.
 @contextmanager
 def running_site(tmp: Path, **overrides: Any) -> Iterator[Site]:
     """Build the ledger, the users and the server; stop the server at the end."""
-    engine = make_engine(f"sqlite:///{tmp / 'ledger.db'}")
+    engine = make_engine(database_url(tmp, migrated=True))
     migrate(engine)
     schedule = load_texts({"schedules/site.yaml": SCHEDULE}, default_timezone="Asia/Shanghai")
     clock = Clock(START)

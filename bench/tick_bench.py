@@ -1,0 +1,891 @@
+"""The tick endpoint under 50 concurrent clients, against a bare Starlette + SQLite insert.
+
+    .venv/bin/python bench/tick_bench.py                 # full run (~5 min on 2 CPUs)
+    .venv/bin/python bench/tick_bench.py --quick         # smoke run (small city, few requests)
+
+Two servers run, each in its own process, with the same uvicorn settings as marketcare's
+``WebServer`` (one process, asyncio loop, h11, no access log):
+
+* **marketcare**: ``marketcare.web.create_app(settings, engine)`` over a ledger built by the
+  project itself (``make_engine``: WAL, ``synchronous=FULL``; the real migration): the
+  benchmark city of ``bench/generate.py`` (``--markets`` x 12 areas, 32 tasks) materialised
+  for Monday 2026-06-01 and swept at 20:00 local, the clock of the app fixed at that
+  moment, so that tens of thousands of obligations are open. 50 market managers, each
+  with an API token and 1/50 of the markets.
+* **bare** (baseline, ``bench/bare_app.py``): a Starlette endpoint on the same path that
+  parses the JSON body and does one ``INSERT`` in one ``BEGIN IMMEDIATE`` transaction on a
+  pooled ``sqlite3`` connection with the same pragmas, in a worker thread, on the same file
+  system.
+
+The load generator (this process) runs 50 closed-loop clients (asyncio, one
+``httpx.AsyncClient`` limited to 50 connections); client *i* is manager *i* with its own
+token and ticks a different open obligation of its own markets on every request, with an
+in-range reading for each of the checklist's readings. Each phase is ``--warmup``
+requests (discarded) then ``--requests`` measured ones; latency is measured per request
+from send to full response, throughput is measured requests / wall time of the phase.
+Rounds alternate the order of the two servers (bare first, then marketcare first, ...) so
+the machine's noise hits both; the median over rounds of each figure is reported, and the
+ratios are taken between those medians. Results: a table on stdout and
+``bench/out/tick.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import shutil
+import socket
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+ROOT = Path(__file__).resolve().parent.parent
+HERE = Path(__file__).resolve().parent
+OUT = HERE / "out" / "tick.json"
+ZONE = "Asia/Shanghai"
+#: the day of bench/run.py (a Monday and a xun day: every task kind has obligations)
+DAY_START = datetime(2026, 6, 1, tzinfo=ZoneInfo(ZONE)).astimezone(UTC)
+#: 20:00 local: the markets have closed, the day's disinfections are open
+CLOCK = DAY_START + timedelta(hours=20)
+PATH = "/api/v1/obligations/{id}/completions"
+#: what marketcare's WebServer passes to uvicorn (both servers get exactly this)
+UVICORN: dict[str, Any] = {
+    "host": "127.0.0.1",
+    "log_config": None,
+    "access_log": False,
+    "proxy_headers": True,
+    "timeout_graceful_shutdown": 5,
+}
+P99_TARGET_S = 0.100
+THROUGHPUT_TARGET = 0.5
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# ---------------------------------------------------------------- the marketcare server
+
+
+def serve_marketcare(args: argparse.Namespace) -> None:
+    """Run in the server process: the real app over the prepared ledger, clock fixed."""
+    import uvicorn
+
+    from marketcare.db import make_engine
+    from marketcare.settings import Settings
+    from marketcare.web import create_app
+
+    db = Path(args.db)
+    url = f"sqlite:///{db}"
+    engine = make_engine(url)
+    settings = Settings(
+        database_url=url,
+        schedules_dir=db.parent / "schedules",
+        exports_dir=db.parent / "exports",
+        evidence_dir=db.parent / "evidence",
+        web_port=args.port,
+    )
+    clock = datetime.fromisoformat(args.clock)
+    for name in args.experiment or []:
+        EXPERIMENTS[name](engine)
+        print(f"experiment applied in the server: {name}", file=sys.stderr, flush=True)
+    app = create_app(settings, engine, clock=lambda: clock)
+    from marketcare import api
+
+    if not any(
+        str(getattr(r, "path", "")) == PATH.format(id="{obligation_id}")
+        and "POST" in (getattr(r, "methods", None) or ())
+        for r in api.router.routes
+    ):
+        app.include_router(stub_router())
+        print("tick endpoint missing in marketcare.api: serving the bench stub", file=sys.stderr)
+    if args.threads:  # anyio's default is 40 worker threads for sync endpoints
+        import anyio.to_thread
+
+        inner, tokens = app, args.threads
+
+        async def app_with_threads(scope: Any, receive: Any, send: Any) -> None:
+            anyio.to_thread.current_default_thread_limiter().total_tokens = tokens
+            await inner(scope, receive, send)
+
+        uvicorn.run(app_with_threads, port=args.port, **UVICORN)
+        return
+    uvicorn.run(app, port=args.port, **UVICORN)
+
+
+def stub_router() -> Any:
+    """What the tick endpoint does, for runs before ``marketcare.api`` has it."""
+    from fastapi import APIRouter, Depends, Request
+    from pydantic import BaseModel
+
+    from marketcare import ledger, views
+    from marketcare.access import Action
+    from marketcare.web import SignedIn, authorise_market, check_csrf, engine_of, now_of
+
+    router = APIRouter(prefix="/api/v1", dependencies=[Depends(check_csrf)])
+
+    class TickIn(BaseModel):
+        token: str
+        items: list[str] | None = None
+        readings: dict[str, float] = {}
+        note: str | None = None
+
+    @router.post("/obligations/{obligation_id}/completions", status_code=201)
+    def completions(
+        obligation_id: int, body: TickIn, request: Request, who: SignedIn
+    ) -> dict[str, Any]:
+        engine = engine_of(request)
+        market = views.market_of_obligation(engine, obligation_id)
+        authorise_market(who, Action.TICK, market)
+        r = ledger.tick(
+            engine,
+            obligation_id=obligation_id,
+            by=who.username,
+            now=now_of(request),
+            readings=body.readings,
+            items=body.items,
+            note=body.note,
+            token=body.token,
+        )
+        return {
+            "obligation_id": r.obligation_id,
+            "state": r.state.value,
+            "changed": r.changed,
+            "completion_id": r.completion_id,
+            "message": r.message,
+        }
+
+    return router
+
+
+def _cache_schedule_by_digest(_engine: Any) -> None:
+    """Experiment: ``schedule_of_version`` reads only the digest; sources on a miss."""
+    import threading
+
+    import sqlalchemy as sa
+
+    from marketcare import ledger
+    from marketcare.errors import NotFound
+    from marketcare.models import ScheduleVersion
+
+    lock = threading.Lock()
+    cache: dict[str, Any] = {}
+
+    def schedule_of_version(conn: sa.Connection, version_id: int) -> Any:
+        row = conn.execute(
+            sa.select(ScheduleVersion.digest).where(ScheduleVersion.id == version_id)
+        ).one_or_none()
+        if row is None:
+            raise NotFound(f"schedule version {version_id} does not exist")
+        with lock:
+            found = cache.get(row.digest)
+        if found is not None:
+            return found
+        full = conn.execute(
+            sa.select(ScheduleVersion).where(ScheduleVersion.id == version_id)
+        ).one()
+        parsed = ledger._parse_version(
+            full.digest, tuple(sorted(full.sources.items())), full.default_timezone
+        )
+        with lock:
+            cache[row.digest] = parsed
+        return parsed
+
+    ledger.schedule_of_version = schedule_of_version
+
+
+def _write_lock(engine: Any) -> None:
+    """Experiment: one lock in the process around every write transaction of the engine.
+
+    Writers then queue on a Python lock (woken at once when the holder commits) instead
+    of in SQLite's busy handler, which sleeps 1, 2, 5, 10 ... 100 ms between retries.
+    """
+    import threading
+
+    from sqlalchemy import event
+
+    lock = threading.RLock()
+    held = threading.local()
+
+    @event.listens_for(engine, "begin", insert=True)
+    def _take(conn: Any) -> None:
+        if not conn.get_execution_options().get("readonly"):
+            lock.acquire()
+            held.depth = getattr(held, "depth", 0) + 1
+
+    def released(fn: Any) -> Any:
+        def end(dbapi_conn: Any) -> None:
+            try:
+                fn(dbapi_conn)
+            finally:  # after the COMMIT itself, so the next writer never waits in SQLite
+                if getattr(held, "depth", 0):
+                    held.depth -= 1
+                    lock.release()
+
+        return end
+
+    engine.dialect.do_commit = released(engine.dialect.do_commit)
+    engine.dialect.do_rollback = released(engine.dialect.do_rollback)
+
+
+EXPERIMENTS = {"cache-schedule": _cache_schedule_by_digest, "write-lock": _write_lock}
+
+
+# ---------------------------------------------------------------- building the ledger
+
+
+@dataclass
+class Manager:
+    username: str
+    token: str
+    markets: tuple[str, ...]
+    todo: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+
+
+def _reading_for(bounds: tuple[float | None, float | None] | None) -> float:
+    """A value inside the range (the middle when both ends are given)."""
+    if bounds is None:
+        return 1.0
+    lo, hi = bounds
+    if lo is not None and hi is not None:
+        return (lo + hi) / 2
+    if lo is not None:
+        return lo + 1
+    return hi / 2 if hi is not None and hi > 0 else 0.0
+
+
+def build_ledger(db: Path, markets: int, clients: int) -> tuple[list[Manager], dict[str, Any]]:
+    sys.path.insert(0, str(HERE))
+    import generate
+    from marketcare import accounts, ledger
+    from marketcare.access import Role
+    from marketcare.db import make_engine, migrate
+    from marketcare.schedules import load_texts
+
+    t0 = time.perf_counter()
+    texts = generate.city_texts(markets, 12)
+    schedule = load_texts(texts, default_timezone=ZONE)
+    engine = make_engine(f"sqlite:///{db}")
+    migrate(engine)
+    start = DAY_START - timedelta(days=1)
+    made = ledger.materialise(engine, schedule, now=start, horizon=timedelta(days=2), start=start)
+    ledger.sweep_all(engine, now=CLOCK)
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT o.id, o.market_id, o.task_id, a.kind FROM obligations o "
+            "LEFT JOIN areas a ON a.market_id = o.market_id AND a.id = o.area_id "
+            "WHERE o.state = 'open' ORDER BY o.due_at, o.id"
+        ).all()
+        states: dict[str, int] = dict(
+            conn.exec_driver_sql("SELECT state, count(*) FROM obligations GROUP BY state").all()
+        )
+    todo: dict[str, list[tuple[int, dict[str, Any]]]] = {m.id: [] for m in schedule.markets}
+    skipped = 0
+    for ob_id, market_id, task_id, kind in rows:
+        checklist = ledger.checklist_of(schedule, task_id, kind)
+        if any(t.required for t in checklist.texts):
+            skipped += 1  # the benchmark sends no free texts
+            continue
+        readings = {r.id: _reading_for(r.range) for r in checklist.readings}
+        todo[market_id].append((int(ob_id), {"readings": readings}))
+    # markets dealt out so that every manager has about as many open obligations
+    shares: list[list[str]] = [[] for _ in range(clients)]
+    load = [0] * clients
+    for market_id in sorted(todo, key=lambda m: (-len(todo[m]), m)):
+        i = load.index(min(load))
+        shares[i].append(market_id)
+        load[i] += len(todo[market_id])
+    managers: list[Manager] = []
+    for i, mine in enumerate(shares):
+        name = f"mgr{i:03d}"
+        uid = accounts.add_user(
+            engine,
+            accounts.NewUser(name, f"bench {name}", Role.MANAGER, "bench password 1", tuple(mine)),
+            now=CLOCK,
+        )
+        token = accounts.create_token(engine, uid, "bench", now=CLOCK)[1]
+        mgr = Manager(name, token, tuple(mine))
+        mgr.todo = [t for m in mine for t in todo[m]]
+        mgr.todo.reverse()  # pop() takes the earliest due first
+        managers.append(mgr)
+    engine.dispose()
+    con = sqlite3.connect(db)
+    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    con.close()
+    info = {
+        "markets": markets,
+        "areas": markets * 12,
+        "obligations": sum(states.values()),
+        "states at the clock": states,
+        "open and tickable through the API": len(rows) - skipped,
+        "schedule sources (bytes)": sum(len(t.encode()) for t in texts.values()),
+        "obligations materialised (the day before and the day)": made.created,
+        "built in (s)": round(time.perf_counter() - t0, 1),
+    }
+    return managers, info
+
+
+# ---------------------------------------------------------------- servers
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Server:
+    name: str
+    port: int
+    proc: subprocess.Popen[bytes]
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def start_server(name: str, cmd: Sequence[str], port: int, cwd: Path, pin: str | None) -> Server:
+    full = (["taskset", "-c", pin] if pin else []) + list(cmd)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETCARE_")}
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    proc = subprocess.Popen(full, cwd=cwd, env=env, stderr=open(cwd / f"{name}.log", "wb"))  # noqa: SIM115
+    import httpx
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise SystemExit(f"{name} server exited: see {cwd / f'{name}.log'}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+            return Server(name, port, proc)
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    proc.kill()
+    raise SystemExit(f"{name} server did not start")
+
+
+# ---------------------------------------------------------------- load
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Phase:
+    server: str
+    round: int
+    requests: int
+    seconds: float
+    latencies: list[float]
+    errors: dict[str, int]
+    server_cpu: float = 0.0
+    client_cpu: float = 0.0
+
+    @property
+    def throughput(self) -> float:
+        return self.requests / self.seconds
+
+    def pct(self, q: float) -> float:
+        s = sorted(self.latencies)
+        return s[min(len(s) - 1, max(0, round(q * len(s)) - 1))]
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "server": self.server,
+            "round": self.round,
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
+            "throughput_rps": round(self.throughput, 1),
+            "p50_ms": round(self.pct(0.50) * 1000, 2),
+            "p90_ms": round(self.pct(0.90) * 1000, 2),
+            "p99_ms": round(self.pct(0.99) * 1000, 2),
+            "max_ms": round(max(self.latencies) * 1000, 2),
+            "server_cpu_ms_per_request": round(self.server_cpu / self.requests * 1000, 2),
+            "loadgen_cpu_ms_per_request": round(self.client_cpu / self.requests * 1000, 2),
+            "errors": self.errors,
+        }
+
+
+class Connection:
+    """One keep-alive HTTP/1.1 connection: a client that sends, waits, and sends again.
+
+    A dozen lines of asyncio streams instead of httpx: httpx's async pool costs the load
+    generator 3.5–6 ms of CPU per request here (``--httpx`` shows it), more than the
+    bare server spends, and both share two CPUs; this costs a small fraction of that.
+    """
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes, token: str) -> tuple[int, bytes]:
+        if self.writer is None or self.reader is None:
+            self.reader, self.writer = await asyncio.open_connection("127.0.0.1", self.port)
+        self.writer.write(
+            (
+                f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{self.port}\r\n"
+                f"Authorization: Bearer {token}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(body)}\r\n\r\n"
+            ).encode()
+            + body
+        )
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower()
+        status = int(head[9:12])
+        length = 0
+        for line in head.split("\r\n")[1:]:
+            name, _, value = line.partition(":")
+            if name == "content-length":
+                length = int(value)
+            elif name == "transfer-encoding":
+                raise SystemExit("chunked responses are not supported by the load generator")
+            elif name == "connection" and "close" in value:
+                self.writer = None  # the next request opens a new connection
+        return status, await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+async def _phase(
+    post: Any, server: str, rnd: int, managers: list[Manager], n: int, synthetic: bool
+) -> Phase:
+    latencies: list[float] = []
+    errors: dict[str, int] = {}
+    counter = [10_000_000 * (rnd + 1)]
+
+    async def client(i: int, mgr: Manager, quota: int) -> None:
+        for _ in range(quota):
+            if synthetic:  # the bare app: any id, the same body shape
+                counter[0] += 1
+                ob_id, body = counter[0], {"readings": {"chlorine": 1000.0}}
+            else:
+                if not mgr.todo:
+                    raise SystemExit(f"{mgr.username} ran out of open obligations: use --markets")
+                ob_id, body = mgr.todo.pop()
+            payload = json.dumps({**body, "token": uuid.uuid4().hex, "note": "bench"}).encode()
+            t0 = time.perf_counter()
+            status, text = await post(i, PATH.format(id=ob_id), payload, mgr.token)
+            latencies.append(time.perf_counter() - t0)
+            if status != 201:
+                key = f"{status} {text[:120]!r}"
+                errors[key] = errors.get(key, 0) + 1
+
+    share, extra = divmod(n, len(managers))  # every client does its share (closed loop)
+    t0 = time.perf_counter()
+    await asyncio.gather(*(client(i, m, share + (i < extra)) for i, m in enumerate(managers)))
+    return Phase(server, rnd, n, time.perf_counter() - t0, latencies, errors)
+
+
+async def load(
+    server: Server, rnd: int, managers: list[Manager], args: argparse.Namespace
+) -> Phase:
+    synthetic = server.name.startswith("bare")
+    closing: list[Any] = []
+    if args.httpx:
+        import httpx
+
+        limits = httpx.Limits(max_connections=args.clients, max_keepalive_connections=args.clients)
+        http = httpx.AsyncClient(base_url=server.base, limits=limits, timeout=120)
+
+        async def post(i: int, path: str, body: bytes, token: str) -> tuple[int, bytes]:
+            r = await http.post(
+                path,
+                content=body,
+                headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+            )
+            return r.status_code, r.content
+
+        closing.append(http)
+    else:
+        conns = [Connection(server.port) for _ in managers]
+
+        async def post(i: int, path: str, body: bytes, token: str) -> tuple[int, bytes]:
+            return await conns[i].post(path, body, token)
+
+    try:
+        await _phase(post, server.name, rnd, managers, args.warmup, synthetic)
+        cpu0, own0 = cpu_seconds(server.proc.pid), time.process_time()
+        phase = await _phase(post, server.name, rnd, managers, args.requests, synthetic)
+        phase.server_cpu = cpu_seconds(server.proc.pid) - cpu0
+        phase.client_cpu = time.process_time() - own0
+        return phase
+    finally:
+        for h in closing:
+            await h.aclose()
+        if not args.httpx:
+            for c in conns:
+                c.close()
+
+
+#: where a tick's time may go: (label, substring of a py-spy frame "function (file:line)")
+PROFILE_PARTS: tuple[tuple[str, str], ...] = (
+    ("the tick endpoint in its worker thread (`api.complete`)", "complete (marketcare/api.py"),
+    ("`accounts.principal_for_token` (token -> user, own worker thread)", "principal_for_token ("),
+    ("`views.market_of_obligation` (authorisation)", "market_of_obligation ("),
+    ("`ledger.tick` (whole write transaction)", "tick (marketcare/ledger.py"),
+    ("`ledger.schedule_of_version` (checklist's schedule)", "schedule_of_version ("),
+    ("of which the JSON decode of the version's sources", "json/decoder.py"),
+    ("`audit.append` (hash chain)", "append (marketcare/audit.py"),
+    ("SQLite `COMMIT` (WAL write + fsync)", "do_commit ("),
+    ("SQLAlchemy statement compile", "_compiler ("),
+    ("FastAPI request validation / body", "solve_dependencies ("),
+    ("FastAPI response serialisation", "serialize_response ("),
+    ("event loop thread (uvicorn h11, middleware, thread-pool hand-offs)", "Handle._run ("),
+)
+
+
+def profile(server: Server, managers: list[Manager], args: argparse.Namespace, tmp: Path) -> Any:
+    """Sample the marketcare server with py-spy during one more measured phase."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    if not Path(spy).exists():
+        log("py-spy is not installed (.venv/bin/pip install py-spy): no profile")
+        return None
+    raw = tmp / "profile.txt"
+    cmd = [spy, "record", "-p", str(server.proc.pid), "-r", "200", "--format", "raw"]
+    cmd += ["-o", str(raw), "--gil"]
+    spy_log = open(tmp / "py-spy.log", "wb")  # noqa: SIM115
+    proc = subprocess.Popen(cmd, stdout=spy_log, stderr=spy_log)
+    time.sleep(1.5)
+    phase = asyncio.run(load(server, 0, managers, args))
+    proc.send_signal(2)
+    proc.wait(timeout=60)
+    if not raw.exists():
+        log(f"py-spy wrote no profile: {(tmp / 'py-spy.log').read_text()[-500:]}")
+        return None
+    total = 0
+    parts = dict.fromkeys((label for label, _ in PROFILE_PARTS), 0)
+    leaves: dict[str, int] = {}
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        for label, needle in PROFILE_PARTS:
+            if needle in stack:
+                parts[label] += n
+        leaf = stack.rsplit(";", 1)[-1]
+        leaves[leaf] = leaves.get(leaf, 0) + n
+    cpu_ms = phase.server_cpu / phase.requests * 1000
+    top = sorted(leaves.items(), key=lambda kv: -kv[1])[:15]
+    return {
+        "samples": total,
+        "requests": phase.requests,
+        "server_cpu_ms_per_request": round(cpu_ms, 2),
+        "throughput_rps": round(phase.throughput, 1),
+        "parts": {
+            k: {"share": round(v / total, 3), "ms_per_request": round(v / total * cpu_ms, 2)}
+            for k, v in parts.items()
+        }
+        if total
+        else {},
+        "top_own": [{"frame": k, "share": round(v / total, 3)} for k, v in top] if total else [],
+    }
+
+
+# ---------------------------------------------------------------- report
+
+
+def median_of(phases: list[Phase], key: str) -> float:
+    return float(statistics.median(p.summary()[key] for p in phases))
+
+
+def report(
+    phases: list[Phase], info: dict[str, Any], args: argparse.Namespace, elapsed: float
+) -> dict[str, Any]:
+    names = list(dict.fromkeys(p.server for p in phases))
+    by = {s: [p for p in phases if p.server == s] for s in names}
+    keys = (
+        "p50_ms",
+        "p90_ms",
+        "p99_ms",
+        "throughput_rps",
+        "server_cpu_ms_per_request",
+        "loadgen_cpu_ms_per_request",
+    )
+    med = {s: {k: median_of(ps, k) for k in keys} for s, ps in by.items()}
+    p99_ratio = med["marketcare"]["p99_ms"] / med["bare"]["p99_ms"]
+    tp_ratio = med["marketcare"]["throughput_rps"] / med["bare"]["throughput_rps"]
+    rounds_ratio = [
+        {
+            "round": a.round,
+            "p99": round(b.pct(0.99) / a.pct(0.99), 2),
+            "throughput": round(b.throughput / a.throughput, 3),
+        }
+        for a, b in zip(by["bare"], by["marketcare"], strict=True)
+    ]
+    out = {
+        "command": " ".join(["bench/tick_bench.py", *sys.argv[1:]]),
+        "run_at": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "total_seconds": round(elapsed, 1),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "sqlite": sqlite3.sqlite_version,
+            "load_average_at_end": [round(x, 2) for x in os.getloadavg()],
+            "pinned": args.pin,
+        },
+        "setup": {
+            **info,
+            "clients": args.clients,
+            "warmup_requests": args.warmup,
+            "measured_requests": args.requests,
+            "rounds": args.rounds,
+            "experiments": (args.experiment or [])
+            + ([f"threads={args.threads}"] if args.threads else []),
+            "tick endpoint": info.get("endpoint", ""),
+        },
+        "median": med,
+        "ratios": {
+            "p99 marketcare / bare": round(p99_ratio, 2),
+            "throughput marketcare / bare": round(tp_ratio, 3),
+            "per round": rounds_ratio,
+            **(
+                {
+                    "p99 marketcare / bare-lock": round(
+                        med["marketcare"]["p99_ms"] / med["bare-lock"]["p99_ms"], 2
+                    ),
+                    "throughput marketcare / bare-lock": round(
+                        med["marketcare"]["throughput_rps"] / med["bare-lock"]["throughput_rps"], 3
+                    ),
+                }
+                if "bare-lock" in med
+                else {}
+            ),
+        },
+        "targets": {
+            "p99 < 100 ms": med["marketcare"]["p99_ms"] < P99_TARGET_S * 1000,
+            "throughput >= 0.5 x bare": tp_ratio >= THROUGHPUT_TARGET,
+        },
+        "phases": [p.summary() for p in phases],
+        "profile": None,
+    }
+    return out
+
+
+def markdown(out: dict[str, Any]) -> str:
+    med, r, t = out["median"], out["ratios"], out["targets"]
+    lines = [
+        f"Command: `.venv/bin/python {out['command']}` (run {out['run_at']}, "
+        f"total {out['total_seconds'] / 60:.1f} min; load average at end "
+        f"{' '.join(str(x) for x in out['machine']['load_average_at_end'])})",
+        "",
+        "| round | server | p50 | p90 | p99 | max | throughput | server CPU / req |"
+        " load generator CPU / req | errors |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for p in out["phases"]:
+        lines.append(
+            f"| {p['round']} | {p['server']} | {p['p50_ms']:.1f} ms | {p['p90_ms']:.1f} ms | "
+            f"{p['p99_ms']:.1f} ms | {p['max_ms']:.1f} ms | {p['throughput_rps']:.0f}/s | "
+            f"{p['server_cpu_ms_per_request']:.2f} ms | {p['loadgen_cpu_ms_per_request']:.2f} ms | "
+            f"{sum(p['errors'].values()) or ''} |"
+        )
+    lines += [
+        "",
+        "| median over rounds | p50 | p99 | throughput | server CPU / req |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for s, m in med.items():
+        lines.append(
+            f"| {s} | {m['p50_ms']:.1f} ms | {m['p99_ms']:.1f} ms | {m['throughput_rps']:.0f}/s "
+            f"| {m['server_cpu_ms_per_request']:.2f} ms |"
+        )
+    per = ", ".join(f"{x['throughput']:.2f}" for x in r["per round"])
+    lines += [
+        "",
+        f"* p99 ratio marketcare / bare: **{r['p99 marketcare / bare']:.2f}x**; "
+        f"target p99 < 100 ms: **{'met' if t['p99 < 100 ms'] else 'not met'}** "
+        f"({med['marketcare']['p99_ms']:.1f} ms)",
+        f"* throughput ratio marketcare / bare: **{r['throughput marketcare / bare']:.2f}** "
+        f"(rounds {per}); target >= 0.5: "
+        f"**{'met' if t['throughput >= 0.5 x bare'] else 'not met'}**",
+    ]
+    if "throughput marketcare / bare-lock" in r:
+        lines.append(
+            f"* against bare-lock: p99 ratio **{r['p99 marketcare / bare-lock']:.2f}x**, "
+            f"throughput ratio **{r['throughput marketcare / bare-lock']:.2f}** "
+            f"(>= 0.5: **{'met' if r['throughput marketcare / bare-lock'] >= 0.5 else 'not met'}**)"
+        )
+    prof = out.get("profile")
+    if prof:
+        lines += [
+            "",
+            f"py-spy profile of the marketcare server over {prof['requests']} more ticks "
+            f"({prof['samples']} samples at 200 Hz of the thread holding the GIL; "
+            f"{prof['server_cpu_ms_per_request']:.2f} ms of server CPU per tick, "
+            f"{prof['throughput_rps']:.0f}/s under the profiler):",
+            "",
+            "| part of a tick | share of samples | ≈ CPU ms per tick |",
+            "|---|---:|---:|",
+        ]
+        for k, v in prof["parts"].items():
+            lines.append(f"| {k} | {v['share'] * 100:.0f} % | {v['ms_per_request']:.2f} |")
+        lines += ["", "| leaf frame (own time) | share |", "|---|---:|"]
+        for x in prof["top_own"][:10]:
+            lines.append(f"| `{x['frame']}` | {x['share'] * 100:.1f} % |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------- main
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument("--markets", type=int, default=2000, help="city size (x 12 areas)")
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--warmup", type=int, default=300)
+    ap.add_argument("--requests", type=int, default=3000, help="measured requests per phase")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="200 markets, 100 + 500 requests, 1 round")
+    ap.add_argument(
+        "--pin",
+        metavar="CPUS",
+        help="taskset: the servers on these CPUs (e.g. 0), the load generator on the others",
+    )
+    ap.add_argument(
+        "--experiment",
+        action="append",
+        choices=sorted(EXPERIMENTS),
+        help="monkeypatch a proposed fix into the marketcare server (not into src/)",
+    )
+    ap.add_argument(
+        "--no-bare-lock",
+        dest="bare_lock",
+        action="store_false",
+        help="leave out the second baseline (the bare app with its writes serialised by a lock)",
+    )
+    ap.add_argument(
+        "--httpx",
+        action="store_true",
+        help="load with httpx.AsyncClient instead of the built-in keep-alive connections",
+    )
+    ap.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_false",
+        help="skip the py-spy profile of the marketcare server after the rounds",
+    )
+    ap.add_argument(
+        "--threads",
+        type=int,
+        help="experiment: the marketcare server's worker-thread pool size (anyio default 40)",
+    )
+    ap.add_argument("--tmpdir", type=Path)
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--serve", choices=["marketcare"], help=argparse.SUPPRESS)
+    ap.add_argument("--db", help=argparse.SUPPRESS)
+    ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--clock", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.serve:
+        serve_marketcare(args)
+        return
+    if args.quick:
+        args.markets, args.warmup, args.requests, args.rounds = 200, 100, 500, 1
+    profile_requests = min(args.requests, 1000)
+    started = time.perf_counter()
+    tmp = Path(tempfile.mkdtemp(prefix="tick-bench-", dir=args.tmpdir))
+    servers: list[Server] = []
+    try:
+        if args.pin:
+            cpus = sorted(os.sched_getaffinity(0))
+            server_cpus = {int(c) for c in args.pin.split(",")}
+            rest = [c for c in cpus if c not in server_cpus] or cpus
+            os.sched_setaffinity(0, rest)
+            log(f"servers pinned to CPU {args.pin}, load generator to CPU {rest}")
+        log(f"building the ledger: {args.markets} markets x 12 areas")
+        managers, info = build_ledger(tmp / "ledger.db", args.markets, args.clients)
+        need = (args.warmup + args.requests) * args.rounds
+        need += (args.warmup + profile_requests) * args.profile
+        have = info["open and tickable through the API"]
+        log(f"ledger built in {info['built in (s)']} s: {have} open obligations, {need} needed")
+        least = min(len(m.todo) for m in managers)
+        if least * args.clients < need + args.rounds * 2 * args.clients:
+            raise SystemExit(
+                f"a manager has only {least} open obligations for {need // args.clients} "
+                "requests: use more --markets"
+            )
+        py = sys.executable
+        mc_port, bare_port = free_port(), free_port()
+        mc_cmd = [py, str(Path(__file__).resolve()), "--serve", "marketcare"]
+        mc_cmd += ["--db", str(tmp / "ledger.db"), "--port", str(mc_port)]
+        mc_cmd += ["--clock", CLOCK.isoformat()]
+        for e in args.experiment or []:
+            mc_cmd += ["--experiment", e]
+        if args.threads:
+            mc_cmd += ["--threads", str(args.threads)]
+        servers.append(start_server("marketcare", mc_cmd, mc_port, tmp, args.pin))
+        bare_cmd = [py, str(HERE / "bare_app.py"), "--db", str(tmp / "bare.db")]
+        servers.append(
+            start_server("bare", [*bare_cmd, "--port", str(bare_port)], bare_port, tmp, args.pin)
+        )
+        if args.bare_lock:
+            lock_port = free_port()
+            lock_cmd = [py, str(HERE / "bare_app.py"), "--db", str(tmp / "bare-lock.db")]
+            lock_cmd += ["--port", str(lock_port), "--write-lock"]
+            servers.append(start_server("bare-lock", lock_cmd, lock_port, tmp, args.pin))
+        stub = "bench stub" in (tmp / "marketcare.log").read_text(errors="replace")
+        info["endpoint"] = "bench stub (marketcare.api has none yet)" if stub else "marketcare.api"
+        log(f"tick endpoint: {info['endpoint']}")
+        phases: list[Phase] = []
+        for rnd in range(1, args.rounds + 1):
+            shift = (rnd - 1) % len(servers)
+            order = servers[shift:] + servers[:shift]  # each server leads in turn
+            for server in order:
+                phase = asyncio.run(load(server, rnd, managers, args))
+                phases.append(phase)
+                s = phase.summary()
+                log(
+                    f"round {rnd} {server.name}: p50 {s['p50_ms']} ms, p99 {s['p99_ms']} ms, "
+                    f"{s['throughput_rps']}/s" + (f", errors {s['errors']}" if s["errors"] else "")
+                )
+        out = report(phases, info, args, time.perf_counter() - started)
+        if args.profile:
+            log("profiling the marketcare server with py-spy")
+            args.requests = profile_requests
+            out["profile"] = profile(servers[0], managers, args, tmp)
+            out["total_seconds"] = round(time.perf_counter() - started, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        print(markdown(out))
+        log(f"written {args.out}")
+        if any(p.errors for p in phases):
+            raise SystemExit("some requests failed: see the errors column")
+    finally:
+        for srv in servers:
+            srv.proc.terminate()
+            try:
+                srv.proc.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                srv.proc.kill()
+        if args.keep:
+            log(f"kept {tmp}")
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

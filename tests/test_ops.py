@@ -1,0 +1,80 @@
+"""Liveness, readiness and Prometheus metrics, over real HTTP."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+
+from marketcare import leader
+from marketcare.models import Obligation
+
+from .support.web import Site, running_site
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
+    with running_site(tmp_path_factory.mktemp("ops")) as s:
+        yield s
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def test_liveness_needs_nothing_but_the_process(site: Site) -> None:
+    with site.client() as c:
+        assert c.get("/healthz").json() == {"status": "ok"}
+
+
+def test_not_ready_until_a_scheduler_leader_is_known(site: Site) -> None:
+    with site.client() as c:
+        before = c.get("/readyz")
+        assert before.status_code == 503
+        assert before.json()["checks"]["scheduler_leader"] == "no leader heartbeat"
+        assert before.json()["checks"]["database"] == "ok"
+        leader.heartbeat(site.engine, "host:1", now=site.clock.now(), since=site.clock.now())
+        after = c.get("/readyz")
+        assert after.status_code == 200, after.text
+        assert after.json()["checks"] == {
+            "database": "ok",
+            "schedule": "ok",
+            "scheduler_leader": "host:1",
+        }
+        site.clock.advance(minutes=5)  # the leader stopped beating
+        try:
+            assert c.get("/readyz").status_code == 503
+        finally:
+            site.clock.advance(minutes=-5)
+
+
+def test_metrics_count_obligations_by_state_as_the_ledger_has_them(site: Site) -> None:
+    with site.engine.connect() as conn:
+        expected = dict(
+            conn.execute(
+                sa.select(Obligation.state, sa.func.count()).group_by(Obligation.state)
+            ).all()
+        )
+    with site.client() as c:
+        response = c.get("/metrics")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/plain")
+    got = samples(response.text)
+    for state, n in expected.items():
+        assert got[("marketcare_obligations", (("state", state),))] == n
+    assert got[("marketcare_outbox_depth", (("kind", "report"),))] == 0
+    assert got[("marketcare_last_export_timestamp_seconds", ())] == 0
+    assert ("marketcare_sweep_duration_seconds_count", ()) in got
+
+
+def test_operating_endpoints_are_not_in_the_api_schema(site: Site, tmp_path: Path) -> None:
+    with site.client() as c:
+        paths = c.get("/api/openapi.json").json()["paths"]
+    assert not {"/healthz", "/readyz", "/metrics"} & set(paths)
