@@ -40,7 +40,9 @@ import json
 import math
 import os
 import pwd
+import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -164,7 +166,7 @@ class Pg:
 
     def admin(self, sql: str, db: str = "postgres") -> list[tuple[Any, ...]]:
         with psycopg.connect(self.dsn(db), autocommit=True) as conn:
-            cur = conn.execute(sql)  # type: ignore[arg-type]
+            cur = conn.execute(sql)
             return cur.fetchall() if cur.description else []
 
     def clone(self, name: str, template: str) -> None:
@@ -231,12 +233,10 @@ def insert_planned_copy(
     assert isinstance(raw, psycopg.Connection)
     with raw.cursor() as cur:
         cur.execute(TEMP_TABLE)
-        with cur.copy(
-            "COPY planned_in (" + ", ".join(COLUMNS) + ") FROM STDIN"  # type: ignore[arg-type]
-        ) as cp:
+        with cur.copy("COPY planned_in (" + ", ".join(COLUMNS) + ") FROM STDIN") as cp:
             for row in raw_rows(planned, version_id, now):
                 cp.write_row(row)
-        cur.execute(MERGE_SQL)  # type: ignore[arg-type]
+        cur.execute(MERGE_SQL)
         return int(cur.rowcount)
 
 
@@ -381,7 +381,7 @@ def bench_materialise(pg: Pg, schedule: Schedule, args: argparse.Namespace, out:
 
     def run_copy() -> None:
         with psycopg.connect(pg.dsn("mat_copy")) as conn, conn.cursor() as cur:
-            with cur.copy(COPY_SQL) as cp:  # type: ignore[arg-type]
+            with cur.copy(COPY_SQL) as cp:
                 for row in raw_rows(planned, version_id, now):
                     cp.write_row(row)
             conn.commit()
@@ -578,12 +578,13 @@ def bench_sweep(pg: Pg, schedule: Schedule, args: argparse.Namespace, out: Repor
     # the day and, as the daemon keeps them, the days ahead of its horizon (still upcoming)
     r = ledger.materialise(engine, schedule, now=DAY_START, horizon=ONE_DAY * (1 + args.ahead_days))
     assert r.version_id is not None and r.created > 0
-    last_day = pg.admin(
-        f"SELECT max(id), count(*) FROM obligations WHERE local_date <= '{DAY}'", db
+    # every row the ledger wrote (the day and the days ahead) has an id up to this one;
+    # the history, added later, comes after
+    max_day_id, day_rows = pg.admin(
+        f"SELECT max(id), count(*) FILTER (WHERE local_date <= '{DAY}') FROM obligations", db
     )[0]
     build = psycopg.connect(pg.dsn(db), autocommit=True)
     build.execute("SET synchronous_commit = off")  # set-up only; measurements use the default
-    max_day_id, day_rows = last_day
     (total_now,) = build.execute("SELECT count(*) FROM obligations").fetchone()  # type: ignore[misc]
     ahead_rows = int(total_now) - int(day_rows)
     base_seq, base_hash = build.execute("SELECT seq, hash FROM audit_head WHERE id = 1").fetchone()  # type: ignore[misc]
@@ -624,9 +625,8 @@ def bench_sweep(pg: Pg, schedule: Schedule, args: argparse.Namespace, out: Repor
             with c.transaction():
                 c.execute(
                     "UPDATE obligations SET state = 'upcoming', state_changed_at = %s, "
-                    "completed_at = NULL WHERE id <= %s AND local_date <= %s "
-                    "AND state <> 'upcoming'",
-                    (DAY_START, max_day_id, DAY.isoformat()),
+                    "completed_at = NULL WHERE id <= %s AND state <> 'upcoming'",
+                    (DAY_START, max_day_id),
                 )
                 c.execute("DELETE FROM events WHERE seq > %s", (base_seq,))
                 c.execute(
@@ -665,7 +665,7 @@ def bench_sweep(pg: Pg, schedule: Schedule, args: argparse.Namespace, out: Repor
         lo = (DAY - timedelta(days=days)).isoformat()
         hi = (DAY - timedelta(days=have)).isoformat()
         for k in range(weeks - 1, -1, -1):  # the template is the week before the day: shift 0
-            build.execute(shift_sql(), {"shift": 7 * k, "lo": lo, "hi": hi})  # type: ignore[arg-type]
+            build.execute(shift_sql(), {"shift": 7 * k, "lo": lo, "hi": hi})
         build.execute("VACUUM ANALYZE obligations")
         t_build += time.perf_counter() - t0
         have = days
@@ -707,14 +707,14 @@ def bench_sweep(pg: Pg, schedule: Schedule, args: argparse.Namespace, out: Repor
     plans: list[tuple[str, list[str]]] = []
     seen: set[str] = set()
     for statement, params in captured:
-        shape = statement.split(" RETURNING")[0]
-        if "obligations" not in statement or shape.split("WHERE")[0] in seen:
+        shape = re.sub(r"IN \((%\(\w+\)s(::\w+)?(, )?)+\)", "IN (…)", " ".join(statement.split()))
+        if "obligations" not in statement or shape in seen:
             continue
         if not statement.lstrip().upper().startswith(("SELECT", "UPDATE")):
             continue
-        seen.add(shape.split("WHERE")[0])
+        seen.add(shape)
         plan, _ = explain(engine, statement, params)
-        plans.append((" ".join(statement.split()), plan))
+        plans.append((shape, plan))
     out.sweep_plans = plans
     out.sweep_sizes = sizes
     out.info["sweep"] = {
@@ -982,6 +982,8 @@ def main(argv: list[str] | None = None) -> None:
     report.machine = run.machine_info()
     report.started = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     started = time.perf_counter()
+    # a plain `kill` still stops the server and removes the temporary folders
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="marketcare-province-", dir=args.tmpdir))
     server = start_server(args.tmpdir)
     pg = Pg(server)
@@ -992,6 +994,7 @@ def main(argv: list[str] | None = None) -> None:
         )
     )
     report.machine.append(("psycopg", psycopg.__version__))
+    failed: BaseException | None = None
     try:
         schedules: dict[int, Schedule] = {}
         if not args.only or "materialise" in args.only:
@@ -1000,6 +1003,9 @@ def main(argv: list[str] | None = None) -> None:
         if not args.only or "sweep" in args.only:
             sched = schedules.get(args.sweep_markets) or load(args.sweep_markets, tmp)
             bench_sweep(pg, sched, args, report)
+    except BaseException as exc:  # keep what was measured before the failure
+        failed = exc
+        report.checks.append(f"the run FAILED: {exc!r}")
     finally:
         server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
@@ -1011,6 +1017,8 @@ def main(argv: list[str] | None = None) -> None:
     OUT_MD.write_text(md + "\n", encoding="utf-8")
     print(md)
     log(f"wrote {OUT} and {OUT_MD}")
+    if failed is not None:
+        raise failed
 
 
 if __name__ == "__main__":

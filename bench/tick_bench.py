@@ -172,7 +172,8 @@ def stub_router() -> Any:
 
 
 def _cache_schedule_by_digest(_engine: Any) -> None:
-    """Experiment: ``schedule_of_version`` reads only the digest; sources on a miss."""
+    """Experiment (before the fix in ``ledger``): ``schedule_of_version`` reads only the
+    digest and parses the sources on a miss; ``ledger`` now caches by version id."""
     import threading
 
     import sqlalchemy as sa
@@ -241,7 +242,28 @@ def _write_lock(engine: Any) -> None:
     engine.dialect.do_rollback = released(engine.dialect.do_rollback)
 
 
-EXPERIMENTS = {"cache-schedule": _cache_schedule_by_digest, "write-lock": _write_lock}
+def _gc_log(_engine: Any) -> None:
+    """Experiment: log every garbage collection of generation 2 slower than 5 ms to stderr."""
+    import gc
+
+    started: list[float] = []
+
+    def timed(phase: str, info: dict[str, Any]) -> None:
+        if phase == "start":
+            started[:] = [time.perf_counter()]
+        elif started and info.get("generation") == 2:
+            ms = (time.perf_counter() - started[0]) * 1000
+            if ms > 5:
+                print(f"gc gen2 {ms:.1f} ms", file=sys.stderr, flush=True)
+
+    gc.callbacks.append(timed)
+
+
+EXPERIMENTS = {
+    "cache-schedule": _cache_schedule_by_digest,
+    "write-lock": _write_lock,
+    "gc-log": _gc_log,
+}
 
 
 # ---------------------------------------------------------------- building the ledger
@@ -538,18 +560,24 @@ async def load(
 
 #: where a tick's time may go: (label, substring of a py-spy frame "function (file:line)")
 PROFILE_PARTS: tuple[tuple[str, str], ...] = (
-    ("the tick endpoint in its worker thread (`api.complete`)", "complete (marketcare/api.py"),
-    ("`accounts.principal_for_token` (token -> user, own worker thread)", "principal_for_token ("),
-    ("`views.market_of_obligation` (authorisation)", "market_of_obligation ("),
-    ("`ledger.tick` (whole write transaction)", "tick (marketcare/ledger.py"),
+    ("the tick endpoint on the event loop (`api.complete`)", "complete (marketcare/api.py"),
+    ("`web.signed_in` (token -> user, cached)", "signed_in (marketcare/web.py"),
+    ("`accounts.principal_for_token` (a cache miss, in a worker thread)", ";principal_for_token ("),
+    ("`views.market_of_obligation` (only ticks with photos)", "market_of_obligation ("),
+    (
+        "the tick writer thread (`TickWriter._write`: one transaction per batch)",
+        "_write (marketcare/ledger.py",
+    ),
+    ("of which one tick's rule (`ledger._tick_in`)", "_tick_in (marketcare/ledger.py"),
+    ("of which SAVEPOINT / RELEASE per tick", "_savepoint_impl ("),
     ("`ledger.schedule_of_version` (checklist's schedule)", "schedule_of_version ("),
     ("of which the JSON decode of the version's sources", "json/decoder.py"),
-    ("`audit.append` (hash chain)", "append (marketcare/audit.py"),
+    ("`audit.append` (hash chain, once per batch)", "append (marketcare/audit.py"),
     ("SQLite `COMMIT` (WAL write + fsync)", "do_commit ("),
     ("SQLAlchemy statement compile", "_compiler ("),
     ("FastAPI request validation / body", "solve_dependencies ("),
     ("FastAPI response serialisation", "serialize_response ("),
-    ("event loop thread (uvicorn h11, middleware, thread-pool hand-offs)", "Handle._run ("),
+    ("event loop thread (uvicorn h11, middleware, FastAPI)", "Handle._run ("),
 )
 
 

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
+from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
@@ -673,7 +673,9 @@ def create_token(request: Request, who: SignedIn, name: str = Form("")) -> Respo
 
 
 @router.post("/account/tokens/{token_id}/revoke")
-def revoke_token(request: Request, token_id: int, who: SignedIn) -> Response:
+def revoke_token(
+    request: Request, token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], who: SignedIn
+) -> Response:
     accounts.revoke_token(engine_of(request), who.user_id, token_id, now=now_of(request))
     _flash(request, "ok", translator_of(request).tr("Token revoked."))
     return RedirectResponse("/account", status_code=303)

@@ -1,0 +1,352 @@
+"""Group commit of ticks: the ``TickWriter`` records many ticks in one transaction, each in
+its own savepoint, with exactly the rule (and the rows) of ``ledger.tick`` one by one.
+
+Batches are made deterministic without timing: a writer made with ``start=False`` only
+queues, so every request submitted before ``start()`` is in its first batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy import event
+
+from marketcare import audit, ledger
+from marketcare.db import make_engine, migrate, read
+from marketcare.errors import MarketcareError, NotFound, TickRefused
+from marketcare.models import Completion, Event, Obligation
+from marketcare.obligations import State
+
+from .conftest import DISINFECTION, WASTE, database_url, make_market_yaml, make_schedule, utc
+
+# Friday 2026-11-27: the markets close at 18:30 CST (10:30 UTC); disinfection and waste
+# clearance open then; at 10:45 UTC every one of the day's obligations may be ticked
+NOW = utc(2026, 11, 27, 2, 0)
+TICK_AT = utc(2026, 11, 27, 10, 45)
+MARKETS = [f"m{i:02d}" for i in range(12)]
+#: an in-range chlorine reading per area kind (aquatic 900–1200, vegetables 400–700)
+GOOD = {"aquatic": 1000.0, "veg": 500.0}
+
+
+def _schedule(closed: str | None = None) -> Any:
+    markets = "".join(
+        make_market_yaml(m, closed=closed if closed and m == MARKETS[0] else "[]") for m in MARKETS
+    )
+    return make_schedule(markets=markets, tasks=DISINFECTION + WASTE)
+
+
+def _ledger(folder: Path) -> sa.Engine:
+    engine = make_engine(database_url(folder, migrated=True))
+    migrate(engine)
+    ledger.materialise(engine, _schedule(), now=NOW, horizon=timedelta(days=1))
+    return engine
+
+
+@pytest.fixture
+def city(tmp_path: Path) -> Iterator[sa.Engine]:
+    engine = _ledger(tmp_path)
+    yield engine
+    engine.dispose()
+
+
+def _today(engine: sa.Engine) -> list[Any]:
+    """The day's obligations in a stable order (market, area, task)."""
+    with read(engine) as conn:
+        return list(
+            conn.execute(
+                sa.select(Obligation)
+                .where(Obligation.local_date == "2026-11-27")
+                .order_by(Obligation.market_id, Obligation.area_id, Obligation.task_id)
+            ).all()
+        )
+
+
+def _request(ob: Any, *, token: str, **changes: Any) -> ledger.TickRequest:
+    """A tick of ``ob`` with its checklist satisfied (readings in range) unless changed."""
+    readings = {"chlorine": GOOD[ob.area_id]} if ob.task_id == "disinfect" else {}
+    values: dict[str, Any] = {
+        "obligation_id": ob.id,
+        "by": f"mgr-{ob.market_id}",
+        "now": TICK_AT,
+        "readings": readings,
+        "token": token,
+        "note": "ok",
+    }
+    values.update(changes)
+    return ledger.TickRequest.of(**values)
+
+
+def _rows(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Everything a tick writes, as plain tuples to compare ledgers with."""
+    with read(engine) as conn:
+        return {
+            "completions": [
+                tuple(r) for r in conn.execute(sa.select(Completion).order_by(Completion.id))
+            ],
+            "obligations": [
+                (r.id, r.state, r.state_changed_at, r.completed_at)
+                for r in conn.execute(sa.select(Obligation).order_by(Obligation.id))
+            ],
+            "events": [
+                (r.seq, r.action, r.obligation_id, r.from_state, r.to_state, r.details, r.hash)
+                for r in conn.execute(sa.select(Event).order_by(Event.seq))
+            ],
+        }
+
+
+def _count(engine: sa.Engine, table: Any) -> int:
+    with read(engine) as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one())
+
+
+def _chain_ok(engine: sa.Engine) -> audit.Verdict:
+    with read(engine) as conn:
+        return audit.verify(conn)
+
+
+def _outcome(fut: Future[ledger.TickResult]) -> ledger.TickResult | BaseException:
+    exc = fut.exception()
+    return exc if exc is not None else fut.result()
+
+
+# ---------------------------------------------------------------- concurrent ticks
+
+
+def test_many_concurrent_ticks_through_the_writer_are_each_recorded_once(
+    city: sa.Engine,
+) -> None:
+    obligations = _today(city)
+    assert len(obligations) == 36  # 12 markets x (2 areas' disinfection + waste)
+    # every third disinfection gets a reading far out of range: it fails, and is kept
+    requests = [
+        _request(ob, token=f"t{i}", readings={"chlorine": 5.0})
+        if ob.task_id == "disinfect" and i % 3 == 0
+        else _request(ob, token=f"t{i}")
+        for i, ob in enumerate(obligations)
+    ]
+    writer = ledger.TickWriter(city)
+    try:
+        with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+            results = list(pool.map(writer.tick, requests))
+    finally:
+        writer.close()
+    expected = [
+        State.FAILED if "chlorine" in r.readings and r.readings["chlorine"] == 5.0 else State.DONE
+        for r in requests
+    ]
+    assert [r.state for r in results] == expected
+    assert all(r.changed for r in results)
+    assert [r.obligation_id for r in results] == [ob.id for ob in obligations]
+    assert len({r.completion_id for r in results}) == len(results)
+    with read(city) as conn:
+        per_obligation = dict(
+            conn.execute(
+                sa.select(Completion.obligation_id, sa.func.count()).group_by(
+                    Completion.obligation_id
+                )
+            ).all()
+        )
+    assert per_obligation == {ob.id: 1 for ob in obligations}
+    assert [ob.state for ob in _today(city)] == [s.value for s in expected]
+    assert _chain_ok(city).ok
+
+
+# ---------------------------------------------------------------- one batch
+
+
+def test_refused_ticks_leave_the_others_of_their_batch_committed(tmp_path: Path) -> None:
+    engine = _ledger(tmp_path)
+    # the first market closes for the day: its unfinished obligations are excused
+    closed = _schedule(closed="[{date: 2026-11-27, reason: 停水检修}]")
+    ledger.materialise(
+        engine, closed, now=TICK_AT - timedelta(minutes=5), horizon=timedelta(days=1)
+    )
+    obligations = _today(engine)
+    excused = next(ob for ob in obligations if ob.state == State.EXCUSED.value)
+    open_ = [ob for ob in obligations if ob.market_id != MARKETS[0]]
+    other_market = open_[3]
+    requests = [
+        _request(open_[0], token="good-1"),
+        _request(open_[1], token="unknown", readings={"chlorine": 500, "ph": 7}),
+        _request(other_market, token="elsewhere", allowed_markets=frozenset({MARKETS[1]})),
+        _request(open_[2], token="good-2"),
+        _request(excused, token="excused"),
+        _request(open_[4], token="good-3", allowed_markets=frozenset({open_[4].market_id})),
+    ]
+    events_before = _count(engine, Event)
+    writer = ledger.TickWriter(engine, start=False)
+    futures = [writer.submit(r) for r in requests]
+    writer.start()
+    writer.close()
+    outcomes = [_outcome(f) for f in futures]
+    good = [outcomes[i] for i in (0, 3, 5)]
+    assert all(isinstance(o, ledger.TickResult) and o.changed for o in good)
+    assert isinstance(outcomes[1], TickRefused) and "unknown reading 'ph'" in str(outcomes[1])
+    assert isinstance(outcomes[2], NotFound)
+    assert isinstance(outcomes[4], TickRefused) and "excused (停水检修)" in str(outcomes[4])
+    with read(engine) as conn:
+        recorded = set(conn.execute(sa.select(Completion.token)).scalars())
+    assert recorded == {"good-1", "good-2", "good-3"}
+    assert {ob.id: ob.state for ob in _today(engine)}[other_market.id] == other_market.state
+    # one event per recorded tick, in the order of the batch, and the chain holds
+    with read(engine) as conn:
+        ticked = list(
+            conn.execute(
+                sa.select(Event.obligation_id).where(Event.seq > events_before).order_by(Event.seq)
+            ).scalars()
+        )
+    assert ticked == [open_[0].id, open_[2].id, open_[4].id]
+    assert _chain_ok(engine) == audit.Verdict(True, events_before + 3)
+    engine.dispose()
+
+
+def test_the_same_token_twice_in_one_batch_records_once(city: sa.Engine) -> None:
+    ob = _today(city)[0]
+    writer = ledger.TickWriter(city, start=False)
+    first = writer.submit(_request(ob, token="phone-1"))
+    again = writer.submit(_request(ob, token="phone-1"))
+    writer.start()
+    writer.close()
+    assert first.result().changed is True and first.result().state == State.DONE
+    assert again.result().changed is False
+    assert again.result().completion_id == first.result().completion_id
+    assert again.result().message == "already recorded (same submission)"
+    assert len(ledger.completions_of(city, ob.id)) == 1
+
+
+def test_a_failing_commit_fails_every_tick_of_the_batch_and_records_nothing(
+    city: sa.Engine,
+) -> None:
+    obligations = _today(city)[:5]
+    before = _rows(city)
+    failed: list[bool] = []
+
+    def disk_full(_conn: sa.Connection) -> None:
+        if not failed:
+            failed.append(True)
+            raise OSError("disk I/O error while committing")
+
+    event.listen(city, "commit", disk_full)
+    writer = ledger.TickWriter(city, start=False)
+    try:
+        futures = [writer.submit(_request(ob, token=f"c{i}")) for i, ob in enumerate(obligations)]
+        writer.start()
+        errors = [f.exception() for f in futures]
+        assert all(isinstance(e, OSError) and "disk I/O" in str(e) for e in errors)
+        assert _rows(city) == before
+        # the writer goes on: the same ticks sent again are recorded
+        again = [writer.tick(_request(ob, token=f"c{i}")) for i, ob in enumerate(obligations)]
+    finally:
+        writer.close()
+        event.remove(city, "commit", disk_full)
+    assert all(r.changed for r in again)
+    assert _count(city, Completion) == len(obligations)
+    assert _chain_ok(city).ok
+
+
+def test_close_writes_the_ticks_it_took_and_refuses_new_ones(city: sa.Engine) -> None:
+    obligations = _today(city)[:4]
+    writer = ledger.TickWriter(city)
+    futures = [writer.submit(_request(ob, token=f"s{i}")) for i, ob in enumerate(obligations)]
+    writer.close()
+    assert all(f.done() and f.result().changed for f in futures)
+    with pytest.raises(MarketcareError, match="shutting down"):
+        writer.submit(_request(_today(city)[5], token="late"))
+    # a writer closed before it was started still writes what it was given
+    idle = ledger.TickWriter(city, start=False)
+    held = idle.submit(_request(_today(city)[6], token="held"))
+    idle.close()
+    assert held.result().changed
+    assert _count(city, Completion) == len(obligations) + 1
+
+
+# ---------------------------------------------------------------- the same rule as tick()
+
+
+def _mixed_requests(obligations: list[Any]) -> list[ledger.TickRequest]:
+    """Good, failed, refused, replayed and already-done ticks, in one order."""
+    first, second, third, fourth = obligations[:4]
+    disinfect = next(ob for ob in obligations[4:] if ob.task_id == "disinfect")
+    return [
+        _request(first, token="a"),
+        _request(disinfect, token="b", readings={"chlorine": 5.0}),  # failed
+        _request(second, token="c", readings={"nope": 1.0}),  # refused
+        _request(first, token="a"),  # the same submission again
+        _request(first, token="d"),  # already done: nothing changes
+        _request(disinfect, token="e"),  # the failed one redone
+        _request(third, token="f", items=["bogus"]),  # refused
+        _request(fourth, token="g", by="  someone  ", note=None),
+        _request(second, token="h", now=TICK_AT + timedelta(hours=3)),  # late
+    ]
+
+
+def _by_tick(engine: sa.Engine, requests: list[ledger.TickRequest]) -> list[Any]:
+    out: list[Any] = []
+    for r in requests:
+        try:
+            out.append(
+                ledger.tick(
+                    engine,
+                    obligation_id=r.obligation_id,
+                    by=r.by,
+                    now=r.now,
+                    readings=r.readings,
+                    items=r.items,
+                    note=r.note,
+                    token=r.token,
+                    texts=r.texts,
+                )
+            )
+        except MarketcareError as exc:
+            out.append(exc)
+    return out
+
+
+def _described(outcomes: list[Any]) -> list[Any]:
+    return [(type(o).__name__, str(o)) if isinstance(o, BaseException) else o for o in outcomes]
+
+
+def test_a_batch_leaves_the_same_ledger_as_ticking_one_by_one(tmp_path: Path) -> None:
+    one_by_one, batched = _ledger(tmp_path / "one"), _ledger(tmp_path / "batch")
+    try:
+        obligations = _today(one_by_one)
+        assert [ob.id for ob in obligations] == [ob.id for ob in _today(batched)]
+        requests = _mixed_requests(obligations)
+        expected = _by_tick(one_by_one, requests)
+        writer = ledger.TickWriter(batched, start=False)
+        futures = [writer.submit(r) for r in requests]
+        writer.start()
+        writer.close()
+        got = [_outcome(f) for f in futures]
+        assert _described(got) == _described(expected)
+        assert sum(isinstance(o, TickRefused) for o in got) == 2
+        assert _rows(batched) == _rows(one_by_one)
+        assert _chain_ok(batched).ok
+    finally:
+        one_by_one.dispose()
+        batched.dispose()
+
+
+def test_a_parsed_schedule_version_is_reused_without_reading_it_again(city: sa.Engine) -> None:
+    ob = _today(city)[0]
+    statements: list[str] = []
+
+    def seen(_c: Any, _cur: Any, statement: str, *_rest: Any) -> None:
+        statements.append(statement)
+
+    with read(city) as conn:
+        first = ledger.schedule_of_version(conn, ob.version_id)
+        event.listen(city, "before_cursor_execute", seen)
+        try:
+            again = ledger.schedule_of_version(conn, ob.version_id)
+        finally:
+            event.remove(city, "before_cursor_execute", seen)
+    assert again is first and statements == []
+    with read(city) as conn, pytest.raises(NotFound):
+        ledger.schedule_of_version(conn, 9999)
