@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/tick_bench.py                 # full run (~5 min on 2 CPUs)
     .venv/bin/python bench/tick_bench.py --quick         # smoke run (small city, few requests)
+    .venv/bin/python bench/tick_bench.py --postgresql --daemons 3   # on PostgreSQL: bench/tick_pg.py
 
 Two servers run, each in its own process, with the same uvicorn settings as marketcare's
 ``WebServer`` (one process, asyncio loop, h11, no access log):
@@ -89,7 +90,7 @@ def serve_marketcare(args: argparse.Namespace) -> None:
     from marketcare.web import create_app
 
     db = Path(args.db)
-    url = f"sqlite:///{db}"
+    url = args.url or f"sqlite:///{db}"
     engine = make_engine(url)
     settings = Settings(
         database_url=url,
@@ -289,7 +290,10 @@ def _reading_for(bounds: tuple[float | None, float | None] | None) -> float:
     return hi / 2 if hi is not None and hi > 0 else 0.0
 
 
-def build_ledger(db: Path, markets: int, clients: int) -> tuple[list[Manager], dict[str, Any]]:
+def build_ledger(
+    db: Path, markets: int, clients: int, url: str | None = None
+) -> tuple[list[Manager], dict[str, Any]]:
+    """The city ledger in the SQLite file ``db``, or in the database at ``url`` if given."""
     sys.path.insert(0, str(HERE))
     import generate
     from marketcare import accounts, ledger
@@ -300,7 +304,7 @@ def build_ledger(db: Path, markets: int, clients: int) -> tuple[list[Manager], d
     t0 = time.perf_counter()
     texts = generate.city_texts(markets, 12)
     schedule = load_texts(texts, default_timezone=ZONE)
-    engine = make_engine(f"sqlite:///{db}")
+    engine = make_engine(url or f"sqlite:///{db}")
     migrate(engine)
     start = DAY_START - timedelta(days=1)
     made = ledger.materialise(engine, schedule, now=start, horizon=timedelta(days=2), start=start)
@@ -344,9 +348,10 @@ def build_ledger(db: Path, markets: int, clients: int) -> tuple[list[Manager], d
         mgr.todo.reverse()  # pop() takes the earliest due first
         managers.append(mgr)
     engine.dispose()
-    con = sqlite3.connect(db)
-    con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-    con.close()
+    if url is None:
+        con = sqlite3.connect(db)
+        con.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        con.close()
     info = {
         "markets": markets,
         "areas": markets * 12,
@@ -822,8 +827,23 @@ def main() -> None:
     )
     ap.add_argument("--tmpdir", type=Path)
     ap.add_argument("--keep", action="store_true")
-    ap.add_argument("--out", type=Path, default=OUT)
+    ap.add_argument("--out", type=Path, help=f"default {OUT} ({OUT.parent / 'tick_pg.json'} on PG)")
+    ap.add_argument(
+        "--postgresql",
+        action="store_true",
+        help="on a throwaway PostgreSQL server, 1 and --daemons server processes (bench/tick_pg.py)",
+    )
+    ap.add_argument(
+        "--daemons", type=int, default=3, help="with --postgresql: marketcare processes sharing it"
+    )
+    ap.add_argument(
+        "--no-durability",
+        dest="durable",
+        action="store_false",
+        help="with --postgresql: fsync, synchronous_commit and full_page_writes off",
+    )
     ap.add_argument("--serve", choices=["marketcare"], help=argparse.SUPPRESS)
+    ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--db", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--clock", help=argparse.SUPPRESS)
@@ -833,6 +853,13 @@ def main() -> None:
         return
     if args.quick:
         args.markets, args.warmup, args.requests, args.rounds = 200, 100, 500, 1
+    if args.postgresql:
+        sys.path.insert(0, str(HERE))
+        import tick_pg
+
+        tick_pg.run(args)
+        return
+    args.out = args.out or OUT
     profile_requests = min(args.requests, 1000)
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="tick-bench-", dir=args.tmpdir))
