@@ -293,3 +293,32 @@ def test_completions_are_stored_with_who_and_what(engine: sa.Engine) -> None:
         {"washed": True},
         "加大浓度",
     )
+
+
+def test_a_schedule_edit_adds_updates_and_deactivates_markets_and_areas(
+    engine: sa.Engine,
+) -> None:
+    from marketcare.models import AreaRow, MarketRow
+
+    now = utc(2026, 11, 23, 1)
+    first = make_schedule(make_market_yaml("lizhong") + make_market_yaml("xinhua"))
+    ledger.materialise(engine, first, now=now, horizon=timedelta(hours=1))
+    second = make_schedule(
+        make_market_yaml(
+            "lizhong",
+            areas="[{id: aquatic, kind: aquatic, m2: 650}, {id: meat, kind: meat, m2: 300}]",
+        )
+    )
+    ledger.materialise(engine, second, now=now, horizon=timedelta(hours=1))
+    with read(engine) as conn:
+        markets = {r.id: r.active for r in conn.execute(sa.select(MarketRow))}
+        areas = {
+            (r.market_id, r.id): (r.active, r.m2)
+            for r in conn.execute(sa.select(AreaRow).where(AreaRow.market_id == "lizhong"))
+        }
+    assert markets == {"lizhong": True, "xinhua": False}
+    assert areas == {
+        ("lizhong", "aquatic"): (True, 650),
+        ("lizhong", "veg"): (False, 900),
+        ("lizhong", "meat"): (True, 300),
+    }

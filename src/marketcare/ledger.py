@@ -86,10 +86,21 @@ def ensure_version(conn: sa.Connection, schedule: Schedule, *, now: datetime) ->
 
 
 def _sync_markets(conn: sa.Connection, schedule: Schedule, version_id: int) -> None:
+    """Bring the markets and areas tables to the schedule: new rows inserted, changed rows
+    updated, vanished ones deactivated (never deleted: obligations refer to them).
+
+    Each kind of change goes to the database as one executemany: a province's first
+    load is 20,000 markets and 240,000 areas, which one statement per row makes minutes.
+    """
     existing = {r.id: r for r in conn.execute(sa.select(MarketRow)).all()}
     all_areas: dict[str, dict[str, Any]] = {}
     for r in conn.execute(sa.select(AreaRow)).all():
         all_areas.setdefault(r.market_id, {})[r.id] = r
+    new_markets: list[dict[str, Any]] = []
+    changed_markets: list[dict[str, Any]] = []
+    new_areas: list[dict[str, Any]] = []
+    changed_areas: list[dict[str, Any]] = []
+    gone_areas: list[dict[str, Any]] = []
     seen = set()
     for m in schedule.markets:
         seen.add(m.id)
@@ -101,33 +112,35 @@ def _sync_markets(conn: sa.Connection, schedule: Schedule, version_id: int) -> N
         }
         row = existing.get(m.id)
         if row is None:
-            conn.execute(sa.insert(MarketRow).values(id=m.id, version_id=version_id, **values))
+            new_markets.append({"id": m.id, "version_id": version_id, **values})
         elif any(getattr(row, k) != v for k, v in values.items()):
-            conn.execute(
-                sa.update(MarketRow)
-                .where(MarketRow.id == m.id)
-                .values(version_id=version_id, **values)
-            )
+            changed_markets.append({"b_id": m.id, "version_id": version_id, **values})
         areas = all_areas.get(m.id, {})
         for a in m.areas:
             avalues = {"name": a.name, "kind": a.kind.value, "m2": a.m2, "active": True}
             arow = areas.pop(a.id, None)
             if arow is None:
-                conn.execute(sa.insert(AreaRow).values(market_id=m.id, id=a.id, **avalues))
+                new_areas.append({"market_id": m.id, "id": a.id, **avalues})
             elif any(getattr(arow, k) != v for k, v in avalues.items()):
-                conn.execute(
-                    sa.update(AreaRow)
-                    .where(AreaRow.market_id == m.id, AreaRow.id == a.id)
-                    .values(**avalues)
-                )
-        for gone in areas:
-            conn.execute(
-                sa.update(AreaRow)
-                .where(AreaRow.market_id == m.id, AreaRow.id == gone)
-                .values(active=False)
-            )
-    for gone in set(existing) - seen:
-        conn.execute(sa.update(MarketRow).where(MarketRow.id == gone).values(active=False))
+                changed_areas.append({"b_market": m.id, "b_id": a.id, **avalues})
+        gone_areas.extend({"b_market": m.id, "b_id": gone} for gone in areas)
+    gone_markets = [{"b_id": gone} for gone in sorted(set(existing) - seen)]
+    market_key = MarketRow.id == sa.bindparam("b_id")
+    area_key = (AreaRow.market_id == sa.bindparam("b_market")) & (
+        AreaRow.id == sa.bindparam("b_id")
+    )
+    if new_markets:
+        conn.execute(sa.insert(MarketRow), new_markets)
+    if changed_markets:
+        conn.execute(sa.update(MarketRow).where(market_key), changed_markets)
+    if gone_markets:
+        conn.execute(sa.update(MarketRow).where(market_key).values(active=False), gone_markets)
+    if new_areas:
+        conn.execute(sa.insert(AreaRow), new_areas)
+    if changed_areas:
+        conn.execute(sa.update(AreaRow).where(area_key), changed_areas)
+    if gone_areas:
+        conn.execute(sa.update(AreaRow).where(area_key).values(active=False), gone_areas)
 
 
 @lru_cache(maxsize=8)
@@ -217,10 +230,50 @@ def _rows(planned: Iterable[Planned], version_id: int, now: datetime) -> list[di
     ]
 
 
+#: the columns a planned obligation fills, in the order the PostgreSQL COPY sends them
+_PLANNED_COLUMNS = (
+    "natural_key",
+    "market_id",
+    "area_id",
+    "task_id",
+    "kind",
+    "local_date",
+    "occurrence",
+    "opens_at",
+    "due_at",
+    "missed_at",
+    "state",
+    "state_changed_at",
+    "version_id",
+    "created_at",
+)
+_PLANNED_TEMP = (
+    "CREATE TEMP TABLE IF NOT EXISTS planned_in ("
+    "natural_key text, market_id text, area_id text, task_id text, kind text, "
+    "local_date text, occurrence text, opens_at timestamptz, due_at timestamptz, "
+    "missed_at timestamptz, state text, state_changed_at timestamptz, version_id bigint, "
+    "created_at timestamptz) ON COMMIT DROP"
+)
+_PLANNED_MERGE = (
+    f"INSERT INTO obligations ({', '.join(_PLANNED_COLUMNS)}) "
+    f"SELECT {', '.join(_PLANNED_COLUMNS)} FROM planned_in "
+    "ON CONFLICT (natural_key) DO NOTHING"
+)
+
+
 def insert_planned(
     conn: sa.Connection, planned: Sequence[Planned], *, version_id: int, now: datetime
 ) -> int:
-    """Insert obligations, skipping those already there; returns how many were new."""
+    """Insert obligations, skipping those already there; returns how many were new.
+
+    On PostgreSQL (psycopg) the rows go by COPY into a temporary table and from there in
+    one ``INSERT … SELECT … ON CONFLICT DO NOTHING``: a province's day (≈280,000 rows)
+    takes about 1.4× a bare COPY instead of 9× with multi-row INSERTs, whose thousands of
+    parameters psycopg re-parses for every statement (docs/benchmarks.md, "Province
+    scale"). Elsewhere, multi-row ``INSERT … ON CONFLICT DO NOTHING`` in chunks.
+    """
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        return _insert_planned_copy(conn, planned, version_id=version_id, now=now)
     created = 0
     for i in range(0, len(planned), INSERT_CHUNK):
         rows = _rows(planned[i : i + INSERT_CHUNK], version_id, now)
@@ -228,6 +281,22 @@ def insert_planned(
         result = conn.execute(stmt.returning(Obligation.id), rows)
         created += len(result.all())
     return created
+
+
+def _insert_planned_copy(
+    conn: sa.Connection, planned: Sequence[Planned], *, version_id: int, now: datetime
+) -> int:
+    if not planned:
+        return 0
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur:  # type: ignore[union-attr]
+        cur.execute(_PLANNED_TEMP)
+        cur.execute("TRUNCATE planned_in")
+        with cur.copy(f"COPY planned_in ({', '.join(_PLANNED_COLUMNS)}) FROM STDIN") as copy:
+            for row in _rows(planned, version_id, now):
+                copy.write_row(tuple(row[c] for c in _PLANNED_COLUMNS))
+        cur.execute(_PLANNED_MERGE)
+        return int(cur.rowcount)
 
 
 def materialise(
@@ -260,8 +329,11 @@ def materialise(
             state = _state(conn, lock=True)
             if state is None:
                 first = start or now
+                # two schedulers starting at once on PostgreSQL: the second finds the row
                 conn.execute(
-                    sa.insert(LedgerState).values(id=1, version_id=None, materialised_until=first)
+                    _insert(conn, LedgerState)
+                    .values(id=1, version_id=None, materialised_until=first)
+                    .on_conflict_do_nothing()
                 )
                 state = _state(conn, lock=True)
                 assert state is not None
@@ -477,18 +549,30 @@ def sweep(engine: sa.Engine, *, now: datetime, batch: int = 2000) -> SweepResult
                 result.clock_went_back = True
                 return result
             events: list[audit.NewEvent] = []
-            pending = [s.value for s in PENDING]
-            missed = conn.execute(
-                sa.select(Obligation.id, Obligation.state)
-                .where(Obligation.state.in_(pending), Obligation.missed_at <= now)
-                .order_by(Obligation.missed_at)
-                .limit(batch)
-            ).all()
+            # one query per pending state: each is a range scan of the (state, missed_at)
+            # index that stops at the limit. A single `state IN (...)` query makes
+            # PostgreSQL misjudge the match count on a large history and scan the table.
+            missed: list[Any] = []
+            for pending in sorted(s.value for s in PENDING):
+                missed += conn.execute(
+                    sa.select(Obligation.id, Obligation.state)
+                    .where(Obligation.state == pending, Obligation.missed_at <= now)
+                    .order_by(Obligation.missed_at, Obligation.id)
+                    .limit(batch - len(missed))
+                ).all()
+                if len(missed) >= batch:
+                    break
             result.missed = _flip(conn, missed, State.MISSED, now, events)
+            # already past its grace period: it goes straight to missed (next batch), never
+            # "opened" and missed in the same moment
             opened = conn.execute(
                 sa.select(Obligation.id, Obligation.state)
-                .where(Obligation.state == State.UPCOMING.value, Obligation.opens_at <= now)
-                .order_by(Obligation.opens_at)
+                .where(
+                    Obligation.state == State.UPCOMING.value,
+                    Obligation.opens_at <= now,
+                    Obligation.missed_at > now,
+                )
+                .order_by(Obligation.opens_at, Obligation.id)
                 .limit(batch)
             ).all()
             result.opened = _flip(conn, opened, State.OPEN, now, events)

@@ -208,7 +208,11 @@ def materialise(
                 sa.select(NotificationWatermark).where(NotificationWatermark.id == 1)
             ).one_or_none()
             if mark is None:  # a first start begins now: no flood about the past
-                conn.execute(sa.insert(NotificationWatermark).values(id=1, checked_until=now))
+                conn.execute(
+                    _insert(conn, NotificationWatermark)
+                    .values(id=1, checked_until=now)
+                    .on_conflict_do_nothing()
+                )
                 return result
             after = max(mark.checked_until, now - CATCH_UP_LIMIT)
             if now > after and schedule.people:
