@@ -78,3 +78,26 @@ def test_operating_endpoints_are_not_in_the_api_schema(site: Site, tmp_path: Pat
     with site.client() as c:
         paths = c.get("/api/openapi.json").json()["paths"]
     assert not {"/healthz", "/readyz", "/metrics"} & set(paths)
+
+
+def test_every_api_route_is_documented_in_the_web_docs(site: Site) -> None:
+    import re
+
+    def shape(path: str) -> str:
+        return re.sub(r"\{[^}]*\}", "{}", path)
+
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "web.md").read_text(encoding="utf-8")
+    documented = {
+        (method, shape(path))
+        for method, path in re.findall(
+            r"`(GET|POST|PUT|DELETE) (/[^`?]*)", docs.replace("\\|", "|")
+        )
+    }
+    with site.client() as c:
+        paths = c.get("/api/openapi.json").json()["paths"]
+    routes = {
+        (method.upper(), shape(path.removeprefix("/api/v1")))
+        for path, ops in paths.items()
+        for method in ops
+    }
+    assert routes - documented == set()
