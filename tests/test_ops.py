@@ -74,7 +74,7 @@ def test_metrics_count_obligations_by_state_as_the_ledger_has_them(site: Site) -
     assert ("marketcare_sweep_duration_seconds_count", ()) in got
 
 
-def test_operating_endpoints_are_not_in_the_api_schema(site: Site, tmp_path: Path) -> None:
+def test_operating_endpoints_are_not_in_the_api_schema(site: Site) -> None:
     with site.client() as c:
         paths = c.get("/api/openapi.json").json()["paths"]
     assert not {"/healthz", "/readyz", "/metrics"} & set(paths)

@@ -1247,9 +1247,15 @@ def board_row(
 
 
 def board(
-    engine: sa.Engine, *, day: date, now: datetime, markets: Sequence[str] | None = None
+    engine: sa.Engine,
+    *,
+    day: date,
+    now: datetime,
+    markets: Sequence[str] | None = None,
+    days: int = 1,
 ) -> list[BoardRow]:
-    """Every obligation of a local day with its state as of ``now``, overdue first."""
+    """Every obligation of ``days`` local days from ``day`` with its state as of ``now``,
+    overdue first."""
     with read(engine) as conn:
         stmt = (
             sa.select(
@@ -1263,7 +1269,10 @@ def board(
                 AreaRow,
                 (AreaRow.market_id == Obligation.market_id) & (AreaRow.id == Obligation.area_id),
             )
-            .where(Obligation.local_date == day.isoformat())
+            .where(
+                Obligation.local_date >= day.isoformat(),
+                Obligation.local_date < (day + timedelta(days=days)).isoformat(),
+            )
         )
         if markets:
             stmt = stmt.where(Obligation.market_id.in_(list(markets)))

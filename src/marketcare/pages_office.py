@@ -9,6 +9,7 @@ which field was wrong; the office sees the market's figures by the exports' rule
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -163,6 +164,26 @@ def _done(request: Request, problem_id: int, what: str, text: str) -> Response:
     return RedirectResponse(f"/p/{problem_id}?done={what}", status_code=303)
 
 
+def _move(
+    request: Request,
+    problem_id: int,
+    step: Callable[[], None],
+    *,
+    form_name: str,
+    values: dict[str, str],
+    done: str,
+    text: str,
+) -> Response:
+    """Run one of the office's moves; a refusal re-shows the form with what was typed."""
+    try:
+        step()
+    except NotFound:
+        raise
+    except MarketcareError as exc:
+        return _refused(request, problem_id, exc, form_name=form_name, values=values)
+    return _done(request, problem_id, done, text)
+
+
 @router.post("/p/{problem_id}/assign")
 def assign(
     request: Request,
@@ -173,7 +194,8 @@ def assign(
 ) -> Response:
     market = _problem_market(request, who, Action.ASSIGN, problem_id)
     t = translator_of(request)
-    try:
+
+    def step() -> None:
         rectification.assign(
             engine_of(request),
             problem_id=problem_id,
@@ -182,24 +204,24 @@ def assign(
             now=now_of(request),
             deadline=_deadline(deadline, market, request),
         )
-    except NotFound:
-        raise
-    except MarketcareError as exc:
-        return _refused(
-            request,
-            problem_id,
-            exc,
-            form_name="assign",
-            values={"assigned_to": assigned_to, "deadline": deadline},
-        )
-    return _done(request, problem_id, "assigned", t.tr("The problem is assigned."))
+
+    return _move(
+        request,
+        problem_id,
+        step,
+        form_name="assign",
+        values={"assigned_to": assigned_to, "deadline": deadline},
+        done="assigned",
+        text=t.tr("The problem is assigned."),
+    )
 
 
 @router.post("/p/{problem_id}/verify")
 def verify(request: Request, problem_id: int, who: SignedIn, note: str = Form("")) -> Response:
     _problem_market(request, who, Action.VERIFY, problem_id)
     t = translator_of(request)
-    try:
+
+    def step() -> None:
         rectification.verify(
             engine_of(request),
             problem_id=problem_id,
@@ -207,11 +229,16 @@ def verify(request: Request, problem_id: int, who: SignedIn, note: str = Form(""
             now=now_of(request),
             note=note.strip() or None,
         )
-    except NotFound:
-        raise
-    except MarketcareError as exc:
-        return _refused(request, problem_id, exc, form_name="verify", values={"verify_note": note})
-    return _done(request, problem_id, "verified", t.tr("The problem is verified and closed."))
+
+    return _move(
+        request,
+        problem_id,
+        step,
+        form_name="verify",
+        values={"verify_note": note},
+        done="verified",
+        text=t.tr("The problem is verified and closed."),
+    )
 
 
 @router.post("/p/{problem_id}/reopen")
@@ -224,7 +251,8 @@ def reopen(
 ) -> Response:
     market = _problem_market(request, who, Action.VERIFY, problem_id)
     t = translator_of(request)
-    try:
+
+    def step() -> None:
         if not note.strip():
             raise MarketcareError(
                 "note: " + t.tr("say why the rectification did not pass (a note is required)")
@@ -237,17 +265,16 @@ def reopen(
             now=now_of(request),
             deadline=_deadline(deadline, market, request),
         )
-    except NotFound:
-        raise
-    except MarketcareError as exc:
-        return _refused(
-            request,
-            problem_id,
-            exc,
-            form_name="reopen",
-            values={"note": note, "deadline": deadline},
-        )
-    return _done(request, problem_id, "reopened", t.tr("The problem is reopened."))
+
+    return _move(
+        request,
+        problem_id,
+        step,
+        form_name="reopen",
+        values={"note": note, "deadline": deadline},
+        done="reopened",
+        text=t.tr("The problem is reopened."),
+    )
 
 
 # ---------------------------------------------------------------- exports

@@ -91,11 +91,13 @@ def today(engine: sa.Engine, market_id: str, *, now: datetime) -> TodayBoard:
     done (a disinfection after a late closing runs past midnight)."""
     info = market(engine, market_id)
     day = info.today(now)
-    rows = ledger.board(engine, day=day, now=now, markets=[market_id])
-    rows += [
+    yesterday = (day - timedelta(days=1)).isoformat()
+    rows = [
         r
-        for r in ledger.board(engine, day=day - timedelta(days=1), now=now, markets=[market_id])
-        if r.state in (State.OPEN, State.FAILED)
+        for r in ledger.board(
+            engine, day=day - timedelta(days=1), now=now, markets=[market_id], days=2
+        )
+        if r.local_date != yesterday or r.state in (State.OPEN, State.FAILED)
     ]
     overdue: list[BoardRow] = []
     open_now: list[BoardRow] = []
@@ -264,16 +266,15 @@ def history(
     area: str | None = None,
 ) -> list[BoardRow]:
     """The market's obligations of the last ``days`` local days, newest day first."""
-    info = market(engine, market_id)
-    last = info.today(now)
-    out: list[BoardRow] = []
-    for offset in range(days):
-        day = last - timedelta(days=offset)
-        rows = ledger.board(engine, day=day, now=now, markets=[market_id])
-        if area is not None:
-            rows = [r for r in rows if r.area_id == area]
-        out.extend(sorted(rows, key=lambda r: (r.due_at, r.area_id or "", r.task_id)))
-    return out
+    last = market(engine, market_id).today(now)
+    rows = ledger.board(
+        engine, day=last - timedelta(days=days - 1), now=now, markets=[market_id], days=days
+    )
+    if area is not None:
+        rows = [r for r in rows if r.area_id == area]
+    rows.sort(key=lambda r: (r.due_at, r.area_id or "", r.task_id))
+    rows.sort(key=lambda r: r.local_date, reverse=True)  # stable: newest day first
+    return rows
 
 
 def areas(engine: sa.Engine, market_id: str) -> list[dict[str, Any]]:

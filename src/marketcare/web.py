@@ -101,7 +101,6 @@ def current_user(request: Request) -> Principal | None:
     token = _bearer(request)
     if token is not None:
         who = accounts.principal_for_token(engine_of(request), token, now=now_of(request))
-        request.state.via_token = who is not None
     else:
         uid = request.session.get("uid")
         epoch = request.session.get("epoch")
@@ -109,7 +108,6 @@ def current_user(request: Request) -> Principal | None:
             who = accounts.principal(engine_of(request), uid, epoch)
             if who is None:  # disabled, password changed, or gone: end the session
                 request.session.pop("uid", None)
-        request.state.via_token = False
     request.state.principal = who
     return who
 
@@ -125,7 +123,6 @@ def _known_user(request: Request) -> Principal | None:
         return None
     who = accounts.cached_principal_for_token(engine_of(request), token, now=now_of(request))
     if who is not None:
-        request.state.via_token = True
         request.state.principal = who
     return who
 
