@@ -38,9 +38,11 @@ system-deps:
 ## set everything up and run the whole suite (lint, types, tests)
 test: install system-deps lint typecheck unit
 
+## ruff, the layering of docs/design.md (import-linter)
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
+	$(BIN)/lint-imports
 
 typecheck: install
 	$(BIN)/mypy

@@ -54,11 +54,12 @@ import openpyxl
 import pandas as pd
 import xlsxwriter
 
-from marketcare import compliance, exports
-from marketcare.exports import BarChartSpec, BookProperties, CellStyle, SheetLayout, Value
-from marketcare.obligations import State
-from marketcare.periods import Period
-from marketcare.reports import Line, MarketInfo, Reading, _with_rates
+from marketcare.domain import compliance
+from marketcare.domain.obligations import State
+from marketcare.domain.periods import Period
+from marketcare.reports import workbook as exports
+from marketcare.reports.figures import Line, MarketInfo, Reading, _with_rates
+from marketcare.reports.workbook import BarChartSpec, BookProperties, CellStyle, SheetLayout, Value
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs" / "benchmarks-exports.md"

@@ -17,15 +17,15 @@ own session.
    at the start of the day, no obligations yet), the day's obligations are written
    (a) by a raw psycopg ``COPY obligations (…) FROM STDIN`` of the same 14 columns the
    ledger writes, rows built from the same ``Planned`` objects, one transaction (baseline),
-   (b) by ``ledger.insert_planned`` + the watermark + the audit event in one ``db.write``
-   transaction (the ledger's write path; target <= 2x), (c) by a whole ``ledger.materialise``
+   (b) by ``ledger_materialise.insert_planned`` + the watermark + the audit event in one ``db.write``
+   transaction (the ledger's write path; target <= 2x), (c) by a whole ``ledger_materialise.materialise``
    call, and (d) by the change proposed for ``insert_planned`` on PostgreSQL (``COPY`` into a
    temporary table, then ``INSERT … SELECT … ON CONFLICT DO NOTHING``), implemented here
    only. The run checks that all four leave identical obligations (ids aside).
 2. sweep: one ledger holding the day's obligations (upcoming, written by the ledger) and a
    history that grows step by step (``--sweep-days``; rows in final states done/late/missed
    copied from the week before the day with shifted dates, ``VACUUM ANALYZE`` after each
-   step, as autovacuum would). At each size: ``ledger.sweep_all`` at 20:00 local on the day
+   step, as autovacuum would). At each size: ``ledger_sweep.sweep_all`` at 20:00 local on the day
    (opens and misses the whole day's obligations), then again with nothing to do; the
    growth exponent is fitted over the sizes. ``EXPLAIN (ANALYZE, BUFFERS)`` of the sweep's
    statements is printed, and the same ``SELECT``s with index scans disabled show what a
@@ -59,11 +59,13 @@ import sqlalchemy as sa
 from psycopg.types.json import Json
 from sqlalchemy import event
 
-from marketcare import audit, ledger
-from marketcare.db import make_engine, migrate, write
-from marketcare.models import LedgerState
-from marketcare.obligations import Planned, expand
-from marketcare.schedules import Schedule
+from marketcare.domain.obligations import Planned, expand
+from marketcare.domain.schedules import Schedule
+from marketcare.ledger import audit
+from marketcare.ledger import materialise as ledger_materialise
+from marketcare.ledger import sweep as ledger_sweep
+from marketcare.ledger.db import make_engine, migrate, write
+from marketcare.ledger.models import LedgerState
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -186,7 +188,7 @@ class Pg:
 def raw_rows(
     planned: Sequence[Planned], version_id: int, now: datetime
 ) -> Iterator[tuple[Any, ...]]:
-    """The 14 columns ``ledger._rows`` writes, as tuples (psycopg adapts the types)."""
+    """The 14 columns ``ledger_materialise._rows`` writes, as tuples (psycopg adapts the types)."""
     for p in planned:
         yield (
             p.natural_key,
@@ -226,7 +228,7 @@ MERGE_SQL = (
 def insert_planned_copy(
     conn: sa.Connection, planned: Sequence[Planned], *, version_id: int, now: datetime
 ) -> int:
-    """What ``ledger.insert_planned`` could do on PostgreSQL: one COPY into a temporary
+    """What ``ledger_materialise.insert_planned`` could do on PostgreSQL: one COPY into a temporary
     table, one ``INSERT … SELECT … ON CONFLICT DO NOTHING`` (its rowcount is what was new),
     inside the caller's transaction."""
     raw = conn.connection.driver_connection
@@ -322,7 +324,7 @@ def setup_ledger(pg: Pg, db: str, schedule: Schedule, args: argparse.Namespace) 
         if not args.ledger_setup:
             preseed(pg, db, schedule)
         t, r = timed(
-            lambda: ledger.materialise(
+            lambda: ledger_materialise.materialise(
                 engine, schedule, now=DAY_START, horizon=timedelta(0), start=DAY_START
             )
         )
@@ -401,7 +403,7 @@ def bench_materialise(pg: Pg, schedule: Schedule, args: argparse.Namespace, out:
                     [
                         audit.NewEvent(
                             at=now,
-                            actor=ledger.SYSTEM,
+                            actor=audit.SYSTEM,
                             action="materialised",
                             details={
                                 "from": now.isoformat(),
@@ -416,7 +418,7 @@ def bench_materialise(pg: Pg, schedule: Schedule, args: argparse.Namespace, out:
         return go
 
     def run_full() -> None:
-        r = ledger.materialise(engines["full"], schedule, now=now, horizon=ONE_DAY)
+        r = ledger_materialise.materialise(engines["full"], schedule, now=now, horizon=ONE_DAY)
         assert r.created == n and r.chunks == 1, r
 
     def check() -> None:
@@ -431,7 +433,7 @@ def bench_materialise(pg: Pg, schedule: Schedule, args: argparse.Namespace, out:
 
     variants: dict[str, tuple[Callable[[], Any] | None, Callable[[], Any]]] = {
         "copy": (fresh("copy"), run_copy),
-        "core": (fresh("core"), core_with(ledger.insert_planned, "core")),
+        "core": (fresh("core"), core_with(ledger_materialise.insert_planned, "core")),
         "full": (fresh("full"), run_full),
         "copy_temp": (fresh("copy_temp"), core_with(insert_planned_copy, "copy_temp")),
         "unnest": (fresh("unnest"), core_with(insert_planned_unnest, "unnest")),
@@ -456,7 +458,7 @@ def bench_materialise(pg: Pg, schedule: Schedule, args: argparse.Namespace, out:
         core,
         Result(
             sect,
-            "whole `ledger.materialise` call for the day",
+            "whole `ledger_materialise.materialise` call for the day",
             times["full"],
             base_r,
             note="adds `expand` and `ensure_version`",
@@ -499,7 +501,7 @@ def bench_materialise(pg: Pg, schedule: Schedule, args: argparse.Namespace, out:
         fresh("core")()
         prof = cProfile.Profile()
         prof.enable()
-        core_with(ledger.insert_planned, "core")()
+        core_with(ledger_materialise.insert_planned, "core")()
         prof.disable()
         out.profile = summarize_profile(prof)
         out.profile["execute_seconds"] = sum(exec_time["core"])
@@ -585,7 +587,9 @@ def bench_sweep(pg: Pg, schedule: Schedule, args: argparse.Namespace, out: Repor
     setup_ledger(pg, db, schedule, args)
     engine = make_engine(pg.url(db))
     # the day and, as the daemon keeps them, the days ahead of its horizon (still upcoming)
-    r = ledger.materialise(engine, schedule, now=DAY_START, horizon=ONE_DAY * (1 + args.ahead_days))
+    r = ledger_materialise.materialise(
+        engine, schedule, now=DAY_START, horizon=ONE_DAY * (1 + args.ahead_days)
+    )
     assert r.version_id is not None and r.created > 0
     # every row the ledger wrote (the day and the days ahead) has an id up to this one;
     # the history, added later, comes after
@@ -651,11 +655,11 @@ def bench_sweep(pg: Pg, schedule: Schedule, args: argparse.Namespace, out: Repor
     counts: list[tuple[int, int]] = []
 
     def busy() -> None:
-        res = ledger.sweep_all(engine, now=SWEEP_AT)
+        res = ledger_sweep.sweep_all(engine, now=SWEEP_AT)
         counts.append((res.opened, res.missed))
 
     def idle() -> None:
-        res = ledger.sweep_all(engine, now=SWEEP_AT)
+        res = ledger_sweep.sweep_all(engine, now=SWEEP_AT)
         assert res.opened == 0 and res.missed == 0, res
 
     sizes: list[SweepSize] = []

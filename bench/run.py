@@ -17,13 +17,13 @@ comparison are interleaved round by round, and the median of each is compared.
    (a) by a raw ``sqlite3`` ``executemany`` in one transaction (baseline: same schema and
    indexes via the real migration, same pragmas WAL + synchronous=FULL + foreign keys,
    ``ON CONFLICT DO NOTHING``, Python tuples built from the same ``Planned`` objects),
-   (b) by ``ledger.insert_planned`` plus the watermark update and the chunk's audit event
+   (b) by ``ledger_materialise.insert_planned`` plus the watermark update and the chunk's audit event
    in one ``db.write`` transaction (the ledger's write path; target <= 2x), (c) by a whole
-   ``ledger.materialise`` call for that day (adds ``expand`` and ``ensure_version``), and
+   ``ledger_materialise.materialise`` call for that day (adds ``expand`` and ``ensure_version``), and
    (d) by ORM objects added per row (for comparison only).
 3. sweep: a ledger holding ``--history-days`` of history (rows in final states done, late,
    missed; bulk-loaded with SQL, not measured) plus one day of upcoming obligations,
-   against a ledger holding only that day; ``ledger.sweep_all`` at 20:00 local of that
+   against a ledger holding only that day; ``ledger_sweep.sweep_all`` at 20:00 local of that
    day (opens and misses the day's obligations; target <= 2x), then once more with
    nothing left to do (what the daemon pays every 10 s). The EXPLAIN QUERY PLAN of the
    statements the sweep really executed is printed.
@@ -57,11 +57,14 @@ import yaml
 from sqlalchemy import event
 from sqlalchemy.orm import Session
 
-from marketcare import audit, ledger, schedules, yamlsource
-from marketcare.db import make_engine, migrate, write
-from marketcare.models import LedgerState, Obligation
-from marketcare.obligations import Planned, expand
-from marketcare.schedules import Schedule
+from marketcare.domain import schedules, yamlsource
+from marketcare.domain.obligations import Planned, expand
+from marketcare.domain.schedules import Schedule
+from marketcare.ledger import audit
+from marketcare.ledger import materialise as ledger_materialise
+from marketcare.ledger import sweep as ledger_sweep
+from marketcare.ledger.db import make_engine, migrate, write
+from marketcare.ledger.models import LedgerState, Obligation
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import generate  # noqa: E402
@@ -314,7 +317,7 @@ def build_materialise_base(path: Path, schedule: Schedule) -> int:
     engine = make_engine(url(path))
     migrate(engine)
     before = DAY_START - ONE_DAY
-    r = ledger.materialise(engine, schedule, now=before, horizon=ONE_DAY, start=before)
+    r = ledger_materialise.materialise(engine, schedule, now=before, horizon=ONE_DAY, start=before)
     engine.dispose()
     checkpoint(path)
     assert r.version_id is not None
@@ -358,7 +361,9 @@ def bench_materialise(schedule: Schedule, tmp: Path, args: argparse.Namespace, o
     def run_core() -> int:
         hi = DAY_START + ONE_DAY
         with write(engines["core"]) as conn:
-            created = ledger.insert_planned(conn, planned, version_id=version_id, now=now)
+            created = ledger_materialise.insert_planned(
+                conn, planned, version_id=version_id, now=now
+            )
             conn.execute(
                 sa.update(LedgerState).where(LedgerState.id == 1).values(materialised_until=hi)
             )
@@ -367,7 +372,7 @@ def bench_materialise(schedule: Schedule, tmp: Path, args: argparse.Namespace, o
                 [
                     audit.NewEvent(
                         at=now,
-                        actor=ledger.SYSTEM,
+                        actor=audit.SYSTEM,
                         action="materialised",
                         details={"from": now.isoformat(), "to": hi.isoformat(), "created": created},
                     )
@@ -377,7 +382,7 @@ def bench_materialise(schedule: Schedule, tmp: Path, args: argparse.Namespace, o
         return created
 
     def run_full() -> None:
-        r = ledger.materialise(engines["full"], schedule, now=now, horizon=ONE_DAY)
+        r = ledger_materialise.materialise(engines["full"], schedule, now=now, horizon=ONE_DAY)
         assert r.created == n and r.chunks == 1, r
 
     def run_orm() -> None:
@@ -417,7 +422,7 @@ def bench_materialise(schedule: Schedule, tmp: Path, args: argparse.Namespace, o
     out.results.append(
         Result(
             sect,
-            "whole `ledger.materialise` call for the day",
+            "whole `ledger_materialise.materialise` call for the day",
             times["full"],
             raw,
             note="adds `expand` and `ensure_version`",
@@ -444,14 +449,14 @@ def bench_materialise(schedule: Schedule, tmp: Path, args: argparse.Namespace, o
     noop_engine = engines["full"]
 
     def noop() -> None:
-        r = ledger.materialise(noop_engine, schedule, now=now, horizon=ONE_DAY)
+        r = ledger_materialise.materialise(noop_engine, schedule, now=now, horizon=ONE_DAY)
         assert r.chunks == 0, r
 
     times_noop = [timed(noop)[0] for _ in range(args.repeat + 1)][1:]
     out.results.append(
         Result(
             sect,
-            "`ledger.materialise` with nothing to do (watermark at target)",
+            "`ledger_materialise.materialise` with nothing to do (watermark at target)",
             times_noop,
             raw,
             note="every 60 s in the daemon",
@@ -464,7 +469,7 @@ def bench_materialise(schedule: Schedule, tmp: Path, args: argparse.Namespace, o
         warm(engines["full"])
         prof = cProfile.Profile()
         prof.enable()
-        ledger.materialise(engines["full"], schedule, now=now, horizon=ONE_DAY)
+        ledger_materialise.materialise(engines["full"], schedule, now=now, horizon=ONE_DAY)
         prof.disable()
         out.profile = summarize_profile(prof)
 
@@ -495,12 +500,12 @@ def raw_dicts(
 
 
 PROFILED = {
-    ("ledger.py", "materialise"): "`ledger.materialise` (total)",
+    ("materialise.py", "materialise"): "`ledger_materialise.materialise` (total)",
     ("obligations.py", "expand"): "`obligations.expand`",
-    ("ledger.py", "ensure_version"): "`ledger.ensure_version` (all calls)",
-    ("ledger.py", "_sync_markets"): "of which `_sync_markets`",
-    ("ledger.py", "insert_planned"): "`ledger.insert_planned`",
-    ("ledger.py", "_rows"): "of which `_rows` (dicts)",
+    ("versions.py", "ensure_version"): "`ledger_versions.ensure_version` (all calls)",
+    ("versions.py", "_sync_markets"): "of which `_sync_markets`",
+    ("materialise.py", "insert_planned"): "`ledger_materialise.insert_planned`",
+    ("materialise.py", "_rows"): "of which `_rows` (dicts)",
     ("audit.py", "append"): "`audit.append`",
 }
 
@@ -620,7 +625,9 @@ def build_sweep_ledger(
     remove_db(path)
     engine = make_engine(url(path))
     migrate(engine)
-    r = ledger.materialise(engine, schedule, now=DAY_START, horizon=ONE_DAY, start=DAY_START)
+    r = ledger_materialise.materialise(
+        engine, schedule, now=DAY_START, horizon=ONE_DAY, start=DAY_START
+    )
     engine.dispose()
     assert r.version_id is not None
     conn = sqlite3.connect(path, isolation_level=None)
@@ -771,7 +778,7 @@ def bench_sweep(city_schedule: Schedule, tmp: Path, args: argparse.Namespace, ou
         def go() -> None:
             capturing[0] = kind if not captured[kind] else None
             try:
-                r = ledger.sweep_all(engines[kind], now=SWEEP_AT)
+                r = ledger_sweep.sweep_all(engines[kind], now=SWEEP_AT)
             finally:
                 capturing[0] = None
             counts[kind].append((r.opened, r.missed))
@@ -780,7 +787,7 @@ def bench_sweep(city_schedule: Schedule, tmp: Path, args: argparse.Namespace, ou
 
     def idle(kind: str) -> Callable[[], None]:
         def go() -> None:
-            r = ledger.sweep_all(engines[kind], now=SWEEP_AT)
+            r = ledger_sweep.sweep_all(engines[kind], now=SWEEP_AT)
             assert r.opened == 0 and r.missed == 0, r
 
         return go
@@ -956,7 +963,7 @@ class Report:
             lines.append("")
         if self.profile:
             lines.append(
-                f"cProfile of one `ledger.materialise` day ({self.profile['statements']} SQL "
+                f"cProfile of one `ledger_materialise.materialise` day ({self.profile['statements']} SQL "
                 "statements executed); cumulative seconds (profiler overhead included):"
             )
             lines.append("")

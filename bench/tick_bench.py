@@ -85,9 +85,9 @@ def serve_marketcare(args: argparse.Namespace) -> None:
     """Run in the server process: the real app over the prepared ledger, clock fixed."""
     import uvicorn
 
-    from marketcare.db import make_engine
+    from marketcare.ledger.db import make_engine
     from marketcare.settings import Settings
-    from marketcare.web import create_app
+    from marketcare.web.app import create_app
 
     db = Path(args.db)
     url = args.url or f"sqlite:///{db}"
@@ -104,15 +104,6 @@ def serve_marketcare(args: argparse.Namespace) -> None:
         EXPERIMENTS[name](engine)
         print(f"experiment applied in the server: {name}", file=sys.stderr, flush=True)
     app = create_app(settings, engine, clock=lambda: clock)
-    from marketcare import api
-
-    if not any(
-        str(getattr(r, "path", "")) == PATH.format(id="{obligation_id}")
-        and "POST" in (getattr(r, "methods", None) or ())
-        for r in api.router.routes
-    ):
-        app.include_router(stub_router())
-        print("tick endpoint missing in marketcare.api: serving the bench stub", file=sys.stderr)
     if args.threads:  # anyio's default is 40 worker threads for sync endpoints
         import anyio.to_thread
 
@@ -125,122 +116,6 @@ def serve_marketcare(args: argparse.Namespace) -> None:
         uvicorn.run(app_with_threads, port=args.port, **UVICORN)
         return
     uvicorn.run(app, port=args.port, **UVICORN)
-
-
-def stub_router() -> Any:
-    """What the tick endpoint does, for runs before ``marketcare.api`` has it."""
-    from fastapi import APIRouter, Depends, Request
-    from pydantic import BaseModel
-
-    from marketcare import ledger, views
-    from marketcare.access import Action
-    from marketcare.web import SignedIn, authorise_market, check_csrf, engine_of, now_of
-
-    router = APIRouter(prefix="/api/v1", dependencies=[Depends(check_csrf)])
-
-    class TickIn(BaseModel):
-        token: str
-        items: list[str] | None = None
-        readings: dict[str, float] = {}
-        note: str | None = None
-
-    @router.post("/obligations/{obligation_id}/completions", status_code=201)
-    def completions(
-        obligation_id: int, body: TickIn, request: Request, who: SignedIn
-    ) -> dict[str, Any]:
-        engine = engine_of(request)
-        market = views.market_of_obligation(engine, obligation_id)
-        authorise_market(who, Action.TICK, market)
-        r = ledger.tick(
-            engine,
-            obligation_id=obligation_id,
-            by=who.username,
-            now=now_of(request),
-            readings=body.readings,
-            items=body.items,
-            note=body.note,
-            token=body.token,
-        )
-        return {
-            "obligation_id": r.obligation_id,
-            "state": r.state.value,
-            "changed": r.changed,
-            "completion_id": r.completion_id,
-            "message": r.message,
-        }
-
-    return router
-
-
-def _cache_schedule_by_digest(_engine: Any) -> None:
-    """Experiment (before the fix in ``ledger``): ``schedule_of_version`` reads only the
-    digest and parses the sources on a miss; ``ledger`` now caches by version id."""
-    import threading
-
-    import sqlalchemy as sa
-
-    from marketcare import ledger
-    from marketcare.errors import NotFound
-    from marketcare.models import ScheduleVersion
-
-    lock = threading.Lock()
-    cache: dict[str, Any] = {}
-
-    def schedule_of_version(conn: sa.Connection, version_id: int) -> Any:
-        row = conn.execute(
-            sa.select(ScheduleVersion.digest).where(ScheduleVersion.id == version_id)
-        ).one_or_none()
-        if row is None:
-            raise NotFound(f"schedule version {version_id} does not exist")
-        with lock:
-            found = cache.get(row.digest)
-        if found is not None:
-            return found
-        full = conn.execute(
-            sa.select(ScheduleVersion).where(ScheduleVersion.id == version_id)
-        ).one()
-        parsed = ledger._parse_version(
-            full.digest, tuple(sorted(full.sources.items())), full.default_timezone
-        )
-        with lock:
-            cache[row.digest] = parsed
-        return parsed
-
-    ledger.schedule_of_version = schedule_of_version
-
-
-def _write_lock(engine: Any) -> None:
-    """Experiment: one lock in the process around every write transaction of the engine.
-
-    Writers then queue on a Python lock (woken at once when the holder commits) instead
-    of in SQLite's busy handler, which sleeps 1, 2, 5, 10 ... 100 ms between retries.
-    """
-    import threading
-
-    from sqlalchemy import event
-
-    lock = threading.RLock()
-    held = threading.local()
-
-    @event.listens_for(engine, "begin", insert=True)
-    def _take(conn: Any) -> None:
-        if not conn.get_execution_options().get("readonly"):
-            lock.acquire()
-            held.depth = getattr(held, "depth", 0) + 1
-
-    def released(fn: Any) -> Any:
-        def end(dbapi_conn: Any) -> None:
-            try:
-                fn(dbapi_conn)
-            finally:  # after the COMMIT itself, so the next writer never waits in SQLite
-                if getattr(held, "depth", 0):
-                    held.depth -= 1
-                    lock.release()
-
-        return end
-
-    engine.dialect.do_commit = released(engine.dialect.do_commit)
-    engine.dialect.do_rollback = released(engine.dialect.do_rollback)
 
 
 def _gc_log(_engine: Any) -> None:
@@ -261,8 +136,6 @@ def _gc_log(_engine: Any) -> None:
 
 
 EXPERIMENTS = {
-    "cache-schedule": _cache_schedule_by_digest,
-    "write-lock": _write_lock,
     "gc-log": _gc_log,
 }
 
@@ -296,10 +169,13 @@ def build_ledger(
     """The city ledger in the SQLite file ``db``, or in the database at ``url`` if given."""
     sys.path.insert(0, str(HERE))
     import generate
-    from marketcare import accounts, ledger
-    from marketcare.access import Role
-    from marketcare.db import make_engine, migrate
-    from marketcare.schedules import load_texts
+    from marketcare.domain.access import Role
+    from marketcare.domain.checklists import checklist_of
+    from marketcare.domain.schedules import load_texts
+    from marketcare.ledger import accounts
+    from marketcare.ledger.db import make_engine, migrate
+    from marketcare.ledger.materialise import materialise
+    from marketcare.ledger.sweep import sweep_all
 
     t0 = time.perf_counter()
     texts = generate.city_texts(markets, 12)
@@ -307,8 +183,8 @@ def build_ledger(
     engine = make_engine(url or f"sqlite:///{db}")
     migrate(engine)
     start = DAY_START - timedelta(days=1)
-    made = ledger.materialise(engine, schedule, now=start, horizon=timedelta(days=2), start=start)
-    ledger.sweep_all(engine, now=CLOCK)
+    made = materialise(engine, schedule, now=start, horizon=timedelta(days=2), start=start)
+    sweep_all(engine, now=CLOCK)
     with engine.connect() as conn:
         rows = conn.exec_driver_sql(
             "SELECT o.id, o.market_id, o.task_id, a.kind FROM obligations o "
@@ -321,7 +197,7 @@ def build_ledger(
     todo: dict[str, list[tuple[int, dict[str, Any]]]] = {m.id: [] for m in schedule.markets}
     skipped = 0
     for ob_id, market_id, task_id, kind in rows:
-        checklist = ledger.checklist_of(schedule, task_id, kind)
+        checklist = checklist_of(schedule, task_id, kind)
         if any(t.required for t in checklist.texts):
             skipped += 1  # the benchmark sends no free texts
             continue
@@ -571,11 +447,11 @@ PROFILE_PARTS: tuple[tuple[str, str], ...] = (
     ("`views.market_of_obligation` (only ticks with photos)", "market_of_obligation ("),
     (
         "the tick writer thread (`TickWriter._write`: one transaction per batch)",
-        "_write (marketcare/ledger.py",
+        "_write (marketcare/ledger/tick.py",
     ),
-    ("of which one tick's rule (`ledger._tick_in`)", "_tick_in (marketcare/ledger.py"),
+    ("of which one tick's rule (`ledger_tick._tick_in`)", "_tick_in (marketcare/ledger/tick.py"),
     ("of which SAVEPOINT / RELEASE per tick", "_savepoint_impl ("),
-    ("`ledger.schedule_of_version` (checklist's schedule)", "schedule_of_version ("),
+    ("`ledger_versions.schedule_of_version` (checklist's schedule)", "schedule_of_version ("),
     ("of which the JSON decode of the version's sources", "json/decoder.py"),
     ("`audit.append` (hash chain, once per batch)", "append (marketcare/audit.py"),
     ("SQLite `COMMIT` (WAL write + fsync)", "do_commit ("),

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from marketcare.db import make_engine, migrate
-from marketcare.schedules import Schedule, load_texts
+from marketcare.domain.schedules import Schedule, load_texts
+from marketcare.ledger.db import make_engine, migrate
 
 from .support import pg
 

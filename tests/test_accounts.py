@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from marketcare import accounts, ledger
-from marketcare.access import ALLOWED, MARKET_SCOPED, Action, Principal, Role, may
-from marketcare.models import ApiToken, User
+from marketcare.domain.access import ALLOWED, MARKET_SCOPED, Action, Principal, Role, may
+from marketcare.ledger import accounts
+from marketcare.ledger import materialise as ledger_materialise
+from marketcare.ledger.models import ApiToken, User
 
 from .conftest import make_market_yaml, make_schedule
 
@@ -21,7 +22,7 @@ PW = "a long enough password"
 @pytest.fixture
 def ledger_with_markets(engine: sa.Engine) -> sa.Engine:
     schedule = make_schedule(make_market_yaml("lizhong") + make_market_yaml("xinhua"))
-    ledger.materialise(engine, schedule, now=NOW, horizon=timedelta(days=1))
+    ledger_materialise.materialise(engine, schedule, now=NOW, horizon=timedelta(days=1))
     return engine
 
 

@@ -17,9 +17,12 @@ import pytest
 import sqlalchemy as sa
 from fastapi.routing import APIRoute
 
-from marketcare import accounts, api, evidence, ledger, rectification
-from marketcare.access import ALLOWED, MARKET_SCOPED, Action, Principal, Role
-from marketcare.models import Completion, User
+from marketcare.domain.access import ALLOWED, MARKET_SCOPED, Action, Principal, Role
+from marketcare.ledger import accounts, evidence
+from marketcare.ledger import problems as rectification
+from marketcare.ledger import tick as ledger_tick
+from marketcare.ledger.models import Completion, User
+from marketcare.web import api
 
 from .support.web import PASSWORD, USERS, Site, running_site, sign_in
 
@@ -614,7 +617,7 @@ def _photo_on_obligation(site: Site, market: str) -> Call:
     """The waste obligation of ``market`` carries a photo (ticked once, the first time)."""
     record = evidence.store_bytes("w.jpg", JPEG, site.settings.evidence_dir)
     ob = site.obligation(market, "waste")
-    ledger.tick(
+    ledger_tick.tick(
         site.engine,
         obligation_id=ob,
         by="mgr",

@@ -19,8 +19,8 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 
-from marketcare import accounts
-from marketcare.models import User
+from marketcare.ledger import accounts
+from marketcare.ledger.models import User
 
 from .support.web import Site, running_site
 

@@ -24,10 +24,12 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from marketcare import audit, demo, ledger
-from marketcare.db import make_engine, migrate
-from marketcare.pgmigrate import TableSum, sums
-from marketcare.schedules import load_paths
+from marketcare.domain.schedules import load_paths
+from marketcare.ledger import audit, demo
+from marketcare.ledger import materialise as ledger_materialise
+from marketcare.ledger import tick as ledger_tick
+from marketcare.ledger.db import make_engine, migrate
+from marketcare.ops.pgmigrate import TableSum, sums
 
 from .conftest import make_market_yaml, make_schedule_text
 from .support.procs import Proc, cli, command, make_env, start_daemon, wait_until
@@ -194,7 +196,7 @@ def change(ledger_: Ledger) -> None:
             oid = conn.execute(
                 sa.text("SELECT id FROM obligations WHERE state = 'open' LIMIT 1")
             ).scalar_one()
-        result = ledger.tick(
+        result = ledger_tick.tick(
             engine, obligation_id=oid, by="林秀英", now=datetime.now(UTC), token="after-backup"
         )
         assert result.changed, result.message
@@ -219,7 +221,7 @@ def test_a_backup_taken_while_the_daemon_materialises_and_ticks_arrive_is_consis
     engine = make_engine(f"sqlite:///{site.db}")
     migrate(engine)
     # a ledger that starts a day ago, so today's windows are open at the real now
-    ledger.materialise(engine, schedule, now=datetime.now(UTC) - DAY, horizon=DAY)
+    ledger_materialise.materialise(engine, schedule, now=datetime.now(UTC) - DAY, horizon=DAY)
     with engine.connect() as conn:
         open_ids = list(
             conn.execute(
@@ -244,7 +246,7 @@ def test_a_backup_taken_while_the_daemon_materialises_and_ticks_arrive_is_consis
                 if stop.is_set():
                     return
                 token = f"during-backup-{i}"
-                ledger.tick(
+                ledger_tick.tick(
                     engine, obligation_id=oid, by="林秀英", now=datetime.now(UTC), token=token
                 )
                 returned.append((token, time.monotonic()))

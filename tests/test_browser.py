@@ -14,10 +14,12 @@ import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Browser, Page, expect
 
-from marketcare import delivery, ledger, rectification
+from marketcare.domain.periods import Period
 from marketcare.i18n import translator
-from marketcare.models import ProblemRow
-from marketcare.periods import Period
+from marketcare.ledger import problems as rectification
+from marketcare.ledger import sweep as ledger_sweep
+from marketcare.ledger.models import ProblemRow
+from marketcare.reports import delivery
 from tests.support.browser import browser, context, screenshot, scroll_width, sign_in
 from tests.support.web import Site, running_site
 
@@ -252,7 +254,7 @@ def test_no_page_scrolls_sideways_on_a_phone_and_each_is_kept_at_both_widths(
     site: Site, browser: Browser, tmp_path: Path
 ) -> None:
     queue_a_report_email(site, tmp_path)
-    ledger.sweep_all(site.engine, now=site.clock.now())
+    ledger_sweep.sweep_all(site.engine, now=site.clock.now())
     too_wide: dict[str, int] = {}
     seen: list[str] = []
     for user, pages in pages_by_user(site).items():

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy as sa
 from icalendar import Calendar
 
-from marketcare.models import Obligation
+from marketcare.ledger.models import Obligation
 
 from .support.web import Site, running_site
 

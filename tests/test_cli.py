@@ -19,8 +19,8 @@ import time_machine
 from typer.testing import CliRunner, Result
 
 from marketcare.cli import app
-from marketcare.obligations import expand
-from marketcare.schedules import load_paths
+from marketcare.domain.obligations import expand
+from marketcare.domain.schedules import load_paths
 
 from .conftest import DISINFECTION, WASTE, database_url, make_market_yaml, utc
 from .support.procs import cli, database, make_env, query, scalar

@@ -18,11 +18,11 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from marketcare import ledger
-from marketcare.db import make_engine, migrate
-from marketcare.models import Obligation
-from marketcare.obligations import expand
-from marketcare.schedules import Schedule, load_paths
+from marketcare.domain.obligations import expand
+from marketcare.domain.schedules import Schedule, load_paths
+from marketcare.ledger import materialise as ledger_materialise
+from marketcare.ledger.db import make_engine, migrate
+from marketcare.ledger.models import Obligation
 
 from .conftest import DISINFECTION, WASTE, make_market_yaml, make_schedule_text
 from .support.procs import (
@@ -404,7 +404,7 @@ def test_two_ticks_on_one_obligation_at_the_same_moment_record_it_once(
     try:
         migrate(engine)
         now = datetime.now(UTC)
-        ledger.materialise(engine, load(env), now=now, horizon=DAY, start=now - DAY)
+        ledger_materialise.materialise(engine, load(env), now=now, horizon=DAY, start=now - DAY)
     finally:
         engine.dispose()
     ids = [r[0] for r in query(db, sa.select(Obligation.id).where(Obligation.opens_at <= now))]

@@ -10,11 +10,14 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from marketcare import delivery, ledger
-from marketcare.db import read, write
-from marketcare.mail import SmtpConfig
-from marketcare.models import OutboxMessage, ReportRecord, ReportRun
-from marketcare.periods import Period
+from marketcare.domain.periods import Period
+from marketcare.ledger import materialise as ledger_materialise
+from marketcare.ledger import sweep as ledger_sweep
+from marketcare.ledger import tick as ledger_tick
+from marketcare.ledger.db import read, write
+from marketcare.ledger.models import OutboxMessage, ReportRecord, ReportRun
+from marketcare.reports import delivery
+from marketcare.reports.mail import SmtpConfig
 
 from .conftest import database_url, make_market_yaml, make_schedule, make_schedule_text, utc
 from .support.smtp import SmtpServer
@@ -50,10 +53,10 @@ def make_history(engine: sa.Engine) -> None:
     """The week of 2026-11-23 with a done, a late and a missed obligation."""
     schedule = make_schedule()
     start = utc(2026, 11, 23, 0, 0)
-    ledger.materialise(engine, schedule, now=start, horizon=timedelta(days=7))
+    ledger_materialise.materialise(engine, schedule, now=start, horizon=timedelta(days=7))
     with read(engine) as conn:
         rows = conn.execute(sa.text("SELECT id, opens_at FROM obligations ORDER BY id")).all()
-    first = ledger.tick  # keep the line short below
+    first = ledger_tick.tick  # keep the line short below
     first(engine, obligation_id=rows[0].id, by="林秀英", now=utc(2026, 11, 23, 10, 40))
     first(
         engine,
@@ -62,7 +65,7 @@ def make_history(engine: sa.Engine) -> None:
         now=utc(2026, 11, 23, 14, 0),
         readings={"chlorine": 1000},
     )
-    ledger.sweep_all(engine, now=utc(2026, 11, 30, 0, 0))
+    ledger_sweep.sweep_all(engine, now=utc(2026, 11, 30, 0, 0))
 
 
 def export_week(engine: sa.Engine, tmp_path: Path, now=NOW) -> delivery.ExportResult:  # type: ignore[no-untyped-def]
@@ -101,7 +104,7 @@ def test_a_late_correction_becomes_a_new_revision_and_never_overwrites(
         missed = conn.execute(
             sa.text("SELECT id FROM obligations WHERE state='missed' LIMIT 1")
         ).scalar_one()
-    ledger.tick(engine, obligation_id=missed, by="补录", now=NOW, readings={"chlorine": 1000})
+    ledger_tick.tick(engine, obligation_id=missed, by="补录", now=NOW, readings={"chlorine": 1000})
     second = export_week(engine, tmp_path, now=NOW + timedelta(minutes=5))
     assert second.created and second.revision == 2
     assert second.path.name == "marketcare_week_2026-W48_r2.xlsx"
@@ -226,7 +229,7 @@ reports:
 def test_a_report_due_while_the_daemon_was_down_is_produced_once_on_start(
     engine: sa.Engine, tmp_path: Path
 ) -> None:
-    from marketcare.schedules import load_texts
+    from marketcare.domain.schedules import load_texts
 
     schedule = load_texts({"s.yaml": SCHEDULE_WITH_REPORTS}, default_timezone="Asia/Shanghai")
     delivery.plan_runs(engine, schedule, now=utc(2026, 11, 20, 0, 0))  # first sight: watermark only
@@ -254,8 +257,8 @@ def test_the_daemon_produces_and_emails_a_scheduled_report_once_after_downtime(
 ) -> None:
     import time_machine
 
-    from marketcare.daemon import Daemon
-    from marketcare.db import make_engine, migrate
+    from marketcare.ledger.db import make_engine, migrate
+    from marketcare.ops.daemon import Daemon
     from marketcare.settings import Settings
 
     (tmp_path / "schedules").mkdir()

@@ -14,9 +14,9 @@ import pytest
 import sqlalchemy as sa
 import time_machine
 
-from marketcare.daemon import Daemon
-from marketcare.db import make_engine, migrate, read
-from marketcare.models import Event, Obligation
+from marketcare.ledger.db import make_engine, migrate, read
+from marketcare.ledger.models import Event, Obligation
+from marketcare.ops.daemon import Daemon
 from marketcare.settings import load_settings
 
 from .conftest import database_url, make_market_yaml, make_schedule_text, utc

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from marketcare.obligations import expand
-from marketcare.schedules import load_texts
+from marketcare.domain.obligations import expand
+from marketcare.domain.schedules import load_texts
 
 from .support.procs import LIVENESS, Proc, database, make_env, query, start_daemon, wait_until
 from .support.smtp import SmtpServer

@@ -7,11 +7,15 @@ from datetime import timedelta
 import pytest
 import sqlalchemy as sa
 
-from marketcare import audit, ledger
-from marketcare.db import read, write
+from marketcare.domain.obligations import State, expand
 from marketcare.errors import NotFound, TickRefused
-from marketcare.models import Completion, Event, Obligation
-from marketcare.obligations import State, expand
+from marketcare.ledger import audit
+from marketcare.ledger import materialise as ledger_materialise
+from marketcare.ledger import readmodel as ledger_readmodel
+from marketcare.ledger import sweep as ledger_sweep
+from marketcare.ledger import tick as ledger_tick
+from marketcare.ledger.db import read, write
+from marketcare.ledger.models import Completion, Event, Obligation
 
 from .conftest import DISINFECTION, WASTE, make_market_yaml, make_schedule, utc
 
@@ -40,20 +44,20 @@ def obligation(engine: sa.Engine, key_part: str) -> sa.Row:  # type: ignore[type
 
 def test_materialising_creates_each_obligation_of_the_horizon_once(engine: sa.Engine) -> None:
     schedule = make_schedule()
-    result = ledger.materialise(engine, schedule, now=NOW, horizon=2 * DAY)
+    result = ledger_materialise.materialise(engine, schedule, now=NOW, horizon=2 * DAY)
     assert result.created == len(expand(schedule, NOW, NOW + 2 * DAY)) == 6
-    again = ledger.materialise(engine, schedule, now=NOW, horizon=2 * DAY)
+    again = ledger_materialise.materialise(engine, schedule, now=NOW, horizon=2 * DAY)
     assert again.created == 0
     assert len(keys(engine)) == 6
 
 
 def test_materialising_from_an_old_watermark_replays_the_downtime(engine: sa.Engine) -> None:
     schedule = make_schedule()
-    ledger.materialise(engine, schedule, now=NOW, horizon=DAY)
+    ledger_materialise.materialise(engine, schedule, now=NOW, horizon=DAY)
     later = NOW + 3 * DAY
-    ledger.materialise(engine, schedule, now=later, horizon=DAY)
+    ledger_materialise.materialise(engine, schedule, now=later, horizon=DAY)
     assert len(keys(engine)) == len(expand(schedule, NOW, later + DAY))
-    swept = ledger.sweep_all(engine, now=later)
+    swept = ledger_sweep.sweep_all(engine, now=later)
     assert swept.missed == 9  # three days of two areas and one market-wide task
 
 
@@ -61,60 +65,62 @@ def test_a_second_schedule_run_never_duplicates_even_with_overlapping_starts(
     engine: sa.Engine,
 ) -> None:
     schedule = make_schedule()
-    ledger.materialise(engine, schedule, now=NOW, horizon=3 * DAY)
+    ledger_materialise.materialise(engine, schedule, now=NOW, horizon=3 * DAY)
     with write(engine) as conn:  # pretend a crash left the watermark behind
         conn.execute(
             sa.text("UPDATE ledger_state SET materialised_until = :t"),
             {"t": NOW.replace(tzinfo=None)},
         )
-    ledger.materialise(engine, schedule, now=NOW, horizon=3 * DAY)
+    ledger_materialise.materialise(engine, schedule, now=NOW, horizon=3 * DAY)
     assert len(keys(engine)) == len(set(keys(engine))) == 9
 
 
 def test_the_sweep_opens_then_misses_after_grace(engine: sa.Engine) -> None:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
     closing = utc(2026, 11, 27, 10, 30)
-    assert ledger.sweep_all(engine, now=closing).opened == 3
+    assert ledger_sweep.sweep_all(engine, now=closing).opened == 3
     assert obligation(engine, "veg|disinfect").state == "open"
     # disinfection due closing+2h, grace 1h
     assert (
-        ledger.sweep_all(engine, now=closing + timedelta(hours=2, minutes=59)).missed == 1
+        ledger_sweep.sweep_all(engine, now=closing + timedelta(hours=2, minutes=59)).missed == 1
     )  # waste
-    assert ledger.sweep_all(engine, now=closing + timedelta(hours=3)).missed == 2
+    assert ledger_sweep.sweep_all(engine, now=closing + timedelta(hours=3)).missed == 2
 
 
 def test_a_tick_on_time_is_done_and_a_second_tick_changes_nothing(engine: sa.Engine) -> None:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
     ob = obligation(engine, "aquatic|disinfect")
     at = ob.opens_at + timedelta(minutes=30)
-    first = ledger.tick(
+    first = ledger_tick.tick(
         engine, obligation_id=ob.id, by="林秀英", now=at, readings={"chlorine": 1000}
     )
     assert first.state == State.DONE and first.changed
-    second = ledger.tick(
+    second = ledger_tick.tick(
         engine, obligation_id=ob.id, by="陈建国", now=at, readings={"chlorine": 1000}
     )
     assert not second.changed and "already done" in second.message and "林秀英" in second.message
-    assert len(ledger.completions_of(engine, ob.id)) == 1
+    assert len(ledger_readmodel.completions_of(engine, ob.id)) == 1
 
 
 def test_the_same_client_token_records_once(engine: sa.Engine) -> None:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
     ob = obligation(engine, "|waste|")
     at = ob.opens_at + timedelta(minutes=5)
-    ledger.tick(engine, obligation_id=ob.id, by="a", now=at, token="t-1")
-    replay = ledger.tick(engine, obligation_id=ob.id, by="a", now=at, token="t-1")
+    ledger_tick.tick(engine, obligation_id=ob.id, by="a", now=at, token="t-1")
+    replay = ledger_tick.tick(engine, obligation_id=ob.id, by="a", now=at, token="t-1")
     assert not replay.changed and "same submission" in replay.message
 
 
 def test_a_reading_out_of_range_marks_failed_and_a_redo_completes_it(engine: sa.Engine) -> None:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
     ob = obligation(engine, "aquatic|disinfect")
     at = ob.opens_at + timedelta(minutes=10)
-    failed = ledger.tick(engine, obligation_id=ob.id, by="a", now=at, readings={"chlorine": 300})
+    failed = ledger_tick.tick(
+        engine, obligation_id=ob.id, by="a", now=at, readings={"chlorine": 300}
+    )
     assert failed.state == State.FAILED and "chlorine" in failed.failures
     assert "900–1200 mg/L" in failed.message
-    redo = ledger.tick(
+    redo = ledger_tick.tick(
         engine,
         obligation_id=ob.id,
         by="a",
@@ -122,45 +128,49 @@ def test_a_reading_out_of_range_marks_failed_and_a_redo_completes_it(engine: sa.
         readings={"chlorine": 1000},
     )
     assert redo.state == State.DONE
-    outcomes = [c.outcome for c in ledger.completions_of(engine, ob.id)]
+    outcomes = [c.outcome for c in ledger_readmodel.completions_of(engine, ob.id)]
     assert outcomes == ["failed", "done"]
 
 
 def test_the_range_depends_on_the_area_kind(engine: sa.Engine) -> None:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
     veg = obligation(engine, "veg|disinfect")
-    result = ledger.tick(
+    result = ledger_tick.tick(
         engine, obligation_id=veg.id, by="a", now=veg.opens_at, readings={"chlorine": 500}
     )
     assert result.state == State.DONE
 
 
 def test_a_tick_before_the_window_opens_is_refused_with_the_opening_time(engine: sa.Engine) -> None:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
     ob = obligation(engine, "|waste|")
     with pytest.raises(TickRefused, match="opens at 2026-11-27 18:30 CST"):
-        ledger.tick(engine, obligation_id=ob.id, by="a", now=NOW)
-    assert ledger.completions_of(engine, ob.id) == []
+        ledger_tick.tick(engine, obligation_id=ob.id, by="a", now=NOW)
+    assert ledger_readmodel.completions_of(engine, ob.id) == []
 
 
 def test_a_late_tick_after_a_miss_is_kept_as_late(engine: sa.Engine) -> None:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
     ob = obligation(engine, "|waste|")
-    ledger.sweep_all(engine, now=ob.missed_at + timedelta(minutes=1))
+    ledger_sweep.sweep_all(engine, now=ob.missed_at + timedelta(minutes=1))
     assert obligation(engine, "|waste|").state == "missed"
-    result = ledger.tick(engine, obligation_id=ob.id, by="a", now=ob.missed_at + timedelta(hours=1))
+    result = ledger_tick.tick(
+        engine, obligation_id=ob.id, by="a", now=ob.missed_at + timedelta(hours=1)
+    )
     assert result.state == State.LATE and "90 min after due" in result.message
 
 
 def test_missing_or_unknown_readings_are_refused_and_change_nothing(engine: sa.Engine) -> None:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
     ob = obligation(engine, "veg|disinfect")
     with pytest.raises(TickRefused, match="missing reading.*chlorine"):
-        ledger.tick(engine, obligation_id=ob.id, by="a", now=ob.opens_at)
+        ledger_tick.tick(engine, obligation_id=ob.id, by="a", now=ob.opens_at)
     with pytest.raises(TickRefused, match="unknown reading 'chlorin'"):
-        ledger.tick(engine, obligation_id=ob.id, by="a", now=ob.opens_at, readings={"chlorin": 500})
+        ledger_tick.tick(
+            engine, obligation_id=ob.id, by="a", now=ob.opens_at, readings={"chlorin": 500}
+        )
     with pytest.raises(TickRefused, match="unknown item 'bogus'"):
-        ledger.tick(
+        ledger_tick.tick(
             engine,
             obligation_id=ob.id,
             by="a",
@@ -173,29 +183,31 @@ def test_missing_or_unknown_readings_are_refused_and_change_nothing(engine: sa.E
 
 def test_ticking_an_unknown_obligation_says_so(engine: sa.Engine) -> None:
     with pytest.raises(NotFound):
-        ledger.tick(engine, obligation_id=999, by="a", now=NOW)
+        ledger_tick.tick(engine, obligation_id=999, by="a", now=NOW)
 
 
 def test_a_schedule_change_applies_to_the_future_only(engine: sa.Engine) -> None:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=2 * DAY)
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=2 * DAY)
     ob = obligation(engine, "aquatic|disinfect")
-    ledger.tick(engine, obligation_id=ob.id, by="a", now=ob.opens_at, readings={"chlorine": 1000})
+    ledger_tick.tick(
+        engine, obligation_id=ob.id, by="a", now=ob.opens_at, readings={"chlorine": 1000}
+    )
     # later that evening the disinfection task is removed from the schedule
     evening = ob.opens_at + timedelta(minutes=30)
-    ledger.materialise(engine, make_schedule(tasks=WASTE), now=evening, horizon=2 * DAY)
+    ledger_materialise.materialise(engine, make_schedule(tasks=WASTE), now=evening, horizon=2 * DAY)
     remaining = keys(engine)
     assert any("2026-11-27" in k and "disinfect" in k for k in remaining)  # open or past: kept
     assert not any("2026-11-28" in k and "disinfect" in k for k in remaining)  # future: withdrawn
-    assert len(ledger.completions_of(engine, ob.id)) == 1
+    assert len(ledger_readmodel.completions_of(engine, ob.id)) == 1
     with read(engine) as conn:
         actions = list(conn.execute(sa.select(Event.action)).scalars())
     assert "withdrawn" in actions and "schedule_applied" in actions
 
 
 def test_changed_hours_move_upcoming_obligations_but_not_open_ones(engine: sa.Engine) -> None:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=2 * DAY)
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=2 * DAY)
     later = make_schedule(markets=make_market_yaml(hours='{daily: "06:00-20:00"}'))
-    ledger.materialise(engine, later, now=NOW, horizon=2 * DAY)
+    ledger_materialise.materialise(engine, later, now=NOW, horizon=2 * DAY)
     ob = obligation(engine, "aquatic|disinfect|2026-11-27")
     assert ob.opens_at == utc(2026, 11, 27, 12, 0)  # 20:00 CST
 
@@ -204,21 +216,21 @@ def test_a_closed_day_declared_afterwards_excuses_its_obligations_with_the_reaso
     engine: sa.Engine,
 ) -> None:
     schedule = make_schedule()
-    ledger.materialise(engine, schedule, now=NOW, horizon=DAY)
+    ledger_materialise.materialise(engine, schedule, now=NOW, horizon=DAY)
     after = utc(2026, 11, 27, 16, 0)
-    ledger.sweep_all(engine, now=after)
+    ledger_sweep.sweep_all(engine, now=after)
     closed = make_schedule(
         markets=make_market_yaml(closed="[{date: 2026-11-27, reason: 停水检修}]")
     )
-    result = ledger.materialise(engine, closed, now=after, horizon=DAY)
+    result = ledger_materialise.materialise(engine, closed, now=after, horizon=DAY)
     assert result.excused == 3
     ob = obligation(engine, "|waste|2026-11-27")
     assert ob.state == "excused" and ob.note == "停水检修"
 
 
 def test_the_audit_chain_verifies_and_names_the_first_altered_event(engine: sa.Engine) -> None:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
-    ledger.sweep_all(engine, now=NOW + DAY)
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ledger_sweep.sweep_all(engine, now=NOW + DAY)
     with read(engine) as conn:
         assert audit.verify(conn).ok
         n = conn.execute(sa.select(sa.func.count()).select_from(Event)).scalar_one()
@@ -231,8 +243,8 @@ def test_the_audit_chain_verifies_and_names_the_first_altered_event(engine: sa.E
 
 
 def test_the_audit_chain_notices_a_removed_event_and_a_removed_tail(engine: sa.Engine) -> None:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
-    ledger.sweep_all(engine, now=NOW + DAY)
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ledger_sweep.sweep_all(engine, now=NOW + DAY)
     with write(engine) as conn:
         last = conn.execute(sa.select(sa.func.max(Event.seq))).scalar_one()
         conn.execute(sa.delete(Event).where(Event.seq == last))
@@ -247,10 +259,12 @@ def test_the_audit_chain_notices_a_removed_event_and_a_removed_tail(engine: sa.E
 
 
 def test_every_state_change_is_in_the_event_log(engine: sa.Engine) -> None:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
     ob = obligation(engine, "|waste|")
-    ledger.sweep_all(engine, now=ob.opens_at)
-    ledger.tick(engine, obligation_id=ob.id, by="郑海峰", now=ob.opens_at + timedelta(minutes=1))
+    ledger_sweep.sweep_all(engine, now=ob.opens_at)
+    ledger_tick.tick(
+        engine, obligation_id=ob.id, by="郑海峰", now=ob.opens_at + timedelta(minutes=1)
+    )
     with read(engine) as conn:
         trail = conn.execute(
             sa.select(Event.action, Event.from_state, Event.to_state, Event.actor)
@@ -264,20 +278,20 @@ def test_every_state_change_is_in_the_event_log(engine: sa.Engine) -> None:
 
 
 def test_the_board_lists_overdue_first(engine: sa.Engine) -> None:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
     late = utc(2026, 11, 27, 12, 45)  # waste missed (20:00), disinfection due 20:30 not yet
-    rows = ledger.board(engine, day=NOW.date(), now=late)
+    rows = ledger_readmodel.board(engine, day=NOW.date(), now=late)
     assert [r.task_id for r in rows][0] == "waste"
     assert rows[0].state == State.MISSED and rows[0].overdue
     assert rows[0].as_json()["due_at"] == "2026-11-27T19:30:00+08:00"
 
 
 def test_completions_are_stored_with_who_and_what(engine: sa.Engine) -> None:
-    ledger.materialise(
+    ledger_materialise.materialise(
         engine, make_schedule(markets=None, tasks=DISINFECTION), now=NOW, horizon=DAY
     )
     ob = obligation(engine, "veg|disinfect")
-    ledger.tick(
+    ledger_tick.tick(
         engine,
         obligation_id=ob.id,
         by="吴丽娟",
@@ -298,18 +312,18 @@ def test_completions_are_stored_with_who_and_what(engine: sa.Engine) -> None:
 def test_a_schedule_edit_adds_updates_and_deactivates_markets_and_areas(
     engine: sa.Engine,
 ) -> None:
-    from marketcare.models import AreaRow, MarketRow
+    from marketcare.ledger.models import AreaRow, MarketRow
 
     now = utc(2026, 11, 23, 1)
     first = make_schedule(make_market_yaml("lizhong") + make_market_yaml("xinhua"))
-    ledger.materialise(engine, first, now=now, horizon=timedelta(hours=1))
+    ledger_materialise.materialise(engine, first, now=now, horizon=timedelta(hours=1))
     second = make_schedule(
         make_market_yaml(
             "lizhong",
             areas="[{id: aquatic, kind: aquatic, m2: 650}, {id: meat, kind: meat, m2: 300}]",
         )
     )
-    ledger.materialise(engine, second, now=now, horizon=timedelta(hours=1))
+    ledger_materialise.materialise(engine, second, now=now, horizon=timedelta(hours=1))
     with read(engine) as conn:
         markets = {r.id: r.active for r in conn.execute(sa.select(MarketRow))}
         areas = {

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 
-from marketcare.mail import DeliveryError, SmtpConfig, build_message, send
+from marketcare.reports.mail import DeliveryError, SmtpConfig, build_message, send
 
 from .support.smtp import Handler, free_port
 from .support.tls import Certificates, make_certificates, openssl_available

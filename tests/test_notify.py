@@ -16,12 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 import sqlalchemy as sa
 
-from marketcare import ledger, notify, rectification
-from marketcare.db import read
-from marketcare.errors import ScheduleError
-from marketcare.mail import SmtpConfig
-from marketcare.models import Notification, NotifyMessage, Obligation
-from marketcare.schedules import (
+from marketcare.domain.schedules import (
     EscalationPolicy,
     EscalationStep,
     Person,
@@ -29,6 +24,15 @@ from marketcare.schedules import (
     Schedule,
     load_texts,
 )
+from marketcare.errors import ScheduleError
+from marketcare.ledger import materialise as ledger_materialise
+from marketcare.ledger import problems as rectification
+from marketcare.ledger import sweep as ledger_sweep
+from marketcare.ledger import tick as ledger_tick
+from marketcare.ledger.db import read
+from marketcare.ledger.models import Notification, NotifyMessage, Obligation
+from marketcare.reports import notify
+from marketcare.reports.mail import SmtpConfig
 
 from .conftest import DISINFECTION, WASTE, make_market_yaml, make_schedule_text, utc
 from .support.smtp import SmtpServer, free_port
@@ -149,7 +153,7 @@ def make_notify_schedule(
 
 def start_ledger(engine: sa.Engine, schedule: Schedule) -> None:
     """Obligations for the day, and the notification watermark set at NOW."""
-    ledger.materialise(engine, schedule, now=NOW, horizon=timedelta(days=1))
+    ledger_materialise.materialise(engine, schedule, now=NOW, horizon=timedelta(days=1))
     notify.materialise(engine, schedule, now=NOW, sender=SENDER)
 
 
@@ -223,7 +227,9 @@ def test_a_completed_obligation_gets_no_further_escalation(
     run(engine, schedule, smtp, OPENS + timedelta(minutes=1))
     done_at = OPENS + timedelta(minutes=50)
     ob = obligation_id(engine)
-    ledger.tick(engine, obligation_id=ob, by="林秀英", now=done_at, readings={"chlorine": 1000})
+    ledger_tick.tick(
+        engine, obligation_id=ob, by="林秀英", now=done_at, readings={"chlorine": 1000}
+    )
     run(engine, schedule, smtp, DUE + timedelta(hours=6))
     assert len(smtp.received) == 1
     with read(engine) as conn:
@@ -252,7 +258,9 @@ def test_a_message_held_by_quiet_hours_is_cancelled_once_the_work_is_done(
     run(engine, schedule, smtp, OPENS + timedelta(minutes=1))
     done_at = OPENS + timedelta(minutes=40)
     ob = obligation_id(engine)
-    ledger.tick(engine, obligation_id=ob, by="林秀英", now=done_at, readings={"chlorine": 1000})
+    ledger_tick.tick(
+        engine, obligation_id=ob, by="林秀英", now=done_at, readings={"chlorine": 1000}
+    )
     result = run(engine, schedule, smtp, utc(2026, 11, 27, 15, 0))
     assert result.cancelled == 1 and not smtp.received
     assert [m.state for m in messages(engine)] == ["cancelled"]
@@ -272,7 +280,7 @@ def test_the_digest_batches_a_days_items_into_one_message_per_market(
         run(engine, schedule, smtp, at)
     assert not smtp.received  # nothing before 22:00 local (14:00 UTC)
     veg = next(o for o in _obligations(engine) if o.area_id == "veg")  # done: left out
-    ledger.tick(engine, obligation_id=veg.id, by="陈建国", now=DUE, readings={"chlorine": 500})
+    ledger_tick.tick(engine, obligation_id=veg.id, by="陈建国", now=DUE, readings={"chlorine": 500})
     run(engine, schedule, smtp, utc(2026, 11, 27, 14, 0))
     (mail,) = mail_to(smtp, "lin@example.org")
     body = mail.get_content()
@@ -294,7 +302,7 @@ def test_downtime_catch_up_produces_each_due_notification_once(
     schedule = make_notify_schedule()
     start_ledger(engine, schedule)
     back = DUE + timedelta(hours=5)  # the daemon was down all evening
-    ledger.sweep_all(engine, now=back)
+    ledger_sweep.sweep_all(engine, now=back)
     first = notify.materialise(engine, schedule, now=back, sender=SENDER)
     again = notify.materialise(engine, schedule, now=back + timedelta(minutes=1), sender=SENDER)
     assert first.created == 4 and again.created == 0

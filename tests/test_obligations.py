@@ -12,7 +12,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from marketcare.obligations import (
+from marketcare.domain.obligations import (
     Planned,
     State,
     completion_outcome,
@@ -24,7 +24,7 @@ from marketcare.obligations import (
     state_by_clock,
     to_utc,
 )
-from marketcare.schedules import Schedule, load_paths, load_texts
+from marketcare.domain.schedules import Schedule, load_paths, load_texts
 
 SAMPLE = Path(__file__).resolve().parents[1] / "schedules"
 SHANGHAI = ZoneInfo("Asia/Shanghai")

@@ -9,8 +9,8 @@ import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
-from marketcare import leader
-from marketcare.models import Obligation
+from marketcare.ledger import leader
+from marketcare.ledger.models import Obligation
 
 from .support.web import Site, running_site
 

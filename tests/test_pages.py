@@ -11,7 +11,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from marketcare.models import Completion, Obligation, ProblemRow
+from marketcare.ledger.models import Completion, Obligation, ProblemRow
 from tests.support.web import Site, running_site
 
 #: the smallest thing the evidence store takes for a JPEG (it sniffs the first bytes)

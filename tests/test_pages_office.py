@@ -15,10 +15,14 @@ import openpyxl
 import pytest
 import sqlalchemy as sa
 
-from marketcare import delivery, ledger, rectification, views
-from marketcare.models import ProblemRow
-from marketcare.pages_office import pct
-from marketcare.periods import Period
+from marketcare.domain.periods import Period
+from marketcare.ledger import problems as rectification
+from marketcare.ledger import sweep as ledger_sweep
+from marketcare.ledger import tick as ledger_tick
+from marketcare.ledger.models import ProblemRow
+from marketcare.reports import delivery
+from marketcare.reports.dashboard import figures as dashboard_figures
+from marketcare.web.pages_office import pct
 from tests.support.web import PASSWORD, Site, running_site, sign_in
 
 ALL = ["lizhong", "xinhua"]
@@ -100,7 +104,7 @@ def test_the_dashboard_shows_every_market_with_the_figures_the_exports_count(
     tmp_path: Path,
 ) -> None:
     with running_site(tmp_path / "site") as site, signed_in(site, "office") as office:
-        ledger.tick(
+        ledger_tick.tick(
             site.engine,
             obligation_id=site.obligation("lizhong", "disinfect", "aquatic"),
             by="mgr_a",
@@ -110,7 +114,7 @@ def test_the_dashboard_shows_every_market_with_the_figures_the_exports_count(
         )
         late = make_problem(site, "xinhua", days=-1, description="冷库门封条破损")
         site.clock.advance(hours=4)  # 23:00: the rest of the evening's work was missed
-        ledger.sweep_all(site.engine, now=site.clock.now())
+        ledger_sweep.sweep_all(site.engine, now=site.clock.now())
         assert_dashboard_matches_the_rules(site, office, late, tmp_path / "exports")
 
 
@@ -121,7 +125,7 @@ def assert_dashboard_matches_the_rules(
     page = office.get("/office")
 
     assert page.status_code == 200
-    figures = views.dashboard(site.engine, now=now, market_ids=ALL)
+    figures = dashboard_figures(site.engine, now=now, market_ids=ALL)
     assert [f.market.id for f in figures] == ALL
     for f in figures:
         assert f.market.name in page.text
@@ -155,7 +159,7 @@ def assert_dashboard_matches_the_rules(
 
 
 def test_nothing_due_shows_a_dash_not_zero_percent(site: Site, office: httpx.Client) -> None:
-    figures = views.dashboard(site.engine, now=site.clock.now(), market_ids=ALL)
+    figures = dashboard_figures(site.engine, now=site.clock.now(), market_ids=ALL)
     nothing_due = [f for f in figures if f.today_due == 0]
     assert nothing_due, "at 19:00 on the first day nothing is due yet in some market"
     page = office.get("/office").text

@@ -7,14 +7,17 @@ from datetime import date, timedelta
 import pytest
 import sqlalchemy as sa
 
-from marketcare import ledger, rectification
-from marketcare.db import read
+from marketcare.domain.obligations import State
+from marketcare.domain.periods import Period
+from marketcare.domain.schedules import load_texts
 from marketcare.errors import TickRefused
-from marketcare.models import Obligation
-from marketcare.obligations import State
-from marketcare.periods import Period
-from marketcare.pestcontrol import contract_status
-from marketcare.schedules import load_texts
+from marketcare.ledger import materialise as ledger_materialise
+from marketcare.ledger import problems as rectification
+from marketcare.ledger import readmodel as ledger_readmodel
+from marketcare.ledger import tick as ledger_tick
+from marketcare.ledger.db import read
+from marketcare.ledger.models import Obligation
+from marketcare.ledger.pestcontrol import contract_status
 
 from .conftest import make_market_yaml, utc
 
@@ -51,14 +54,16 @@ def visits(engine: sa.Engine) -> list[int]:
 
 def test_a_visit_record_keeps_the_agents_and_findings_in_words(engine: sa.Engine) -> None:
     schedule = make_pest_schedule()
-    ledger.materialise(engine, schedule, now=utc(2026, 11, 1, 0, 0), horizon=timedelta(days=30))
+    ledger_materialise.materialise(
+        engine, schedule, now=utc(2026, 11, 1, 0, 0), horizon=timedelta(days=30)
+    )
     first = visits(engine)[0]
     at = utc(2026, 11, 2, 1, 0)
     with pytest.raises(TickRefused, match="missing text.*agents"):
-        ledger.tick(
+        ledger_tick.tick(
             engine, obligation_id=first, by="技术员 王强", now=at, readings={"fresh-droppings": 0}
         )
-    result = ledger.tick(
+    result = ledger_tick.tick(
         engine,
         obligation_id=first,
         by="技术员 王强",
@@ -67,7 +72,7 @@ def test_a_visit_record_keeps_the_agents_and_findings_in_words(engine: sa.Engine
         texts={"agents": "溴敌隆毒饵 50 g", "findings": "未见新鲜鼠迹"},
     )
     assert result.state == State.DONE
-    (completion,) = ledger.completions_of(engine, first)
+    (completion,) = ledger_readmodel.completions_of(engine, first)
     assert completion.items == {
         "rats": True,
         "agents": "溴敌隆毒饵 50 g",
@@ -77,10 +82,12 @@ def test_a_visit_record_keeps_the_agents_and_findings_in_words(engine: sa.Engine
 
 def test_fresh_droppings_fail_the_visit_and_raise_a_pest_problem(engine: sa.Engine) -> None:
     schedule = make_pest_schedule()
-    ledger.materialise(engine, schedule, now=utc(2026, 11, 1, 0, 0), horizon=timedelta(days=30))
+    ledger_materialise.materialise(
+        engine, schedule, now=utc(2026, 11, 1, 0, 0), horizon=timedelta(days=30)
+    )
     first = visits(engine)[0]
     at = utc(2026, 11, 2, 1, 0)
-    result = ledger.tick(
+    result = ledger_tick.tick(
         engine,
         obligation_id=first,
         by="王强",
@@ -98,13 +105,15 @@ def test_a_contractor_who_came_twice_where_four_visits_were_agreed_is_short_by_t
     engine: sa.Engine,
 ) -> None:
     schedule = make_pest_schedule()
-    ledger.materialise(engine, schedule, now=utc(2026, 11, 1, 0, 0), horizon=timedelta(days=30))
+    ledger_materialise.materialise(
+        engine, schedule, now=utc(2026, 11, 1, 0, 0), horizon=timedelta(days=30)
+    )
     for ob in visits(engine)[:2]:
         with read(engine) as conn:
             opens = conn.execute(
                 sa.select(Obligation.opens_at).where(Obligation.id == ob)
             ).scalar_one()
-        ledger.tick(
+        ledger_tick.tick(
             engine,
             obligation_id=ob,
             by="王强",

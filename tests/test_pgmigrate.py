@@ -17,14 +17,17 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import make_url
 
-from marketcare import accounts, audit, demo, ledger, rectification
-from marketcare.access import Role
-from marketcare.daemon import Daemon
-from marketcare.db import make_engine, migrate
-from marketcare.leader import SqliteFileLock
-from marketcare.models import AreaRow, Completion, Obligation, ProblemRow
-from marketcare.pgmigrate import TableSum, sums
-from marketcare.schedules import Schedule, load_paths
+from marketcare.domain import checklists
+from marketcare.domain.access import Role
+from marketcare.domain.schedules import Schedule, load_paths
+from marketcare.ledger import accounts, audit, demo
+from marketcare.ledger import problems as rectification
+from marketcare.ledger import tick as ledger_tick
+from marketcare.ledger.db import make_engine, migrate
+from marketcare.ledger.leader import SqliteFileLock
+from marketcare.ledger.models import AreaRow, Completion, Obligation, ProblemRow
+from marketcare.ops.daemon import Daemon
+from marketcare.ops.pgmigrate import TableSum, sums
 from marketcare.settings import load_settings
 
 from .conftest import ROOT
@@ -104,12 +107,12 @@ def tick_an_open_obligation(engine: sa.Engine, schedule: Schedule) -> int | None
         ).one_or_none()
     if row is None:
         return None
-    checklist = ledger.checklist_of(schedule, row.task_id, row.kind)
+    checklist = checklists.checklist_of(schedule, row.task_id, row.kind)
     readings = {}
     for r in checklist.readings:
         lo, hi = r.range or (None, None)
         readings[r.id] = (lo + hi) / 2 if lo is not None and hi is not None else (lo or hi or 1)
-    result = ledger.tick(
+    result = ledger_tick.tick(
         engine,
         obligation_id=row.id,
         by="林秀英",

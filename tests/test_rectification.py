@@ -9,11 +9,14 @@ import pytest
 import sqlalchemy as sa
 from openpyxl import Workbook
 
-from marketcare import audit, ledger, rectification
-from marketcare.db import read
+from marketcare.domain.problems import ProblemState, rectification_rate
 from marketcare.errors import MarketcareError
-from marketcare.models import Obligation
-from marketcare.problems import ProblemState, rectification_rate
+from marketcare.ledger import audit
+from marketcare.ledger import materialise as ledger_materialise
+from marketcare.ledger import problems as rectification
+from marketcare.ledger import sweep as ledger_sweep
+from marketcare.ledger.db import read
+from marketcare.ledger.models import Obligation
 
 from .conftest import make_schedule, utc
 
@@ -22,7 +25,7 @@ NOW = utc(2026, 11, 27, 2, 0)
 
 @pytest.fixture
 def ready(engine: sa.Engine) -> sa.Engine:
-    ledger.materialise(engine, make_schedule(), now=NOW, horizon=timedelta(days=1))
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=timedelta(days=1))
     return engine
 
 
@@ -209,9 +212,9 @@ def test_a_missed_obligation_raises_one_problem_when_its_task_asks_for_it(
 
     raising = WASTE + "    raise_problem: {when: [missed], category: sanitation, within: 1d}\n"
     schedule = make_schedule(tasks=raising)
-    ledger.materialise(engine, schedule, now=NOW, horizon=timedelta(days=1))
+    ledger_materialise.materialise(engine, schedule, now=NOW, horizon=timedelta(days=1))
     later = utc(2026, 11, 27, 13, 0)  # waste clearance missed at 20:00 CST
-    ledger.sweep_all(engine, now=later)
+    ledger_sweep.sweep_all(engine, now=later)
     assert rectification.raise_from_obligations(engine, schedule, now=later) == 1
     assert rectification.raise_from_obligations(engine, schedule, now=later) == 0
     (row,) = rectification.listing(engine, now=later)
@@ -224,8 +227,8 @@ def test_the_weekly_export_lists_late_problems_and_the_rectification_rate(
 ) -> None:
     import openpyxl
 
-    from marketcare import delivery
-    from marketcare.periods import Period
+    from marketcare.domain.periods import Period
+    from marketcare.reports import delivery
 
     fixed, _ = rectification.add(
         ready, make_problem(description="灯具损坏", deadline=NOW + timedelta(days=1)), now=NOW

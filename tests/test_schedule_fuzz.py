@@ -10,8 +10,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from marketcare.errors import ScheduleError
-from marketcare.schedules import (
+from marketcare.domain.schedules import (
     Area,
     ChecklistItem,
     ClosedSpan,
@@ -22,8 +21,9 @@ from marketcare.schedules import (
     Task,
     load_texts,
 )
-from marketcare.vocabulary import WEEKDAYS, AreaKind, TaskKind
-from marketcare.yamlsource import YamlSourceError, decode
+from marketcare.domain.vocabulary import WEEKDAYS, AreaKind, TaskKind
+from marketcare.domain.yamlsource import YamlSourceError, decode
+from marketcare.errors import ScheduleError
 
 TZ = "Asia/Shanghai"
 SAMPLE = Path(__file__).resolve().parents[1] / "schedules"

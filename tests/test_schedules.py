@@ -11,10 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from marketcare.domain.schedules import Schedule, load_paths, load_texts
+from marketcare.domain.vocabulary import WEEKDAYS, AreaKind, TaskKind
+from marketcare.domain.yamlsource import MAX_FILE_BYTES
 from marketcare.errors import ScheduleError, SourceError
-from marketcare.schedules import Schedule, load_paths, load_texts
-from marketcare.vocabulary import WEEKDAYS, AreaKind, TaskKind
-from marketcare.yamlsource import MAX_FILE_BYTES
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "schedules"
@@ -208,7 +208,14 @@ def test_every_yaml_example_in_the_docs_loads_unless_marked_invalid(line: int, b
 
 
 def test_the_docs_describe_every_key_of_the_format() -> None:
-    from marketcare.schedules import Area, ChecklistItem, ClosedSpan, Market, Recurrence, Task
+    from marketcare.domain.schedules import (
+        Area,
+        ChecklistItem,
+        ClosedSpan,
+        Market,
+        Recurrence,
+        Task,
+    )
 
     text = DOCS.read_text(encoding="utf-8")
     for model in (Market, Area, ClosedSpan, Task, Recurrence, ChecklistItem):

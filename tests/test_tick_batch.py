@@ -1,5 +1,5 @@
 """Group commit of ticks: the ``TickWriter`` records many ticks in one transaction, each in
-its own savepoint, with exactly the rule (and the rows) of ``ledger.tick`` one by one.
+its own savepoint, with exactly the rule (and the rows) of ``ledger_tick.tick`` one by one.
 
 Batches are made deterministic without timing: a writer made with ``start=False`` only
 queues, so every request submitted before ``start()`` is in its first batch.
@@ -17,11 +17,15 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy import event
 
-from marketcare import audit, ledger
-from marketcare.db import make_engine, migrate, read
+from marketcare.domain.obligations import State
 from marketcare.errors import MarketcareError, NotFound, TickRefused
-from marketcare.models import Completion, Event, Obligation
-from marketcare.obligations import State
+from marketcare.ledger import audit
+from marketcare.ledger import materialise as ledger_materialise
+from marketcare.ledger import readmodel as ledger_readmodel
+from marketcare.ledger import tick as ledger_tick
+from marketcare.ledger import versions as ledger_versions
+from marketcare.ledger.db import make_engine, migrate, read
+from marketcare.ledger.models import Completion, Event, Obligation
 
 from .conftest import DISINFECTION, WASTE, database_url, make_market_yaml, make_schedule, utc
 
@@ -44,7 +48,7 @@ def _schedule(closed: str | None = None) -> Any:
 def _ledger(folder: Path) -> sa.Engine:
     engine = make_engine(database_url(folder, migrated=True))
     migrate(engine)
-    ledger.materialise(engine, _schedule(), now=NOW, horizon=timedelta(days=1))
+    ledger_materialise.materialise(engine, _schedule(), now=NOW, horizon=timedelta(days=1))
     return engine
 
 
@@ -67,7 +71,7 @@ def _today(engine: sa.Engine) -> list[Any]:
         )
 
 
-def _request(ob: Any, *, token: str, **changes: Any) -> ledger.TickRequest:
+def _request(ob: Any, *, token: str, **changes: Any) -> ledger_tick.TickRequest:
     """A tick of ``ob`` with its checklist satisfied (readings in range) unless changed."""
     readings = {"chlorine": GOOD[ob.area_id]} if ob.task_id == "disinfect" else {}
     values: dict[str, Any] = {
@@ -79,7 +83,7 @@ def _request(ob: Any, *, token: str, **changes: Any) -> ledger.TickRequest:
         "note": "ok",
     }
     values.update(changes)
-    return ledger.TickRequest.of(**values)
+    return ledger_tick.TickRequest.of(**values)
 
 
 def _rows(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
@@ -110,7 +114,7 @@ def _chain_ok(engine: sa.Engine) -> audit.Verdict:
         return audit.verify(conn)
 
 
-def _outcome(fut: Future[ledger.TickResult]) -> ledger.TickResult | BaseException:
+def _outcome(fut: Future[ledger_tick.TickResult]) -> ledger_tick.TickResult | BaseException:
     exc = fut.exception()
     return exc if exc is not None else fut.result()
 
@@ -130,7 +134,7 @@ def test_many_concurrent_ticks_through_the_writer_are_each_recorded_once(
         else _request(ob, token=f"t{i}")
         for i, ob in enumerate(obligations)
     ]
-    writer = ledger.TickWriter(city)
+    writer = ledger_tick.TickWriter(city)
     try:
         with ThreadPoolExecutor(max_workers=len(requests)) as pool:
             results = list(pool.map(writer.tick, requests))
@@ -164,7 +168,7 @@ def test_refused_ticks_leave_the_others_of_their_batch_committed(tmp_path: Path)
     engine = _ledger(tmp_path)
     # the first market closes for the day: its unfinished obligations are excused
     closed = _schedule(closed="[{date: 2026-11-27, reason: 停水检修}]")
-    ledger.materialise(
+    ledger_materialise.materialise(
         engine, closed, now=TICK_AT - timedelta(minutes=5), horizon=timedelta(days=1)
     )
     obligations = _today(engine)
@@ -180,13 +184,13 @@ def test_refused_ticks_leave_the_others_of_their_batch_committed(tmp_path: Path)
         _request(open_[4], token="good-3", allowed_markets=frozenset({open_[4].market_id})),
     ]
     events_before = _count(engine, Event)
-    writer = ledger.TickWriter(engine, start=False)
+    writer = ledger_tick.TickWriter(engine, start=False)
     futures = [writer.submit(r) for r in requests]
     writer.start()
     writer.close()
     outcomes = [_outcome(f) for f in futures]
     good = [outcomes[i] for i in (0, 3, 5)]
-    assert all(isinstance(o, ledger.TickResult) and o.changed for o in good)
+    assert all(isinstance(o, ledger_tick.TickResult) and o.changed for o in good)
     assert isinstance(outcomes[1], TickRefused) and "unknown reading 'ph'" in str(outcomes[1])
     assert isinstance(outcomes[2], NotFound)
     assert isinstance(outcomes[4], TickRefused) and "excused (停水检修)" in str(outcomes[4])
@@ -208,7 +212,7 @@ def test_refused_ticks_leave_the_others_of_their_batch_committed(tmp_path: Path)
 
 def test_the_same_token_twice_in_one_batch_records_once(city: sa.Engine) -> None:
     ob = _today(city)[0]
-    writer = ledger.TickWriter(city, start=False)
+    writer = ledger_tick.TickWriter(city, start=False)
     first = writer.submit(_request(ob, token="phone-1"))
     again = writer.submit(_request(ob, token="phone-1"))
     writer.start()
@@ -217,7 +221,7 @@ def test_the_same_token_twice_in_one_batch_records_once(city: sa.Engine) -> None
     assert again.result().changed is False
     assert again.result().completion_id == first.result().completion_id
     assert again.result().message == "already recorded (same submission)"
-    assert len(ledger.completions_of(city, ob.id)) == 1
+    assert len(ledger_readmodel.completions_of(city, ob.id)) == 1
 
 
 def test_a_failing_commit_fails_every_tick_of_the_batch_and_records_nothing(
@@ -233,7 +237,7 @@ def test_a_failing_commit_fails_every_tick_of_the_batch_and_records_nothing(
             raise OSError("disk I/O error while committing")
 
     event.listen(city, "commit", disk_full)
-    writer = ledger.TickWriter(city, start=False)
+    writer = ledger_tick.TickWriter(city, start=False)
     try:
         futures = [writer.submit(_request(ob, token=f"c{i}")) for i, ob in enumerate(obligations)]
         writer.start()
@@ -252,14 +256,14 @@ def test_a_failing_commit_fails_every_tick_of_the_batch_and_records_nothing(
 
 def test_close_writes_the_ticks_it_took_and_refuses_new_ones(city: sa.Engine) -> None:
     obligations = _today(city)[:4]
-    writer = ledger.TickWriter(city)
+    writer = ledger_tick.TickWriter(city)
     futures = [writer.submit(_request(ob, token=f"s{i}")) for i, ob in enumerate(obligations)]
     writer.close()
     assert all(f.done() and f.result().changed for f in futures)
     with pytest.raises(MarketcareError, match="shutting down"):
         writer.submit(_request(_today(city)[5], token="late"))
     # a writer closed before it was started still writes what it was given
-    idle = ledger.TickWriter(city, start=False)
+    idle = ledger_tick.TickWriter(city, start=False)
     held = idle.submit(_request(_today(city)[6], token="held"))
     idle.close()
     assert held.result().changed
@@ -269,7 +273,7 @@ def test_close_writes_the_ticks_it_took_and_refuses_new_ones(city: sa.Engine) ->
 # ---------------------------------------------------------------- the same rule as tick()
 
 
-def _mixed_requests(obligations: list[Any]) -> list[ledger.TickRequest]:
+def _mixed_requests(obligations: list[Any]) -> list[ledger_tick.TickRequest]:
     """Good, failed, refused, replayed and already-done ticks, in one order."""
     first, second, third, fourth = obligations[:4]
     disinfect = next(ob for ob in obligations[4:] if ob.task_id == "disinfect")
@@ -286,12 +290,12 @@ def _mixed_requests(obligations: list[Any]) -> list[ledger.TickRequest]:
     ]
 
 
-def _by_tick(engine: sa.Engine, requests: list[ledger.TickRequest]) -> list[Any]:
+def _by_tick(engine: sa.Engine, requests: list[ledger_tick.TickRequest]) -> list[Any]:
     out: list[Any] = []
     for r in requests:
         try:
             out.append(
-                ledger.tick(
+                ledger_tick.tick(
                     engine,
                     obligation_id=r.obligation_id,
                     by=r.by,
@@ -319,7 +323,7 @@ def test_a_batch_leaves_the_same_ledger_as_ticking_one_by_one(tmp_path: Path) ->
         assert [ob.id for ob in obligations] == [ob.id for ob in _today(batched)]
         requests = _mixed_requests(obligations)
         expected = _by_tick(one_by_one, requests)
-        writer = ledger.TickWriter(batched, start=False)
+        writer = ledger_tick.TickWriter(batched, start=False)
         futures = [writer.submit(r) for r in requests]
         writer.start()
         writer.close()
@@ -341,12 +345,12 @@ def test_a_parsed_schedule_version_is_reused_without_reading_it_again(city: sa.E
         statements.append(statement)
 
     with read(city) as conn:
-        first = ledger.schedule_of_version(conn, ob.version_id)
+        first = ledger_versions.schedule_of_version(conn, ob.version_id)
         event.listen(city, "before_cursor_execute", seen)
         try:
-            again = ledger.schedule_of_version(conn, ob.version_id)
+            again = ledger_versions.schedule_of_version(conn, ob.version_id)
         finally:
             event.remove(city, "before_cursor_execute", seen)
     assert again is first and statements == []
     with read(city) as conn, pytest.raises(NotFound):
-        ledger.schedule_of_version(conn, 9999)
+        ledger_versions.schedule_of_version(conn, 9999)

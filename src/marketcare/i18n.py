@@ -20,11 +20,11 @@ from babel import Locale
 from babel.dates import format_date, format_interval, format_skeleton
 from babel.messages.pofile import read_po
 
-from .compliance import CATEGORIES
-from .errors import MarketcareError
-from .obligations import State
-from .periods import Period
-from .vocabulary import AreaKind, TaskKind
+from marketcare.domain.compliance import CATEGORIES
+from marketcare.domain.obligations import State
+from marketcare.domain.periods import Period
+from marketcare.domain.vocabulary import AreaKind, TaskKind
+from marketcare.errors import MarketcareError
 
 log = logging.getLogger(__name__)
 

@@ -24,9 +24,9 @@ from pydantic_settings import (
 )
 from sqlalchemy.engine import make_url
 
-from .errors import SettingsError
-from .schedules import check_timezone
-from .timespec import parse_duration
+from marketcare.domain.schedules import check_timezone
+from marketcare.domain.timespec import parse_duration
+from marketcare.errors import SettingsError
 
 CONFIG_FILE = Path("config/marketcare.toml")
 EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")

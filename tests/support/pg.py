@@ -251,7 +251,7 @@ class Databases:
         return self.admin_url.set(database=name).render_as_string(hide_password=False)
 
     def _make_templates(self) -> None:
-        from marketcare.db import make_engine, migrate
+        from marketcare.ledger.db import make_engine, migrate
 
         admin = self._admin()
         try:

@@ -27,12 +27,14 @@ from typing import Any
 import httpx
 import sqlalchemy as sa
 
-from marketcare import accounts, ledger
-from marketcare.access import Role
-from marketcare.db import make_engine, migrate
-from marketcare.schedules import Schedule, load_texts
+from marketcare.domain.access import Role
+from marketcare.domain.schedules import Schedule, load_texts
+from marketcare.ledger import accounts
+from marketcare.ledger import materialise as ledger_materialise
+from marketcare.ledger import sweep as ledger_sweep
+from marketcare.ledger.db import make_engine, migrate
 from marketcare.settings import Settings
-from marketcare.web import WebServer, create_app
+from marketcare.web.app import WebServer, create_app
 
 from .pg import database_url
 
@@ -127,7 +129,7 @@ class Site:
     def obligation(self, market: str, task: str, area: str | None = None) -> int:
         """The id of today's obligation of ``task`` (in ``area``) in ``market``."""
         day = self.clock.now().astimezone(START.astimezone().tzinfo).date()
-        from marketcare.models import Obligation
+        from marketcare.ledger.models import Obligation
 
         with self.engine.connect() as conn:
             stmt = sa.select(Obligation.id).where(
@@ -174,8 +176,10 @@ def running_site(tmp: Path, **overrides: Any) -> Iterator[Site]:
     migrate(engine)
     schedule = load_texts({"schedules/site.yaml": SCHEDULE}, default_timezone="Asia/Shanghai")
     clock = Clock(START)
-    ledger.materialise(engine, schedule, now=START - timedelta(days=1), horizon=timedelta(days=3))
-    ledger.sweep_all(engine, now=START)
+    ledger_materialise.materialise(
+        engine, schedule, now=START - timedelta(days=1), horizon=timedelta(days=3)
+    )
+    ledger_sweep.sweep_all(engine, now=START)
     settings = Settings(
         database_url=str(engine.url),
         schedules_dir=tmp / "schedules",

@@ -1,0 +1,252 @@
+"""Keeping the ledger safe: audit verify, backup, restore, moving to PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from marketcare.cli.common import (
+    app,
+    cli_settings,
+    connect,
+    err,
+    handled,
+    out,
+    utcnow,
+)
+from marketcare.errors import MarketcareError
+
+if TYPE_CHECKING:
+    pass
+
+
+# ------------------------------------------------------------------------------ audit
+
+
+audit_app = typer.Typer(help="Check the tamper-evident event log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("verify")
+@handled
+def audit_verify() -> None:
+    """Recompute the event chain; name the first event altered or removed."""
+    from marketcare.ledger import audit
+    from marketcare.ledger.db import read
+
+    s, engine = connect()
+    with read(engine) as conn:
+        verdict = audit.verify(conn)
+    if verdict.ok:
+        out.print(f"ok: {verdict.checked} events, chain intact", markup=False)
+        return
+    err.print(
+        f"TAMPERED: {verdict.reason} (first bad event: {verdict.first_bad_seq}; {verdict.checked} events before it are intact)",
+        markup=False,
+    )
+    raise typer.Exit(1)
+
+
+# ------------------------------------------------------------------------------ backup
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB"):
+        if size < 1024:
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
+def _counts_table(counts: dict[str, int]) -> Table:
+    table = Table("table", "rows", title_justify="left")
+    for name, n in counts.items():
+        table.add_row(name, str(n))
+    return table
+
+
+@app.command(name="backup")
+@handled
+def backup_cmd(
+    path: Annotated[
+        Path | None,
+        typer.Argument(
+            help="Where to write the copy (default var/backups/marketcare-<UTC time>.db; "
+            "an existing folder receives a file of that name)."
+        ),
+    ] = None,
+    step_pages: Annotated[
+        int, typer.Option(min=1, help="Database pages copied per step of the progress bar.")
+    ] = 1024,
+) -> None:
+    """Copy the SQLite database while the daemon runs: consistent, verified, then renamed.
+
+    PostgreSQL databases are backed up with pg_dump -Fc (see docs/operations.md)."""
+    from marketcare.ops import backup as backups
+
+    s = cli_settings()
+    db = backups.sqlite_file(s.database_url)
+    now = utcnow()
+    target = path or backups.default_path(db, now)
+    if target.is_dir():
+        target = target / backups.default_path(db, now).name
+    with Progress(
+        TextColumn("copying"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("pages"),
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task("backup", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        found = backups.backup(db, target, step_pages=step_pages, progress=progress)
+    out.print(
+        f"backup written: {found.path} ({_size(found.size)}), schema revision {found.revision}, "
+        "integrity ok",
+        markup=False,
+    )
+    out.print(_counts_table(found.counts))
+    if not found.chain.ok:
+        err.print(
+            f"audit chain of the copy: TAMPERED: {found.chain.reason} (first bad event: "
+            f"{found.chain.first_bad_seq}); the live database has the same damage: "
+            "run marketcare audit verify",
+            markup=False,
+        )
+        raise typer.Exit(1)
+    out.print(f"audit chain: ok, {found.chain.checked} events intact", markup=False)
+
+
+@app.command(name="restore")
+@handled
+def restore_cmd(
+    path: Annotated[Path, typer.Argument(help="A file written by marketcare backup.")],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    force: Annotated[
+        bool, typer.Option(help="Restore even a backup whose audit chain is broken.")
+    ] = False,
+) -> None:
+    """Put a backup in place of the SQLite database (the daemon must be stopped).
+
+    The database it replaces is kept as <db>.before-restore-<UTC time>; the backup is then
+    migrated to this version's schema. PostgreSQL: use pg_restore (docs/operations.md)."""
+    from marketcare.ops import backup as backups
+
+    s = cli_settings()
+    db = backups.sqlite_file(s.database_url, restoring=True)
+
+    def confirm(found: backups.Inspection) -> bool:
+        out.print(
+            f"backup {path} ({_size(found.size)}): schema revision {found.revision}, integrity ok",
+            markup=False,
+        )
+        out.print(_counts_table(found.counts))
+        if found.chain.ok:
+            out.print(f"audit chain: ok, {found.chain.checked} events intact", markup=False)
+        else:
+            err.print(f"audit chain: TAMPERED: {found.chain.reason} (--force)", markup=False)
+        return yes or typer.confirm(f"Replace {db} with this backup?", default=False)
+
+    result = backups.restore(s, path, now=utcnow(), force=force, confirm=confirm)
+    kept = f"; the database it replaced is kept as {result.kept}" if result.kept else ""
+    out.print(f"restored {path} into {db} (schema revision {result.revision}){kept}", markup=False)
+
+
+# ------------------------------------------------------------------------------ PostgreSQL
+
+
+@app.command(name="migrate-sqlite-to-postgres")
+@handled
+def migrate_sqlite_to_postgres(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to", help="The empty PostgreSQL database: postgresql+psycopg://user@host/db"
+        ),
+    ],
+    from_: Annotated[
+        str | None,
+        typer.Option("--from", help="The SQLite database (default: the configured database_url)."),
+    ] = None,
+    batch: Annotated[int, typer.Option(min=1, help="Rows per batch.")] = 5000,
+) -> None:
+    """Move the whole history from SQLite to an empty PostgreSQL database, then prove it:
+    row counts and checksums per table, and the audit chain, compared before committing."""
+    import sqlalchemy as sa
+
+    from marketcare.ledger.leader import SqliteFileLock
+    from marketcare.ops import pgmigrate
+
+    s = cli_settings()
+    source = from_ or s.database_url
+    path = pgmigrate.source_file(source)
+    target = pgmigrate.target_url(to)
+    lock = SqliteFileLock(path)
+    if not lock.try_acquire():
+        raise MarketcareError(
+            f"a marketcare daemon is running on {path}; stop it first, so that nothing it "
+            "writes during the move is left behind"
+        )
+    try:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+            disable=not err.is_terminal,
+        ) as bar:
+            task = bar.add_task("copying", total=None)
+
+            def progress(table: str, done: int, total: int) -> None:
+                bar.update(task, description=f"copying {table}", completed=done, total=total)
+
+            moved = pgmigrate.move(source, target, batch=batch, progress=progress)
+    finally:
+        lock.release()
+    table = Table(
+        "table", "rows (SQLite)", "rows (PostgreSQL)", "checksum", "", title_justify="left"
+    )
+    for c in moved.comparisons:
+        same = c.source.sha256 == c.target.sha256
+        table.add_row(
+            c.table,
+            str(c.source.rows),
+            str(c.target.rows),
+            c.source.sha256[:12] if same else f"{c.source.sha256[:12]} ≠ {c.target.sha256[:12]}",
+            "[green]ok[/]" if c.ok else "[bold red]MISMATCH[/]",
+        )
+    out.print(table)
+    shown = sa.make_url(target).render_as_string(hide_password=True)
+    if not moved.chain.ok:
+        err.print(
+            f"error: the audit chain does not verify on {shown}: {moved.chain.reason}; "
+            "the target was rolled back and is empty",
+            markup=False,
+        )
+        raise typer.Exit(1)
+    if moved.mismatched:
+        err.print(
+            f"error: {', '.join(moved.mismatched)} differ between SQLite and PostgreSQL; "
+            "the target was rolled back and is empty",
+            markup=False,
+        )
+        raise typer.Exit(1)
+    rows = sum(c.target.rows for c in moved.comparisons)
+    out.print(
+        f"moved {rows} rows in {len(moved.comparisons)} tables to {shown}; audit chain ok "
+        f"({moved.chain.checked} events). Point MARKETCARE_DATABASE_URL at it and start "
+        "the daemon.",
+        markup=False,
+    )

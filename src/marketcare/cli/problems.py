@@ -1,0 +1,391 @@
+"""Problems found on inspection and pest-control visits: the problems group and pest."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from marketcare.cli.common import (
+    PeriodChoice,
+    app,
+    connect,
+    err,
+    fmt_local,
+    handled,
+    local_today,
+    out,
+    parse_date,
+    utcnow,
+)
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+
+# ------------------------------------------------------------------------------ problems
+
+problems_app = typer.Typer(
+    help="Problems found on inspection (整改事项): add, list, rectify, verify, reopen, import.",
+    no_args_is_help=True,
+)
+app.add_typer(problems_app, name="problems")
+
+
+def _parse_when(value: str, what: str, zone: str, *, end_of_day: bool = False) -> datetime:
+    """A date or date and time in the market's zone, by the rule spreadsheets use too."""
+    from zoneinfo import ZoneInfo
+
+    from marketcare.ledger.problems import parse_when
+
+    when, error = parse_when(value, ZoneInfo(zone), end_of_day=end_of_day, default=None)
+    if error is not None or when is None:
+        raise typer.BadParameter(error or f"{value!r} is not a date", param_hint=what)
+    return when
+
+
+def _market_zone(engine: sa.Engine, market_id: str, default: str) -> str:
+    import sqlalchemy as sa
+
+    from marketcare.ledger.db import read
+    from marketcare.ledger.models import MarketRow
+
+    with read(engine) as conn:
+        zone = conn.execute(
+            sa.select(MarketRow.timezone).where(MarketRow.id == market_id)
+        ).scalar_one_or_none()
+    return zone or default
+
+
+@problems_app.command("add")
+@handled
+def problems_add(
+    market: Annotated[str, typer.Option(help="The market's id.")],
+    category: Annotated[str, typer.Option(help="sanitation, repair, pest or order.")],
+    description: Annotated[str, typer.Option(help="What is wrong.")],
+    found_by: Annotated[str, typer.Option("--found-by", help="Who found it.")],
+    deadline: Annotated[
+        str | None,
+        typer.Option(help="Rectify by (YYYY-MM-DD [HH:MM], market time; a date means its end)."),
+    ] = None,
+    within: Annotated[
+        str | None, typer.Option(help="Or: rectify within a duration, e.g. 3d.")
+    ] = None,
+    area: Annotated[str | None, typer.Option(help="The area's id, if it is in one.")] = None,
+    found_at: Annotated[
+        str | None, typer.Option("--found-at", help="When it was found (default now).")
+    ] = None,
+    evidence: Annotated[list[Path] | None, typer.Option(help="A photo (repeatable).")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Client token: the same token records once.")
+    ] = None,
+) -> None:
+    """Record a problem with its deadline."""
+    from marketcare.domain.timespec import parse_duration
+    from marketcare.ledger import problems as problem_ledger
+    from marketcare.ledger.db import migrate
+
+    s, engine = connect()
+    migrate(engine)
+    now = utcnow()
+    zone = _market_zone(engine, market, s.timezone)
+    found = _parse_when(found_at, "--found-at", zone) if found_at else now
+    if (deadline is None) == (within is None):
+        raise typer.BadParameter("give either --deadline or --within", param_hint="--deadline")
+    if deadline is not None:
+        due = _parse_when(deadline, "--deadline", zone, end_of_day=True)
+    else:
+        try:
+            due = found + parse_duration(within)
+        except ValueError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--within") from None
+    files = [problem_ledger.store_evidence(p, s.evidence_dir) for p in evidence or []]
+    pid, created = problem_ledger.add(
+        engine,
+        problem_ledger.NewProblem(
+            market_id=market,
+            area_id=area,
+            category=category,
+            description=description,
+            found_by=found_by,
+            found_at=found,
+            deadline=due,
+            evidence=files,
+            source_key=f"token:{token}" if token else None,
+        ),
+        now=now,
+    )
+    verb = "recorded" if created else "already recorded"
+    out.print(f"problem {pid} {verb}; deadline {fmt_local(due, zone)}", markup=False)
+
+
+@problems_app.command("list")
+@handled
+def problems_list(
+    market: Annotated[list[str] | None, typer.Option(help="Only this market (repeatable).")] = None,
+    state: Annotated[
+        list[str] | None, typer.Option(help="open, rectified or verified (repeatable).")
+    ] = None,
+    overdue: Annotated[
+        bool, typer.Option("--overdue", help="Only problems past their deadline and not verified.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Problems, overdue first, with their deadlines and how often they were reopened."""
+    from marketcare.ledger import problems as problem_ledger
+    from marketcare.ledger.db import migrate
+
+    s, engine = connect()
+    migrate(engine)
+    rows = problem_ledger.listing(
+        engine, now=utcnow(), markets=market, states=state, overdue=overdue
+    )
+    if as_json:
+        data = [
+            {
+                "id": r.id,
+                "market": r.market_id,
+                "area": r.area_id,
+                "category": r.category,
+                "description": r.description,
+                "found_at": r.found_at.isoformat(),
+                "found_by": r.found_by,
+                "deadline": r.deadline.isoformat(),
+                "state": r.state,
+                "overdue": r.overdue,
+                "reopened": r.reopened,
+                "rectified_at": r.rectified_at.isoformat() if r.rectified_at else None,
+                "verified_at": r.verified_at.isoformat() if r.verified_at else None,
+                "reinspection": r.reinspection_id,
+            }
+            for r in rows
+        ]
+        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
+        return
+    if not rows:
+        out.print("no problems", markup=False)
+        return
+    table = Table(title=f"{len(rows)} problems", title_justify="left")
+    for col in ("id", "market", "area", "category", "description", "deadline", "state", "reopened"):
+        table.add_column(col)
+    for r in rows:
+        style = (
+            "bold red" if r.overdue else {"verified": "green", "rectified": "cyan"}.get(r.state, "")
+        )
+        table.add_row(
+            str(r.id),
+            r.market_id,
+            r.area_id or "—",
+            r.category,
+            r.description,
+            fmt_local(r.deadline, s.timezone),
+            f"[{style}]{r.state}{' (overdue)' if r.overdue else ''}[/]",
+            str(r.reopened),
+        )
+    out.print(table)
+
+
+@problems_app.command("rectify")
+@handled
+def problems_rectify(
+    problem_id: Annotated[int, typer.Argument(help="The problem's id.")],
+    by: Annotated[str, typer.Option(help="Who fixed it.")],
+    note: Annotated[str, typer.Option(help="What was done.")],
+    evidence: Annotated[
+        list[Path] | None, typer.Option(help="A photo of the result (repeatable).")
+    ] = None,
+) -> None:
+    """The market reports it fixed; the office's re-inspection is scheduled."""
+    from marketcare.ledger import problems as problem_ledger
+
+    s, engine = connect()
+    files = [problem_ledger.store_evidence(p, s.evidence_dir) for p in evidence or []]
+    ob = problem_ledger.rectify(
+        engine, problem_id=problem_id, by=by, note=note, now=utcnow(), evidence=files
+    )
+    out.print(f"problem {problem_id} rectified; re-inspection is obligation {ob}", markup=False)
+
+
+@problems_app.command("verify")
+@handled
+def problems_verify(
+    problem_id: Annotated[int, typer.Argument(help="The problem's id.")],
+    by: Annotated[str, typer.Option(help="Who re-inspected it.")],
+    note: Annotated[str | None, typer.Option(help="A note for the record.")] = None,
+) -> None:
+    """The re-inspection passed: the problem is closed."""
+    from marketcare.ledger import problems as problem_ledger
+
+    s, engine = connect()
+    problem_ledger.verify(engine, problem_id=problem_id, by=by, now=utcnow(), note=note)
+    out.print(f"problem {problem_id} verified", markup=False)
+
+
+@problems_app.command("reopen")
+@handled
+def problems_reopen(
+    problem_id: Annotated[int, typer.Argument(help="The problem's id.")],
+    by: Annotated[str, typer.Option(help="Who re-inspected it.")],
+    note: Annotated[str, typer.Option(help="Why it did not pass.")],
+    deadline: Annotated[
+        str | None, typer.Option(help="A new deadline (YYYY-MM-DD [HH:MM]).")
+    ] = None,
+) -> None:
+    """The re-inspection failed: the problem is open again (and counted as reopened)."""
+    import sqlalchemy as sa
+
+    from marketcare.ledger import problems as problem_ledger
+    from marketcare.ledger.db import read
+
+    s, engine = connect()
+    new = None
+    if deadline:
+        from marketcare.ledger.models import ProblemRow
+
+        with read(engine) as conn:
+            market = conn.execute(
+                sa.select(ProblemRow.market_id).where(ProblemRow.id == problem_id)
+            ).scalar_one_or_none()
+        new = _parse_when(
+            deadline, "--deadline", _market_zone(engine, market or "", s.timezone), end_of_day=True
+        )
+    problem_ledger.reopen(
+        engine, problem_id=problem_id, by=by, note=note, now=utcnow(), deadline=new
+    )
+    out.print(f"problem {problem_id} reopened", markup=False)
+
+
+@problems_app.command("rate")
+@handled
+def problems_rate(
+    period: Annotated[PeriodChoice, typer.Option(help="The period.")] = PeriodChoice.week,
+    date_: Annotated[
+        str | None, typer.Option("--date", help="A day in the period (default today).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The rectification rate (整改率) per market and for the district: verified ÷ due."""
+    from marketcare.domain.periods import Period
+    from marketcare.domain.problems import Rate
+    from marketcare.ledger.db import migrate
+    from marketcare.ledger.db import read as read_tx
+    from marketcare.reports.figures import Report, problem_rates
+
+    s, engine = connect()
+    migrate(engine)
+    p = Period.of(period.value, parse_date(date_, "--date") or local_today(s))
+    with read_tx(engine) as conn:
+        report = Report(conn, p, as_of=utcnow())
+        rates = problem_rates(report)
+        markets = [(m.id, m.name) for m in report.markets]
+    rows = [(mid, name, rates.get(mid, Rate(0, 0))) for mid, name in markets]
+    total = Rate(sum(r.verified for _, _, r in rows), sum(r.due for _, _, r in rows))
+    if as_json:
+        data = {
+            "period": p.key,
+            "markets": [
+                {"market": mid, "due": r.due, "verified": r.verified, "rate": r.value}
+                for mid, _, r in rows
+            ],
+            "district": {"due": total.due, "verified": total.verified, "rate": total.value},
+        }
+        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
+        return
+
+    def pct(r: Rate) -> str:
+        return "—" if r.value is None else f"{r.value * 100:.1f}%"
+
+    table = Table(title=f"整改率 {p.key}", title_justify="left")
+    for col in ("market", "due", "verified", "rate"):
+        table.add_column(col)
+    for mid, name, r in rows:
+        table.add_row(f"{name} ({mid})", str(r.due), str(r.verified), pct(r))
+    table.add_row(
+        "[bold]district[/]", str(total.due), str(total.verified), f"[bold]{pct(total)}[/]"
+    )
+    out.print(table)
+
+
+@problems_app.command("import")
+@handled
+def problems_import(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="An .xlsx whose first sheet has a header row (市场, 区域, 类别, 问题描述, 发现时间, 发现人, 整改期限)."
+        ),
+    ],
+    skip_bad: Annotated[
+        bool, typer.Option("--skip-bad", help="Import the good rows and report each bad one.")
+    ] = False,
+) -> None:
+    """Import inspection findings from a spreadsheet: every row valid, or nothing imported."""
+    from marketcare.ledger import problems as problem_ledger
+    from marketcare.ledger.db import migrate
+
+    s, engine = connect()
+    migrate(engine)
+    result = problem_ledger.import_xlsx(engine, file, now=utcnow(), skip_bad=skip_bad)
+    for message in result.skipped:
+        err.print(f"skipped {message}", markup=False)
+    out.print(
+        f"{result.imported} problems imported"
+        + (f", {result.already} already imported before" if result.already else "")
+        + (f", {len(result.skipped)} bad rows skipped" if result.skipped else ""),
+        markup=False,
+    )
+
+
+# ------------------------------------------------------------------------------ pest control
+
+
+@app.command()
+@handled
+def pest(
+    month: Annotated[
+        str | None, typer.Option(help="The month, YYYY-MM (default this month).")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Pest-control visits done against each contractor's agreed visits per month (灭四害)."""
+    from marketcare.domain.periods import Period, from_key
+    from marketcare.domain.schedules import load_paths
+    from marketcare.ledger.db import migrate, read
+    from marketcare.ledger.pestcontrol import contract_status
+
+    s, engine = connect()
+    migrate(engine)
+    try:
+        period = from_key("month", month) if month else Period.of("month", local_today(s))
+    except ValueError:
+        raise typer.BadParameter(f"{month!r}: write YYYY-MM", param_hint="--month") from None
+    schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
+    with read(engine) as conn:
+        rows = contract_status(conn, schedule, period)
+    if as_json:
+        data = [
+            {
+                "market": r.market_id,
+                "contractor": r.contractor,
+                "agreed": r.agreed,
+                "done": r.done,
+                "short": r.short,
+            }
+            for r in rows
+        ]
+        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
+        return
+    if not rows:
+        out.print("no pest-control contracts in the schedules (contracts:)", markup=False)
+        return
+    table = Table(title=f"灭四害 {period.key}", title_justify="left")
+    for col in ("market", "contractor", "agreed", "done", "short"):
+        table.add_column(col)
+    for r in rows:
+        short = f"[bold red]{r.short}[/]" if r.short else "0"
+        table.add_row(r.market_id, r.contractor, str(r.agreed), str(r.done), short)
+    out.print(table)

@@ -1,0 +1,187 @@
+"""People who use the web app and the API: the users group."""
+
+from __future__ import annotations
+
+import enum
+import json
+import sys
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from marketcare.cli.common import (
+    app,
+    cli_settings,
+    connect,
+    err,
+    handled,
+    ledger_engine,
+    out,
+    utcnow,
+)
+from marketcare.errors import MarketcareError
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+
+# ------------------------------------------------------------------------------ users
+
+users_app = typer.Typer(
+    help="People who use the web app and the API: managers, the district office, operators.",
+    no_args_is_help=True,
+)
+app.add_typer(users_app, name="users")
+
+
+class RoleName(enum.StrEnum):
+    manager = "manager"
+    office = "office"
+    operator = "operator"
+
+
+def _read_password(from_stdin: bool) -> str:
+    if from_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first: str = typer.prompt("Password", hide_input=True)
+    again: str = typer.prompt("Repeat the password", hide_input=True)
+    if first != again:
+        raise MarketcareError("the two passwords differ; nothing changed")
+    return first
+
+
+def first_operator(engine: sa.Engine, username: str) -> None:
+    import secrets
+
+    from marketcare.domain.access import Role
+    from marketcare.ledger import accounts
+
+    if accounts.count_users(engine, Role.OPERATOR):
+        return
+    password = secrets.token_urlsafe(12)
+    accounts.add_user(
+        engine,
+        accounts.NewUser(username, "Operator", Role.OPERATOR, password),
+        now=utcnow(),
+    )
+    out.print(
+        f"made the first operator {username!r} with password {password} "
+        "(shown once: sign in and make the other users, or run `marketcare users add`)",
+        markup=False,
+    )
+
+
+@users_app.command("add")
+@handled
+def users_add(
+    username: Annotated[str, typer.Argument(help="Sign-in name: a-z 0-9 . _ -")],
+    role: Annotated[RoleName, typer.Option(help="manager, office or operator")],
+    market: Annotated[
+        list[str] | None, typer.Option(help="A market a manager manages (repeat for more)")
+    ] = None,
+    name: Annotated[
+        str | None, typer.Option(help="Name shown on pages (default: the user name)")
+    ] = None,
+    language: Annotated[str | None, typer.Option(help="zh_CN or en (default: the site's)")] = None,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Create a user (the password is asked for, or read with --password-stdin)."""
+    from marketcare.domain.access import Role
+    from marketcare.ledger import accounts
+    from marketcare.ledger.db import migrate
+
+    s, engine = connect()
+    migrate(engine)
+    password = _read_password(password_stdin)
+    accounts.add_user(
+        engine,
+        accounts.NewUser(
+            username, name or username, Role(role.value), password, tuple(market or ()), language
+        ),
+        now=utcnow(),
+    )
+    where = f" for {', '.join(market)}" if market else ""
+    out.print(f"user {username.lower()!r} ({role.value}{where}) created", markup=False)
+
+
+@users_app.command("passwd")
+@handled
+def users_passwd(
+    username: str,
+    password_stdin: Annotated[
+        bool, typer.Option("--password-stdin", help="Read the password from standard input")
+    ] = False,
+) -> None:
+    """Set a user's password; their open sessions are signed out."""
+    from marketcare.ledger import accounts
+
+    engine = ledger_engine(cli_settings())
+    accounts.set_password(engine, username, _read_password(password_stdin))
+    out.print(f"password of {username!r} changed; their sessions are signed out", markup=False)
+
+
+@users_app.command("disable")
+@handled
+def users_disable(
+    username: str,
+    enable: Annotated[bool, typer.Option("--enable", help="Enable the user again")] = False,
+) -> None:
+    """Disable a user: sign-in refused, sessions ended, API tokens stop working."""
+    from marketcare.ledger import accounts
+
+    engine = ledger_engine(cli_settings())
+    accounts.set_disabled(engine, username, not enable)
+    out.print(f"user {username!r} {'enabled' if enable else 'disabled'}", markup=False)
+
+
+@users_app.command("list")
+@handled
+def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Every user with role, markets and status."""
+    from marketcare.ledger import accounts
+
+    users = accounts.list_users(ledger_engine(cli_settings()))
+    if as_json:
+        out.print_json(json.dumps(users, ensure_ascii=False))
+        return
+    table = Table("user", "name", "role", "markets", "language", "status")
+    for u in users:
+        table.add_row(
+            u["username"],
+            u["display_name"],
+            u["role"],
+            ", ".join(u["markets"]) or "—",
+            u["language"] or "—",
+            "disabled" if u["disabled"] else "active",
+        )
+    out.print(table)
+
+
+@users_app.command("token")
+@handled
+def users_token(
+    username: str,
+    name: Annotated[str, typer.Option(help="What the token is for, e.g. the system using it")],
+) -> None:
+    """Make an API token for a user (printed once; only its hash is kept)."""
+    import sqlalchemy as sa
+
+    from marketcare.ledger import accounts
+    from marketcare.ledger.db import read
+
+    engine = ledger_engine(cli_settings())
+    who = accounts.list_users(engine)
+    if not any(u["username"] == username.lower() for u in who):
+        raise MarketcareError(f"no user {username!r}")
+    with read(engine) as conn:
+        from marketcare.ledger.models import User
+
+        uid = conn.execute(sa.select(User.id).where(User.username == username.lower())).scalar_one()
+    tid, token = accounts.create_token(engine, uid, name, now=utcnow())
+    out.print(token, markup=False, soft_wrap=True)
+    err.print(
+        f"token {tid} for {username!r}: send it as 'Authorization: Bearer <token>'", markup=False
+    )

@@ -1,0 +1,149 @@
+"""The daily work from a terminal: the board (status) and ticking an obligation."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+from rich.table import Table
+
+from marketcare.cli.common import (
+    STATE_STYLE,
+    app,
+    connect,
+    handled,
+    local_today,
+    out,
+    parse_date,
+    utcnow,
+)
+from marketcare.errors import MarketcareError
+
+if TYPE_CHECKING:
+    pass
+
+
+# ------------------------------------------------------------------------------ status
+
+
+@app.command()
+@handled
+def status(
+    date_: Annotated[
+        str | None, typer.Option("--date", help="Local day (YYYY-MM-DD; default today).")
+    ] = None,
+    market: Annotated[list[str] | None, typer.Option(help="Only this market (repeatable).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The board: every obligation of the day and its state, overdue first."""
+    from marketcare.ledger.readmodel import board
+
+    s, engine = connect()
+    day = parse_date(date_, "--date") or local_today(s)
+    now = utcnow()
+    rows = board(engine, day=day, now=now, markets=market)
+    if as_json:
+        out.print(
+            json.dumps([r.as_json() for r in rows], ensure_ascii=False, indent=1), markup=False
+        )
+        return
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r.state.value] = counts.get(r.state.value, 0) + 1
+    table = Table(
+        title=f"{day} — " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
+        title_justify="left",
+    )
+    for col in ("id", "market", "area", "task", "opens", "due", "state", "completed"):
+        table.add_column(col)
+    for r in rows:
+        completed = r.local(r.completed_at)
+        table.add_row(
+            str(r.id),
+            r.market_id,
+            r.area_id or "—",
+            r.task_id,
+            f"{r.local(r.opens_at):%H:%M}",
+            f"{r.local(r.due_at):%H:%M}",
+            f"[{STATE_STYLE[r.state]}]{r.state.value}{' !' if r.overdue else ''}[/]",
+            f"{completed:%H:%M}" if completed else "",
+        )
+    out.print(table if rows else f"no obligations on {day}")
+
+
+# ------------------------------------------------------------------------------ tick
+
+
+def _readings(pairs: list[str]) -> dict[str, float]:
+    values: dict[str, float] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key.strip():
+            raise MarketcareError(f"--reading {pair!r}: write KEY=VALUE, e.g. chlorine=1000")
+        try:
+            value = float(raw)
+        except ValueError:
+            raise MarketcareError(f"--reading {pair!r}: {raw!r} is not a number") from None
+        if value != value or value in (float("inf"), float("-inf")):
+            raise MarketcareError(f"--reading {pair!r}: {raw!r} is not a finite number")
+        values[key.strip()] = value
+    return values
+
+
+def _texts(pairs: list[str]) -> dict[str, str]:
+    values: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise MarketcareError(f"--text {pair!r}: write KEY=VALUE, e.g. agents=溴敌隆 50 g")
+        values[key.strip()] = value
+    return values
+
+
+@app.command()
+@handled
+def tick(
+    obligation_id: Annotated[
+        int, typer.Argument(help="The obligation's id (see marketcare status).")
+    ],
+    by: Annotated[str, typer.Option("--by", help="Who did the work.")],
+    reading: Annotated[
+        list[str] | None, typer.Option("--reading", help="A reading, KEY=VALUE (repeatable).")
+    ] = None,
+    item: Annotated[
+        list[str] | None,
+        typer.Option("--item", help="A checklist item done (repeatable; default all)."),
+    ] = None,
+    note: Annotated[str | None, typer.Option(help="A note for the record.")] = None,
+    token: Annotated[
+        str | None, typer.Option(help="Client token: the same token records once.")
+    ] = None,
+    text: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--text", help="A text item, KEY=VALUE (repeatable), e.g. agents='溴敌隆 50 g'."
+        ),
+    ] = None,
+) -> None:
+    """Record a completion: out-of-range readings mark it failed; early ticks are refused."""
+    from marketcare.domain.obligations import State
+    from marketcare.ledger.tick import tick as record_tick
+
+    s, engine = connect()
+    result = record_tick(
+        engine,
+        obligation_id=obligation_id,
+        by=by,
+        now=utcnow(),
+        readings=_readings(reading or []),
+        items=item,
+        note=note,
+        token=token,
+        texts=_texts(text or []),
+    )
+    out.print(
+        f"obligation {result.obligation_id}: {result.state.value} — {result.message}", markup=False
+    )
+    if result.state == State.FAILED and result.changed:
+        raise typer.Exit(3)

@@ -1,0 +1,152 @@
+"""The hash-chained event log: append under the chain's head lock, verify from the start.
+
+Each event's hash covers its content and the previous event's hash, so altering or
+removing any event breaks every hash after it; the head row records the last sequence
+number and hash, so removing events from the end is caught too.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+
+from marketcare.ledger.models import AuditHead, Event
+
+GENESIS = "0" * 64
+#: the actor of what the daemon does by itself (materialise, sweep, excuse, withdraw)
+SYSTEM = "system"
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    at: datetime
+    actor: str
+    action: str
+    obligation_id: int | None = None
+    from_state: str | None = None
+    to_state: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+    problem_id: int | None = None
+
+
+def _canonical(seq: int, e: Any) -> bytes:
+    body = {
+        "seq": seq,
+        "at": e.at.astimezone(UTC).isoformat(timespec="microseconds"),
+        "actor": e.actor,
+        "action": e.action,
+        "obligation_id": e.obligation_id,
+        "from_state": e.from_state,
+        "to_state": e.to_state,
+        "details": e.details,
+    }
+    problem_id = getattr(e, "problem_id", None)
+    if problem_id is not None:  # absent from events older than problems, whose hashes stand
+        body["problem_id"] = problem_id
+    return json.dumps(body, sort_keys=True, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def event_hash(prev_hash: str, seq: int, e: Any) -> str:
+    """Hash of an event (a NewEvent or a stored row) chained to the previous hash."""
+    return hashlib.sha256(prev_hash.encode() + b"\n" + _canonical(seq, e)).hexdigest()
+
+
+#: the PostgreSQL advisory lock key that serialises starting the chain ("mc-audit")
+FIRST_EVENT_LOCK = 0x6D632D6175646974
+
+
+def _lock_head(conn: sa.Connection) -> Any:
+    return conn.execute(
+        sa.select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+    ).one_or_none()
+
+
+def append(conn: sa.Connection, events: Iterable[NewEvent]) -> int:
+    """Append events in order inside the caller's transaction; returns how many."""
+    batch = list(events)
+    if not batch:
+        return 0
+    head = _lock_head(conn)
+    if head is None and conn.dialect.name == "postgresql":
+        # no head row to lock yet (the ledger's first event): on PostgreSQL two writers
+        # could both start the chain; this lock queues them, and the second then sees
+        # the head the first one committed (SQLite's BEGIN IMMEDIATE queues them already)
+        conn.execute(sa.select(sa.func.pg_advisory_xact_lock(FIRST_EVENT_LOCK)))
+        head = _lock_head(conn)
+    seq, prev = (head.seq, head.hash) if head else (0, GENESIS)
+    rows = []
+    for e in batch:
+        seq += 1
+        h = event_hash(prev, seq, e)
+        rows.append(
+            {
+                "seq": seq,
+                "at": e.at,
+                "actor": e.actor,
+                "action": e.action,
+                "obligation_id": e.obligation_id,
+                "problem_id": e.problem_id,
+                "from_state": e.from_state,
+                "to_state": e.to_state,
+                "details": e.details,
+                "prev_hash": prev,
+                "hash": h,
+            }
+        )
+        prev = h
+    conn.execute(sa.insert(Event), rows)
+    if head is None:
+        conn.execute(sa.insert(AuditHead).values(id=1, seq=seq, hash=prev))
+    else:
+        conn.execute(sa.update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+    return len(batch)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    ok: bool
+    checked: int
+    first_bad_seq: int | None = None
+    reason: str = ""
+
+
+def verify(conn: sa.Connection, *, batch: int = 5000) -> Verdict:
+    """Walk the chain from the first event; name the first one altered or removed."""
+    prev, expected_seq, checked = GENESIS, 1, 0
+    last_seq = 0
+    while True:
+        rows = conn.execute(
+            sa.select(Event).where(Event.seq >= expected_seq).order_by(Event.seq).limit(batch)
+        ).all()
+        if not rows:
+            break
+        for ev in rows:
+            if ev.seq != expected_seq:
+                return Verdict(False, checked, expected_seq, f"event {expected_seq} was removed")
+            if ev.prev_hash != prev:
+                return Verdict(
+                    False, checked, ev.seq, f"event {ev.seq} does not follow event {ev.seq - 1}"
+                )
+            if event_hash(prev, ev.seq, ev) != ev.hash:
+                return Verdict(False, checked, ev.seq, f"event {ev.seq} was altered")
+            prev, expected_seq, checked, last_seq = ev.hash, ev.seq + 1, checked + 1, ev.seq
+    head = conn.execute(sa.select(AuditHead).where(AuditHead.id == 1)).one_or_none()
+    if head is None:
+        if checked:
+            return Verdict(False, checked, 1, "the chain head is missing")
+        return Verdict(True, 0)
+    if head.seq != last_seq or head.hash != prev:
+        missing = last_seq + 1
+        return Verdict(
+            False,
+            checked,
+            missing,
+            f"event {missing} and later were removed (the head records {head.seq})",
+        )
+    return Verdict(True, checked)

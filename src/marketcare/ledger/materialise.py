@@ -1,0 +1,353 @@
+"""Materialising: expanding schedules into obligations from the stored watermark.
+
+Each chunk is one transaction that inserts its obligations and advances the watermark,
+so a crash at any moment leaves a consistent ledger and downtime is replayed in full.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+
+from marketcare.domain.obligations import (
+    Planned,
+    State,
+    expand,
+)
+from marketcare.domain.schedules import Schedule
+from marketcare.ledger import audit
+from marketcare.ledger.audit import SYSTEM
+from marketcare.ledger.db import CHUNK, dialect_insert, retrying, write
+from marketcare.ledger.models import (
+    LedgerState,
+    Obligation,
+)
+from marketcare.ledger.versions import ensure_version, ledger_state
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MaterialiseResult:
+    created: int = 0
+    updated: int = 0
+    withdrawn: int = 0
+    excused: int = 0
+    until: datetime | None = None
+    version_id: int | None = None
+    chunks: int = 0
+
+
+def _rows(planned: Iterable[Planned], version_id: int, now: datetime) -> list[dict[str, Any]]:
+    return [
+        {
+            "natural_key": p.natural_key,
+            "market_id": p.market_id,
+            "area_id": p.area_id,
+            "task_id": p.task_id,
+            "kind": p.kind,
+            "local_date": p.occurrence.strftime("%Y-%m-%d"),
+            "occurrence": p.occurrence.strftime("%Y-%m-%dT%H:%M"),
+            "opens_at": p.opens_at,
+            "due_at": p.due_at,
+            "missed_at": p.missed_at,
+            "state": State.UPCOMING.value,
+            "state_changed_at": now,
+            "version_id": version_id,
+            "created_at": now,
+        }
+        for p in planned
+    ]
+
+
+#: the columns a planned obligation fills, in the order the PostgreSQL COPY sends them
+_PLANNED_COLUMNS = (
+    "natural_key",
+    "market_id",
+    "area_id",
+    "task_id",
+    "kind",
+    "local_date",
+    "occurrence",
+    "opens_at",
+    "due_at",
+    "missed_at",
+    "state",
+    "state_changed_at",
+    "version_id",
+    "created_at",
+)
+_PLANNED_TEMP = (
+    "CREATE TEMP TABLE IF NOT EXISTS planned_in ("
+    "natural_key text, market_id text, area_id text, task_id text, kind text, "
+    "local_date text, occurrence text, opens_at timestamptz, due_at timestamptz, "
+    "missed_at timestamptz, state text, state_changed_at timestamptz, version_id bigint, "
+    "created_at timestamptz) ON COMMIT DROP"
+)
+_PLANNED_MERGE = (
+    f"INSERT INTO obligations ({', '.join(_PLANNED_COLUMNS)}) "
+    f"SELECT {', '.join(_PLANNED_COLUMNS)} FROM planned_in "
+    "ON CONFLICT (natural_key) DO NOTHING"
+)
+
+
+def insert_planned(
+    conn: sa.Connection, planned: Sequence[Planned], *, version_id: int, now: datetime
+) -> int:
+    """Insert obligations, skipping those already there; returns how many were new.
+
+    On PostgreSQL (psycopg) the rows go by COPY into a temporary table and from there in
+    one ``INSERT … SELECT … ON CONFLICT DO NOTHING``: a province's day (≈280,000 rows)
+    takes about 1.4× a bare COPY instead of 9× with multi-row INSERTs, whose thousands of
+    parameters psycopg re-parses for every statement (docs/benchmarks.md, "Province
+    scale"). Elsewhere, multi-row ``INSERT … ON CONFLICT DO NOTHING`` in chunks.
+    """
+    if conn.dialect.name == "postgresql" and conn.dialect.driver == "psycopg":
+        return _insert_planned_copy(conn, planned, version_id=version_id, now=now)
+    created = 0
+    for i in range(0, len(planned), CHUNK):
+        rows = _rows(planned[i : i + CHUNK], version_id, now)
+        stmt = dialect_insert(conn, Obligation).on_conflict_do_nothing(
+            index_elements=["natural_key"]
+        )
+        result = conn.execute(stmt.returning(Obligation.id), rows)
+        created += len(result.all())
+    return created
+
+
+def _insert_planned_copy(
+    conn: sa.Connection, planned: Sequence[Planned], *, version_id: int, now: datetime
+) -> int:
+    if not planned:
+        return 0
+    raw = conn.connection.driver_connection
+    with raw.cursor() as cur:  # type: ignore[union-attr]
+        cur.execute(_PLANNED_TEMP)
+        cur.execute("TRUNCATE planned_in")
+        with cur.copy(f"COPY planned_in ({', '.join(_PLANNED_COLUMNS)}) FROM STDIN") as copy:
+            for row in _rows(planned, version_id, now):
+                copy.write_row(tuple(row[c] for c in _PLANNED_COLUMNS))
+        cur.execute(_PLANNED_MERGE)
+        return int(cur.rowcount)
+
+
+def materialise(
+    engine: sa.Engine,
+    schedule: Schedule,
+    *,
+    now: datetime,
+    horizon: timedelta,
+    start: datetime | None = None,
+    chunk: timedelta = timedelta(days=1),
+    on_chunk: Callable[[datetime, datetime], None] | None = None,
+    should_stop: Callable[[], bool] | None = None,
+) -> MaterialiseResult:
+    """Bring the ledger up to ``now + horizon`` for ``schedule``, from the stored watermark.
+
+    A fresh ledger starts at ``start`` (default: ``now``). Each chunk is one transaction
+    that inserts its obligations and advances the watermark, so a crash at any moment
+    leaves a consistent ledger and the next run continues where this one stopped;
+    downtime is replayed in full. A schedule different from the last one applied is
+    reconciled first (future only: see :func:`_apply_version`). ``should_stop`` is asked
+    between chunks so a shutdown need not wait for a long catch-up.
+    """
+    result = MaterialiseResult()
+    target = now + horizon
+
+    def step() -> bool:
+        with write(engine) as conn:
+            version_id = ensure_version(conn, schedule, now=now)
+            result.version_id = version_id
+            state = ledger_state(conn, lock=True)
+            if state is None:
+                first = start or now
+                # two schedulers starting at once on PostgreSQL: the second finds the row
+                conn.execute(
+                    dialect_insert(conn, LedgerState)
+                    .values(id=1, version_id=None, materialised_until=first)
+                    .on_conflict_do_nothing()
+                )
+                state = ledger_state(conn, lock=True)
+                assert state is not None
+            until = state.materialised_until or (start or now)
+            if state.version_id != version_id:
+                _apply_version(
+                    conn,
+                    schedule,
+                    version_id,
+                    state.version_id,
+                    now=now,
+                    until=until,
+                    result=result,
+                )
+                conn.execute(
+                    sa.update(LedgerState).where(LedgerState.id == 1).values(version_id=version_id)
+                )
+            result.until = until
+            if until >= target:
+                return False
+            hi = min(until + chunk, target)
+            planned = expand(schedule, until, hi)
+            created = insert_planned(conn, planned, version_id=version_id, now=now)
+            conn.execute(
+                sa.update(LedgerState).where(LedgerState.id == 1).values(materialised_until=hi)
+            )
+            audit.append(
+                conn,
+                [
+                    audit.NewEvent(
+                        at=now,
+                        actor=SYSTEM,
+                        action="materialised",
+                        details={
+                            "from": until.isoformat(),
+                            "to": hi.isoformat(),
+                            "created": created,
+                            "planned": len(planned),
+                            "version_id": version_id,
+                        },
+                    )
+                ],
+            )
+            result.created += created
+            result.chunks += 1
+            result.until = hi
+            lo = until
+        if on_chunk is not None:
+            on_chunk(lo, hi)
+        return True
+
+    while retrying(step, what="materialise"):
+        if should_stop is not None and should_stop():
+            break  # every finished chunk is committed; the next run continues from it
+    return result
+
+
+def _apply_version(
+    conn: sa.Connection,
+    schedule: Schedule,
+    version_id: int,
+    old_version_id: int | None,
+    *,
+    now: datetime,
+    until: datetime,
+    result: MaterialiseResult,
+) -> None:
+    """Make the ledger follow a changed schedule, for the future only.
+
+    Obligations that have not opened yet (and so have no completion) take the new
+    windows or are withdrawn if the new schedule no longer has them; anything already
+    open or past, and every completion, stays as it was. A day newly declared closed
+    excuses that day's unfinished obligations, with the closure's reason.
+    """
+    events: list[audit.NewEvent] = []
+    if until > now:
+        planned = expand(schedule, now, until)
+        keys = {p.natural_key for p in planned}
+        known = set(
+            conn.execute(
+                sa.select(Obligation.natural_key).where(Obligation.opens_at >= now)
+            ).scalars()
+        )
+        result.created += len(keys - known)
+        rows = _rows(planned, version_id, now)
+        for i in range(0, len(rows), CHUNK):
+            ins = dialect_insert(conn, Obligation)
+            stmt = ins.on_conflict_do_update(
+                index_elements=["natural_key"],
+                set_={
+                    "opens_at": ins.excluded.opens_at,
+                    "due_at": ins.excluded.due_at,
+                    "missed_at": ins.excluded.missed_at,
+                    "version_id": ins.excluded.version_id,
+                },
+                where=(Obligation.state == State.UPCOMING.value) & (Obligation.opens_at > now),
+            )
+            conn.execute(stmt, rows[i : i + CHUNK])
+        stale = conn.execute(
+            sa.select(Obligation.id, Obligation.natural_key).where(
+                Obligation.state == State.UPCOMING.value,
+                Obligation.opens_at > now,
+            )
+        ).all()
+        gone = [r for r in stale if r.natural_key not in keys]
+        for i in range(0, len(gone), CHUNK):
+            ids = [r.id for r in gone[i : i + CHUNK]]
+            conn.execute(
+                sa.delete(Obligation).where(
+                    Obligation.id.in_(ids), (Obligation.state + "") == State.UPCOMING.value
+                )
+            )
+        result.withdrawn += len(gone)
+        if gone:
+            events.append(
+                audit.NewEvent(
+                    at=now,
+                    actor=SYSTEM,
+                    action="withdrawn",
+                    details={
+                        "version_id": version_id,
+                        "natural_keys": sorted(r.natural_key for r in gone),
+                    },
+                )
+            )
+    result.excused += _excuse_closed_days(conn, schedule, now=now, events=events)
+    events.insert(
+        0,
+        audit.NewEvent(
+            at=now,
+            actor=SYSTEM,
+            action="schedule_applied",
+            details={
+                "version_id": version_id,
+                "previous_version_id": old_version_id,
+                "digest": schedule.digest,
+            },
+        ),
+    )
+    audit.append(conn, events)
+
+
+def _excuse_closed_days(
+    conn: sa.Connection, schedule: Schedule, *, now: datetime, events: list[audit.NewEvent]
+) -> int:
+    skip_tasks = [t.id for t in schedule.tasks if t.skip_closed]
+    if not skip_tasks:
+        return 0
+    count = 0
+    unfinished = [State.UPCOMING.value, State.OPEN.value, State.MISSED.value]
+    for market in schedule.markets:
+        for span in market.closed:
+            rows = conn.execute(
+                sa.select(Obligation.id, Obligation.state).where(
+                    Obligation.market_id == market.id,
+                    Obligation.local_date.between(span.date.isoformat(), span.last.isoformat()),
+                    Obligation.task_id.in_(skip_tasks),
+                    Obligation.state.in_(unfinished),
+                )
+            ).all()
+            for r in rows:
+                changed = conn.execute(
+                    sa.update(Obligation)
+                    .where(Obligation.id == r.id, Obligation.state == r.state)
+                    .values(state=State.EXCUSED.value, state_changed_at=now, note=span.reason)
+                ).rowcount
+                if changed:
+                    count += 1
+                    events.append(
+                        audit.NewEvent(
+                            at=now,
+                            actor=SYSTEM,
+                            action="excused",
+                            obligation_id=r.id,
+                            from_state=r.state,
+                            to_state=State.EXCUSED.value,
+                            details={"reason": span.reason},
+                        )
+                    )
+    return count

@@ -1,0 +1,475 @@
+"""Completions: the tick rule, one tick at a time (the CLI) or batched by the group-commit
+writer (the web), both through ``_tick_in`` so the rule is written once.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import uuid
+from collections.abc import Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from marketcare.domain.checklists import check, checklist_of
+from marketcare.domain.obligations import (
+    COMPLETED,
+    TICKABLE,
+    State,
+    completion_outcome,
+    format_range,
+    minutes_late,
+)
+from marketcare.errors import MarketcareError, NotFound, TickRefused
+from marketcare.ledger import audit
+from marketcare.ledger.db import retrying, write
+from marketcare.ledger.models import (
+    AreaRow,
+    Completion,
+    MarketRow,
+    Obligation,
+)
+from marketcare.ledger.versions import schedule_of_version
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TickResult:
+    obligation_id: int
+    state: State
+    changed: bool
+    completion_id: int | None
+    message: str
+    failures: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TickRequest:
+    """One tick as the ledger takes it, from the CLI (``tick``) or the web (``TickWriter``).
+
+    ``allowed_markets`` is the caller's market scope (None: any market). It is checked
+    against the obligation inside the transaction that records the tick, so the web needs
+    no transaction of its own to authorise; a refusal is the same ``NotFound`` as a
+    missing obligation, so another market's ids reveal nothing.
+    """
+
+    obligation_id: int
+    by: str
+    now: datetime
+    token: str
+    readings: Mapping[str, float] = field(default_factory=dict)
+    items: Sequence[str] | None = None
+    note: str | None = None
+    texts: Mapping[str, str] = field(default_factory=dict)
+    evidence: Sequence[Mapping[str, Any]] = ()
+    allowed_markets: frozenset[str] | None = None
+
+    @classmethod
+    def of(
+        cls,
+        *,
+        obligation_id: int,
+        by: str,
+        now: datetime,
+        readings: Mapping[str, float] | None = None,
+        items: Sequence[str] | None = None,
+        note: str | None = None,
+        token: str | None = None,
+        texts: Mapping[str, str] | None = None,
+        evidence: Sequence[Mapping[str, Any]] = (),
+        allowed_markets: frozenset[str] | None = None,
+    ) -> TickRequest:
+        """A request with the ledger's normalisations: whole seconds, a token, a name."""
+        by = by.strip()
+        if not by:
+            raise TickRefused("--by: say who did the work")
+        return cls(
+            obligation_id=obligation_id,
+            by=by,
+            now=now.replace(microsecond=0),  # the record keeps whole seconds, as exports show
+            token=token or uuid.uuid4().hex,
+            readings=dict(readings or {}),
+            items=items,
+            note=note,
+            texts=dict(texts or {}),
+            evidence=tuple(evidence),
+            allowed_markets=allowed_markets,
+        )
+
+
+def tick(
+    engine: sa.Engine,
+    *,
+    obligation_id: int,
+    by: str,
+    now: datetime,
+    readings: Mapping[str, float] | None = None,
+    items: Sequence[str] | None = None,
+    note: str | None = None,
+    token: str | None = None,
+    texts: Mapping[str, str] | None = None,
+    evidence: Sequence[Mapping[str, Any]] = (),
+) -> TickResult:
+    """Record a completion of one obligation (see ``completion_outcome`` for the rule).
+
+    The same ``token`` submitted twice records once. A completed obligation is reported
+    as such and left unchanged; before its window opens a tick is refused with the time
+    it opens. Readings are checked against the range of the schedule version that made
+    the obligation; out of range means failed (kept, and the obligation can be redone).
+    One tick, one transaction: the CLI's way. The web batches through ``TickWriter``;
+    both run ``_tick_in``, so the rule is written once.
+    """
+    request = TickRequest.of(
+        obligation_id=obligation_id,
+        by=by,
+        now=now,
+        readings=readings,
+        items=items,
+        note=note,
+        token=token,
+        texts=texts,
+        evidence=evidence,
+    )
+
+    def attempt() -> TickResult:
+        with write(engine) as conn:
+            result, events = _tick_in(conn, request)
+            audit.append(conn, events)
+            return result
+
+    for _ in range(5):
+        try:
+            return retrying(attempt, what="tick")
+        except _Raced:
+            continue
+        except sa.exc.IntegrityError:
+            # the same token was inserted by a concurrent submission: report that one
+            continue
+    raise MarketcareError(f"obligation {obligation_id} kept changing under this tick; try again")
+
+
+_OBLIGATIONS = cast(sa.Table, Obligation.__table__)
+_COMPLETIONS = cast(sa.Table, Completion.__table__)
+_AREAS = cast(sa.Table, AreaRow.__table__)
+
+
+class _TickSql:
+    """A tick's statements, built once with bound parameters.
+
+    Building a statement per tick (the ``==`` operators, ``.values()`` through the ORM
+    layer, its cache key) cost more CPU than running it; a statement object built once
+    keeps its cache key, so executing it only binds the values. The area's kind comes
+    with the obligation (a scalar subquery), not in a statement of its own.
+    """
+
+    area_kind = (
+        sa.select(_AREAS.c.kind)
+        .where(
+            _AREAS.c.market_id == _OBLIGATIONS.c.market_id, _AREAS.c.id == _OBLIGATIONS.c.area_id
+        )
+        .scalar_subquery()
+        .label("area_kind")
+    )
+    obligation = (
+        sa.select(_OBLIGATIONS, area_kind)
+        .where(_OBLIGATIONS.c.id == sa.bindparam("ob_id"))
+        .with_for_update(of=_OBLIGATIONS)
+    )
+    prior = sa.select(_COMPLETIONS.c.id, _COMPLETIONS.c.obligation_id).where(
+        _COMPLETIONS.c.token == sa.bindparam("token")
+    )
+    state_of = sa.select(_OBLIGATIONS.c.state).where(_OBLIGATIONS.c.id == sa.bindparam("ob_id"))
+    move = (
+        sa.update(_OBLIGATIONS)
+        .where(
+            _OBLIGATIONS.c.id == sa.bindparam("ob_id"),
+            _OBLIGATIONS.c.state == sa.bindparam("from_state"),
+        )
+        .values(
+            state=sa.bindparam("to_state", type_=_OBLIGATIONS.c.state.type),
+            state_changed_at=sa.bindparam("changed_at", type_=_OBLIGATIONS.c.state_changed_at.type),
+            completed_at=sa.bindparam("done_at", type_=_OBLIGATIONS.c.completed_at.type),
+        )
+    )
+    record = sa.insert(_COMPLETIONS).returning(_COMPLETIONS.c.id)
+
+
+def _obligation_to_tick(conn: sa.Connection, request: TickRequest) -> Any:
+    """The obligation row (locked) with its area's kind, within the caller's scope."""
+    found = conn.execute(_TickSql.obligation, {"ob_id": request.obligation_id}).one_or_none()
+    scope = request.allowed_markets
+    if found is None or (scope is not None and found.market_id not in scope):
+        raise NotFound(f"obligation {request.obligation_id} does not exist")
+    return found
+
+
+def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, list[audit.NewEvent]]:
+    """The rule of a tick, inside the caller's write transaction.
+
+    Returns the result and the audit events that the caller appends in the same
+    transaction, after this tick and in this order: ``tick`` appends them at once, the
+    ``TickWriter`` appends a whole batch's events in one go (one head update, not one
+    per tick). With a market scope, the obligation is looked up (and refused) before
+    the token, as the web authorised before it ticked: a token is never confirmed to
+    someone who may not see the record.
+    """
+    now, token = request.now, request.token
+    ob = _obligation_to_tick(conn, request) if request.allowed_markets is not None else None
+    prior = conn.execute(_TickSql.prior, {"token": token}).one_or_none()
+    if prior is not None:
+        prior_state = conn.execute(_TickSql.state_of, {"ob_id": prior.obligation_id}).scalar_one()
+        return TickResult(
+            prior.obligation_id,
+            State(prior_state),
+            False,
+            prior.id,
+            "already recorded (same submission)",
+        ), []
+    if ob is None:
+        ob = _obligation_to_tick(conn, request)
+    state = State(ob.state)
+    if state in COMPLETED:
+        done = conn.execute(
+            sa.select(Completion)
+            .where(
+                Completion.obligation_id == ob.id,
+                Completion.outcome.in_([s.value for s in COMPLETED]),
+            )
+            .order_by(Completion.id)
+        ).first()
+        who = f" by {done.by} at {done.at.isoformat(timespec='minutes')}" if done else ""
+        return TickResult(
+            ob.id, state, False, None, f"already {state.value}{who}; nothing changed"
+        ), []
+    if state == State.EXCUSED:
+        raise TickRefused(
+            f"obligation {ob.id} is excused ({ob.note or 'no reason given'}); nothing to do"
+        )
+    if now < ob.opens_at:
+        zone = _market_zone(conn, ob.market_id)
+        raise TickRefused(
+            f"obligation {ob.id} opens at {ob.opens_at.astimezone(zone):%Y-%m-%d %H:%M %Z}; "
+            "it cannot be completed before then"
+        )
+    if state not in TICKABLE and state != State.UPCOMING:
+        raise MarketcareError(f"obligation {ob.id} is {state.value}")
+    schedule = schedule_of_version(conn, ob.version_id)
+    checklist = checklist_of(schedule, ob.task_id, ob.area_kind)
+    failures, item_map = check(checklist, request.readings, request.items, request.texts)
+    outcome = completion_outcome(due_at=ob.due_at, at=now, readings_ok=not failures)
+    changed = conn.execute(
+        _TickSql.move,
+        {
+            "ob_id": ob.id,
+            "from_state": state.value,
+            "to_state": outcome.value,
+            "changed_at": now,
+            "done_at": now if outcome in COMPLETED else None,
+        },
+    ).rowcount
+    if changed != 1:
+        raise _Raced()
+    evidence = request.evidence
+    completion_id = conn.execute(
+        _TickSql.record,
+        {
+            "obligation_id": ob.id,
+            "token": token,
+            "by": request.by,
+            "at": now,
+            "outcome": outcome.value,
+            "readings": dict(request.readings),
+            "items": item_map,
+            "failures": failures,
+            "note": request.note,
+            "evidence": {"items": [dict(e) for e in evidence]} if evidence else None,
+        },
+    ).scalar_one()
+    event = audit.NewEvent(
+        at=now,
+        actor=request.by,
+        action="completed" if outcome != State.FAILED else "failed_check",
+        obligation_id=ob.id,
+        from_state=state.value,
+        to_state=outcome.value,
+        details={"completion_id": completion_id, "token": token, "failures": failures},
+    )
+    if outcome == State.FAILED:
+        parts = [
+            f"{k}={v['value']:g} outside {format_range(_bounds(v['range']), v.get('unit'))}"
+            for k, v in failures.items()
+        ]
+        msg = f"recorded, but failed: {'; '.join(parts)}; redo it and tick again"
+    elif outcome == State.LATE:
+        msg = f"recorded as late ({minutes_late(due_at=ob.due_at, completed_at=now)} min after due)"
+    else:
+        msg = "recorded as done on time"
+    return TickResult(ob.id, outcome, True, completion_id, msg, failures), [event]
+
+
+def _tick_in_savepoint(
+    conn: sa.Connection, request: TickRequest
+) -> tuple[TickResult, list[audit.NewEvent]] | Exception:
+    """One tick of a batch in its own SAVEPOINT: a refusal undoes this tick only.
+
+    A refusal comes back as the exception (for that request's future); an error of the
+    database itself (``OperationalError``: locked, connection lost) is raised, because
+    then the whole batch's transaction is in doubt and every request must hear of it.
+    """
+    for _ in range(5):
+        savepoint = conn.begin_nested()
+        try:
+            done = _tick_in(conn, request)
+        except (_Raced, sa.exc.IntegrityError):
+            # CAS lost or the token inserted by another process: look again from scratch
+            savepoint.rollback()
+            continue
+        except sa.exc.OperationalError:
+            raise
+        except Exception as exc:  # refused (TickRefused, NotFound, ...) or a bad value
+            savepoint.rollback()
+            return exc
+        savepoint.commit()
+        return done
+    return MarketcareError(
+        f"obligation {request.obligation_id} kept changing under this tick; try again"
+    )
+
+
+@dataclass
+class _Pending:
+    request: TickRequest
+    future: Future[TickResult]
+
+
+class TickWriter:
+    """Group commit for ticks: one thread writes every waiting tick in one transaction.
+
+    Under many concurrent clients, a transaction per tick costs a ``BEGIN``, a
+    ``COMMIT`` (an fsync) and a queue in SQLite's busy handler (which sleeps up to
+    100 ms between retries) per tick, and a worker thread per waiting request. Here
+    requests queue in Python; the thread takes all that wait (up to ``max_batch``) and
+    runs each in its own SAVEPOINT of one write transaction, so a refused tick leaves
+    the others of its batch alone. Nothing waits for company: a lone tick is written at
+    once, batches form only while a transaction is already running.
+
+    A request's future is resolved only after COMMIT; when the transaction fails as a
+    whole (locked past the retries, the commit itself failing) every request of the
+    batch gets that exception and nothing of the batch is recorded. ``close`` stops
+    taking requests and writes what was taken before returning. The batch's audit
+    events are appended once, after its ticks and in their order (one chain-head update
+    per batch). SAVEPOINTs work on SQLite inside ``BEGIN IMMEDIATE`` (``make_engine``
+    issues the ``BEGIN`` itself, so pysqlite's own transaction handling stays out of the
+    way) and on PostgreSQL; ``tests/test_tick_batch.py`` runs on both.
+    """
+
+    def __init__(self, engine: sa.Engine, *, max_batch: int = 64, start: bool = True) -> None:
+        self.engine = engine
+        self.max_batch = max_batch
+        self._queue: queue.SimpleQueue[_Pending | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._thread = threading.Thread(target=self._run, name="tick-writer", daemon=True)
+        if start:
+            self.start()
+
+    def start(self) -> None:
+        """Start writing (a writer made with ``start=False`` only queues until then)."""
+        self._thread.start()
+
+    def submit(self, request: TickRequest) -> Future[TickResult]:
+        fut: Future[TickResult] = Future()
+        with self._lock:
+            if self._closed:
+                raise MarketcareError("the server is shutting down; tick again in a moment")
+            self._queue.put(_Pending(request, fut))
+        return fut
+
+    def tick(self, request: TickRequest) -> TickResult:
+        """Submit and wait (for threads; the web awaits the future instead)."""
+        return self.submit(request).result()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop taking requests, write every one already taken, end the thread."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)
+            if self._thread.ident is None:  # never started: write what it holds all the same
+                self._thread.start()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            while len(batch) < self.max_batch:
+                try:
+                    more = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if more is None:
+                    stopping = True
+                    break
+                batch.append(more)
+            try:
+                self._write(batch)
+            except Exception:  # never leave a caller waiting for ever, nor the thread dead
+                log.exception("tick writer: a batch failed unexpectedly")
+                for p in batch:
+                    if not p.future.done():
+                        p.future.set_exception(MarketcareError("the tick was not recorded"))
+
+    def _write(self, batch: list[_Pending]) -> None:
+        live = [p for p in batch if p.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+
+        def attempt() -> list[TickResult | Exception]:
+            outcomes: list[TickResult | Exception] = []
+            events: list[audit.NewEvent] = []
+            with write(self.engine) as conn:
+                for p in live:
+                    done = _tick_in_savepoint(conn, p.request)
+                    if isinstance(done, Exception):
+                        outcomes.append(done)
+                    else:
+                        outcomes.append(done[0])
+                        events.extend(done[1])
+                audit.append(conn, events)
+            return outcomes
+
+        try:
+            outcomes = retrying(attempt, what="tick batch")
+        except Exception as exc:
+            for p in live:
+                p.future.set_exception(exc)
+            return
+        for p, outcome in zip(live, outcomes, strict=True):
+            if isinstance(outcome, Exception):
+                p.future.set_exception(outcome)
+            else:
+                p.future.set_result(outcome)
+
+
+def _bounds(value: Any) -> tuple[float | None, float | None] | None:
+    return None if value is None else (value[0], value[1])
+
+
+class _Raced(Exception):
+    pass
+
+
+def _market_zone(conn: sa.Connection, market_id: str) -> ZoneInfo:
+    name = conn.execute(sa.select(MarketRow.timezone).where(MarketRow.id == market_id)).scalar_one()
+    return ZoneInfo(name)

@@ -1,0 +1,1 @@
+"""Running marketcare: the daemon, online backups and restore, the move to PostgreSQL."""

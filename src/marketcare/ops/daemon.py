@@ -1,0 +1,446 @@
+"""The long-running daemon: small steps against the ledger, woken by APScheduler.
+
+APScheduler only decides *when* a step runs (memory job store, plain interval
+triggers, one worker thread so steps never overlap). What is due is always derived
+from the ledger's watermark, so a run APScheduler skips, a crash or days of downtime
+lose nothing: the next step replays the gap.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import sqlalchemy as sa
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from filelock import FileLock
+
+from marketcare.clock import now_utc
+from marketcare.domain.schedules import Schedule, load_paths
+from marketcare.domain.timespec import format_duration
+from marketcare.errors import MarketcareError, ScheduleError
+from marketcare.ledger import leader
+from marketcare.ledger.db import make_engine
+from marketcare.ledger.leader import (
+    Leadership,
+    SqliteFileLock,
+    identity,
+    leadership_for,
+    migrate_exclusively,
+)
+from marketcare.ledger.materialise import MaterialiseResult, materialise
+from marketcare.ledger.sweep import SweepResult, sweep_all
+from marketcare.ledger.versions import active_schedule
+from marketcare.settings import Settings
+
+log = logging.getLogger("marketcare.daemon")
+
+#: how often a daemon tries to take the scheduler lead, and the leader renews its heartbeat
+LEADER_TICK_SECONDS = 1.0
+
+
+@dataclass
+class Daemon:
+    """The daemon's steps; each is callable on its own (tests call them directly)."""
+
+    settings: Settings
+    engine: sa.Engine
+    schedule: Schedule | None = None
+    _files_signature: tuple[tuple[str, float, int], ...] = ()
+    stopping: threading.Event = field(default_factory=threading.Event)
+    #: all: scheduler (when leader) and web; scheduler: no web; web: no scheduler
+    role: str = "all"
+    leadership: Leadership | None = None
+    #: True while this daemon holds the scheduler lead (steps run only then)
+    leading: bool = True
+    _leading_since: datetime | None = None
+    _scheduler: Any = None
+
+    def now(self) -> datetime:
+        return now_utc()
+
+    # -- steps -------------------------------------------------------------------------
+
+    def step_reload(self) -> bool:
+        """Load the schedule files; keep the last good schedule when they are broken.
+
+        Returns True when a new schedule was taken.
+        """
+        try:
+            fresh = load_paths(
+                [self.settings.schedules_dir], default_timezone=self.settings.timezone
+            )
+        except ScheduleError as exc:
+            kept = "keeping the last good schedule" if self.schedule else "no schedule to run yet"
+            log.error(
+                "schedule files are invalid; %s:\n%s", kept, "\n".join(str(e) for e in exc.errors)
+            )
+            return False
+        if self.schedule is not None and fresh.digest == self.schedule.digest:
+            return False
+        self.schedule = fresh
+        log.info(
+            "schedule loaded",
+            extra={
+                "digest": fresh.digest[:12],
+                "markets": len(fresh.markets),
+                "tasks": len(fresh.tasks),
+            },
+        )
+        self.step_materialise()
+        return True
+
+    def step_materialise(self) -> MaterialiseResult | None:
+        if self.schedule is None:
+            return None
+        started = time.monotonic()
+        result = materialise(
+            self.engine,
+            self.schedule,
+            now=self.now(),
+            horizon=self.settings.horizon,
+            should_stop=self.stopping.is_set,
+        )
+        if result.created or result.withdrawn or result.excused or result.updated:
+            log.info(
+                "materialised",
+                extra={
+                    "obligations_created": result.created,
+                    "withdrawn": result.withdrawn,
+                    "excused": result.excused,
+                    "until": result.until.isoformat() if result.until else None,
+                    "version": result.version_id,
+                    "seconds": round(time.monotonic() - started, 3),
+                },
+            )
+        self.step_sweep()
+        return result
+
+    def step_sweep(self) -> SweepResult:
+        from marketcare.web.health import SWEEP_SECONDS
+
+        now = self.now()
+        with SWEEP_SECONDS.time():
+            result = sweep_all(self.engine, now=now)
+        if result.opened or result.missed:
+            log.info("swept", extra={"opened": result.opened, "missed": result.missed})
+        if self.schedule is not None:
+            from marketcare.ledger import problems as problem_ledger
+
+            raised = problem_ledger.raise_from_obligations(self.engine, self.schedule, now=now)
+            if raised:
+                log.info("problems raised from obligations", extra={"problems": raised})
+        return result
+
+    def step_reports(self) -> int:
+        """Produce reports whose run time has come (including any missed while down)."""
+        if self.schedule is None or not self.schedule.reports:
+            return 0
+        from marketcare.reports import delivery
+
+        now = self.now()
+        delivery.plan_runs(self.engine, self.schedule, now=now)
+        return delivery.run_pending(
+            self.engine,
+            self.schedule,
+            now=now,
+            exports_dir=self.settings.exports_dir,
+            default_language=self.settings.language,
+            sender=self.settings.smtp_sender,
+        )
+
+    def step_outbox(self) -> int:
+        """Send due emails; failures are kept in the outbox with their reason."""
+        from marketcare.reports import delivery
+
+        result = delivery.send_due(
+            self.engine,
+            delivery.smtp_config(self.settings),
+            now=self.now(),
+            language=self.settings.language,
+            clock=self.now,
+        )
+        return result.sent
+
+    def step_notifications(self) -> int:
+        """Turn escalation steps that came due into notifications, then send due ones."""
+        from marketcare.reports import delivery, notify
+
+        if self.schedule is not None:
+            notify.materialise(
+                self.engine, self.schedule, now=self.now(), sender=self.settings.smtp_sender
+            )
+        result = notify.send_due(
+            self.engine,
+            delivery.smtp_config(self.settings),
+            now=self.now(),
+            timezone=self.settings.timezone,
+        )
+        return result.sent
+
+    def _schedule_signature(self) -> tuple[tuple[str, float, int], ...]:
+        out = []
+        directory = self.settings.schedules_dir
+        for p in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+            try:
+                st = p.stat()
+            except OSError:
+                continue
+            out.append((p.name, st.st_mtime, st.st_size))
+        return tuple(out)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event | None = None) -> None:
+        """Run until SIGTERM/SIGINT (or ``stop``); returns after a clean shutdown."""
+        stop = stop or self.stopping
+        self.stopping = stop
+        if self.role != "web":
+            self.leadership = leadership_for(self.engine, self.settings.sqlite_path)
+            if isinstance(self.leadership, SqliteFileLock) and not self.leadership.try_acquire():
+                raise MarketcareError(
+                    f"another marketcare daemon is running on {self.settings.sqlite_path} "
+                    f"(lock {self.leadership.lock_file}); one scheduler per SQLite database "
+                    "(use PostgreSQL for several daemons, or --role web for a web-only one)"
+                )
+
+        def on_signal(signum: int, _frame: FrameType | None) -> None:
+            log.info("signal received; stopping", extra={"signal": signal.Signals(signum).name})
+            stop.set()
+
+        previous = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                previous[sig] = signal.signal(sig, on_signal)
+        try:
+            self._run(stop)
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            if self.leadership is not None:
+                self.leadership.release()
+                self.leading = False
+
+    def _run(self, stop: threading.Event) -> None:
+        migrate_exclusively(self.engine)
+        log.info(
+            "daemon starting",
+            extra={
+                "role": self.role,
+                "database": self.engine.url.render_as_string(hide_password=True),
+                "schedules": str(self.settings.schedules_dir),
+                "horizon": format_duration(self.settings.horizon),
+            },
+        )
+        if self.role == "web":
+            self._serve_only(stop)
+            return
+        # the leader decides; until this daemon leads, its steps are no-ops
+        self._take_lead_if_free()
+        if not self._load_at_start():
+            return
+        self._files_signature = self._schedule_signature()
+
+        scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        self._scheduler = scheduler
+        scheduler.add_job(
+            self._guarded(self.step_sweep),
+            "interval",
+            seconds=self.settings.sweep_interval_seconds,
+            id="sweep",
+        )
+        scheduler.add_job(
+            self._guarded(self.step_materialise),
+            "interval",
+            seconds=self.settings.materialise_interval_seconds,
+            id="materialise",
+        )
+        scheduler.add_job(self._guarded(self._maybe_reload), "interval", seconds=1, id="reload")
+        scheduler.add_job(
+            self._guarded(self.step_reports),
+            "interval",
+            seconds=self.settings.report_interval_seconds,
+            id="reports",
+            next_run_time=datetime.now(UTC),  # catch up at once on start
+        )
+        scheduler.add_job(
+            self._guarded(self.step_outbox),
+            "interval",
+            seconds=self.settings.outbox_interval_seconds,
+            id="outbox",
+            next_run_time=datetime.now(UTC),
+        )
+        scheduler.add_job(
+            self._guarded(self.step_notifications),
+            "interval",
+            seconds=self.settings.notify_interval_seconds,
+            id="notifications",
+            next_run_time=datetime.now(UTC),
+        )
+        watcher = threading.Thread(target=self._watch, args=(stop, scheduler), daemon=True)
+
+        if stop.is_set():
+            log.info("daemon stopped before its loop started")
+            return
+        web = self._start_web() if self.role == "all" else None
+        scheduler.start()
+        watcher.start()
+        log.info("daemon running")
+        try:
+            while not stop.wait(LEADER_TICK_SECONDS):
+                self._leader_tick()
+        finally:
+            scheduler.shutdown(wait=True)
+            if web is not None:
+                web.stop()
+            log.info("daemon stopped")
+
+    def _load_at_start(self) -> bool:
+        """Load the schedule files, or fall back to the last applied schedule."""
+        if self.step_reload() or self.schedule is not None:
+            return True
+        # broken files at start: run the last schedule the ledger applied, if any
+        with self.engine.connect() as conn:
+            self.schedule = active_schedule(conn)
+        if self.schedule is None:
+            raise MarketcareError(
+                f"no valid schedule in {self.settings.schedules_dir} and none applied before; "
+                "fix the files (marketcare check) and start again"
+            )
+        log.warning("running the last applied schedule until the files are fixed")
+        self.step_materialise()
+        return True
+
+    def _start_web(self) -> Any:
+        """Serve the web app and API from this process (``web_enabled``)."""
+        if not self.settings.web_enabled:
+            return None
+        from marketcare.web.app import WebServer, create_app
+
+        server = WebServer(
+            create_app(self.settings, self.engine, daemon=self),
+            self.settings.web_host,
+            self.settings.web_port,
+        )
+        server.start()
+        log.info(
+            "web app listening",
+            extra={"url": f"http://{self.settings.web_host}:{server.port}/"},
+        )
+        return server
+
+    def _serve_only(self, stop: threading.Event) -> None:
+        web = self._start_web()
+        log.info("daemon running (web only)")
+        try:
+            while not stop.wait(0.5):
+                pass
+        finally:
+            if web is not None:
+                web.stop()
+            log.info("daemon stopped")
+
+    # -- leadership --------------------------------------------------------------------
+
+    def _take_lead_if_free(self) -> bool:
+        """Try to become (or stay) the scheduler leader; keep the heartbeat fresh."""
+        if self.leadership is None:
+            return False
+        was = self.leading
+        try:
+            self.leading = self.leadership.still_held() if was else self.leadership.try_acquire()
+        except Exception:
+            log.warning("cannot reach the database to elect a leader", exc_info=True)
+            self.leading = False
+        now = self.now()
+        if self.leading and not was:
+            self._leading_since = now
+            log.info("this daemon now runs the scheduler", extra={"leader": identity()})
+        elif was and not self.leading:
+            log.warning(
+                "this daemon lost the scheduler lead; following", extra={"leader": identity()}
+            )
+        if self.leading:
+            try:
+                leader.heartbeat(self.engine, identity(), now=now, since=self._leading_since or now)
+            except Exception:
+                log.warning("heartbeat failed", exc_info=True)
+        return self.leading and not was
+
+    def _leader_tick(self) -> None:
+        became = self._take_lead_if_free()
+        if became and self._scheduler is not None:
+            # a new leader catches up at once: what the old one left undone is replayed
+            for job in self._scheduler.get_jobs():
+                job.modify(next_run_time=datetime.now(UTC))
+
+    def _maybe_reload(self) -> None:
+        """Poll the files' mtimes as a fallback for file systems that do not notify."""
+        signature = self._schedule_signature()
+        if signature != self._files_signature:
+            self._files_signature = signature
+            self.step_reload()
+
+    def _watch(self, stop: threading.Event, scheduler: BackgroundScheduler) -> None:
+        """Wake the reload step as soon as a schedule file changes (inotify via watchfiles)."""
+        try:
+            from watchfiles import watch
+
+            for _changes in watch(
+                self.settings.schedules_dir,
+                stop_event=stop,
+                debounce=300,
+                rust_timeout=1000,
+                raise_interrupt=False,
+            ):
+                scheduler.add_job(
+                    self._guarded(self._maybe_reload), id="reload-now", replace_existing=True
+                )
+        except Exception:  # the 1-second polling job still catches every change
+            log.warning("file watching unavailable; polling the schedule files", exc_info=True)
+
+    def _guarded(self, fn: Any) -> Any:
+        def run() -> None:
+            if not self.leading:
+                return  # another daemon runs the scheduler
+            try:
+                fn()
+            except Exception:
+                log.exception("step %s failed; it will run again", getattr(fn, "__name__", fn))
+
+        run.__name__ = getattr(fn, "__name__", "step")
+        return run
+
+
+def _lock_for(settings: Settings) -> FileLock | None:
+    """The SQLite file lock of the scheduler (``backup``/``restore`` take it too)."""
+    path = settings.sqlite_path
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(Path(str(path) + ".lock")))
+
+
+ROLES = ("all", "scheduler", "web")
+
+
+def build(settings: Settings, role: str = "all") -> Daemon:
+    if role not in ROLES:
+        raise MarketcareError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+    return Daemon(
+        settings=settings,
+        engine=make_engine(settings.database_url),
+        role=role,
+        leading=False,
+    )

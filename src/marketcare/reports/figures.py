@@ -1,0 +1,418 @@
+"""What a compliance report says: the numbers and rows of one period, read from the ledger.
+
+The workbook writer (``exports``) only formats what this module gathers. Rows are streamed
+per market so a month of a thousand markets never sits in memory; the summary is a
+``GROUP BY`` in the database turned into tallies with pandas, using the one rule in
+``compliance.categorise``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from functools import lru_cache
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+import sqlalchemy as sa
+import sqlalchemy.orm
+
+from marketcare.domain import compliance
+from marketcare.domain.obligations import State, in_range, minutes_late
+from marketcare.domain.periods import Period
+from marketcare.domain.schedules import Schedule
+from marketcare.ledger.models import AreaRow, Completion, MarketRow, Obligation
+from marketcare.ledger.versions import schedule_of_version
+
+
+@dataclass(frozen=True, slots=True)
+class MarketInfo:
+    id: str
+    name: str
+    sub_district: str
+    zone: str
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    id: str
+    label: str
+    value: float | None
+    unit: str | None
+    low: float | None
+    high: float | None
+
+    @property
+    def ok(self) -> bool:
+        return self.value is not None and in_range(self.value, (self.low, self.high))
+
+
+@dataclass(frozen=True, slots=True)
+class Line:
+    """One obligation as a report row; times are naive local times of the market."""
+
+    obligation_id: int
+    market_id: str
+    local_date: date
+    area_id: str | None
+    area_name: str | None
+    area_kind: str | None
+    task_id: str
+    task_name: str
+    kind: str
+    opens: datetime
+    due: datetime
+    completed: datetime | None
+    by: str | None
+    readings: tuple[Reading, ...]
+    state: State
+    category: str
+    minutes_late: int
+    note: str | None
+    contractor: str | None
+
+
+@dataclass(frozen=True)
+class TaskInfo:
+    name: str
+    contractor: str | None
+    readings: tuple[tuple[str, str, str | None], ...]  # id, label, unit
+
+
+_TASK_INFOS: dict[str, dict[str, TaskInfo]] = {}
+
+
+def _task_infos(schedule: Schedule) -> dict[str, TaskInfo]:
+    cached = _TASK_INFOS.get(schedule.digest)
+    if cached is not None:
+        return cached
+    if len(_TASK_INFOS) > 64:
+        _TASK_INFOS.clear()
+    _TASK_INFOS[schedule.digest] = infos = {
+        t.id: TaskInfo(
+            t.name,
+            t.contractor,
+            tuple((c.id, c.label, c.unit) for c in t.checklist if c.reading is not None),
+        )
+        for t in schedule.tasks
+    }
+    return infos
+
+
+class Report:
+    """One period's report over a set of markets, read from one database connection.
+
+    Use it inside a read transaction (``db.read``) so every sheet sees the same snapshot.
+    """
+
+    def __init__(
+        self,
+        conn: sa.Connection,
+        period: Period,
+        *,
+        as_of: datetime,
+        markets: Sequence[str] | None = None,
+    ) -> None:
+        self.conn = conn
+        self.period = period
+        self.as_of = as_of.astimezone(UTC)
+        self.market_filter = list(markets) if markets else None
+        stmt = sa.select(MarketRow).order_by(MarketRow.id)
+        if self.market_filter:
+            stmt = stmt.where(MarketRow.id.in_(self.market_filter))
+        rows = conn.execute(stmt).all()
+        present = set(self._markets_with_obligations())
+        self.markets = [
+            MarketInfo(r.id, r.name, r.sub_district, r.timezone)
+            for r in rows
+            if r.active or r.id in present
+        ]
+        self._summary: pd.DataFrame | None = None
+
+    # -- selection ---------------------------------------------------------------------
+
+    def _where(self, stmt: Any) -> Any:
+        stmt = stmt.where(
+            Obligation.local_date >= self.period.start.isoformat(),
+            Obligation.local_date < self.period.end.isoformat(),
+        )
+        if self.market_filter:
+            stmt = stmt.where(Obligation.market_id.in_(self.market_filter))
+        return stmt
+
+    def _markets_with_obligations(self) -> list[str]:
+        stmt = self._where(sa.select(Obligation.market_id).distinct())
+        return list(self.conn.execute(stmt).scalars())
+
+    # -- the summary -------------------------------------------------------------------
+
+    @property
+    def summary(self) -> pd.DataFrame:
+        """Counts per (market, kind): the categories, ``due`` and ``compliance`` (0..1 or NaN)."""
+        if self._summary is None:
+            self._summary = self._build_summary()
+        return self._summary
+
+    def _build_summary(self) -> pd.DataFrame:
+        past = sa.case((Obligation.missed_at <= self.as_of, 1), else_=0).label("past")
+        stmt = self._where(
+            sa.select(
+                Obligation.market_id,
+                Obligation.kind,
+                Obligation.state,
+                past,
+                sa.func.count().label("n"),
+            )
+        ).group_by(Obligation.market_id, Obligation.kind, Obligation.state, past)
+        groups = pd.DataFrame(
+            self.conn.execute(stmt).all(), columns=["market", "kind", "state", "past", "n"]
+        )
+        columns = [*compliance.CATEGORIES, "due", "compliance"]
+        if groups.empty:
+            return pd.DataFrame(
+                columns=columns, index=pd.MultiIndex.from_tuples([], names=["market", "kind"])
+            )
+        never, always = datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC)
+        groups["category"] = [
+            compliance.categorise(s, missed_at=always if p else never, as_of=self.as_of)
+            for s, p in zip(groups["state"], groups["past"], strict=True)
+        ]
+        table = groups.pivot_table(
+            index=["market", "kind"], columns="category", values="n", aggfunc="sum", fill_value=0
+        )
+        table = table.reindex(columns=list(compliance.CATEGORIES), fill_value=0).astype("int64")
+        return _with_rates(table)
+
+    def market_totals(self) -> pd.DataFrame:
+        """Counts per market (every selected market, zeros where it had nothing)."""
+        s = self.summary
+        cats = list(compliance.CATEGORIES)
+        if s.empty:
+            totals = pd.DataFrame(0, index=[m.id for m in self.markets], columns=cats)
+        else:
+            totals = s[cats].groupby(level="market").sum()
+            totals = totals.reindex([m.id for m in self.markets], fill_value=0)
+        totals.index.name = "market"
+        return _with_rates(totals.astype("int64"))
+
+    def district_total(self) -> pd.Series:
+        totals = self.market_totals()[list(compliance.CATEGORIES)].sum()
+        frame = _with_rates(pd.DataFrame([totals]))
+        return frame.iloc[0]
+
+    # -- the rows ----------------------------------------------------------------------
+
+    def count(self, market_id: str | None = None) -> int:
+        stmt = self._where(sa.select(sa.func.count()).select_from(Obligation))
+        if market_id is not None:
+            stmt = stmt.where(Obligation.market_id == market_id)
+        return int(self.conn.execute(stmt).scalar_one())
+
+    def lines(
+        self,
+        market_id: str | None = None,
+        *,
+        kinds: Sequence[str] | None = None,
+        categories: Sequence[str] | None = None,
+    ) -> Iterator[Line]:
+        """Every obligation of the period (of one market), in date and time order, streamed."""
+        inner = sa.orm.aliased(Completion)
+        latest = (
+            sa.select(sa.func.max(inner.id))
+            .where(inner.obligation_id == Obligation.id)
+            .correlate(Obligation)
+            .scalar_subquery()
+        )
+        stmt = self._where(
+            sa.select(
+                Obligation,
+                AreaRow.name.label("area_name"),
+                AreaRow.kind.label("area_kind"),
+                MarketRow.timezone.label("zone"),
+                Completion.by.label("c_by"),
+                Completion.readings.label("c_readings"),
+                Completion.note.label("c_note"),
+            )
+            .join(MarketRow, MarketRow.id == Obligation.market_id)
+            .outerjoin(
+                AreaRow,
+                (AreaRow.market_id == Obligation.market_id) & (AreaRow.id == Obligation.area_id),
+            )
+            .outerjoin(Completion, Completion.id == latest)
+        )
+        if market_id is not None:
+            stmt = stmt.where(Obligation.market_id == market_id)
+        if kinds:
+            stmt = stmt.where(Obligation.kind.in_(list(kinds)))
+        stmt = stmt.order_by(
+            Obligation.market_id,
+            Obligation.local_date,
+            Obligation.opens_at,
+            Obligation.area_id,
+            Obligation.task_id,
+        )
+        wanted = set(categories) if categories else None
+        result = self.conn.execution_options(yield_per=2000).execute(stmt)
+        for row in result:
+            line = self._line(row)
+            if wanted is None or line.category in wanted:
+                yield line
+
+    def _line(self, row: Any) -> Line:
+        zone = _zone(row.zone)
+        schedule = schedule_of_version(self.conn, row.version_id)
+        info = _task_infos(schedule).get(row.task_id) or TaskInfo(row.task_id, None, ())
+        readings: tuple[Reading, ...] = ()
+        if info.readings:
+            task = schedule.task_by_id[row.task_id]
+            values = row.c_readings or {}
+            items = []
+            for cid, label, unit in info.readings:
+                item = next(c for c in task.checklist if c.id == cid)
+                bounds = item.range_for(row.area_kind) or (None, None)
+                v = values.get(cid)
+                items.append(
+                    Reading(cid, label, None if v is None else float(v), unit, bounds[0], bounds[1])
+                )
+            readings = tuple(items)
+        state = State(row.state)
+        note = row.c_note if row.c_note else row.note
+
+        def local(v: datetime | None) -> datetime | None:
+            return None if v is None else v.astimezone(zone).replace(tzinfo=None)
+
+        return Line(
+            obligation_id=row.id,
+            market_id=row.market_id,
+            local_date=date.fromisoformat(row.local_date),
+            area_id=row.area_id,
+            area_name=row.area_name,
+            area_kind=row.area_kind,
+            task_id=row.task_id,
+            task_name=info.name,
+            kind=row.kind,
+            opens=row.opens_at.astimezone(zone).replace(tzinfo=None),
+            due=row.due_at.astimezone(zone).replace(tzinfo=None),
+            completed=local(row.completed_at),
+            by=row.c_by,
+            readings=readings,
+            state=state,
+            category=compliance.categorise(state, missed_at=row.missed_at, as_of=self.as_of),
+            minutes_late=minutes_late(due_at=row.due_at, completed_at=row.completed_at),
+            note=note,
+            contractor=info.contractor,
+        )
+
+
+def _with_rates(table: pd.DataFrame) -> pd.DataFrame:
+    out = table.copy()
+    out["due"] = out[list(compliance.DUE)].sum(axis=1).astype("int64")
+    out["compliance"] = [
+        compliance.compliance(int(a), int(b))
+        for a, b in zip(out["on_time"], out["due"], strict=True)
+    ]
+    out["compliance"] = out["compliance"].astype("float64")
+    return out
+
+
+@lru_cache(maxsize=64)
+def _zone(name: str) -> ZoneInfo:
+    return ZoneInfo(name)
+
+
+# ---------------------------------------------------------------- problems and contracts
+
+
+@dataclass(frozen=True, slots=True)
+class ProblemLine:
+    """A problem not rectified by its deadline, as a report row (naive local times)."""
+
+    id: int
+    market_id: str
+    area_id: str | None
+    category: str
+    description: str
+    found_at: datetime
+    deadline: datetime
+    state: str
+    reopened: int
+    days_overdue: int
+
+
+def _utc_bounds(period: Period, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    start = datetime.combine(period.start, datetime.min.time()).replace(tzinfo=zone)
+    end = datetime.combine(period.end, datetime.min.time()).replace(tzinfo=zone)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def problem_rates(report: Report) -> dict[str, Any]:
+    """Rectification rate per market (``problems.Rate``), each market's period in its zone."""
+    from marketcare.ledger.problems import rates
+
+    out: dict[str, Any] = {}
+    zones: dict[str, list[str]] = {}
+    for m in report.markets:
+        zones.setdefault(m.zone, []).append(m.id)
+    for zone, ids in zones.items():
+        start, end = _utc_bounds(report.period, _zone(zone))
+        out.update(rates(report.conn, start=start, end=end, as_of=report.as_of, markets=ids))
+    return out
+
+
+def late_problems(report: Report) -> list[ProblemLine]:
+    """Problems not rectified by their deadline: due in the period and verified late or not
+    at all, and older ones still not verified."""
+    from marketcare.domain.problems import ProblemState
+    from marketcare.ledger.models import ProblemRow
+
+    out: list[ProblemLine] = []
+    zones = {m.id: m.zone for m in report.markets}
+    for market_id, zone_name in zones.items():
+        zone = _zone(zone_name)
+        start, end = _utc_bounds(report.period, zone)
+        cutoff = min(end, report.as_of)
+        rows = report.conn.execute(
+            sa.select(ProblemRow)
+            .where(ProblemRow.market_id == market_id, ProblemRow.deadline < cutoff)
+            .order_by(ProblemRow.deadline, ProblemRow.id)
+        ).all()
+        for r in rows:
+            verified = r.state == ProblemState.VERIFIED.value and r.verified_at is not None
+            in_period = start <= r.deadline < end
+            late = (not verified) or (r.verified_at > r.deadline and in_period)
+            if not late or (not in_period and verified):
+                continue
+            until = r.verified_at if verified else report.as_of
+            out.append(
+                ProblemLine(
+                    id=r.id,
+                    market_id=r.market_id,
+                    area_id=r.area_id,
+                    category=r.category,
+                    description=r.description,
+                    found_at=r.found_at.astimezone(zone).replace(tzinfo=None, microsecond=0),
+                    deadline=r.deadline.astimezone(zone).replace(tzinfo=None, microsecond=0),
+                    state=r.state,
+                    reopened=r.reopened,
+                    days_overdue=max(int((until - r.deadline).total_seconds() // 86400), 0),
+                )
+            )
+    return out
+
+
+def contract_rows(report: Report) -> list[Any]:
+    """Pest-control visits against the contracts, for a month report (else nothing)."""
+    if report.period.kind != "month":
+        return []
+    from marketcare.ledger.pestcontrol import contract_status
+    from marketcare.ledger.versions import active_schedule
+
+    schedule = active_schedule(report.conn)
+    if schedule is None:
+        return []
+    wanted = {m.id for m in report.markets}
+    return [
+        c for c in contract_status(report.conn, schedule, report.period) if c.market_id in wanted
+    ]

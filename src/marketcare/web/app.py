@@ -1,0 +1,416 @@
+"""The web app and JSON API: FastAPI, server-rendered Jinja2 pages, no front-end build.
+
+This module is the edge where HTTP meets the domain: it signs people in, finds out who
+is asking (a session cookie or an API token), checks CSRF on every cookie-authenticated
+write, picks the language and turns domain errors into HTTP answers. The pages
+(``pages``) and the API (``api``) are routers on top; the rules they apply live in
+``access`` (who may do what) and ``views`` (what is shown).
+
+Security decisions, written down once:
+
+* Sessions are Starlette's signed cookies (itsdangerous), ``HttpOnly``, ``SameSite=Lax``,
+  ``Secure`` when ``web_secure_cookies`` is set. The cookie holds the user id, a session
+  epoch and the CSRF token; a password change or a disable bumps the user's epoch, which
+  signs every existing session out.
+* CSRF: every write authenticated by the cookie must carry the session's token, as the
+  form field ``csrf_token`` or the header ``X-CSRF-Token``. Writes with an API token
+  (``Authorization: Bearer …``) carry no cookie and need none.
+* A refused market-scoped read or write answers 404, the same as a missing record, so
+  ids of other markets reveal nothing.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import secrets
+import threading
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote, urlsplit
+
+import sqlalchemy as sa
+from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi.templating import Jinja2Templates
+from starlette.middleware.sessions import SessionMiddleware
+
+from marketcare.clock import now_utc
+from marketcare.domain.access import Action, Principal, may
+from marketcare.errors import MarketcareError, NotFound
+from marketcare.i18n import DEFAULT_LANGUAGE, LANGUAGES, Translator, translator
+from marketcare.ledger import accounts
+from marketcare.settings import Settings
+
+log = logging.getLogger("marketcare.web")
+
+HERE = Path(__file__).resolve().parent
+SESSION_COOKIE = "marketcare_session"
+CSRF_FIELD = "csrf_token"
+CSRF_HEADER = "x-csrf-token"
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+Clock = Callable[[], datetime]
+
+
+class NotSignedIn(Exception):
+    """No valid session or token; pages redirect to sign-in, the API answers 401."""
+
+
+def is_api(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+# ---------------------------------------------------------------- who is asking
+
+
+def engine_of(request: Request) -> sa.Engine:
+    engine: sa.Engine = request.app.state.engine
+    return engine
+
+
+def settings_of(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
+def now_of(request: Request) -> datetime:
+    clock: Clock = request.app.state.clock
+    return clock()
+
+
+def _bearer(request: Request) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+def current_user(request: Request) -> Principal | None:
+    """The principal of this request (cached on it), or None when nobody is signed in."""
+    if hasattr(request.state, "principal"):
+        cached: Principal | None = request.state.principal
+        return cached
+    who: Principal | None = None
+    token = _bearer(request)
+    if token is not None:
+        who = accounts.principal_for_token(engine_of(request), token, now=now_of(request))
+    else:
+        uid = request.session.get("uid")
+        epoch = request.session.get("epoch")
+        if isinstance(uid, int) and isinstance(epoch, int):
+            who = accounts.principal(engine_of(request), uid, epoch)
+            if who is None:  # disabled, password changed, or gone: end the session
+                request.session.pop("uid", None)
+    request.state.principal = who
+    return who
+
+
+def _known_user(request: Request) -> Principal | None:
+    """The principal if it is known without the database (cached on the request, or an
+    API token this process read a moment ago); None: ``current_user`` must look."""
+    if hasattr(request.state, "principal"):
+        cached: Principal | None = request.state.principal
+        return cached
+    token = _bearer(request)
+    if token is None:
+        return None
+    who = accounts.cached_principal_for_token(engine_of(request), token, now=now_of(request))
+    if who is not None:
+        request.state.principal = who
+    return who
+
+
+async def signed_in(request: Request) -> Principal:
+    """Dependency: the principal, or 401 / a redirect to the sign-in page.
+
+    Async so that an API client's cached token costs no hand-off to a worker thread
+    (two hand-offs per request were a large share of a tick's CPU); whatever needs the
+    database still runs in a worker thread, as a sync dependency did.
+    """
+    who = _known_user(request)
+    if who is None:
+        who = await run_in_threadpool(current_user, request)
+    if who is None:
+        raise NotSignedIn()
+    return who
+
+
+#: a route parameter ``who: SignedIn`` is the caller (401 / sign-in redirect when none)
+SignedIn = Annotated[Principal, Depends(signed_in)]
+
+
+def authorise(who: Principal, action: Action, market: str | None = None) -> None:
+    """Refuse unless ``who`` may take ``action`` (in ``market``).
+
+    Market-scoped refusals are 404 (nothing about the other market is revealed); a
+    refusal by role alone is 403.
+    """
+    if may(who, action, market):
+        return
+    if market is not None and may(who, action):
+        raise HTTPException(status_code=404, detail="not found")
+    raise HTTPException(status_code=403, detail="your role may not do this")
+
+
+def authorise_market(who: Principal, action: Action, market: str | None) -> str:
+    """Like ``authorise`` for a record's market; a missing record (None) is a 404 too."""
+    if market is None:
+        raise HTTPException(status_code=404, detail="not found")
+    authorise(who, action, market)
+    return market
+
+
+# ---------------------------------------------------------------- CSRF
+
+
+def csrf_token(request: Request) -> str:
+    """The session's CSRF token (made on first use)."""
+    token = request.session.get("csrf")
+    if not isinstance(token, str):
+        token = secrets.token_urlsafe(32)
+        request.session["csrf"] = token
+    return token
+
+
+async def check_csrf(request: Request) -> None:
+    """Dependency on every route: a cookie-authenticated write must prove it came from
+    our own page (the token in the form or header matches the session's)."""
+    if request.method in SAFE_METHODS or _bearer(request) is not None:
+        return
+    expected = request.session.get("csrf")
+    given = request.headers.get(CSRF_HEADER)
+    if given is None:
+        ctype = request.headers.get("content-type", "")
+        if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
+            form = await request.form(max_part_size=settings_of(request).upload_max_bytes + 1)
+            value = form.get(CSRF_FIELD)
+            given = value if isinstance(value, str) else None
+    if not isinstance(expected, str) or given is None or not hmac.compare_digest(expected, given):
+        raise HTTPException(
+            status_code=403,
+            detail="the form has expired or did not come from this site; reload the page and try again",
+        )
+
+
+# ---------------------------------------------------------------- language and pages
+
+
+def language_of(request: Request) -> str:
+    who = current_user(request)
+    if who is not None and who.language in LANGUAGES:
+        return str(who.language)
+    lang = settings_of(request).language
+    return lang if lang in LANGUAGES else DEFAULT_LANGUAGE
+
+
+def translator_of(request: Request) -> Translator:
+    return translator(language_of(request))
+
+
+def render(request: Request, template: str, status_code: int = 200, **context: Any) -> HTMLResponse:
+    """Render a page with what every page needs: the user, the words, the CSRF token."""
+    t = translator_of(request)
+    templates: Jinja2Templates = request.app.state.templates
+    base = {
+        "request": request,
+        "who": current_user(request),
+        "t": t,
+        "_": t.tr,
+        "lang": t.language,
+        "csrf_token": csrf_token(request),
+        "now": now_of(request),
+        "Action": Action,
+        "may": may,
+    }
+    base.update(context)
+    return templates.TemplateResponse(request, template, base, status_code=status_code)
+
+
+def safe_next(target: str | None) -> str:
+    """Only a local path is followed after sign-in (no open redirects)."""
+    if not target:
+        return "/"
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/") or target.startswith("//"):
+        return "/"
+    return target
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _error_response(
+    request: Request, status: int, message: str, field: str | None = None
+) -> Response:
+    if is_api(request):
+        body: dict[str, Any] = {"detail": message}
+        if field is not None:
+            body["field"] = field
+        return JSONResponse(body, status_code=status)
+    return render(request, "error.html", status_code=status, status=status, message=message)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(NotSignedIn)
+    async def not_signed_in(request: Request, _exc: NotSignedIn) -> Response:
+        if is_api(request):
+            return JSONResponse(
+                {"detail": "sign in first: send Authorization: Bearer <token> or a session cookie"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+        return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> Response:
+        response = _error_response(request, exc.status_code, str(exc.detail))
+        for k, v in (exc.headers or {}).items():
+            response.headers[k] = v
+        return response
+
+    @app.exception_handler(accounts.Throttled)
+    async def throttled(request: Request, exc: accounts.Throttled) -> Response:
+        response = _error_response(request, 429, str(exc))
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> Response:
+        return _error_response(request, 404, str(exc))
+
+    @app.exception_handler(MarketcareError)
+    async def refused(request: Request, exc: MarketcareError) -> Response:
+        field = getattr(exc, "field", None)
+        message = str(exc)
+        if field is None and ": " in message and message.split(": ", 1)[0].isidentifier():
+            field = message.split(": ", 1)[0]
+        return _error_response(request, 400 if not is_api(request) else 422, message, field)
+
+    @app.exception_handler(sa.exc.DataError)
+    async def out_of_range(request: Request, exc: sa.exc.DataError) -> Response:
+        # a value the database cannot hold (an id or a number past its column's range):
+        # bad input, not a server error
+        log.info("value refused by the database: %s", exc.orig)
+        return _error_response(request, 422, "a value is out of the range the database can hold")
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> Response:
+        errors = [
+            {
+                "field": ".".join(str(p) for p in e["loc"] if p not in ("body", "query", "path")),
+                "message": str(e["msg"]).removeprefix("Value error, "),
+            }
+            for e in exc.errors()
+        ]
+        if is_api(request):
+            first = errors[0] if errors else {"field": "", "message": "invalid request"}
+            return JSONResponse(
+                {"detail": f"{first['field']}: {first['message']}", "errors": errors},
+                status_code=422,
+            )
+        message = "; ".join(f"{e['field']}: {e['message']}" for e in errors)
+        return render(request, "error.html", status_code=400, status=400, message=message)
+
+
+# ---------------------------------------------------------------- the app
+
+
+def create_app(
+    settings: Settings,
+    engine: sa.Engine,
+    *,
+    clock: Clock = now_utc,
+    secret: str | None = None,
+    daemon: Any = None,
+) -> FastAPI:
+    """The whole web app over ``engine``; ``clock`` is injectable for tests."""
+    from marketcare.web import api, pages, pages_office
+    from marketcare.web import health as ops
+
+    app = FastAPI(
+        title="marketcare",
+        version="1",
+        summary="Market sanitation compliance: obligations, checklists, problems, exports.",
+        docs_url="/api/docs",
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.clock = clock
+    #: the daemon serving this app, if any (readiness reads its schedule and role)
+    app.state.daemon = daemon
+    app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
+    app.state.feed_secret = accounts.app_secret(engine, "feeds", now=clock())
+    session_secret = secret or accounts.app_secret(engine, "sessions", now=clock())
+    app.add_middleware(
+        SessionMiddleware,
+        secret_key=session_secret,
+        session_cookie=SESSION_COOKIE,
+        max_age=int(timedelta(days=settings.web_session_days).total_seconds()),
+        same_site="lax",
+        https_only=settings.web_secure_cookies,
+    )
+    _install_error_handlers(app)
+    app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
+    app.include_router(ops.router)
+    app.include_router(api.router)
+    api.install(app)
+    app.include_router(pages.router)
+    app.include_router(pages_office.router)
+    return app
+
+
+# ---------------------------------------------------------------- serving
+
+
+class WebServer:
+    """uvicorn in a thread of the daemon; ``stop`` ends it gracefully."""
+
+    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+        import uvicorn
+
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            proxy_headers=True,
+            timeout_graceful_shutdown=5,
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, name="web", daemon=True)
+
+    def start(self, timeout: float = 15.0) -> None:
+        self.thread.start()
+        deadline = now_utc() + timedelta(seconds=timeout)
+        while not self.server.started:
+            if not self.thread.is_alive():
+                raise MarketcareError(
+                    f"the web server could not start on {self.server.config.host}:{self.server.config.port} "
+                    "(is the port in use? set web_port or web_host)"
+                )
+            if now_utc() > deadline:
+                raise MarketcareError("the web server did not start in time")
+            threading.Event().wait(0.05)
+
+    @property
+    def port(self) -> int:
+        servers = getattr(self.server, "servers", [])
+        for srv in servers:
+            for sock in srv.sockets:
+                return int(sock.getsockname()[1])
+        return int(self.server.config.port)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)

@@ -1,0 +1,732 @@
+"""The server-rendered pages: mobile-first, every action a plain form post.
+
+A page handler reads the request, asks ``access`` whether the user may, calls the
+domain (``views`` to show, ``ledger``/``rectification`` to change) and renders a
+template, or redirects after a write (post/redirect/get, so a reload never resubmits).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import unicodedata
+import uuid
+from dataclasses import replace
+from datetime import datetime, timedelta
+from typing import Annotated, Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import FormData, UploadFile
+
+from marketcare.domain.access import Action, Principal, Role, may, visible_markets
+from marketcare.domain.obligations import State, format_range, minutes_late
+from marketcare.domain.problems import Category, ProblemState, is_overdue
+from marketcare.errors import MarketcareError, NotFound, TickRefused
+from marketcare.i18n import LANGUAGES, Translator
+from marketcare.ledger import accounts, evidence, readmodel
+from marketcare.ledger import problems as problem_ledger
+from marketcare.ledger.db import read
+from marketcare.ledger.models import Completion, Event, Obligation, ProblemRow
+from marketcare.ledger.tick import tick as record_tick
+from marketcare.ledger.versions import active_schedule
+from marketcare.reports.workbook import PROBLEM_CATEGORIES, PROBLEM_STATES
+from marketcare.web.app import (
+    SignedIn,
+    authorise,
+    authorise_market,
+    check_csrf,
+    current_user,
+    engine_of,
+    now_of,
+    render,
+    safe_next,
+    settings_of,
+    translator_of,
+)
+
+router = APIRouter(dependencies=[Depends(check_csrf)], include_in_schema=False)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
+@router.get("/login")
+def login_page(request: Request, next: str = "/") -> Response:
+    if current_user(request) is not None:
+        return RedirectResponse(safe_next(next), status_code=303)
+    return render(request, "login.html", next=safe_next(next), error=None)
+
+
+@router.post("/login")
+def login(
+    request: Request,
+    username: str = Form(""),
+    password: str = Form(""),
+    next: str = Form("/"),
+) -> Response:
+    try:
+        who = accounts.authenticate(
+            engine_of(request), username, password, client=_client(request), now=now_of(request)
+        )
+    except accounts.Throttled as exc:
+        response = render(
+            request,
+            "login.html",
+            status_code=429,
+            next=safe_next(next),
+            error=str(exc),
+            username=username,
+        )
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response
+    if who is None:
+        t = translator_of(request)
+        return render(
+            request,
+            "login.html",
+            status_code=401,
+            next=safe_next(next),
+            error=t.tr("Wrong user name or password."),
+            username=username,
+        )
+    # a fresh session on sign-in: nothing from before (a planted cookie) carries over
+    request.session.clear()
+    request.session["uid"] = who.user_id
+    request.session["epoch"] = accounts.session_epoch(engine_of(request), who.user_id)
+    request.state.principal = who
+    return RedirectResponse(safe_next(next), status_code=303)
+
+
+@router.post("/logout")
+def logout(request: Request) -> Response:
+    request.session.clear()
+    return RedirectResponse("/login", status_code=303)
+
+
+@router.get("/")
+def home(request: Request, who: SignedIn) -> Response:
+    """Where each role starts: a manager's market board, the office dashboard, users."""
+    if who.role == Role.OFFICE:
+        return RedirectResponse("/office", status_code=303)
+    if who.role == Role.OPERATOR:
+        return RedirectResponse("/admin/users", status_code=303)
+    mine = visible_markets(who, [m.id for m in readmodel.markets(engine_of(request))])
+    if len(mine) == 1:
+        return RedirectResponse(f"/m/{mine[0]}", status_code=303)
+    return render(request, "home.html", markets=readmodel.markets(engine_of(request), mine))
+
+
+# ---------------------------------------------------------------- shared helpers
+
+
+def _flashes(request: Request) -> list[tuple[str, str]]:
+    """The message left by the last write (post/redirect/get), shown once."""
+    value = request.session.pop("flash", None)
+    if isinstance(value, list) and len(value) == 2:
+        return [(str(value[0]), str(value[1]))]
+    return []
+
+
+def _flash(request: Request, kind: str, text: str) -> None:
+    request.session["flash"] = [kind, text]
+
+
+def _page(request: Request, template: str, status_code: int = 200, **ctx: Any) -> Response:
+    ctx.setdefault("flashes", _flashes(request))
+    return render(request, template, status_code=status_code, **ctx)
+
+
+def _names(engine: sa.Engine, market_id: str) -> tuple[dict[str, str], dict[str, str]]:
+    """Task names (from the active schedule) and area names of a market, by id."""
+    with read(engine) as conn:
+        schedule = active_schedule(conn)
+    tasks = {} if schedule is None else {k: t.name for k, t in schedule.task_by_id.items()}
+    areas = {a["id"]: str(a["name"]) for a in readmodel.areas(engine, market_id)}
+    return tasks, areas
+
+
+def _markets_of(request: Request, who: Principal) -> list[readmodel.MarketInfo]:
+    engine = engine_of(request)
+    every = readmodel.markets(engine)
+    mine = set(visible_markets(who, [m.id for m in every]))
+    return [m for m in every if m.id in mine]
+
+
+def _local(moment: datetime | None, zone: str) -> datetime | None:
+    return None if moment is None else moment.astimezone(ZoneInfo(zone))
+
+
+async def _form(request: Request) -> FormData:
+    return await request.form(max_part_size=settings_of(request).upload_max_bytes + 1)
+
+
+def _text(form: FormData, name: str) -> str:
+    value = form.get(name)
+    return value.strip() if isinstance(value, str) else ""
+
+
+def _token(form: FormData) -> str:
+    """The form's one-time token (rendered into the page), or a fresh one."""
+    token = _text(form, "token")
+    if not token or len(token) > 64 or not token.isalnum():
+        token = uuid.uuid4().hex
+    return token
+
+
+class PhotoRefused(Exception):
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+async def _photo(request: Request, form: FormData, t: Translator) -> dict[str, Any] | None:
+    """Keep the form's photo as evidence; None when none was chosen."""
+    upload = form.get("photo")
+    if not isinstance(upload, UploadFile) or not upload.filename:
+        return None
+    limit = settings_of(request).upload_max_bytes
+    data = await upload.read(limit + 1)
+    if not data:
+        return None
+    if len(data) > limit:
+        raise PhotoRefused(
+            t.tr("The photo is larger than {limit} MB; take it again at a lower size.").format(
+                limit=f"{limit / 1e6:g}"
+            ),
+            413,
+        )
+    if evidence.sniff(data[:16]) is None:
+        raise PhotoRefused(
+            t.tr("This file is not a photo: choose a JPEG, PNG, WebP or HEIC image."), 400
+        )
+    try:
+        return await run_in_threadpool(
+            evidence.store_bytes,
+            upload.filename,
+            data,
+            settings_of(request).evidence_dir,
+            max_bytes=limit,
+        )
+    except evidence.EvidenceRejected as exc:
+        raise PhotoRefused(str(exc), 400) from None
+
+
+# ---------------------------------------------------------------- a manager's today
+
+
+@router.get("/m/{market}")
+def today_page(request: Request, market: str, who: SignedIn) -> Response:
+    """The board a manager works from: overdue first, each row one tap to its checklist."""
+    authorise(who, Action.VIEW_MARKET, market)
+    engine = engine_of(request)
+    board = readmodel.today(engine, market, now=now_of(request))
+    tasks, areas = _names(engine, market)
+    t = translator_of(request)
+    sections = [
+        ("overdue", t.tr("Overdue"), board.overdue),
+        ("open", t.tr("Open now"), board.open_now),
+        ("soon", t.tr("Due soon"), board.due_soon),
+        ("later", t.tr("Later today"), board.later),
+        ("finished", t.tr("Finished"), board.finished),
+    ]
+    return _page(
+        request,
+        "today.html",
+        board=board,
+        market=board.market,
+        sections=sections,
+        tasks=tasks,
+        areas=areas,
+        markets=_markets_of(request, who),
+    )
+
+
+# ---------------------------------------------------------------- one obligation
+
+
+def _obligation_context(
+    request: Request, who: Principal, obligation_id: int, done: int | None = None
+) -> dict[str, Any]:
+    engine = engine_of(request)
+    market = authorise_market(
+        who, Action.VIEW_MARKET, readmodel.market_of_obligation(engine, obligation_id)
+    )
+    view = readmodel.obligation(engine, obligation_id, now=now_of(request))
+    info = readmodel.market(engine, market)
+    return {
+        "view": view,
+        "market": info,
+        "can_tick": may(who, Action.TICK, market) and view.tickable,
+        "labels": {r.id: r.label for r in view.readings},
+        "result": _result(request, view, done) if done is not None else None,
+        "token": uuid.uuid4().hex,
+        "errors": {},
+        "values": {},
+        "error": None,
+    }
+
+
+def _result(request: Request, view: readmodel.ObligationView, done: int) -> tuple[str, str] | None:
+    """What a completion came to, said plainly: on time, late, or failed and why."""
+    t = translator_of(request)
+    found = next((c for c in view.completions if c["id"] == done), None)
+    if found is None:
+        return None
+    if found["outcome"] == State.FAILED.value:
+        labels = {r.id: r.label for r in view.readings}
+        parts = [
+            t.tr("{label} {value} is outside the required range {range}.").format(
+                label=labels.get(key, key),
+                value=f"{failure['value']:g}",
+                range=format_range(
+                    None if failure.get("range") is None else tuple(failure["range"]),
+                    failure.get("unit"),
+                ),
+            )
+            for key, failure in found["failures"].items()
+        ]
+        return (
+            "error",
+            ("" if t.language == "zh_CN" else " ").join(
+                [t.tr("Recorded, but FAILED:")]
+                + parts
+                + [t.tr("Redo the work and record the reading again.")]
+            ),
+        )
+    if found["outcome"] == State.LATE.value:
+        late = minutes_late(
+            due_at=view.row.due_at, completed_at=datetime.fromisoformat(found["at"])
+        )
+        return ("warn", t.tr("Recorded, late by {minutes} min.").format(minutes=late))
+    return ("ok", t.tr("Recorded, on time."))
+
+
+@router.get("/o/{obligation_id}")
+def obligation_page(
+    request: Request, obligation_id: int, who: SignedIn, done: int | None = None
+) -> Response:
+    return _page(
+        request, "obligation.html", **_obligation_context(request, who, obligation_id, done)
+    )
+
+
+def _parse_number(raw: str) -> float | None:
+    text = unicodedata.normalize("NFKC", raw).strip().replace(",", ".")
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+@router.post("/o/{obligation_id}")
+async def tick_form(request: Request, obligation_id: int, who: SignedIn) -> Response:
+    """Record a checklist filled in on the phone; the form's token makes a resubmit harmless."""
+    ctx = await run_in_threadpool(_obligation_context, request, who, obligation_id)
+    authorise(who, Action.TICK, ctx["market"].id)
+    t = translator_of(request)
+    view: readmodel.ObligationView = ctx["view"]
+    form = await _form(request)
+    token = _token(form)
+    items = [v for v in form.getlist("item") if isinstance(v, str)]
+    errors: dict[str, str] = {}
+    readings: dict[str, float] = {}
+    for r in view.readings:
+        raw = _text(form, f"reading_{r.id}")
+        if not raw:
+            errors[f"reading_{r.id}"] = t.tr("Enter the reading.")
+            continue
+        value = _parse_number(raw)
+        if value is None:
+            errors[f"reading_{r.id}"] = t.tr("{value} is not a number; enter digits only.").format(
+                value=repr(raw)
+            )
+        else:
+            readings[r.id] = value
+    for c in view.checklist.ticks:
+        if c.id not in items:
+            errors[f"item_{c.id}"] = t.tr("Tick this once it is done.")
+    texts = {c.id: _text(form, f"text_{c.id}") for c in view.checklist.texts}
+    for c in view.checklist.texts:
+        if c.required and not texts[c.id]:
+            errors[f"text_{c.id}"] = t.tr("Fill this in.")
+    values = {k: v for k, v in form.items() if isinstance(v, str)}
+    values["items"] = items  # type: ignore[assignment]
+    ctx.update(values=values, errors=errors, token=token)
+    if errors:
+        ctx["error"] = t.tr("Nothing was recorded: correct the marked fields.")
+        return _page(request, "obligation.html", status_code=400, **ctx)
+    try:
+        photo = await _photo(request, form, t)
+    except PhotoRefused as exc:
+        ctx["errors"] = {"photo": exc.message}
+        ctx["error"] = t.tr("Nothing was recorded: correct the marked fields.")
+        return _page(request, "obligation.html", status_code=exc.status, **ctx)
+    note = _text(form, "note") or None
+    try:
+        result = await run_in_threadpool(
+            functools.partial(
+                record_tick,
+                engine_of(request),
+                obligation_id=obligation_id,
+                by=who.username,
+                now=now_of(request),
+                readings=readings,
+                items=items,
+                note=note,
+                token=f"web:{token}",
+                texts={k: v for k, v in texts.items() if v},
+                evidence=[photo] if photo else [],
+            )
+        )
+    except (TickRefused, MarketcareError) as exc:
+        if isinstance(exc, NotFound):
+            raise
+        ctx["error"] = t.tr("Not recorded: {reason}").format(reason=str(exc))
+        return _page(request, "obligation.html", status_code=400, **ctx)
+    if result.completion_id is None:
+        _flash(request, "warn", t.tr("This was already done; nothing changed."))
+        return RedirectResponse(f"/o/{obligation_id}", status_code=303)
+    return RedirectResponse(f"/o/{obligation_id}?done={result.completion_id}", status_code=303)
+
+
+# ---------------------------------------------------------------- history
+
+
+@router.get("/m/{market}/history")
+def history_page(
+    request: Request,
+    market: str,
+    who: SignedIn,
+    area: str = "",
+    days: Annotated[int, Query(ge=1, le=62)] = 14,
+) -> Response:
+    authorise(who, Action.VIEW_MARKET, market)
+    engine = engine_of(request)
+    info = readmodel.market(engine, market)
+    tasks, areas = _names(engine, market)
+    chosen = area if area in areas else None
+    rows = readmodel.history(engine, market, now=now_of(request), days=days, area=chosen)
+    by_day: dict[str, list[Any]] = {}
+    for r in rows:
+        by_day.setdefault(r.local_date, []).append(r)
+    return _page(
+        request,
+        "history.html",
+        market=info,
+        by_day=by_day,
+        tasks=tasks,
+        areas=areas,
+        area=chosen or "",
+        days=days,
+    )
+
+
+# ---------------------------------------------------------------- problems
+
+
+def _category_labels(t: Translator) -> dict[str, str]:
+    return {c.value: t.tr(PROBLEM_CATEGORIES[c.value]) for c in Category}
+
+
+def _problem_state_labels(t: Translator) -> dict[str, str]:
+    return {s.value: t.tr(PROBLEM_STATES[s.value]) for s in ProblemState}
+
+
+def _problems_context(request: Request, market: str) -> dict[str, Any]:
+    engine = engine_of(request)
+    info = readmodel.market(engine, market)
+    t = translator_of(request)
+    now = now_of(request)
+    default_deadline = (info.today(now) + timedelta(days=7)).isoformat()
+    return {
+        "market": info,
+        "problems": problem_ledger.listing(engine, now=now, markets=[market]),
+        "areas": readmodel.areas(engine, market),
+        "area_names": _names(engine, market)[1],
+        "categories": _category_labels(t),
+        "states": _problem_state_labels(t),
+        "tz": ZoneInfo(info.zone),
+        "token": uuid.uuid4().hex,
+        "values": {"deadline": default_deadline},
+        "errors": {},
+        "error": None,
+    }
+
+
+@router.get("/m/{market}/problems")
+def problems_page(request: Request, market: str, who: SignedIn) -> Response:
+    authorise(who, Action.VIEW_MARKET, market)
+    return _page(request, "problems.html", **_problems_context(request, market))
+
+
+@router.post("/m/{market}/problems")
+async def report_problem(request: Request, market: str, who: SignedIn) -> Response:
+    """Report a problem found in the market; the form's token makes a resubmit harmless."""
+    authorise(who, Action.REPORT_PROBLEM, market)
+    ctx = await run_in_threadpool(_problems_context, request, market)
+    t = translator_of(request)
+    form = await _form(request)
+    info: readmodel.MarketInfo = ctx["market"]
+    now = now_of(request)
+    values = {k: v for k, v in form.items() if isinstance(v, str)}
+    errors: dict[str, str] = {}
+    category = _text(form, "category")
+    if category not in ctx["categories"]:
+        errors["category"] = t.tr("Choose a category.")
+    area = _text(form, "area") or None
+    if area is not None and area not in ctx["area_names"]:
+        errors["area"] = t.tr("Choose an area of this market.")
+    description = _text(form, "description")
+    if not description:
+        errors["description"] = t.tr("Describe the problem.")
+    deadline, problem = problem_ledger.parse_when(
+        _text(form, "deadline"), ZoneInfo(info.zone), end_of_day=True, default=None
+    )
+    if problem is not None or deadline is None:
+        errors["deadline"] = t.tr("Give the deadline as a date, such as 2026-12-05.")
+    elif deadline <= now:
+        errors["deadline"] = t.tr("The deadline must be in the future.")
+    token = _token(form)
+    ctx.update(values=values, errors=errors, token=token)
+    if errors:
+        ctx["error"] = t.tr("Nothing was recorded: correct the marked fields.")
+        return _page(request, "problems.html", status_code=400, **ctx)
+    try:
+        photo = await _photo(request, form, t)
+    except PhotoRefused as exc:
+        ctx["errors"] = {"photo": exc.message}
+        ctx["error"] = t.tr("Nothing was recorded: correct the marked fields.")
+        return _page(request, "problems.html", status_code=exc.status, **ctx)
+    assert deadline is not None
+    new = problem_ledger.NewProblem(
+        market_id=market,
+        category=category,
+        description=description,
+        found_by=who.username,
+        found_at=now,
+        deadline=deadline,
+        area_id=area,
+        source_key=f"web:{token}",
+        evidence=[photo] if photo else [],
+    )
+    try:
+        pid, _created = await run_in_threadpool(
+            functools.partial(
+                problem_ledger.add, engine_of(request), new, now=now, actor=who.username
+            )
+        )
+    except MarketcareError as exc:
+        ctx["error"] = t.tr("Not recorded: {reason}").format(reason=str(exc))
+        return _page(request, "problems.html", status_code=400, **ctx)
+    _flash(request, "ok", t.tr("Problem {id} reported.").format(id=pid))
+    return RedirectResponse(f"/m/{market}/problems", status_code=303)
+
+
+def _problem_context(request: Request, who: Principal, problem_id: int) -> dict[str, Any]:
+    engine = engine_of(request)
+    market = authorise_market(
+        who, Action.VIEW_MARKET, readmodel.market_of_problem(engine, problem_id)
+    )
+    info = readmodel.market(engine, market)
+    t = translator_of(request)
+    with read(engine) as conn:
+        row = conn.execute(sa.select(ProblemRow).where(ProblemRow.id == problem_id)).one()
+        events = conn.execute(
+            sa.select(Event).where(Event.problem_id == problem_id).order_by(Event.seq)
+        ).all()
+    now = now_of(request)
+    return {
+        "p": row,
+        "market": info,
+        "tz": ZoneInfo(info.zone),
+        "overdue": is_overdue(row.state, deadline=row.deadline, now=now),
+        "photos": list((row.evidence or {}).get("items", [])),
+        "events": events,
+        "actions": {
+            "problem_raised": t.tr("Reported"),
+            "problem_assigned": t.tr("Assigned"),
+            "problem_rectified": t.tr("Rectified"),
+            "problem_verified": t.tr("Verified"),
+            "problem_reopened": t.tr("Reopened"),
+        },
+        "categories": _category_labels(t),
+        "states": _problem_state_labels(t),
+        "area_names": _names(engine, market)[1],
+        "can_rectify": may(who, Action.RECTIFY, market) and row.state == ProblemState.OPEN,
+        "can_assign": may(who, Action.ASSIGN, market) and row.state != ProblemState.VERIFIED,
+        "can_verify": may(who, Action.VERIFY, market) and row.state == ProblemState.RECTIFIED,
+        "values": {},
+        "errors": {},
+        "error": None,
+    }
+
+
+@router.get("/p/{problem_id}")
+def problem_page(request: Request, problem_id: int, who: SignedIn) -> Response:
+    return _page(request, "problem.html", **_problem_context(request, who, problem_id))
+
+
+@router.post("/p/{problem_id}/rectify")
+async def rectify_form(request: Request, problem_id: int, who: SignedIn) -> Response:
+    """The market says the problem is fixed, with what was done and (ideally) a photo."""
+    ctx = await run_in_threadpool(_problem_context, request, who, problem_id)
+    authorise(who, Action.RECTIFY, ctx["market"].id)
+    t = translator_of(request)
+    form = await _form(request)
+    note = _text(form, "note")
+    ctx["values"] = {"note": note}
+    row = ctx["p"]
+    if row.state == ProblemState.RECTIFIED and row.rectified_by == who.username:
+        _flash(request, "warn", t.tr("This was already done; nothing changed."))
+        return RedirectResponse(f"/p/{problem_id}", status_code=303)
+    if not note:
+        ctx["errors"] = {"note": t.tr("Say what was done.")}
+        ctx["error"] = t.tr("Nothing was recorded: correct the marked fields.")
+        return _page(request, "problem.html", status_code=400, **ctx)
+    try:
+        photo = await _photo(request, form, t)
+    except PhotoRefused as exc:
+        ctx["errors"] = {"photo": exc.message}
+        ctx["error"] = t.tr("Nothing was recorded: correct the marked fields.")
+        return _page(request, "problem.html", status_code=exc.status, **ctx)
+    try:
+        await run_in_threadpool(
+            functools.partial(
+                problem_ledger.rectify,
+                engine_of(request),
+                problem_id=problem_id,
+                by=who.username,
+                note=note,
+                now=now_of(request),
+                evidence=[photo] if photo else [],
+            )
+        )
+    except MarketcareError as exc:
+        if isinstance(exc, NotFound):
+            raise
+        ctx["error"] = t.tr("Not recorded: {reason}").format(reason=str(exc))
+        return _page(request, "problem.html", status_code=400, **ctx)
+    _flash(request, "ok", t.tr("Rectification recorded; the office will re-inspect."))
+    return RedirectResponse(f"/p/{problem_id}", status_code=303)
+
+
+# ---------------------------------------------------------------- the user's account
+
+
+def _account_context(request: Request, who: Principal) -> dict[str, Any]:
+    engine = engine_of(request)
+    feeds: list[tuple[readmodel.MarketInfo, str]] = []
+    if who.role == Role.MANAGER:
+        secret: str = request.app.state.feed_secret
+        base = str(request.base_url)
+        for m in readmodel.markets(engine, sorted(who.markets)):
+            key = accounts.feed_key(secret, m.id)
+            feeds.append((m, f"{base}calendar/{m.id}/{key}.ics"))
+    t = translator_of(request)
+    return {
+        "tokens": [tk for tk in accounts.tokens_of(engine, who.user_id) if not tk["revoked"]],
+        "feeds": feeds,
+        "roles": {
+            Role.MANAGER: t.tr("Market manager"),
+            Role.OFFICE: t.tr("District office"),
+            Role.OPERATOR: t.tr("Operator"),
+        },
+        "new_token": None,
+        "errors": {},
+    }
+
+
+@router.get("/account")
+def account_page(request: Request, who: SignedIn) -> Response:
+    return _page(request, "account.html", **_account_context(request, who))
+
+
+@router.post("/account/language")
+def choose_language(request: Request, who: SignedIn, language: str = Form("")) -> Response:
+    t = translator_of(request)
+    if language not in ("", *LANGUAGES):
+        ctx = _account_context(request, who)
+        ctx["errors"] = {"language": t.tr("Choose a language from the list.")}
+        return _page(request, "account.html", status_code=400, **ctx)
+    accounts.set_language(engine_of(request), who.user_id, language or None)
+    request.state.principal = replace(who, language=language or None)
+    _flash(request, "ok", translator_of(request).tr("Language saved."))
+    return RedirectResponse("/account", status_code=303)
+
+
+@router.post("/account/tokens")
+def create_token(request: Request, who: SignedIn, name: str = Form("")) -> Response:
+    """Make an API token and show it this once (it is not kept, only its hash)."""
+    t = translator_of(request)
+    ctx = _account_context(request, who)
+    if not name.strip() or len(name.strip()) > 100:
+        ctx["errors"] = {
+            "name": t.tr("Name the token (1–100 characters), e.g. the system that uses it.")
+        }
+        return _page(request, "account.html", status_code=400, **ctx)
+    _tid, token = accounts.create_token(engine_of(request), who.user_id, name, now=now_of(request))
+    ctx = _account_context(request, who)
+    ctx["new_token"] = token
+    return _page(request, "account.html", **ctx)
+
+
+@router.post("/account/tokens/{token_id}/revoke")
+def revoke_token(
+    request: Request, token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], who: SignedIn
+) -> Response:
+    accounts.revoke_token(engine_of(request), who.user_id, token_id, now=now_of(request))
+    _flash(request, "ok", translator_of(request).tr("Token revoked."))
+    return RedirectResponse("/account", status_code=303)
+
+
+# ---------------------------------------------------------------- photos
+
+
+@router.get("/evidence/{sha256}")
+def evidence_file(request: Request, sha256: str, who: SignedIn) -> Response:
+    """A photo, only to someone who may see a record that keeps it (else 404)."""
+    if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
+        raise HTTPException(status_code=404, detail="not found")
+    pattern = f"%{sha256}%"
+    with read(engine_of(request)) as conn:
+        found = set(
+            conn.execute(
+                sa.select(Obligation.market_id)
+                .join(Completion, Completion.obligation_id == Obligation.id)
+                .where(sa.cast(Completion.evidence, sa.Text).like(pattern))
+            ).scalars()
+        )
+        found |= set(
+            conn.execute(
+                sa.select(ProblemRow.market_id).where(
+                    sa.cast(ProblemRow.evidence, sa.Text).like(pattern)
+                )
+            ).scalars()
+        )
+    if not any(may(who, Action.VIEW_MARKET, m) for m in found):
+        raise HTTPException(status_code=404, detail="not found")
+    path = evidence.path_of({"sha256": sha256}, settings_of(request).evidence_dir)
+    if path is None:
+        raise HTTPException(status_code=404, detail="not found")
+    media = {
+        ".jpg": "image/jpeg",
+        ".png": "image/png",
+        ".webp": "image/webp",
+        ".heic": "image/heic",
+        ".pdf": "application/pdf",
+    }.get(path.suffix, "application/octet-stream")
+    return FileResponse(
+        path,
+        media_type=media,
+        headers={"Cache-Control": "private, max-age=86400", "X-Content-Type-Options": "nosniff"},
+    )
+
+
+__all__ = ["router", "Action", "may"]

@@ -1,0 +1,534 @@
+"""The district office's and the operator's pages: the dashboard, the problem decisions,
+exports, the outbox and the users.
+
+Same pattern as ``pages``: check ``access`` on the server, call the domain, render or
+redirect after a write. A refused move or a bad field never changes anything and says
+which field was wrong; the office sees the market's figures by the exports' rules
+(``readmodel.dashboard``), so the page and the workbook never disagree.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import date, datetime
+from pathlib import Path
+from typing import Annotated, Any
+from urllib.parse import quote
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
+from fastapi.responses import FileResponse, RedirectResponse, Response
+
+from marketcare.domain.access import Action, Principal, Role, may
+from marketcare.domain.periods import KINDS, Period, PeriodKind
+from marketcare.errors import MarketcareError, NotFound
+from marketcare.i18n import LANGUAGES
+from marketcare.ledger import accounts, readmodel
+from marketcare.ledger import problems as problem_ledger
+from marketcare.ledger.db import read
+from marketcare.ledger.models import ProblemRow
+from marketcare.reports import delivery
+from marketcare.reports.dashboard import figures as dashboard_figures
+from marketcare.web.app import (
+    SignedIn,
+    authorise,
+    authorise_market,
+    check_csrf,
+    engine_of,
+    now_of,
+    render,
+    settings_of,
+    translator_of,
+)
+
+router = APIRouter(dependencies=[Depends(check_csrf)], include_in_schema=False)
+
+XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
+
+
+def pct(value: float | None) -> str:
+    """A share as the exports print it (one decimal), "—" when nothing was due."""
+    return "—" if value is None else f"{value * 100:.1f}%"
+
+
+def _flash(request: Request, text: str) -> None:
+    """Leave a message for the page the redirect leads to (the session's ``flash``, the
+    same one the manager pages show)."""
+    request.session["flash"] = ["ok", text]
+
+
+def _flashes(request: Request) -> list[tuple[str, str]]:
+    value = request.session.pop("flash", None)
+    if isinstance(value, list) and len(value) == 2:
+        return [(str(value[0]), str(value[1]))]
+    return []
+
+
+def _local(moment: datetime | None, zone: str) -> str:
+    return "" if moment is None else moment.astimezone(ZoneInfo(zone)).strftime("%Y-%m-%d %H:%M")
+
+
+# ---------------------------------------------------------------- the dashboard
+
+
+@router.get("/office")
+def dashboard(request: Request, who: SignedIn) -> Response:
+    """All markets side by side, and the problems past their deadline across them."""
+    authorise(who, Action.DASHBOARD)
+    engine, now = engine_of(request), now_of(request)
+    markets = readmodel.markets(engine)
+    zones = {m.id: m.zone for m in markets}
+    names = {m.id: m.name for m in markets}
+    figures = dashboard_figures(engine, now=now, market_ids=[m.id for m in markets])
+    overdue = [
+        {
+            "id": p.id,
+            "market": p.market_id,
+            "market_name": names.get(p.market_id, p.market_id),
+            "area": p.area_id,
+            "category": p.category,
+            "description": p.description,
+            "deadline": _local(p.deadline, zones.get(p.market_id, "UTC")),
+            "state": p.state,
+            "assigned_to": p.assigned_to,
+        }
+        for p in problem_ledger.listing(engine, now=now, overdue=True)
+        if p.market_id in zones
+    ]
+    return render(
+        request,
+        "office.html",
+        figures=figures,
+        overdue=overdue,
+        pct=pct,
+        flashes=_flashes(request),
+    )
+
+
+# ---------------------------------------------------------------- problem decisions
+
+
+def _problem_market(request: Request, who: Principal, action: Action, problem_id: int) -> str:
+    market = readmodel.market_of_problem(engine_of(request), problem_id)
+    return authorise_market(who, action, market)
+
+
+def _refused(
+    request: Request,
+    problem_id: int,
+    exc: MarketcareError,
+    *,
+    form_name: str,
+    values: dict[str, str],
+) -> Response:
+    """A bad field is the user's to fix (400); a move the problem's state refuses is a
+    conflict with what someone else did (409). Either way nothing changed, and the forms
+    come back with what was typed."""
+    message = str(exc)
+    field = getattr(exc, "field", None)
+    head = message.split(": ", 1)[0].lstrip("-")
+    if field is None and ": " in message and head.isidentifier():
+        field = head
+        message = f"{head}: {message.split(': ', 1)[1]}"
+    status = 400 if field is not None else 409
+    with read(engine_of(request)) as conn:
+        problem = conn.execute(
+            sa.select(ProblemRow).where(ProblemRow.id == problem_id)
+        ).one_or_none()
+    return render(
+        request,
+        "office_refused.html",
+        status_code=status,
+        status=status,
+        message=message,
+        field=field,
+        back=f"/p/{problem_id}",
+        problem=problem,
+        form_name=form_name,
+        values=values,
+        errors={field: message} if field else {},
+    )
+
+
+def _deadline(value: str, market: str, request: Request) -> datetime | None:
+    """An optional YYYY-MM-DD as the end of that day in the market's zone."""
+    if not value.strip():
+        return None
+    zone = ZoneInfo(readmodel.market(engine_of(request), market).zone)
+    when, error = problem_ledger.parse_when(value, zone, end_of_day=True, default=None)
+    if when is None:
+        raise MarketcareError(f"deadline: {error}")
+    return when
+
+
+def _done(request: Request, problem_id: int, what: str, text: str) -> Response:
+    _flash(request, text)
+    return RedirectResponse(f"/p/{problem_id}?done={what}", status_code=303)
+
+
+def _move(
+    request: Request,
+    problem_id: int,
+    step: Callable[[], None],
+    *,
+    form_name: str,
+    values: dict[str, str],
+    done: str,
+    text: str,
+) -> Response:
+    """Run one of the office's moves; a refusal re-shows the form with what was typed."""
+    try:
+        step()
+    except NotFound:
+        raise
+    except MarketcareError as exc:
+        return _refused(request, problem_id, exc, form_name=form_name, values=values)
+    return _done(request, problem_id, done, text)
+
+
+@router.post("/p/{problem_id}/assign")
+def assign(
+    request: Request,
+    problem_id: int,
+    who: SignedIn,
+    assigned_to: str = Form(""),
+    deadline: str = Form(""),
+) -> Response:
+    market = _problem_market(request, who, Action.ASSIGN, problem_id)
+    t = translator_of(request)
+
+    def step() -> None:
+        problem_ledger.assign(
+            engine_of(request),
+            problem_id=problem_id,
+            by=who.username,
+            to=assigned_to,
+            now=now_of(request),
+            deadline=_deadline(deadline, market, request),
+        )
+
+    return _move(
+        request,
+        problem_id,
+        step,
+        form_name="assign",
+        values={"assigned_to": assigned_to, "deadline": deadline},
+        done="assigned",
+        text=t.tr("The problem is assigned."),
+    )
+
+
+@router.post("/p/{problem_id}/verify")
+def verify(request: Request, problem_id: int, who: SignedIn, note: str = Form("")) -> Response:
+    _problem_market(request, who, Action.VERIFY, problem_id)
+    t = translator_of(request)
+
+    def step() -> None:
+        problem_ledger.verify(
+            engine_of(request),
+            problem_id=problem_id,
+            by=who.username,
+            now=now_of(request),
+            note=note.strip() or None,
+        )
+
+    return _move(
+        request,
+        problem_id,
+        step,
+        form_name="verify",
+        values={"verify_note": note},
+        done="verified",
+        text=t.tr("The problem is verified and closed."),
+    )
+
+
+@router.post("/p/{problem_id}/reopen")
+def reopen(
+    request: Request,
+    problem_id: int,
+    who: SignedIn,
+    note: str = Form(""),
+    deadline: str = Form(""),
+) -> Response:
+    market = _problem_market(request, who, Action.VERIFY, problem_id)
+    t = translator_of(request)
+
+    def step() -> None:
+        if not note.strip():
+            raise MarketcareError(
+                "note: " + t.tr("say why the rectification did not pass (a note is required)")
+            )
+        problem_ledger.reopen(
+            engine_of(request),
+            problem_id=problem_id,
+            by=who.username,
+            note=note.strip(),
+            now=now_of(request),
+            deadline=_deadline(deadline, market, request),
+        )
+
+    return _move(
+        request,
+        problem_id,
+        step,
+        form_name="reopen",
+        values={"note": note, "deadline": deadline},
+        done="reopened",
+        text=t.tr("The problem is reopened."),
+    )
+
+
+# ---------------------------------------------------------------- exports
+
+
+def _export_markets(request: Request, who: Principal) -> list[readmodel.MarketInfo]:
+    every = readmodel.markets(engine_of(request))
+    return [m for m in every if may(who, Action.EXPORT, m.id)]
+
+
+def _export_form(
+    request: Request,
+    who: Principal,
+    *,
+    values: dict[str, str],
+    errors: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> Response:
+    return render(
+        request,
+        "exports.html",
+        status_code=status_code,
+        markets=_export_markets(request, who),
+        all_markets=who.all_markets,
+        kinds=KINDS,
+        values=values,
+        errors=errors or {},
+    )
+
+
+def _local_today(request: Request) -> date:
+    markets = readmodel.markets(engine_of(request))
+    zone = ZoneInfo(markets[0].zone) if markets else ZoneInfo("Asia/Shanghai")
+    return now_of(request).astimezone(zone).date()
+
+
+@router.get("/exports")
+def exports_page(request: Request, who: SignedIn) -> Response:
+    """Pick a period, a day in it and a market (the office may take all of them)."""
+    authorise(who, Action.EXPORT)
+    return _export_form(
+        request,
+        who,
+        values={
+            "period": "week",
+            "date": _local_today(request).isoformat(),
+            "market": "all" if who.all_markets else "",
+        },
+    )
+
+
+@router.get("/exports/download")
+def download(
+    request: Request,
+    who: SignedIn,
+    period: str = "week",
+    day_text: str = Query("", alias="date"),
+    market: str = "all",
+) -> Response:
+    """Write (or reuse) the workbook and send it; a manager only of their own markets."""
+    authorise(who, Action.EXPORT)
+    t = translator_of(request)
+    values = {"period": period, "date": day_text, "market": market}
+    errors: dict[str, str] = {}
+    if period not in KINDS:
+        errors["period"] = t.tr("period: choose day, week or month")
+    day: date | None = None
+    try:
+        day = _parse_day(day_text)
+    except ValueError:
+        errors["date"] = t.tr("date: {value} is not a date; write it as 2026-11-23").format(
+            value=repr(day_text)
+        )
+    scope: list[str] | None
+    if market in ("", "all"):
+        scope = None if who.all_markets else sorted(who.markets)
+    else:
+        authorise(who, Action.EXPORT, market)
+        readmodel.market(engine_of(request), market)  # an unknown market is a 404
+        scope = [market]
+    if errors or day is None:
+        return _export_form(request, who, values=values, errors=errors, status_code=400)
+    kind: PeriodKind = "day" if period == "day" else "week" if period == "week" else "month"
+    result = delivery.export(
+        engine_of(request),
+        period=Period.of(kind, day),
+        exports_dir=Path(settings_of(request).exports_dir),
+        now=now_of(request),
+        markets=scope,
+        language=t.language,
+    )
+    return FileResponse(result.path, media_type=XLSX, filename=result.path.name)
+
+
+def _parse_day(value: str) -> date:
+    text = value.strip().replace("/", "-")
+    if not text:
+        raise ValueError("empty")
+    return date.fromisoformat(text)
+
+
+# ---------------------------------------------------------------- the outbox
+
+
+@router.get("/office/outbox")
+def outbox(request: Request, who: SignedIn) -> Response:
+    """Every report email: to whom, whether it went, and why not when it did not."""
+    authorise(who, Action.OUTBOX)
+    zone = settings_of(request).timezone
+    rows = [
+        {
+            "id": r.id,
+            "recipient": r.recipient,
+            "state": r.state,
+            "attempts": r.attempts,
+            "last_error": r.last_error,
+            "report": Path(r.path).name,
+            "period": f"{r.period_kind} {r.period_key}",
+            "created_at": _local(r.created_at, zone),
+            "sent_at": _local(r.sent_at, zone),
+        }
+        for r in delivery.outbox(engine_of(request))
+    ]
+    return render(request, "outbox.html", messages=rows)
+
+
+# ---------------------------------------------------------------- users
+
+
+def _users_page(
+    request: Request,
+    *,
+    form: dict[str, Any] | None = None,
+    errors: dict[str, str] | None = None,
+    row_errors: dict[str, str] | None = None,
+    status_code: int = 200,
+) -> Response:
+    markets = readmodel.markets(engine_of(request))
+    return render(
+        request,
+        "users.html",
+        status_code=status_code,
+        users=accounts.list_users(engine_of(request)),
+        markets=markets,
+        market_names={m.id: m.name for m in markets},
+        roles=[r.value for r in Role],
+        languages=LANGUAGES,
+        form=form or {"role": Role.MANAGER.value, "markets": [], "language": ""},
+        errors=errors or {},
+        row_errors=row_errors or {},
+        flashes=_flashes(request),
+    )
+
+
+@router.get("/admin/users")
+def users(request: Request, who: SignedIn) -> Response:
+    authorise(who, Action.MANAGE_USERS)
+    return _users_page(request)
+
+
+@router.post("/admin/users")
+def add_user(
+    request: Request,
+    who: SignedIn,
+    username: str = Form(""),
+    display_name: str = Form(""),
+    role: str = Form(""),
+    markets: Annotated[list[str] | None, Form()] = None,
+    password: str = Form(""),
+    language: str = Form(""),
+) -> Response:
+    """Add a user from the form; a refusal shows at the field it is about."""
+    authorise(who, Action.MANAGE_USERS)
+    form: dict[str, Any] = {
+        "username": username,
+        "display_name": display_name,
+        "role": role,
+        "markets": markets or [],
+        "language": language,
+    }
+    try:
+        try:
+            as_role = Role(role)
+        except ValueError:
+            raise accounts.AccountError(
+                f"role must be one of {', '.join(r.value for r in Role)}", "role"
+            ) from None
+        accounts.add_user(
+            engine_of(request),
+            accounts.NewUser(
+                username=username,
+                display_name=display_name,
+                role=as_role,
+                password=password,
+                markets=tuple(markets or ()),
+                language=language or None,
+            ),
+            now=now_of(request),
+        )
+    except accounts.AccountError as exc:
+        return _users_page(
+            request, form=form, errors={exc.field or "form": str(exc)}, status_code=400
+        )
+    _flash(request, translator_of(request).tr("The user is added."))
+    return RedirectResponse(
+        f"/admin/users?done=added#user-{quote(username.strip().lower())}", status_code=303
+    )
+
+
+def _user_exists(request: Request, username: str) -> None:
+    if not any(u["username"] == username for u in accounts.list_users(engine_of(request))):
+        raise HTTPException(status_code=404, detail=f"no user {username!r}")
+
+
+@router.post("/admin/users/{username}/disable")
+def disable_user(request: Request, username: str, who: SignedIn) -> Response:
+    authorise(who, Action.MANAGE_USERS)
+    _user_exists(request, username)
+    if username == who.username:
+        t = translator_of(request)
+        return _users_page(
+            request,
+            row_errors={username: t.tr("You cannot disable your own account.")},
+            status_code=400,
+        )
+    accounts.set_disabled(engine_of(request), username, True)
+    _flash(request, translator_of(request).tr("The user is disabled and signed out."))
+    return RedirectResponse("/admin/users?done=disabled", status_code=303)
+
+
+@router.post("/admin/users/{username}/enable")
+def enable_user(request: Request, username: str, who: SignedIn) -> Response:
+    authorise(who, Action.MANAGE_USERS)
+    _user_exists(request, username)
+    accounts.set_disabled(engine_of(request), username, False)
+    _flash(request, translator_of(request).tr("The user is enabled."))
+    return RedirectResponse("/admin/users?done=enabled", status_code=303)
+
+
+@router.post("/admin/users/{username}/password")
+def set_password(
+    request: Request, username: str, who: SignedIn, password: str = Form("")
+) -> Response:
+    authorise(who, Action.MANAGE_USERS)
+    _user_exists(request, username)
+    try:
+        accounts.set_password(engine_of(request), username, password)
+    except accounts.AccountError as exc:
+        return _users_page(request, row_errors={username: str(exc)}, status_code=400)
+    _flash(
+        request,
+        translator_of(request).tr("The password is changed; the user's sessions have ended."),
+    )
+    return RedirectResponse("/admin/users?done=password", status_code=303)
