@@ -21,6 +21,7 @@ from marketcare.domain.obligations import (
     in_range,
     is_overdue,
     minutes_late,
+    redo_by,
     state_by_clock,
     to_utc,
 )
@@ -473,19 +474,30 @@ def test_a_reading_out_of_range_fails_the_obligation_whatever_the_time() -> None
     assert completion_outcome(due_at=DUE, at=MISSED, readings_ok=False) == State.FAILED
 
 
-def test_overdue_means_open_past_due_missed_or_failed() -> None:
+def test_overdue_means_past_due_and_not_done_late_done_or_excused() -> None:
     assert not is_overdue(State.OPEN, due_at=DUE, now=DUE)
     assert is_overdue(State.OPEN, due_at=DUE, now=DUE + timedelta(seconds=1))
-    assert is_overdue(State.MISSED, due_at=DUE, now=OPENS)
-    assert is_overdue(State.FAILED, due_at=DUE, now=OPENS)
-    for state in (State.UPCOMING, State.DONE, State.LATE, State.EXCUSED):
+    assert is_overdue(State.UPCOMING, due_at=DUE, now=DUE + timedelta(seconds=1))  # unswept
+    assert is_overdue(State.MISSED, due_at=DUE, now=OPENS)  # missed is always past due
+    assert is_overdue(State.FAILED, due_at=DUE, now=DUE + timedelta(seconds=1))
+    for state in (State.DONE, State.LATE, State.EXCUSED):
         assert not is_overdue(state, due_at=DUE, now=MISSED + timedelta(days=1))
 
 
-def test_minutes_late_counts_whole_minutes_after_due() -> None:
+def test_a_failed_reading_before_the_due_time_is_to_redo_not_overdue() -> None:
+    assert not is_overdue(State.FAILED, due_at=DUE, now=OPENS)
+    assert redo_by(State.FAILED, due_at=DUE, now=OPENS) == DUE
+    assert redo_by(State.FAILED, due_at=DUE, now=DUE + timedelta(seconds=1)) is None
+    assert redo_by(State.OPEN, due_at=DUE, now=OPENS) is None
+
+
+def test_minutes_late_counts_every_minute_begun_after_due() -> None:
     assert minutes_late(due_at=DUE, completed_at=None) == 0
+    assert minutes_late(due_at=DUE, completed_at=DUE) == 0
     assert minutes_late(due_at=DUE, completed_at=DUE - timedelta(hours=1)) == 0
-    assert minutes_late(due_at=DUE, completed_at=DUE + timedelta(minutes=95, seconds=59)) == 95
+    assert minutes_late(due_at=DUE, completed_at=DUE + timedelta(seconds=31)) == 1
+    assert minutes_late(due_at=DUE, completed_at=DUE + timedelta(minutes=1)) == 1
+    assert minutes_late(due_at=DUE, completed_at=DUE + timedelta(minutes=95, seconds=59)) == 96
 
 
 def test_a_chlorine_reading_is_checked_against_its_range() -> None:

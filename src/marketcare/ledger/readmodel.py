@@ -153,7 +153,9 @@ class ObligationView:
 
     @property
     def tickable(self) -> bool:
-        return self.row.state in TICKABLE or self.row.state == State.UPCOMING
+        """A tick may be recorded against its state (before it opens it is refused with the
+        time it opens: ``obligations.can_tick`` is the whole rule)."""
+        return self.row.state in TICKABLE
 
     @property
     def completed(self) -> bool:

@@ -33,7 +33,6 @@ from marketcare.ledger.db import read
 from marketcare.ledger.models import Completion, Event, Obligation, ProblemRow
 from marketcare.ledger.tick import tick as record_tick
 from marketcare.ledger.versions import active_schedule
-from marketcare.reports.workbook import PROBLEM_CATEGORIES, PROBLEM_STATES
 from marketcare.web.app import (
     SignedIn,
     authorise,
@@ -432,11 +431,11 @@ def history_page(
 
 
 def _category_labels(t: Translator) -> dict[str, str]:
-    return {c.value: t.tr(PROBLEM_CATEGORIES[c.value]) for c in Category}
+    return {c.value: t.problem_category(c) for c in Category}
 
 
 def _problem_state_labels(t: Translator) -> dict[str, str]:
-    return {s.value: t.tr(PROBLEM_STATES[s.value]) for s in ProblemState}
+    return {s.value: t.problem_state(s) for s in ProblemState}
 
 
 def _problems_context(request: Request, market: str) -> dict[str, Any]:
