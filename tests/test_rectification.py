@@ -219,7 +219,47 @@ def test_a_missed_obligation_raises_one_problem_when_its_task_asks_for_it(
     assert rectification.raise_from_obligations(engine, schedule, now=later) == 0
     (row,) = rectification.listing(engine, now=later)
     assert row.description == "垃圾日产日清 2026-11-27 未完成（漏做）"
-    assert row.deadline == later + timedelta(days=1) and row.obligation_id is not None
+    missed_at = utc(2026, 11, 27, 12, 0)  # 20:00 CST: found when it was missed, not later
+    assert row.found_at == missed_at and row.deadline == missed_at + timedelta(days=1)
+    assert row.obligation_id is not None
+
+
+def test_problems_raised_late_for_old_misses_land_in_the_weeks_they_happened(
+    engine: sa.Engine,
+) -> None:
+    """The first run after a long gap (or after ``demo``) raises a problem for every old
+    miss: each is found when it was missed and due a day later, in its own week, so the
+    catch-up does not fill this week's rectification rate."""
+    from marketcare.domain.periods import Period
+    from marketcare.ledger.db import read
+    from marketcare.reports.figures import Report, problem_rates
+
+    from .conftest import DISINFECTION
+
+    raising = DISINFECTION + "    raise_problem: {when: [missed], category: sanitation}\n"
+    schedule = make_schedule(tasks=raising)
+    start = utc(2026, 11, 9, 0, 0)  # Monday of week 46
+    ledger_materialise.materialise(
+        engine, schedule, now=start, horizon=timedelta(days=1), start=start
+    )
+    later = utc(2026, 11, 23, 3, 0)  # two weeks on, nothing done: every day was missed
+    ledger_materialise.materialise(engine, schedule, now=later, horizon=timedelta(hours=1))
+    ledger_sweep.sweep_all(engine, now=later)
+    raised = rectification.raise_from_obligations(engine, schedule, now=later)
+    assert raised == 2 * 14  # two areas, fourteen days
+    rows = rectification.listing(engine, now=later)
+    assert {r.found_at.date() for r in rows} == {
+        (start + timedelta(days=d)).date() for d in range(14)
+    }
+    with read(engine) as conn:
+        weeks = [Period.of("week", (start + timedelta(days=7 * w)).date()) for w in range(3)]
+        due = [
+            problem_rates(Report(conn, week, as_of=later)).get("lizhong")
+            for week in weeks
+        ]
+    # a miss on Sunday evening is due on Monday: the weeks share them, none piles up today
+    assert [r.due if r else 0 for r in due] == [12, 14, 2]
+    assert all(r is None or r.verified == 0 for r in due)
 
 
 def test_the_weekly_export_lists_late_problems_and_the_rectification_rate(

@@ -76,8 +76,8 @@ class TodayBoard:
     market: MarketInfo
     day: date
     now: datetime
-    overdue: list[BoardRow]  # past due, missed or failed: still to do, and late
-    open_now: list[BoardRow]  # open and within time
+    overdue: list[BoardRow]  # ``obligations.is_overdue``: still to do, and late
+    open_now: list[BoardRow]  # open within time, or failed before due (to redo in time)
     due_soon: list[BoardRow]  # opening within SOON
     later: list[BoardRow]  # opening later today
     finished: list[BoardRow]  # done, late or excused
@@ -115,7 +115,7 @@ def today(engine: sa.Engine, market_id: str, *, now: datetime) -> TodayBoard:
     for r in rows:
         if r.overdue:
             overdue.append(r)
-        elif r.state == State.OPEN:
+        elif r.state in (State.OPEN, State.FAILED):  # failed before due: redo it in time
             open_now.append(r)
         elif r.state == State.UPCOMING:
             (soon if r.opens_at - now <= SOON else later).append(r)

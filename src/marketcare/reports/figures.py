@@ -255,6 +255,17 @@ class Report:
             for m, row in self._per_market(self._tally(reinspections=True)).iterrows()
         }
 
+    # -- the rectification loop and the contracts -------------------------------------
+
+    def rectification(self) -> dict[str, Rectification]:
+        return rectification(self)
+
+    def late_problems(self) -> list[ProblemLine]:
+        return late_problems(self)
+
+    def contracts(self) -> list[Any]:
+        return contract_rows(self)
+
     # -- the rows ----------------------------------------------------------------------
 
     def count(self, market_id: str | None = None) -> int:

@@ -69,16 +69,7 @@ from marketcare.i18n import (
     Translator,
     translator,
 )
-from marketcare.reports.figures import (
-    Line,
-    MarketInfo,
-    Reading,
-    Rectification,
-    Report,
-    contract_rows,
-    late_problems,
-    rectification,
-)
+from marketcare.reports.figures import Line, MarketInfo, Reading, Rectification, Report
 
 Value = str | int | float | date | datetime | None
 Progress = Callable[[int, int], None]
@@ -1143,7 +1134,7 @@ class _WorkbookWriter:
         )
         rates_title = sheet_title(t.tr("Rectification rate"), taken)
         late_title = sheet_title(t.tr("Late problems"), taken)
-        contracts = contract_rows(self.report)
+        contracts = self.report.contracts()
         contracts_title = sheet_title(t.tr("Pest contracts"), taken) if contracts else None
         market_titles = [sheet_title(m.name, taken) for m in self.report.markets]
         total = self.report.count() if self.progress else 0
@@ -1241,7 +1232,7 @@ class _WorkbookWriter:
         )
         sheet.top([t.tr("Rectification: {period}").format(period=self.period_text)], ["title"])
         sheet.header()
-        figures = rectification(report)
+        figures = report.rectification()
         total = Rectification(Rate(0, 0))
         for market in report.markets:
             f = figures[market.id]
@@ -1308,7 +1299,7 @@ class _WorkbookWriter:
         )
         sheet.header()
         names = {m.id: clean(m.name) for m in report.markets}
-        lines = late_problems(report)
+        lines = report.late_problems()
         for p in lines:
             sheet.add(
                 [

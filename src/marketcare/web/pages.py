@@ -24,7 +24,13 @@ from starlette.datastructures import FormData, UploadFile
 
 from marketcare.domain.access import Action, Principal, Role, may, visible_markets
 from marketcare.domain.obligations import State, format_range, minutes_late
-from marketcare.domain.problems import Category, ProblemState, is_overdue
+from marketcare.domain.problems import (
+    Category,
+    ProblemState,
+    can_assign,
+    is_overdue,
+    moves_from,
+)
 from marketcare.errors import MarketcareError, NotFound, TickRefused
 from marketcare.i18n import LANGUAGES, Translator
 from marketcare.ledger import accounts, evidence, readmodel
@@ -558,9 +564,9 @@ def _problem_context(request: Request, who: Principal, problem_id: int) -> dict[
         "categories": _category_labels(t),
         "states": _problem_state_labels(t),
         "area_names": _names(engine, market)[1],
-        "can_rectify": may(who, Action.RECTIFY, market) and row.state == ProblemState.OPEN,
-        "can_assign": may(who, Action.ASSIGN, market) and row.state != ProblemState.VERIFIED,
-        "can_verify": may(who, Action.VERIFY, market) and row.state == ProblemState.RECTIFIED,
+        "can_rectify": may(who, Action.RECTIFY, market) and "rectify" in moves_from(row.state),
+        "can_assign": may(who, Action.ASSIGN, market) and can_assign(row.state),
+        "can_verify": may(who, Action.VERIFY, market) and "verify" in moves_from(row.state),
         "values": {},
         "errors": {},
         "error": None,
