@@ -26,7 +26,7 @@ from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from openpyxl.worksheet.worksheet import Worksheet
 
 from marketcare import i18n
-from marketcare.domain import checklists, compliance
+from marketcare.domain import checklists, compliance, problems
 from marketcare.domain.obligations import State, is_overdue, minutes_late
 from marketcare.domain.periods import Period
 from marketcare.domain.vocabulary import AreaKind, TaskKind
@@ -843,7 +843,16 @@ def test_every_state_kind_and_category_has_a_label_in_each_language() -> None:
         labels += [t.area_kind(k) for k in AreaKind]
         assert all(labels)
         assert len({t.category(c) for c in compliance.CATEGORIES}) == len(compliance.CATEGORIES)
+    # every member of every enum the reports label has its label
+    assert set(i18n.CATEGORY_LABELS) == set(compliance.Category)
+    assert set(i18n.STATE_LABELS) == set(State)
+    assert set(i18n.TASK_KIND_LABELS) == set(TaskKind)
+    assert set(i18n.AREA_KIND_LABELS) == set(AreaKind)
+    assert set(i18n.PROBLEM_CATEGORY_LABELS) == set(problems.Category)
+    assert set(i18n.PROBLEM_STATE_LABELS) == set(problems.ProblemState)
     zh = i18n.translator("zh_CN")
+    assert zh.task_kind("reinspection") == "复查"
+    assert zh.problem_category("repair") == "设施维修" and zh.problem_state("open") == "未整改"
     assert [zh.task_kind(k) for k in ("waste_clearance", "disinfection", "pest_control")] == [
         "垃圾日产日清",
         "每日休市清洗消毒",

@@ -207,6 +207,8 @@ def _move(
     details: dict[str, Any],
 ) -> ProblemState:
     """Move a problem by the state machine (compare-and-swap) and log the move."""
+    for fld, msg in text_errors({"by": by}):
+        raise MarketcareError(f"{fld}: {msg}")
     try:
         target = check_transition(ProblemState(row.state), action)
     except TransitionRefused as exc:

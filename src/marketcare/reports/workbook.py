@@ -1185,7 +1185,7 @@ class _WorkbookWriter:
             clean(market.name),
             line.obligation_id,
             line.local_date,
-            clean(line.area_name) if line.area_name else self.whole_market,
+            clean(line.area_name or line.area_id) if line.area_id else self.whole_market,
             clean(task),
             self.kind(line.kind),
             clean(line.contractor) if line.contractor else None,
