@@ -408,3 +408,38 @@ def test_a_reinspection_is_the_offices_work_and_a_failed_one_counts_against_the_
     assert {r["完成人"] for r in listed} == {"区市场监管 张伟"}
     assert {r["备注"] for r in listed} == {"通过", "未通过：仍堵"}
     assert result.headline["rectification"]["reinspection_failed"] == 1
+
+
+def test_reinspections_closed_by_an_older_release_get_their_completion_on_upgrade(
+    ready: sa.Engine,
+) -> None:
+    """Migration i13_reinspection_completions: the officer and the result of a
+    re-inspection closed before completions were recorded for it, from its audit event."""
+    from alembic import command
+
+    from marketcare.ledger.db import alembic_config
+    from marketcare.ledger.models import Completion
+
+    passed, _ = rectification.add(ready, make_problem(description="灯具损坏"), now=NOW)
+    failed, _ = rectification.add(ready, make_problem(description="排水沟堵塞"), now=NOW)
+    obs = {}
+    for pid in (passed, failed):
+        obs[pid] = rectification.rectify(ready, problem_id=pid, by="林秀英", note="已修", now=NOW)
+    later = NOW + timedelta(hours=5)
+    rectification.verify(ready, problem_id=passed, by="张伟", now=later)
+    rectification.reopen(ready, problem_id=failed, by="李娜", note="仍堵", now=later)
+    with ready.begin() as conn:  # as an older release left them: no completion
+        conn.execute(sa.delete(Completion).where(Completion.token.like("reinspection:%")))
+    config = alembic_config(ready)
+    command.downgrade(config, "0006")
+    command.upgrade(config, "head")
+    with read(ready) as conn:
+        got = {
+            r.obligation_id: (r.by, r.items, r.outcome, r.at)
+            for r in conn.execute(sa.select(Completion)).all()
+        }
+    assert got == {
+        obs[passed]: ("张伟", {"passed": True}, "done", later),
+        obs[failed]: ("李娜", {"passed": False}, "done", later),
+    }
+    command.upgrade(config, "head")  # nothing twice
