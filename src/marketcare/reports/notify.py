@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from marketcare.domain.obligations import COMPLETED, State
+from marketcare.domain.obligations import SETTLED, State
 from marketcare.domain.problems import ProblemState
 from marketcare.domain.schedules import EscalationPolicy, Person, Schedule, StepAt
 from marketcare.ledger import outbox as outbox_rules
@@ -51,7 +51,7 @@ from marketcare.reports.mail import DeliveryError, SmtpConfig, send
 log = logging.getLogger(__name__)
 
 #: obligation states that still call for a reminder or an escalation: not completed, not excused
-UNRESOLVED = tuple(s.value for s in State if s not in COMPLETED and s != State.EXCUSED)
+UNRESOLVED = tuple(s.value for s in State if s not in SETTLED)
 CATCH_UP_LIMIT = timedelta(days=7)
 WEBHOOK_TIMEOUT = 10.0
 

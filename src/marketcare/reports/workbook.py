@@ -501,6 +501,7 @@ class OpenpyxlSheet:
         self.arrays = book.arrays
         self.cells: dict[tuple[int, str | None], Cell] = {}
         self.plans: dict[tuple[str | None, ...], list[Cell]] = {}
+        self.heights: dict[float, RowDimension] = {}
         self.row = 0
 
     def setup(self, layout: SheetLayout) -> None:
@@ -534,10 +535,12 @@ class OpenpyxlSheet:
         # and style is enough: it is given the next row's value. No style object and no
         # cell is made per value; rows with the same styles share one plan.
         self.row += 1
-        if height is not None:  # read when the row is written, so set just before
-            self.ws.row_dimensions[self.row] = RowDimension(
-                self.ws, index=self.row, ht=height, customHeight=True
-            )
+        dims = self.ws.row_dimensions
+        if height is not None:  # read as the row is written: set just before, drop after
+            dim = self.heights.get(height)
+            if dim is None:  # one per height: it holds nothing of the row but the height
+                dim = self.heights[height] = RowDimension(self.ws, ht=height, customHeight=True)
+            dims[self.row] = dim
         key = tuple(styles)
         plan = self.plans.get(key)
         if plan is None:
@@ -553,6 +556,8 @@ class OpenpyxlSheet:
                 cell.data_type = "s"  # text, never a formula or an error code
             add(cell)
         self.stream.append(row)
+        if height is not None:
+            del dims[self.row]  # written: memory stays flat however many rows
 
     def _cell(self, col: int, style: str | None) -> Cell:
         cell = self.cells.get((col, style))
