@@ -1,5 +1,7 @@
 """Shared fixtures: a migrated ledger per test, small schedule factories, a DST zone.
 
+The fixtures several modules share live in ``tests/support/fixtures.py`` (loaded below).
+
 The suite runs on SQLite by default and on PostgreSQL with ``MARKETCARE_TEST_DB=postgresql``
 (see ``tests/support/pg.py`` and docs/postgresql.md): every test reaches its database
 through ``database_url(tmp_path)``, never through a hard-coded ``sqlite:///`` URL.
@@ -16,9 +18,12 @@ import pytest
 import sqlalchemy as sa
 
 from marketcare.domain.schedules import Schedule, load_texts
-from marketcare.ledger.db import make_engine, migrate
+from marketcare.ledger.db import make_engine
 
 from .support import pg
+
+#: the fixtures several modules share (procs, smtp, site, signed-in clients…)
+pytest_plugins = ["tests.support.fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -91,8 +96,8 @@ def _release_databases(tmp_path: Path) -> Iterator[None]:
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    """A ledger at the newest revision: a copy of the run's migrated template."""
     eng = make_engine(database_url(tmp_path, migrated=True))
-    migrate(eng)
     yield eng
     eng.dispose()
 

@@ -28,12 +28,7 @@ from .support.web import PASSWORD, USERS, Site, running_site, sign_in
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(range(256)) * 4
 UPLOAD_LIMIT = 20_000
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_site(tmp_path_factory.mktemp("api"), upload_max_bytes=UPLOAD_LIMIT) as s:
-        yield s
+SITE_SETTINGS = {"upload_max_bytes": UPLOAD_LIMIT}
 
 
 @pytest.fixture(scope="module")

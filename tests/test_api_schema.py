@@ -8,7 +8,6 @@ the run stays short on a 2-core machine.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,15 +21,9 @@ from schemathesis.checks import not_a_server_error
 from marketcare.ledger import accounts
 from marketcare.ledger.models import User
 
-from .support.web import Site, running_site
+from .support.web import Site
 
 USERS = ("office", "mgr_a")
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_site(tmp_path_factory.mktemp("schema")) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -109,16 +108,6 @@ def log_records(proc: Proc) -> list[dict[str, object]]:
 
 def logged(proc: Proc, msg: str) -> bool:
     return any(r.get("msg") == msg for r in log_records(proc))
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    """Every process a test starts; whatever is still alive at the end is killed."""
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        if p.alive():
-            p.kill()
 
 
 # ---------------------------------------------------------------- crashes

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -49,25 +48,10 @@ def logged(proc: Proc, msg: str) -> bool:
     return False
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        if p.alive():
-            p.kill()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()  # not started: the test starts it when the mail server "comes back"
-    yield server
-    server.stop()
-
-
 def test_reports_due_while_down_are_queued_while_smtp_is_down_and_mailed_once(
-    tmp_path: Path, procs: list[Proc], smtp: SmtpServer
+    tmp_path: Path, procs: list[Proc], smtp_down: SmtpServer
 ) -> None:
+    smtp = smtp_down  # not listening yet: the mail server "comes back" later in the test
     schedules = tmp_path / "schedules"
     schedules.mkdir()
     (schedules / "test.yaml").write_text(SCHEDULE, encoding="utf-8")

@@ -92,14 +92,6 @@ class Hook:
 
 
 @pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
 def hook() -> Iterator[Hook]:
     server = Hook()
     server.start()
@@ -420,7 +412,19 @@ def test_the_notifications_command_lists_and_resends(
     listed = runner.invoke(app, ["notifications", "--state", "failed", "--json"])
     assert listed.exit_code == 0, listed.output
     (row,) = json.loads(listed.stdout)
+    assert list(row) == [
+        "id", "person", "market", "channel", "address", "subject", "state", "attempts",
+        "stable_id", "next_attempt_at", "sent_at", "error",
+    ]  # fmt: skip
     assert row["channel"] == "webhook" and "HTTP 404" in row["error"]
+    table = runner.invoke(app, ["notifications"], env={"COLUMNS": "250"})
+    header = next(line for line in table.stdout.splitlines() if "channel" in line)
+    assert re.findall(r"[a-z][a-z /]*[a-z]", header) == [
+        "id", "person", "channel", "subject", "state", "tries", "next / sent", "reason",
+    ]  # fmt: skip
+    assert runner.invoke(app, ["notifications", "--state", "cancelled"]).stdout.strip() == (
+        "no notifications"
+    )
     again = runner.invoke(app, ["notifications", "--resend", str(row["id"])])
     assert again.exit_code == 0 and "queued again" in again.stdout
     assert [m.state for m in messages(engine) if m.id == row["id"]] == ["pending"]

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 import openpyxl
-import pytest
 import sqlalchemy as sa
 
 from marketcare.domain.periods import Period
@@ -35,24 +34,6 @@ def signed_in(site: Site, user: str) -> Iterator[httpx.Client]:
         yield client
     finally:
         client.close()
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_site(tmp_path_factory.mktemp("office")) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def office(site: Site) -> Iterator[httpx.Client]:
-    with signed_in(site, "office") as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def operator(site: Site) -> Iterator[httpx.Client]:
-    with signed_in(site, "operator") as c:
-        yield c
 
 
 def make_problem(site: Site, market: str = "lizhong", *, days: float = 3, **kw: str) -> int:

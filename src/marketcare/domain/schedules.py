@@ -589,6 +589,7 @@ class EscalationPolicy(_Strict):
     digest: ClockTime | None = None
 
     def applies_to(self, kind: str) -> bool:
+        """Whether an obligation of task kind ``kind`` is this policy's concern."""
         return self.task_kinds == "all" or kind in {k.value for k in self.task_kinds}
 
 
@@ -654,7 +655,7 @@ def schedule_files(paths: Iterable[Path]) -> list[tuple[Path, str]]:
     for p in paths:
         if p.is_dir():
             for f in sorted([*p.glob("*.yaml"), *p.glob("*.yml")]):
-                found.append((f, f.relative_to(p).as_posix() if False else str(f)))
+                found.append((f, str(f)))
         else:
             found.append((p, str(p)))
     return found

@@ -236,9 +236,9 @@ def _materialise_policy(ctx: _Ctx, policy: EscalationPolicy, after: datetime) ->
         stmt = sa.select(Obligation).where(
             column > lo, column <= hi, Obligation.state.in_(UNRESOLVED)
         )
-        if policy.task_kinds != "all":
-            stmt = stmt.where(Obligation.kind.in_([k.value for k in policy.task_kinds]))
         for ob in conn.execute(stmt.order_by(column, Obligation.id)).all():
+            if not policy.applies_to(ob.kind):
+                continue
             fired = trigger_at(ostep.at, opens_at=ob.opens_at, due_at=ob.due_at)
             item = _obligation_item(conn, schedule, ob, headline(ostep.at))
             for person in recipients(schedule, ostep.notify, ob.market_id):
