@@ -38,11 +38,13 @@ system-deps:
 ## set everything up and run the whole suite (lint, types, tests)
 test: install system-deps lint typecheck unit
 
-## ruff, the layering of docs/design.md (import-linter)
+## ruff, the layering of docs/design.md (import-linter), dead code (vulture: pyproject.toml
+## and vulture_whitelist.py)
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
+	$(BIN)/vulture
 
 typecheck: install
 	$(BIN)/mypy

@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 
 from marketcare.domain.access import ALLOWED, MARKET_SCOPED, Action, Principal, Role
 from marketcare.ledger import accounts, evidence
-from marketcare.ledger import problems as rectification
+from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.models import Completion, User
 from marketcare.web import api
@@ -42,9 +42,9 @@ def clients(site: Site) -> Iterator[dict[str, httpx.Client]]:
 def problem_in(site: Site, market: str, *, state: str = "open", **extra: Any) -> int:
     """A fresh problem of ``market`` (rectified first when ``state`` asks for it)."""
     now = site.clock.now()
-    pid, _ = rectification.add(
+    pid, _ = ledger_problems.add(
         site.engine,
-        rectification.NewProblem(
+        ledger_problems.NewProblem(
             market_id=market,
             category="sanitation",
             description="排水沟堵塞",
@@ -56,7 +56,7 @@ def problem_in(site: Site, market: str, *, state: str = "open", **extra: Any) ->
         now=now,
     )
     if state == "rectified":
-        rectification.rectify(site.engine, problem_id=pid, by="mgr", note="已疏通", now=now)
+        ledger_problems.rectify(site.engine, problem_id=pid, by="mgr", note="已疏通", now=now)
     return pid
 
 

@@ -34,7 +34,8 @@ def api_schema(site: Site) -> Any:
 @pytest.fixture(scope="module")
 def fuzz_tokens(site: Site) -> dict[str, tuple[int, str]]:
     """A token per user made for this run (id, token), so the run's own DELETE of a
-    token id never revokes the credential it is using."""
+    token id never revokes the credential it is using; kept with the site, so every test
+    of the module starts with them."""
     out: dict[str, tuple[int, str]] = {}
     with site.engine.connect() as conn:
         ids = {r.username: r.id for r in conn.execute(sa.select(User.username, User.id))}
@@ -42,6 +43,7 @@ def fuzz_tokens(site: Site) -> dict[str, tuple[int, str]]:
         out[user] = accounts.create_token(
             site.engine, ids[user], "schemathesis", now=site.clock.now()
         )
+    site.keep()
     return out
 
 

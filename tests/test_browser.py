@@ -14,7 +14,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from marketcare.domain.periods import Period
 from marketcare.i18n import translator
-from marketcare.ledger import problems as rectification
+from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import sweep as ledger_sweep
 from marketcare.ledger.models import ProblemRow
 from marketcare.reports import delivery
@@ -36,9 +36,9 @@ def state_of(site: Site, pid: int) -> str:
 
 def make_problem(site: Site, description: str) -> int:
     now = site.clock.now()
-    pid, _ = rectification.add(
+    pid, _ = ledger_problems.add(
         site.engine,
-        rectification.NewProblem(
+        ledger_problems.NewProblem(
             market_id="lizhong",
             category="sanitation",
             description=description,

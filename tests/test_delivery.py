@@ -251,7 +251,7 @@ def test_the_daemon_produces_and_emails_a_scheduled_report_once_after_downtime(
 ) -> None:
     import time_machine
 
-    from marketcare.ledger.db import make_engine, migrate
+    from marketcare.ledger.db import make_engine
     from marketcare.ops.daemon import Daemon
     from marketcare.settings import Settings
 
@@ -268,7 +268,7 @@ reports:
     )
     (tmp_path / "schedules" / "s.yaml").write_text(text, encoding="utf-8")
     settings = Settings(
-        database_url=database_url(tmp_path),
+        database_url=database_url(tmp_path, migrated=True),
         schedules_dir=tmp_path / "schedules",
         exports_dir=tmp_path / "exports",
         smtp_host="127.0.0.1",
@@ -277,7 +277,6 @@ reports:
         smtp_sender="marketcare@licheng.example.org",
     )
     engine = make_engine(settings.database_url)
-    migrate(engine)
     daemon = Daemon(settings=settings, engine=engine)
     with time_machine.travel(utc(2026, 11, 23, 12, 0), tick=False) as clock:  # Monday 20:00 CST
         daemon.step_reload()

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from marketcare.cli.common import (
@@ -24,6 +23,7 @@ from marketcare.cli.common import (
     local_today,
     out,
     parse_date,
+    progress_bar,
     utcnow,
 )
 from marketcare.errors import MarketcareError
@@ -83,20 +83,7 @@ def export(
             raise MarketcareError(
                 f"--email: no recipients; give --to ADDRESS or configure a {p.kind} report in the schedules"
             )
-    with Progress(
-        TextColumn(f"writing {p.kind} {p.key}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("export", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with progress_bar(f"writing {p.kind} {p.key}") as progress:
         result = delivery.export(
             engine,
             period=p,

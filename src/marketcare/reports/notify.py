@@ -104,7 +104,8 @@ def next_digest(at: datetime, clock: time, zone: ZoneInfo) -> datetime:
 
 
 def recipients(schedule: Schedule, notify: Sequence[str], market_id: str) -> list[Person]:
-    """People a step names: by id, or by role among those who cover the market."""
+    """People a step names: by id, or by position (``role:`` in the YAML) among those who
+    cover the market."""
     out: dict[str, Person] = {}
     by_id = {p.id: p for p in schedule.people}
     for ref in notify:
@@ -112,7 +113,7 @@ def recipients(schedule: Schedule, notify: Sequence[str], market_id: str) -> lis
             out.setdefault(ref, by_id[ref])
             continue
         for person in schedule.people:
-            if person.role == ref and person.covers(market_id):
+            if person.position == ref and person.covers(market_id):
                 out.setdefault(person.id, person)
     return list(out.values())
 
@@ -159,7 +160,6 @@ def headline(at: StepAt) -> str:
 class MaterialiseResult:
     created: int = 0
     messages: int = 0
-    dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -423,7 +423,6 @@ def _batch_digests(ctx: _Ctx) -> None:
                 .where(Notification.id.in_(drop), Notification.state == "waiting")
                 .values(state="dropped")
             )
-            result.dropped += len(drop)
         if not keep or person is None:
             continue
         policy = policies[policy_id]
