@@ -49,8 +49,10 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-## the whole suite twice: on SQLite, then on PostgreSQL (a throwaway server in a temporary
-## folder, unless MARKETCARE_TEST_DATABASE_URL names one; see docs/postgresql.md)
+## the whole suite twice, in random order (pytest-randomly prints the seed): on SQLite, then
+## on PostgreSQL (a throwaway server in a temporary folder, unless MARKETCARE_TEST_DATABASE_URL
+## names one; see docs/postgresql.md). The PostgreSQL run leaves out the modules marked
+## no_database (pure rules and parsing: they run once, on SQLite).
 unit: unit-sqlite unit-postgresql
 
 unit-sqlite: install

@@ -395,6 +395,15 @@ def end_session() -> None:
             _server = None
 
 
+_refused = False
+
+
+def refuse_databases(refused: bool) -> None:
+    """While set, asking for a database fails: the test is marked ``no_database``."""
+    global _refused
+    _refused = refused
+
+
 def database_url(folder: Path, *, migrated: bool = False) -> str:
     """The database URL a test that works in ``folder`` uses.
 
@@ -402,6 +411,10 @@ def database_url(folder: Path, *, migrated: bool = False) -> str:
     database, empty or already migrated (``migrated``); the same folder always gets the
     same database, so a test's daemon, its CLI commands and its own engine share one.
     """
+    if _refused:
+        raise RuntimeError(
+            "this test is marked no_database (it runs on SQLite only) but asks for a database"
+        )
     if _databases is None:
         if on_postgresql():
             raise RuntimeError("the PostgreSQL test server was not started (see conftest.py)")
