@@ -42,6 +42,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from marketcare.clock import now_utc
 from marketcare.domain.access import Action, Principal, may
+from marketcare.domain.phonetime import ClockTrust
 from marketcare.errors import MarketcareError, NotFound
 from marketcare.i18n import DEFAULT_LANGUAGE, LANGUAGES, Translator, translator
 from marketcare.ledger import accounts
@@ -82,6 +83,15 @@ def settings_of(request: Request) -> Settings:
 def now_of(request: Request) -> datetime:
     clock: Clock = request.app.state.clock
     return clock()
+
+
+def clock_trust_of(request: Request) -> ClockTrust:
+    """How far a phone's clock is trusted, from the settings (``domain.phonetime``)."""
+    settings = settings_of(request)
+    return ClockTrust(
+        max_delay=timedelta(hours=settings.phone_time_max_delay_hours),
+        max_skew=timedelta(minutes=settings.phone_clock_max_skew_minutes),
+    )
 
 
 def _bearer(request: Request) -> str | None:
