@@ -36,6 +36,7 @@ from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.middleware.sessions import SessionMiddleware
@@ -369,6 +370,8 @@ def create_app(
         same_site="lax",
         https_only=settings.web_secure_cookies,
     )
+    # pages travel compressed (a phone on one bar of signal); small JSON answers do not
+    app.add_middleware(GZipMiddleware, minimum_size=1400, compresslevel=6)
     _install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(ops.router)
