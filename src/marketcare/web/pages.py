@@ -266,6 +266,7 @@ def today_page(request: Request, market: str, who: SignedIn, open: int | None = 
         checklists=readmodel.checklists(engine, todo),
         tokens={r.id: uuid.uuid4().hex for r in todo},
         open_id=open,
+        rendered=board.now.astimezone(ZoneInfo(board.market.zone)).strftime("%H:%M"),
     )
 
 
