@@ -159,7 +159,9 @@ def test_an_out_of_range_reading_is_recorded_as_failed_and_flagged_with_its_rang
     site: Site, mgr_a: httpx.Client
 ) -> None:
     oid = site.obligation("lizhong", "disinfect", "aquatic")
-    response = tick(mgr_a, oid, {"item": "washed", "reading_chlorine": "500", "confirm_failed": "1"})
+    response = tick(
+        mgr_a, oid, {"item": "washed", "reading_chlorine": "500", "confirm_failed": "1"}
+    )
     assert response.status_code == 303
     assert state_of(site, oid) == "failed"
     page = mgr_a.get(response.headers["location"])

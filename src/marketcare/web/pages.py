@@ -43,10 +43,10 @@ from marketcare.ledger.tick import tick as record_tick
 from marketcare.ledger.versions import active_schedule
 from marketcare.reports.workbook import PROBLEM_CATEGORIES, PROBLEM_STATES
 from marketcare.web.app import (
+    HERE,
     SignedIn,
     authorise,
     authorise_market,
-    HERE,
     check_csrf,
     current_user,
     engine_of,
