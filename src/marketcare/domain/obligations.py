@@ -299,9 +299,7 @@ def next_to_do(after: NextCandidate, candidates: Sequence[C]) -> C | None:
     another, the same chemicals in hand) and spares a trip back to the board.
     """
     todo = [
-        c
-        for c in candidates
-        if c.id != after.id and c.kind == after.kind and c.state in TICKABLE
+        c for c in candidates if c.id != after.id and c.kind == after.kind and c.state in TICKABLE
     ]
     if not todo:
         return None

@@ -39,9 +39,16 @@
   }
 
   function hhmm(iso) {
+    // a time of day in the market's zone (the page says which), as the board shows times
     var d = new Date(iso);
     if (isNaN(d.getTime())) { return String(iso || ""); }
-    return ("0" + d.getHours()).slice(-2) + ":" + ("0" + d.getMinutes()).slice(-2);
+    try {
+      return d.toLocaleTimeString("en-GB", {
+        hour: "2-digit", minute: "2-digit", hour12: false, timeZone: meta("mc-zone") || undefined,
+      });
+    } catch (e) {
+      return ("0" + d.getHours()).slice(-2) + ":" + ("0" + d.getMinutes()).slice(-2);
+    }
   }
 
   function newToken() {
@@ -315,7 +322,7 @@
       kind = "late";
       parts.push(say("sent_late"));
     } else { parts.push(say("sent_ok")); }
-    if (j.phone_at) {
+    if (j.phone_at && item.waited) {  // only a submission that waited on the phone
       parts.push(j.time_basis === "phone"
         ? say("sent_phone_time", { phone: hhmm(j.phone_at), arrived: hhmm(j.arrived_at) })
         : say("sent_arrival_time", { phone: hhmm(j.phone_at), arrived: hhmm(j.arrived_at) }));
@@ -327,10 +334,12 @@
   function sendOne(item) {
     return sendPhoto(item).then(function (photo) {
       if (photo !== "ok") { return photo; }
+      var sentAt = new Date();
+      item.waited = sentAt.getTime() - new Date(item.phone_at).getTime() > 60000;
       var body = {
         token: item.token, items: item.items, readings: item.readings, texts: item.texts,
         note: item.note || null, photos: item.photo_sha ? [item.photo_sha] : [],
-        phone_at: item.phone_at, phone_sent_at: new Date().toISOString(),
+        phone_at: item.phone_at, phone_sent_at: sentAt.toISOString(),
       };
       return post("/api/v1/obligations/" + item.obligation_id + "/completions", body, false).then(function (r) {
         if (signedOut(r)) { return "signin"; }
