@@ -457,7 +457,8 @@ async def tick_form(request: Request, obligation_id: int, who: SignedIn) -> Resp
         if said is not None:
             _flash(request, said[0], f"{name}: {said[1]}")
         found = await run_in_threadpool(_next_task, request, ctx["market"].id, view.row)
-        if found is not None and next_page == f"/m/{ctx['market'].id}":
+        board = f"/m/{ctx['market'].id}"
+        if found is not None and next_page == board and not view.checklist.nothing_to_enter:
             return RedirectResponse(
                 f"{next_page}?open={found[0].id}#ob-{found[0].id}", status_code=303
             )
