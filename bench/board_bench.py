@@ -165,6 +165,10 @@ def visit(page: Any, cdp: Any, url: str) -> dict[str, Any]:
     cdp.on("Network.loadingFinished", finished)
     try:
         page.goto(url, wait_until="load", timeout=120_000)
+        # the first paint may come just after the load event: wait for its entry
+        page.wait_for_function(
+            "performance.getEntriesByName('first-contentful-paint').length > 0", timeout=30_000
+        )
         timing = json.loads(
             page.evaluate(
                 "JSON.stringify({dcl: performance.getEntriesByType('navigation')[0].domContentLoadedEventEnd,"
@@ -180,6 +184,8 @@ def visit(page: Any, cdp: Any, url: str) -> dict[str, Any]:
     return {
         "bytes": int(sum(sizes.values())),
         "usable_ms": round(max(timing["dcl"], timing["fcp"]), 1),
+        "dcl_ms": round(timing["dcl"], 1),
+        "fcp_ms": round(timing["fcp"], 1),
         "opened": opened,
     }
 

@@ -140,7 +140,7 @@ def test_the_evening_round_of_ten_tasks_takes_few_taps_and_no_page_load(
         assert taps[tid] <= 2, (tid, taps[tid])
     for area, *_ in AREAS:
         assert taps[area] <= 4, (area, taps[area])
-    assert sum(taps.values()) <= 5 * 2 + 5 * 4
+    assert sum(taps.values()) <= 21  # docs/web.md: 21 taps for the round
     for tid, *_ in QUICK:
         assert [c.outcome for c in completions_of(site, obligation_id(site, "lizhong", tid))] == [
             "done"
