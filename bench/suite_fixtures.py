@@ -74,7 +74,7 @@ def main() -> None:
             pg.database_url(folder / f"c{next(n)}", migrated=True)
 
         def build_site_ledger() -> None:
-            web._ledger_template = None
+            web._ledger_templates.clear()
             saved = pg._session_folder
             pg._session_folder = folder / f"s{next(n)}"
             pg._session_folder.mkdir()
@@ -86,7 +86,6 @@ def main() -> None:
         template_url, _tokens = web._site_ledger()
 
         def copy_site_ledger() -> None:
-            web._ledger_template = (template_url, _tokens)
             pg.copy_database(template_url, folder / f"t{next(n)}")
 
         with web.running_site(folder / "kept") as kept:

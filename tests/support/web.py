@@ -220,46 +220,65 @@ def sign_in(client: httpx.Client, user: str, password: str = PASSWORD) -> httpx.
     return response
 
 
-_ledger_template: tuple[str, dict[str, str]] | None = None
+_ledger_templates: dict[str, tuple[str, dict[str, str]]] = {}
 
 
-def _site_ledger() -> tuple[str, dict[str, str]]:
-    """The site's ledger (its days materialised and swept, its users and their API tokens),
-    built once per run; each site gets a copy. Hashing four passwords with Argon2 takes
-    longer than everything else a site needs."""
-    global _ledger_template
-    if _ledger_template is None:
-        engine = make_engine(database_url(pg.session_folder() / "site", migrated=True))
+def _site_ledger(
+    schedule_text: str = SCHEDULE,
+    users: dict[str, tuple[Role, tuple[str, ...]]] | None = None,
+    names: dict[str, str] | None = None,
+) -> tuple[str, dict[str, str]]:
+    """A site's ledger (its days materialised and swept, its users and their API tokens),
+    built once per run for each schedule and set of users; each site gets a copy. Hashing
+    the passwords with Argon2 takes longer than everything else a site needs."""
+    users = users or USERS
+    key = repr((schedule_text, sorted(users.items()), sorted((names or {}).items())))
+    if key not in _ledger_templates:
+        folder = pg.session_folder() / f"site-{len(_ledger_templates)}"
+        engine = make_engine(database_url(folder, migrated=True))
         try:
             migrate(engine)
             schedule = load_texts(
-                {"schedules/site.yaml": SCHEDULE}, default_timezone="Asia/Shanghai"
+                {"schedules/site.yaml": schedule_text}, default_timezone="Asia/Shanghai"
             )
             ledger_materialise.materialise(
                 engine, schedule, now=START - timedelta(days=1), horizon=timedelta(days=3)
             )
             ledger_sweep.sweep_all(engine, now=START)
             tokens = {}
-            for name, (role, markets) in USERS.items():
+            for name, (role, markets) in users.items():
                 uid = accounts.add_user(
                     engine,
-                    accounts.NewUser(name, f"{name} 用户", role, PASSWORD, markets),
+                    accounts.NewUser(
+                        name, (names or {}).get(name, f"{name} 用户"), role, PASSWORD, markets
+                    ),
                     now=START,
                 )
                 tokens[name] = accounts.create_token(engine, uid, "tests", now=START)[1]
             url = engine.url.render_as_string(hide_password=False)
         finally:
             engine.dispose()
-        _ledger_template = (url, tokens)
-    return _ledger_template
+        _ledger_templates[key] = (url, tokens)
+    return _ledger_templates[key]
 
 
 @contextmanager
-def running_site(tmp: Path, **overrides: Any) -> Iterator[Site]:
-    """A copy of the site's ledger, served on a free port; the server stops at the end."""
-    template, tokens = _site_ledger()
+def running_site(
+    tmp: Path,
+    *,
+    schedule_text: str = SCHEDULE,
+    users: dict[str, tuple[Role, tuple[str, ...]]] | None = None,
+    names: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Iterator[Site]:
+    """A copy of the site's ledger, served on a free port; the server stops at the end.
+
+    ``schedule_text`` and ``users`` replace the default schedule and users (a module that
+    needs a bigger market or a second manager brings its own); ``names`` gives display
+    names (else ``<user> 用户``)."""
+    template, tokens = _site_ledger(schedule_text, users, names)
     engine = make_engine(pg.copy_database(template, tmp))
-    schedule = load_texts({"schedules/site.yaml": SCHEDULE}, default_timezone="Asia/Shanghai")
+    schedule = load_texts({"schedules/site.yaml": schedule_text}, default_timezone="Asia/Shanghai")
     clock = Clock(START)
     settings = Settings(
         database_url=str(engine.url),
