@@ -75,3 +75,7 @@ pest_control
 _.chunks
 _.cancelled
 sums
+
+# Fields of the API's pydantic response models: FastAPI serialises them to JSON, so a field
+# only ever set by keyword looks unused (a published JSON field: never delete one for this).
+counted_at
