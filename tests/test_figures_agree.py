@@ -223,7 +223,8 @@ def from_the_api(month: Month) -> Tally:
 
 
 def from_the_board_page(month: Month) -> Tally:
-    """The manager's board (its history page): each row's link, class and state badge."""
+    """The manager's board (its history page): each row's link, class and state badge
+    (a failed reading to redo in time says "redo by 20:30" in the failed colour)."""
     with httpx.Client(base_url=month.base, follow_redirects=True) as c:
         page = c.get("/login")
         csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
@@ -235,27 +236,19 @@ def from_the_board_page(month: Month) -> Tally:
         with read(month.engine) as conn:
             day_of = dict(conn.execute(sa.select(Obligation.id, Obligation.local_date)).all())
             kind_of = dict(conn.execute(sa.select(Obligation.id, Obligation.kind)).all())
-        states = {
-            "按时完成": "done",
-            "逾期完成": "late",
-            "未完成（漏做）": "missed",
-            "读数不合格": "failed",
-            "休市免除": "excused",
-            "进行中": "open",
-            "未开始": "upcoming",
-        }
         rows = []
         for market in MARKETS:
             page = c.get(f"/m/{market}/history", params={"days": 31})
             assert page.status_code == 200
             for row_class, oid, badge in re.findall(
-                r'<a class="row (\w+)" href="/o/(\d+)">.*?<span class="badge [\w-]+">([^<]+)</span>',
+                r'<a class="row (\w+)" href="/o/(\d+)">.*?<span class="badge ([\w-]+)">',
                 page.text,
                 re.S,
             ):
                 if kind_of[int(oid)] == "reinspection":
                     continue
-                state = states[badge.strip()]
+                # the badge is the state's colour; an open row past due is "overdue" red
+                state = "open" if badge == "overdue" else badge
                 rows.append((market, day_of[int(oid)], OF_STATE[state], row_class == "overdue"))
     return _tally([r for r in rows if r[1] >= MONTH.start.isoformat()])
 

@@ -59,11 +59,6 @@ _OF_STATE: Final[dict[State, Category]] = {
 }
 
 
-def category_of(state: State | str) -> Category:
-    """The category of a state the clock has already been applied to (the board's state)."""
-    return _OF_STATE[State(state)]
-
-
 def categorise(state: State | str, *, missed_at: datetime, as_of: datetime) -> Category:
     """The category of one obligation as of a moment (the sweep may lag: apply the clock).
 

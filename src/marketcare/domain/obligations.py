@@ -24,7 +24,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from marketcare.domain.schedules import Market, Schedule, Task
@@ -46,8 +46,6 @@ class State(StrEnum):
 #: ``can_tick``): a late completion after a miss is kept, a failed reading can be redone,
 #: and an upcoming one whose opening time has passed is open (the sweep may lag)
 TICKABLE = frozenset({State.UPCOMING, State.OPEN, State.MISSED, State.FAILED})
-#: states that count as compliant
-COMPLIANT = frozenset({State.DONE})
 #: a completed obligation: a second tick changes nothing
 COMPLETED = frozenset({State.DONE, State.LATE})
 #: finished one way or another: never overdue, nothing left to do
@@ -300,3 +298,39 @@ def redo_by(state: State, *, due_at: datetime, now: datetime) -> datetime | None
     if State(state) == State.FAILED and now <= due_at:
         return due_at
     return None
+
+
+class NextCandidate(Protocol):
+    """What ``next_to_do`` needs to know of an obligation (a board row has it)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def state(self) -> State: ...
+    @property
+    def due_at(self) -> datetime: ...
+
+
+C = TypeVar("C", bound=NextCandidate)
+
+
+def next_to_do(after: NextCandidate, candidates: Sequence[C]) -> C | None:
+    """The task to offer after ``after`` was submitted: still to do now, the same task
+    first, then the same kind, earliest due first; None when nothing of that kind is left.
+
+    Offering the next one of the same kind follows the manager's round (one area after
+    another, the same chemicals in hand) and spares a trip back to the board.
+    """
+    # a board row's state has the clock applied: an upcoming one has not opened yet
+    todo = [
+        c
+        for c in candidates
+        if c.id != after.id and c.kind == after.kind and c.state in TICKABLE - {State.UPCOMING}
+    ]
+    if not todo:
+        return None
+    return min(todo, key=lambda c: (c.task_id != after.task_id, c.due_at, c.id))

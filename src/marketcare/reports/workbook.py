@@ -1053,7 +1053,6 @@ class _WorkbookWriter:
             if c in STATUS_COLOURS
         ]
         self.kind_labels: dict[str, str] = {}
-        self.reading_cache: dict[tuple[str, str | None, float | None, float | None], str] = {}
         self.lines = 0
         self.overdue_rows = 0
         self.pest_rows = 0

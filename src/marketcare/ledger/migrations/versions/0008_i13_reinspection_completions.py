@@ -8,7 +8,7 @@ had: by the officer of its ``completed`` event, at its completion time, its resu
 audit chain already holds the move.
 
 Revision ID: i13_reinspection_completions
-Revises: 0006
+Revises: i10_phone_time
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "i13_reinspection_completions"
-down_revision = "0006"
+down_revision = "i10_phone_time"
 branch_labels = None
 depends_on = None
 
