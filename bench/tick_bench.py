@@ -140,8 +140,14 @@ def _gc_log(_engine: Any) -> None:
     gc.callbacks.append(timed)
 
 
+def _switch_1ms(_engine: Any) -> None:
+    """Experiment: the GIL is handed over every 1 ms instead of 5 (``sys.setswitchinterval``)."""
+    sys.setswitchinterval(0.001)
+
+
 EXPERIMENTS = {
     "gc-log": _gc_log,
+    "switch-1ms": _switch_1ms,
 }
 
 
@@ -266,10 +272,29 @@ class Server:
         return f"http://127.0.0.1:{self.port}"
 
 
-def start_server(name: str, cmd: Sequence[str], port: int, cwd: Path, pin: str | None) -> Server:
+def source_of(rev: str, tmp: Path) -> Path:
+    """The ``src`` folder of git revision ``rev`` (``git archive``), to serve the code as
+    it was there beside today's (``--compare``); needs the repository's history."""
+    out = tmp / f"src-{rev.replace('/', '_')}"
+    out.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(ROOT), "archive", rev, "src"], check=True, capture_output=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
+    return out / "src"
+
+
+def start_server(
+    name: str,
+    cmd: Sequence[str],
+    port: int,
+    cwd: Path,
+    pin: str | None,
+    src: Path = ROOT / "src",
+) -> Server:
     full = (["taskset", "-c", pin] if pin else []) + list(cmd)
     env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETCARE_")}
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT / "src"), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(src), env.get("PYTHONPATH", "")])
     proc = subprocess.Popen(full, cwd=cwd, env=env, stderr=open(cwd / f"{name}.log", "wb"))  # noqa: SIM115
     import httpx
 
@@ -590,6 +615,18 @@ def report(
                 for m, b in zip(by["marketcare"], by[base], strict=True)
             ],
         }
+    for before in (n for n in names if n.startswith("marketcare@")):
+        ratios[before] = {
+            "throughput": round(mc["throughput_rps"] / med[before]["throughput_rps"], 3),
+            "p99": round(mc["p99_ms"] / med[before]["p99_ms"], 2),
+            "cpu": round(
+                mc["server_cpu_ms_per_request"] / med[before]["server_cpu_ms_per_request"], 2
+            ),
+            "per round": [
+                round(m.throughput / b.throughput, 3)
+                for m, b in zip(by["marketcare"], by[before], strict=True)
+            ],
+        }
     floor = ratios.get(FLOOR, {}).get("throughput")
     return {
         "command": " ".join(["bench/tick_bench.py", *sys.argv[1:]]),
@@ -671,8 +708,9 @@ def markdown(out: dict[str, Any]) -> str:
     ]
     for base, r in ratios.items():
         rounds = ", ".join(f"{x:.2f}" for x in r["per round"])
+        what = BASELINES.get(base) or f"marketcare at {base.partition('@')[2]} (before)"
         lines.append(
-            f"| {base} | {BASELINES[base]} | **{r['throughput']:.2f}×** (rounds {rounds}) "
+            f"| {base} | {what} | **{r['throughput']:.2f}×** (rounds {rounds}) "
             f"| {r['p99']:.2f}× | {r['cpu']:.2f}× |"
         )
     mc = med["marketcare"]
@@ -757,6 +795,11 @@ def main() -> None:
         type=int,
         help="experiment: the marketcare server's worker-thread pool size (anyio default 40)",
     )
+    ap.add_argument(
+        "--compare",
+        metavar="REV",
+        help="also serve marketcare as it was at git revision REV (git archive) in every round",
+    )
     ap.add_argument("--tmpdir", type=Path)
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--out", type=Path, help=f"default {OUT} ({OUT.parent / 'tick_pg.json'} on PG)")
@@ -808,7 +851,7 @@ def main() -> None:
         load_at_start = [round(x, 2) for x in os.getloadavg()]
         managers, info = build_ledger(tmp / "ledger.db", args.markets, args.clients)
         info["load average at start"] = load_at_start
-        need = (args.warmup + args.requests) * args.rounds
+        need = (args.warmup + args.requests) * args.rounds * (2 if args.compare else 1)
         need += (args.warmup + profile_requests) * args.profile
         have = info["open and tickable through the API"]
         log(f"ledger built in {info['built in (s)']} s: {have} open obligations, {need} needed")
@@ -828,6 +871,15 @@ def main() -> None:
         if args.threads:
             mc_cmd += ["--threads", str(args.threads)]
         servers.append(start_server("marketcare", mc_cmd, mc_port, tmp, args.pin))
+        if args.compare:
+            # the same ledger file: each phase ticks other obligations, so they can share it
+            port = free_port()
+            cmd = [py, str(Path(__file__).resolve()), "--serve", "marketcare"]
+            cmd += ["--db", str(tmp / "ledger.db"), "--port", str(port)]
+            cmd += ["--clock", CLOCK.isoformat()]
+            src = source_of(args.compare, tmp)
+            name = f"marketcare@{args.compare}"
+            servers.append(start_server(name, cmd, port, tmp, args.pin, src))
         bare_cmd = [py, str(HERE / "bare_app.py"), "--db", str(tmp / "bare.db")]
         servers.append(
             start_server("bare", [*bare_cmd, "--port", str(bare_port)], bare_port, tmp, args.pin)
