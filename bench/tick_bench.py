@@ -55,7 +55,8 @@ from zoneinfo import ZoneInfo
 
 ROOT = Path(__file__).resolve().parent.parent
 HERE = Path(__file__).resolve().parent
-OUT = HERE / "out" / "tick.json"
+#: where results go (``BENCH_OUT`` moves them: the test suite's smoke runs do)
+OUT = Path(os.environ.get("BENCH_OUT") or HERE / "out") / "tick.json"
 ZONE = "Asia/Shanghai"
 #: the day of bench/run.py (a Monday and a xun day: every task kind has obligations)
 DAY_START = datetime(2026, 6, 1, tzinfo=ZoneInfo(ZONE)).astimezone(UTC)
@@ -615,7 +616,7 @@ def report(
                 for m, b in zip(by["marketcare"], by[base], strict=True)
             ],
         }
-    for before in (n for n in names if n.startswith("marketcare@")):
+    for before in (n for n in names if n.startswith(("marketcare@", "marketcare+"))):
         ratios[before] = {
             "throughput": round(mc["throughput_rps"] / med[before]["throughput_rps"], 3),
             "p99": round(mc["p99_ms"] / med[before]["p99_ms"], 2),
@@ -708,7 +709,11 @@ def markdown(out: dict[str, Any]) -> str:
     ]
     for base, r in ratios.items():
         rounds = ", ".join(f"{x:.2f}" for x in r["per round"])
-        what = BASELINES.get(base) or f"marketcare at {base.partition('@')[2]} (before)"
+        what = BASELINES.get(base) or (
+            f"marketcare at {base.partition('@')[2]} (before)"
+            if "@" in base
+            else f"today's code with the experiment {base.partition('+')[2]}"
+        )
         lines.append(
             f"| {base} | {what} | **{r['throughput']:.2f}×** (rounds {rounds}) "
             f"| {r['p99']:.2f}× | {r['cpu']:.2f}× |"
@@ -796,6 +801,12 @@ def main() -> None:
         help="experiment: the marketcare server's worker-thread pool size (anyio default 40)",
     )
     ap.add_argument(
+        "--variant",
+        action="append",
+        choices=sorted(EXPERIMENTS),
+        help="also serve today's code with this experiment applied, in every round",
+    )
+    ap.add_argument(
         "--compare",
         metavar="REV",
         help="also serve marketcare as it was at git revision REV (git archive) in every round",
@@ -851,7 +862,8 @@ def main() -> None:
         load_at_start = [round(x, 2) for x in os.getloadavg()]
         managers, info = build_ledger(tmp / "ledger.db", args.markets, args.clients)
         info["load average at start"] = load_at_start
-        need = (args.warmup + args.requests) * args.rounds * (2 if args.compare else 1)
+        copies = 1 + bool(args.compare) + len(args.variant or [])
+        need = (args.warmup + args.requests) * args.rounds * copies
         need += (args.warmup + profile_requests) * args.profile
         have = info["open and tickable through the API"]
         log(f"ledger built in {info['built in (s)']} s: {have} open obligations, {need} needed")
@@ -871,6 +883,12 @@ def main() -> None:
         if args.threads:
             mc_cmd += ["--threads", str(args.threads)]
         servers.append(start_server("marketcare", mc_cmd, mc_port, tmp, args.pin))
+        for name in args.variant or []:  # today's code with an experiment, in every round
+            port = free_port()
+            cmd = [py, str(Path(__file__).resolve()), "--serve", "marketcare"]
+            cmd += ["--db", str(tmp / "ledger.db"), "--port", str(port)]
+            cmd += ["--clock", CLOCK.isoformat(), "--experiment", name]
+            servers.append(start_server(f"marketcare+{name}", cmd, port, tmp, args.pin))
         if args.compare:
             # the same ledger file: each phase ticks other obligations, so they can share it
             port = free_port()

@@ -74,7 +74,7 @@ from tick_bench import (  # noqa: E402
     start_server,
 )
 
-OUT = HERE / "out" / "tick_pg.json"
+OUT = Path(os.environ.get("BENCH_OUT") or HERE / "out") / "tick_pg.json"
 #: appended to the test suite's server options (later ``-c`` settings win)
 DURABLE = {
     "fsync": "on",

@@ -104,7 +104,7 @@ class Counts:
 
     @property
     def due(self) -> int:
-        return self.on_time + self.late + self.missed + self.failed
+        return sum(getattr(self, c.value) for c in DUE)
 
     @property
     def compliance(self) -> float | None:
