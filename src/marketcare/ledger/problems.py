@@ -55,6 +55,7 @@ class NewProblem:
     source_key: str | None = None
     obligation_id: int | None = None
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    inspection_result_id: int | None = None
 
 
 def validate(conn: sa.Connection, p: NewProblem) -> list[tuple[str, str]]:
@@ -124,6 +125,7 @@ def add_in(
             obligation_id=problem.obligation_id,
             evidence={"items": problem.evidence},
             created_at=now,
+            inspection_result_id=problem.inspection_result_id,
         )
         .returning(ProblemRow.id)
     ).scalar_one()
@@ -329,19 +331,23 @@ def verify(
 
     def step() -> None:
         with write(engine) as conn:
-            row = _load(conn, problem_id)
-            _move(
-                conn,
-                row,
-                "verify",
-                {"verified_at": now, "verified_by": by},
-                by=by,
-                now=now,
-                details={"note": note},
-            )
-            _close_reinspection(conn, row, by=by, now=now, passed=True)
+            verify_in(conn, _load(conn, problem_id), by=by, now=now, note=note)
 
     retrying(step, what="verify")
+
+
+def verify_in(conn: sa.Connection, row: Any, *, by: str, now: datetime, note: str | None) -> None:
+    """``verify`` inside the caller's transaction (an inspection re-checks its items)."""
+    _move(
+        conn,
+        row,
+        "verify",
+        {"verified_at": now, "verified_by": by},
+        by=by,
+        now=now,
+        details={"note": note},
+    )
+    _close_reinspection(conn, row, by=by, now=now, passed=True)
 
 
 def reopen(
@@ -359,24 +365,36 @@ def reopen(
 
     def step() -> None:
         with write(engine) as conn:
-            row = _load(conn, problem_id)
-            if deadline is not None and deadline <= row.found_at:
-                raise MarketcareError("deadline: the deadline must be after the time it was found")
-            values: dict[str, Any] = {"reopened": row.reopened + 1, "rectified_at": None}
-            if deadline is not None:
-                values["deadline"] = deadline
-            _move(
-                conn,
-                row,
-                "reopen",
-                values,
-                by=by,
-                now=now,
-                details={"note": note, "deadline": deadline.isoformat() if deadline else None},
-            )
-            _close_reinspection(conn, row, by=by, now=now, passed=False)
+            reopen_in(conn, _load(conn, problem_id), by=by, note=note, now=now, deadline=deadline)
 
     retrying(step, what="reopen")
+
+
+def reopen_in(
+    conn: sa.Connection,
+    row: Any,
+    *,
+    by: str,
+    note: str,
+    now: datetime,
+    deadline: datetime | None = None,
+) -> None:
+    """``reopen`` inside the caller's transaction."""
+    if deadline is not None and deadline <= row.found_at:
+        raise MarketcareError("deadline: the deadline must be after the time it was found")
+    values: dict[str, Any] = {"reopened": row.reopened + 1, "rectified_at": None}
+    if deadline is not None:
+        values["deadline"] = deadline
+    _move(
+        conn,
+        row,
+        "reopen",
+        values,
+        by=by,
+        now=now,
+        details={"note": note, "deadline": deadline.isoformat() if deadline else None},
+    )
+    _close_reinspection(conn, row, by=by, now=now, passed=False)
 
 
 def assign(
