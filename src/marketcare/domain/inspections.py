@@ -131,7 +131,9 @@ class InspectionTemplate(_Strict):
         items = [i.id for s in self.sections for i in s.items]
         dupes = sorted({i for i in items if items.count(i) > 1})
         if dupes:
-            raise ValueError(f"item id {dupes[0]!r} is used twice (item ids are unique per template)")
+            raise ValueError(
+                f"item id {dupes[0]!r} is used twice (item ids are unique per template)"
+            )
         modes = {"weight" if i.weight is not None else "deduct" for _, i in self.items()}
         if len(modes) > 1:
             raise ValueError(
@@ -182,16 +184,14 @@ class InspectionTemplate(_Strict):
         """The rules of the items asked in a market with ``area_kinds`` (None: every item)."""
         kinds = None if area_kinds is None else set(area_kinds)
         return [
-            self.rule_of(s, i)
-            for s, i in self.items()
-            if kinds is None or self.applies(i, kinds)
+            self.rule_of(s, i) for s, i in self.items() if kinds is None or self.applies(i, kinds)
         ]
 
     def snapshot(self) -> dict[str, Any]:
         """The template as plain JSON (deadlines written back as ``24h``), kept with every
         inspection so it can be read as it was scored."""
-        data = self.model_dump(mode="python", exclude_none=True)
-        return _plain(data)
+        data: dict[str, Any] = _plain(self.model_dump(mode="python", exclude_none=True))
+        return data
 
     @property
     def digest(self) -> str:
@@ -289,7 +289,7 @@ def plan_windows(
     last = datetime.combine(end, datetime.min.time())
     dates = [d.date() for d in rule.between(first, last, inc=False) if d.date() < end]
     chosen = market_ids if plan.markets == "all" else [m for m in market_ids if m in plan.markets]
-    out = []
+    out: list[PlannedWindow] = []
     for d in dates:
         w_end = d + timedelta(days=days)
         if w_end <= start:
@@ -342,9 +342,7 @@ def window_states(
 # ---------------------------------------------------------------- validation across files
 
 
-def cross_check(
-    files: Sequence[Any], market_ids: Iterable[str]
-) -> list[SourceError]:
+def cross_check(files: Sequence[Any], market_ids: Iterable[str]) -> list[SourceError]:
     """Ids unique across files; a plan names a known template and known markets.
 
     ``files`` are ``yamlsource.Located`` of every schedule file (raw data, so a file with
@@ -369,7 +367,8 @@ def cross_check(
                 if ident in seen:
                     errors.append(
                         located.error(
-                            (key, i, "id"), f"{what} id {ident!r} is already defined in {seen[ident]}"
+                            (key, i, "id"),
+                            f"{what} id {ident!r} is already defined in {seen[ident]}",
                         )
                     )
                 seen.setdefault(ident, located.file)
@@ -395,7 +394,9 @@ def cross_check(
                     close = difflib.get_close_matches(m, markets, n=1)
                     hint = f"; did you mean {close[0]!r}?" if close else ""
                     errors.append(
-                        located.error(("inspections", i, "markets", j), f"unknown market {m!r}{hint}")
+                        located.error(
+                            ("inspections", i, "markets", j), f"unknown market {m!r}{hint}"
+                        )
                     )
     return errors
 

@@ -439,18 +439,18 @@ def scores(
         stmt = stmt.where(InspectionRow.market_id.in_(list(markets)))
     out: dict[str, list[float]] = {}
     for market_id, value in conn.execute(stmt).all():
-        out.setdefault(market_id, []).append(float(value))
+        out.setdefault(market_id, []).append(float(value or 0))
     return out
 
 
-def done_in(
-    conn: sa.Connection, *, start: date, end: date
-) -> list[tuple[int, str, str, date]]:
+def done_in(conn: sa.Connection, *, start: date, end: date) -> list[tuple[int, str, str, date]]:
     """(id, market, template, local date) of the inspections in ``[start, end)``, for
     matching against the planned windows."""
     rows = conn.execute(
         sa.select(
-            InspectionRow.id, InspectionRow.market_id, InspectionRow.template_id,
+            InspectionRow.id,
+            InspectionRow.market_id,
+            InspectionRow.template_id,
             InspectionRow.local_date,
         ).where(
             InspectionRow.local_date >= start.isoformat(),

@@ -101,9 +101,7 @@ def upgrade() -> None:
         )
     with op.batch_alter_table("reports", schema=None) as batch_op:
         batch_op.add_column(
-            sa.Column(
-                "kind", sa.String(length=16), server_default="compliance", nullable=False
-            )
+            sa.Column("kind", sa.String(length=16), server_default="compliance", nullable=False)
         )
         batch_op.add_column(
             sa.Column("format", sa.String(length=8), server_default="xlsx", nullable=False)
