@@ -16,9 +16,10 @@ pages, the API, the CLI and the weekly bulletin show what they compute.
   "3d", as in ``timespec``).
 * **Plans** put inspections in the schedules like any task: the same recurrence, and a
   window (``within``) in which the officer picks the day, unannounced.
-* **Ranking** (红黑榜): markets and sub-districts by inspection score, then daily-work
-  compliance, then rectification rate, then fewer problems past their deadline; the
-  movement is the places gained since the previous period.
+* **Ranking** (红黑榜): markets and sub-districts by inspection score (not inspected:
+  last), then daily-work compliance, then rectification rate (nothing due counts as
+  100 %: nothing was missed), then fewer problems past their deadline; equal figures
+  share a place; the movement is the places gained since the previous period.
 """
 
 from __future__ import annotations
@@ -565,13 +566,13 @@ class Standing:
 
 
 def _order(f: Figures) -> tuple[Any, ...]:
-    def desc(v: float | None) -> tuple[int, float]:
-        return (1, 0.0) if v is None else (0, -v)
-
+    """Higher score first (not inspected: last); then compliance and rectification rate,
+    where "nothing was due" counts as 100 % (nothing was missed); then fewer past deadline."""
+    score = f.inspection_score
     return (
-        desc(f.inspection_score),
-        desc(f.compliance),
-        desc(f.rectification),
+        (1, 0.0) if score is None else (0, -score),
+        -(1.0 if f.compliance is None else f.compliance),
+        -(1.0 if f.rectification is None else f.rectification),
         f.past_deadline,
     )
 

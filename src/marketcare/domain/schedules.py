@@ -449,6 +449,8 @@ class ReportSpec(_Strict):
     """A compliance report the daemon produces and emails on its own schedule."""
 
     id: Id
+    #: ``bulletin``: the double report (ranking and problems past deadline, Excel and PDF)
+    kind: Literal["compliance", "bulletin"] = "compliance"
     period: Literal["day", "week", "month"]
     at: TimeOfDay = Field(default_factory=lambda: parse_timespec("08:00"))
     covers: Literal["current", "previous"] | None = None
@@ -462,6 +464,8 @@ class ReportSpec(_Strict):
     def _clock(self) -> ReportSpec:
         if self.at.anchor != "clock":
             raise ValueError("at is a clock time such as '22:30'")
+        if self.kind == "bulletin" and self.period == "day":
+            raise ValueError("a bulletin covers a week or a month, not a day")
         return self
 
     @property
