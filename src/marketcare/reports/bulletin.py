@@ -195,7 +195,7 @@ def _headers(t: Translator) -> dict[str, list[str]]:
             t.tr("Change"),
             t.tr("Market"),
             t.tr("Sub-district"),
-            t.tr("Inspections"),
+            t.tr("Number of inspections"),
             t.tr("Inspection score"),
             t.tr("Daily-work compliance"),
             t.tr("Rectification rate"),
