@@ -392,3 +392,35 @@ def test_past_deadline_counts_what_was_not_verified_by_then(
         assert ledger.past_deadline(conn, as_of=utc(2026, 11, 24, 3)) == {"lizhong": 1}
         assert ledger.past_deadline(conn, as_of=utc(2026, 11, 27)) == {}
     assert Outcome.FAIL == "fail"
+
+
+# ---------------------------------------------------------------- the demo
+
+
+def test_the_demo_seeds_a_month_of_inspections_so_a_ranking_and_trend_show_at_once(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    from marketcare.domain.periods import Period
+    from marketcare.ledger import demo
+    from marketcare.reports import scores
+
+    schedule = load_paths([ROOT / "schedules"], default_timezone="Asia/Shanghai")
+    now = utc(2026, 11, 27, 8)
+    result = demo.fill(
+        engine,
+        schedule,
+        days=2,
+        seed=3,
+        now=now,
+        horizon=timedelta(days=1),
+        evidence_dir=tmp_path / "evidence",
+    )
+    assert result.inspections == 12  # six markets, two planned rounds in November so far
+    assert result.problems > 0
+    with read(engine) as conn:
+        month = scores.ranking(conn, Period.of("month", date(2026, 11, 27)), as_of=now)
+        trend = scores.trend(conn, as_of=now, zone="Asia/Shanghai", weeks=5)[""]
+    assert all(s.figures.inspection_score is not None for s in month.markets)
+    assert len({s.figures.inspection_score for s in month.markets}) > 1  # a real ranking
+    assert sum(1 for p in trend if p.figures.inspection_score is not None) >= 2
+    assert list((tmp_path / "evidence").glob("*.png"))
