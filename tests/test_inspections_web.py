@@ -314,3 +314,63 @@ def test_the_same_bulletin_again_reuses_its_files_and_new_data_makes_a_revision(
             .order_by(ReportRecord.id)
         ).all()
     assert [(f, r) for f, r, _ in recorded] == [("xlsx", 1), ("pdf", 1), ("xlsx", 2), ("pdf", 2)]
+
+
+def test_a_scheduled_bulletin_is_emailed_once_with_its_workbook_and_its_pdf(
+    engine: sa.Engine, tmp_path: Path
+) -> None:
+    from marketcare.reports import delivery
+
+    from .support.smtp import SmtpServer
+    from .test_delivery import config
+
+    reports = """
+reports:
+  - id: bulletin
+    kind: bulletin
+    period: week
+    weekday: mon
+    at: "08:30"
+    recipients: [jianguan@licheng.example.org]
+"""
+    schedule = load_texts(
+        {"site.yaml": SCHEDULE, "reports.yaml": reports}, default_timezone="Asia/Shanghai"
+    )
+    start = datetime(2026, 11, 23, 1, tzinfo=UTC)  # Monday 09:00: this week's first sight
+    materialise(engine, schedule, now=start, horizon=timedelta(days=1))
+    inspection_ledger.record(
+        engine,
+        schedule.inspection_templates[0],
+        inspection_ledger.Submission(market_id="lizhong", by="陈", outcomes=ALL_PASS),
+        now=start + timedelta(days=1),
+    )
+    delivery.plan_runs(engine, schedule, now=start)
+    monday = datetime(2026, 11, 30, 1, tzinfo=UTC)  # 09:00 in Shanghai, after 08:30
+    assert delivery.plan_runs(engine, schedule, now=monday) == 1
+    sender = "marketcare@licheng.example.org"
+    assert (
+        delivery.run_pending(
+            engine,
+            schedule,
+            now=monday,
+            exports_dir=tmp_path,
+            default_language="zh_CN",
+            sender=sender,
+        )
+        == 1
+    )
+    smtp = SmtpServer()
+    smtp.start()
+    try:
+        assert delivery.send_due(engine, config(smtp), now=monday).sent == 1
+        assert delivery.send_due(engine, config(smtp), now=monday).sent == 0
+        (received,) = smtp.received
+    finally:
+        smtp.stop()
+    msg = received.message
+    assert msg["Subject"] == "周双通报 2026-W48"
+    names = [a.get_filename() for a in msg.iter_attachments()]
+    assert names == ["周双通报_2026-W48.xlsx", "周双通报_2026-W48.pdf"]
+    pdf = list(msg.iter_attachments())[1]
+    assert pdf.get_content_type() == "application/pdf"
+    assert pdf.get_content().startswith(b"%PDF-")
