@@ -42,6 +42,13 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).resolve().parent
 KIND = "bulletin"
+#: the printed copy lists every market up to this many; a province's prints the best and
+#: the worst ``PDF_ENDS`` (the red and black list) and every sub-district, and the
+#: workbook keeps every market (a 20,000-row table is 500 pages nobody prints)
+PDF_ALL_MARKETS = 200
+PDF_ENDS = 50
+#: likewise for the overdue list
+PDF_OVERDUE = 400
 
 CATEGORY_LABELS = {
     Category.SANITATION.value: N_("Sanitation"),
@@ -335,7 +342,18 @@ def html(b: Bulletin, *, language: str) -> str:
         loader=FileSystemLoader(str(HERE)),
         autoescape=select_autoescape(["html"]),
     )
+    markets: list[list[Any] | None] = list(_market_rows(b))
+    between = len(markets) - 2 * PDF_ENDS
+    if len(markets) > PDF_ALL_MARKETS:
+        markets = [*markets[:PDF_ENDS], None, *markets[-PDF_ENDS:]]
+    overdue = _overdue_rows(b, t)
     words = {
+        "between": t.tr("… {count} markets ranked in between: see the workbook").format(
+            count=between
+        ),
+        "more": t.tr("… and {count} more: see the workbook").format(
+            count=len(overdue) - PDF_OVERDUE
+        ),
         "as_of": t.tr("Data as of {moment}").format(moment=f"{b.as_of:%Y-%m-%d %H:%M} UTC"),
         "red": t.tr("Red list"),
         "black": t.tr("Black list"),
@@ -346,13 +364,14 @@ def html(b: Bulletin, *, language: str) -> str:
     }
     return env.get_template("bulletin.html").render(
         words=words,
+        more=len(overdue) > PDF_OVERDUE,
         lang="zh-CN" if language == "zh_CN" else "en",
         title=title(t, b.period),
         period_text=t.period(b.period),
         heads=_headers(t),
-        markets=_market_rows(b),
+        markets=markets,
         districts=_district_rows(b),
-        overdue=_overdue_rows(b, t),
+        overdue=overdue[:PDF_OVERDUE],
         pct=pct,
         red=[b.ranking.info[k].name for k in _red_black(b)[0]],
         black=[b.ranking.info[k].name for k in _red_black(b)[1]],
