@@ -424,3 +424,47 @@ def test_the_demo_seeds_a_month_of_inspections_so_a_ranking_and_trend_show_at_on
     assert len({s.figures.inspection_score for s in month.markets}) > 1  # a real ranking
     assert sum(1 for p in trend if p.figures.inspection_score is not None) >= 2
     assert list((tmp_path / "evidence").glob("*.png"))
+
+
+# ---------------------------------------------------------------- the docs
+
+
+def test_every_yaml_example_in_the_inspections_docs_loads() -> None:
+    import re
+
+    text = (ROOT / "docs" / "inspections.md").read_text(encoding="utf-8")
+    blocks = re.findall(r"```yaml\n(.*?)```", text, re.S)
+    assert len(blocks) == 3
+    schedule = load_texts(
+        {"test.yaml": make_schedule_text(), **{f"doc{i}.yaml": b for i, b in enumerate(blocks)}},
+        default_timezone="Asia/Shanghai",
+    )
+    assert [t.id for t in schedule.inspection_templates] == ["weekly-walk"]
+    assert [r.kind for r in schedule.reports] == ["bulletin"]
+
+
+def test_the_worked_example_of_the_docs_is_what_the_sample_sheet_scores() -> None:
+    schedule = load_paths([ROOT / "schedules"], default_timezone="Asia/Shanghai")
+    (sheet,) = schedule.inspection_templates
+    kinds = ["aquatic", "vegetables"]
+    answers = {r.item_id: "pass" for r in sheet.rules(kinds)}
+    two = rules.template_score(
+        sheet, {**answers, "floors": "fail", "bins": "fail"}, area_kinds=kinds
+    )
+    assert (two.value, two.passed) == (84.0, True)
+    three = rules.template_score(
+        sheet, {**answers, "floors": "fail", "bins": "fail", "garbage": "fail"}, area_kinds=kinds
+    )
+    assert (three.value, three.passed) == (59.0, False)
+
+
+def test_the_docs_describe_every_key_of_a_sheet_and_a_plan() -> None:
+    text = (ROOT / "docs" / "inspections.md").read_text(encoding="utf-8")
+    for model in (
+        rules.InspectionTemplate,
+        rules.InspectionSection,
+        rules.InspectionItem,
+        rules.InspectionPlan,
+    ):
+        for key in model.model_fields:
+            assert f"`{key}" in text, f"{model.__name__}.{key} is not documented"

@@ -179,6 +179,7 @@ class InspectionTemplate(_Strict):
             photo_on_fail=_first(item.photo_on_fail, section.photo_on_fail, self.photo_on_fail),
             category=_first(item.category, section.category, self.category),
             deadline=_first(item.deadline, section.deadline, self.deadline),
+            guide=item.guide,
         )
 
     def rules(self, area_kinds: Iterable[str] | None = None) -> list[ItemRule]:
@@ -231,6 +232,7 @@ class ItemRule:
     photo_on_fail: bool
     category: str
     deadline: timedelta
+    guide: str | None = None
 
 
 # ---------------------------------------------------------------- plans
