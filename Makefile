@@ -26,8 +26,8 @@ init: install
 ## Debian packages the tests need: LibreOffice proves an export opens; CJK fonts render it;
 ## Chromium runs the browser tests (Playwright drives Debian's build, it downloads none);
 ## PostgreSQL's server binaries run a throwaway server for the suite's PostgreSQL run;
-## Pango lays out the weekly bulletin's PDF (WeasyPrint), with the CJK fonts
-SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk poppler-utils openssl chromium postgresql libpango-1.0-0 libpangoft2-1.0-0
+## Pango lays out the weekly bulletin's PDF (WeasyPrint), with the CJK fonts; HarfBuzz subsets them
+SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk poppler-utils openssl chromium postgresql libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0
 system-deps:
 	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ldconfig -p | grep -q libpangoft2-1.0; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
@@ -38,7 +38,7 @@ system-deps:
 
 ## Debian packages the daemon itself needs: Pango and the CJK fonts lay out the weekly
 ## bulletin's PDF (WeasyPrint)
-RUNTIME_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 fonts-noto-cjk
+RUNTIME_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-noto-cjk
 runtime-deps:
 	@if ldconfig -p | grep -q libpangoft2-1.0 && fc-list :lang=zh | grep -qi noto; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \

@@ -281,6 +281,10 @@ class PlannedWindow:
     plan_id: str
     template_id: str
 
+    @property
+    def last_day(self) -> date:
+        return self.end - timedelta(days=1)
+
 
 def plan_windows(
     plan: InspectionPlan, market_ids: Sequence[str], *, start: date, end: date

@@ -92,12 +92,9 @@ def _zone_today(request: Request, zone: str) -> date:
 # ---------------------------------------------------------------- the officer's flow
 
 
-@router.get("/inspect")
-def choose_market(request: Request, who: SignedIn) -> Response:
-    """The markets to inspect, with this week's planned (unannounced) rounds."""
-    authorise(who, Action.INSPECT)
+def planned_this_week(request: Request, markets: list[readmodel.MarketInfo]) -> list[Any]:
+    """This week's planned rounds (``plan_windows``) and whether each was done."""
     engine = engine_of(request)
-    markets = readmodel.markets(engine)
     with read(engine) as conn:
         schedule = active_schedule(conn)
         zone = markets[0].zone if markets else "UTC"
@@ -109,7 +106,16 @@ def choose_market(request: Request, who: SignedIn) -> Response:
     windows = []
     for plan in schedule.inspection_plans if schedule else ():
         windows += plan_windows(plan, [m.id for m in markets], start=week.start, end=week.end)
-    states = window_states(windows, done, today=today)
+    return window_states(windows, done, today=today)
+
+
+@router.get("/inspect")
+def choose_market(request: Request, who: SignedIn) -> Response:
+    """The markets to inspect, with this week's planned (unannounced) rounds."""
+    authorise(who, Action.INSPECT)
+    engine = engine_of(request)
+    markets = readmodel.markets(engine)
+    states = planned_this_week(request, markets)
     due = {s.window.market_id: s for s in states if s.state in ("open", "missed")}
     last: dict[str, Any] = {}
     for row in inspection_ledger.listing(engine, limit=500):
@@ -355,7 +361,12 @@ def ranking_panel(request: Request, who: Principal) -> dict[str, Any] | None:
     with read(engine) as conn:
         ranked = scores.ranking(conn, week, as_of=now)
         points = scores.trend(conn, as_of=now, zone=zone, weeks=TREND_WEEKS).get("", [])
+    names = {m.id: m.name for m in markets}
     return {
+        "planned": [
+            (names.get(s.window.market_id, s.window.market_id), s)
+            for s in planned_this_week(request, markets)
+        ],
         "ranking": ranked,
         "bars": bar_chart(
             [(ranked.info[s.key].name, s.figures.inspection_score) for s in ranked.markets],
