@@ -190,15 +190,17 @@ def build(path: Path, markets: int, seed: int = 1) -> None:
 
 def child(kind: str, path: str, out: str) -> None:
     """One measurement, in this (child) process."""
-    from marketcare.domain.periods import Period
-    from marketcare.ledger.db import make_engine, read
-    from marketcare.reports import bulletin, delivery
-
     # what a running daemon has loaded already: the time is the work, not Python's imports
     import openpyxl.chart  # noqa: F401
     import weasyprint  # noqa: F401
 
-    from marketcare.reports import workbook  # noqa: F401
+    from marketcare.domain.periods import Period
+    from marketcare.ledger.db import make_engine, read
+    from marketcare.reports import (
+        bulletin,
+        delivery,
+        workbook,  # noqa: F401
+    )
 
     engine = make_engine(f"sqlite:///{path}")
     started = time.perf_counter()
