@@ -46,9 +46,9 @@ KIND = "bulletin"
 #: the worst ``PDF_ENDS`` (the red and black list) and every sub-district, and the
 #: workbook keeps every market (a 20,000-row table is 500 pages nobody prints)
 PDF_ALL_MARKETS = 200
-PDF_ENDS = 50
+PDF_ENDS = 30
 #: likewise for the overdue list
-PDF_OVERDUE = 400
+PDF_OVERDUE = 200
 
 CATEGORY_LABELS = {
     Category.SANITATION.value: N_("Sanitation"),
