@@ -377,3 +377,13 @@ reports:
     pdf = list(msg.iter_attachments())[1]
     assert pdf.get_content_type() == "application/pdf"
     assert pdf.get_content().startswith(b"%PDF-")
+
+
+def test_managers_see_the_ranking_only_when_the_setting_says_so(tmp_path: Path) -> None:
+    with running_site(tmp_path, managers_see_ranking=True) as opened:
+        with opened.api("mgr_a") as api:
+            assert api.get("/api/v1/ranking").status_code == 200
+            assert api.get("/api/v1/markets/xinhua/scores").status_code == 404  # still own only
+        with closing(opened.client("mgr_a")) as c:
+            assert c.get("/office/ranking").status_code == 200
+            assert c.get("/inspect").status_code == 403  # seeing is not inspecting
