@@ -32,7 +32,7 @@ from datetime import date, datetime, timedelta
 from enum import StrEnum
 from typing import Annotated, Any, Literal
 
-from pydantic import BeforeValidator, Field, PositiveFloat, model_validator
+from pydantic import BeforeValidator, Field, model_validator
 
 from marketcare.domain.compliance import compliance
 from marketcare.domain.problems import Category, Rate
@@ -52,6 +52,10 @@ KEYS = ("inspection_templates", "inspections")
 
 CategoryName = Literal["sanitation", "repair", "pest", "order"]
 assert set(CategoryName.__args__) == {c.value for c in Category}  # type: ignore[attr-defined]
+
+
+#: points are positive and finite (a weight of 1e400 is a typing slip, not infinity)
+Points = Annotated[float, Field(gt=0, le=1_000_000, allow_inf_nan=False)]
 
 
 class Outcome(StrEnum):
@@ -76,8 +80,8 @@ class InspectionItem(_Strict):
     id: Id
     name: str = Field(min_length=1, max_length=200)
     guide: str | None = None
-    weight: PositiveFloat | None = None
-    deduct: PositiveFloat | None = None
+    weight: Points | None = None
+    deduct: Points | None = None
     area_kinds: list[AreaKind] | None = None
     photo_on_fail: bool | None = None
     category: CategoryName | None = None
@@ -114,9 +118,9 @@ class InspectionTemplate(_Strict):
     id: Id
     name: str = Field(min_length=1, max_length=200)
     version: str = Field(default="1", min_length=1, max_length=40)
-    total: PositiveFloat = 100.0
-    pass_mark: float = Field(default=60.0, ge=0)
-    cap: float = Field(default=59.0, ge=0)
+    total: Points = 100.0
+    pass_mark: float = Field(default=60.0, ge=0, allow_inf_nan=False)
+    cap: float = Field(default=59.0, ge=0, allow_inf_nan=False)
     category: CategoryName = "sanitation"
     deadline: Duration = timedelta(days=1)
     photo_on_fail: bool = False

@@ -607,8 +607,8 @@ class ScheduleFile(_Strict):
     people: list[Person] = Field(default_factory=list)
     escalation: list[EscalationPolicy] = Field(default_factory=list)
     #: validated by ``domain/inspections.py`` (its models build on this module's)
-    inspection_templates: list[Any] = Field(default_factory=list)
-    inspections: list[Any] = Field(default_factory=list)
+    inspection_templates: Any = None
+    inspections: Any = None
 
 
 @dataclass(frozen=True)
@@ -751,12 +751,13 @@ def load_texts(texts: Mapping[str, str], *, default_timezone: str) -> Schedule:
 
 
 def _market_ids(parsed: list[Located]) -> list[str]:
-    return [
-        m["id"]
-        for located in parsed
-        for m in (located.data.get("markets") or [])
-        if isinstance(m, dict) and isinstance(m.get("id"), str)
-    ]
+    ids: list[str] = []
+    for located in parsed:
+        markets = located.data.get("markets")
+        for m in markets if isinstance(markets, list) else []:
+            if isinstance(m, dict) and isinstance(m.get("id"), str):
+                ids.append(m["id"])
+    return ids
 
 
 def _cross_check(parsed: list[Located]) -> list[SourceError]:
