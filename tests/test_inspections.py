@@ -170,9 +170,9 @@ def test_a_critical_cap_item_caps_the_score_and_a_fail_item_fails_it() -> None:
 
 def test_weights_score_the_share_of_applicable_points_passed() -> None:
     items = [
-        rules.ItemRule("a", "s", "S", "A", "weight", 30, None, False, "sanitation", timedelta(1)),
-        rules.ItemRule("b", "s", "S", "B", "weight", 10, None, False, "sanitation", timedelta(1)),
-        rules.ItemRule("c", "s", "S", "C", "weight", 60, None, False, "sanitation", timedelta(1)),
+        rules.ItemRule("a", "S", "A", "weight", 30, None, False, "sanitation", timedelta(1)),
+        rules.ItemRule("b", "S", "B", "weight", 10, None, False, "sanitation", timedelta(1)),
+        rules.ItemRule("c", "S", "C", "weight", 60, None, False, "sanitation", timedelta(1)),
     ]
     got = rules.score(items, {"a": "pass", "b": "fail", "c": "na"})
     assert got.value == 75.0  # 30 of the 40 points that applied

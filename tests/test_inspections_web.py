@@ -42,12 +42,6 @@ __all__ = ["browser"]  # the fixture, used by name
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 200
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_site(tmp_path_factory.mktemp("inspections")) as s:
-        yield s
-
-
 def answer(page: Page, item: str, outcome: str, *, photo: Path | None = None) -> None:
     block = page.locator(f".item[data-item='{item}']")
     block.locator(f"input.{outcome} + span").tap()

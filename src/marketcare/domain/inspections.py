@@ -174,7 +174,6 @@ class InspectionTemplate(_Strict):
         """What a failure of ``item`` means, with the section's and template's defaults."""
         return ItemRule(
             item_id=item.id,
-            section_id=section.id,
             section=section.name,
             name=item.name,
             scoring=self.scoring,
@@ -227,7 +226,6 @@ class ItemRule:
     """One item as an inspection records it: enough to score and to raise its problem."""
 
     item_id: str
-    section_id: str
     section: str
     name: str
     scoring: Literal["weight", "deduct"]

@@ -131,7 +131,8 @@ def record_in(
     market = conn.execute(sa.select(MarketRow).where(MarketRow.id == sub.market_id)).one_or_none()
     if market is None:
         raise InspectionRefused([("market", f"unknown market {sub.market_id!r}")])
-    items = template.rules(area_kinds(conn, sub.market_id))
+    kinds = area_kinds(conn, sub.market_id)
+    items = template.rules(kinds)
     errors = rules.check_answers(items, sub.outcomes, [k for k, v in sub.photos.items() if v])
     if not sub.by.strip():
         errors.append(("by", "say who inspected"))
@@ -140,9 +141,7 @@ def record_in(
             errors.append((key, f"at most {MAX_NOTE} characters"))
     if errors:
         raise InspectionRefused(errors)
-    result = rules.score(
-        items, sub.outcomes, total=template.total, pass_mark=template.pass_mark, cap=template.cap
-    )
+    result = rules.template_score(template, sub.outcomes, area_kinds=kinds)
     digest = template.digest
     conn.execute(
         dialect_insert(conn, InspectionTemplateRow)
