@@ -4,7 +4,7 @@ Inspection rounds as records (their sheets, their items), problems linked back t
 item that raised them, and reports that are bulletins or PDFs.
 
 Revision ID: i17_inspections
-Revises: 0006
+Revises: i10_phone_time
 Create Date: 2026-12-01 16:00:00
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 import marketcare.ledger.models
 
 revision = "i17_inspections"
-down_revision = "0006"
+down_revision = "i10_phone_time"
 branch_labels = None
 depends_on = None
 
