@@ -53,8 +53,9 @@ _.freeze_panes
 _.pageSetUpPr
 _.orientation
 _.paperSize
-_.fitToWidth
-_.fitToHeight
+_.scale
+_.print_area
+_.txPr
 _.page_margins
 _.gridLines
 _.print_title_rows
@@ -64,9 +65,10 @@ _.height
 _.majorGridlines
 _._values_to_row
 
-# Jinja2 templates call these (today.html, obligation.html).
+# Jinja2 templates call these (today.html, obligation.html, office.html).
 _.long_date
 _.range_text
+_.today_settled
 
 # Jinja2 templates read these (inspection.html, inspect_form.html, _inspections_panel.html).
 _.template_name
