@@ -29,10 +29,9 @@ import sqlalchemy as sa
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from marketcare.domain.periods import Period
-from marketcare.domain.problems import Category
 from marketcare.errors import MarketcareError, NotFound
 from marketcare.files import fsync_path
-from marketcare.i18n import N_, Translator, translator
+from marketcare.i18n import Translator, translator
 from marketcare.ledger.db import read, retrying, write
 from marketcare.ledger.models import ReportRecord
 from marketcare.reports.figures import ProblemLine, Report, late_problems
@@ -49,18 +48,6 @@ PDF_ALL_MARKETS = 200
 PDF_ENDS = 30
 #: likewise for the overdue list
 PDF_OVERDUE = 200
-
-CATEGORY_LABELS = {
-    Category.SANITATION.value: N_("Sanitation"),
-    Category.REPAIR.value: N_("Repair"),
-    Category.PEST.value: N_("Pest control"),
-    Category.ORDER.value: N_("Order"),
-}
-STATE_LABELS = {
-    "open": N_("Not rectified"),
-    "rectified": N_("Rectified, awaiting re-inspection"),
-    "verified": N_("Verified late"),
-}
 
 
 @dataclass(frozen=True)
@@ -186,10 +173,10 @@ def _overdue_rows(b: Bulletin, t: Translator) -> list[list[Any]]:
             b.names.get(p.market_id, p.market_id),
             b.sub_districts.get(p.market_id, ""),
             p.description,
-            t.tr(CATEGORY_LABELS.get(p.category, p.category)),
+            t.problem_category(p.category),
             p.deadline,
             p.days_overdue,
-            t.tr(STATE_LABELS.get(p.state, p.state)),
+            t.problem_state(p.state),
         ]
         for i, p in enumerate(b.overdue, start=1)
     ]

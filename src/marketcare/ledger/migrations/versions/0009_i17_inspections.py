@@ -4,7 +4,7 @@ Inspection rounds as records (their sheets, their items), problems linked back t
 item that raised them, and reports that are bulletins or PDFs.
 
 Revision ID: i17_inspections
-Revises: i10_phone_time
+Revises: i13_reinspection_completions
 Create Date: 2026-12-01 16:00:00
 """
 
@@ -16,7 +16,7 @@ from alembic import op
 import marketcare.ledger.models
 
 revision = "i17_inspections"
-down_revision = "i10_phone_time"
+down_revision = "i13_reinspection_completions"
 branch_labels = None
 depends_on = None
 
