@@ -258,7 +258,8 @@ def test_an_unknown_key_deep_inside_a_task_points_at_the_key() -> None:
 def test_an_unknown_key_far_from_any_valid_key_lists_the_valid_keys() -> None:
     error = only_error("markets: []\nwhatever: 1\n")
     assert error.message == (
-        "unknown key 'whatever'; valid keys: contracts, escalation, markets, people, reports, tasks"
+        "unknown key 'whatever'; valid keys: closed, contracts, escalation, markets, people, "
+        "reports, task_kinds, tasks"
     )
     assert (error.line, error.column) == (2, 1)
 
@@ -459,9 +460,11 @@ def test_a_recurrence_that_never_fires_is_refused() -> None:
     assert (error.line, error.column) == (12, 17)
 
 
-def test_a_malformed_rrule_is_refused() -> None:
+def test_a_malformed_rrule_is_refused_with_the_frequencies_it_may_have() -> None:
     text = make_file([make_market()], [make_task(recurrence='"FREQ=FORTNIGHTLY"')])
-    assert "bad rrule 'FREQ=FORTNIGHTLY'" in only_error(text).message
+    assert only_error(text).message == (
+        "tasks[0].recurrence.rrule: FREQ=FORTNIGHTLY: use YEARLY, MONTHLY, WEEKLY, DAILY or HOURLY"
+    )
 
 
 def test_an_rrule_firing_every_minute_is_refused() -> None:
@@ -602,7 +605,10 @@ def test_a_closed_span_ending_before_it_starts_is_refused() -> None:
 
 def test_an_area_needs_a_positive_floor_area() -> None:
     error = only_error(make_file([make_market(areas="[{ id: a, kind: meat, m2: 0 }]")]))
-    assert error.message == "markets[0].areas[0].m2: Input should be greater than 0"
+    assert error.message == (
+        "markets[0].areas[0].m2: the floor area in square metres must be greater than 0 and at "
+        "most 1,000,000; got 0"
+    )
 
 
 def test_an_id_with_upper_case_letters_is_refused_with_the_rule() -> None:
