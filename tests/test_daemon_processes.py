@@ -183,9 +183,9 @@ def test_sigkill_at_random_moments_while_materialising_and_ticking_loses_and_dou
             procs.append(proc)
             if i % 5 == 4:  # now and then during start-up (imports, migrations, locking)
                 time.sleep(rng.uniform(0.05, 0.8))
-            else:  # otherwise somewhere in loading, materialising, sweeping, idling
+            else:  # otherwise somewhere in materialising, sweeping, idling
                 wait_until(
-                    lambda p=proc: logged(p, "daemon starting"),
+                    lambda p=proc: logged(p, "schedule loaded"),
                     proc=proc,
                     what="the daemon to start",
                 )

@@ -1036,11 +1036,7 @@ class Schedule:
     @cached_property
     def digest(self) -> str:
         """SHA-256 over the file names and texts: the identity of a schedule version."""
-        h = hashlib.sha256()
-        h.update(self.default_timezone.encode())
-        for name in sorted(self.sources):
-            h.update(b"\x00" + name.encode() + b"\x00" + self.sources[name].encode())
-        return h.hexdigest()
+        return digest_of(self.sources, self.default_timezone)
 
     @cached_property
     def market_by_id(self) -> dict[str, Market]:
@@ -1057,6 +1053,15 @@ class Schedule:
         if task.markets == "all":
             return list(self.markets)
         return [self.market_by_id[m] for m in task.markets if m in self.market_by_id]
+
+
+def digest_of(sources: Mapping[str, str], default_timezone: str) -> str:
+    """The digest a schedule loaded from these texts has (without loading them)."""
+    h = hashlib.sha256()
+    h.update(default_timezone.encode())
+    for name in sorted(sources):
+        h.update(b"\x00" + name.encode() + b"\x00" + sources[name].encode())
+    return h.hexdigest()
 
 
 @cache
@@ -1079,8 +1084,9 @@ def schedule_files(paths: Iterable[Path]) -> list[tuple[Path, str]]:
     return found
 
 
-def load_paths(paths: Iterable[Path], *, default_timezone: str) -> Schedule:
-    """Load and validate schedule files or directories; raise ScheduleError with every problem."""
+def read_sources(paths: Iterable[Path]) -> tuple[dict[str, str], list[SourceError]]:
+    """The texts of the schedule files (by display name), and the files that cannot be
+    read (too large, not UTF-8). Reading is bounded: each file is at most 1 MB."""
     texts: dict[str, str] = {}
     errors: list[SourceError] = []
     for path, name in schedule_files(paths):
@@ -1088,6 +1094,12 @@ def load_paths(paths: Iterable[Path], *, default_timezone: str) -> Schedule:
             texts[name] = read_text(path, display=name)
         except YamlSourceError as exc:
             errors.append(exc.error)
+    return texts, errors
+
+
+def load_paths(paths: Iterable[Path], *, default_timezone: str) -> Schedule:
+    """Load and validate schedule files or directories; raise ScheduleError with every problem."""
+    texts, errors = read_sources(paths)
     if errors:
         # still validate the readable files so all problems are reported at once
         try:
