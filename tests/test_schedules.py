@@ -210,16 +210,39 @@ def test_every_yaml_example_in_the_docs_loads_unless_marked_invalid(line: int, b
 def test_the_docs_describe_every_key_of_the_format() -> None:
     from marketcare.domain.schedules import (
         Area,
+        AreaRest,
         ChecklistItem,
         ClosedSpan,
+        Contract,
+        ContractSeason,
+        DistrictClosure,
         Market,
         Recurrence,
+        ScheduleFile,
+        SeasonalHours,
         Task,
+        TaskKindSpec,
     )
 
     text = DOCS.read_text(encoding="utf-8")
-    for model in (Market, Area, ClosedSpan, Task, Recurrence, ChecklistItem):
-        for key in model.model_fields:
+    models = (
+        ScheduleFile,
+        Market,
+        SeasonalHours,
+        Area,
+        AreaRest,
+        ClosedSpan,
+        DistrictClosure,
+        TaskKindSpec,
+        Task,
+        Recurrence,
+        ChecklistItem,
+        Contract,
+        ContractSeason,
+    )
+    for model in models:
+        for name, field in model.model_fields.items():
+            key = field.alias or name
             assert f"`{key}" in text, f"{model.__name__}.{key} is not documented"
     for kind in [*AreaKind, *TaskKind]:
         assert f"`{kind.value}`" in text

@@ -348,6 +348,8 @@ class BoardRow:
     completed_at: datetime | None
     zone: str
     note: str | None
+    #: the schedule version that made the obligation (its checklist and ranges)
+    version_id: int
 
     def local(self, value: datetime | None) -> datetime | None:
         return None if value is None else value.astimezone(ZoneInfo(self.zone))
@@ -374,6 +376,7 @@ class BoardRow:
             "completed_at": iso(self.completed_at),
             "minutes_late": minutes_late(due_at=self.due_at, completed_at=self.completed_at),
             "note": self.note,
+            "schedule_version": self.version_id,
         }
 
 
@@ -400,6 +403,7 @@ def board_row(
         completed_at=ob.completed_at,
         zone=zone,
         note=ob.note,
+        version_id=ob.version_id,
     )
 
 
