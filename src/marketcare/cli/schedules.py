@@ -235,7 +235,7 @@ def _plan_table(planned: list[Planned], schedule: Schedule, title: str, style: s
     for p in planned:
         zone = schedule.zone(schedule.market_by_id[p.market_id])
         table.add_row(
-            f"{p.occurrence:%m-%d}",
+            f"{p.local_date:%m-%d}",
             p.market_id,
             p.area_id or "—",
             p.task_id,
@@ -262,7 +262,7 @@ def _moved_table(moved: list[Moved], schedule: Schedule) -> None:
         if m.old.excused != m.new.excused:
             state = f"excused ({m.new.excused})" if m.new.excused else "no longer excused"
         table.add_row(
-            f"{m.new.occurrence:%m-%d}",
+            f"{m.new.local_date:%m-%d}",
             m.new.market_id,
             m.new.area_id or "—",
             m.new.task_id,

@@ -75,6 +75,8 @@ class Planned(NamedTuple):
     missed_at: datetime  # UTC
     #: made already excused, with this reason (the area rests that day)
     excused: str | None = None
+    #: the trading day, when it is not the occurrence's date (a round after midnight)
+    day: date | None = None
 
     @property
     def natural_key(self) -> str:
@@ -82,7 +84,8 @@ class Planned(NamedTuple):
 
     @property
     def local_date(self) -> date:
-        return self.occurrence.date()
+        """The trading day the obligation belongs to (what boards and reports group by)."""
+        return self.day or self.occurrence.date()
 
 
 def natural_key(market_id: str, area_id: str | None, task_id: str, occurrence: datetime) -> str:
@@ -249,12 +252,12 @@ def _expand_into(
     out: list[Planned],
     schedule: Schedule,
     span_of: Callable[[ZoneInfo], tuple[datetime, datetime]],
-    keep: Callable[[datetime, datetime], bool],
+    keep: Callable[[date, datetime], bool],
     markets: Sequence[str] | None,
     budget: _Budget,
     seconds: float | None,
 ) -> None:
-    """Append every planned obligation whose (occurrence, opens_at) ``keep`` accepts;
+    """Append every planned obligation whose (trading day, opens_at) ``keep`` accepts;
     occurrences are looked for in the local span ``span_of(zone)``.
 
     A window depends on the market only through its zone and its hours on the day, so the
@@ -318,10 +321,22 @@ def _expand_into(
                 if task.skip_closed and market.closed_reason(day) is not None:
                     continue  # closed for a holiday (its hours are None as well)
                 opens_at, due_at, missed_at = w.opens_at, w.due_at, w.missed_at
+                other_day = day if at.date() != day else None
                 for area in areas:
                     if area is None:
                         out.append(
-                            Planned(market_id, None, task_id, kind, at, opens_at, due_at, missed_at)
+                            Planned(
+                                market_id,
+                                None,
+                                task_id,
+                                kind,
+                                at,
+                                opens_at,
+                                due_at,
+                                missed_at,
+                                None,
+                                other_day,
+                            )
                         )
                     else:
                         out.append(
@@ -335,6 +350,7 @@ def _expand_into(
                                 due_at,
                                 missed_at,
                                 area.rest_reason(day) if skip_rest and area.rest else None,
+                                other_day,
                             )
                         )
                 budget.left -= len(areas)
@@ -346,7 +362,7 @@ def _windows(
     hours_of: dict[date, Hours | None],
     zone: ZoneInfo,
     timed: bool,
-    keep: Callable[[datetime, datetime], bool],
+    keep: Callable[[date, datetime], bool],
 ) -> list[tuple[datetime, date, Window]]:
     """The kept windows of a task's occurrences for one zone and one week of hours."""
     made: list[tuple[datetime, date, Window]] = []
@@ -356,11 +372,11 @@ def _windows(
         hours = hours_of.get(day)
         if hourly:
             for at, w in rounds_of(task, hours, day, zone):
-                if keep(at, w.opens_at):
+                if keep(day, w.opens_at):
                     made.append((at, day, w))
             continue
         window = window_for(task, hours, occurrence, zone, at_occurrence=timed)
-        if window is not None and keep(occurrence, window.opens_at):
+        if window is not None and keep(day, window.opens_at):
             made.append((occurrence, day, window))
     return made
 
@@ -374,7 +390,7 @@ def _rest_day_plans(
     lo: datetime,
     hi: datetime,
     hours_of: dict[date, Hours | None],
-    keep: Callable[[datetime, datetime], bool],
+    keep: Callable[[date, datetime], bool],
 ) -> None:
     """A ``recurrence: rest_days`` task: one obligation per area on each of its rest days."""
     recurrence = task.recurrence
@@ -390,7 +406,7 @@ def _rest_day_plans(
             if task.skip_closed and market.closed_reason(day) is not None:
                 continue
             w = window_for(task, hours_of.get(day), occurrence, zone, at_occurrence=False)
-            if w is None or not keep(occurrence, w.opens_at):
+            if w is None or not keep(day, w.opens_at):
                 continue
             out.append(
                 Planned(
@@ -431,7 +447,7 @@ def expand(
         hi = (end.astimezone(zone) + SLACK).replace(tzinfo=None)
         return datetime.combine(lo.date(), _MIDNIGHT), hi
 
-    def keep(_occurrence: datetime, opens_at: datetime) -> bool:
+    def keep(_day: date, opens_at: datetime) -> bool:
         return start <= opens_at < end
 
     out: list[Planned] = []
@@ -456,12 +472,13 @@ def expand_days(
     lo = datetime.combine(first, _MIDNIGHT)
     hi = lo + timedelta(days=days)
     last = hi - timedelta(microseconds=1)
+    end = first + timedelta(days=days)
 
     def span_of(_zone: ZoneInfo) -> tuple[datetime, datetime]:
         return lo, last
 
-    def keep(occurrence: datetime, _opens_at: datetime) -> bool:
-        return lo <= occurrence < hi
+    def keep(day: date, _opens_at: datetime) -> bool:
+        return first <= day < end
 
     out: list[Planned] = []
     budget = _Budget(None if seconds is None else _time.monotonic() + seconds)

@@ -147,8 +147,10 @@ def _suggest(word: str, options: tuple[str, ...] | list[str]) -> str:
 
 
 def _int(name: str, raw: str) -> int:
-    if not re.fullmatch(r"[+-]?\d{1,6}", raw.strip()):
+    if not re.fullmatch(r"[+-]?\d+", raw.strip()):
         raise RuleError(f"{name}={raw}: {raw!r} is not a whole number")
+    if len(raw) > 12:
+        raise RuleError(f"{name}={raw[:14]}…: the number is far too large")
     return int(raw)
 
 

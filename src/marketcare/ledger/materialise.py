@@ -51,7 +51,7 @@ def _rows(planned: Iterable[Planned], version_id: int, now: datetime) -> list[di
             "area_id": p.area_id,
             "task_id": p.task_id,
             "kind": p.kind,
-            "local_date": p.occurrence.strftime("%Y-%m-%d"),
+            "local_date": p.local_date.isoformat(),
             "occurrence": p.occurrence.strftime("%Y-%m-%dT%H:%M"),
             "opens_at": p.opens_at,
             "due_at": p.due_at,
