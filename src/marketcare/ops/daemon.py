@@ -108,6 +108,11 @@ class Daemon:
             return None
         if digest == self._failed_digest:
             return None
+        before = self.schedule.sources if self.schedule is not None else {}
+        log.info(
+            "checking the schedule files",
+            extra={"changed": sorted(n for n, t in texts.items() if before.get(n) != t)[:20]},
+        )
         now = self.now()
         # an edit is expanded over the horizon, to tell what it changes there; the first
         # load over a day, enough to prove it expands (the catch-up follows at once)
