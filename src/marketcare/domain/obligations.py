@@ -267,61 +267,75 @@ def _expand_into(
     """
     wanted = set(markets) if markets is not None else None
     spans: dict[str, tuple[datetime, datetime, list[date]]] = {}
-    signatures: dict[str, tuple[Signature, dict[date, Hours | None]]] = {}
+    # market id → (zone, span, hours signature, hours by day, closed days)
+    places: dict[str, _Place] = {}
+    area_lists: dict[tuple[str, str, frozenset[str] | None], list[Area | None]] = {}
 
-    def span(zone: ZoneInfo) -> tuple[datetime, datetime, list[date]]:
-        found = spans.get(zone.key)
+    def place(market: Market) -> _Place:
+        found = places.get(market.id)
         if found is None:
-            lo, hi = span_of(zone)
-            days = [lo.date() + timedelta(days=i) for i in range((hi.date() - lo.date()).days + 1)]
-            found = spans[zone.key] = (lo, hi, days)
-        return found
-
-    def signature(market: Market, days: list[date]) -> tuple[Signature, dict[date, Hours | None]]:
-        found = signatures.get(market.id)
-        if found is None:
-            hours = {d: market.hours_on(d) for d in days}
+            zone = schedule.zone(market)
+            span = spans.get(zone.key)
+            if span is None:
+                lo, hi = span_of(zone)
+                days = [
+                    lo.date() + timedelta(days=i) for i in range((hi.date() - lo.date()).days + 1)
+                ]
+                span = spans[zone.key] = (lo, hi, days)
+            hours = {d: market.hours_on(d) for d in span[2]}
             sig = tuple(None if h is None else (h.opens, h.closes) for h in hours.values())
-            found = signatures[market.id] = (sig, hours)
+            closed = frozenset(d for d in span[2] if market.closed_reason(d) is not None)
+            found = places[market.id] = _Place(zone, span[0], span[1], sig, hours, closed)
         return found
 
     for task in schedule.tasks:
         recurrence = task.recurrence
         timed = recurrence.timed and task.opens.anchor == "clock"
         kind = task.kind.value
-        skip_rest = task.skip_closed and not recurrence.rest_days
-        # (zone, signature) → the kept (occurrence, day, window) of this task
-        made_for: dict[tuple[str, Signature], list[tuple[datetime, date, Window]]] = {}
+        task_id = task.id
+        skip_closed = task.skip_closed
+        skip_rest = skip_closed and not recurrence.rest_days
+        kinds = None if task.area_kinds is None else frozenset(k.value for k in task.area_kinds)
+        # (zone, signature) → the kept (occurrence, day, window, other day) of this task
+        made_for: dict[tuple[str, Signature], list[_Made]] = {}
         occurrences_of: dict[str, list[datetime]] = {}
         for n, market in enumerate(schedule.markets_of(task)):
             if n & 255 == 0:
                 budget.check(schedule, task, seconds)
             if wanted is not None and market.id not in wanted:
                 continue
-            areas = _areas_of(task, market)
+            akey = (market.id, task.scope, kinds)
+            areas = area_lists.get(akey)
+            if areas is None:
+                areas = area_lists[akey] = _areas_of(task, market)
             if not areas:
                 continue
-            zone = schedule.zone(market)
-            lo, hi, days = span(zone)
-            sig, hours_of = signature(market, days)
+            at_place = place(market)
+            zone = at_place.zone
             if recurrence.rest_days:
-                _rest_day_plans(out, task, market, areas, zone, lo, hi, hours_of, keep)
+                _rest_day_plans(
+                    out, task, market, areas, zone, at_place.lo, at_place.hi, at_place.hours, keep
+                )
                 continue
-            key = (zone.key, sig)
+            key = (zone.key, at_place.signature)
             made = made_for.get(key)
             if made is None:
                 occurrences = occurrences_of.get(zone.key)
                 if occurrences is None:
-                    occurrences = occurrences_of[zone.key] = recurrence.occurrences(lo, hi)
-                made = made_for[key] = _windows(task, occurrences, hours_of, zone, timed, keep)
+                    occurrences = occurrences_of[zone.key] = recurrence.occurrences(
+                        at_place.lo, at_place.hi
+                    )
+                made = made_for[key] = [
+                    (at, day, w.opens_at, w.due_at, w.missed_at, day if at.date() != day else None)
+                    for at, day, w in _windows(task, occurrences, at_place.hours, zone, timed, keep)
+                ]
             if not made:
                 continue
-            market_id, task_id = market.id, task.id
-            for at, day, w in made:
-                if task.skip_closed and market.closed_reason(day) is not None:
+            market_id = market.id
+            closed = at_place.closed if skip_closed else frozenset()
+            for at, day, opens_at, due_at, missed_at, other_day in made:
+                if day in closed:
                     continue  # closed for a holiday (its hours are None as well)
-                opens_at, due_at, missed_at = w.opens_at, w.due_at, w.missed_at
-                other_day = day if at.date() != day else None
                 for area in areas:
                     if area is None:
                         out.append(
@@ -354,6 +368,21 @@ def _expand_into(
                             )
                         )
                 budget.left -= len(areas)
+
+
+_Made = tuple[datetime, date, datetime, datetime, datetime, date | None]
+
+
+@dataclass(frozen=True, slots=True)
+class _Place:
+    """What an expansion needs of a market, computed once per expansion."""
+
+    zone: ZoneInfo
+    lo: datetime
+    hi: datetime
+    signature: Signature
+    hours: dict[date, Hours | None]
+    closed: frozenset[date]
 
 
 def _windows(
@@ -423,7 +452,7 @@ def _rest_day_plans(
 
 
 def _order(p: Planned) -> tuple[datetime, str, str, str]:
-    return (p.opens_at, p.market_id, p.area_id or "", p.task_id)
+    return (p[5], p[0], p[1] or "", p[2])
 
 
 def expand(
