@@ -441,9 +441,10 @@ def parse_season(value: object) -> Season:
             first, last = months[0], months[-1]
             assert first is not None and last is not None
             return Season((first, 1), (last, calendar.monthrange(2024, last)[1]))
+    shown = value.isoformat() if isinstance(value, date) else repr(value)
     raise ValueError(
         f"a season is a span of months such as 'apr-oct' or 'nov-feb', or "
-        f"{{from: 04-15, until: 10-15}}; got {value!r}"
+        f"{{from: 04-15, until: 10-15}} (it repeats every year); got {shown}"
     )
 
 

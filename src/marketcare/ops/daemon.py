@@ -428,6 +428,8 @@ class Daemon:
         """Load the schedule files, or fall back to the last applied schedule."""
         if self.step_reload() or self.schedule is not None:
             return True
+        if self.stopping.is_set():
+            return False  # stopped while the files were being checked
         # broken files at start: run the last schedule the ledger applied, if any
         with self.engine.connect() as conn:
             self.schedule = active_schedule(conn)

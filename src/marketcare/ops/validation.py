@@ -10,6 +10,7 @@ is ten times faster than loading again), or every located error.
 
 from __future__ import annotations
 
+import logging
 import multiprocessing as mp
 import os
 import resource
@@ -153,7 +154,24 @@ def check_in_child(
         daemon=True,
     )
     started = time.monotonic()
-    child.start()
+    try:
+        child.start()
+    except OSError as exc:  # no processes to be had: check here, with the time budget only
+        receive.close()
+        send.close()
+        logging.getLogger("marketcare.daemon").warning(
+            "cannot start a process to check the schedule files (%s); checking them in the "
+            "daemon itself",
+            exc,
+        )
+        return check_texts(
+            texts,
+            default_timezone=default_timezone,
+            previous=previous,
+            start=start,
+            end=end,
+            seconds=timeout,
+        )
     send.close()
     try:
         while True:
@@ -188,7 +206,5 @@ def check_in_child(
         "crash": "checking the schedule files failed unexpectedly; the details are logged",
     }[kind]
     if kind == "crash":
-        import logging
-
         logging.getLogger("marketcare.daemon").error("schedule check failed:\n%s", value)
     return Verdict(None, _blame(texts, previous, why))
