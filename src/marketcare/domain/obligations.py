@@ -19,8 +19,10 @@ Time policy (documented in docs/schedules.md and tested):
 
 from __future__ import annotations
 
+import gc
 import time as _time
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
@@ -451,6 +453,23 @@ def _rest_day_plans(
             )
 
 
+@contextmanager
+def _bulk() -> Iterator[None]:
+    """Pause the cyclic garbage collector while an expansion builds its tuples.
+
+    A province's day is 600,000 obligations: the allocations trigger collections that
+    each walk the whole loaded schedule (millions of objects), nearly half the time of
+    the expansion. The tuples made here hold no cycles, so nothing is left uncollected.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _order(p: Planned) -> tuple[datetime, str, str, str]:
     return (p[5], p[0], p[1] or "", p[2])
 
@@ -481,8 +500,9 @@ def expand(
 
     out: list[Planned] = []
     budget = _Budget(None if seconds is None else _time.monotonic() + seconds)
-    _expand_into(out, schedule, span_of, keep, markets, budget, seconds)
-    out.sort(key=_order)
+    with _bulk():
+        _expand_into(out, schedule, span_of, keep, markets, budget, seconds)
+        out.sort(key=_order)
     return out
 
 
@@ -511,8 +531,9 @@ def expand_days(
 
     out: list[Planned] = []
     budget = _Budget(None if seconds is None else _time.monotonic() + seconds)
-    _expand_into(out, schedule, span_of, keep, markets, budget, seconds)
-    out.sort(key=_order)
+    with _bulk():
+        _expand_into(out, schedule, span_of, keep, markets, budget, seconds)
+        out.sort(key=_order)
     return out
 
 
