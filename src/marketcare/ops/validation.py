@@ -175,7 +175,7 @@ def check_in_child(
     send.close()
     try:
         while True:
-            if receive.poll(0.2):
+            if receive.poll(max(0.0, min(0.2, started + timeout - time.monotonic()))):
                 try:
                     kind, value = receive.recv()
                 except (EOFError, OSError):
