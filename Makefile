@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-deps run init test lint typecheck unit unit-sqlite unit-postgresql bench demo clean
+.PHONY: install system-deps run init test lint typecheck unit unit-sqlite unit-postgresql bench demo clean vendor
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -26,9 +26,9 @@ init: install
 ## Debian packages the tests need: LibreOffice proves an export opens; CJK fonts render it;
 ## Chromium runs the browser tests (Playwright drives Debian's build, it downloads none);
 ## PostgreSQL's server binaries run a throwaway server for the suite's PostgreSQL run
-SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk poppler-utils openssl chromium postgresql
+SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk fonts-crosextra-carlito poppler-utils openssl chromium postgresql
 system-deps:
-	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && fc-list | grep -q Carlito && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	else \
@@ -38,17 +38,21 @@ system-deps:
 ## set everything up and run the whole suite (lint, types, tests)
 test: install system-deps lint typecheck unit
 
-## ruff, the layering of docs/design.md (import-linter)
+## ruff, the layering of docs/design.md (import-linter), dead code (vulture: pyproject.toml
+## and vulture_whitelist.py)
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
+	$(BIN)/vulture
 
 typecheck: install
 	$(BIN)/mypy
 
-## the whole suite twice: on SQLite, then on PostgreSQL (a throwaway server in a temporary
-## folder, unless MARKETCARE_TEST_DATABASE_URL names one; see docs/postgresql.md)
+## the whole suite twice, in random order (pytest-randomly prints the seed): on SQLite, then
+## on PostgreSQL (a throwaway server in a temporary folder, unless MARKETCARE_TEST_DATABASE_URL
+## names one; see docs/postgresql.md). The PostgreSQL run leaves out the modules marked
+## no_database (pure rules and parsing: they run once, on SQLite).
 unit: unit-sqlite unit-postgresql
 
 unit-sqlite: install
@@ -56,6 +60,18 @@ unit-sqlite: install
 
 unit-postgresql: install
 	MARKETCARE_TEST_DB=postgresql $(BIN)/pytest
+
+## front-end libraries, vendored as files (there is no front-end build): fetched from the
+## npm registry by `npm pack`, the file the pages load copied with its licence and version
+IDB_VERSION := 8.0.4
+VENDOR := src/marketcare/web/static/vendor
+vendor:
+	rm -rf $(VENDOR)/idb-$(IDB_VERSION) && mkdir -p $(VENDOR)/idb-$(IDB_VERSION)
+	tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent idb@$(IDB_VERSION) >/dev/null && tar xzf idb-$(IDB_VERSION).tgz) \
+	  && cp $$tmp/package/build/umd.js $(VENDOR)/idb-$(IDB_VERSION)/idb.umd.js \
+	  && cp $$tmp/package/LICENSE $(VENDOR)/idb-$(IDB_VERSION)/LICENSE \
+	  && cp $$tmp/package/package.json $(VENDOR)/idb-$(IDB_VERSION)/package.json \
+	  && rm -rf $$tmp
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -1,4 +1,4 @@
-"""Excel export benchmark: ``exports.write_workbook`` (openpyxl) against xlsxwriter.
+"""Excel export benchmark: ``reports.workbook.write_workbook`` (openpyxl) against xlsxwriter.
 
     .venv/bin/python bench/export_bench.py                 # 1,000 markets: a week and a month
     .venv/bin/python bench/export_bench.py --quick         # 50 markets, one round (seconds)
@@ -10,15 +10,15 @@ of ``--markets`` markets shaped like ``bench/generate.py``'s (12 areas each; dai
 clearance, civility duty and disinfection of every area, weekly deep cleaning and facility
 inspection, the xun clean-up, pest control every two weeks with a contractor), with seeded
 outcomes (mostly on time; some late, missed, failed readings, excused; notes). Building a
-ledger of ~470,000 completed obligations through ``ledger.tick`` would take hours and
+ledger of ~470,000 completed obligations through ``ledger.tick.tick`` would take hours and
 would measure the database, not the workbook; the rows and the summary have exactly the
 types and shapes ``Report`` gives.
 
-Every variant writes the same workbook through ``exports.write_with``: the same sheets,
+Every variant writes the same workbook through ``reports.workbook.write_with``: the same sheets,
 rows, cell values, formats, widths, panes, print setup and chart, so only the library
 differs:
 
-* **openpyxl** — ``exports.write_workbook`` itself (write-only mode, lxml installed);
+* **openpyxl** — ``write_workbook`` itself (write-only mode, lxml installed);
 * **xlsxwriter** — a ``BookSink`` over ``xlsxwriter.Workbook(constant_memory=True)``
   (baseline: the fastest streaming writer in Python);
 * **no writer** — a sink that drops every row: the cost of the source and of building the
@@ -55,10 +55,11 @@ import pandas as pd
 import xlsxwriter
 
 from marketcare.domain import compliance
-from marketcare.domain.obligations import State
+from marketcare.domain.obligations import State, is_overdue
 from marketcare.domain.periods import Period
+from marketcare.domain.problems import Rate
 from marketcare.reports import workbook as exports
-from marketcare.reports.figures import Line, MarketInfo, Reading, _with_rates
+from marketcare.reports.figures import Line, MarketInfo, Reading, Rectification, _with_rates
 from marketcare.reports.workbook import BarChartSpec, BookProperties, CellStyle, SheetLayout, Value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -91,7 +92,7 @@ CONTRACTORS = ("泉州市洁安有害生物防治有限公司", "鲤城区卫康
 
 
 class CityReport:
-    """What ``exports`` uses of ``reports.Report``, for a synthetic city."""
+    """What ``reports.workbook`` uses of ``reports.figures.Report``, for a synthetic city."""
 
     def __init__(self, period: Period, markets: int, seed: int = 1) -> None:
         self.period = period
@@ -123,6 +124,15 @@ class CityReport:
 
     def count(self, market_id: str | None = None) -> int:
         return self.rows
+
+    def rectification(self) -> dict[str, Rectification]:
+        return {m.id: Rectification(Rate(0, 0)) for m in self.markets}
+
+    def late_problems(self) -> list[Any]:
+        return []
+
+    def contracts(self) -> list[Any]:
+        return []
 
     def lines(self, market_id: str | None = None) -> Iterator[Line]:
         assert market_id is not None
@@ -251,6 +261,7 @@ class CityReport:
             readings=readings,
             state=state,
             category=compliance.categorise(state, missed_at=self.as_of, as_of=self.as_of),
+            overdue=is_overdue(state, due_at=due, now=self.as_of.replace(tzinfo=None)),
             minutes_late=late,
             note=note,
             contractor=CONTRACTORS[int(market_id[1:]) % 2] if task_id == "pest" else None,
@@ -285,6 +296,8 @@ class XlsxwriterSheet:
     def __init__(self, wb: Any, ws: Any, formats: dict[str, Any]) -> None:
         self.wb, self.ws, self.formats = wb, ws, formats
         self.row = 0
+        self.banners: dict[int, int] = {}
+        self.breaks: list[int] = []
 
     def setup(self, layout: SheetLayout) -> None:
         ws = self.ws
@@ -294,15 +307,24 @@ class XlsxwriterSheet:
             ws.freeze_panes(layout.freeze_row - 1, 0)
         ws.set_landscape()
         ws.set_paper(9)
-        ws.fit_to_pages(1, 0)
+        ws.set_print_scale(layout.scale)
         ws.set_margins(left=0.4, right=0.4, top=0.5, bottom=0.6)
         ws.hide_gridlines(0)  # shown and printed
         if layout.title_rows:
             ws.repeat_rows(0, layout.title_rows - 1)
         ws.set_footer(f"&L{layout.footer_left}&C{layout.footer_center}&R&A", {"margin": 0.3})
 
-    def append(self, values: Sequence[Value], styles: Sequence[str | None]) -> None:
+    def append(
+        self, values: Sequence[Value], styles: Sequence[str | None], height: float | None = None
+    ) -> None:
         ws, formats, r = self.ws, self.formats, self.row
+        if height is not None:
+            ws.set_row(r, height)
+        if r in self.banners:
+            v, s = values[0], styles[0]
+            ws.merge_range(r, 0, r, self.banners[r] - 1, v, formats[s] if s else None)
+            self.row += 1
+            return
         for col, (v, s) in enumerate(zip(values, styles, strict=True)):
             fmt = formats[s] if s else None
             if v is None:
@@ -346,7 +368,11 @@ class XlsxwriterSheet:
         self.ws.insert_chart(spec.anchor_row - 1, 0, chart)
 
     def page_break(self, after_row: int) -> None:
-        self.ws.set_h_pagebreaks([after_row])
+        self.breaks.append(after_row)
+        self.ws.set_h_pagebreaks(self.breaks)
+
+    def banner(self, row: int, columns: int) -> None:
+        self.banners[row - 1] = columns
 
     def highlight(
         self, col: int, first_row: int, last_row: int, rules: Sequence[tuple[str, str]]
@@ -409,7 +435,12 @@ class NullSheet:
     def setup(self, layout: SheetLayout) -> None:
         pass
 
-    def append(self, values: Sequence[Value], styles: Sequence[str | None]) -> None:
+    def append(
+        self, values: Sequence[Value], styles: Sequence[str | None], height: float | None = None
+    ) -> None:
+        pass
+
+    def banner(self, row: int, columns: int) -> None:
         pass
 
     def bar_chart(self, spec: BarChartSpec) -> None:

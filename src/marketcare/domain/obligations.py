@@ -12,21 +12,24 @@ Time policy (documented in docs/schedules.md and tested):
   the gap (01:30 in a 01:00→02:00 gap becomes 02:30). A local time that happens twice
   (the autumn repeat) means its first occurrence. Both follow from ``zoneinfo`` with
   ``fold=0``.
-* ``due: +2h`` is elapsed time after opening; ``due: closing+2h`` is wall-clock time. A
-  wall-clock due time at or before the opening time means the next day.
+* ``due: +2h`` is elapsed time after opening. A ``due`` relative to the same moment as
+  ``opens`` (``closing`` … ``closing+2h``) keeps its written length in elapsed time across
+  a DST change; any other wall-clock ``due`` is read on that day's clock, and one at or
+  before the opening time means the next day.
 * The grace period is elapsed time after due; ``missed_at = due_at + grace``.
 """
 
 from __future__ import annotations
 
 import gc
+import math
 import time as _time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
-from typing import NamedTuple
+from typing import NamedTuple, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from marketcare.domain.schedules import Area, Market, Schedule, Task
@@ -49,15 +52,34 @@ class State(StrEnum):
     EXCUSED = "excused"
 
 
-#: states a completion may still be recorded against (a late completion after a miss is
-#: kept; a failed reading can be redone)
-TICKABLE = frozenset({State.OPEN, State.MISSED, State.FAILED})
-#: states the sweep may still move on by the clock alone
-PENDING = frozenset({State.UPCOMING, State.OPEN})
-#: states that count as compliant
-COMPLIANT = frozenset({State.DONE})
+#: states a completion may be recorded against, once the window has opened (see
+#: ``can_tick``): a late completion after a miss is kept, a failed reading can be redone,
+#: and an upcoming one whose opening time has passed is open (the sweep may lag)
+TICKABLE = frozenset({State.UPCOMING, State.OPEN, State.MISSED, State.FAILED})
 #: a completed obligation: a second tick changes nothing
 COMPLETED = frozenset({State.DONE, State.LATE})
+#: finished one way or another: never overdue, nothing left to do
+SETTLED = COMPLETED | {State.EXCUSED}
+
+
+class ClockMove(NamedTuple):
+    """One move the clock alone makes: ``sources`` become ``target`` once ``now`` reaches
+    the obligation's time ``edge`` (``"opens_at"`` or ``"missed_at"``)."""
+
+    sources: frozenset[State]
+    target: State
+    edge: str
+
+
+#: what the clock does, in the order the moves are tried. ``state_by_clock`` reads this
+#: table and the sweep builds its SQL from it, so the board (which applies the clock as it
+#: reads) and the ledger (which the sweep moves) follow one rule.
+CLOCK_MOVES: tuple[ClockMove, ...] = (
+    ClockMove(frozenset({State.UPCOMING, State.OPEN}), State.MISSED, "missed_at"),
+    ClockMove(frozenset({State.UPCOMING}), State.OPEN, "opens_at"),
+)
+#: states the sweep may still move on by the clock alone
+PENDING: frozenset[State] = frozenset(s for move in CLOCK_MOVES for s in move.sources)
 
 
 class Planned(NamedTuple):
@@ -543,14 +565,18 @@ def expand_days(
 def state_by_clock(
     state: State, *, opens_at: datetime, missed_at: datetime, now: datetime
 ) -> State:
-    """Where the clock alone moves an obligation: upcoming → open → missed."""
-    if state not in PENDING:
-        return state
-    if now >= missed_at:
-        return State.MISSED
-    if now >= opens_at:
-        return State.OPEN
-    return State.UPCOMING
+    """Where the clock alone moves an obligation: upcoming → open → missed (``CLOCK_MOVES``)."""
+    times = {"opens_at": opens_at, "missed_at": missed_at}
+    for move in CLOCK_MOVES:
+        if state in move.sources and now >= times[move.edge]:
+            return move.target
+    return state
+
+
+def can_tick(state: State, *, opens_at: datetime, now: datetime) -> bool:
+    """Whether a completion may be recorded now: the window has opened and the obligation
+    is neither completed nor excused. The one rule the tick, the pages and the API use."""
+    return state in TICKABLE and now >= opens_at
 
 
 def completion_outcome(*, due_at: datetime, at: datetime, readings_ok: bool) -> State:
@@ -569,9 +595,11 @@ def completion_outcome(*, due_at: datetime, at: datetime, readings_ok: bool) -> 
 
 
 def minutes_late(*, due_at: datetime, completed_at: datetime | None) -> int:
+    """Minutes after due, a minute begun counting as one: done 31 s late is 1 minute late,
+    so a late completion never shows 0 (nor a blank) beside "done late"."""
     if completed_at is None or completed_at <= due_at:
         return 0
-    return int((completed_at - due_at).total_seconds() // 60)
+    return math.ceil((completed_at - due_at).total_seconds() / 60)
 
 
 def in_range(value: float, bounds: tuple[float | None, float | None] | None) -> bool:
@@ -610,7 +638,55 @@ ORDER_ON_BOARD = {
 
 
 def is_overdue(state: State, *, due_at: datetime, now: datetime) -> bool:
-    """Open past its due time, missed, or failed: what a manager must act on first."""
-    if state in (State.MISSED, State.FAILED):
-        return True
-    return state == State.OPEN and now > due_at
+    """Past its due time and not done, done late or excused.
+
+    The one definition of overdue for the board, the API, ``status``, the workbook and the
+    email: open past due, missed, and failed past due. A reading that failed *before* the
+    due time is not overdue: it can still be redone in time (see ``redo_by``). The state
+    may lag the clock (an unswept upcoming or open obligation): only the due time decides.
+    """
+    state = State(state)
+    return state == State.MISSED or (state not in SETTLED and now > due_at)
+
+
+def redo_by(state: State, *, due_at: datetime, now: datetime) -> datetime | None:
+    """The time a failed reading must be redone by while it still can be in time, else None."""
+    if State(state) == State.FAILED and now <= due_at:
+        return due_at
+    return None
+
+
+class NextCandidate(Protocol):
+    """What ``next_to_do`` needs to know of an obligation (a board row has it)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def state(self) -> State: ...
+    @property
+    def due_at(self) -> datetime: ...
+
+
+C = TypeVar("C", bound=NextCandidate)
+
+
+def next_to_do(after: NextCandidate, candidates: Sequence[C]) -> C | None:
+    """The task to offer after ``after`` was submitted: still to do now, the same task
+    first, then the same kind, earliest due first; None when nothing of that kind is left.
+
+    Offering the next one of the same kind follows the manager's round (one area after
+    another, the same chemicals in hand) and spares a trip back to the board.
+    """
+    # a board row's state has the clock applied: an upcoming one has not opened yet
+    todo = [
+        c
+        for c in candidates
+        if c.id != after.id and c.kind == after.kind and c.state in TICKABLE - {State.UPCOMING}
+    ]
+    if not todo:
+        return None
+    return min(todo, key=lambda c: (c.task_id != after.task_id, c.due_at, c.id))

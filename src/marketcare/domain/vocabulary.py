@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Final
 
 
 class AreaKind(StrEnum):
@@ -26,25 +27,11 @@ class TaskKind(StrEnum):
     CIVILITY_DUTY = "civility_duty"
 
 
-AREA_KIND_LABELS_ZH = {
-    AreaKind.AQUATIC: "水产区",
-    AreaKind.MEAT: "肉类区",
-    AreaKind.POULTRY: "禽类区",
-    AreaKind.VEGETABLES: "蔬菜区",
-    AreaKind.DRY_GOODS: "干货区",
-    AreaKind.COOKED_FOOD: "熟食区",
-    AreaKind.AISLES: "公共通道",
-    AreaKind.TOILETS: "公厕",
-    AreaKind.REFUSE_ROOM: "垃圾房",
-}
+#: the kind of the office's re-inspection of a rectified problem (再督查): an obligation the
+#: ledger makes when a problem is reported rectified, never a task of the schedules. It is
+#: the office's work, not the market's: the reports count it in the rectification figures,
+#: never in a market's compliance (``compliance.counts_for_compliance``).
+REINSPECTION: Final = "reinspection"
 
-TASK_KIND_LABELS_ZH = {
-    TaskKind.WASTE_CLEARANCE: "垃圾日产日清",
-    TaskKind.DISINFECTION: "每日休市清洗消毒",
-    TaskKind.DEEP_CLEANING: "深度清洁",
-    TaskKind.PEST_CONTROL: "灭四害",
-    TaskKind.FACILITY_INSPECTION: "设施巡查",
-    TaskKind.CIVILITY_DUTY: "文明劝导员值守",
-}
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -1,7 +1,7 @@
 """health probes: the write each daemon makes to prove it can still write
 
 Revision ID: i11_health_probes
-Revises: 0006
+Revises: i13_reinspection_completions
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import marketcare.ledger.models
 
 revision = "i11_health_probes"
-down_revision = "0006"
+down_revision = "i13_reinspection_completions"
 branch_labels = None
 depends_on = None
 
