@@ -181,15 +181,6 @@ def window_for(
     return Window(opens_at, due_at, due_at + task.grace)
 
 
-def window_of(task: Task, market: Market, occurrence: datetime, zone: ZoneInfo) -> Window | None:
-    """The window of one occurrence in one market; None when the market is closed then."""
-    day = occurrence.date()
-    if task.skip_closed and market.closed_reason(day) is not None:
-        return None
-    timed = occurrence.time() != _MIDNIGHT and task.opens.anchor == "clock"
-    return window_for(task, market.hours_on(day), occurrence, zone, at_occurrence=timed)
-
-
 def rounds_of(
     task: Task, hours: Hours | None, day: date, zone: ZoneInfo
 ) -> list[tuple[datetime, Window]]:

@@ -488,15 +488,6 @@ def occurrences_between(
     return out
 
 
-def first_fire(rule: ParsedRule, start: datetime) -> datetime | None:
-    """The first occurrence within FIRES_WITHIN of ``start``, or None (bounded work)."""
-    begin = rule.dtstart or start
-    bounded = rule.build(start, until=begin + FIRES_WITHIN)
-    for occurrence in bounded:
-        return occurrence
-    return None
-
-
 def day_span(day: date) -> tuple[datetime, datetime]:
     midnight = datetime.combine(day, time(0))
     return midnight, midnight + timedelta(days=1)

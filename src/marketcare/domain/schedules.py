@@ -1033,10 +1033,6 @@ class Schedule:
         return SourceError(file, line, column, message)
 
     @cached_property
-    def kind_by_id(self) -> dict[str, TaskKindSpec]:
-        return {k.id: k for k in self.task_kinds}
-
-    @cached_property
     def digest(self) -> str:
         """SHA-256 over the file names and texts: the identity of a schedule version."""
         return digest_of(self.sources, self.default_timezone)
