@@ -1,7 +1,7 @@
 """health probes: the write each daemon makes to prove it can still write
 
 Revision ID: i11_health_probes
-Revises: i13_reinspection_completions
+Revises: i17_inspections
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import marketcare.ledger.models
 
 revision = "i11_health_probes"
-down_revision = "i13_reinspection_completions"
+down_revision = "i17_inspections"
 branch_labels = None
 depends_on = None
 
