@@ -163,6 +163,20 @@ def test_obligation_shows_its_checklist_with_the_area_range(
     assert body["checklist"]["readings"][0]["range"] == [900, 1200]
 
 
+def test_an_obligation_names_the_schedule_version_that_made_it(
+    site: Site, clients: dict[str, httpx.Client]
+) -> None:
+    ob = site.obligation("lizhong", "disinfect", "aquatic")
+    body = clients["mgr_a"].get(f"/api/v1/obligations/{ob}").json()
+    with site.engine.connect() as conn:
+        version = conn.execute(
+            sa.text("SELECT version_id FROM obligations WHERE id = :id"), {"id": ob}
+        ).scalar_one()
+    assert body["schedule_version"] == version
+    page = clients["mgr_a"].get(f"/o/{ob}")
+    assert f"Schedule version {version}" in page.text or f"计划版本 {version}" in page.text
+
+
 def test_unknown_obligation_is_404_and_a_non_number_id_422(
     clients: dict[str, httpx.Client],
 ) -> None:

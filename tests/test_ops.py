@@ -39,6 +39,7 @@ def test_not_ready_until_a_scheduler_leader_is_known(site: Site) -> None:
             "database": "ok",
             "schedule": "ok",
             "scheduler_leader": "host:1",
+            "writes": "ok",
         }
         site.clock.advance(minutes=5)  # the leader stopped beating
         try:

@@ -18,3 +18,17 @@ def fsync_path(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def probe_folder(path: Path) -> None:
+    """Write, flush and remove a small file in ``path``: raises OSError when the folder
+    cannot take a write (a full or read-only disk), as the next export or photo would."""
+    path.mkdir(parents=True, exist_ok=True)
+    probe = path / f".write-probe-{os.getpid()}"
+    try:
+        with open(probe, "wb") as f:
+            f.write(b"marketcare write probe\n")
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        probe.unlink(missing_ok=True)

@@ -65,6 +65,8 @@ class Settings(BaseSettings):
     report_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
     outbox_interval_seconds: float = Field(default=10.0, gt=0, le=3600)
     notify_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
+    #: the longest the daemon lets a child process check an edited schedule
+    reload_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
 
     #: the web app and JSON API that ``marketcare run`` serves
     web_enabled: bool = True

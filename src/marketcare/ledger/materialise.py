@@ -51,15 +51,16 @@ def _rows(planned: Iterable[Planned], version_id: int, now: datetime) -> list[di
             "area_id": p.area_id,
             "task_id": p.task_id,
             "kind": p.kind,
-            "local_date": p.occurrence.strftime("%Y-%m-%d"),
+            "local_date": p.local_date.isoformat(),
             "occurrence": p.occurrence.strftime("%Y-%m-%dT%H:%M"),
             "opens_at": p.opens_at,
             "due_at": p.due_at,
             "missed_at": p.missed_at,
-            "state": State.UPCOMING.value,
+            "state": State.EXCUSED.value if p.excused else State.UPCOMING.value,
             "state_changed_at": now,
             "version_id": version_id,
             "created_at": now,
+            "note": p.excused,
         }
         for p in planned
     ]
@@ -81,13 +82,14 @@ _PLANNED_COLUMNS = (
     "state_changed_at",
     "version_id",
     "created_at",
+    "note",
 )
 _PLANNED_TEMP = (
     "CREATE TEMP TABLE IF NOT EXISTS planned_in ("
     "natural_key text, market_id text, area_id text, task_id text, kind text, "
     "local_date text, occurrence text, opens_at timestamptz, due_at timestamptz, "
     "missed_at timestamptz, state text, state_changed_at timestamptz, version_id bigint, "
-    "created_at timestamptz) ON COMMIT DROP"
+    "created_at timestamptz, note text) ON COMMIT DROP"
 )
 _PLANNED_MERGE = (
     f"INSERT INTO obligations ({', '.join(_PLANNED_COLUMNS)}) "
@@ -249,12 +251,15 @@ def _apply_version(
     if until > now:
         planned = expand(schedule, now, until)
         keys = {p.natural_key for p in planned}
-        known = set(
-            conn.execute(
-                sa.select(Obligation.natural_key).where(Obligation.opens_at >= now)
-            ).scalars()
-        )
-        result.created += len(keys - known)
+        known = {
+            r.natural_key: r
+            for r in conn.execute(
+                sa.select(Obligation.id, Obligation.natural_key, Obligation.state).where(
+                    Obligation.opens_at >= now
+                )
+            )
+        }
+        result.created += len(keys - set(known))
         rows = _rows(planned, version_id, now)
         for i in range(0, len(rows), CHUNK):
             ins = dialect_insert(conn, Obligation)
@@ -265,10 +270,20 @@ def _apply_version(
                     "due_at": ins.excluded.due_at,
                     "missed_at": ins.excluded.missed_at,
                     "version_id": ins.excluded.version_id,
+                    "state": ins.excluded.state,
+                    "note": ins.excluded.note,
                 },
-                where=(Obligation.state == State.UPCOMING.value) & (Obligation.opens_at > now),
+                # not opened yet: nothing was done, so the new schedule decides; an
+                # excused one is excused by the schedule (a rest day, a closure), which
+                # the new schedule may lift
+                where=(
+                    (Obligation.state == State.UPCOMING.value)
+                    | (Obligation.state == State.EXCUSED.value)
+                )
+                & (Obligation.opens_at > now),
             )
             conn.execute(stmt, rows[i : i + CHUNK])
+        events.extend(_rest_day_moves(planned, known, version_id, now=now, result=result))
         stale = conn.execute(
             sa.select(Obligation.id, Obligation.natural_key).where(
                 Obligation.state == State.UPCOMING.value,
@@ -311,6 +326,49 @@ def _apply_version(
         ),
     )
     audit.append(conn, events)
+
+
+def _rest_day_moves(
+    planned: Sequence[Planned],
+    known: dict[str, Any],
+    version_id: int,
+    *,
+    now: datetime,
+    result: MaterialiseResult,
+) -> list[audit.NewEvent]:
+    """The audit events of future obligations a changed schedule excused (a new rest day)
+    or reinstated (a rest day or a closure lifted), matching the upsert before them."""
+    events: list[audit.NewEvent] = []
+    for p in planned:
+        row = known.get(p.natural_key)
+        if row is None or p.opens_at <= now:
+            continue
+        if p.excused and row.state == State.UPCOMING.value:
+            result.excused += 1
+            events.append(
+                audit.NewEvent(
+                    at=now,
+                    actor=SYSTEM,
+                    action="excused",
+                    obligation_id=row.id,
+                    from_state=row.state,
+                    to_state=State.EXCUSED.value,
+                    details={"reason": p.excused, "version_id": version_id},
+                )
+            )
+        elif not p.excused and row.state == State.EXCUSED.value:
+            events.append(
+                audit.NewEvent(
+                    at=now,
+                    actor=SYSTEM,
+                    action="reinstated",
+                    obligation_id=row.id,
+                    from_state=row.state,
+                    to_state=State.UPCOMING.value,
+                    details={"version_id": version_id},
+                )
+            )
+    return events
 
 
 def _excuse_closed_days(

@@ -426,6 +426,18 @@ class SchedulerLeader(Base):
     heartbeat_at: Mapped[datetime]
 
 
+class HealthProbe(Base):
+    """The last write each daemon made to prove it can still write (``/readyz``).
+
+    A full or read-only disk shows first as a failing write; reads go on working. Each
+    daemon updates its own row, so probes never wait on one another.
+    """
+
+    __tablename__ = "health_probes"
+    holder: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    at: Mapped[datetime]
+
+
 class InspectionTemplateRow(Base):
     """A scoring sheet exactly as an inspection used it (the template's JSON snapshot)."""
 

@@ -356,6 +356,7 @@ class BoardRow:
     note: str | None
     #: a failed check that can still be redone in time: until when (``redo_by``)
     redo_by: datetime | None = None
+    #: the schedule version that made the obligation (its checklist and ranges)
     version_id: int | None = None
 
     def local(self, value: datetime | None) -> datetime | None:
@@ -384,6 +385,7 @@ class BoardRow:
             "minutes_late": minutes_late(due_at=self.due_at, completed_at=self.completed_at),
             "note": self.note,
             "redo_by": iso(self.redo_by),
+            "schedule_version": self.version_id,
         }
 
 
