@@ -1,10 +1,15 @@
-"""Reports and messages: export, the email outbox, notifications."""
+"""Reports and messages: export, the email outbox, notifications.
+
+Tables use the words of the settings' language (``i18n`` catalogs); JSON keeps codes and
+writes times as ``clock.iso`` does.
+"""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
+from zoneinfo import ZoneInfo
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -13,22 +18,21 @@ from rich.table import Table
 from marketcare.cli.common import (
     PeriodChoice,
     app,
-    cli_settings,
+    check_choices,
     connect,
     err,
     fmt_local,
     handled,
-    ledger_engine,
     local_today,
     out,
     parse_date,
+    styled,
     utcnow,
+    words,
 )
-from marketcare.errors import MarketcareError
-
-if TYPE_CHECKING:
-    pass
-
+from marketcare.clock import iso
+from marketcare.domain.inputs import ID_MAX
+from marketcare.errors import BadInput
 
 # ------------------------------------------------------------------------------ export
 
@@ -44,7 +48,12 @@ def export(
         list[str] | None, typer.Option(help="Only this market (repeatable; default all).")
     ] = None,
     out_path: Annotated[
-        Path | None, typer.Option("--out", help="Write here instead of the exports directory.")
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Also copy the report here: a .xlsx file, or a folder (the recorded file "
+            "stays in the exports directory).",
+        ),
     ] = None,
     email: Annotated[
         bool,
@@ -59,31 +68,34 @@ def export(
     language: Annotated[str | None, typer.Option(help="zh_CN (default setting) or en.")] = None,
 ) -> None:
     """Write the Excel compliance report of a period and print its path."""
+    from marketcare.domain.inputs import check_email
     from marketcare.domain.periods import Period
     from marketcare.domain.schedules import load_paths
-    from marketcare.ledger.db import migrate
+    from marketcare.i18n import LANGUAGES
+    from marketcare.ledger.readmodel import markets
     from marketcare.reports import delivery
 
-    s = cli_settings()
+    s, engine = connect()
     lang = language or s.language
-    if lang not in ("zh_CN", "en"):
-        raise typer.BadParameter(f"{lang!r}: use zh_CN or en", param_hint="--language")
-    engine = ledger_engine(s)
-    migrate(engine)
+    check_choices([lang], LANGUAGES, "--language")
     day = parse_date(date_, "--date") or local_today(s)
+    check_choices(market, [m.id for m in markets(engine)], "--market")
     p = Period.of(period.value, day)
     now = utcnow()
+    if to and not email:
+        raise BadInput("--to: give --email as well to send the report", "to")
     recipients: list[str] = []
     if email:
-        recipients = list(to or [])
+        recipients = [check_email(a, "--to") for a in to or []]
         if not recipients:
             schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
             for spec in schedule.reports:
                 if spec.period == p.kind:
                     recipients.extend(spec.recipients)
         if not recipients:
-            raise MarketcareError(
-                f"--email: no recipients; give --to ADDRESS or configure a {p.kind} report in the schedules"
+            raise BadInput(
+                f"--email: no recipients; give --to ADDRESS or configure a {p.kind} report in the schedules",
+                "to",
             )
     with Progress(
         TextColumn(f"writing {p.kind} {p.key}"),
@@ -110,15 +122,14 @@ def export(
             progress=progress,
         )
     note = "" if result.created else " (unchanged; the recorded file)"
-    err.print(f"revision {result.revision}, sha256 {result.sha256}{note}", markup=False)
-    out.print(str(result.path), markup=False)
+    err.print(f"revision {result.revision}, sha256 {result.sha256}{note}")
+    out.print(str(result.path))
     if email:
         delivery.enqueue(engine, result.report_id, recipients, now=now, sender=s.smtp_sender)
         sent = delivery.send_due(engine, delivery.smtp_config(s), now=now, language=lang)
         err.print(
             f"email: {sent.sent} sent, {sent.retrying} to retry, {sent.failed} failed "
-            "(see marketcare outbox; the daemon keeps retrying)",
-            markup=False,
+            "(see marketcare outbox; the daemon keeps retrying)"
         )
         if sent.failed:
             raise typer.Exit(1)
@@ -131,20 +142,23 @@ def outbox_cmd(
         list[str] | None,
         typer.Option(help="Only messages in this state: pending, sending, sent, failed."),
     ] = None,
-    resend: Annotated[int | None, typer.Option(help="Queue message ID again.")] = None,
+    resend: Annotated[
+        int | None, typer.Option(min=1, max=ID_MAX, help="Queue message ID again.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show emails waiting, sent and failed (with the reason); re-queue one with --resend."""
-    from marketcare.ledger.db import migrate
+    from marketcare.ledger.outbox import STATES
     from marketcare.reports import delivery
 
+    check_choices(state, STATES, "--state")
     s, engine = connect()
-    migrate(engine)
     if resend is not None:
         delivery.resend(engine, resend, now=utcnow())
-        out.print(f"message {resend} queued again", markup=False)
+        out.print(f"message {resend} queued again")
         return
     rows = delivery.outbox(engine, states=state)
+    zone = ZoneInfo(s.timezone)
     if as_json:
         data = [
             {
@@ -155,20 +169,29 @@ def outbox_cmd(
                 "state": r.state,
                 "attempts": r.attempts,
                 "message_id": r.message_id,
-                "next_attempt_at": r.next_attempt_at.isoformat() if r.next_attempt_at else None,
-                "sent_at": r.sent_at.isoformat() if r.sent_at else None,
+                "next_attempt_at": iso(r.next_attempt_at, zone),
+                "sent_at": iso(r.sent_at, zone),
                 "error": r.last_error,
             }
             for r in rows
         ]
-        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
+        out.print(json.dumps(data, ensure_ascii=False, indent=1))
         return
+    t = words(s)
     if not rows:
-        out.print("the outbox is empty", markup=False)
+        out.print(t.tr("No report email has been queued yet."))
         return
-    table = Table(title="outbox", title_justify="left")
-    for col in ("id", "period", "recipient", "state", "tries", "next / sent", "reason"):
-        table.add_column(col)
+    table = Table(title=t.tr("Report emails (outbox)"), title_justify="left")
+    for header in (
+        t.tr("No."),
+        t.tr("Period"),
+        t.tr("Recipient"),
+        t.tr("State"),
+        t.tr("Attempts"),
+        t.tr("Next attempt / sent at"),
+        t.tr("Last error"),
+    ):
+        table.add_column(header)
     styles = {"sent": "green", "failed": "bold red", "pending": "yellow", "sending": "cyan"}
     for r in rows:
         when = r.sent_at if r.state == "sent" else r.next_attempt_at
@@ -176,7 +199,7 @@ def outbox_cmd(
             str(r.id),
             r.period_key,
             r.recipient,
-            f"[{styles.get(r.state, '')}]{r.state}[/]",
+            styled(r.state, styles.get(r.state, "")),
             str(r.attempts),
             fmt_local(when, s.timezone),
             r.last_error or "",
@@ -193,20 +216,22 @@ def notifications_cmd(
             help="Only messages in this state: pending, sending, sent, failed, cancelled."
         ),
     ] = None,
-    resend: Annotated[int | None, typer.Option(help="Queue message ID again.")] = None,
+    resend: Annotated[
+        int | None, typer.Option(min=1, max=ID_MAX, help="Queue message ID again.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show reminders and escalations waiting, sent and failed; re-queue one with --resend."""
-    from marketcare.ledger.db import migrate
     from marketcare.reports import notify
 
+    check_choices(state, notify.STATES, "--state")
     s, engine = connect()
-    migrate(engine)
     if resend is not None:
         notify.resend(engine, resend, now=utcnow())
-        out.print(f"notification {resend} queued again", markup=False)
+        out.print(f"notification {resend} queued again")
         return
     rows = notify.messages(engine, states=state)
+    zone = ZoneInfo(s.timezone)
     if as_json:
         data = [
             {
@@ -219,20 +244,30 @@ def notifications_cmd(
                 "state": r.state,
                 "attempts": r.attempts,
                 "stable_id": r.stable_id,
-                "next_attempt_at": r.next_attempt_at.isoformat() if r.next_attempt_at else None,
-                "sent_at": r.sent_at.isoformat() if r.sent_at else None,
+                "next_attempt_at": iso(r.next_attempt_at, zone),
+                "sent_at": iso(r.sent_at, zone),
                 "error": r.last_error,
             }
             for r in rows
         ]
-        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
+        out.print(json.dumps(data, ensure_ascii=False, indent=1))
         return
+    t = words(s)
     if not rows:
-        out.print("no notifications", markup=False)
+        out.print(t.tr("No notifications."))
         return
-    table = Table(title="notifications", title_justify="left")
-    for col in ("id", "person", "channel", "subject", "state", "tries", "next / sent", "reason"):
-        table.add_column(col)
+    table = Table(title=t.tr("Notifications"), title_justify="left")
+    for header in (
+        t.tr("No."),
+        t.tr("Person"),
+        t.tr("Channel"),
+        t.tr("Subject"),
+        t.tr("State"),
+        t.tr("Attempts"),
+        t.tr("Next attempt / sent at"),
+        t.tr("Last error"),
+    ):
+        table.add_column(header)
     styles = {
         "sent": "green",
         "failed": "bold red",
@@ -247,7 +282,7 @@ def notifications_cmd(
             r.person_id,
             r.channel,
             r.subject,
-            f"[{styles.get(r.state, '')}]{r.state}[/]",
+            styled(r.state, styles.get(r.state, "")),
             str(r.attempts),
             fmt_local(when, s.timezone),
             r.last_error or "",

@@ -18,13 +18,12 @@ from marketcare.cli.common import (
     err,
     fmt_local,
     handled,
-    ledger_engine,
     local_today,
     out,
     parse_date,
     utcnow,
 )
-from marketcare.errors import MarketcareError
+from marketcare.errors import BadInput
 
 if TYPE_CHECKING:
     from marketcare.domain.obligations import Planned
@@ -53,7 +52,7 @@ def init(
     from marketcare.ledger.materialise import materialise
     from marketcare.ledger.sweep import sweep_all
 
-    s, engine = connect()
+    s, engine = connect(create=True)
     migrate(engine)
     first_operator(engine, operator)
     schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
@@ -87,7 +86,7 @@ def check(
     targets = paths or [s.schedules_dir]
     for p in targets:
         if not p.exists():
-            raise MarketcareError(f"{p}: no such file or directory")
+            raise BadInput(f"{p}: no such file or directory", "paths")
     schedule = load_paths(targets, default_timezone=s.timezone)
     areas = sum(len(m.areas) for m in schedule.markets)
     m2 = sum(a.m2 for m in schedule.markets for a in m.areas)
@@ -150,6 +149,7 @@ def plan(
 
     from marketcare.domain.obligations import expand
     from marketcare.domain.schedules import load_paths
+    from marketcare.ledger.db import make_engine
     from marketcare.ledger.versions import active_schedule
 
     s = cli_settings()
@@ -157,8 +157,9 @@ def plan(
     if market:
         unknown = [m for m in market if m not in schedule.market_by_id]
         if unknown:
-            raise MarketcareError(
-                f"--market: unknown market {unknown[0]!r} (known: {', '.join(schedule.market_by_id)})"
+            raise BadInput(
+                f"--market: unknown market {unknown[0]!r} (known: {', '.join(schedule.market_by_id)})",
+                "market",
             )
     lo, hi = _window(s, from_, days)
     planned = expand(schedule, lo, hi, markets=market)
@@ -173,9 +174,12 @@ def plan(
             return
         _plan_table(planned, schedule, f"{len(planned)} obligations")
         return
-    engine = ledger_engine(s)
-    with engine.connect() as conn:
-        loaded = active_schedule(conn) if sa.inspect(conn).has_table("ledger_state") else None
+    loaded = None
+    if s.sqlite_path is None or s.sqlite_path.is_file():  # never make a database to compare
+        engine = make_engine(s.database_url)
+        with engine.connect() as conn:
+            if sa.inspect(conn).has_table("ledger_state"):
+                loaded = active_schedule(conn)
     before = expand(loaded, lo, hi, markets=market) if loaded else []
     old = {p.natural_key: p for p in before}
     new = {p.natural_key: p for p in planned}
@@ -247,7 +251,7 @@ def demo_cmd(
     from marketcare.ledger import demo
     from marketcare.ledger.db import migrate
 
-    s, engine = connect()
+    s, engine = connect(create=True)
     migrate(engine)
     schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
     with Progress(

@@ -9,6 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from marketcare.domain.inputs import ASSIGNEE_MAX, EMAIL_MAX, PERSON_MAX, TOKEN_MAX
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes on every engine (SQLite stores them naive, in UTC)."""
@@ -123,8 +125,8 @@ class Completion(Base):
     __tablename__ = "completions"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     obligation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("obligations.id"), index=True)
-    token: Mapped[str] = mapped_column(sa.String(100), unique=True)
-    by: Mapped[str] = mapped_column(sa.String(100))
+    token: Mapped[str] = mapped_column(sa.String(TOKEN_MAX))
+    by: Mapped[str] = mapped_column(sa.String(PERSON_MAX))
     at: Mapped[datetime]
     outcome: Mapped[str] = mapped_column(sa.String(16))
     readings: Mapped[dict[str, Any]]
@@ -133,6 +135,9 @@ class Completion(Base):
     note: Mapped[str | None] = mapped_column(sa.Text)
     #: photos taken with the completion: {"items": [{name, sha256, path, bytes}]}
     evidence: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+
+    #: a client token is scoped to who sent it (migration i14_token_scope)
+    __table_args__ = (sa.UniqueConstraint("by", "token", name="uq_completions_by_token"),)
 
 
 class Event(Base):
@@ -143,7 +148,7 @@ class Event(Base):
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=False
     )
     at: Mapped[datetime]
-    actor: Mapped[str] = mapped_column(sa.String(100))
+    actor: Mapped[str] = mapped_column(sa.String(PERSON_MAX))
     action: Mapped[str] = mapped_column(sa.String(40))
     obligation_id: Mapped[int | None] = mapped_column(
         BigId, sa.ForeignKey("obligations.id"), index=True
@@ -220,7 +225,7 @@ class OutboxMessage(Base):
     __tablename__ = "outbox"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     report_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("reports.id"))
-    recipient: Mapped[str] = mapped_column(sa.String(320))
+    recipient: Mapped[str] = mapped_column(sa.String(EMAIL_MAX))
     message_id: Mapped[str] = mapped_column(sa.String(200), unique=True)
     state: Mapped[str] = mapped_column(sa.String(16))  # pending | sending | sent | failed
     attempts: Mapped[int] = mapped_column(default=0)
@@ -246,7 +251,7 @@ class ProblemRow(Base):
     category: Mapped[str] = mapped_column(sa.String(16))
     description: Mapped[str] = mapped_column(sa.Text)
     found_at: Mapped[datetime]
-    found_by: Mapped[str] = mapped_column(sa.String(100))
+    found_by: Mapped[str] = mapped_column(sa.String(PERSON_MAX))
     deadline: Mapped[datetime]
     state: Mapped[str] = mapped_column(sa.String(16))
     reopened: Mapped[int] = mapped_column(default=0)
@@ -255,14 +260,14 @@ class ProblemRow(Base):
     obligation_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("obligations.id"))
     evidence: Mapped[dict[str, Any]]
     rectified_at: Mapped[datetime | None]
-    rectified_by: Mapped[str | None] = mapped_column(sa.String(100))
+    rectified_by: Mapped[str | None] = mapped_column(sa.String(PERSON_MAX))
     rectify_note: Mapped[str | None] = mapped_column(sa.Text)
     verified_at: Mapped[datetime | None]
-    verified_by: Mapped[str | None] = mapped_column(sa.String(100))
+    verified_by: Mapped[str | None] = mapped_column(sa.String(PERSON_MAX))
     reinspection_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("obligations.id"))
     created_at: Mapped[datetime]
     #: who the office assigned the rectification to (a person or a contractor), when it did
-    assigned_to: Mapped[str | None] = mapped_column(sa.String(200))
+    assigned_to: Mapped[str | None] = mapped_column(sa.String(ASSIGNEE_MAX))
     assigned_at: Mapped[datetime | None]
 
     __table_args__ = (sa.Index("ix_problems_state_deadline", "state", "deadline"),)

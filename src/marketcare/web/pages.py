@@ -25,7 +25,7 @@ from starlette.datastructures import FormData, UploadFile
 from marketcare.domain.access import Action, Principal, Role, may, visible_markets
 from marketcare.domain.obligations import State, format_range, minutes_late
 from marketcare.domain.problems import Category, ProblemState, is_overdue
-from marketcare.errors import MarketcareError, NotFound, TickRefused
+from marketcare.errors import MarketcareError, NotFound, Unavailable
 from marketcare.i18n import LANGUAGES, Translator
 from marketcare.ledger import accounts, evidence, readmodel
 from marketcare.ledger import problems as problem_ledger
@@ -45,6 +45,7 @@ from marketcare.web.app import (
     render,
     safe_next,
     settings_of,
+    status_of,
     translator_of,
 )
 
@@ -385,11 +386,11 @@ async def tick_form(request: Request, obligation_id: int, who: SignedIn) -> Resp
                 evidence=[photo] if photo else [],
             )
         )
-    except (TickRefused, MarketcareError) as exc:
-        if isinstance(exc, NotFound):
+    except MarketcareError as exc:
+        if isinstance(exc, (NotFound, Unavailable)):
             raise
         ctx["error"] = t.tr("Not recorded: {reason}").format(reason=str(exc))
-        return _page(request, "obligation.html", status_code=400, **ctx)
+        return _page(request, "obligation.html", status_code=status_of(request, exc), **ctx)
     if result.completion_id is None:
         _flash(request, "warn", t.tr("This was already done; nothing changed."))
         return RedirectResponse(f"/o/{obligation_id}", status_code=303)
@@ -513,7 +514,7 @@ async def report_problem(request: Request, market: str, who: SignedIn) -> Respon
         found_at=now,
         deadline=deadline,
         area_id=area,
-        source_key=f"web:{token}",
+        source_key=problem_ledger.token_key("web", who.username, token),
         evidence=[photo] if photo else [],
     )
     try:
@@ -523,8 +524,10 @@ async def report_problem(request: Request, market: str, who: SignedIn) -> Respon
             )
         )
     except MarketcareError as exc:
+        if isinstance(exc, (NotFound, Unavailable)):
+            raise
         ctx["error"] = t.tr("Not recorded: {reason}").format(reason=str(exc))
-        return _page(request, "problems.html", status_code=400, **ctx)
+        return _page(request, "problems.html", status_code=status_of(request, exc), **ctx)
     _flash(request, "ok", t.tr("Problem {id} reported.").format(id=pid))
     return RedirectResponse(f"/m/{market}/problems", status_code=303)
 
@@ -609,10 +612,10 @@ async def rectify_form(request: Request, problem_id: int, who: SignedIn) -> Resp
             )
         )
     except MarketcareError as exc:
-        if isinstance(exc, NotFound):
+        if isinstance(exc, (NotFound, Unavailable)):
             raise
         ctx["error"] = t.tr("Not recorded: {reason}").format(reason=str(exc))
-        return _page(request, "problem.html", status_code=400, **ctx)
+        return _page(request, "problem.html", status_code=status_of(request, exc), **ctx)
     _flash(request, "ok", t.tr("Rectification recorded; the office will re-inspect."))
     return RedirectResponse(f"/p/{problem_id}", status_code=303)
 
