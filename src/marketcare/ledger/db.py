@@ -242,6 +242,16 @@ def fault_of(exc: BaseException) -> MarketcareError | None:
     return database_fault(exc)
 
 
+def log_failure(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """Log a failed step: a fault of the database or a folder is one WARNING line (it is
+    expected and says what to fix); anything else is an ERROR with its traceback (a bug)."""
+    meaning = fault_of(exc)
+    if meaning is not None:
+        logger.warning("%s: %s", what, meaning.message)
+    else:
+        logger.error("%s", what, exc_info=exc)
+
+
 def schema_problem(engine: sa.Engine) -> str | None:
     """Why the ledger cannot be used as it is (not initialised, or at another schema
     revision than this version's), or None when it is ready."""

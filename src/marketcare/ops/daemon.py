@@ -28,7 +28,7 @@ from marketcare.domain.schedules import Schedule, load_paths
 from marketcare.domain.timespec import format_duration
 from marketcare.errors import MarketcareError, ScheduleError
 from marketcare.ledger import leader
-from marketcare.ledger.db import make_engine
+from marketcare.ledger.db import log_failure, make_engine
 from marketcare.ledger.leader import (
     Leadership,
     SqliteFileLock,
@@ -360,8 +360,8 @@ class Daemon:
         was = self.leading
         try:
             self.leading = self.leadership.still_held() if was else self.leadership.try_acquire()
-        except Exception:
-            log.warning("cannot reach the database to elect a leader", exc_info=True)
+        except Exception as exc:
+            log_failure(log, "cannot reach the database to elect a leader", exc)
             self.leading = False
         now = self.now()
         if self.leading and not was:
@@ -374,8 +374,8 @@ class Daemon:
         if self.leading:
             try:
                 leader.heartbeat(self.engine, identity(), now=now, since=self._leading_since or now)
-            except Exception:
-                log.warning("heartbeat failed", exc_info=True)
+            except Exception as exc:
+                log_failure(log, "heartbeat failed", exc)
         return self.leading and not was
 
     def _leader_tick(self) -> None:
@@ -416,8 +416,9 @@ class Daemon:
                 return  # another daemon runs the scheduler
             try:
                 fn()
-            except Exception:
-                log.exception("step %s failed; it will run again", getattr(fn, "__name__", fn))
+            except Exception as exc:
+                name = getattr(fn, "__name__", fn)
+                log_failure(log, f"step {name} failed; it will run again", exc)
 
         run.__name__ = getattr(fn, "__name__", "step")
         return run

@@ -19,6 +19,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
@@ -223,11 +224,21 @@ def _exports_folder(folder: Path) -> Path:
             f"cannot make the exports folder {folder}: {exc.strerror} (setting exports_dir)",
             retry_after=60,
         ) from None
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not _writable(folder):
         raise Unavailable(
             f"the exports folder {folder} is not writable (setting exports_dir)", retry_after=60
         )
     return folder.resolve()
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be made in ``folder``: tried, not guessed from the mode bits
+    (which say nothing for root, nor for a read-only filesystem)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
 
 
 def _copy_target(out: Path) -> Path:
@@ -236,7 +247,7 @@ def _copy_target(out: Path) -> Path:
     folder = out if out.is_dir() else out.parent
     if not folder.is_dir():
         raise BadInput(f"--out {out}: the folder {folder} does not exist", "out")
-    if not os.access(folder, os.W_OK | os.X_OK):
+    if not _writable(folder):
         raise BadInput(f"--out {out}: the folder {folder} is not writable", "out")
     if not out.is_dir() and out.suffix.lower() != ".xlsx":
         raise BadInput(f"--out {out}: name the file .xlsx (or give a folder)", "out")
