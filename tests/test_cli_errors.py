@@ -545,3 +545,17 @@ def test_a_postgresql_socket_url_reaches_alembic_intact() -> None:
         assert "%2F" in str(cfg.get_main_option("sqlalchemy.url"))
     finally:
         engine.dispose()
+
+
+@pytest.mark.sqlite_only("the benchmark makes a SQLite ledger of its own")
+def test_the_startup_benchmark_runs_in_quick_mode() -> None:
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "startup.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"marketcare --help: \d+\.\d+x the bare Typer app", done.stdout)
+    assert "loads none of sqlalchemy, alembic, pydantic, pandas, fastapi: True" in done.stdout

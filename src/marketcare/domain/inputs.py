@@ -32,6 +32,7 @@ EMAIL_MAX = 320
 FIRST_YEAR, LAST_YEAR = 2000, 2100
 
 _EMAIL = re.compile(r"^[^@\s<>,;\"']+@[^@\s<>,;\"']+\.[^@\s<>,;\"'.][^@\s<>,;\"']*$")
+_LOCAL = re.compile(r"^[^@\s<>,;\"']+@[A-Za-z0-9-]+$")
 
 
 def check_text(
@@ -62,8 +63,14 @@ def check_date(value: date, field: str) -> date:
     return value
 
 
-def is_email(value: str) -> bool:
-    return len(value) <= EMAIL_MAX and _EMAIL.match(value) is not None
+def is_email(value: str, *, local_domain: bool = False) -> bool:
+    """One ``local@domain.tld`` (``local_domain``: ``local@host`` will do, for a sender on
+    this machine), without spaces, line breaks or list separators."""
+    if len(value) > EMAIL_MAX:
+        return False
+    if _EMAIL.match(value) is not None:
+        return True
+    return local_domain and _LOCAL.match(value) is not None
 
 
 def check_email(value: str, field: str) -> str:

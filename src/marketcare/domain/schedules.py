@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from marketcare.domain.inputs import is_email
 from marketcare.domain.timespec import (
     DueSpec,
     Hours,
@@ -433,11 +434,8 @@ class Task(_Strict):
         return self
 
 
-_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
-
-
 def _email(value: object) -> object:
-    if isinstance(value, str) and not _EMAIL.match(value.strip()):
+    if isinstance(value, str) and not is_email(value.strip()):
         raise ValueError(f"{value!r} is not an email address")
     return value.strip() if isinstance(value, str) else value
 
