@@ -448,6 +448,15 @@ def test_help_has_a_short_option_and_the_command_a_version_and_completion() -> N
         done = runner.invoke(app, args)
         assert done.exit_code == 0 and "Usage" in done.output, args
     assert "--install-completion" in runner.invoke(app, ["--help"]).output
+    completed = subprocess.run(
+        [str(Path(sys.executable).with_name("marketcare"))],
+        env={**os.environ, "_MARKETCARE_COMPLETE": "complete_bash", "COMP_WORDS": "marketcare st",
+             "COMP_CWORD": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )  # fmt: skip
+    assert completed.stdout.split() == ["status"], completed.stderr
     version = runner.invoke(app, ["--version"])
     assert version.exit_code == 0 and re.fullmatch(r"marketcare \d+\.\d+\.\d+\S*\n", version.output)
 
