@@ -8,7 +8,7 @@ SUM     := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 RUNTIME := $(VENV)/.runtime-$(SUM)
 STAMP   := $(VENV)/.installed-$(SUM)
 
-.PHONY: install install-runtime system-deps run init test lint typecheck unit unit-sqlite unit-postgresql bench demo clean
+.PHONY: install install-runtime system-deps run init test lint typecheck unit unit-sqlite unit-postgresql bench demo clean vendor
 
 $(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -51,17 +51,21 @@ system-deps:
 ## set everything up and run the whole suite (lint, types, tests)
 test: install system-deps lint typecheck unit
 
-## ruff, the layering of docs/design.md (import-linter)
+## ruff, the layering of docs/design.md (import-linter), dead code (vulture: pyproject.toml
+## and vulture_whitelist.py)
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
+	$(BIN)/vulture
 
 typecheck: install
 	$(BIN)/mypy
 
-## the whole suite twice: on SQLite, then on PostgreSQL (a throwaway server in a temporary
-## folder, unless MARKETCARE_TEST_DATABASE_URL names one; see docs/postgresql.md)
+## the whole suite twice, in random order (pytest-randomly prints the seed): on SQLite, then
+## on PostgreSQL (a throwaway server in a temporary folder, unless MARKETCARE_TEST_DATABASE_URL
+## names one; see docs/postgresql.md). The PostgreSQL run leaves out the modules marked
+## no_database (pure rules and parsing: they run once, on SQLite).
 unit: unit-sqlite unit-postgresql
 
 unit-sqlite: install
@@ -69,6 +73,18 @@ unit-sqlite: install
 
 unit-postgresql: install
 	MARKETCARE_TEST_DB=postgresql $(BIN)/pytest
+
+## front-end libraries, vendored as files (there is no front-end build): fetched from the
+## npm registry by `npm pack`, the file the pages load copied with its licence and version
+IDB_VERSION := 8.0.4
+VENDOR := src/marketcare/web/static/vendor
+vendor:
+	rm -rf $(VENDOR)/idb-$(IDB_VERSION) && mkdir -p $(VENDOR)/idb-$(IDB_VERSION)
+	tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent idb@$(IDB_VERSION) >/dev/null && tar xzf idb-$(IDB_VERSION).tgz) \
+	  && cp $$tmp/package/build/umd.js $(VENDOR)/idb-$(IDB_VERSION)/idb.umd.js \
+	  && cp $$tmp/package/LICENSE $(VENDOR)/idb-$(IDB_VERSION)/LICENSE \
+	  && cp $$tmp/package/package.json $(VENDOR)/idb-$(IDB_VERSION)/package.json \
+	  && rm -rf $$tmp
 
 bench: install
 	$(BIN)/python bench/run.py

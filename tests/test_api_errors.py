@@ -1,21 +1,12 @@
 """The API's answers follow the error's kind and field (docs/web.md, "Errors"), and client
-tokens belong to the user who sent them."""
+tokens belong to the user who sent them. The module shares one site (``site``, reset
+before each test)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
-import pytest
 import sqlalchemy as sa
 
-from .support.web import Site, running_site
-
-
-@pytest.fixture
-def site(tmp_path: Path) -> Iterator[Site]:
-    with running_site(tmp_path) as s:
-        yield s
+from .support.web import Site
 
 
 def count(site: Site, sql: str) -> int:

@@ -370,7 +370,7 @@ def test_an_address_that_is_not_one_is_refused_and_nothing_is_queued(
 
 
 def test_a_queued_message_that_cannot_be_built_fails_instead_of_staying_in_sending(
-    ready: dict[str, str], tmp_path: Path
+    ready: dict[str, str], smtp: SmtpServer
 ) -> None:
     assert invoke("export", "--period", "day").exit_code == 0
     engine = make_engine(database(ready))
@@ -384,18 +384,15 @@ def test_a_queued_message_that_cannot_be_built_fails_instead_of_staying_in_sendi
             "next_attempt_at, created_at) VALUES (?, ?, '<x@y>', 'pending', 0, ?, ?)",
             (report_id, "a@example.org\nBcc: b@example.org", EVENING, EVENING),
         )
-    server = SmtpServer()
-    server.start()
     try:
-        settings = Settings(smtp_host="127.0.0.1", smtp_port=server.port, smtp_security="none")
+        settings = Settings(smtp_host="127.0.0.1", smtp_port=smtp.port, smtp_security="none")
         sent = delivery.send_due(engine, delivery.smtp_config(settings), now=EVENING)
     finally:
-        server.stop()
         engine.dispose()
     assert (sent.sent, sent.failed) == (0, 1)
     state, error = query(database(ready), "SELECT state, last_error FROM outbox")[0]
     assert state == "failed" and "cannot build the message" in error
-    assert server.received == []
+    assert smtp.received == []
 
 
 # ---------------------------------------------------------------- a new ledger

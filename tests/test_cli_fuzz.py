@@ -117,7 +117,7 @@ def cases(tmp: Path) -> Iterator[tuple[str, list[str]]]:
 
 
 @pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def fuzz_site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """One initialised ledger for the whole module, with a problem and a user to act on."""
     folder = tmp_path_factory.mktemp("fuzz")
     (folder / "schedules").mkdir()
@@ -160,12 +160,12 @@ def test_the_fuzz_reaches_every_command() -> None:
     assert len(names) >= 25
 
 
-def test_no_command_crashes_on_hostile_arguments(site: Path) -> None:
+def test_no_command_crashes_on_hostile_arguments(fuzz_site: Path) -> None:
     runner = CliRunner()
     crashes: list[str] = []
     seen = 0
     with time_machine.travel(EVENING, tick=False):
-        for name, argv in cases(site):
+        for name, argv in cases(fuzz_site):
             seen += 1
             stdin = "a long enough password\n" if "password-stdin" in " ".join(argv) else ""
             result = runner.invoke(app, argv, input=stdin)

@@ -123,7 +123,7 @@ def test_every_command_in_an_example_names_real_commands_and_options(example: Ex
 
 
 @pytest.fixture(scope="module")
-def smtp() -> Iterator[SmtpServer]:
+def mail_server() -> Iterator[SmtpServer]:
     server = SmtpServer()
     server.start()
     yield server
@@ -155,7 +155,7 @@ def _environment(bin_folder: Path, smtp: SmtpServer) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def installed(
-    tmp_path_factory: pytest.TempPathFactory, smtp: SmtpServer
+    tmp_path_factory: pytest.TempPathFactory, mail_server: SmtpServer
 ) -> tuple[Path, dict[str, str]]:
     """A fresh installation, made once: the sample schedules and config, ``init`` done.
     Each document gets a copy of it."""
@@ -164,7 +164,7 @@ def installed(
     folder.mkdir()
     shutil.copytree(ROOT / "schedules", folder / "schedules")
     shutil.copytree(ROOT / "config", folder / "config")
-    env = _environment(base / "bin", smtp)
+    env = _environment(base / "bin", mail_server)
     init = _run("marketcare init", folder, env)
     assert init.returncode == 0, init.stderr
     return folder, env

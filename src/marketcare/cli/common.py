@@ -15,7 +15,8 @@ from __future__ import annotations
 import enum
 import functools
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -35,7 +36,6 @@ if TYPE_CHECKING:
     from marketcare.settings import Settings
 
 #: exit codes (docs/cli.md): each kind of expected failure has its code
-EXIT_OK = 0
 EXIT_USAGE = 2  # a usage or settings error (also what Click uses for a bad option)
 EXIT_FAILED_READING = 3  # tick recorded a reading out of range
 EXIT_INTERNAL = 70  # a bug (sysexits EX_SOFTWARE)
@@ -293,3 +293,39 @@ def check_choices(values: Iterable[str] | None, known: Iterable[str], what: str)
 
 def fmt_local(value: datetime | None, zone: str) -> str:
     return "—" if value is None else f"{value.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M %Z}"
+
+
+@contextmanager
+def progress_bar(label: str, *, unit: str | None = None) -> Iterator[Callable[..., None]]:
+    """A progress bar on stderr, drawn only on a terminal and gone when the work ends, and
+    the callback that moves it: ``progress(done, total)``, with ``label=`` to relabel it.
+
+    ``unit`` names what is counted after the count (``pages``) instead of the time left.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    last = TextColumn(unit) if unit is not None else TimeRemainingColumn()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        last,
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def progress(done: int, total: int, label: str | None = None) -> None:
+            if label is None:
+                bar.update(task, completed=done, total=total)
+            else:
+                bar.update(task, description=label, completed=done, total=total)
+
+        yield progress

@@ -7,12 +7,13 @@ writes times as ``clock.iso`` does.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 from zoneinfo import ZoneInfo
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from marketcare.cli.common import (
@@ -26,6 +27,7 @@ from marketcare.cli.common import (
     local_today,
     out,
     parse_date,
+    progress_bar,
     styled,
     utcnow,
     words,
@@ -33,6 +35,9 @@ from marketcare.cli.common import (
 from marketcare.clock import iso
 from marketcare.domain.inputs import ID_MAX
 from marketcare.errors import BadInput
+
+if TYPE_CHECKING:
+    from marketcare.i18n import Translator
 
 # ------------------------------------------------------------------------------ export
 
@@ -97,20 +102,7 @@ def export(
                 f"--email: no recipients; give --to ADDRESS or configure a {p.kind} report in the schedules",
                 "to",
             )
-    with Progress(
-        TextColumn(f"writing {p.kind} {p.key}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("export", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with progress_bar(f"writing {p.kind} {p.key}") as progress:
         result = delivery.export(
             engine,
             period=p,
@@ -135,6 +127,146 @@ def export(
             raise typer.Exit(1)
 
 
+@dataclass(frozen=True)
+class _Queue:
+    """What differs between the two queues of outgoing messages: the report emails and the
+    notifications share their states, retries and output, not their subject columns."""
+
+    noun: str
+    #: the states a message of this queue can be in (``--state`` takes only these)
+    states: Callable[[], tuple[str, ...]]
+    title: Callable[[Translator], str]
+    empty: Callable[[Translator], str]
+    #: the JSON fields between ``id`` and ``state``, then between ``attempts`` and the times
+    head: Callable[[Any], dict[str, Any]]
+    ident: Callable[[Any], dict[str, Any]]
+    #: the table's headers between the number and the state, and their cells
+    columns: Callable[[Translator], tuple[str, ...]]
+    cells: Callable[[Any], tuple[str, ...]]
+
+
+_STATE_STYLES = {
+    "sent": "green",
+    "failed": "bold red",
+    "pending": "yellow",
+    "sending": "cyan",
+    "cancelled": "dim",
+}
+
+
+def _show_queue(
+    queue: _Queue,
+    rows: list[Any],
+    *,
+    as_json: bool,
+    timezone: str,
+    t: Translator,
+) -> None:
+    """Print the messages of one queue as JSON or as a table, in the one shape both share."""
+    if as_json:
+        zone = ZoneInfo(timezone)
+        data = [
+            {
+                "id": r.id,
+                **queue.head(r),
+                "state": r.state,
+                "attempts": r.attempts,
+                **queue.ident(r),
+                "next_attempt_at": iso(r.next_attempt_at, zone),
+                "sent_at": iso(r.sent_at, zone),
+                "error": r.last_error,
+            }
+            for r in rows
+        ]
+        out.print(json.dumps(data, ensure_ascii=False, indent=1))
+        return
+    if not rows:
+        out.print(queue.empty(t))
+        return
+    table = Table(title=queue.title(t), title_justify="left")
+    headers = (
+        t.tr("No."),
+        *queue.columns(t),
+        t.tr("State"),
+        t.tr("Attempts"),
+        t.tr("Next attempt / sent at"),
+        t.tr("Last error"),
+    )
+    for header in headers:
+        table.add_column(header)
+    for r in rows:
+        when = r.sent_at if r.state == "sent" else r.next_attempt_at
+        table.add_row(
+            str(r.id),
+            *queue.cells(r),
+            styled(r.state, _STATE_STYLES.get(r.state, "")),
+            str(r.attempts),
+            fmt_local(when, timezone),
+            r.last_error or "",
+        )
+    out.print(table)
+
+
+def _queue_command(
+    queue: _Queue,
+    listed: Callable[..., list[Any]],
+    requeue: Callable[..., None],
+    state: list[str] | None,
+    resend: int | None,
+    as_json: bool,
+) -> None:
+    """List one queue, or queue one of its messages again."""
+    check_choices(state, queue.states(), "--state")
+    s, engine = connect()
+    if resend is not None:
+        requeue(engine, resend, now=utcnow())
+        out.print(f"{queue.noun} {resend} queued again")
+        return
+    rows = listed(engine, states=state)
+    _show_queue(queue, rows, as_json=as_json, timezone=s.timezone, t=words(s))
+
+
+def _message_states() -> tuple[str, ...]:
+    from marketcare.ledger.outbox import STATES
+
+    return STATES
+
+
+def _notification_states() -> tuple[str, ...]:
+    from marketcare.reports.notify import STATES
+
+    return STATES
+
+
+_OUTBOX = _Queue(
+    noun="message",
+    states=_message_states,
+    title=lambda t: t.tr("Report emails (outbox)"),
+    empty=lambda t: t.tr("No report email has been queued yet."),
+    head=lambda r: {"report": r.path, "period": r.period_key, "recipient": r.recipient},
+    ident=lambda r: {"message_id": r.message_id},
+    columns=lambda t: (t.tr("Period"), t.tr("Recipient")),
+    cells=lambda r: (r.period_key, r.recipient),
+)
+
+_NOTIFICATIONS = _Queue(
+    noun="notification",
+    states=_notification_states,
+    title=lambda t: t.tr("Notifications"),
+    empty=lambda t: t.tr("No notifications."),
+    head=lambda r: {
+        "person": r.person_id,
+        "market": r.market_id,
+        "channel": r.channel,
+        "address": r.address,
+        "subject": r.subject,
+    },
+    ident=lambda r: {"stable_id": r.stable_id},
+    columns=lambda t: (t.tr("Person"), t.tr("Channel"), t.tr("Subject")),
+    cells=lambda r: (r.person_id, r.channel, r.subject),
+)
+
+
 @app.command(name="outbox")
 @handled
 def outbox_cmd(
@@ -148,63 +280,9 @@ def outbox_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show emails waiting, sent and failed (with the reason); re-queue one with --resend."""
-    from marketcare.ledger.outbox import STATES
     from marketcare.reports import delivery
 
-    check_choices(state, STATES, "--state")
-    s, engine = connect()
-    if resend is not None:
-        delivery.resend(engine, resend, now=utcnow())
-        out.print(f"message {resend} queued again")
-        return
-    rows = delivery.outbox(engine, states=state)
-    zone = ZoneInfo(s.timezone)
-    if as_json:
-        data = [
-            {
-                "id": r.id,
-                "report": r.path,
-                "period": r.period_key,
-                "recipient": r.recipient,
-                "state": r.state,
-                "attempts": r.attempts,
-                "message_id": r.message_id,
-                "next_attempt_at": iso(r.next_attempt_at, zone),
-                "sent_at": iso(r.sent_at, zone),
-                "error": r.last_error,
-            }
-            for r in rows
-        ]
-        out.print(json.dumps(data, ensure_ascii=False, indent=1))
-        return
-    t = words(s)
-    if not rows:
-        out.print(t.tr("No report email has been queued yet."))
-        return
-    table = Table(title=t.tr("Report emails (outbox)"), title_justify="left")
-    for header in (
-        t.tr("No."),
-        t.tr("Period"),
-        t.tr("Recipient"),
-        t.tr("State"),
-        t.tr("Attempts"),
-        t.tr("Next attempt / sent at"),
-        t.tr("Last error"),
-    ):
-        table.add_column(header)
-    styles = {"sent": "green", "failed": "bold red", "pending": "yellow", "sending": "cyan"}
-    for r in rows:
-        when = r.sent_at if r.state == "sent" else r.next_attempt_at
-        table.add_row(
-            str(r.id),
-            r.period_key,
-            r.recipient,
-            styled(r.state, styles.get(r.state, "")),
-            str(r.attempts),
-            fmt_local(when, s.timezone),
-            r.last_error or "",
-        )
-    out.print(table)
+    _queue_command(_OUTBOX, delivery.outbox, delivery.resend, state, resend, as_json)
 
 
 @app.command(name="notifications")
@@ -224,67 +302,4 @@ def notifications_cmd(
     """Show reminders and escalations waiting, sent and failed; re-queue one with --resend."""
     from marketcare.reports import notify
 
-    check_choices(state, notify.STATES, "--state")
-    s, engine = connect()
-    if resend is not None:
-        notify.resend(engine, resend, now=utcnow())
-        out.print(f"notification {resend} queued again")
-        return
-    rows = notify.messages(engine, states=state)
-    zone = ZoneInfo(s.timezone)
-    if as_json:
-        data = [
-            {
-                "id": r.id,
-                "person": r.person_id,
-                "market": r.market_id,
-                "channel": r.channel,
-                "address": r.address,
-                "subject": r.subject,
-                "state": r.state,
-                "attempts": r.attempts,
-                "stable_id": r.stable_id,
-                "next_attempt_at": iso(r.next_attempt_at, zone),
-                "sent_at": iso(r.sent_at, zone),
-                "error": r.last_error,
-            }
-            for r in rows
-        ]
-        out.print(json.dumps(data, ensure_ascii=False, indent=1))
-        return
-    t = words(s)
-    if not rows:
-        out.print(t.tr("No notifications."))
-        return
-    table = Table(title=t.tr("Notifications"), title_justify="left")
-    for header in (
-        t.tr("No."),
-        t.tr("Person"),
-        t.tr("Channel"),
-        t.tr("Subject"),
-        t.tr("State"),
-        t.tr("Attempts"),
-        t.tr("Next attempt / sent at"),
-        t.tr("Last error"),
-    ):
-        table.add_column(header)
-    styles = {
-        "sent": "green",
-        "failed": "bold red",
-        "pending": "yellow",
-        "sending": "cyan",
-        "cancelled": "dim",
-    }
-    for r in rows:
-        when = r.sent_at if r.state == "sent" else r.next_attempt_at
-        table.add_row(
-            str(r.id),
-            r.person_id,
-            r.channel,
-            r.subject,
-            styled(r.state, styles.get(r.state, "")),
-            str(r.attempts),
-            fmt_local(when, s.timezone),
-            r.last_error or "",
-        )
-    out.print(table)
+    _queue_command(_NOTIFICATIONS, notify.messages, notify.resend, state, resend, as_json)

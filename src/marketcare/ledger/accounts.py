@@ -15,6 +15,7 @@ import secrets
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
@@ -141,23 +142,21 @@ def _user_row(conn: sa.Connection, username: str) -> Any:
 def set_password(engine: sa.Engine, username: str, password: str) -> None:
     """Change a password; every session of the user is signed out."""
     check_password(password)
-    hashed = _hasher.hash(password)
-
-    def step() -> None:
-        with write(engine) as conn:
-            row = _user_row(conn, username)
-            conn.execute(
-                sa.update(User)
-                .where(User.id == row.id)
-                .values(password_hash=hashed, session_epoch=row.session_epoch + 1)
-            )
-
-    retrying(step, what="set password")
-    forget_tokens()
+    _change_and_sign_out(
+        engine, username, {"password_hash": _hasher.hash(password)}, "set password"
+    )
 
 
 def set_disabled(engine: sa.Engine, username: str, disabled: bool = True) -> None:
     """Disable (or enable) a user: sessions end, tokens stop working, sign-in is refused."""
+    _change_and_sign_out(engine, username, {"disabled": disabled}, "disable user")
+
+
+def _change_and_sign_out(
+    engine: sa.Engine, username: str, values: dict[str, Any], what: str
+) -> None:
+    """Change a user and end every session of theirs (the epoch their cookies carry moves
+    on) in one transaction; cached token lookups are forgotten after it."""
 
     def step() -> None:
         with write(engine) as conn:
@@ -165,10 +164,10 @@ def set_disabled(engine: sa.Engine, username: str, disabled: bool = True) -> Non
             conn.execute(
                 sa.update(User)
                 .where(User.id == row.id)
-                .values(disabled=disabled, session_epoch=row.session_epoch + 1)
+                .values(**values, session_epoch=row.session_epoch + 1)
             )
 
-    retrying(step, what="disable user")
+    retrying(step, what=what)
     forget_tokens()
 
 
@@ -200,6 +199,20 @@ def list_users(engine: sa.Engine, *, zone: tzinfo = UTC) -> list[dict[str, Any]]
         }
         for u in users
     ]
+
+
+def display_names(engine: sa.Engine, usernames: Iterable[str]) -> dict[str, str]:
+    """The display names of those of ``usernames`` that are users (records name people by
+    user name; pages show their names). A name that is no user (the CLI's ``--by 林秀英``,
+    ``system``) is left out: the caller shows it as it is."""
+    wanted = sorted({u for u in usernames if u})
+    if not wanted:
+        return {}
+    with read(engine) as conn:
+        rows = conn.execute(
+            sa.select(User.username, User.display_name).where(User.username.in_(wanted))
+        ).all()
+    return {r.username: r.display_name for r in rows}
 
 
 def count_users(engine: sa.Engine, role: Role | None = None) -> int:

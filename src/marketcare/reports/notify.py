@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from marketcare.domain.obligations import COMPLETED, State
 from marketcare.domain.problems import ProblemState
 from marketcare.domain.schedules import EscalationPolicy, Person, Schedule, StepAt
+from marketcare.i18n import translator
 from marketcare.ledger import outbox as outbox_rules
 from marketcare.ledger.db import dialect_insert, read, retrying, write
 from marketcare.ledger.models import (
@@ -47,6 +48,7 @@ from marketcare.ledger.models import (
     ProblemRow,
 )
 from marketcare.reports.mail import DeliveryError, SmtpConfig, send
+from marketcare.reports.workbook import PROBLEM_STATES
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +106,8 @@ def next_digest(at: datetime, clock: time, zone: ZoneInfo) -> datetime:
 
 
 def recipients(schedule: Schedule, notify: Sequence[str], market_id: str) -> list[Person]:
-    """People a step names: by id, or by role among those who cover the market."""
+    """People a step names: by id, or by position (``role:`` in the YAML) among those who
+    cover the market."""
     out: dict[str, Person] = {}
     by_id = {p.id: p for p in schedule.people}
     for ref in notify:
@@ -112,7 +115,7 @@ def recipients(schedule: Schedule, notify: Sequence[str], market_id: str) -> lis
             out.setdefault(ref, by_id[ref])
             continue
         for person in schedule.people:
-            if person.role == ref and person.covers(market_id):
+            if person.position == ref and person.covers(market_id):
                 out.setdefault(person.id, person)
     return list(out.values())
 
@@ -159,7 +162,6 @@ def headline(at: StepAt) -> str:
 class MaterialiseResult:
     created: int = 0
     messages: int = 0
-    dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -236,9 +238,9 @@ def _materialise_policy(ctx: _Ctx, policy: EscalationPolicy, after: datetime) ->
         stmt = sa.select(Obligation).where(
             column > lo, column <= hi, Obligation.state.in_(UNRESOLVED)
         )
-        if policy.task_kinds != "all":
-            stmt = stmt.where(Obligation.kind.in_([k.value for k in policy.task_kinds]))
         for ob in conn.execute(stmt.order_by(column, Obligation.id)).all():
+            if not policy.applies_to(ob.kind):
+                continue
             fired = trigger_at(ostep.at, opens_at=ob.opens_at, due_at=ob.due_at)
             item = _obligation_item(conn, schedule, ob, headline(ostep.at))
             for person in recipients(schedule, ostep.notify, ob.market_id):
@@ -326,10 +328,20 @@ def _body(person: Person, items: Sequence[_Item], zone: ZoneInfo) -> str:
         kind = "截止" if it.subject_kind == "obligation" else "整改期限"
         lines.append(
             f"· {it.headline}｜{it.market_name} {it.title}｜{kind} {due:%Y-%m-%d %H:%M}"
-            f"｜状态 {it.state}｜编号 {it.subject_kind}:{it.subject_id}"
+            f"｜状态 {_state_label(it)}｜编号 {it.subject_kind}:{it.subject_id}"
         )
     lines += ["", "（marketcare 自动发送；完成后请在系统中登记，提醒即停止。）"]
     return "\n".join(lines) + "\n"
+
+
+def _state_label(item: _Item) -> str:
+    """The state in words, as a person reads it (the texts are Chinese, as the office's)."""
+    zh = translator("zh_CN")
+    if item.subject_kind == "obligation" and item.state in {s.value for s in State}:
+        return zh.state(item.state)
+    if item.subject_kind == "problem" and item.state in PROBLEM_STATES:
+        return zh.tr(PROBLEM_STATES[item.state])
+    return item.state
 
 
 def _enqueue(
@@ -423,7 +435,6 @@ def _batch_digests(ctx: _Ctx) -> None:
                 .where(Notification.id.in_(drop), Notification.state == "waiting")
                 .values(state="dropped")
             )
-            result.dropped += len(drop)
         if not keep or person is None:
             continue
         policy = policies[policy_id]

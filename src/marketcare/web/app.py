@@ -4,7 +4,7 @@ This module is the edge where HTTP meets the domain: it signs people in, finds o
 is asking (a session cookie or an API token), checks CSRF on every cookie-authenticated
 write, picks the language and turns domain errors into HTTP answers. The pages
 (``pages``) and the API (``api``) are routers on top; the rules they apply live in
-``access`` (who may do what) and ``views`` (what is shown).
+``domain.access`` (who may do what) and ``ledger.readmodel`` (what is shown).
 
 Security decisions, written down once:
 
@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -42,6 +43,7 @@ from starlette.middleware.sessions import SessionMiddleware
 
 from marketcare.clock import now_utc
 from marketcare.domain.access import Action, Principal, may
+from marketcare.domain.phonetime import ClockTrust
 from marketcare.errors import Kind, MarketcareError, Unavailable
 from marketcare.i18n import DEFAULT_LANGUAGE, LANGUAGES, Translator, translator
 from marketcare.ledger import accounts
@@ -83,6 +85,15 @@ def settings_of(request: Request) -> Settings:
 def now_of(request: Request) -> datetime:
     clock: Clock = request.app.state.clock
     return clock()
+
+
+def clock_trust_of(request: Request) -> ClockTrust:
+    """How far a phone's clock is trusted, from the settings (``domain.phonetime``)."""
+    settings = settings_of(request)
+    return ClockTrust(
+        max_delay=timedelta(hours=settings.phone_time_max_delay_hours),
+        max_skew=timedelta(minutes=settings.phone_clock_max_skew_minutes),
+    )
 
 
 def _bearer(request: Request) -> str | None:
@@ -397,6 +408,8 @@ def create_app(
         same_site="lax",
         https_only=settings.web_secure_cookies,
     )
+    # pages travel compressed (a phone on one bar of signal); small JSON answers do not
+    app.add_middleware(GZipMiddleware, minimum_size=1400, compresslevel=6)
     _install_error_handlers(app)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(ops.router)
