@@ -79,3 +79,16 @@ def test_a_field_the_ledger_refuses_is_named_without_reading_the_message(site: S
         early = office.post(f"/api/v1/problems/{pid}/verify", json={})
     assert blank.status_code == 422, blank.text
     assert early.status_code == 409 and "field" not in early.json()
+
+
+def test_json_text_that_cannot_be_utf8_is_refused_naming_its_field(site: Site) -> None:
+    raw = '{"category": "repair", "description": "\\udc80", "deadline": "2026-11-30"}'
+    with site.api("mgr_a") as api:
+        refused = api.post(
+            "/api/v1/markets/lizhong/problems",
+            content=raw,
+            headers={"Content-Type": "application/json"},
+        )
+    assert refused.status_code == 422, refused.text
+    assert refused.json()["errors"][0]["field"] == "description"
+    assert count(site, "SELECT count(*) FROM problems") == 0

@@ -16,6 +16,8 @@ from marketcare.errors import BadInput
 
 #: a record's id: ids are 64-bit integers; a larger number cannot name a record
 ID_MAX = 2**62
+#: the id of a market, an area or a task, as the schedules write it
+KEY_MAX = 64
 #: who did something (a tick's ``by``, a problem's finder, rectifier, verifier)
 PERSON_MAX = 100
 #: whom a problem is assigned to (a person or a team)
@@ -35,11 +37,17 @@ _EMAIL = re.compile(r"^[^@\s<>,;\"']+@[^@\s<>,;\"']+\.[^@\s<>,;\"'.][^@\s<>,;\"'
 _LOCAL = re.compile(r"^[^@\s<>,;\"']+@[A-Za-z0-9-]+$")
 
 
+def undecodable(value: str) -> bool:
+    """Whether ``value`` holds what cannot be UTF-8: lone surrogates (how Python keeps bytes
+    of an argument that were not UTF-8, or a JSON ``"\\udc80"``), which no database takes."""
+    return any("\ud800" <= ch <= "\udfff" for ch in value)
+
+
 def check_text(
     value: str, field: str, *, limit: int, required: bool = False, what: str = "text"
 ) -> str:
     """``value`` stripped, refused when too long, empty (if required) or not text at all."""
-    if any("\ud800" <= ch <= "\udfff" for ch in value):
+    if undecodable(value):
         raise BadInput(f"{field}: not valid UTF-8 text", field)
     stripped = value.strip()
     if required and not stripped:

@@ -80,7 +80,8 @@ MEDIA_TYPES = {
 
 
 class Body(BaseModel):
-    """A request body: unknown fields are refused, so a typo cannot be ignored silently."""
+    """A request body: unknown fields are refused, so a typo cannot be ignored silently
+    (and text that cannot be UTF-8, a JSON ``"\\udc80"``, is refused naming its field)."""
 
     model_config = ConfigDict(extra="forbid")
 
