@@ -2,25 +2,38 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Two stamps: what the daemon needs (`make run`) and, on top, the test tools (`make test`:
+# pytest, Playwright, schemathesis, mypy...), so that running the daemon installs no test tool.
+SUM     := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+RUNTIME := $(VENV)/.runtime-$(SUM)
+STAMP   := $(VENV)/.installed-$(SUM)
 
-.PHONY: install system-deps runtime-deps run init test lint typecheck unit unit-sqlite unit-postgresql bench demo clean vendor
+.PHONY: install install-runtime system-deps runtime-deps run init test lint typecheck unit unit-sqlite unit-postgresql bench demo clean vendor
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	rm -f $(VENV)/.runtime-*
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+## the runtime only: what `make run` needs
+install-runtime: $(RUNTIME)
+
+## the runtime and the test tools: what development and `make test` need
 install: $(STAMP)
 
 ## set everything up and start the daemon on the sample schedules
-run: install runtime-deps
+run: install-runtime runtime-deps
 	mkdir -p var exports
 	$(BIN)/marketcare init
 	exec $(BIN)/marketcare run
 
-init: install
+init: install-runtime
 	$(BIN)/marketcare init
 
 ## Debian packages the tests need: LibreOffice proves an export opens; CJK fonts render it;
@@ -88,7 +101,7 @@ vendor:
 bench: install
 	$(BIN)/python bench/run.py
 
-demo: install
+demo: install-runtime
 	$(BIN)/marketcare demo --days 14
 
 clean:

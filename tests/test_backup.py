@@ -210,7 +210,8 @@ def test_a_backup_taken_while_the_daemon_materialises_and_ticks_arrive_is_consis
     engine = make_engine(f"sqlite:///{site.db}")
     migrate(engine)
     # a ledger that starts a day ago, so today's windows are open at the real now
-    ledger_materialise.materialise(engine, schedule, now=datetime.now(UTC) - DAY, horizon=DAY)
+    ago = datetime.now(UTC) - DAY
+    ledger_materialise.materialise(engine, schedule, now=ago, horizon=DAY, start=ago)
     with engine.connect() as conn:
         open_ids = list(
             conn.execute(

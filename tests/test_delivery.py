@@ -327,13 +327,14 @@ def test_the_outbox_command_lists_a_failed_email_with_its_reason_and_queues_it_a
     ]  # fmt: skip
     assert row["recipient"] == OFFICE[0] and row["state"] == "failed"
     assert "login refused" in row["error"]
-    table = runner.invoke(app, ["outbox", "--state", "failed"], env={"COLUMNS": "200"})
+    english = {"COLUMNS": "200", "MARKETCARE_LANGUAGE": "en"}  # tables speak the setting's
+    table = runner.invoke(app, ["outbox", "--state", "failed"], env=english)
     assert table.exit_code == 0, table.output
-    header = next(line for line in table.stdout.splitlines() if "recipient" in line)
-    assert re.findall(r"[a-z][a-z /]*[a-z]", header) == [
-        "id", "period", "recipient", "state", "tries", "next / sent", "reason",
+    header = next(line for line in table.stdout.splitlines() if "Recipient" in line)
+    assert re.findall(r"[A-Z][A-Za-z /.]*[a-z.]", header) == [
+        "No.", "Period", "Recipient", "State", "Attempts", "Next attempt / sent at", "Last error",
     ]  # fmt: skip
-    empty = runner.invoke(app, ["outbox", "--state", "sent"])
-    assert empty.stdout.strip() == "the outbox is empty"
+    empty = runner.invoke(app, ["outbox", "--state", "sent"], env=english)
+    assert empty.stdout.strip() == "No report email has been queued yet."
     again = runner.invoke(app, ["outbox", "--resend", str(row["id"])])
     assert again.exit_code == 0 and again.stdout.strip() == f"message {row['id']} queued again"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -24,12 +23,12 @@ from pydantic_settings import (
 )
 from sqlalchemy.engine import make_url
 
+from marketcare.domain.inputs import is_email
 from marketcare.domain.schedules import check_timezone
 from marketcare.domain.timespec import parse_duration
 from marketcare.errors import SettingsError
 
 CONFIG_FILE = Path("config/marketcare.toml")
-EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 
 
 def _duration(value: object) -> timedelta:
@@ -89,7 +88,7 @@ class Settings(BaseSettings):
     @field_validator("smtp_sender")
     @classmethod
     def _sender(cls, value: str) -> str:
-        if not EMAIL.match(value):
+        if not is_email(value, local_domain=True):
             raise ValueError(f"{value!r} is not an email address")
         return value
 

@@ -16,9 +16,10 @@ from marketcare.cli.common import (
     handled,
     out,
     progress_bar,
+    styled,
     utcnow,
 )
-from marketcare.errors import MarketcareError
+from marketcare.errors import Refused
 
 if TYPE_CHECKING:
     pass
@@ -81,7 +82,10 @@ def backup_cmd(
         ),
     ] = None,
     step_pages: Annotated[
-        int, typer.Option(min=1, help="Database pages copied per step of the progress bar.")
+        int,
+        typer.Option(
+            min=1, max=1_000_000, help="Database pages copied per step of the progress bar."
+        ),
     ] = 1024,
 ) -> None:
     """Copy the SQLite database while the daemon runs: consistent, verified, then renamed.
@@ -165,7 +169,7 @@ def migrate_sqlite_to_postgres(
         str | None,
         typer.Option("--from", help="The SQLite database (default: the configured database_url)."),
     ] = None,
-    batch: Annotated[int, typer.Option(min=1, help="Rows per batch.")] = 5000,
+    batch: Annotated[int, typer.Option(min=1, max=1_000_000, help="Rows per batch.")] = 5000,
 ) -> None:
     """Move the whole history from SQLite to an empty PostgreSQL database, then prove it:
     row counts and checksums per table, and the audit chain, compared before committing."""
@@ -180,7 +184,7 @@ def migrate_sqlite_to_postgres(
     target = pgmigrate.target_url(to)
     lock = SqliteFileLock(path)
     if not lock.try_acquire():
-        raise MarketcareError(
+        raise Refused(
             f"a marketcare daemon is running on {path}; stop it first, so that nothing it "
             "writes during the move is left behind"
         )
@@ -204,7 +208,7 @@ def migrate_sqlite_to_postgres(
             str(c.source.rows),
             str(c.target.rows),
             c.source.sha256[:12] if same else f"{c.source.sha256[:12]} ≠ {c.target.sha256[:12]}",
-            "[green]ok[/]" if c.ok else "[bold red]MISMATCH[/]",
+            styled("ok", "green") if c.ok else styled("MISMATCH", "bold red"),
         )
     out.print(table)
     shown = sa.make_url(target).render_as_string(hide_password=True)

@@ -17,15 +17,16 @@ import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+from marketcare.clock import iso
 from marketcare.domain.access import Principal, Role
-from marketcare.errors import MarketcareError, NotFound
+from marketcare.errors import BadInput, NotFound, Refused
 from marketcare.i18n import LANGUAGES
 from marketcare.ledger.db import read, retrying, write
 from marketcare.ledger.models import ApiToken, AppSecret, LoginFailure, MarketRow, User, UserMarket
@@ -43,15 +44,11 @@ _hasher = PasswordHasher()
 _DUMMY_HASH = _hasher.hash("not a password of anyone")
 
 
-class AccountError(MarketcareError):
+class AccountError(BadInput):
     """A user or token request was refused; ``field`` names the input at fault."""
 
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
 
-
-class Throttled(MarketcareError):
+class Throttled(Refused):
     """Too many failed sign-ins; ``retry_after`` seconds until the next attempt counts."""
 
     def __init__(self, retry_after: int) -> None:
@@ -182,7 +179,8 @@ def set_language(engine: sa.Engine, user_id: int, language: str | None) -> None:
     forget_tokens()
 
 
-def list_users(engine: sa.Engine) -> list[dict[str, Any]]:
+def list_users(engine: sa.Engine, *, zone: tzinfo = UTC) -> list[dict[str, Any]]:
+    """Every user, as the CLI's and the API's JSON show them (times by ``clock.iso``)."""
     with read(engine) as conn:
         users = conn.execute(sa.select(User).order_by(User.username)).all()
         links = conn.execute(sa.select(UserMarket)).all()
@@ -197,7 +195,7 @@ def list_users(engine: sa.Engine) -> list[dict[str, Any]]:
             "markets": sorted(markets.get(u.id, [])),
             "language": u.language,
             "disabled": u.disabled,
-            "created_at": u.created_at.isoformat(),
+            "created_at": iso(u.created_at, zone),
         }
         for u in users
     ]

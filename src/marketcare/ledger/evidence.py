@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from marketcare.errors import MarketcareError
+from marketcare.errors import BadInput
 
 MAX_BYTES = 10_000_000
 
@@ -26,8 +26,12 @@ KINDS = {
 }
 
 
-class EvidenceRejected(MarketcareError):
+class EvidenceRejected(BadInput):
     """A file is not a photo we accept, or is too large; the message says which and why."""
+
+    def __init__(self, label: str, reason: str, field: str = "file") -> None:
+        super().__init__(f"{label}: {reason}", field)
+        self.reason = reason
 
 
 def sniff(head: bytes) -> str | None:
@@ -51,15 +55,15 @@ def store_bytes(
     """Keep ``data`` (named ``name`` by its sender) as evidence; returns its record."""
     label = Path(name).name or "photo"
     if not data:
-        raise EvidenceRejected(f"{label}: the file is empty")
+        raise EvidenceRejected(label, "the file is empty")
     if len(data) > max_bytes:
         raise EvidenceRejected(
-            f"{label}: {len(data) / 1e6:.1f} MB is more than the {max_bytes / 1e6:.0f} MB allowed"
+            label, f"{len(data) / 1e6:.1f} MB is more than the {max_bytes / 1e6:.0f} MB allowed"
         )
     kind = sniff(data[:16])
     if kind is None:
         raise EvidenceRejected(
-            f"{label}: not a photo; send a JPEG, PNG, WebP or HEIC image (or a PDF)"
+            label, "not a photo; send a JPEG, PNG, WebP or HEIC image (or a PDF)"
         )
     digest = hashlib.sha256(data).hexdigest()
     evidence_dir.mkdir(parents=True, exist_ok=True)
@@ -76,17 +80,24 @@ def store_bytes(
 
 def store_file(path: Path, evidence_dir: Path, *, max_bytes: int = MAX_BYTES) -> dict[str, Any]:
     """Keep a file given on the command line as evidence (see ``store_bytes``)."""
+    label = f"--evidence {path}"
     if not path.is_file():
-        raise EvidenceRejected(f"--evidence {path}: no such file")
+        raise EvidenceRejected(label, "no such file", "--evidence")
     size = path.stat().st_size
     if size > max_bytes:
         raise EvidenceRejected(
-            f"--evidence {path}: {size / 1e6:.1f} MB is more than the {max_bytes / 1e6:.0f} MB allowed"
+            label,
+            f"{size / 1e6:.1f} MB is more than the {max_bytes / 1e6:.0f} MB allowed",
+            "--evidence",
         )
     try:
-        return store_bytes(path.name, path.read_bytes(), evidence_dir, max_bytes=max_bytes)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EvidenceRejected(label, exc.strerror or str(exc), "--evidence") from None
+    try:
+        return store_bytes(path.name, data, evidence_dir, max_bytes=max_bytes)
     except EvidenceRejected as exc:
-        raise EvidenceRejected(f"--evidence {path}: {str(exc).split(': ', 1)[1]}") from None
+        raise EvidenceRejected(label, exc.reason, "--evidence") from None
 
 
 def path_of(record: dict[str, Any], evidence_dir: Path) -> Path | None:

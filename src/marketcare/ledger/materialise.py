@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
 
 import sqlalchemy as sa
@@ -151,7 +151,11 @@ def materialise(
 ) -> MaterialiseResult:
     """Bring the ledger up to ``now + horizon`` for ``schedule``, from the stored watermark.
 
-    A fresh ledger starts at ``start`` (default: ``now``). Each chunk is one transaction
+    A fresh ledger starts at ``start``; by default at the start of today (local midnight
+    of the market whose day began first), so that a market's board shows today's work
+    from the first ``init`` on: obligations still open or ahead are created, those whose
+    window closed before the ledger existed are not (nobody could have ticked them, and
+    they must not count as missed). Each chunk is one transaction
     that inserts its obligations and advances the watermark, so a crash at any moment
     leaves a consistent ledger and the next run continues where this one stopped;
     downtime is replayed in full. A schedule different from the last one applied is
@@ -160,14 +164,17 @@ def materialise(
     """
     result = MaterialiseResult()
     target = now + horizon
+    fresh = False
 
     def step() -> bool:
+        nonlocal fresh
         with write(engine) as conn:
             version_id = ensure_version(conn, schedule, now=now)
             result.version_id = version_id
             state = ledger_state(conn, lock=True)
             if state is None:
-                first = start or now
+                fresh = start is None
+                first = start or start_of_today(schedule, now)
                 # two schedulers starting at once on PostgreSQL: the second finds the row
                 conn.execute(
                     dialect_insert(conn, LedgerState)
@@ -176,7 +183,7 @@ def materialise(
                 )
                 state = ledger_state(conn, lock=True)
                 assert state is not None
-            until = state.materialised_until or (start or now)
+            until = state.materialised_until or (start or start_of_today(schedule, now))
             if state.version_id != version_id:
                 _apply_version(
                     conn,
@@ -195,6 +202,8 @@ def materialise(
                 return False
             hi = min(until + chunk, target)
             planned = expand(schedule, until, hi)
+            if fresh and until < now:  # a new ledger takes today's work still to be done
+                planned = [p for p in planned if p.opens_at >= now or p.missed_at > now]
             created = insert_planned(conn, planned, version_id=version_id, now=now)
             conn.execute(
                 sa.update(LedgerState).where(LedgerState.id == 1).values(materialised_until=hi)
@@ -228,6 +237,15 @@ def materialise(
         if should_stop is not None and should_stop():
             break  # every finished chunk is committed; the next run continues from it
     return result
+
+
+def start_of_today(schedule: Schedule, now: datetime) -> datetime:
+    """Where a new ledger starts: the local midnight of the market whose day began first."""
+    zones: set[tzinfo] = {schedule.zone(m) for m in schedule.markets} or {UTC}
+    return min(
+        datetime.combine(now.astimezone(zone).date(), time()).replace(tzinfo=zone).astimezone(UTC)
+        for zone in zones
+    )
 
 
 def _apply_version(

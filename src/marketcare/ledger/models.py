@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from marketcare.domain.inputs import EMAIL_MAX, PERSON_MAX, TOKEN_MAX
 from marketcare.domain.problems import LIMITS as PROBLEM_LIMITS
 
 
@@ -125,8 +126,8 @@ class Completion(Base):
     __tablename__ = "completions"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     obligation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("obligations.id"), index=True)
-    token: Mapped[str] = mapped_column(sa.String(100), unique=True)
-    by: Mapped[str] = mapped_column(sa.String(100))
+    token: Mapped[str] = mapped_column(sa.String(TOKEN_MAX))
+    by: Mapped[str] = mapped_column(sa.String(PERSON_MAX))
     at: Mapped[datetime]
     outcome: Mapped[str] = mapped_column(sa.String(16))
     readings: Mapped[dict[str, Any]]
@@ -144,6 +145,9 @@ class Completion(Base):
     #: which time ``at`` is and why (``phonetime.TimeBasis``)
     time_basis: Mapped[str] = mapped_column(sa.String(24), server_default="arrival")
 
+    #: a client token is scoped to who sent it (migration i14_token_scope)
+    __table_args__ = (sa.UniqueConstraint("by", "token", name="uq_completions_by_token"),)
+
 
 class Event(Base):
     """Append-only, hash-chained log of every state change: who, when, what."""
@@ -153,7 +157,7 @@ class Event(Base):
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=False
     )
     at: Mapped[datetime]
-    actor: Mapped[str] = mapped_column(sa.String(100))
+    actor: Mapped[str] = mapped_column(sa.String(PERSON_MAX))
     action: Mapped[str] = mapped_column(sa.String(40))
     obligation_id: Mapped[int | None] = mapped_column(
         BigId, sa.ForeignKey("obligations.id"), index=True
@@ -236,7 +240,7 @@ class OutboxMessage(Base):
     __tablename__ = "outbox"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     report_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("reports.id"))
-    recipient: Mapped[str] = mapped_column(sa.String(320))
+    recipient: Mapped[str] = mapped_column(sa.String(EMAIL_MAX))
     message_id: Mapped[str] = mapped_column(sa.String(200), unique=True)
     state: Mapped[str] = mapped_column(sa.String(16))  # pending | sending | sent | failed
     attempts: Mapped[int] = mapped_column(default=0)

@@ -18,8 +18,10 @@ import hashlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,10 +30,11 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from marketcare.domain import compliance
+from marketcare.domain.inputs import check_email
 from marketcare.domain.periods import Period, from_key
 from marketcare.domain.problems import Rate
 from marketcare.domain.schedules import ReportSpec, Schedule
-from marketcare.errors import MarketcareError, NotFound
+from marketcare.errors import BadInput, Conflict, NotFound, Unavailable
 from marketcare.files import fsync_path
 from marketcare.i18n import translator
 from marketcare.ledger import outbox as outbox_rules
@@ -147,13 +150,19 @@ def export(
     out: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExportResult:
-    """Write (or reuse) the workbook of a period and record it; see the module docstring."""
+    """Write (or reuse) the workbook of a period and record it; see the module docstring.
+
+    The recorded file always lives in ``exports_dir`` (the record of what was sent, which
+    later exports compare with and reuse). ``out`` asks for a copy of it as well: a file
+    path, or an existing folder that receives the file under its recorded name. Both
+    folders are checked before any work, so a wrong path costs nothing and changes
+    nothing.
+    """
     from marketcare.reports.workbook import write_workbook
 
     scope = scope_of(markets)
-    target_dir = (out.parent if out is not None else exports_dir).resolve()
-    target_dir.mkdir(parents=True, exist_ok=True)
-    out = None if out is None else target_dir / out.name
+    target_dir = _exports_folder(exports_dir)
+    copy_to = None if out is None else _copy_target(out)
     tmp = target_dir / f".marketcare-{os.getpid()}-{now.timestamp():.0f}.xlsx.part"
     try:
         with read(engine) as conn:
@@ -197,13 +206,9 @@ def export(
                             latest.headline,
                         )
                 revision = 1 if latest is None else latest.revision + 1
-                final = (
-                    out
-                    if (out is not None and revision == 1)
-                    else target_dir / file_name(period, scope, language, revision)
-                )
+                final = target_dir / file_name(period, scope, language, revision)
                 if final.exists() and _recorded(conn, final):
-                    raise MarketcareError(f"{final} is a recorded report; it is never overwritten")
+                    raise Conflict(f"{final} is a recorded report; it is never overwritten")
                 os.replace(tmp, final)
                 digest = _sha256(final)
                 report_id = conn.execute(
@@ -234,9 +239,73 @@ def export(
                 "sha256": result.sha256[:16],
             },
         )
+        if copy_to is not None:
+            result = replace(result, path=_copy(result.path, copy_to))
         return result
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _exports_folder(folder: Path) -> Path:
+    """The exports folder, made if missing; refused when it cannot take a file."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise Unavailable(
+            f"the exports folder {folder} is a file, not a folder (setting exports_dir)",
+            retry_after=60,
+        ) from None
+    except OSError as exc:
+        raise Unavailable(
+            f"cannot make the exports folder {folder}: {exc.strerror} (setting exports_dir)",
+            retry_after=60,
+        ) from None
+    if not _writable(folder):
+        raise Unavailable(
+            f"the exports folder {folder} is not writable (setting exports_dir)", retry_after=60
+        )
+    return folder.resolve()
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be made in ``folder``: tried, not guessed from the mode bits
+    (which say nothing for root, nor for a read-only filesystem)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def _copy_target(out: Path) -> Path:
+    """Where ``--out`` puts its copy: a file in an existing, writable folder (an existing
+    folder itself receives the file under its recorded name)."""
+    folder = out if out.is_dir() else out.parent
+    if not folder.is_dir():
+        raise BadInput(f"--out {out}: the folder {folder} does not exist", "out")
+    if not _writable(folder):
+        raise BadInput(f"--out {out}: the folder {folder} is not writable", "out")
+    if not out.is_dir() and out.suffix.lower() != ".xlsx":
+        raise BadInput(f"--out {out}: name the file .xlsx (or give a folder)", "out")
+    return out
+
+
+def _copy(recorded: Path, out: Path) -> Path:
+    """A copy of the recorded file at ``out``, written whole or not at all."""
+    target = out / recorded.name if out.is_dir() else out
+    if target.resolve() == recorded.resolve():
+        return recorded
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        shutil.copyfile(recorded, tmp)
+        fsync_path(tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BadInput(
+            f"--out {out}: cannot write {target}: {exc.strerror or exc}", "out"
+        ) from None
+    return target
 
 
 def _recorded(conn: sa.Connection, path: Path) -> bool:
@@ -412,6 +481,9 @@ def _produce(
 def enqueue(
     engine: sa.Engine, report_id: int, recipients: Sequence[str], *, now: datetime, sender: str
 ) -> int:
+    """Queue the report for each recipient (once each); every address is checked first,
+    so a bad one queues nothing (an address with a line break could never be sent)."""
+
     def step() -> int:
         with write(engine) as conn:
             return _enqueue(conn, report_id, recipients, now=now, sender=sender)
@@ -423,7 +495,7 @@ def _enqueue(
     conn: sa.Connection, report_id: int, recipients: Sequence[str], *, now: datetime, sender: str
 ) -> int:
     n = 0
-    for rcpt in dict.fromkeys(r.strip() for r in recipients):
+    for rcpt in dict.fromkeys([check_email(r, "recipients") for r in recipients]):
         result = conn.execute(
             dialect_insert(conn, OutboxMessage)
             .values(
@@ -495,6 +567,9 @@ def send_due(
             error = DeliveryError(
                 f"cannot read {report.path}: {exc.strerror or exc}", permanent=True
             )
+        except Exception as exc:  # a message that cannot be made (a bad address queued
+            # before addresses were checked): failed for good, never left in "sending"
+            error = DeliveryError(f"cannot build the message: {exc}", permanent=True)
         at = clock() if clock else now
         _settle(engine, row, error, at)
         if error is None:

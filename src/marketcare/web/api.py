@@ -16,7 +16,7 @@ import gc
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -28,9 +28,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
+from marketcare import clock
+from marketcare.domain import inputs
 from marketcare.domain.access import Action, Principal, Role, may, visible_markets
 from marketcare.domain.periods import Period
-from marketcare.errors import MarketcareError, NotFound, TickRefused
+from marketcare.errors import BadInput, MarketcareError, NotFound
 from marketcare.ledger import accounts, evidence, readmodel
 from marketcare.ledger import problems as problem_ledger
 from marketcare.ledger.db import read
@@ -57,16 +59,14 @@ router = APIRouter(
     prefix="/api/v1", tags=["api"], dependencies=[Depends(signed_in), Depends(check_csrf)]
 )
 
-#: ids are SQLite integers; a larger number cannot name a record (and cannot be bound)
-RecordId = Annotated[int, Path(ge=1, le=2**62, description="the record's id")]
+#: ids are 64-bit integers; a larger number cannot name a record (and cannot be bound)
+RecordId = Annotated[int, Path(ge=1, le=inputs.ID_MAX, description="the record's id")]
 #: users and tokens have 32-bit ids (INTEGER on PostgreSQL)
 SmallId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the record's id")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of an uploaded file")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Language = Literal["zh_CN", "en"]
 
-#: the years a date given to the API may fall in (outside, local times cannot be formed)
-FIRST_YEAR, LAST_YEAR = 2000, 2100
 #: multipart framing around an upload's bytes that Content-Length also counts
 UPLOAD_OVERHEAD = 64 * 1024
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -80,41 +80,26 @@ MEDIA_TYPES = {
 
 
 class Body(BaseModel):
-    """A request body: unknown fields are refused, so a typo cannot be ignored silently."""
+    """A request body: unknown fields are refused, so a typo cannot be ignored silently
+    (and text that cannot be UTF-8, a JSON ``"\\udc80"``, is refused naming its field)."""
 
     model_config = ConfigDict(extra="forbid")
 
 
 def _refused(status: int, message: str, field: str | None = None) -> JSONResponse:
+    """An upload refused before it is read (413, 415): statuses of their own, not a kind."""
     body: dict[str, Any] = {"detail": message}
     if field is not None:
         body["field"] = field
     return JSONResponse(body, status_code=status)
 
 
-class Refused(HTTPException):
-    """An answer with a message naming the field at fault (HTTPException has no field)."""
-
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(status_code=status, detail=message)
-        self.field = field
-
-
 def install(app: FastAPI) -> None:
     """Add what the API needs besides its router: the calendar feeds (outside ``/api``,
-    reached without signing in) and the answer for ``Refused``."""
+    reached without signing in)."""
     from marketcare.web import calendar_feed
 
     app.include_router(calendar_feed.router)
-
-    @app.exception_handler(Refused)
-    async def refused(_request: Request, exc: Refused) -> Response:
-        return _refused(exc.status_code, str(exc.detail), exc.field)
-
-
-def _in_years(day: date, field: str) -> None:
-    if not FIRST_YEAR <= day.year <= LAST_YEAR:
-        raise Refused(422, f"{field}: give a date between {FIRST_YEAR} and {LAST_YEAR}", field)
 
 
 def _all_markets(request: Request) -> list[str]:
@@ -136,8 +121,8 @@ def _when(request: Request, value: str | None, market_id: str, field: str) -> da
     except (OverflowError, ValueError):
         when, error = None, f"{value!r} is out of range"
     if error is not None or when is None:
-        raise Refused(422, f"{field}: {error}", field)
-    _in_years(when.date(), field)
+        raise BadInput(f"{field}: {error}", field)
+    inputs.check_date(when.date(), field)
     return when
 
 
@@ -148,8 +133,7 @@ def _records(request: Request, photos: Sequence[str]) -> list[dict[str, Any]]:
     for digest in dict.fromkeys(photos):
         found = evidence.path_of({"sha256": digest}, folder)
         if found is None:
-            raise Refused(
-                422,
+            raise BadInput(
                 f"photos: no uploaded file {digest}; upload it first with POST /api/v1/evidence",
                 "photos",
             )
@@ -252,7 +236,7 @@ def market_history(
     engine = engine_of(request)
     if area is not None and area not in {a["id"] for a in readmodel.areas(engine, market_id)}:
         readmodel.market(engine, market_id)  # an unknown market is a 404 before the area
-        raise Refused(422, f"area: market {market_id!r} has no area {area!r}", "area")
+        raise BadInput(f"area: market {market_id!r} has no area {area!r}", "area")
     rows = readmodel.history(engine, market_id, now=now_of(request), days=days, area=area)
     return [r.as_json() for r in rows]
 
@@ -330,13 +314,6 @@ class TickOut(BaseModel):
     done_by: str | None = Field(None, description="already done: by whom (user name)")
     done_by_name: str | None = Field(None, description="already done: by whom (display name)")
     done_at: str | None = Field(None, description="already done: when")
-
-
-def _tick_field(message: str) -> str | None:
-    for word, field in (("reading", "readings"), ("item", "items"), ("text", "texts")):
-        if word in message.split(";")[0]:
-            return field
-    return None
 
 
 def _authorised_records(
@@ -444,16 +421,8 @@ async def complete(
             trust=clock_trust_of(request),
         )
         result = await asyncio.wrap_future(_tick_writer(request).submit(tick))
-    except TickRefused as exc:
-        raise Refused(422, str(exc), _tick_field(str(exc))) from None
     except NotFound:  # missing, or another market's: the same answer as authorise_market's
         raise HTTPException(status_code=404, detail="not found") from None
-    if result.obligation_id != obligation_id:
-        raise Refused(
-            409,
-            "token: this token was already used for another submission; send a new one",
-            "token",
-        )
     if not result.changed:
         response.status_code = 200
     timing = result.timing
@@ -593,20 +562,6 @@ def _problem_market(request: Request, who: Principal, action: Action, problem_id
     return authorise_market(who, action, found)
 
 
-def _moving(step: Any) -> None:
-    """Run a problem's move: a refused move is a conflict (409), bad input a 422."""
-    try:
-        step()
-    except NotFound:
-        raise
-    except MarketcareError as exc:
-        message = str(exc)
-        head = message.split(": ", 1)[0]
-        if ": " in message and head.isidentifier():
-            raise Refused(422, message, head) from None
-        raise Refused(409, message) from None
-
-
 ProblemStateName = Literal["open", "rectified", "verified"]
 
 
@@ -671,24 +626,13 @@ def report_problem(
         found_at=now,
         deadline=deadline,
         area_id=body.area or None,
-        source_key=None if body.token is None else f"web:{body.token}",
+        source_key=None
+        if body.token is None
+        else problem_ledger.token_key("web", who.username, body.token),
         evidence=_records(request, body.photos),
     )
-    try:
-        pid, created = problem_ledger.add(engine, problem, now=now, actor=who.username)
-    except NotFound:
-        raise
-    except MarketcareError as exc:
-        message = str(exc)
-        head = message.split(": ", 1)[0]
-        raise Refused(422, message, head if head.isidentifier() else None) from None
+    pid, created = problem_ledger.add(engine, problem, now=now, actor=who.username)
     if not created:
-        if readmodel.market_of_problem(engine, pid) != market_id:
-            raise Refused(
-                409,
-                "token: this token was already used for another submission; send a new one",
-                "token",
-            )
         response.status_code = 200
     return ProblemCreated(id=pid, created=created)
 
@@ -722,15 +666,13 @@ def rectify(
 ) -> dict[str, Any]:
     _problem_market(request, who, Action.RECTIFY, problem_id)
     records = _records(request, body.photos)
-    _moving(
-        lambda: problem_ledger.rectify(
-            engine_of(request),
-            problem_id=problem_id,
-            by=who.username,
-            note=body.note.strip(),
-            now=now_of(request),
-            evidence=records,
-        )
+    problem_ledger.rectify(
+        engine_of(request),
+        problem_id=problem_id,
+        by=who.username,
+        note=body.note.strip(),
+        now=now_of(request),
+        evidence=records,
     )
     return _problem_json(request, problem_id)
 
@@ -748,15 +690,13 @@ class AssignIn(Body):
 def assign(problem_id: RecordId, body: AssignIn, request: Request, who: SignedIn) -> dict[str, Any]:
     market_id = _problem_market(request, who, Action.ASSIGN, problem_id)
     deadline = _when(request, body.deadline, market_id, "deadline")
-    _moving(
-        lambda: problem_ledger.assign(
-            engine_of(request),
-            problem_id=problem_id,
-            by=who.username,
-            to=body.assigned_to,
-            now=now_of(request),
-            deadline=deadline,
-        )
+    problem_ledger.assign(
+        engine_of(request),
+        problem_id=problem_id,
+        by=who.username,
+        to=body.assigned_to,
+        now=now_of(request),
+        deadline=deadline,
     )
     return _problem_json(request, problem_id)
 
@@ -768,14 +708,12 @@ class VerifyIn(Body):
 @router.post("/problems/{problem_id}/verify", summary="The office confirms the rectification")
 def verify(problem_id: RecordId, body: VerifyIn, request: Request, who: SignedIn) -> dict[str, Any]:
     _problem_market(request, who, Action.VERIFY, problem_id)
-    _moving(
-        lambda: problem_ledger.verify(
-            engine_of(request),
-            problem_id=problem_id,
-            by=who.username,
-            now=now_of(request),
-            note=body.note,
-        )
+    problem_ledger.verify(
+        engine_of(request),
+        problem_id=problem_id,
+        by=who.username,
+        now=now_of(request),
+        note=body.note,
     )
     return _problem_json(request, problem_id)
 
@@ -793,15 +731,13 @@ class ReopenIn(Body):
 def reopen(problem_id: RecordId, body: ReopenIn, request: Request, who: SignedIn) -> dict[str, Any]:
     market_id = _problem_market(request, who, Action.VERIFY, problem_id)
     deadline = _when(request, body.deadline, market_id, "deadline")
-    _moving(
-        lambda: problem_ledger.reopen(
-            engine_of(request),
-            problem_id=problem_id,
-            by=who.username,
-            note=body.note.strip(),
-            now=now_of(request),
-            deadline=deadline,
-        )
+    problem_ledger.reopen(
+        engine_of(request),
+        problem_id=problem_id,
+        by=who.username,
+        note=body.note.strip(),
+        now=now_of(request),
+        deadline=deadline,
     )
     return _problem_json(request, problem_id)
 
@@ -835,7 +771,7 @@ def export(
     ] = None,
     language: Annotated[Language | None, Query(description="default: the caller's")] = None,
 ) -> FileResponse:
-    _in_years(day, "day")
+    inputs.check_date(day, "day")
     authorise(who, Action.EXPORT)
     chosen: list[str] | None = sorted(set(market)) if market else None
     if chosen is None and not who.all_markets:
@@ -866,8 +802,10 @@ def outbox(
 ) -> list[dict[str, Any]]:
     authorise(who, Action.OUTBOX)
 
+    zone = ZoneInfo(settings_of(request).timezone)
+
     def iso(v: datetime | None) -> str | None:
-        return None if v is None else v.replace(tzinfo=v.tzinfo or UTC).isoformat()
+        return clock.iso(v, zone)
 
     rows = delivery.outbox(engine_of(request), states=state, limit=limit)
     return [

@@ -44,9 +44,10 @@ from starlette.middleware.sessions import SessionMiddleware
 from marketcare.clock import now_utc
 from marketcare.domain.access import Action, Principal, may
 from marketcare.domain.phonetime import ClockTrust
-from marketcare.errors import MarketcareError, NotFound
+from marketcare.errors import Kind, MarketcareError, Unavailable
 from marketcare.i18n import DEFAULT_LANGUAGE, LANGUAGES, Translator, translator
 from marketcare.ledger import accounts
+from marketcare.ledger.db import driver_errors, fault_of
 from marketcare.settings import Settings
 
 log = logging.getLogger("marketcare.web")
@@ -255,6 +256,25 @@ def safe_next(target: str | None) -> str:
 
 
 # ---------------------------------------------------------------- errors
+#
+# The one place where a failure becomes an HTTP answer (docs/web.md, "Errors"): the
+# error's kind chooses the status, its field goes into the body; no message text is read.
+
+#: the status of each kind of error in the API (a page answers 400 for bad input)
+STATUS: dict[Kind, int] = {
+    Kind.BAD_INPUT: 422,
+    Kind.NOT_FOUND: 404,
+    Kind.CONFLICT: 409,
+    Kind.REFUSED: 403,
+    Kind.UNAVAILABLE: 503,
+}
+
+
+def status_of(request: Request, exc: MarketcareError) -> int:
+    """The status that answers ``exc``: by its kind, 400 instead of 422 on a page."""
+    if exc.kind == Kind.BAD_INPUT and not is_api(request):
+        return 400
+    return STATUS[exc.kind]
 
 
 def _error_response(
@@ -265,7 +285,19 @@ def _error_response(
         if field is not None:
             body["field"] = field
         return JSONResponse(body, status_code=status)
+    if not hasattr(request.state, "principal"):
+        # the database may be what failed: the page is rendered without asking it who
+        # is signed in (the header then shows no user)
+        request.state.principal = None
     return render(request, "error.html", status_code=status, status=status, message=message)
+
+
+def error_response(request: Request, exc: MarketcareError) -> Response:
+    """The answer to an expected failure, on a page or in the API."""
+    response = _error_response(request, status_of(request, exc), exc.message, exc.field)
+    if isinstance(exc, Unavailable):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -293,24 +325,30 @@ def _install_error_handlers(app: FastAPI) -> None:
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
 
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, exc: NotFound) -> Response:
-        return _error_response(request, 404, str(exc))
-
     @app.exception_handler(MarketcareError)
-    async def refused(request: Request, exc: MarketcareError) -> Response:
-        field = getattr(exc, "field", None)
-        message = str(exc)
-        if field is None and ": " in message and message.split(": ", 1)[0].isidentifier():
-            field = message.split(": ", 1)[0]
-        return _error_response(request, 400 if not is_api(request) else 422, message, field)
+    async def expected(request: Request, exc: MarketcareError) -> Response:
+        if isinstance(exc, Unavailable):
+            log.warning("answered 503: %s", exc.message, extra={"path": request.url.path})
+        return error_response(request, exc)
 
-    @app.exception_handler(sa.exc.DataError)
-    async def out_of_range(request: Request, exc: sa.exc.DataError) -> Response:
-        # a value the database cannot hold (an id or a number past its column's range):
-        # bad input, not a server error
-        log.info("value refused by the database: %s", exc.orig)
-        return _error_response(request, 422, "a value is out of the range the database can hold")
+    async def fault(request: Request, exc: Exception) -> Response:
+        """A database or a folder that failed under a request: 503 with Retry-After and
+        one line in the log (no traceback: nothing is wrong with the code)."""
+        meaning = fault_of(exc)
+        if meaning is None:  # a bug: the traceback goes to the log, the caller gets JSON
+            log.error("internal error", exc_info=exc, extra={"path": request.url.path})
+            return _error_response(request, 500, "internal error; the details are logged")
+        if isinstance(meaning, Unavailable):
+            log.warning("answered 503: %s", meaning.message, extra={"path": request.url.path})
+        else:
+            log.info("refused: %s (%s)", meaning.message, exc)
+        return error_response(request, meaning)
+
+    # registered per class, so Starlette answers them itself and does not log them as
+    # unhandled; anything else reaches the last handler (a bug: 500, as JSON in the API)
+    for cls in (sa.exc.SQLAlchemyError, OSError, *driver_errors()):
+        app.add_exception_handler(cls, fault)
+    app.add_exception_handler(Exception, fault)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:

@@ -40,7 +40,7 @@ from marketcare.domain.problems import (
     is_overdue,
     moves_from,
 )
-from marketcare.errors import MarketcareError, NotFound, TickRefused
+from marketcare.errors import MarketcareError, NotFound, Unavailable
 from marketcare.i18n import LANGUAGES, Translator
 from marketcare.ledger import accounts, evidence, readmodel
 from marketcare.ledger import problems as problem_ledger
@@ -60,6 +60,7 @@ from marketcare.web.app import (
     render,
     safe_next,
     settings_of,
+    status_of,
     translator_of,
 )
 
@@ -450,11 +451,11 @@ async def tick_form(request: Request, obligation_id: int, who: SignedIn) -> Resp
                 evidence=[photo] if photo else [],
             )
         )
-    except (TickRefused, MarketcareError) as exc:
-        if isinstance(exc, NotFound):
+    except MarketcareError as exc:
+        if isinstance(exc, (NotFound, Unavailable)):
             raise
         ctx["error"] = t.tr("Not recorded: {reason}").format(reason=str(exc))
-        return _page(request, "obligation.html", status_code=400, **ctx)
+        return _page(request, "obligation.html", status_code=status_of(request, exc), **ctx)
     if result.completion_id is None:
         _flash(request, "warn", t.tr("This was already done; nothing changed."))
         return RedirectResponse(next_page or f"/o/{obligation_id}", status_code=303)
@@ -600,7 +601,7 @@ async def report_problem(request: Request, market: str, who: SignedIn) -> Respon
         found_at=now,
         deadline=deadline,
         area_id=area,
-        source_key=f"web:{token}",
+        source_key=problem_ledger.token_key("web", who.username, token),
         evidence=[photo] if photo else [],
     )
     try:
@@ -610,8 +611,10 @@ async def report_problem(request: Request, market: str, who: SignedIn) -> Respon
             )
         )
     except MarketcareError as exc:
+        if isinstance(exc, (NotFound, Unavailable)):
+            raise
         ctx["error"] = t.tr("Not recorded: {reason}").format(reason=str(exc))
-        return _page(request, "problems.html", status_code=400, **ctx)
+        return _page(request, "problems.html", status_code=status_of(request, exc), **ctx)
     return RedirectResponse(f"/m/{market}/problems?reported={pid}", status_code=303)
 
 
@@ -700,10 +703,10 @@ async def rectify_form(request: Request, problem_id: int, who: SignedIn) -> Resp
             )
         )
     except MarketcareError as exc:
-        if isinstance(exc, NotFound):
+        if isinstance(exc, (NotFound, Unavailable)):
             raise
         ctx["error"] = t.tr("Not recorded: {reason}").format(reason=str(exc))
-        return _page(request, "problem.html", status_code=400, **ctx)
+        return _page(request, "problem.html", status_code=status_of(request, exc), **ctx)
     _flash(request, "ok", t.tr("Rectification recorded; the office will re-inspect."))
     return RedirectResponse(f"/p/{problem_id}", status_code=303)
 

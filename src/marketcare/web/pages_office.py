@@ -24,7 +24,7 @@ from marketcare.domain.access import Action, Principal, Role, may
 from marketcare.domain.compliance import percent
 from marketcare.domain.periods import KINDS, Period, PeriodKind
 from marketcare.domain.problems import can_assign, moves_from
-from marketcare.errors import MarketcareError, NotFound
+from marketcare.errors import BadInput, MarketcareError, NotFound, Unavailable
 from marketcare.i18n import LANGUAGES
 from marketcare.ledger import accounts, readmodel
 from marketcare.ledger import problems as problem_ledger
@@ -41,6 +41,7 @@ from marketcare.web.app import (
     now_of,
     render,
     settings_of,
+    status_of,
     translator_of,
 )
 from marketcare.web.pages_inspections import ranking_panel
@@ -128,13 +129,8 @@ def _refused(
     """A bad field is the user's to fix (400); a move the problem's state refuses is a
     conflict with what someone else did (409). Either way nothing changed, and the forms
     come back with what was typed."""
-    message = str(exc)
-    field = getattr(exc, "field", None)
-    head = message.split(": ", 1)[0].lstrip("-")
-    if field is None and ": " in message and head.isidentifier():
-        field = head
-        message = f"{head}: {message.split(': ', 1)[1]}"
-    status = 400 if field is not None else 409
+    message, field = exc.message, exc.field
+    status = status_of(request, exc)
     with read(engine_of(request)) as conn:
         problem = conn.execute(
             sa.select(ProblemRow).where(ProblemRow.id == problem_id)
@@ -172,7 +168,7 @@ def _deadline(value: str, market: str, request: Request) -> datetime | None:
     zone = ZoneInfo(readmodel.market(engine_of(request), market).zone)
     when, error = problem_ledger.parse_when(value, zone, end_of_day=True, default=None)
     if when is None:
-        raise MarketcareError(f"deadline: {error}")
+        raise BadInput(f"deadline: {error}", "deadline")
     return when
 
 
@@ -194,7 +190,7 @@ def _move(
     """Run one of the office's moves; a refusal re-shows the form with what was typed."""
     try:
         step()
-    except NotFound:
+    except (NotFound, Unavailable):
         raise
     except MarketcareError as exc:
         return _refused(request, problem_id, exc, form_name=form_name, values=values)
@@ -271,8 +267,9 @@ def reopen(
 
     def step() -> None:
         if not note.strip():
-            raise MarketcareError(
-                "note: " + t.tr("say why the rectification did not pass (a note is required)")
+            raise BadInput(
+                "note: " + t.tr("say why the rectification did not pass (a note is required)"),
+                "note",
             )
         problem_ledger.reopen(
             engine_of(request),
