@@ -6,7 +6,7 @@ another obligation). Tokens are now scoped to who submitted them; a token reused
 same person for another obligation is refused as a conflict (``ledger/tick.py``).
 
 Revision ID: i14_token_scope
-Revises: i17_inspections
+Revises: i11_health_probes
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 from alembic import op
 
 revision = "i14_token_scope"
-down_revision = "i17_inspections"
+down_revision = "i11_health_probes"
 branch_labels = None
 depends_on = None
 
