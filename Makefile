@@ -38,11 +38,12 @@ system-deps:
 ## set everything up and run the whole suite (lint, types, tests)
 test: install system-deps lint typecheck unit
 
-## ruff, the layering of docs/design.md (import-linter)
+## ruff, the layering of docs/design.md (import-linter), bandit's security checks
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
+	$(BIN)/bandit -c pyproject.toml -r src -q
 
 typecheck: install
 	$(BIN)/mypy

@@ -47,7 +47,8 @@ from marketcare.ledger.models import (
 
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 MIN_PASSWORD = 10
-TOKEN_PREFIX = "mc_"
+#: the visible prefix of every API token (not a secret: bandit B105 accepted)
+TOKEN_PREFIX = "mc_"  # nosec B105
 
 #: failures of one (name, client) pair that refuse the pair (see ``domain.signin``)
 MAX_FAILURES = signin.PAIR_LIMIT

@@ -28,7 +28,8 @@ class Why:
 
     SIGNED_OUT = "signed out"
     EVERYWHERE = "signed out everywhere"
-    PASSWORD = "password changed"
+    #: a reason a session ended, not a password (bandit B105 accepted)
+    PASSWORD = "password changed"  # nosec B105
     DISABLED = "user disabled"
     EXPIRED = "expired"
     BY_USER = "ended by the user"

@@ -159,7 +159,6 @@ def _account_context(request: Request, who: Principal) -> dict[str, Any]:
             Role.OFFICE: t.tr("District office"),
             Role.OPERATOR: t.tr("Operator"),
         },
-        "new_token": None,
         "errors": {},
     }
 

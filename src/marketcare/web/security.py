@@ -13,9 +13,10 @@ Kept out of ``app`` so the error mapping there and these rules change independen
   signed id bound to that user name. A sign-in that presents it is counted as that
   device, not as its address, so a guesser behind the same NAT cannot keep the owner out
   (``domain.signin``).
-* **API docs**: Swagger UI from the ``swagger-ui-bundle`` package, served by the daemon
-  itself with an initialiser script file, so ``/api/docs`` works offline and under the
-  CSP (no third-party script on this origin). ``web_api_docs = false`` turns it off.
+* **API docs**: Swagger UI 5 (it reads OpenAPI 3.1) from the files the
+  ``fastapi-offline`` package ships, served by the daemon itself with an initialiser
+  script file, so ``/api/docs`` works offline and under the CSP (no third-party script
+  on this origin). ``web_api_docs = false`` turns it off.
 """
 
 from __future__ import annotations
@@ -188,13 +189,10 @@ DOCS_PAGE = """<!doctype html>
 def install_docs(app: FastAPI) -> None:
     """Serve Swagger UI at ``/api/docs`` from the package's files (no CDN, no inline
     script: the initialiser is ``static/api-docs.js``)."""
-    from swagger_ui_bundle import swagger_ui_path
+    import fastapi_offline
 
-    app.mount(
-        "/api/docs/static",
-        StaticFiles(directory=str(Path(str(swagger_ui_path)))),
-        name="swagger-ui",
-    )
+    files = Path(fastapi_offline.__file__).resolve().parent / "static"
+    app.mount("/api/docs/static", StaticFiles(directory=str(files)), name="swagger-ui")
 
     @app.get("/api/docs", include_in_schema=False)
     def docs(_request: Request) -> Any:
