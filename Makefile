@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-deps run init test lint typecheck unit unit-sqlite unit-postgresql bench demo clean
+.PHONY: install system-deps run init test lint typecheck unit unit-sqlite unit-postgresql security bench demo clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,10 +25,11 @@ init: install
 
 ## Debian packages the tests need: LibreOffice proves an export opens; CJK fonts render it;
 ## Chromium runs the browser tests (Playwright drives Debian's build, it downloads none);
-## PostgreSQL's server binaries run a throwaway server for the suite's PostgreSQL run
-SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk poppler-utils openssl chromium postgresql
+## PostgreSQL's server binaries run a throwaway server for the suite's PostgreSQL run;
+## wapiti and sqlmap scan a running daemon (tests/test_scan.py, `make security`)
+SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk poppler-utils openssl chromium postgresql wapiti sqlmap
 system-deps:
-	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v wapiti >/dev/null 2>&1 && command -v sqlmap >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	else \
@@ -57,6 +58,12 @@ unit-sqlite: install
 
 unit-postgresql: install
 	MARKETCARE_TEST_DB=postgresql $(BIN)/pytest
+
+## the dynamic security scan with its full budget (wapiti on the pages, sqlmap on the API,
+## on SQLite then on PostgreSQL); `make test` runs the same scan short
+security: install system-deps
+	MARKETCARE_SCAN=full MARKETCARE_TEST_DB=sqlite $(BIN)/pytest tests/test_scan.py
+	MARKETCARE_SCAN=full MARKETCARE_TEST_DB=postgresql $(BIN)/pytest tests/test_scan.py
 
 bench: install
 	$(BIN)/python bench/run.py

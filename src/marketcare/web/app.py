@@ -41,6 +41,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import UploadFile
 from starlette.middleware.sessions import SessionMiddleware
 
 from marketcare import logs
@@ -227,8 +228,19 @@ async def check_csrf(request: Request) -> None:
         if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             form = await request.form(max_part_size=settings_of(request).upload_max_bytes + 1)
             value = form.get(CSRF_FIELD)
+            if isinstance(value, UploadFile):
+                # some HTTP clients (python-requests' ``files=``) send every field of a
+                # multipart form as a file part; the token is the same token
+                raw = await value.read(256)
+                await value.seek(0)
+                value = raw.decode("utf-8", "replace")
             given = value if isinstance(value, str) else None
-    if not isinstance(expected, str) or given is None or not hmac.compare_digest(expected, given):
+    # compared as bytes: compare_digest refuses str with non-ASCII characters (a 500 before)
+    if (
+        not isinstance(expected, str)
+        or given is None
+        or not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))
+    ):
         logs.security(
             "csrf_refused",
             level=logging.WARNING,

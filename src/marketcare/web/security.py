@@ -105,7 +105,7 @@ def device_for(request: Request, username: str) -> str | None:
     """The id of the request's device cookie when it was issued to ``username``."""
     value = request.cookies.get(DEVICE_COOKIE, "")
     device, _, signature = value.partition(".")
-    if not (len(device) == 16 and len(signature) == 32 and device.isalnum()):
+    if not (value.isascii() and len(device) == 16 and len(signature) == 32 and device.isalnum()):
         return None
     secret: str = request.app.state.device_secret
     if not hmac.compare_digest(_device_signature(secret, username, device), signature):
