@@ -47,6 +47,7 @@ from marketcare.web.app import (
     authorise,
     authorise_market,
     check_csrf,
+    client_of,
     engine_of,
     now_of,
     settings_of,
@@ -1047,7 +1048,7 @@ async def create_token(body: TokenIn, request: Request, who: SignedIn) -> TokenC
         engine,
         who.username,
         body.password,
-        client=request.client.host if request.client else "unknown",
+        client=client_of(request),
         now=now_of(request),
     )
     if attempt.delay:
