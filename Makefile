@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-deps run init test lint typecheck unit unit-sqlite unit-postgresql security bench demo clean
+.PHONY: install system-deps run init test lint typecheck unit unit-sqlite unit-postgresql security bench demo clean vendor
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -64,6 +64,17 @@ unit-postgresql: install
 security: install system-deps
 	MARKETCARE_SCAN=full MARKETCARE_TEST_DB=sqlite $(BIN)/pytest tests/test_scan.py
 	MARKETCARE_SCAN=full MARKETCARE_TEST_DB=postgresql $(BIN)/pytest tests/test_scan.py
+## front-end libraries, vendored as files (there is no front-end build): fetched from the
+## npm registry by `npm pack`, the file the pages load copied with its licence and version
+IDB_VERSION := 8.0.4
+VENDOR := src/marketcare/web/static/vendor
+vendor:
+	rm -rf $(VENDOR)/idb-$(IDB_VERSION) && mkdir -p $(VENDOR)/idb-$(IDB_VERSION)
+	tmp=$$(mktemp -d) && (cd $$tmp && npm pack --silent idb@$(IDB_VERSION) >/dev/null && tar xzf idb-$(IDB_VERSION).tgz) \
+	  && cp $$tmp/package/build/umd.js $(VENDOR)/idb-$(IDB_VERSION)/idb.umd.js \
+	  && cp $$tmp/package/LICENSE $(VENDOR)/idb-$(IDB_VERSION)/LICENSE \
+	  && cp $$tmp/package/package.json $(VENDOR)/idb-$(IDB_VERSION)/package.json \
+	  && rm -rf $$tmp
 
 bench: install
 	$(BIN)/python bench/run.py

@@ -61,10 +61,10 @@ def make_problem(site: Site, description: str) -> int:
 
 
 def open_checklist(page: Page, obligation_id: int) -> None:
-    """From the board, tap the obligation's row."""
-    row = page.locator(f"a.row[href='/o/{obligation_id}']")
-    expect(row).to_be_visible()
-    row.tap()
+    """From the board, open the obligation's own page (its record and checklist)."""
+    link = page.locator(f"li.task#ob-{obligation_id} a[href='/o/{obligation_id}']").first
+    link.evaluate("a => a.closest('details') && (a.closest('details').open = true)")
+    link.tap()
     page.wait_for_url(f"**/o/{obligation_id}")
 
 
@@ -86,19 +86,19 @@ def test_a_manager_ticks_a_disinfection_with_an_in_range_reading_on_a_phone(
 
         open_checklist(page, aquatic)
         screenshot(page, "checklist")
-        page.locator("input[name=item][value=washed]").tap()
+        page.locator("label.check", has_text="已冲洗").tap()
         page.fill("#reading_chlorine", "1000")
         expect(page.locator("#reading_chlorine")).not_to_have_class(re.compile("out-of-range"))
         expect(page.locator(".range")).to_contain_text("900–1200 mg/L")
-        page.locator("form.checklist button[type=submit]").tap()
+        page.locator("form.checklist button.primary").tap()
 
         result = page.locator("#result")
-        expect(result).to_have_text(zh.tr("Recorded, on time."))
+        expect(result).to_contain_text(zh.tr("Recorded, on time."))
         expect(result).to_have_class(re.compile(r"\bok\b"))
         screenshot(page, "checklist-recorded")
 
 
-def test_an_out_of_range_reading_is_flagged_red_with_the_range(
+def test_an_out_of_range_reading_is_flagged_red_and_recorded_as_failed_once_confirmed(
     site: Site, browser: Browser
 ) -> None:
     veg = site.obligation("lizhong", "disinfect", "veg")
@@ -106,7 +106,7 @@ def test_an_out_of_range_reading_is_flagged_red_with_the_range(
         page = ctx.new_page()
         sign_in(page, site.base, "mgr_a")
         open_checklist(page, veg)
-        page.locator("input[name=item][value=washed]").tap()
+        page.locator("label.check", has_text="已冲洗").tap()
         reading = page.locator("#reading_chlorine")
         reading.fill("1500")
 
@@ -114,13 +114,22 @@ def test_an_out_of_range_reading_is_flagged_red_with_the_range(
         expect(reading).to_have_class(re.compile("out-of-range"))
         expect(reading).to_have_css("border-top-color", RED)
         screenshot(page, "checklist-out-of-range")
-        page.locator("form.checklist button[type=submit]").tap()
+        page.locator("form.checklist button.primary").tap()
 
-        # ... and by the server once recorded: a failed reading, in red, with the range
+        # ... asked about before anything is recorded ...
+        confirm = page.locator(".confirm")
+        expect(confirm).to_contain_text("400–700 mg/L")
+        screenshot(page, "checklist-confirm")
+        confirm.locator("button.danger").tap()
+
+        # ... and recorded as failed, in red, with the range
         result = page.locator("#result")
-        expect(result).to_contain_text(zh.tr("Recorded, but FAILED:"))
+        expect(result).to_contain_text(
+            zh.tr("Recorded as FAILED: redo the work and record it again.")
+        )
         expect(result).to_contain_text("400–700 mg/L")
         expect(result).to_have_css("color", RED)
+        page.reload()
         expect(page.locator("li.card .field-error").first).to_contain_text("1500")
         screenshot(page, "checklist-failed")
 

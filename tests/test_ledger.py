@@ -336,3 +336,83 @@ def test_a_schedule_edit_adds_updates_and_deactivates_markets_and_areas(
         ("lizhong", "veg"): (False, 900),
         ("lizhong", "meat"): (True, 300),
     }
+
+
+# ---------------------------------------------------------------- a phone's time (offline queue)
+
+
+def test_an_offline_completion_counts_at_the_phone_time_and_keeps_both_times(
+    engine: sa.Engine,
+) -> None:
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ob = obligation(engine, "aquatic|disinfect")
+    on_phone = ob.due_at - timedelta(minutes=20)
+    arrived = ob.due_at + timedelta(hours=2)  # after the grace: the sweep marked it missed
+    ledger_sweep.sweep_all(engine, now=arrived)
+    result = ledger_tick.tick(
+        engine,
+        obligation_id=ob.id,
+        by="林秀英",
+        now=arrived,
+        readings={"chlorine": 1000},
+        phone_at=on_phone,
+        phone_sent_at=arrived - timedelta(seconds=40),
+    )
+    assert result.state == State.DONE and "phone's time" in result.message
+    with read(engine) as conn:
+        c = conn.execute(sa.select(Completion).where(Completion.obligation_id == ob.id)).one()
+        event = conn.execute(
+            sa.select(Event).where(Event.obligation_id == ob.id, Event.action == "completed")
+        ).one()
+        row = conn.execute(sa.select(Obligation).where(Obligation.id == ob.id)).one()
+    assert (c.at, c.phone_at, c.arrived_at, c.time_basis) == (on_phone, on_phone, arrived, "phone")
+    assert (row.completed_at, row.state_changed_at) == (on_phone, arrived)
+    assert event.at == arrived
+    assert event.details["phone_at"] == on_phone.isoformat()
+    assert event.details["arrived_at"] == arrived.isoformat()
+    assert event.details["time_basis"] == "phone"
+    assert (event.from_state, event.to_state) == ("missed", "done")
+    with read(engine) as conn:
+        assert audit.verify(conn).ok
+
+
+def test_an_offline_completion_from_a_wrong_clock_is_late_with_both_times_shown(
+    engine: sa.Engine,
+) -> None:
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ob = obligation(engine, "aquatic|disinfect")
+    arrived = ob.due_at + timedelta(minutes=30)
+    wrong = ob.due_at - timedelta(hours=1)
+    result = ledger_tick.tick(
+        engine,
+        obligation_id=ob.id,
+        by="a",
+        now=arrived,
+        readings={"chlorine": 1000},
+        phone_at=wrong,
+        phone_sent_at=arrived - timedelta(hours=2),  # the phone's clock is 2 hours slow
+    )
+    assert result.state == State.LATE and "clock off" in result.message
+    assert result.timing is not None and result.timing.phone_at == wrong
+    [c] = ledger_readmodel.completions_of(engine, ob.id)
+    assert (c.at, c.phone_at, c.arrived_at, c.time_basis) == (arrived, wrong, arrived, "clock_off")
+
+
+def test_a_resent_offline_submission_reports_the_first_ones_times(engine: sa.Engine) -> None:
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    ob = obligation(engine, "|waste|")
+    on_phone = ob.opens_at + timedelta(minutes=5)
+    sent = ob.opens_at + timedelta(minutes=50)
+    for resent in (timedelta(0), timedelta(minutes=3)):
+        again = ledger_tick.tick(
+            engine,
+            obligation_id=ob.id,
+            by="a",
+            token="q-1",
+            phone_at=on_phone,
+            now=sent + resent,
+            phone_sent_at=sent + resent,
+        )
+    assert not again.changed and again.timing is not None
+    assert (again.timing.at, again.timing.arrived_at) == (on_phone, sent)
+    assert len(ledger_readmodel.completions_of(engine, ob.id)) == 1

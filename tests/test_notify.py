@@ -219,6 +219,22 @@ def test_it_reminds_escalates_and_delivers_each_step_exactly_once_despite_outage
     assert {m.state for m in messages(engine)} == {"sent"}
 
 
+def test_a_reminder_names_the_area_and_the_state_in_words_not_ids(
+    engine: sa.Engine, smtp: SmtpServer
+) -> None:
+    named = "[{id: aquatic, name: 水产区, kind: aquatic, m2: 600}]"
+    text = make_schedule_text(make_market_yaml(areas=named), DISINFECTION)
+    schedule = load_texts(
+        {"t.yaml": text + make_people_yaml() + LADDER}, default_timezone="Asia/Shanghai"
+    )
+    start_ledger(engine, schedule)
+    run(engine, schedule, smtp, OPENS + timedelta(minutes=1))
+    (reminder,) = mail_to(smtp, "lin@example.org")
+    body = reminder.get_content()
+    assert "水产区 休市清洗消毒" in body and "aquatic" not in body
+    assert "状态 未开始" in body and "upcoming" not in body
+
+
 def test_a_completed_obligation_gets_no_further_escalation(
     engine: sa.Engine, smtp: SmtpServer
 ) -> None:

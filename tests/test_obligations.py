@@ -6,6 +6,7 @@ Pure domain tests: every function takes its times as arguments, so nothing is fr
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -21,6 +22,8 @@ from marketcare.domain.obligations import (
     in_range,
     is_overdue,
     minutes_late,
+    next_to_do,
+    redo_by,
     state_by_clock,
     to_utc,
 )
@@ -473,13 +476,46 @@ def test_a_reading_out_of_range_fails_the_obligation_whatever_the_time() -> None
     assert completion_outcome(due_at=DUE, at=MISSED, readings_ok=False) == State.FAILED
 
 
-def test_overdue_means_open_past_due_missed_or_failed() -> None:
+def test_overdue_means_missed_or_open_or_failed_past_due() -> None:
     assert not is_overdue(State.OPEN, due_at=DUE, now=DUE)
     assert is_overdue(State.OPEN, due_at=DUE, now=DUE + timedelta(seconds=1))
     assert is_overdue(State.MISSED, due_at=DUE, now=OPENS)
-    assert is_overdue(State.FAILED, due_at=DUE, now=OPENS)
+    assert is_overdue(State.FAILED, due_at=DUE, now=DUE + timedelta(seconds=1))
     for state in (State.UPCOMING, State.DONE, State.LATE, State.EXCUSED):
         assert not is_overdue(state, due_at=DUE, now=MISSED + timedelta(days=1))
+
+
+def test_a_failed_reading_before_due_is_to_be_redone_by_its_due_time_not_overdue() -> None:
+    before = DUE - timedelta(minutes=95)  # 18:55 for a task due at 20:30
+    assert not is_overdue(State.FAILED, due_at=DUE, now=before)
+    assert redo_by(State.FAILED, due_at=DUE, now=before) == DUE
+    assert redo_by(State.FAILED, due_at=DUE, now=DUE) == DUE
+    assert redo_by(State.FAILED, due_at=DUE, now=DUE + timedelta(seconds=1)) is None
+    assert redo_by(State.OPEN, due_at=DUE, now=before) is None
+
+
+@dataclass(frozen=True)
+class Candidate:
+    id: int
+    kind: str
+    task_id: str
+    state: State
+    due_at: datetime
+
+
+def test_the_next_task_offered_is_the_same_task_still_to_do_earliest_due_first() -> None:
+    done = Candidate(1, "disinfection", "disinfect", State.DONE, DUE)
+    others = [
+        done,
+        Candidate(2, "disinfection", "deep-clean", State.OPEN, DUE - timedelta(hours=1)),
+        Candidate(3, "disinfection", "disinfect", State.OPEN, DUE + timedelta(minutes=5)),
+        Candidate(4, "disinfection", "disinfect", State.FAILED, DUE),
+        Candidate(5, "disinfection", "disinfect", State.UPCOMING, DUE - timedelta(hours=2)),
+        Candidate(6, "waste_clearance", "waste", State.OPEN, DUE - timedelta(hours=3)),
+    ]
+    assert next_to_do(done, others) == others[3]
+    assert next_to_do(done, [done, others[1], others[5]]) == others[1]
+    assert next_to_do(done, [done, others[4], others[5]]) is None
 
 
 def test_minutes_late_counts_whole_minutes_after_due() -> None:

@@ -159,7 +159,9 @@ def test_an_out_of_range_reading_is_recorded_as_failed_and_flagged_with_its_rang
     site: Site, mgr_a: httpx.Client
 ) -> None:
     oid = site.obligation("lizhong", "disinfect", "aquatic")
-    response = tick(mgr_a, oid, {"item": "washed", "reading_chlorine": "500"})
+    response = tick(
+        mgr_a, oid, {"item": "washed", "reading_chlorine": "500", "confirm_failed": "1"}
+    )
     assert response.status_code == 303
     assert state_of(site, oid) == "failed"
     page = mgr_a.get(response.headers["location"])
@@ -225,7 +227,7 @@ def test_a_manager_cannot_reach_another_markets_board_checklist_or_problem(
         "/m/nowhere",
     ):
         assert mgr_a.get(path).status_code == 404, path
-    token = form_fields(mgr_a, "/m/lizhong", "/logout")["csrf_token"]
+    token = form_fields(mgr_a, "/account", "/logout")["csrf_token"]
     refused = post_form(mgr_a, f"/o/{other}", {"csrf_token": token, "item": "cleared"})
     assert refused.status_code == 404 and completions(site, other) == []
     refused = post_form(mgr_a, f"/p/{theirs}/rectify", {"csrf_token": token, "note": "修好了"})
@@ -392,7 +394,7 @@ def test_the_account_page_shows_the_calendar_feed_and_makes_and_revokes_tokens(
     hidden = form_fields(mgr_a, "/account", "/account/tokens")
     made = mgr_a.post("/account/tokens", data={**hidden, "name": "门禁系统", "password": PASSWORD})
     assert made.status_code == 200
-    shown = re.search(r'<input readonly value="([^"]+)" class="new-token">', made.text)
+    shown = re.search(r'<input readonly value="([^"]+)" class="new-token"', made.text)
     assert shown is not None
     with httpx.Client(
         base_url=site.base, headers={"Authorization": f"Bearer {shown.group(1)}"}

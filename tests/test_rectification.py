@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
@@ -14,7 +14,9 @@ from marketcare.errors import MarketcareError
 from marketcare.ledger import audit
 from marketcare.ledger import materialise as ledger_materialise
 from marketcare.ledger import problems as rectification
+from marketcare.ledger import readmodel as ledger_readmodel
 from marketcare.ledger import sweep as ledger_sweep
+from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import read
 from marketcare.ledger.models import Obligation
 
@@ -220,6 +222,25 @@ def test_a_missed_obligation_raises_one_problem_when_its_task_asks_for_it(
     (row,) = rectification.listing(engine, now=later)
     assert row.description == "垃圾日产日清 2026-11-27 未完成（漏做）"
     assert row.deadline == later + timedelta(days=1) and row.obligation_id is not None
+
+
+def test_a_problem_raised_from_a_failed_area_task_names_the_area_not_its_id(
+    engine: sa.Engine,
+) -> None:
+    from .conftest import DISINFECTION, make_market_yaml
+
+    raising = (
+        DISINFECTION + "    raise_problem: {when: [failed], category: sanitation, within: 1d}\n"
+    )
+    named = "[{id: aquatic, name: 水产区, kind: aquatic, m2: 600}]"
+    schedule = make_schedule(markets=make_market_yaml(areas=named), tasks=raising)
+    ledger_materialise.materialise(engine, schedule, now=NOW, horizon=timedelta(days=1))
+    (ob,) = ledger_readmodel.board(engine, day=date(2026, 11, 27), now=NOW)
+    at = ob.opens_at + timedelta(minutes=10)
+    ledger_tick.tick(engine, obligation_id=ob.id, by="林秀英", now=at, readings={"chlorine": 300})
+    assert rectification.raise_from_obligations(engine, schedule, now=at) == 1
+    (row,) = rectification.listing(engine, now=at)
+    assert row.description == "休市清洗消毒（水产区） 2026-11-27 读数不合格"
 
 
 def test_the_weekly_export_lists_late_problems_and_the_rectification_rate(

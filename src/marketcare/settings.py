@@ -84,6 +84,12 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     #: the largest photo accepted with a completion or a rectification
     upload_max_bytes: int = Field(default=10_000_000, ge=10_000, le=100_000_000)
+    #: how far a phone's clock is trusted for a checklist sent from the offline queue
+    #: (docs/web.md, "The phone's clock"): it counts at the phone's time only when it
+    #: arrives within this many hours ...
+    phone_time_max_delay_hours: float = Field(default=12.0, ge=0, le=168)
+    #: ... and the phone's clock is within this many minutes of the server's when it sends
+    phone_clock_max_skew_minutes: float = Field(default=10.0, ge=0, le=1440)
 
     @field_validator("smtp_sender")
     @classmethod

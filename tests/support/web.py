@@ -170,11 +170,22 @@ def sign_in(client: httpx.Client, user: str, password: str = PASSWORD) -> httpx.
 
 
 @contextmanager
-def running_site(tmp: Path, **overrides: Any) -> Iterator[Site]:
-    """Build the ledger, the users and the server; stop the server at the end."""
+def running_site(
+    tmp: Path,
+    *,
+    schedule_text: str = SCHEDULE,
+    users: dict[str, tuple[Role, tuple[str, ...]]] | None = None,
+    names: dict[str, str] | None = None,
+    **overrides: Any,
+) -> Iterator[Site]:
+    """Build the ledger, the users and the server; stop the server at the end.
+
+    ``schedule_text`` and ``users`` replace the default schedule and users (a module that
+    needs a bigger market or a second manager brings its own); ``names`` gives display
+    names (else ``<user> 用户``)."""
     engine = make_engine(database_url(tmp, migrated=True))
     migrate(engine)
-    schedule = load_texts({"schedules/site.yaml": SCHEDULE}, default_timezone="Asia/Shanghai")
+    schedule = load_texts({"schedules/site.yaml": schedule_text}, default_timezone="Asia/Shanghai")
     clock = Clock(START)
     ledger_materialise.materialise(
         engine, schedule, now=START - timedelta(days=1), horizon=timedelta(days=3)
@@ -189,10 +200,12 @@ def running_site(tmp: Path, **overrides: Any) -> Iterator[Site]:
         **overrides,
     )
     site = Site("", engine, settings, schedule, clock, tmp)
-    for name, (role, markets) in USERS.items():
+    for name, (role, markets) in (users or USERS).items():
         uid = accounts.add_user(
             engine,
-            accounts.NewUser(name, f"{name} 用户", role, PASSWORD, markets),
+            accounts.NewUser(
+                name, (names or {}).get(name, f"{name} 用户"), role, PASSWORD, markets
+            ),
             now=START,
         )
         site.tokens[name] = accounts.create_token(engine, uid, "tests", now=START)[1]

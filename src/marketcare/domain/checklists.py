@@ -22,8 +22,12 @@ class RequiredReading:
     unit: str | None
     range: tuple[float | None, float | None] | None
 
+    @property
+    def range_text(self) -> str:
+        return format_range(self.range, self.unit)
+
     def describe(self) -> str:
-        return f"{self.id} ({self.label}, {format_range(self.range, self.unit)})"
+        return f"{self.id} ({self.label}, {self.range_text})"
 
 
 @dataclass(frozen=True)
@@ -31,6 +35,11 @@ class Checklist:
     ticks: tuple[ChecklistItem, ...]
     readings: tuple[RequiredReading, ...]
     texts: tuple[ChecklistItem, ...] = ()
+
+    @property
+    def nothing_to_enter(self) -> bool:
+        """No reading and no required text: ticking it all is one tap on the board."""
+        return not self.readings and not any(t.required for t in self.texts)
 
 
 def checklist_of(schedule: Schedule, task_id: str, area_kind: str | None) -> Checklist:

@@ -23,6 +23,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
+from typing import Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from marketcare.domain.schedules import Market, Schedule, Task
@@ -255,7 +256,51 @@ ORDER_ON_BOARD = {
 
 
 def is_overdue(state: State, *, due_at: datetime, now: datetime) -> bool:
-    """Open past its due time, missed, or failed: what a manager must act on first."""
-    if state in (State.MISSED, State.FAILED):
+    """Missed, or open or failed past its due time: what a manager must act on first.
+
+    A failed check before its due time is not overdue: it can still be redone in time,
+    and the board says so (``redo_by``) instead of raising a false alarm.
+    """
+    if state == State.MISSED:
         return True
-    return state == State.OPEN and now > due_at
+    return state in (State.OPEN, State.FAILED) and now > due_at
+
+
+def redo_by(state: State, *, due_at: datetime, now: datetime) -> datetime | None:
+    """Until when a failed check can be redone in time; None when that is not the case."""
+    if state == State.FAILED and now <= due_at:
+        return due_at
+    return None
+
+
+class NextCandidate(Protocol):
+    """What ``next_to_do`` needs to know of an obligation (a board row has it)."""
+
+    @property
+    def id(self) -> int: ...
+    @property
+    def kind(self) -> str: ...
+    @property
+    def task_id(self) -> str: ...
+    @property
+    def state(self) -> State: ...
+    @property
+    def due_at(self) -> datetime: ...
+
+
+C = TypeVar("C", bound=NextCandidate)
+
+
+def next_to_do(after: NextCandidate, candidates: Sequence[C]) -> C | None:
+    """The task to offer after ``after`` was submitted: still to do now, the same task
+    first, then the same kind, earliest due first; None when nothing of that kind is left.
+
+    Offering the next one of the same kind follows the manager's round (one area after
+    another, the same chemicals in hand) and spares a trip back to the board.
+    """
+    todo = [
+        c for c in candidates if c.id != after.id and c.kind == after.kind and c.state in TICKABLE
+    ]
+    if not todo:
+        return None
+    return min(todo, key=lambda c: (c.task_id != after.task_id, c.due_at, c.id))

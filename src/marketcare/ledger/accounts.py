@@ -19,6 +19,7 @@ import secrets
 import threading
 import time
 import weakref
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -311,6 +312,20 @@ def list_users(engine: sa.Engine) -> list[dict[str, Any]]:
         }
         for u in users
     ]
+
+
+def display_names(engine: sa.Engine, usernames: Iterable[str]) -> dict[str, str]:
+    """The display names of those of ``usernames`` that are users (records name people by
+    user name; pages show their names). A name that is no user (the CLI's ``--by 林秀英``,
+    ``system``) is left out: the caller shows it as it is."""
+    wanted = sorted({u for u in usernames if u})
+    if not wanted:
+        return {}
+    with read(engine) as conn:
+        rows = conn.execute(
+            sa.select(User.username, User.display_name).where(User.username.in_(wanted))
+        ).all()
+    return {r.username: r.display_name for r in rows}
 
 
 def count_users(engine: sa.Engine, role: Role | None = None) -> int:

@@ -133,6 +133,14 @@ class Completion(Base):
     note: Mapped[str | None] = mapped_column(sa.Text)
     #: photos taken with the completion: {"items": [{name, sha256, path, bytes}]}
     evidence: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    #: the phone's clock when the work was recorded and when it was sent (offline
+    #: submissions); ``at`` is the time it counts at, by ``domain.phonetime``
+    phone_at: Mapped[datetime | None]
+    phone_sent_at: Mapped[datetime | None]
+    #: when the ledger received it (older rows: copied from ``at`` by the migration)
+    arrived_at: Mapped[datetime | None]
+    #: which time ``at`` is and why (``phonetime.TimeBasis``)
+    time_basis: Mapped[str] = mapped_column(sa.String(24), server_default="arrival")
 
 
 class Event(Base):

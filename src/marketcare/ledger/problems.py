@@ -728,7 +728,7 @@ def raise_from_obligations(engine: sa.Engine, schedule: Schedule, *, now: dateti
                 if ob.state not in rule.when:
                     continue
                 what = "未完成（漏做）" if ob.state == State.MISSED.value else "读数不合格"
-                where = f"（{ob.area_id}）" if ob.area_id else ""
+                where = f"（{_area_name(conn, ob.market_id, ob.area_id)}）" if ob.area_id else ""
                 _pid, created = add_in(
                     conn,
                     NewProblem(
@@ -749,3 +749,11 @@ def raise_from_obligations(engine: sa.Engine, schedule: Schedule, *, now: dateti
         return n
 
     return retrying(step, what="raise problems")
+
+
+def _area_name(conn: sa.Connection, market_id: str, area_id: str) -> str:
+    """An area's name as people call it (水产区), not its id in the schedule (aquatic)."""
+    name = conn.execute(
+        sa.select(AreaRow.name).where(AreaRow.market_id == market_id, AreaRow.id == area_id)
+    ).scalar()
+    return str(name or area_id)

@@ -24,6 +24,7 @@ from marketcare.domain.obligations import (
     State,
     format_range,
     minutes_late,
+    redo_by,
     state_by_clock,
 )
 from marketcare.domain.obligations import (
@@ -76,8 +77,8 @@ class TodayBoard:
     market: MarketInfo
     day: date
     now: datetime
-    overdue: list[BoardRow]  # past due, missed or failed: still to do, and late
-    open_now: list[BoardRow]  # open and within time
+    overdue: list[BoardRow]  # past due or missed: still to do, and late
+    open_now: list[BoardRow]  # open, or failed and to be redone, within time
     due_soon: list[BoardRow]  # opening within SOON
     later: list[BoardRow]  # opening later today
     finished: list[BoardRow]  # done, late or excused
@@ -115,7 +116,7 @@ def today(engine: sa.Engine, market_id: str, *, now: datetime) -> TodayBoard:
     for r in rows:
         if r.overdue:
             overdue.append(r)
-        elif r.state == State.OPEN:
+        elif r.state in TICKABLE:  # open, or failed and still to be redone in time
             open_now.append(r)
         elif r.state == State.UPCOMING:
             (soon if r.opens_at - now <= SOON else later).append(r)
@@ -201,6 +202,9 @@ def _completion_json(c: Any, zone: ZoneInfo) -> dict[str, Any]:
             {"name": e.get("name"), "sha256": e.get("sha256")}
             for e in (c.evidence or {}).get("items", [])
         ],
+        "phone_at": None if c.phone_at is None else c.phone_at.astimezone(zone).isoformat(),
+        "arrived_at": None if c.arrived_at is None else c.arrived_at.astimezone(zone).isoformat(),
+        "time_basis": c.time_basis,
     }
 
 
@@ -348,6 +352,9 @@ class BoardRow:
     completed_at: datetime | None
     zone: str
     note: str | None
+    #: a failed check that can still be redone in time: until when (``redo_by``)
+    redo_by: datetime | None = None
+    version_id: int | None = None
 
     def local(self, value: datetime | None) -> datetime | None:
         return None if value is None else value.astimezone(ZoneInfo(self.zone))
@@ -374,6 +381,7 @@ class BoardRow:
             "completed_at": iso(self.completed_at),
             "minutes_late": minutes_late(due_at=self.due_at, completed_at=self.completed_at),
             "note": self.note,
+            "redo_by": iso(self.redo_by),
         }
 
 
@@ -400,6 +408,8 @@ def board_row(
         completed_at=ob.completed_at,
         zone=zone,
         note=ob.note,
+        redo_by=redo_by(state, due_at=ob.due_at, now=now),
+        version_id=ob.version_id,
     )
 
 
@@ -449,6 +459,58 @@ def board(
         )
     )
     return out
+
+
+def checklists(engine: sa.Engine, rows: Sequence[BoardRow]) -> dict[int, Checklist]:
+    """The checklist of each row (as of the schedule version that made it), by id, so a
+    board can carry each task's form."""
+    out: dict[int, Checklist] = {}
+    with read(engine) as conn:
+        for r in rows:
+            if r.version_id is None:
+                continue
+            schedule = schedule_of_version(conn, r.version_id)
+            out[r.id] = checklist_of(schedule, r.task_id, r.area_kind)
+    return out
+
+
+@dataclass(frozen=True)
+class DaySummary:
+    """One day of a market's history at a glance: how many of each outcome, and who."""
+
+    day: str
+    rows: list[BoardRow]
+    counts: dict[State, int]
+    people: list[str]  # user names (or names) of those who recorded work that day
+
+    @property
+    def total(self) -> int:
+        return len(self.rows)
+
+
+def history_days(engine: sa.Engine, rows: Sequence[BoardRow]) -> list[DaySummary]:
+    """``history``'s rows grouped by day (newest first) with each day's counts and people."""
+    ids = [r.id for r in rows]
+    who: dict[int, list[str]] = {}
+    with read(engine) as conn:
+        for start in range(0, len(ids), 500):
+            for oid, by in conn.execute(
+                sa.select(Completion.obligation_id, Completion.by)
+                .where(Completion.obligation_id.in_(ids[start : start + 500]))
+                .order_by(Completion.id)
+            ):
+                who.setdefault(oid, []).append(by)
+    days: dict[str, DaySummary] = {}
+    for r in rows:
+        summary = days.get(r.local_date)
+        if summary is None:
+            summary = days[r.local_date] = DaySummary(r.local_date, [], {}, [])
+        summary.rows.append(r)
+        summary.counts[r.state] = summary.counts.get(r.state, 0) + 1
+        for name in who.get(r.id, []):
+            if name not in summary.people:
+                summary.people.append(name)
+    return list(days.values())
 
 
 def completions_of(engine: sa.Engine, obligation_id: int) -> list[sa.Row[Any]]:

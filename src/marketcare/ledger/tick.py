@@ -26,6 +26,7 @@ from marketcare.domain.obligations import (
     format_range,
     minutes_late,
 )
+from marketcare.domain.phonetime import ClockTrust, TimeBasis, Timing, judge
 from marketcare.errors import MarketcareError, NotFound, TickRefused
 from marketcare.ledger import audit
 from marketcare.ledger.db import retrying, write
@@ -48,6 +49,11 @@ class TickResult:
     completion_id: int | None
     message: str
     failures: Mapping[str, Any] = field(default_factory=dict)
+    #: the completion's times (this one's, or the earlier same submission's)
+    timing: Timing | None = None
+    #: when already done by someone: who (user name) and when it counts as done
+    done_by: str | None = None
+    done_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,10 @@ class TickRequest:
     against the obligation inside the transaction that records the tick, so the web needs
     no transaction of its own to authorise; a refusal is the same ``NotFound`` as a
     missing obligation, so another market's ids reveal nothing.
+
+    ``now`` is when the tick arrives. ``phone_at`` and ``phone_sent_at`` are the phone's
+    clock when the work was recorded offline and when it was sent; ``trust`` decides
+    whether the completion counts at the phone's time (``domain.phonetime``).
     """
 
     obligation_id: int
@@ -70,6 +80,9 @@ class TickRequest:
     texts: Mapping[str, str] = field(default_factory=dict)
     evidence: Sequence[Mapping[str, Any]] = ()
     allowed_markets: frozenset[str] | None = None
+    phone_at: datetime | None = None
+    phone_sent_at: datetime | None = None
+    trust: ClockTrust = ClockTrust()
 
     @classmethod
     def of(
@@ -85,6 +98,9 @@ class TickRequest:
         texts: Mapping[str, str] | None = None,
         evidence: Sequence[Mapping[str, Any]] = (),
         allowed_markets: frozenset[str] | None = None,
+        phone_at: datetime | None = None,
+        phone_sent_at: datetime | None = None,
+        trust: ClockTrust | None = None,
     ) -> TickRequest:
         """A request with the ledger's normalisations: whole seconds, a token, a name."""
         by = by.strip()
@@ -101,7 +117,18 @@ class TickRequest:
             texts=dict(texts or {}),
             evidence=tuple(evidence),
             allowed_markets=allowed_markets,
+            phone_at=_whole_seconds(phone_at),
+            phone_sent_at=_whole_seconds(phone_sent_at),
+            trust=trust or ClockTrust(),
         )
+
+
+def _whole_seconds(moment: datetime | None) -> datetime | None:
+    if moment is None:
+        return None
+    if moment.tzinfo is None:
+        raise TickRefused("phone_at: give the phone's time with its UTC offset")
+    return moment.replace(microsecond=0)
 
 
 def tick(
@@ -116,6 +143,9 @@ def tick(
     token: str | None = None,
     texts: Mapping[str, str] | None = None,
     evidence: Sequence[Mapping[str, Any]] = (),
+    phone_at: datetime | None = None,
+    phone_sent_at: datetime | None = None,
+    trust: ClockTrust | None = None,
 ) -> TickResult:
     """Record a completion of one obligation (see ``completion_outcome`` for the rule).
 
@@ -136,6 +166,9 @@ def tick(
         token=token,
         texts=texts,
         evidence=evidence,
+        phone_at=phone_at,
+        phone_sent_at=phone_sent_at,
+        trust=trust,
     )
 
     def attempt() -> TickResult:
@@ -182,9 +215,15 @@ class _TickSql:
         .where(_OBLIGATIONS.c.id == sa.bindparam("ob_id"))
         .with_for_update(of=_OBLIGATIONS)
     )
-    prior = sa.select(_COMPLETIONS.c.id, _COMPLETIONS.c.obligation_id).where(
-        _COMPLETIONS.c.token == sa.bindparam("token")
-    )
+    prior = sa.select(
+        _COMPLETIONS.c.id,
+        _COMPLETIONS.c.obligation_id,
+        _COMPLETIONS.c.at,
+        _COMPLETIONS.c.arrived_at,
+        _COMPLETIONS.c.phone_at,
+        _COMPLETIONS.c.phone_sent_at,
+        _COMPLETIONS.c.time_basis,
+    ).where(_COMPLETIONS.c.token == sa.bindparam("token"))
     state_of = sa.select(_OBLIGATIONS.c.state).where(_OBLIGATIONS.c.id == sa.bindparam("ob_id"))
     move = (
         sa.update(_OBLIGATIONS)
@@ -220,7 +259,7 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
     the token, as the web authorised before it ticked: a token is never confirmed to
     someone who may not see the record.
     """
-    now, token = request.now, request.token
+    token = request.token
     ob = _obligation_to_tick(conn, request) if request.allowed_markets is not None else None
     prior = conn.execute(_TickSql.prior, {"token": token}).one_or_none()
     if prior is not None:
@@ -231,6 +270,13 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
             False,
             prior.id,
             "already recorded (same submission)",
+            timing=Timing(
+                prior.at,
+                prior.arrived_at or prior.at,
+                prior.phone_at,
+                prior.phone_sent_at,
+                TimeBasis(prior.time_basis),
+            ),
         ), []
     if ob is None:
         ob = _obligation_to_tick(conn, request)
@@ -246,12 +292,26 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
         ).first()
         who = f" by {done.by} at {done.at.isoformat(timespec='minutes')}" if done else ""
         return TickResult(
-            ob.id, state, False, None, f"already {state.value}{who}; nothing changed"
+            ob.id,
+            state,
+            False,
+            None,
+            f"already {state.value}{who}; nothing changed",
+            done_by=done.by if done else None,
+            done_at=done.at if done else None,
         ), []
     if state == State.EXCUSED:
         raise TickRefused(
             f"obligation {ob.id} is excused ({ob.note or 'no reason given'}); nothing to do"
         )
+    timing = judge(
+        arrived_at=request.now,
+        phone_at=request.phone_at,
+        phone_sent_at=request.phone_sent_at,
+        opens_at=ob.opens_at,
+        trust=request.trust,
+    )
+    now = timing.at
     if now < ob.opens_at:
         zone = _market_zone(conn, ob.market_id)
         raise TickRefused(
@@ -270,7 +330,7 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
             "ob_id": ob.id,
             "from_state": state.value,
             "to_state": outcome.value,
-            "changed_at": now,
+            "changed_at": timing.arrived_at,
             "done_at": now if outcome in COMPLETED else None,
         },
     ).rowcount
@@ -290,16 +350,23 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
             "failures": failures,
             "note": request.note,
             "evidence": {"items": [dict(e) for e in evidence]} if evidence else None,
+            "phone_at": timing.phone_at,
+            "phone_sent_at": timing.phone_sent_at,
+            "arrived_at": timing.arrived_at,
+            "time_basis": timing.basis.value,
         },
     ).scalar_one()
+    details: dict[str, Any] = {"completion_id": completion_id, "token": token, "failures": failures}
+    if timing.phone_at is not None:  # nothing moved silently: the event holds both times
+        details.update(timing.as_json())
     event = audit.NewEvent(
-        at=now,
+        at=timing.arrived_at,
         actor=request.by,
         action="completed" if outcome != State.FAILED else "failed_check",
         obligation_id=ob.id,
         from_state=state.value,
         to_state=outcome.value,
-        details={"completion_id": completion_id, "token": token, "failures": failures},
+        details=details,
     )
     if outcome == State.FAILED:
         parts = [
@@ -311,7 +378,13 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
         msg = f"recorded as late ({minutes_late(due_at=ob.due_at, completed_at=now)} min after due)"
     else:
         msg = "recorded as done on time"
-    return TickResult(ob.id, outcome, True, completion_id, msg, failures), [event]
+    if timing.phone_at is not None:
+        msg += (
+            " (counted at the phone's time)"
+            if timing.trusted_phone
+            else f" (counted at its arrival: {timing.basis.value.replace('_', ' ')})"
+        )
+    return TickResult(ob.id, outcome, True, completion_id, msg, failures, timing), [event]
 
 
 def _tick_in_savepoint(

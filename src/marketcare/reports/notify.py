@@ -35,6 +35,7 @@ import sqlalchemy as sa
 from marketcare.domain.obligations import COMPLETED, State
 from marketcare.domain.problems import ProblemState
 from marketcare.domain.schedules import EscalationPolicy, Person, Schedule, StepAt
+from marketcare.i18n import translator
 from marketcare.ledger import outbox as outbox_rules
 from marketcare.ledger.db import dialect_insert, read, retrying, write
 from marketcare.ledger.models import (
@@ -47,6 +48,7 @@ from marketcare.ledger.models import (
     ProblemRow,
 )
 from marketcare.reports.mail import DeliveryError, SmtpConfig, send
+from marketcare.reports.workbook import PROBLEM_STATES
 
 log = logging.getLogger(__name__)
 
@@ -326,10 +328,20 @@ def _body(person: Person, items: Sequence[_Item], zone: ZoneInfo) -> str:
         kind = "截止" if it.subject_kind == "obligation" else "整改期限"
         lines.append(
             f"· {it.headline}｜{it.market_name} {it.title}｜{kind} {due:%Y-%m-%d %H:%M}"
-            f"｜状态 {it.state}｜编号 {it.subject_kind}:{it.subject_id}"
+            f"｜状态 {_state_label(it)}｜编号 {it.subject_kind}:{it.subject_id}"
         )
     lines += ["", "（marketcare 自动发送；完成后请在系统中登记，提醒即停止。）"]
     return "\n".join(lines) + "\n"
+
+
+def _state_label(item: _Item) -> str:
+    """The state in words, as a person reads it (the texts are Chinese, as the office's)."""
+    zh = translator("zh_CN")
+    if item.subject_kind == "obligation" and item.state in {s.value for s in State}:
+        return zh.state(item.state)
+    if item.subject_kind == "problem" and item.state in PROBLEM_STATES:
+        return zh.tr(PROBLEM_STATES[item.state])
+    return item.state
 
 
 def _enqueue(

@@ -26,7 +26,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
 from marketcare import logs
@@ -48,6 +48,7 @@ from marketcare.web.app import (
     authorise_market,
     check_csrf,
     client_of,
+    clock_trust_of,
     engine_of,
     now_of,
     settings_of,
@@ -327,6 +328,14 @@ class CompletionIn(Body):
     texts: dict[str, Annotated[str, Field(max_length=2000)]] = Field(default_factory=dict)
     note: str | None = Field(None, max_length=2000)
     photos: list[Sha256] = Field(default_factory=list, max_length=20)
+    phone_at: AwareDatetime | None = Field(
+        None,
+        description="the phone's clock when the checklist was recorded (offline queue); "
+        "it counts at this time if the clock is trusted (docs/web.md)",
+    )
+    phone_sent_at: AwareDatetime | None = Field(
+        None, description="the phone's clock when this request was sent"
+    )
 
 
 class TickOut(BaseModel):
@@ -336,6 +345,15 @@ class TickOut(BaseModel):
     completion_id: int | None
     message: str
     failures: dict[str, Any]
+    counted_at: str | None = Field(None, description="when the completion counts as done")
+    arrived_at: str | None = Field(None, description="when the server received it")
+    phone_at: str | None = None
+    time_basis: str | None = Field(
+        None, description="arrival, phone, clock_off, arrived_too_late or inconsistent"
+    )
+    done_by: str | None = Field(None, description="already done: by whom (user name)")
+    done_by_name: str | None = Field(None, description="already done: by whom (display name)")
+    done_at: str | None = Field(None, description="already done: when")
 
 
 def _tick_field(message: str) -> str | None:
@@ -445,6 +463,9 @@ async def complete(
             texts=body.texts,
             evidence=records,
             allowed_markets=None if who.all_markets else who.markets,
+            phone_at=body.phone_at,
+            phone_sent_at=body.phone_sent_at,
+            trust=clock_trust_of(request),
         )
         result = await asyncio.wrap_future(_tick_writer(request).submit(tick))
     except TickRefused as exc:
@@ -459,6 +480,13 @@ async def complete(
         )
     if not result.changed:
         response.status_code = 200
+    timing = result.timing
+    done_by_name = None
+    if result.done_by is not None:
+        names = await run_in_threadpool(
+            accounts.display_names, engine_of(request), [result.done_by]
+        )
+        done_by_name = names.get(result.done_by, result.done_by)
     return TickOut(
         obligation_id=result.obligation_id,
         state=result.state.value,
@@ -466,6 +494,13 @@ async def complete(
         completion_id=result.completion_id,
         message=result.message,
         failures=dict(result.failures),
+        counted_at=None if timing is None else timing.at.isoformat(),
+        arrived_at=None if timing is None else timing.arrived_at.isoformat(),
+        phone_at=None if timing is None or timing.phone_at is None else timing.phone_at.isoformat(),
+        time_basis=None if timing is None else timing.basis.value,
+        done_by=result.done_by,
+        done_by_name=done_by_name,
+        done_at=None if result.done_at is None else result.done_at.isoformat(),
     )
 
 

@@ -38,6 +38,7 @@ import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
@@ -47,6 +48,7 @@ from starlette.middleware.sessions import SessionMiddleware
 from marketcare import logs
 from marketcare.clock import now_utc
 from marketcare.domain.access import Action, Principal, may
+from marketcare.domain.phonetime import ClockTrust
 from marketcare.domain.signin import Lifetime
 from marketcare.errors import MarketcareError, NotFound
 from marketcare.i18n import DEFAULT_LANGUAGE, LANGUAGES, Translator, translator
@@ -99,6 +101,15 @@ def client_of(request: Request) -> str:
 def lifetime_of(request: Request) -> Lifetime:
     lifetime: Lifetime = request.app.state.session_lifetime
     return lifetime
+
+
+def clock_trust_of(request: Request) -> ClockTrust:
+    """How far a phone's clock is trusted, from the settings (``domain.phonetime``)."""
+    settings = settings_of(request)
+    return ClockTrust(
+        max_delay=timedelta(hours=settings.phone_time_max_delay_hours),
+        max_skew=timedelta(minutes=settings.phone_clock_max_skew_minutes),
+    )
 
 
 def _bearer(request: Request) -> str | None:
@@ -419,6 +430,8 @@ def create_app(
         https_only=settings.web_secure_cookies,
     )
     app.add_middleware(security.SecurityHeaders, hsts=settings.web_secure_cookies)
+    # pages travel compressed (a phone on one bar of signal); small JSON answers do not
+    app.add_middleware(GZipMiddleware, minimum_size=1400, compresslevel=6)
     _install_error_handlers(app)
     if settings.web_api_docs:
         security.install_docs(app)

@@ -8,6 +8,7 @@ template, or redirects after a write (post/redirect/get, so a reload never resub
 from __future__ import annotations
 
 import functools
+import json
 import math
 import unicodedata
 import uuid
@@ -17,16 +18,23 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
-from fastapi.responses import FileResponse, RedirectResponse, Response
+from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
 from marketcare.domain.access import Action, Principal, Role, may, visible_markets
-from marketcare.domain.obligations import State, format_range, minutes_late
+from marketcare.domain.obligations import (
+    TICKABLE,
+    State,
+    format_range,
+    in_range,
+    minutes_late,
+    next_to_do,
+)
 from marketcare.domain.problems import Category, ProblemState, is_overdue
 from marketcare.errors import MarketcareError, NotFound, TickRefused
 from marketcare.i18n import Translator
-from marketcare.ledger import evidence, readmodel
+from marketcare.ledger import accounts, evidence, readmodel
 from marketcare.ledger import problems as problem_ledger
 from marketcare.ledger.db import read
 from marketcare.ledger.models import Event, ProblemRow
@@ -34,6 +42,7 @@ from marketcare.ledger.tick import tick as record_tick
 from marketcare.ledger.versions import active_schedule
 from marketcare.reports.workbook import PROBLEM_CATEGORIES, PROBLEM_STATES
 from marketcare.web.app import (
+    HERE,
     SignedIn,
     authorise,
     authorise_market,
@@ -41,6 +50,7 @@ from marketcare.web.app import (
     engine_of,
     now_of,
     render,
+    safe_next,
     settings_of,
     translator_of,
 )
@@ -88,6 +98,13 @@ def _names(engine: sa.Engine, market_id: str) -> tuple[dict[str, str], dict[str,
     tasks = {} if schedule is None else {k: t.name for k, t in schedule.task_by_id.items()}
     areas = {a["id"]: str(a["name"]) for a in readmodel.areas(engine, market_id)}
     return tasks, areas
+
+
+def _people(request: Request, names: Any) -> dict[str, str]:
+    """Display names of the people records name by user name; ``system`` in words."""
+    found = accounts.display_names(engine_of(request), [str(n) for n in names if n])
+    found.setdefault("system", translator_of(request).tr("System (automatic)"))
+    return found
 
 
 def _markets_of(request: Request, who: Principal) -> list[readmodel.MarketInfo]:
@@ -161,8 +178,9 @@ async def _photo(request: Request, form: FormData, t: Translator) -> dict[str, A
 
 
 @router.get("/m/{market}")
-def today_page(request: Request, market: str, who: SignedIn) -> Response:
-    """The board a manager works from: overdue first, each row one tap to its checklist."""
+def today_page(request: Request, market: str, who: SignedIn, open: int | None = None) -> Response:
+    """The board a manager works from: overdue first; a task with nothing to enter is
+    ticked from its row with one tap, one with readings opens its form on the board."""
     authorise(who, Action.VIEW_MARKET, market)
     engine = engine_of(request)
     board = readmodel.today(engine, market, now=now_of(request))
@@ -175,6 +193,8 @@ def today_page(request: Request, market: str, who: SignedIn) -> Response:
         ("later", t.tr("Later today"), board.later),
         ("finished", t.tr("Finished"), board.finished),
     ]
+    can_tick = may(who, Action.TICK, market)
+    todo = [r for r in board.overdue + board.open_now if r.state in TICKABLE] if can_tick else []
     return _page(
         request,
         "today.html",
@@ -184,6 +204,10 @@ def today_page(request: Request, market: str, who: SignedIn) -> Response:
         tasks=tasks,
         areas=areas,
         markets=_markets_of(request, who),
+        checklists=readmodel.checklists(engine, todo),
+        tokens={r.id: uuid.uuid4().hex for r in todo},
+        open_id=open,
+        rendered=board.now.astimezone(ZoneInfo(board.market.zone)).strftime("%H:%M"),
     )
 
 
@@ -205,11 +229,31 @@ def _obligation_context(
         "can_tick": may(who, Action.TICK, market) and view.tickable,
         "labels": {r.id: r.label for r in view.readings},
         "result": _result(request, view, done) if done is not None else None,
+        "next_task": _next_task(request, market, view.row) if done is not None else None,
+        "people": _people(request, [c["by"] for c in view.completions]),
         "token": uuid.uuid4().hex,
         "errors": {},
         "values": {},
+        "confirm": [],
+        "next": "",
         "error": None,
     }
+
+
+def _next_task(
+    request: Request, market: str, after: readmodel.BoardRow
+) -> tuple[readmodel.BoardRow, str] | None:
+    """The next open task of the same kind on today's board, with its name to offer."""
+    engine = engine_of(request)
+    board = readmodel.today(engine, market, now=now_of(request))
+    found = next_to_do(after, board.overdue + board.open_now)
+    if found is None:
+        return None
+    tasks, areas = _names(engine, market)
+    name = tasks.get(found.task_id, found.task_id)
+    if found.area_id:
+        name += f" · {areas.get(found.area_id, found.area_id)}"
+    return found, name
 
 
 def _result(request: Request, view: readmodel.ObligationView, done: int) -> tuple[str, str] | None:
@@ -298,10 +342,22 @@ async def tick_form(request: Request, obligation_id: int, who: SignedIn) -> Resp
             errors[f"text_{c.id}"] = t.tr("Fill this in.")
     values = {k: v for k, v in form.items() if isinstance(v, str)}
     values["items"] = items  # type: ignore[assignment]
-    ctx.update(values=values, errors=errors, token=token)
+    next_page = safe_next(_text(form, "next")) if _text(form, "next") else ""
+    ctx.update(values=values, errors=errors, token=token, next=next_page)
     if errors:
         ctx["error"] = t.tr("Nothing was recorded: correct the marked fields.")
         return _page(request, "obligation.html", status_code=400, **ctx)
+    outside = [r for r in view.readings if not in_range(readings[r.id], r.range)]
+    if outside and _text(form, "confirm_failed") != "1":
+        # only the confirmation step is new: what is recorded after it stays as it was
+        ctx["confirm"] = [
+            t.tr("{value} is outside {range}: record it as failed, or correct it?").format(
+                value=f"{readings[r.id]:g}", range=r.range_text
+            )
+            for r in outside
+        ]
+        ctx["errors"] = {f"reading_{r.id}": ctx["confirm"][i] for i, r in enumerate(outside)}
+        return _page(request, "obligation.html", status_code=409, **ctx)
     try:
         photo = await _photo(request, form, t)
     except PhotoRefused as exc:
@@ -332,7 +388,22 @@ async def tick_form(request: Request, obligation_id: int, who: SignedIn) -> Resp
         return _page(request, "obligation.html", status_code=400, **ctx)
     if result.completion_id is None:
         _flash(request, "warn", t.tr("This was already done; nothing changed."))
-        return RedirectResponse(f"/o/{obligation_id}", status_code=303)
+        return RedirectResponse(next_page or f"/o/{obligation_id}", status_code=303)
+    if next_page:
+        # ticked from the board: back to it, with the result and the next task open
+        after = await run_in_threadpool(_obligation_context, request, who, obligation_id)
+        view = after["view"]
+        said = _result(request, view, result.completion_id)
+        name = view.task_name + (f" · {view.area_name}" if view.area_name else "")
+        if said is not None:
+            _flash(request, said[0], f"{name}: {said[1]}")
+        found = await run_in_threadpool(_next_task, request, ctx["market"].id, view.row)
+        board = f"/m/{ctx['market'].id}"
+        if found is not None and next_page == board and not view.checklist.nothing_to_enter:
+            return RedirectResponse(
+                f"{next_page}?open={found[0].id}#ob-{found[0].id}", status_code=303
+            )
+        return RedirectResponse(next_page, status_code=303)
     return RedirectResponse(f"/o/{obligation_id}?done={result.completion_id}", status_code=303)
 
 
@@ -353,18 +424,18 @@ def history_page(
     tasks, areas = _names(engine, market)
     chosen = area if area in areas else None
     rows = readmodel.history(engine, market, now=now_of(request), days=days, area=chosen)
-    by_day: dict[str, list[Any]] = {}
-    for r in rows:
-        by_day.setdefault(r.local_date, []).append(r)
+    summaries = readmodel.history_days(engine, rows)
     return _page(
         request,
         "history.html",
         market=info,
-        by_day=by_day,
+        summaries=summaries,
+        people=_people(request, [p for d in summaries for p in d.people]),
         tasks=tasks,
         areas=areas,
         area=chosen or "",
         days=days,
+        State=State,
     )
 
 
@@ -397,13 +468,20 @@ def _problems_context(request: Request, market: str) -> dict[str, Any]:
         "values": {"deadline": default_deadline},
         "errors": {},
         "error": None,
+        "reported": None,
     }
 
 
 @router.get("/m/{market}/problems")
-def problems_page(request: Request, market: str, who: SignedIn) -> Response:
+def problems_page(
+    request: Request, market: str, who: SignedIn, reported: int | None = None
+) -> Response:
+    """The market's problems; after a report, its confirmation first and the form folded
+    away, so the page does not invite the same report twice."""
     authorise(who, Action.VIEW_MARKET, market)
-    return _page(request, "problems.html", **_problems_context(request, market))
+    ctx = _problems_context(request, market)
+    ctx["reported"] = next((p for p in ctx["problems"] if p.id == reported), None)
+    return _page(request, "problems.html", **ctx)
 
 
 @router.post("/m/{market}/problems")
@@ -465,8 +543,7 @@ async def report_problem(request: Request, market: str, who: SignedIn) -> Respon
     except MarketcareError as exc:
         ctx["error"] = t.tr("Not recorded: {reason}").format(reason=str(exc))
         return _page(request, "problems.html", status_code=400, **ctx)
-    _flash(request, "ok", t.tr("Problem {id} reported.").format(id=pid))
-    return RedirectResponse(f"/m/{market}/problems", status_code=303)
+    return RedirectResponse(f"/m/{market}/problems?reported={pid}", status_code=303)
 
 
 def _problem_context(request: Request, who: Principal, problem_id: int) -> dict[str, Any]:
@@ -499,6 +576,11 @@ def _problem_context(request: Request, who: Principal, problem_id: int) -> dict[
         "categories": _category_labels(t),
         "states": _problem_state_labels(t),
         "area_names": _names(engine, market)[1],
+        "people": _people(
+            request,
+            [row.found_by, row.assigned_to, row.rectified_by, row.verified_by]
+            + [e.actor for e in events],
+        ),
         "can_rectify": may(who, Action.RECTIFY, market) and row.state == ProblemState.OPEN,
         "can_assign": may(who, Action.ASSIGN, market) and row.state != ProblemState.VERIFIED,
         "can_verify": may(who, Action.VERIFY, market) and row.state == ProblemState.RECTIFIED,
@@ -555,6 +637,55 @@ async def rectify_form(request: Request, problem_id: int, who: SignedIn) -> Resp
         return _page(request, "problem.html", status_code=400, **ctx)
     _flash(request, "ok", t.tr("Rectification recorded; the office will re-inspect."))
     return RedirectResponse(f"/p/{problem_id}", status_code=303)
+
+
+# ---------------------------------------------------------------- the installable app
+
+
+@router.get("/sw.js")
+def service_worker() -> Response:
+    """The service worker, served from the root so that its scope is the whole app;
+    never cached by HTTP, so a new version is picked up on the next visit."""
+    return FileResponse(
+        HERE / "static" / "sw.js",
+        media_type="text/javascript",
+        headers={"Cache-Control": "no-cache", "Service-Worker-Allowed": "/"},
+    )
+
+
+@router.get("/manifest.webmanifest")
+def manifest(request: Request) -> Response:
+    """The web app manifest (install to the home screen), in the user's language."""
+    t = translator_of(request)
+    body = {
+        "name": t.tr("marketcare: market sanitation"),
+        "short_name": "marketcare",
+        "start_url": "/",
+        "scope": "/",
+        "display": "standalone",
+        "background_color": "#f6f7f9",
+        "theme_color": "#0b5cad",
+        "lang": "zh-CN" if t.language == "zh_CN" else "en",
+        "icons": [
+            {"src": "/static/icon-192.png", "sizes": "192x192", "type": "image/png"},
+            {"src": "/static/icon-512.png", "sizes": "512x512", "type": "image/png"},
+            {
+                "src": "/static/icon-maskable-512.png",
+                "sizes": "512x512",
+                "type": "image/png",
+                "purpose": "maskable",
+            },
+        ],
+    }
+    return PlainTextResponse(
+        json.dumps(body, ensure_ascii=False), media_type="application/manifest+json"
+    )
+
+
+@router.get("/offline")
+def offline_page(request: Request) -> Response:
+    """What the service worker shows for a page it has no copy of while offline."""
+    return _page(request, "offline.html")
 
 
 # ---------------------------------------------------------------- photos

@@ -1,7 +1,7 @@
 """security: server-side sessions, evidence uploads, per-user calendar feeds
 
 Revision ID: i15_security
-Revises: 0006
+Revises: i10_phone_time
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import marketcare.ledger.models
 
 revision = "i15_security"
-down_revision = "0006"
+down_revision = "i10_phone_time"
 branch_labels = None
 depends_on = None
 
