@@ -39,18 +39,22 @@ system-deps:
 ## set everything up and run the whole suite (lint, types, tests)
 test: install system-deps lint typecheck unit
 
-## ruff, the layering of docs/design.md (import-linter), bandit's security checks
+## ruff, the layering of docs/design.md (import-linter), dead code (vulture: pyproject.toml
+## and vulture_whitelist.py), bandit's security checks
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
+	$(BIN)/vulture
 	$(BIN)/bandit -c pyproject.toml -r src -q
 
 typecheck: install
 	$(BIN)/mypy
 
-## the whole suite twice: on SQLite, then on PostgreSQL (a throwaway server in a temporary
-## folder, unless MARKETCARE_TEST_DATABASE_URL names one; see docs/postgresql.md)
+## the whole suite twice, in random order (pytest-randomly prints the seed): on SQLite, then
+## on PostgreSQL (a throwaway server in a temporary folder, unless MARKETCARE_TEST_DATABASE_URL
+## names one; see docs/postgresql.md). The PostgreSQL run leaves out the modules marked
+## no_database (pure rules and parsing: they run once, on SQLite).
 unit: unit-sqlite unit-postgresql
 
 unit-sqlite: install

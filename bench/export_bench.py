@@ -1,4 +1,4 @@
-"""Excel export benchmark: ``exports.write_workbook`` (openpyxl) against xlsxwriter.
+"""Excel export benchmark: ``reports.workbook.write_workbook`` (openpyxl) against xlsxwriter.
 
     .venv/bin/python bench/export_bench.py                 # 1,000 markets: a week and a month
     .venv/bin/python bench/export_bench.py --quick         # 50 markets, one round (seconds)
@@ -10,15 +10,15 @@ of ``--markets`` markets shaped like ``bench/generate.py``'s (12 areas each; dai
 clearance, civility duty and disinfection of every area, weekly deep cleaning and facility
 inspection, the xun clean-up, pest control every two weeks with a contractor), with seeded
 outcomes (mostly on time; some late, missed, failed readings, excused; notes). Building a
-ledger of ~470,000 completed obligations through ``ledger.tick`` would take hours and
+ledger of ~470,000 completed obligations through ``ledger.tick.tick`` would take hours and
 would measure the database, not the workbook; the rows and the summary have exactly the
 types and shapes ``Report`` gives.
 
-Every variant writes the same workbook through ``exports.write_with``: the same sheets,
+Every variant writes the same workbook through ``reports.workbook.write_with``: the same sheets,
 rows, cell values, formats, widths, panes, print setup and chart, so only the library
 differs:
 
-* **openpyxl** — ``exports.write_workbook`` itself (write-only mode, lxml installed);
+* **openpyxl** — ``write_workbook`` itself (write-only mode, lxml installed);
 * **xlsxwriter** — a ``BookSink`` over ``xlsxwriter.Workbook(constant_memory=True)``
   (baseline: the fastest streaming writer in Python);
 * **no writer** — a sink that drops every row: the cost of the source and of building the
@@ -91,7 +91,7 @@ CONTRACTORS = ("泉州市洁安有害生物防治有限公司", "鲤城区卫康
 
 
 class CityReport:
-    """What ``exports`` uses of ``reports.Report``, for a synthetic city."""
+    """What ``reports.workbook`` uses of ``reports.figures.Report``, for a synthetic city."""
 
     def __init__(self, period: Period, markets: int, seed: int = 1) -> None:
         self.period = period

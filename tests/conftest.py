@@ -1,5 +1,7 @@
 """Shared fixtures: a migrated ledger per test, small schedule factories, a DST zone.
 
+The fixtures several modules share live in ``tests/support/fixtures.py`` (loaded below).
+
 The suite runs on SQLite by default and on PostgreSQL with ``MARKETCARE_TEST_DB=postgresql``
 (see ``tests/support/pg.py`` and docs/postgresql.md): every test reaches its database
 through ``database_url(tmp_path)``, never through a hard-coded ``sqlite:///`` URL.
@@ -16,9 +18,12 @@ import pytest
 import sqlalchemy as sa
 
 from marketcare.domain.schedules import Schedule, load_texts
-from marketcare.ledger.db import make_engine, migrate
+from marketcare.ledger.db import make_engine
 
 from .support import pg
+
+#: the fixtures several modules share (procs, smtp, site, signed-in clients…)
+pytest_plugins = ["tests.support.fixtures"]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -39,6 +44,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "postgresql_only(reason): proves something only PostgreSQL has (several daemons "
         "on one database); not collected on a SQLite run, with the reason printed",
     )
+    config.addinivalue_line(
+        "markers",
+        "no_database: touches no database, so it runs once, on the SQLite run; not collected "
+        "on a PostgreSQL run (a test so marked that asks for a database fails)",
+    )
     pg.begin_session()
 
 
@@ -48,6 +58,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 #: the tests a run left out because they belong to the other database, with the reason
 _OTHER_DATABASE: list[str] = []
+#: the tests a PostgreSQL run left out because they touch no database (the SQLite run has them)
+_NO_DATABASE: list[str] = []
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -57,6 +69,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     other = "sqlite_only" if pg.on_postgresql() else "postgresql_only"
     kept, dropped = [], []
     for item in items:
+        if pg.on_postgresql() and item.get_closest_marker("no_database") is not None:
+            dropped.append(item)
+            _NO_DATABASE.append(item.nodeid)
+            continue
         marker = item.get_closest_marker(other)
         if marker is None:
             kept.append(item)
@@ -76,6 +92,10 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.section(f"tests of the other database, not collected on {here}")
         for line in _OTHER_DATABASE:
             terminalreporter.write_line(line)
+    if _NO_DATABASE:
+        modules = sorted({nodeid.split("::")[0] for nodeid in _NO_DATABASE})
+        terminalreporter.section("tests that touch no database, run on SQLite only")
+        terminalreporter.write_line(f"{len(_NO_DATABASE)} tests of {', '.join(modules)}")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -83,16 +103,21 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 
 @pytest.fixture(autouse=True)
-def _release_databases(tmp_path: Path) -> Iterator[None]:
-    """A test's PostgreSQL databases go with it (a long run would otherwise fill the disk)."""
-    yield
-    pg.release(tmp_path)
+def _release_databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[None]:
+    """A test's PostgreSQL databases go with it (a long run would otherwise fill the disk);
+    a test marked ``no_database`` may not ask for one."""
+    pg.refuse_databases(request.node.get_closest_marker("no_database") is not None)
+    try:
+        yield
+    finally:
+        pg.refuse_databases(False)
+        pg.release(tmp_path)
 
 
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[sa.Engine]:
+    """A ledger at the newest revision: a copy of the run's migrated template."""
     eng = make_engine(database_url(tmp_path, migrated=True))
-    migrate(eng)
     yield eng
     eng.dispose()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -27,6 +28,11 @@ def ledger_with_markets(engine: sa.Engine) -> sa.Engine:
     return engine
 
 
+def authenticate(engine: sa.Engine, username: str, password: str, **where: Any) -> Principal | None:
+    """The user a sign-in attempt lets in (None: a wrong password), as the form sees it."""
+    return accounts.attempt_sign_in(engine, username, password, **where).who
+
+
 def add(engine: sa.Engine, name: str, role: Role, markets: tuple[str, ...] = ()) -> int:
     return accounts.add_user(engine, accounts.NewUser(name, name, role, PW, markets), now=NOW)
 
@@ -42,16 +48,16 @@ def test_the_right_password_signs_in_and_a_wrong_one_does_not(
     ledger_with_markets: sa.Engine,
 ) -> None:
     add(ledger_with_markets, "mgr", Role.MANAGER, ("lizhong",))
-    who = accounts.authenticate(ledger_with_markets, "MGR", PW, client="1.2.3.4", now=NOW)
+    who = authenticate(ledger_with_markets, "MGR", PW, client="1.2.3.4", now=NOW)
     assert who is not None and who.markets == frozenset({"lizhong"})
-    assert accounts.authenticate(ledger_with_markets, "mgr", "wrong!", client="x", now=NOW) is None
-    assert accounts.authenticate(ledger_with_markets, "nobody", PW, client="x", now=NOW) is None
+    assert authenticate(ledger_with_markets, "mgr", "wrong!", client="x", now=NOW) is None
+    assert authenticate(ledger_with_markets, "nobody", PW, client="x", now=NOW) is None
 
 
 def fail(
     engine: sa.Engine, name: str, client: str, at: datetime, device: str | None = None
 ) -> None:
-    assert accounts.authenticate(engine, name, "bad", client=client, device=device, now=at) is None
+    assert authenticate(engine, name, "bad", client=client, device=device, now=at) is None
 
 
 def make_failures(engine: sa.Engine, pairs: list[tuple[str, str]], at: datetime = NOW) -> None:
@@ -69,12 +75,12 @@ def test_five_failures_refuse_that_name_from_that_client_until_the_window_passes
     for i in range(signin.PAIR_LIMIT):
         fail(ledger_with_markets, "mgr", "6.6.6.6", NOW + timedelta(seconds=i))
     with pytest.raises(accounts.Throttled) as caught:
-        accounts.authenticate(
+        authenticate(
             ledger_with_markets, "mgr", PW, client="6.6.6.6", now=NOW + timedelta(minutes=1)
         )
     assert 0 < caught.value.retry_after <= signin.WINDOW.total_seconds() + 1
     later = NOW + signin.WINDOW + timedelta(seconds=10)
-    assert accounts.authenticate(ledger_with_markets, "mgr", PW, client="6.6.6.6", now=later)
+    assert authenticate(ledger_with_markets, "mgr", PW, client="6.6.6.6", now=later)
 
 
 def test_the_owner_signs_in_from_another_address_while_a_guesser_is_refused(
@@ -86,8 +92,8 @@ def test_the_owner_signs_in_from_another_address_while_a_guesser_is_refused(
         fail(ledger_with_markets, "mgr", "6.6.6.6", NOW + timedelta(seconds=i))
     at = NOW + timedelta(minutes=1)
     with pytest.raises(accounts.Throttled):
-        accounts.authenticate(ledger_with_markets, "mgr", "guess", client="6.6.6.6", now=at)
-    who = accounts.authenticate(ledger_with_markets, "mgr", PW, client="10.0.0.7", now=at)
+        authenticate(ledger_with_markets, "mgr", "guess", client="6.6.6.6", now=at)
+    who = authenticate(ledger_with_markets, "mgr", PW, client="10.0.0.7", now=at)
     assert who is not None and who.username == "mgr"
 
 
@@ -97,7 +103,7 @@ def test_five_unknown_names_behind_one_nat_do_not_keep_a_colleague_out(
     add(ledger_with_markets, "mgr", Role.MANAGER, ("lizhong",))
     for i in range(5):
         fail(ledger_with_markets, f"nobody{i}", "100.64.0.1", NOW)
-    assert accounts.authenticate(ledger_with_markets, "mgr", PW, client="100.64.0.1", now=NOW)
+    assert authenticate(ledger_with_markets, "mgr", PW, client="100.64.0.1", now=NOW)
 
 
 def test_an_address_guessing_many_names_is_refused_but_a_known_device_behind_it_is_not(
@@ -108,11 +114,11 @@ def test_an_address_guessing_many_names_is_refused_but_a_known_device_behind_it_
         ledger_with_markets, [(f"user{i}", "9.9.9.9") for i in range(signin.CLIENT_LIMIT)]
     )
     with pytest.raises(accounts.Throttled):
-        accounts.authenticate(ledger_with_markets, "someone", "bad", client="9.9.9.9", now=NOW)
+        authenticate(ledger_with_markets, "someone", "bad", client="9.9.9.9", now=NOW)
     with pytest.raises(accounts.Throttled):
-        accounts.authenticate(ledger_with_markets, "mgr", PW, client="9.9.9.9", now=NOW)
+        authenticate(ledger_with_markets, "mgr", PW, client="9.9.9.9", now=NOW)
     # the owner's phone signed in before: it carries a device cookie for "mgr"
-    assert accounts.authenticate(
+    assert authenticate(
         ledger_with_markets, "mgr", PW, client="9.9.9.9", device="a1b2c3d4e5f60718", now=NOW
     )
 
@@ -136,9 +142,9 @@ def test_the_owners_sign_in_does_not_forgive_a_guessers_failures(
     add(ledger_with_markets, "mgr", Role.MANAGER, ("lizhong",))
     for i in range(signin.PAIR_LIMIT):
         fail(ledger_with_markets, "mgr", "6.6.6.6", NOW + timedelta(seconds=i))
-    assert accounts.authenticate(ledger_with_markets, "mgr", PW, client="10.0.0.7", now=NOW)
+    assert authenticate(ledger_with_markets, "mgr", PW, client="10.0.0.7", now=NOW)
     with pytest.raises(accounts.Throttled):
-        accounts.authenticate(ledger_with_markets, "mgr", PW, client="6.6.6.6", now=NOW)
+        authenticate(ledger_with_markets, "mgr", PW, client="6.6.6.6", now=NOW)
 
 
 LIFETIME = signin.Lifetime(idle=timedelta(days=14), absolute=timedelta(days=30))
@@ -158,7 +164,7 @@ def test_a_disabled_user_cannot_sign_in_and_loses_sessions_and_tokens(
     accounts.set_disabled(ledger_with_markets, "mgr")
     assert sessions.find(ledger_with_markets, key, now=NOW, lifetime=LIFETIME) is None
     assert accounts.principal_for_token(ledger_with_markets, token, now=NOW) is None
-    assert accounts.authenticate(ledger_with_markets, "mgr", PW, client="x", now=NOW) is None
+    assert authenticate(ledger_with_markets, "mgr", PW, client="x", now=NOW) is None
     accounts.set_disabled(ledger_with_markets, "mgr", False)
     assert sessions.find(ledger_with_markets, key, now=NOW, lifetime=LIFETIME) is None
 

@@ -19,7 +19,7 @@ from fastapi.routing import APIRoute
 
 from marketcare.domain.access import ALLOWED, MARKET_SCOPED, Action, Principal, Role
 from marketcare.ledger import accounts, evidence
-from marketcare.ledger import problems as rectification
+from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.models import Completion, User
 from marketcare.web import api
@@ -28,12 +28,7 @@ from .support.web import PASSWORD, USERS, Site, running_site, sign_in
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(range(256)) * 4
 UPLOAD_LIMIT = 20_000
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_site(tmp_path_factory.mktemp("api"), upload_max_bytes=UPLOAD_LIMIT) as s:
-        yield s
+SITE_SETTINGS = {"upload_max_bytes": UPLOAD_LIMIT}
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +42,9 @@ def clients(site: Site) -> Iterator[dict[str, httpx.Client]]:
 def problem_in(site: Site, market: str, *, state: str = "open", **extra: Any) -> int:
     """A fresh problem of ``market`` (rectified first when ``state`` asks for it)."""
     now = site.clock.now()
-    pid, _ = rectification.add(
+    pid, _ = ledger_problems.add(
         site.engine,
-        rectification.NewProblem(
+        ledger_problems.NewProblem(
             market_id=market,
             category="sanitation",
             description="排水沟堵塞",
@@ -61,7 +56,7 @@ def problem_in(site: Site, market: str, *, state: str = "open", **extra: Any) ->
         now=now,
     )
     if state == "rectified":
-        rectification.rectify(site.engine, problem_id=pid, by="mgr", note="已疏通", now=now)
+        ledger_problems.rectify(site.engine, problem_id=pid, by="mgr", note="已疏通", now=now)
     return pid
 
 

@@ -8,7 +8,6 @@ the run stays short on a 2-core machine.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -22,15 +21,9 @@ from schemathesis.checks import not_a_server_error
 from marketcare.ledger import accounts
 from marketcare.ledger.models import User
 
-from .support.web import Site, running_site
+from .support.web import Site
 
 USERS = ("office", "mgr_a")
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_site(tmp_path_factory.mktemp("schema")) as s:
-        yield s
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +34,8 @@ def api_schema(site: Site) -> Any:
 @pytest.fixture(scope="module")
 def fuzz_tokens(site: Site) -> dict[str, tuple[int, str]]:
     """A token per user made for this run (id, token), so the run's own DELETE of a
-    token id never revokes the credential it is using."""
+    token id never revokes the credential it is using; kept with the site, so every test
+    of the module starts with them."""
     out: dict[str, tuple[int, str]] = {}
     with site.engine.connect() as conn:
         ids = {r.username: r.id for r in conn.execute(sa.select(User.username, User.id))}
@@ -49,6 +43,7 @@ def fuzz_tokens(site: Site) -> dict[str, tuple[int, str]]:
         out[user] = accounts.create_token(
             site.engine, ids[user], "schemathesis", now=site.clock.now()
         )
+    site.keep()
     return out
 
 

@@ -16,7 +16,6 @@ import sqlite3
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -153,16 +152,6 @@ def logged(proc: Proc, msg: str) -> bool:
         except ValueError:
             continue
     return False
-
-
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    """Every process a test starts; whatever is still alive at the end is killed."""
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        if p.alive():
-            p.kill()
 
 
 @pytest.fixture(scope="module")

@@ -5,34 +5,26 @@ desktop. Every page visited is kept as a full-page screenshot at both widths
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
 import openpyxl
-import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Browser, Page, expect
 
 from marketcare.domain.periods import Period
 from marketcare.i18n import translator
-from marketcare.ledger import problems as rectification
+from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import sweep as ledger_sweep
 from marketcare.ledger.models import ProblemRow
 from marketcare.reports import delivery
 from tests.support.browser import browser, context, screenshot, scroll_width, sign_in
-from tests.support.web import Site, running_site
+from tests.support.web import Site
 
 __all__ = ["browser"]  # the fixture, used by name
 
 zh = translator("zh_CN")
 RED = "rgb(180, 35, 24)"  # --bad in app.css
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_site(tmp_path_factory.mktemp("browser")) as s:
-        yield s
 
 
 def state_of(site: Site, pid: int) -> str:
@@ -44,9 +36,9 @@ def state_of(site: Site, pid: int) -> str:
 
 def make_problem(site: Site, description: str) -> int:
     now = site.clock.now()
-    pid, _ = rectification.add(
+    pid, _ = ledger_problems.add(
         site.engine,
-        rectification.NewProblem(
+        ledger_problems.NewProblem(
             market_id="lizhong",
             category="sanitation",
             description=description,

@@ -6,23 +6,15 @@ from __future__ import annotations
 
 import http.server
 import threading
-from collections.abc import Iterator
 from datetime import timedelta
 
-import pytest
 from playwright.sync_api import Browser, ConsoleMessage, Page
 
 from marketcare.ledger import problems as rectification
 from tests.support.browser import browser, context, sign_in
-from tests.support.web import Site, running_site
+from tests.support.web import Site
 
 __all__ = ["browser"]  # the fixture, used by name
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_site(tmp_path_factory.mktemp("browser-security")) as s:
-        yield s
 
 
 def watch(page: Page) -> list[str]:

@@ -3,23 +3,15 @@ only, it lists the market's obligations around today and nothing of another mark
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 
 import httpx
-import pytest
 import sqlalchemy as sa
 from icalendar import Calendar
 
 from marketcare.ledger.models import Obligation
 
-from .support.web import Site, running_site
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_site(tmp_path_factory.mktemp("calendar")) as s:
-        yield s
+from .support.web import Site
 
 
 def feed_url(site: Site, user: str, market: str) -> str:

@@ -11,7 +11,6 @@ import random
 import signal
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -111,16 +110,6 @@ def logged(proc: Proc, msg: str) -> bool:
     return any(r.get("msg") == msg for r in log_records(proc))
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    """Every process a test starts; whatever is still alive at the end is killed."""
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        if p.alive():
-            p.kill()
-
-
 # ---------------------------------------------------------------- crashes
 
 
@@ -183,6 +172,13 @@ def test_sigkill_at_random_moments_while_materialising_and_ticking_loses_and_dou
             procs.append(proc)
             if i % 5 == 4:  # now and then during start-up (imports, migrations, locking)
                 time.sleep(rng.uniform(0.05, 0.8))
+            elif i % 4 == 1:  # surely while materialising, however loaded the machine is
+                wait_until(
+                    lambda b=before: (watermark(db) or b) > b,
+                    proc=proc,
+                    what="the daemon to materialise a chunk",
+                )
+                time.sleep(rng.uniform(0.0, 0.2))
             else:  # otherwise somewhere in loading, materialising, sweeping, idling
                 wait_until(
                     lambda p=proc: logged(p, "daemon starting"),

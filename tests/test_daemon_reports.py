@@ -7,16 +7,14 @@ server in this process (aiosmtpd). Timeouts are liveness bounds, never performan
 from __future__ import annotations
 
 import json
-import time
 from collections import defaultdict
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
 from .conftest import make_market_yaml, make_schedule_text
-from .support.procs import Proc, database, make_env, query, start_daemon, wait_until
+from .support.procs import Proc, database, make_env, query, scalar, start_daemon, wait_until
 from .support.smtp import SmtpServer
 
 pytestmark = pytest.mark.slow
@@ -49,25 +47,10 @@ def logged(proc: Proc, msg: str) -> bool:
     return False
 
 
-@pytest.fixture
-def procs() -> Iterator[list[Proc]]:
-    started: list[Proc] = []
-    yield started
-    for p in started:
-        if p.alive():
-            p.kill()
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()  # not started: the test starts it when the mail server "comes back"
-    yield server
-    server.stop()
-
-
 def test_reports_due_while_down_are_queued_while_smtp_is_down_and_mailed_once(
-    tmp_path: Path, procs: list[Proc], smtp: SmtpServer
+    tmp_path: Path, procs: list[Proc], smtp_down: SmtpServer
 ) -> None:
+    smtp = smtp_down  # not listening yet: the mail server "comes back" later in the test
     schedules = tmp_path / "schedules"
     schedules.mkdir()
     (schedules / "test.yaml").write_text(SCHEDULE, encoding="utf-8")
@@ -81,8 +64,8 @@ def test_reports_due_while_down_are_queued_while_smtp_is_down_and_mailed_once(
         smtp_security="none",
         smtp_sender=SENDER,
         smtp_timeout_seconds="10",
-        report_interval_seconds="1",
-        outbox_interval_seconds="1",
+        report_interval_seconds="0.25",
+        outbox_interval_seconds="0.25",
     )
     db = database(env)
 
@@ -152,10 +135,16 @@ def test_reports_due_while_down_are_queued_while_smtp_is_down_and_mailed_once(
     # one more start: nothing is produced or sent again
     again = daemon(T + 2 * DAY + timedelta(minutes=20), "again")
     wait_until(lambda: logged(again, "daemon running"), proc=again, what="the daemon to start")
-    deadline = time.monotonic() + 4  # a few report and outbox rounds
-    while time.monotonic() < deadline:
+    # each report round moves the report's watermark to its now (the outbox runs on the
+    # same interval): wait for two rounds after the first, sending nothing
+    rounds: set[object] = set()
+
+    def two_more_rounds() -> bool:
         assert len(smtp.received) == 4
-        time.sleep(0.2)
+        rounds.add(scalar(db, "SELECT checked_until FROM report_watermarks"))
+        return len(rounds) >= 3
+
+    wait_until(two_more_rounds, proc=again, what="two more report rounds")
     assert again.terminate() == 0, again.stderr()[-3000:]
     assert len(smtp.received) == 4
     assert [s for _, s, _ in outbox()] == ["sent"] * 4

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+import json
+import logging
+import re
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -25,14 +27,6 @@ from .support.smtp import SmtpServer
 NOW = utc(2026, 11, 27, 2, 0)  # Friday 10:00 in Shanghai
 WEEK = Period.of("week", date(2026, 11, 23))
 OFFICE = ["jianguan@licheng.example.org", "chengguan@licheng.example.org"]
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 def config(server: SmtpServer, **kw: object) -> SmtpConfig:
@@ -257,7 +251,7 @@ def test_the_daemon_produces_and_emails_a_scheduled_report_once_after_downtime(
 ) -> None:
     import time_machine
 
-    from marketcare.ledger.db import make_engine, migrate
+    from marketcare.ledger.db import make_engine
     from marketcare.ops.daemon import Daemon
     from marketcare.settings import Settings
 
@@ -274,7 +268,7 @@ reports:
     )
     (tmp_path / "schedules" / "s.yaml").write_text(text, encoding="utf-8")
     settings = Settings(
-        database_url=database_url(tmp_path),
+        database_url=database_url(tmp_path, migrated=True),
         schedules_dir=tmp_path / "schedules",
         exports_dir=tmp_path / "exports",
         smtp_host="127.0.0.1",
@@ -283,7 +277,6 @@ reports:
         smtp_sender="marketcare@licheng.example.org",
     )
     engine = make_engine(settings.database_url)
-    migrate(engine)
     daemon = Daemon(settings=settings, engine=engine)
     with time_machine.travel(utc(2026, 11, 23, 12, 0), tick=False) as clock:  # Monday 20:00 CST
         daemon.step_reload()
@@ -300,3 +293,47 @@ reports:
     assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == [
         f"marketcare_day_2026-11-{d}.xlsx" for d in (23, 24, 25)
     ]
+
+
+def test_the_outbox_command_lists_a_failed_email_with_its_reason_and_queues_it_again(
+    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from typer.testing import CliRunner
+
+    from marketcare.cli import app
+
+    server = SmtpServer(user="office", password="right")
+    server.start()
+    try:
+        make_history(engine)
+        result = export_week(engine, tmp_path)
+        delivery.enqueue(engine, result.report_id, OFFICE[:1], now=NOW, sender="mc@example.org")
+        delivery.send_due(engine, config(server, user="office", password="wrong"), now=NOW)
+    finally:
+        server.stop()
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MARKETCARE_DATABASE_URL", engine.url.render_as_string(hide_password=False))
+    root = logging.getLogger()  # the command points logging at the runner's stderr: restore it
+    monkeypatch.setattr(root, "handlers", root.handlers[:])
+    monkeypatch.setattr(root, "level", root.level)
+    runner = CliRunner()
+
+    listed = runner.invoke(app, ["outbox", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (row,) = json.loads(listed.stdout)
+    assert list(row) == [
+        "id", "report", "period", "recipient", "state", "attempts", "message_id",
+        "next_attempt_at", "sent_at", "error",
+    ]  # fmt: skip
+    assert row["recipient"] == OFFICE[0] and row["state"] == "failed"
+    assert "login refused" in row["error"]
+    table = runner.invoke(app, ["outbox", "--state", "failed"], env={"COLUMNS": "200"})
+    assert table.exit_code == 0, table.output
+    header = next(line for line in table.stdout.splitlines() if "recipient" in line)
+    assert re.findall(r"[a-z][a-z /]*[a-z]", header) == [
+        "id", "period", "recipient", "state", "tries", "next / sent", "reason",
+    ]  # fmt: skip
+    empty = runner.invoke(app, ["outbox", "--state", "sent"])
+    assert empty.stdout.strip() == "the outbox is empty"
+    again = runner.invoke(app, ["outbox", "--resend", str(row["id"])])
+    assert again.exit_code == 0 and again.stdout.strip() == f"message {row['id']} queued again"

@@ -14,7 +14,7 @@ import pytest
 import sqlalchemy as sa
 import time_machine
 
-from marketcare.ledger.db import make_engine, migrate, read
+from marketcare.ledger.db import make_engine, read
 from marketcare.ledger.models import Event, Obligation
 from marketcare.ops.daemon import Daemon
 from marketcare.settings import load_settings
@@ -46,12 +46,11 @@ def drive(tmp_path: Path, name: str, start: datetime, end: datetime) -> sa.Engin
         ),
         encoding="utf-8",
     )
-    url = database_url(tmp_path / name)
+    url = database_url(tmp_path / name, migrated=True)
     settings = load_settings(
         database_url=url, schedules_dir=schedules, horizon="1d", timezone="Europe/London"
     )
     engine = make_engine(url)
-    migrate(engine)
     daemon = Daemon(settings=settings, engine=engine)
     with time_machine.travel(start, tick=False) as clock:
         assert daemon.step_reload()  # loads the files and materialises

@@ -780,7 +780,7 @@ def test_libreoffice_opens_the_workbook_and_reads_the_chinese_text(
 # ---------------------------------------------------------------------- the catalogs
 
 
-#: the web modules translate through ``web.translator_of`` without importing ``i18n``
+#: the web modules translate through ``web.app.translator_of`` without importing ``i18n``
 WEB_MODULES = ("web/*.py",)
 
 

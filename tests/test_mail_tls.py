@@ -20,6 +20,9 @@ from marketcare.reports.mail import DeliveryError, SmtpConfig, build_message, se
 from .support.smtp import Handler, free_port
 from .support.tls import Certificates, make_certificates, openssl_available
 
+#: nothing here touches a database: it runs once, on the SQLite run (see conftest.py)
+pytestmark = pytest.mark.no_database
+
 # `make test` installs openssl; without it these tests fail rather than skip
 assert openssl_available(), "the openssl tool is needed to make throwaway certificates"
 

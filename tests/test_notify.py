@@ -26,7 +26,7 @@ from marketcare.domain.schedules import (
 )
 from marketcare.errors import ScheduleError
 from marketcare.ledger import materialise as ledger_materialise
-from marketcare.ledger import problems as rectification
+from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import sweep as ledger_sweep
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import read
@@ -89,14 +89,6 @@ class Hook:
             self.server.shutdown()
             self.server.server_close()
             self.server = None
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpServer]:
-    server = SmtpServer()
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture
@@ -350,7 +342,7 @@ def test_a_problem_past_its_deadline_notifies_until_it_is_verified(
 ) -> None:
     schedule = make_notify_schedule()
     start_ledger(engine, schedule)
-    problem = rectification.NewProblem(
+    problem = ledger_problems.NewProblem(
         market_id="lizhong",
         category="repair",
         description="水产区排水沟堵塞",
@@ -358,10 +350,10 @@ def test_a_problem_past_its_deadline_notifies_until_it_is_verified(
         found_at=NOW,
         deadline=NOW + timedelta(hours=3),
     )
-    pid, _ = rectification.add(engine, problem, now=NOW)
-    other, _ = rectification.add(engine, problem, now=NOW)
-    rectification.rectify(engine, problem_id=other, by="林秀英", note="已疏通", now=NOW)
-    rectification.verify(engine, problem_id=other, by="张伟", now=NOW + timedelta(hours=1))
+    pid, _ = ledger_problems.add(engine, problem, now=NOW)
+    other, _ = ledger_problems.add(engine, problem, now=NOW)
+    ledger_problems.rectify(engine, problem_id=other, by="林秀英", note="已疏通", now=NOW)
+    ledger_problems.verify(engine, problem_id=other, by="张伟", now=NOW + timedelta(hours=1))
     run(engine, schedule, smtp, NOW + timedelta(hours=3, minutes=1))
     (mail,) = smtp.received
     assert f"#{pid}" in mail.message.get_content() and f"#{other}" not in str(mail.message)
@@ -412,7 +404,8 @@ def test_the_docs_describe_every_key_of_people_and_escalation() -> None:
     text = (DOCS / "schedules.md").read_text(encoding="utf-8")
     assert "## 13. People and escalation" in text
     for model in (Person, EscalationPolicy, EscalationStep, ProblemStep):
-        for key in model.model_fields:
+        for name, field in model.model_fields.items():
+            key = field.alias or name  # the key as the YAML spells it
             assert f"`{key}" in text, f"{model.__name__}.{key} is not documented"
 
 
@@ -436,7 +429,19 @@ def test_the_notifications_command_lists_and_resends(
     listed = runner.invoke(app, ["notifications", "--state", "failed", "--json"])
     assert listed.exit_code == 0, listed.output
     (row,) = json.loads(listed.stdout)
+    assert list(row) == [
+        "id", "person", "market", "channel", "address", "subject", "state", "attempts",
+        "stable_id", "next_attempt_at", "sent_at", "error",
+    ]  # fmt: skip
     assert row["channel"] == "webhook" and "HTTP 404" in row["error"]
+    table = runner.invoke(app, ["notifications"], env={"COLUMNS": "250"})
+    header = next(line for line in table.stdout.splitlines() if "channel" in line)
+    assert re.findall(r"[a-z][a-z /]*[a-z]", header) == [
+        "id", "person", "channel", "subject", "state", "tries", "next / sent", "reason",
+    ]  # fmt: skip
+    assert runner.invoke(app, ["notifications", "--state", "cancelled"]).stdout.strip() == (
+        "no notifications"
+    )
     again = runner.invoke(app, ["notifications", "--resend", str(row["id"])])
     assert again.exit_code == 0 and "queued again" in again.stdout
     assert [m.state for m in messages(engine) if m.id == row["id"]] == ["pending"]

@@ -29,6 +29,9 @@ from marketcare.domain.obligations import (
 )
 from marketcare.domain.schedules import Schedule, load_paths, load_texts
 
+#: nothing here touches a database: it runs once, on the SQLite run (see conftest.py)
+pytestmark = pytest.mark.no_database
+
 SAMPLE = Path(__file__).resolve().parents[1] / "schedules"
 SHANGHAI = ZoneInfo("Asia/Shanghai")
 LONDON = ZoneInfo("Europe/London")

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import pytest
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -15,15 +13,10 @@ from marketcare.ledger import leader
 from marketcare.ledger.models import Obligation
 from marketcare.web.app import start_servers
 
-from .support.web import Site, running_site
+from .support.web import Site
 
 METRICS_TOKEN = "scrape-me-please-0123456789"
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_site(tmp_path_factory.mktemp("ops"), metrics_token=METRICS_TOKEN) as s:
-        yield s
+SITE_SETTINGS = {"metrics_token": METRICS_TOKEN}
 
 
 def scrape(site: Site, token: str | None = METRICS_TOKEN) -> httpx.Response:

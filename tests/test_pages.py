@@ -4,46 +4,21 @@ the account and photos. Every write is a plain form post (no JavaScript), as on 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy as sa
 
+from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger.models import Completion, Obligation, ProblemRow
-from tests.support.web import PASSWORD, Site, running_site
+from tests.support.web import PASSWORD, Site
 
 #: the smallest thing the evidence store takes for a JPEG (it sniffs the first bytes)
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 200
 LIMIT = 10_000
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_site(tmp_path_factory.mktemp("pages"), upload_max_bytes=LIMIT) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def mgr_a(site: Site) -> Iterator[httpx.Client]:
-    c = site.client("mgr_a")
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def mgr_b(site: Site) -> Iterator[httpx.Client]:
-    c = site.client("mgr_b")
-    yield c
-    c.close()
-
-
-@pytest.fixture(scope="module")
-def office(site: Site) -> Iterator[httpx.Client]:
-    c = site.client("office")
-    yield c
-    c.close()
+SITE_SETTINGS = {"upload_max_bytes": LIMIT}
 
 
 def form_fields(client: httpx.Client, path: str, action: str) -> dict[str, str]:
@@ -89,6 +64,24 @@ def state_of(site: Site, obligation_id: int) -> str:
                 sa.select(Obligation.state).where(Obligation.id == obligation_id)
             ).scalar_one()
         )
+
+
+def make_problem(site: Site, market: str = "lizhong") -> int:
+    """A problem the office found in ``market`` two days ago, due in three days."""
+    now = site.clock.now()
+    pid, _ = ledger_problems.add(
+        site.engine,
+        ledger_problems.NewProblem(
+            market_id=market,
+            category="sanitation",
+            description="水产区排水沟积水",
+            found_by="office",
+            found_at=now - timedelta(days=2),
+            deadline=now + timedelta(days=3),
+        ),
+        now=now,
+    )
+    return pid
 
 
 def problems(site: Site) -> list[Any]:
@@ -305,7 +298,10 @@ def test_a_problem_form_with_bad_fields_names_each_field_and_records_nothing(
 def test_the_office_sees_its_forms_on_a_problem_and_the_manager_does_not(
     site: Site, mgr_a: httpx.Client, office: httpx.Client
 ) -> None:
-    pid = next(p.id for p in problems(site) if p.market_id == "lizhong")
+    pid = make_problem(site)
+    ledger_problems.rectify(
+        site.engine, problem_id=pid, by="mgr_a", note="已疏通", now=site.clock.now()
+    )
     page = office.get(f"/p/{pid}")
     for action in ("verify", "reopen", "assign"):
         assert f'action="/p/{pid}/{action}"' in page.text
@@ -361,6 +357,8 @@ def test_a_photo_is_served_only_to_those_who_may_see_its_market(
     site: Site, mgr_a: httpx.Client, mgr_b: httpx.Client, office: httpx.Client
 ) -> None:
     oid = site.obligation("lizhong", "disinfect", "veg")
+    ticked = tick(mgr_a, oid, {"item": "washed", "reading_chlorine": "500"}, ("p.jpg", JPEG))
+    assert ticked.status_code == 303
     sha = completions(site, oid)[0].evidence["items"][0]["sha256"]
     assert f"/evidence/{sha}" in mgr_a.get(f"/o/{oid}").text
     mine = mgr_a.get(f"/evidence/{sha}")
@@ -440,7 +438,7 @@ def test_each_page_renders_for_each_role_that_may_see_it(
     site: Site, user: str, allowed: list[str], refused: list[str]
 ) -> None:
     oid = site.obligation("lizhong", "disinfect", "aquatic")
-    pid = next(p.id for p in problems(site) if p.market_id == "lizhong")
+    pid = make_problem(site)
     extra = [f"/o/{oid}", f"/p/{pid}"]
     c = site.client(user)
     try:

@@ -12,11 +12,10 @@ from pathlib import Path
 
 import httpx
 import openpyxl
-import pytest
 import sqlalchemy as sa
 
 from marketcare.domain.periods import Period
-from marketcare.ledger import problems as rectification
+from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import sweep as ledger_sweep
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.models import ProblemRow
@@ -37,29 +36,11 @@ def signed_in(site: Site, user: str) -> Iterator[httpx.Client]:
         client.close()
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_site(tmp_path_factory.mktemp("office")) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def office(site: Site) -> Iterator[httpx.Client]:
-    with signed_in(site, "office") as c:
-        yield c
-
-
-@pytest.fixture(scope="module")
-def operator(site: Site) -> Iterator[httpx.Client]:
-    with signed_in(site, "operator") as c:
-        yield c
-
-
 def make_problem(site: Site, market: str = "lizhong", *, days: float = 3, **kw: str) -> int:
     now = site.clock.now()
-    pid, _ = rectification.add(
+    pid, _ = ledger_problems.add(
         site.engine,
-        rectification.NewProblem(
+        ledger_problems.NewProblem(
             market_id=market,
             category=kw.get("category", "sanitation"),
             description=kw.get("description", "排水沟堵塞"),
@@ -75,7 +56,7 @@ def make_problem(site: Site, market: str = "lizhong", *, days: float = 3, **kw: 
 
 def make_rectified(site: Site, market: str = "lizhong") -> int:
     pid = make_problem(site, market)
-    rectification.rectify(
+    ledger_problems.rectify(
         site.engine, problem_id=pid, by="mgr_a", note="已疏通", now=site.clock.now()
     )
     return pid

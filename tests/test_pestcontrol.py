@@ -12,7 +12,7 @@ from marketcare.domain.periods import Period
 from marketcare.domain.schedules import load_texts
 from marketcare.errors import TickRefused
 from marketcare.ledger import materialise as ledger_materialise
-from marketcare.ledger import problems as rectification
+from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import readmodel as ledger_readmodel
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import read
@@ -96,8 +96,8 @@ def test_fresh_droppings_fail_the_visit_and_raise_a_pest_problem(engine: sa.Engi
         texts={"agents": "溴敌隆毒饵 50 g"},
     )
     assert result.state == State.FAILED
-    assert rectification.raise_from_obligations(engine, schedule, now=at) == 1
-    (problem,) = rectification.listing(engine, now=at)
+    assert ledger_problems.raise_from_obligations(engine, schedule, now=at) == 1
+    (problem,) = ledger_problems.listing(engine, now=at)
     assert problem.category == "pest" and "读数不合格" in problem.description
 
 

@@ -21,7 +21,7 @@ from marketcare.domain import checklists
 from marketcare.domain.access import Role
 from marketcare.domain.schedules import Schedule, load_paths
 from marketcare.ledger import accounts, audit, demo
-from marketcare.ledger import problems as rectification
+from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import make_engine, migrate
 from marketcare.ledger.leader import SqliteFileLock
@@ -79,7 +79,7 @@ def fill_district(folder: Path) -> None:
         schedule = load_paths([folder / "schedules"], default_timezone="Asia/Shanghai")
         now = datetime.now(UTC)
         demo.fill(engine, schedule, days=3, seed=11, now=now, horizon=timedelta(days=1))
-        assert rectification.raise_from_obligations(engine, schedule, now=now) > 0
+        assert ledger_problems.raise_from_obligations(engine, schedule, now=now) > 0
         user = accounts.add_user(
             engine,
             accounts.NewUser("chen", "陈建国", Role.MANAGER, "correct horse battery", ("lizhong",)),
@@ -172,9 +172,9 @@ def test_a_district_moves_to_postgresql_with_equal_counts_and_checksums_and_runs
         daemon.step_reports()
         daemon.step_notifications()
         # new rows get ids past the copied ones: the sequences were moved on
-        new_id, created = rectification.add(
+        new_id, created = ledger_problems.add(
             pg_engine,
-            rectification.NewProblem(
+            ledger_problems.NewProblem(
                 market_id="lizhong",
                 category="sanitation",
                 description="排水沟堵塞",

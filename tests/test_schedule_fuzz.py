@@ -6,6 +6,7 @@ from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -24,6 +25,9 @@ from marketcare.domain.schedules import (
 from marketcare.domain.vocabulary import WEEKDAYS, AreaKind, TaskKind
 from marketcare.domain.yamlsource import YamlSourceError, decode
 from marketcare.errors import ScheduleError
+
+#: nothing here touches a database: it runs once, on the SQLite run (see conftest.py)
+pytestmark = pytest.mark.no_database
 
 TZ = "Asia/Shanghai"
 SAMPLE = Path(__file__).resolve().parents[1] / "schedules"

@@ -16,6 +16,9 @@ from marketcare.domain.vocabulary import WEEKDAYS, AreaKind, TaskKind
 from marketcare.domain.yamlsource import MAX_FILE_BYTES
 from marketcare.errors import ScheduleError, SourceError
 
+#: nothing here touches a database: it runs once, on the SQLite run (see conftest.py)
+pytestmark = pytest.mark.no_database
+
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLE = ROOT / "schedules"
 DOCS = ROOT / "docs" / "schedules.md"

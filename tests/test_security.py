@@ -30,16 +30,10 @@ from marketcare.web import security
 from marketcare.web.app import WebServer, create_app
 
 from .support.procs import make_env
-from .support.web import PASSWORD, Site, csrf_of, running_site, sign_in
+from .support.web import PASSWORD, Site, csrf_of, sign_in
 
 ROOT = Path(__file__).resolve().parents[1]
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(range(256)) * 2
-
-
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
-    with running_site(tmp_path_factory.mktemp("security")) as s:
-        yield s
 
 
 def from_address(site: Site, address: str) -> httpx.Client:

@@ -24,7 +24,7 @@ from marketcare.ledger import materialise as ledger_materialise
 from marketcare.ledger import readmodel as ledger_readmodel
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger import versions as ledger_versions
-from marketcare.ledger.db import make_engine, migrate, read
+from marketcare.ledger.db import make_engine, read
 from marketcare.ledger.models import Completion, Event, Obligation
 
 from .conftest import DISINFECTION, WASTE, database_url, make_market_yaml, make_schedule, utc
@@ -47,7 +47,6 @@ def _schedule(closed: str | None = None) -> Any:
 
 def _ledger(folder: Path) -> sa.Engine:
     engine = make_engine(database_url(folder, migrated=True))
-    migrate(engine)
     ledger_materialise.materialise(engine, _schedule(), now=NOW, horizon=timedelta(days=1))
     return engine
 

@@ -1,5 +1,7 @@
 """The test suite's database: a SQLite file per test, or a fresh PostgreSQL database per test.
 
+On SQLite, a test that wants a migrated ledger gets a copy of a file migrated once per run.
+
 ``MARKETCARE_TEST_DB=postgresql`` runs the suite on PostgreSQL. With
 ``MARKETCARE_TEST_DATABASE_URL=postgresql+psycopg://user@host/db`` the suite uses that
 server (the user must be allowed to create databases); without it, the suite starts a
@@ -20,10 +22,12 @@ import os
 import pwd
 import shutil
 import socket
+import sqlite3
 import subprocess
 import tempfile
 import threading
 import time
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -294,6 +298,39 @@ class Databases:
             self.by_folder[key] = url
             return url
 
+    def copy(self, url: str, folder: Path) -> str:
+        """A copy of the database ``url`` names, owned by ``folder`` (dropped with it).
+
+        Nobody may be connected to the original meanwhile (dispose its engines first)."""
+        name = f"{self.prefix}{next(self.counter)}"
+        self._clone(make_url(url).database or "", name)
+        copied = self.url_of(name)
+        with self.lock:
+            self.by_folder[folder.resolve()] = copied
+        return copied
+
+    def overwrite(self, url: str, source_url: str) -> None:
+        """Make the database ``url`` names a copy of ``source_url``'s again (connections to
+        it are cut; SQLAlchemy's pools reconnect on their next checkout)."""
+        name = make_url(url).database or ""
+        admin = self._admin()
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        finally:
+            admin.dispose()
+        self._clone(make_url(source_url).database or "", name)
+
+    def _clone(self, source: str, name: str) -> None:
+        admin = self._admin()
+        try:
+            with admin.connect() as conn:
+                conn.exec_driver_sql(
+                    f'CREATE DATABASE "{name}" TEMPLATE "{source}" STRATEGY FILE_COPY'
+                )
+        finally:
+            admin.dispose()
+
     def drop_under(self, folder: Path) -> None:
         """Drop the databases of ``folder`` and below (connections left open are cut)."""
         folder = folder.resolve()
@@ -344,7 +381,10 @@ def begin_session() -> None:
 
 
 def end_session() -> None:
-    global _server, _databases
+    global _server, _databases, _session_folder
+    if _session_folder is not None:
+        shutil.rmtree(_session_folder, ignore_errors=True)
+        _session_folder = None
     try:
         if _databases is not None and _server is None:
             _databases.drop_all()
@@ -355,6 +395,15 @@ def end_session() -> None:
             _server = None
 
 
+_refused = False
+
+
+def refuse_databases(refused: bool) -> None:
+    """While set, asking for a database fails: the test is marked ``no_database``."""
+    global _refused
+    _refused = refused
+
+
 def database_url(folder: Path, *, migrated: bool = False) -> str:
     """The database URL a test that works in ``folder`` uses.
 
@@ -362,11 +411,86 @@ def database_url(folder: Path, *, migrated: bool = False) -> str:
     database, empty or already migrated (``migrated``); the same folder always gets the
     same database, so a test's daemon, its CLI commands and its own engine share one.
     """
+    if _refused:
+        raise RuntimeError(
+            "this test is marked no_database (it runs on SQLite only) but asks for a database"
+        )
     if _databases is None:
         if on_postgresql():
             raise RuntimeError("the PostgreSQL test server was not started (see conftest.py)")
-        return f"sqlite:///{folder / 'ledger.db'}"
+        path = folder / "ledger.db"
+        if migrated and not path.exists():
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(_sqlite_template(), path)
+        return f"sqlite:///{path}"
     return _databases.fresh(folder, migrated=migrated)
+
+
+_session_folder: Path | None = None
+
+
+def session_folder() -> Path:
+    """A temporary folder that lasts as long as the test run (removed at its end)."""
+    global _session_folder
+    if _session_folder is None:
+        _session_folder = Path(tempfile.mkdtemp(prefix="marketcare-tests-"))
+    return _session_folder
+
+
+def _sqlite_template() -> Path:
+    """A SQLite file migrated once per run: copying it costs a millisecond where running
+    every migration again costs a tenth of a second or more."""
+    path = session_folder() / "migrated.db"
+    if not path.exists():
+        from marketcare.ledger.db import make_engine, migrate
+
+        building = path.with_name("migrating.db")
+        engine = make_engine(f"sqlite:///{building}")
+        try:
+            migrate(engine)
+        finally:
+            engine.dispose()
+        # the last connection closed checkpointed the WAL: the one file is the whole database
+        assert not building.with_name("migrating.db-wal").exists(), "the WAL was not merged"
+        building.rename(path)
+    return path
+
+
+def copy_database(url: str, folder: Path) -> str:
+    """A copy of the database ``url`` names, as the database of ``folder``: a template
+    made once and copied per test (dispose the engines of ``url`` first)."""
+    if _databases is None:
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / "ledger.db"
+        with (
+            closing(sqlite3.connect(make_url(url).database or "")) as source,
+            closing(sqlite3.connect(target)) as copy,
+        ):
+            source.backup(copy)
+        return f"sqlite:///{target}"
+    return _databases.copy(url, folder)
+
+
+def snapshot(url: str, folder: Path) -> str:
+    """Keep the state of the database ``url`` names; ``restore`` brings it back.
+
+    SQLite: a copy through SQLite's online backup, to ``folder/ledger.db``. PostgreSQL: a
+    copy made with ``CREATE DATABASE … TEMPLATE`` (dispose every engine of ``url`` first).
+    """
+    return copy_database(url, folder)
+
+
+def restore(url: str, snapshot_url: str) -> None:
+    """Put the database ``url`` names back as ``snapshot`` kept it (dispose every engine of
+    ``url`` first on PostgreSQL; on SQLite, open connections see the restored pages)."""
+    if _databases is None:
+        with (
+            closing(sqlite3.connect(make_url(snapshot_url).database or "")) as copy,
+            closing(sqlite3.connect(make_url(url).database or "", timeout=30)) as live,
+        ):
+            copy.backup(live)
+        return
+    _databases.overwrite(url, snapshot_url)
 
 
 def release(folder: Path) -> None:

@@ -17,6 +17,7 @@ The clock is the site's own (``site.clock.now``): tests move it instead of sleep
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from marketcare.ledger.db import make_engine, migrate
 from marketcare.settings import Settings
 from marketcare.web.app import WebServer, create_app
 
+from . import pg
 from .pg import database_url
 
 PASSWORD = "correct horse battery"
@@ -110,6 +112,55 @@ class Site:
     clock: Clock
     tmp: Path
     tokens: dict[str, str] = field(default_factory=dict)
+    #: clients signed in once for a whole module (``tests/support/fixtures.py``)
+    signed_in: dict[str, httpx.Client] = field(default_factory=dict)
+    kept_url: str | None = None
+    kept_clients: dict[str, tuple[dict[str, str], dict[str, str]]] = field(default_factory=dict)
+
+    def session(self, user: str) -> httpx.Client:
+        """A client signed in as ``user`` once for the whole module: the first call signs in
+        and keeps the site again, so the session is part of what every later test starts
+        from (call it before the test changes anything)."""
+        if user not in self.signed_in:
+            self.signed_in[user] = self.client(user)
+            self.keep()
+        return self.signed_in[user]
+
+    def keep(self) -> None:
+        """Keep the ledger, the site's files and the signed-in clients as they are now:
+        ``reset`` brings them back, so each test starts where the first one did."""
+        self.engine.dispose()
+        self.kept_url = pg.snapshot(
+            str(self.engine.url.render_as_string(hide_password=False)), self.tmp / "snapshot"
+        )
+        for folder in self._folders():
+            folder.mkdir(parents=True, exist_ok=True)
+            shutil.copytree(folder, self.tmp / "snapshot" / folder.name, dirs_exist_ok=True)
+        self.kept_clients = {
+            user: (dict(c.cookies), dict(c.headers)) for user, c in self.signed_in.items()
+        }
+
+    def reset(self) -> None:
+        """Back to what ``keep`` kept: the ledger, the files, the clients' cookies and the
+        clock; cached token answers are forgotten."""
+        self.clock.at = START
+        if self.kept_url is None:
+            return
+        self.engine.dispose()
+        pg.restore(self.engine.url.render_as_string(hide_password=False), self.kept_url)
+        for folder in self._folders():
+            shutil.rmtree(folder, ignore_errors=True)
+            shutil.copytree(self.tmp / "snapshot" / folder.name, folder)
+        for user, (cookies, headers) in self.kept_clients.items():
+            client = self.signed_in[user]
+            client.cookies.clear()
+            client.cookies.update(cookies)
+            client.headers.clear()
+            client.headers.update(headers)
+        accounts.forget_tokens()
+
+    def _folders(self) -> list[Path]:
+        return [Path(self.settings.evidence_dir), Path(self.settings.exports_dir)]
 
     def client(self, user: str | None = None, **kwargs: Any) -> httpx.Client:
         """A client signed in as ``user`` through the sign-in form (a session cookie)."""
@@ -169,6 +220,48 @@ def sign_in(client: httpx.Client, user: str, password: str = PASSWORD) -> httpx.
     return response
 
 
+_ledger_templates: dict[str, tuple[str, dict[str, str]]] = {}
+
+
+def _site_ledger(
+    schedule_text: str = SCHEDULE,
+    users: dict[str, tuple[Role, tuple[str, ...]]] | None = None,
+    names: dict[str, str] | None = None,
+) -> tuple[str, dict[str, str]]:
+    """A site's ledger (its days materialised and swept, its users and their API tokens),
+    built once per run for each schedule and set of users; each site gets a copy. Hashing
+    the passwords with Argon2 takes longer than everything else a site needs."""
+    users = users or USERS
+    key = repr((schedule_text, sorted(users.items()), sorted((names or {}).items())))
+    if key not in _ledger_templates:
+        folder = pg.session_folder() / f"site-{len(_ledger_templates)}"
+        engine = make_engine(database_url(folder, migrated=True))
+        try:
+            migrate(engine)
+            schedule = load_texts(
+                {"schedules/site.yaml": schedule_text}, default_timezone="Asia/Shanghai"
+            )
+            ledger_materialise.materialise(
+                engine, schedule, now=START - timedelta(days=1), horizon=timedelta(days=3)
+            )
+            ledger_sweep.sweep_all(engine, now=START)
+            tokens = {}
+            for name, (role, markets) in users.items():
+                uid = accounts.add_user(
+                    engine,
+                    accounts.NewUser(
+                        name, (names or {}).get(name, f"{name} 用户"), role, PASSWORD, markets
+                    ),
+                    now=START,
+                )
+                tokens[name] = accounts.create_token(engine, uid, "tests", now=START)[1]
+            url = engine.url.render_as_string(hide_password=False)
+        finally:
+            engine.dispose()
+        _ledger_templates[key] = (url, tokens)
+    return _ledger_templates[key]
+
+
 @contextmanager
 def running_site(
     tmp: Path,
@@ -178,19 +271,15 @@ def running_site(
     names: dict[str, str] | None = None,
     **overrides: Any,
 ) -> Iterator[Site]:
-    """Build the ledger, the users and the server; stop the server at the end.
+    """A copy of the site's ledger, served on a free port; the server stops at the end.
 
     ``schedule_text`` and ``users`` replace the default schedule and users (a module that
     needs a bigger market or a second manager brings its own); ``names`` gives display
     names (else ``<user> 用户``)."""
-    engine = make_engine(database_url(tmp, migrated=True))
-    migrate(engine)
+    template, tokens = _site_ledger(schedule_text, users, names)
+    engine = make_engine(pg.copy_database(template, tmp))
     schedule = load_texts({"schedules/site.yaml": schedule_text}, default_timezone="Asia/Shanghai")
     clock = Clock(START)
-    ledger_materialise.materialise(
-        engine, schedule, now=START - timedelta(days=1), horizon=timedelta(days=3)
-    )
-    ledger_sweep.sweep_all(engine, now=START)
     settings = Settings(
         database_url=str(engine.url),
         schedules_dir=tmp / "schedules",
@@ -199,16 +288,7 @@ def running_site(
         web_port=0,
         **overrides,
     )
-    site = Site("", engine, settings, schedule, clock, tmp)
-    for name, (role, markets) in (users or USERS).items():
-        uid = accounts.add_user(
-            engine,
-            accounts.NewUser(
-                name, (names or {}).get(name, f"{name} 用户"), role, PASSWORD, markets
-            ),
-            now=START,
-        )
-        site.tokens[name] = accounts.create_token(engine, uid, "tests", now=START)[1]
+    site = Site("", engine, settings, schedule, clock, tmp, tokens=dict(tokens))
     server = WebServer(create_app(settings, engine, clock=clock.now), "127.0.0.1", 0)
     server.start()
     site.base = f"http://127.0.0.1:{server.port}"

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import date, datetime
 from typing import TYPE_CHECKING, Any, TypeVar
 from zoneinfo import ZoneInfo
@@ -132,3 +133,39 @@ def parse_date(value: str | None, what: str) -> date | None:
 
 def fmt_local(value: datetime | None, zone: str) -> str:
     return "—" if value is None else f"{value.astimezone(ZoneInfo(zone)):%Y-%m-%d %H:%M %Z}"
+
+
+@contextmanager
+def progress_bar(label: str, *, unit: str | None = None) -> Iterator[Callable[..., None]]:
+    """A progress bar on stderr, drawn only on a terminal and gone when the work ends, and
+    the callback that moves it: ``progress(done, total)``, with ``label=`` to relabel it.
+
+    ``unit`` names what is counted after the count (``pages``) instead of the time left.
+    """
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeRemainingColumn,
+    )
+
+    last = TextColumn(unit) if unit is not None else TimeRemainingColumn()
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        last,
+        console=err,
+        transient=True,
+        disable=not err.is_terminal,
+    ) as bar:
+        task = bar.add_task(label, total=None)
+
+        def progress(done: int, total: int, label: str | None = None) -> None:
+            if label is None:
+                bar.update(task, completed=done, total=total)
+            else:
+                bar.update(task, description=label, completed=done, total=total)
+
+        yield progress

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from marketcare.cli.common import (
@@ -16,6 +15,7 @@ from marketcare.cli.common import (
     err,
     handled,
     out,
+    progress_bar,
     utcnow,
 )
 from marketcare.errors import MarketcareError
@@ -95,20 +95,7 @@ def backup_cmd(
     target = path or backups.default_path(db, now)
     if target.is_dir():
         target = target / backups.default_path(db, now).name
-    with Progress(
-        TextColumn("copying"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("pages"),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("backup", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with progress_bar("copying", unit="pages") as progress:
         found = backups.backup(db, target, step_pages=step_pages, progress=progress)
     out.print(
         f"backup written: {found.path} ({_size(found.size)}), schema revision {found.revision}, "
@@ -198,21 +185,13 @@ def migrate_sqlite_to_postgres(
             "writes during the move is left behind"
         )
     try:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-            console=err,
-            transient=True,
-            disable=not err.is_terminal,
-        ) as bar:
-            task = bar.add_task("copying", total=None)
-
-            def progress(table: str, done: int, total: int) -> None:
-                bar.update(task, description=f"copying {table}", completed=done, total=total)
-
-            moved = pgmigrate.move(source, target, batch=batch, progress=progress)
+        with progress_bar("copying") as progress:
+            moved = pgmigrate.move(
+                source,
+                target,
+                batch=batch,
+                progress=lambda table, done, total: progress(done, total, f"copying {table}"),
+            )
     finally:
         lock.release()
     table = Table(

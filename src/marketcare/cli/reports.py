@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from marketcare.cli.common import (
@@ -22,13 +23,10 @@ from marketcare.cli.common import (
     local_today,
     out,
     parse_date,
+    progress_bar,
     utcnow,
 )
 from marketcare.errors import MarketcareError
-
-if TYPE_CHECKING:
-    pass
-
 
 # ------------------------------------------------------------------------------ export
 
@@ -85,20 +83,7 @@ def export(
             raise MarketcareError(
                 f"--email: no recipients; give --to ADDRESS or configure a {p.kind} report in the schedules"
             )
-    with Progress(
-        TextColumn(f"writing {p.kind} {p.key}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("export", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with progress_bar(f"writing {p.kind} {p.key}") as progress:
         result = delivery.export(
             engine,
             period=p,
@@ -124,6 +109,121 @@ def export(
             raise typer.Exit(1)
 
 
+@dataclass(frozen=True)
+class _Queue:
+    """What differs between the two queues of outgoing messages: the report emails and the
+    notifications share their states, retries and output, not their subject columns."""
+
+    title: str
+    noun: str
+    empty: str
+    #: the JSON fields between ``id`` and ``state``, then between ``attempts`` and the times
+    head: Callable[[Any], dict[str, Any]]
+    ident: Callable[[Any], dict[str, Any]]
+    #: the table's columns between ``id`` and ``state``, and their cells
+    columns: tuple[str, ...]
+    cells: Callable[[Any], tuple[str, ...]]
+
+
+_STATE_STYLES = {
+    "sent": "green",
+    "failed": "bold red",
+    "pending": "yellow",
+    "sending": "cyan",
+    "cancelled": "dim",
+}
+
+
+def _show_queue(
+    queue: _Queue,
+    rows: list[Any],
+    *,
+    as_json: bool,
+    timezone: str,
+) -> None:
+    """Print the messages of one queue as JSON or as a table, in the one shape both share."""
+    if as_json:
+        data = [
+            {
+                "id": r.id,
+                **queue.head(r),
+                "state": r.state,
+                "attempts": r.attempts,
+                **queue.ident(r),
+                "next_attempt_at": r.next_attempt_at.isoformat() if r.next_attempt_at else None,
+                "sent_at": r.sent_at.isoformat() if r.sent_at else None,
+                "error": r.last_error,
+            }
+            for r in rows
+        ]
+        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
+        return
+    if not rows:
+        out.print(queue.empty, markup=False)
+        return
+    table = Table(title=queue.title, title_justify="left")
+    for col in ("id", *queue.columns, "state", "tries", "next / sent", "reason"):
+        table.add_column(col)
+    for r in rows:
+        when = r.sent_at if r.state == "sent" else r.next_attempt_at
+        table.add_row(
+            str(r.id),
+            *queue.cells(r),
+            f"[{_STATE_STYLES.get(r.state, '')}]{r.state}[/]",
+            str(r.attempts),
+            fmt_local(when, timezone),
+            r.last_error or "",
+        )
+    out.print(table)
+
+
+def _queue_command(
+    queue: _Queue,
+    listed: Callable[..., list[Any]],
+    requeue: Callable[..., None],
+    state: list[str] | None,
+    resend: int | None,
+    as_json: bool,
+) -> None:
+    """List one queue, or queue one of its messages again."""
+    from marketcare.ledger.db import migrate
+
+    s, engine = connect()
+    migrate(engine)
+    if resend is not None:
+        requeue(engine, resend, now=utcnow())
+        out.print(f"{queue.noun} {resend} queued again", markup=False)
+        return
+    _show_queue(queue, listed(engine, states=state), as_json=as_json, timezone=s.timezone)
+
+
+_OUTBOX = _Queue(
+    title="outbox",
+    noun="message",
+    empty="the outbox is empty",
+    head=lambda r: {"report": r.path, "period": r.period_key, "recipient": r.recipient},
+    ident=lambda r: {"message_id": r.message_id},
+    columns=("period", "recipient"),
+    cells=lambda r: (r.period_key, r.recipient),
+)
+
+_NOTIFICATIONS = _Queue(
+    title="notifications",
+    noun="notification",
+    empty="no notifications",
+    head=lambda r: {
+        "person": r.person_id,
+        "market": r.market_id,
+        "channel": r.channel,
+        "address": r.address,
+        "subject": r.subject,
+    },
+    ident=lambda r: {"stable_id": r.stable_id},
+    columns=("person", "channel", "subject"),
+    cells=lambda r: (r.person_id, r.channel, r.subject),
+)
+
+
 @app.command(name="outbox")
 @handled
 def outbox_cmd(
@@ -135,53 +235,9 @@ def outbox_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show emails waiting, sent and failed (with the reason); re-queue one with --resend."""
-    from marketcare.ledger.db import migrate
     from marketcare.reports import delivery
 
-    s, engine = connect()
-    migrate(engine)
-    if resend is not None:
-        delivery.resend(engine, resend, now=utcnow())
-        out.print(f"message {resend} queued again", markup=False)
-        return
-    rows = delivery.outbox(engine, states=state)
-    if as_json:
-        data = [
-            {
-                "id": r.id,
-                "report": r.path,
-                "period": r.period_key,
-                "recipient": r.recipient,
-                "state": r.state,
-                "attempts": r.attempts,
-                "message_id": r.message_id,
-                "next_attempt_at": r.next_attempt_at.isoformat() if r.next_attempt_at else None,
-                "sent_at": r.sent_at.isoformat() if r.sent_at else None,
-                "error": r.last_error,
-            }
-            for r in rows
-        ]
-        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
-        return
-    if not rows:
-        out.print("the outbox is empty", markup=False)
-        return
-    table = Table(title="outbox", title_justify="left")
-    for col in ("id", "period", "recipient", "state", "tries", "next / sent", "reason"):
-        table.add_column(col)
-    styles = {"sent": "green", "failed": "bold red", "pending": "yellow", "sending": "cyan"}
-    for r in rows:
-        when = r.sent_at if r.state == "sent" else r.next_attempt_at
-        table.add_row(
-            str(r.id),
-            r.period_key,
-            r.recipient,
-            f"[{styles.get(r.state, '')}]{r.state}[/]",
-            str(r.attempts),
-            fmt_local(when, s.timezone),
-            r.last_error or "",
-        )
-    out.print(table)
+    _queue_command(_OUTBOX, delivery.outbox, delivery.resend, state, resend, as_json)
 
 
 @app.command(name="notifications")
@@ -197,59 +253,6 @@ def notifications_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Show reminders and escalations waiting, sent and failed; re-queue one with --resend."""
-    from marketcare.ledger.db import migrate
     from marketcare.reports import notify
 
-    s, engine = connect()
-    migrate(engine)
-    if resend is not None:
-        notify.resend(engine, resend, now=utcnow())
-        out.print(f"notification {resend} queued again", markup=False)
-        return
-    rows = notify.messages(engine, states=state)
-    if as_json:
-        data = [
-            {
-                "id": r.id,
-                "person": r.person_id,
-                "market": r.market_id,
-                "channel": r.channel,
-                "address": r.address,
-                "subject": r.subject,
-                "state": r.state,
-                "attempts": r.attempts,
-                "stable_id": r.stable_id,
-                "next_attempt_at": r.next_attempt_at.isoformat() if r.next_attempt_at else None,
-                "sent_at": r.sent_at.isoformat() if r.sent_at else None,
-                "error": r.last_error,
-            }
-            for r in rows
-        ]
-        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
-        return
-    if not rows:
-        out.print("no notifications", markup=False)
-        return
-    table = Table(title="notifications", title_justify="left")
-    for col in ("id", "person", "channel", "subject", "state", "tries", "next / sent", "reason"):
-        table.add_column(col)
-    styles = {
-        "sent": "green",
-        "failed": "bold red",
-        "pending": "yellow",
-        "sending": "cyan",
-        "cancelled": "dim",
-    }
-    for r in rows:
-        when = r.sent_at if r.state == "sent" else r.next_attempt_at
-        table.add_row(
-            str(r.id),
-            r.person_id,
-            r.channel,
-            r.subject,
-            f"[{styles.get(r.state, '')}]{r.state}[/]",
-            str(r.attempts),
-            fmt_local(when, s.timezone),
-            r.last_error or "",
-        )
-    out.print(table)
+    _queue_command(_NOTIFICATIONS, notify.messages, notify.resend, state, resend, as_json)

@@ -8,20 +8,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
 from marketcare.cli.common import (
     app,
     cli_settings,
     connect,
-    err,
     fmt_local,
     handled,
     ledger_engine,
     local_today,
     out,
     parse_date,
+    progress_bar,
     utcnow,
 )
 from marketcare.errors import MarketcareError
@@ -250,20 +249,7 @@ def demo_cmd(
     s, engine = connect()
     migrate(engine)
     schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
-    with Progress(
-        TextColumn("simulating"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        console=err,
-        transient=True,
-        disable=not err.is_terminal,
-    ) as bar:
-        task = bar.add_task("demo", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with progress_bar("simulating") as progress:
         result = demo.fill(
             engine,
             schedule,

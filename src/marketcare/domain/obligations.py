@@ -46,8 +46,6 @@ class State(StrEnum):
 TICKABLE = frozenset({State.OPEN, State.MISSED, State.FAILED})
 #: states the sweep may still move on by the clock alone
 PENDING = frozenset({State.UPCOMING, State.OPEN})
-#: states that count as compliant
-COMPLIANT = frozenset({State.DONE})
 #: a completed obligation: a second tick changes nothing
 COMPLETED = frozenset({State.DONE, State.LATE})
 

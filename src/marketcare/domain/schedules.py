@@ -477,7 +477,9 @@ class Contract(_Strict):
 
 # ---------------------------------------------------------------- people and escalation
 
-ROLES = ("manager", "supervisor", "office")
+#: where a person stands on the escalation ladder (the YAML key ``role``); not a user's
+#: role in the web app (``access.Role``)
+POSITIONS = ("manager", "supervisor", "office")
 _QUIET = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 _CLOCK = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*$")
 _AT = re.compile(r"^\s*(opens|due|deadline)\s*(?:([+-])\s*(.+))?$")
@@ -552,7 +554,7 @@ class Person(_Strict):
 
     id: Id
     name: str = Field(min_length=1)
-    role: Literal["manager", "supervisor", "office"]
+    position: Literal["manager", "supervisor", "office"] = Field(alias="role")
     markets: Literal["all"] | list[Id] = "all"
     email: Annotated[str, BeforeValidator(_email)] | None = None
     webhook: Annotated[str, BeforeValidator(_url)] | None = None
@@ -589,6 +591,7 @@ class EscalationPolicy(_Strict):
     digest: ClockTime | None = None
 
     def applies_to(self, kind: str) -> bool:
+        """Whether an obligation of task kind ``kind`` is this policy's concern."""
         return self.task_kinds == "all" or kind in {k.value for k in self.task_kinds}
 
 
@@ -654,7 +657,7 @@ def schedule_files(paths: Iterable[Path]) -> list[tuple[Path, str]]:
     for p in paths:
         if p.is_dir():
             for f in sorted([*p.glob("*.yaml"), *p.glob("*.yml")]):
-                found.append((f, f.relative_to(p).as_posix() if False else str(f)))
+                found.append((f, str(f)))
         else:
             found.append((p, str(p)))
     return found
@@ -785,9 +788,10 @@ def _cross_check(parsed: list[Located]) -> list[SourceError]:
 
 
 def _check_notify(parsed: list[Located], person_ids: Mapping[str, str]) -> list[SourceError]:
-    """Every ``notify`` entry of an escalation policy names a role or a known person."""
+    """Every ``notify`` entry of an escalation policy names a position (the YAML calls it
+    a role) or a known person."""
     errors: list[SourceError] = []
-    valid = sorted([*ROLES, *person_ids])
+    valid = sorted([*POSITIONS, *person_ids])
     for located in parsed:
         policies = located.data.get("escalation")
         for i, policy in enumerate(policies if isinstance(policies, list) else []):
@@ -798,13 +802,13 @@ def _check_notify(parsed: list[Located], person_ids: Mapping[str, str]) -> list[
                 for j, step in enumerate(steps if isinstance(steps, list) else []):
                     refs = step.get("notify") if isinstance(step, dict) else None
                     for k, ref in enumerate(refs if isinstance(refs, list) else []):
-                        if not isinstance(ref, str) or ref in ROLES or ref in person_ids:
+                        if not isinstance(ref, str) or ref in POSITIONS or ref in person_ids:
                             continue
                         close = difflib.get_close_matches(ref, valid, n=1)
                         hint = (
                             f"; did you mean {close[0]!r}?"
                             if close
-                            else f" (roles: {', '.join(ROLES)}; people: "
+                            else f" (roles: {', '.join(POSITIONS)}; people: "
                             f"{', '.join(sorted(person_ids)) or 'none'})"
                         )
                         errors.append(

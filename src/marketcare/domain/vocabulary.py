@@ -26,25 +26,4 @@ class TaskKind(StrEnum):
     CIVILITY_DUTY = "civility_duty"
 
 
-AREA_KIND_LABELS_ZH = {
-    AreaKind.AQUATIC: "水产区",
-    AreaKind.MEAT: "肉类区",
-    AreaKind.POULTRY: "禽类区",
-    AreaKind.VEGETABLES: "蔬菜区",
-    AreaKind.DRY_GOODS: "干货区",
-    AreaKind.COOKED_FOOD: "熟食区",
-    AreaKind.AISLES: "公共通道",
-    AreaKind.TOILETS: "公厕",
-    AreaKind.REFUSE_ROOM: "垃圾房",
-}
-
-TASK_KIND_LABELS_ZH = {
-    TaskKind.WASTE_CLEARANCE: "垃圾日产日清",
-    TaskKind.DISINFECTION: "每日休市清洗消毒",
-    TaskKind.DEEP_CLEANING: "深度清洁",
-    TaskKind.PEST_CONTROL: "灭四害",
-    TaskKind.FACILITY_INSPECTION: "设施巡查",
-    TaskKind.CIVILITY_DUTY: "文明劝导员值守",
-}
-
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -51,9 +51,6 @@ MIN_PASSWORD = 10
 #: the visible prefix of every API token (not a secret: bandit B105 accepted)
 TOKEN_PREFIX = "mc_"  # nosec B105
 
-#: failures of one (name, client) pair that refuse the pair (see ``domain.signin``)
-MAX_FAILURES = signin.PAIR_LIMIT
-FAILURE_WINDOW = signin.WINDOW
 #: the actor named in audit events of changes made on the command line
 CLI = "(cli)"
 
@@ -471,19 +468,6 @@ def attempt_sign_in(
             sa.delete(LoginFailure).where(LoginFailure.username == name, LoginFailure.client == key)
         )
     return SignIn(principal(engine, row.id), verdict.delay)
-
-
-def authenticate(
-    engine: sa.Engine,
-    username: str,
-    password: str,
-    *,
-    client: str,
-    device: str | None = None,
-    now: datetime,
-) -> Principal | None:
-    """The user if the password is right; None if not; ``Throttled`` when refused."""
-    return attempt_sign_in(engine, username, password, client=client, device=device, now=now).who
 
 
 def device_id() -> str:

@@ -430,7 +430,7 @@ class AppSecret(Base):
 
 
 class SchedulerLeader(Base):
-    """Which daemon runs the scheduler role now, and when it last said so.
+    """Which daemon runs the scheduler now, and when it last said so.
 
     The lock itself is PostgreSQL's advisory lock (or the SQLite file lock); this row is
     what readiness checks and operators read: a heartbeat older than a few intervals

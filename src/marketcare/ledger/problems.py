@@ -1,7 +1,7 @@
 """The rectification loop in the ledger: problems raised, rectified, re-inspected.
 
 Each function is one unit of work in its own transaction, with compare-and-swap state
-changes and an audit event, like ``ledger``. Raising is idempotent through
+changes and an audit event, like ``tick`` and ``sweep``. Raising is idempotent through
 ``source_key`` (an obligation's miss raises its problem once, a spreadsheet row once).
 """
 

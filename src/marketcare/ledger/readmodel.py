@@ -1,8 +1,8 @@
 """What the web pages and the JSON API show, computed once for both.
 
 Each function reads the ledger in one snapshot and returns plain data; the rules come
-from where they live (``obligations`` for states, ``compliance`` for the %,
-``problems`` for the rectification rate, ``access`` for who sees what). Rendering as
+from where they live in ``domain`` (``obligations`` for states, ``compliance`` for
+the %, ``problems`` for the rectification rate, ``access`` for who sees what). Rendering as
 HTML or JSON is the caller's business.
 """
 

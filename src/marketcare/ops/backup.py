@@ -71,7 +71,6 @@ class Inspection:
 
 @dataclass(frozen=True)
 class Restored:
-    inspection: Inspection
     #: where the database that was replaced now is (None when there was none)
     kept: Path | None
     revision: str | None
@@ -284,7 +283,7 @@ def restore(
         for leftover in (staging, *(Path(f"{staging}{s}") for s in ("-wal", "-shm", "-journal"))):
             leftover.unlink(missing_ok=True)
         lock.release()
-    return Restored(found, kept, revision, counts)
+    return Restored(kept, revision, counts)
 
 
 def _migrate(database_url: str) -> tuple[str | None, dict[str, int]]:

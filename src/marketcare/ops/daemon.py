@@ -56,8 +56,9 @@ class Daemon:
     schedule: Schedule | None = None
     _files_signature: tuple[tuple[str, float, int], ...] = ()
     stopping: threading.Event = field(default_factory=threading.Event)
-    #: all: scheduler (when leader) and web; scheduler: no web; web: no scheduler
-    role: str = "all"
+    #: what this daemon does (``run --role``): all: the scheduler (when leader) and the web
+    #: app; scheduler: no web app; web: no scheduler. Not a user's role (domain/access.py)
+    duty: str = "all"
     leadership: Leadership | None = None
     #: True while this daemon holds the scheduler lead (steps run only then)
     leading: bool = True
@@ -203,7 +204,7 @@ class Daemon:
         """Run until SIGTERM/SIGINT (or ``stop``); returns after a clean shutdown."""
         stop = stop or self.stopping
         self.stopping = stop
-        if self.role != "web":
+        if self.duty != "web":
             self.leadership = leadership_for(self.engine, self.settings.sqlite_path)
             if isinstance(self.leadership, SqliteFileLock) and not self.leadership.try_acquire():
                 raise MarketcareError(
@@ -234,13 +235,13 @@ class Daemon:
         log.info(
             "daemon starting",
             extra={
-                "role": self.role,
+                "role": self.duty,
                 "database": self.engine.url.render_as_string(hide_password=True),
                 "schedules": str(self.settings.schedules_dir),
                 "horizon": format_duration(self.settings.horizon),
             },
         )
-        if self.role == "web":
+        if self.duty == "web":
             self._serve_only(stop)
             return
         # the leader decides; until this daemon leads, its steps are no-ops
@@ -293,7 +294,7 @@ class Daemon:
         if stop.is_set():
             log.info("daemon stopped before its loop started")
             return
-        web = self._start_web() if self.role == "all" else None
+        web = self._start_web() if self.duty == "all" else None
         scheduler.start()
         watcher.start()
         log.info("daemon running")
@@ -427,15 +428,16 @@ def _lock_for(settings: Settings) -> FileLock | None:
     return FileLock(str(Path(str(path) + ".lock")))
 
 
-ROLES = ("all", "scheduler", "web")
+#: what a daemon may be asked to do, by ``marketcare run --role``
+DUTIES = ("all", "scheduler", "web")
 
 
-def build(settings: Settings, role: str = "all") -> Daemon:
-    if role not in ROLES:
-        raise MarketcareError(f"unknown role {role!r}: use one of {', '.join(ROLES)}")
+def build(settings: Settings, duty: str = "all") -> Daemon:
+    if duty not in DUTIES:
+        raise MarketcareError(f"unknown role {duty!r}: use one of {', '.join(DUTIES)}")
     return Daemon(
         settings=settings,
         engine=make_engine(settings.database_url),
-        role=role,
+        duty=duty,
         leading=False,
     )

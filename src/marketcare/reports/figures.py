@@ -1,9 +1,9 @@
 """What a compliance report says: the numbers and rows of one period, read from the ledger.
 
-The workbook writer (``exports``) only formats what this module gathers. Rows are streamed
+The workbook writer (``workbook``) only formats what this module gathers. Rows are streamed
 per market so a month of a thousand markets never sits in memory; the summary is a
 ``GROUP BY`` in the database turned into tallies with pandas, using the one rule in
-``compliance.categorise``.
+``domain.compliance.categorise``.
 """
 
 from __future__ import annotations

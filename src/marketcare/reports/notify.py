@@ -106,7 +106,8 @@ def next_digest(at: datetime, clock: time, zone: ZoneInfo) -> datetime:
 
 
 def recipients(schedule: Schedule, notify: Sequence[str], market_id: str) -> list[Person]:
-    """People a step names: by id, or by role among those who cover the market."""
+    """People a step names: by id, or by position (``role:`` in the YAML) among those who
+    cover the market."""
     out: dict[str, Person] = {}
     by_id = {p.id: p for p in schedule.people}
     for ref in notify:
@@ -114,7 +115,7 @@ def recipients(schedule: Schedule, notify: Sequence[str], market_id: str) -> lis
             out.setdefault(ref, by_id[ref])
             continue
         for person in schedule.people:
-            if person.role == ref and person.covers(market_id):
+            if person.position == ref and person.covers(market_id):
                 out.setdefault(person.id, person)
     return list(out.values())
 
@@ -161,7 +162,6 @@ def headline(at: StepAt) -> str:
 class MaterialiseResult:
     created: int = 0
     messages: int = 0
-    dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -238,9 +238,9 @@ def _materialise_policy(ctx: _Ctx, policy: EscalationPolicy, after: datetime) ->
         stmt = sa.select(Obligation).where(
             column > lo, column <= hi, Obligation.state.in_(UNRESOLVED)
         )
-        if policy.task_kinds != "all":
-            stmt = stmt.where(Obligation.kind.in_([k.value for k in policy.task_kinds]))
         for ob in conn.execute(stmt.order_by(column, Obligation.id)).all():
+            if not policy.applies_to(ob.kind):
+                continue
             fired = trigger_at(ostep.at, opens_at=ob.opens_at, due_at=ob.due_at)
             item = _obligation_item(conn, schedule, ob, headline(ostep.at))
             for person in recipients(schedule, ostep.notify, ob.market_id):
@@ -435,7 +435,6 @@ def _batch_digests(ctx: _Ctx) -> None:
                 .where(Notification.id.in_(drop), Notification.state == "waiting")
                 .values(state="dropped")
             )
-            result.dropped += len(drop)
         if not keep or person is None:
             continue
         policy = policies[policy_id]

@@ -794,7 +794,6 @@ class _WorkbookWriter:
             (self.category_labels[c], f"status_{c}") for c in CATEGORIES if c in STATUS_COLOURS
         ]
         self.kind_labels: dict[str, str] = {}
-        self.reading_cache: dict[tuple[str, str | None, float | None, float | None], str] = {}
         self.lines = 0
         self.overdue_rows = 0
         self.pest_rows = 0

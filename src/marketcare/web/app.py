@@ -4,7 +4,7 @@ This module is the edge where HTTP meets the domain: it signs people in, finds o
 is asking (a session cookie or an API token), checks CSRF on every cookie-authenticated
 write, picks the language and turns domain errors into HTTP answers. The pages
 (``pages``) and the API (``api``) are routers on top; the rules they apply live in
-``access`` (who may do what) and ``views`` (what is shown).
+``domain.access`` (who may do what) and ``ledger.readmodel`` (what is shown).
 
 Security decisions, written down once:
 

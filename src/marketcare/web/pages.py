@@ -1,7 +1,8 @@
 """The server-rendered pages: mobile-first, every action a plain form post.
 
 A page handler reads the request, asks ``access`` whether the user may, calls the
-domain (``views`` to show, ``ledger``/``rectification`` to change) and renders a
+ledger (``ledger.readmodel`` to show; ``ledger.tick``, ``ledger.problems`` … to change) and
+renders a
 template, or redirects after a write (post/redirect/get, so a reload never resubmits).
 """
 

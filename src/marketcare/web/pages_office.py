@@ -4,7 +4,7 @@ exports, the outbox and the users.
 Same pattern as ``pages``: check ``access`` on the server, call the domain, render or
 redirect after a write. A refused move or a bad field never changes anything and says
 which field was wrong; the office sees the market's figures by the exports' rules
-(``readmodel.dashboard``), so the page and the workbook never disagree.
+(``reports.dashboard``), so the page and the workbook never disagree.
 """
 
 from __future__ import annotations

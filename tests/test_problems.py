@@ -13,7 +13,7 @@ from marketcare.domain.problems import ProblemState, rectification_rate
 from marketcare.errors import MarketcareError
 from marketcare.ledger import audit
 from marketcare.ledger import materialise as ledger_materialise
-from marketcare.ledger import problems as rectification
+from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import readmodel as ledger_readmodel
 from marketcare.ledger import sweep as ledger_sweep
 from marketcare.ledger import tick as ledger_tick
@@ -31,7 +31,7 @@ def ready(engine: sa.Engine) -> sa.Engine:
     return engine
 
 
-def make_problem(**kw: object) -> rectification.NewProblem:
+def make_problem(**kw: object) -> ledger_problems.NewProblem:
     values: dict[str, object] = {
         "market_id": "lizhong",
         "area_id": "aquatic",
@@ -42,24 +42,24 @@ def make_problem(**kw: object) -> rectification.NewProblem:
         "deadline": NOW + timedelta(days=3),
     }
     values.update(kw)
-    return rectification.NewProblem(**values)  # type: ignore[arg-type]
+    return ledger_problems.NewProblem(**values)  # type: ignore[arg-type]
 
 
 def test_a_rectified_problem_gets_a_reinspection_and_closes_only_when_it_passes(
     ready: sa.Engine,
 ) -> None:
-    pid, created = rectification.add(ready, make_problem(), now=NOW)
+    pid, created = ledger_problems.add(ready, make_problem(), now=NOW)
     assert created
-    ob_id = rectification.rectify(
+    ob_id = ledger_problems.rectify(
         ready, problem_id=pid, by="市场管理员 林秀英", note="已疏通", now=NOW + timedelta(hours=5)
     )
     with read(ready) as conn:
         ob = conn.execute(sa.select(Obligation).where(Obligation.id == ob_id)).one()
     assert ob.kind == "reinspection" and ob.state == "open"
-    (row,) = rectification.listing(ready, now=NOW)
+    (row,) = ledger_problems.listing(ready, now=NOW)
     assert row.state == ProblemState.RECTIFIED
-    rectification.verify(ready, problem_id=pid, by="区市场监管 张伟", now=NOW + timedelta(days=1))
-    (row,) = rectification.listing(ready, now=NOW)
+    ledger_problems.verify(ready, problem_id=pid, by="区市场监管 张伟", now=NOW + timedelta(days=1))
+    (row,) = ledger_problems.listing(ready, now=NOW)
     assert row.state == ProblemState.VERIFIED and not row.overdue
     with read(ready) as conn:
         assert (
@@ -70,46 +70,46 @@ def test_a_rectified_problem_gets_a_reinspection_and_closes_only_when_it_passes(
 
 
 def test_a_failed_reinspection_reopens_the_problem_and_counts_it(ready: sa.Engine) -> None:
-    pid, _ = rectification.add(ready, make_problem(), now=NOW)
-    rectification.rectify(ready, problem_id=pid, by="林秀英", note="已疏通", now=NOW)
-    rectification.reopen(
+    pid, _ = ledger_problems.add(ready, make_problem(), now=NOW)
+    ledger_problems.rectify(ready, problem_id=pid, by="林秀英", note="已疏通", now=NOW)
+    ledger_problems.reopen(
         ready, problem_id=pid, by="张伟", note="仍有积水", now=NOW + timedelta(hours=2)
     )
-    (row,) = rectification.listing(ready, now=NOW)
+    (row,) = ledger_problems.listing(ready, now=NOW)
     assert row.state == ProblemState.OPEN and row.reopened == 1
-    second = rectification.rectify(
+    second = ledger_problems.rectify(
         ready, problem_id=pid, by="林秀英", note="更换篦子", now=NOW + timedelta(hours=4)
     )
     assert second  # a new re-inspection round
 
 
 def test_moves_not_allowed_from_a_state_are_refused_with_what_is_allowed(ready: sa.Engine) -> None:
-    pid, _ = rectification.add(ready, make_problem(), now=NOW)
+    pid, _ = ledger_problems.add(ready, make_problem(), now=NOW)
     with pytest.raises(
         MarketcareError, match="cannot verify a problem that is open; from open it can be: rectify"
     ):
-        rectification.verify(ready, problem_id=pid, by="张伟", now=NOW)
+        ledger_problems.verify(ready, problem_id=pid, by="张伟", now=NOW)
 
 
 def test_a_problem_past_its_deadline_and_not_verified_is_overdue(ready: sa.Engine) -> None:
-    rectification.add(ready, make_problem(description="墙面破损"), now=NOW)
-    rectification.add(ready, make_problem(deadline=NOW + timedelta(days=30)), now=NOW)
+    ledger_problems.add(ready, make_problem(description="墙面破损"), now=NOW)
+    ledger_problems.add(ready, make_problem(deadline=NOW + timedelta(days=30)), now=NOW)
     later = NOW + timedelta(days=4)
-    rows = rectification.listing(ready, now=later, overdue=True)
+    rows = ledger_problems.listing(ready, now=later, overdue=True)
     assert [r.description for r in rows] == ["墙面破损"]
 
 
 def test_the_same_source_raises_one_problem(ready: sa.Engine) -> None:
-    first = rectification.add(ready, make_problem(source_key="obligation:1:missed"), now=NOW)
-    again = rectification.add(ready, make_problem(source_key="obligation:1:missed"), now=NOW)
+    first = ledger_problems.add(ready, make_problem(source_key="obligation:1:missed"), now=NOW)
+    again = ledger_problems.add(ready, make_problem(source_key="obligation:1:missed"), now=NOW)
     assert first[0] == again[0] and not again[1]
 
 
 def test_invalid_problems_name_the_field(ready: sa.Engine) -> None:
     with pytest.raises(MarketcareError, match="market: unknown market 'nowhere'"):
-        rectification.add(ready, make_problem(market_id="nowhere"), now=NOW)
+        ledger_problems.add(ready, make_problem(market_id="nowhere"), now=NOW)
     with pytest.raises(MarketcareError, match="category: 'leak' is not one of"):
-        rectification.add(ready, make_problem(category="leak"), now=NOW)
+        ledger_problems.add(ready, make_problem(category="leak"), now=NOW)
 
 
 def test_the_rectification_rate_is_verified_over_due_in_the_period() -> None:
@@ -131,12 +131,12 @@ def test_the_rectification_rate_is_verified_over_due_in_the_period() -> None:
 
 
 def test_rates_per_market_come_from_the_one_rule(ready: sa.Engine) -> None:
-    pid, _ = rectification.add(ready, make_problem(), now=NOW)
-    rectification.add(ready, make_problem(description="灯不亮"), now=NOW)
-    rectification.rectify(ready, problem_id=pid, by="a", note="ok", now=NOW)
-    rectification.verify(ready, problem_id=pid, by="b", now=NOW + timedelta(hours=1))
+    pid, _ = ledger_problems.add(ready, make_problem(), now=NOW)
+    ledger_problems.add(ready, make_problem(description="灯不亮"), now=NOW)
+    ledger_problems.rectify(ready, problem_id=pid, by="a", note="ok", now=NOW)
+    ledger_problems.verify(ready, problem_id=pid, by="b", now=NOW + timedelta(hours=1))
     with read(ready) as conn:
-        rates = rectification.rates(
+        rates = ledger_problems.rates(
             conn, start=NOW, end=NOW + timedelta(days=7), as_of=NOW + timedelta(days=7)
         )
     assert (rates["lizhong"].verified, rates["lizhong"].due) == (1, 2)
@@ -169,11 +169,11 @@ def test_a_clean_spreadsheet_imports_every_row_once(ready: sa.Engine, tmp_path: 
             ["lizhong", None, "卫生", "垃圾房异味", "2026-11-26", "张伟", "2026-11-28 12:00"],
         ],
     )
-    result = rectification.import_xlsx(ready, sheet, now=NOW)
+    result = ledger_problems.import_xlsx(ready, sheet, now=NOW)
     assert result.imported == 2
-    again = rectification.import_xlsx(ready, sheet, now=NOW)
+    again = ledger_problems.import_xlsx(ready, sheet, now=NOW)
     assert again.imported == 0 and again.already == 2
-    rows = rectification.listing(ready, now=NOW)
+    rows = ledger_problems.listing(ready, now=NOW)
     deadline = {r.description: r.deadline for r in rows}
     assert deadline["水产区水槽渗漏"] == utc(2026, 11, 30, 15, 59, 59)  # end of the day, Shanghai
 
@@ -189,14 +189,14 @@ def test_a_bad_row_is_reported_by_row_and_column_and_nothing_is_imported(
             ["lizhng", None, "卫生", "x", "2026-11-26", "张伟", "2026-11-30"],
         ],
     )
-    with pytest.raises(rectification.ImportRejected) as caught:
-        rectification.import_xlsx(ready, sheet, now=NOW)
+    with pytest.raises(ledger_problems.ImportRejected) as caught:
+        ledger_problems.import_xlsx(ready, sheet, now=NOW)
     assert caught.value.errors == [
         "row 3, column G (整改期限): '下周' is not a date; write 2026-12-05 or 2026-12-05 17:00",
         "row 4, column A (市场): unknown market 'lizhng' (known: lizhong)",
     ]
-    assert rectification.listing(ready, now=NOW) == []
-    skipped = rectification.import_xlsx(ready, sheet, now=NOW, skip_bad=True)
+    assert ledger_problems.listing(ready, now=NOW) == []
+    skipped = ledger_problems.import_xlsx(ready, sheet, now=NOW, skip_bad=True)
     assert skipped.imported == 1 and len(skipped.skipped) == 2
 
 
@@ -204,7 +204,7 @@ def test_a_file_that_is_not_a_workbook_is_refused_clearly(ready: sa.Engine, tmp_
     bogus = tmp_path / "x.xlsx"
     bogus.write_text("not a workbook")
     with pytest.raises(MarketcareError, match="not an Excel .xlsx workbook"):
-        rectification.import_xlsx(ready, bogus, now=NOW)
+        ledger_problems.import_xlsx(ready, bogus, now=NOW)
 
 
 def test_a_missed_obligation_raises_one_problem_when_its_task_asks_for_it(
@@ -217,9 +217,9 @@ def test_a_missed_obligation_raises_one_problem_when_its_task_asks_for_it(
     ledger_materialise.materialise(engine, schedule, now=NOW, horizon=timedelta(days=1))
     later = utc(2026, 11, 27, 13, 0)  # waste clearance missed at 20:00 CST
     ledger_sweep.sweep_all(engine, now=later)
-    assert rectification.raise_from_obligations(engine, schedule, now=later) == 1
-    assert rectification.raise_from_obligations(engine, schedule, now=later) == 0
-    (row,) = rectification.listing(engine, now=later)
+    assert ledger_problems.raise_from_obligations(engine, schedule, now=later) == 1
+    assert ledger_problems.raise_from_obligations(engine, schedule, now=later) == 0
+    (row,) = ledger_problems.listing(engine, now=later)
     assert row.description == "垃圾日产日清 2026-11-27 未完成（漏做）"
     assert row.deadline == later + timedelta(days=1) and row.obligation_id is not None
 
@@ -238,8 +238,8 @@ def test_a_problem_raised_from_a_failed_area_task_names_the_area_not_its_id(
     (ob,) = ledger_readmodel.board(engine, day=date(2026, 11, 27), now=NOW)
     at = ob.opens_at + timedelta(minutes=10)
     ledger_tick.tick(engine, obligation_id=ob.id, by="林秀英", now=at, readings={"chlorine": 300})
-    assert rectification.raise_from_obligations(engine, schedule, now=at) == 1
-    (row,) = rectification.listing(engine, now=at)
+    assert ledger_problems.raise_from_obligations(engine, schedule, now=at) == 1
+    (row,) = ledger_problems.listing(engine, now=at)
     assert row.description == "休市清洗消毒（水产区） 2026-11-27 读数不合格"
 
 
@@ -251,16 +251,16 @@ def test_the_weekly_export_lists_late_problems_and_the_rectification_rate(
     from marketcare.domain.periods import Period
     from marketcare.reports import delivery
 
-    fixed, _ = rectification.add(
+    fixed, _ = ledger_problems.add(
         ready, make_problem(description="灯具损坏", deadline=NOW + timedelta(days=1)), now=NOW
     )
-    rectification.add(
+    ledger_problems.add(
         ready, make_problem(description="排水沟堵塞", deadline=NOW + timedelta(days=1)), now=NOW
     )
-    rectification.rectify(
+    ledger_problems.rectify(
         ready, problem_id=fixed, by="林秀英", note="已更换", now=NOW + timedelta(hours=3)
     )
-    rectification.verify(ready, problem_id=fixed, by="张伟", now=NOW + timedelta(hours=6))
+    ledger_problems.verify(ready, problem_id=fixed, by="张伟", now=NOW + timedelta(hours=6))
     week = Period.of("week", NOW.date())
     result = delivery.export(ready, period=week, exports_dir=tmp_path, now=NOW + timedelta(days=4))
     wb = openpyxl.load_workbook(result.path)
