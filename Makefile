@@ -27,9 +27,9 @@ init: install
 ## Chromium runs the browser tests (Playwright drives Debian's build, it downloads none);
 ## PostgreSQL's server binaries run a throwaway server for the suite's PostgreSQL run;
 ## wapiti and sqlmap scan a running daemon (tests/test_scan.py, `make security`)
-SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk poppler-utils openssl chromium postgresql wapiti sqlmap
+SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk fonts-crosextra-carlito poppler-utils openssl chromium postgresql wapiti sqlmap
 system-deps:
-	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v wapiti >/dev/null 2>&1 && command -v sqlmap >/dev/null 2>&1; then :; \
+	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && fc-list | grep -q Carlito && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && command -v wapiti >/dev/null 2>&1 && command -v sqlmap >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	else \

@@ -55,8 +55,9 @@ _.freeze_panes
 _.pageSetUpPr
 _.orientation
 _.paperSize
-_.fitToWidth
-_.fitToHeight
+_.scale
+_.print_area
+_.txPr
 _.page_margins
 _.gridLines
 _.print_title_rows
@@ -66,9 +67,10 @@ _.height
 _.majorGridlines
 _._values_to_row
 
-# Jinja2 templates call these (today.html, obligation.html).
+# Jinja2 templates call these (today.html, obligation.html, office.html).
 _.long_date
 _.range_text
+_.today_settled
 
 # Read by the tests and the benchmarks: the parts of a step's result that say what it did,
 # and the per-table checksums that prove two databases hold the same rows.

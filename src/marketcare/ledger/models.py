@@ -9,6 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from marketcare.domain.problems import LIMITS as PROBLEM_LIMITS
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes on every engine (SQLite stores them naive, in UTC)."""
@@ -245,16 +247,19 @@ class OutboxMessage(Base):
 
 
 class ProblemRow(Base):
-    """A problem found on inspection (整改事项) with its deadline and its rectification."""
+    """A problem found on inspection (整改事项) with its deadline and its rectification.
+
+    Text columns are sized by ``problems.LIMITS``, the rule every way in is checked by:
+    SQLite does not enforce a length, so the rule, not the column, keeps both alike."""
 
     __tablename__ = "problems"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     market_id: Mapped[str] = mapped_column(sa.ForeignKey("markets.id"), index=True)
-    area_id: Mapped[str | None] = mapped_column(sa.String(64))
+    area_id: Mapped[str | None] = mapped_column(sa.String(PROBLEM_LIMITS["area"]))
     category: Mapped[str] = mapped_column(sa.String(16))
     description: Mapped[str] = mapped_column(sa.Text)
     found_at: Mapped[datetime]
-    found_by: Mapped[str] = mapped_column(sa.String(100))
+    found_by: Mapped[str] = mapped_column(sa.String(PROBLEM_LIMITS["found_by"]))
     deadline: Mapped[datetime]
     state: Mapped[str] = mapped_column(sa.String(16))
     reopened: Mapped[int] = mapped_column(default=0)
@@ -263,14 +268,14 @@ class ProblemRow(Base):
     obligation_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("obligations.id"))
     evidence: Mapped[dict[str, Any]]
     rectified_at: Mapped[datetime | None]
-    rectified_by: Mapped[str | None] = mapped_column(sa.String(100))
+    rectified_by: Mapped[str | None] = mapped_column(sa.String(PROBLEM_LIMITS["by"]))
     rectify_note: Mapped[str | None] = mapped_column(sa.Text)
     verified_at: Mapped[datetime | None]
-    verified_by: Mapped[str | None] = mapped_column(sa.String(100))
+    verified_by: Mapped[str | None] = mapped_column(sa.String(PROBLEM_LIMITS["by"]))
     reinspection_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("obligations.id"))
     created_at: Mapped[datetime]
     #: who the office assigned the rectification to (a person or a contractor), when it did
-    assigned_to: Mapped[str | None] = mapped_column(sa.String(200))
+    assigned_to: Mapped[str | None] = mapped_column(sa.String(PROBLEM_LIMITS["assigned_to"]))
     assigned_at: Mapped[datetime | None]
 
     __table_args__ = (sa.Index("ix_problems_state_deadline", "state", "deadline"),)

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 from marketcare.domain import compliance
 from marketcare.domain.periods import Period, from_key
+from marketcare.domain.problems import Rate
 from marketcare.domain.schedules import ReportSpec, Schedule
 from marketcare.errors import MarketcareError, NotFound
 from marketcare.files import fsync_path
@@ -36,7 +37,7 @@ from marketcare.i18n import translator
 from marketcare.ledger import outbox as outbox_rules
 from marketcare.ledger.db import dialect_insert, read, retrying, write
 from marketcare.ledger.models import OutboxMessage, ReportRecord, ReportRun, ReportWatermark
-from marketcare.reports.figures import Report
+from marketcare.reports.figures import Rectification, Report
 from marketcare.reports.mail import DeliveryError, SmtpConfig, build_message, message_id, send
 
 log = logging.getLogger(__name__)
@@ -86,19 +87,53 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: problems past their deadline listed in an email body (all of them are in the workbook)
+EMAIL_PROBLEMS = 30
+
+
 def _headline(report: Report) -> dict[str, Any]:
-    total = report.district_total()
-    rate = total["compliance"]
+    """What the email says, kept with the record: the district's counts and each market's
+    (``compliance.Counts``), the rectification figures, and the problems past their
+    deadline (the weekly double report's second half)."""
+    names = {m.id: m.name for m in report.markets}
+    counts = report.counts()
+    district = sum(counts.values(), compliance.Counts())
+    rect = report.rectification()
+    total = sum(rect.values(), Rectification(Rate(0, 0)))
+    late = report.late_problems()
+    zones = {m.id: m.zone for m in report.markets}
     return {
-        "compliance": None if rate != rate else round(float(rate), 4),
-        "due": int(total["due"]),
-        "on_time": int(total["on_time"]),
-        "late": int(total["late"]),
-        "missed": int(total["missed"]),
-        "failed": int(total["failed"]),
-        "excused": int(total["excused"]),
-        "overdue": int(total["missed"] + total["failed"]),
+        **district.as_dict(),
+        "compliance": _rounded(district.compliance),
+        "markets": [
+            {"market": m, "name": names[m], **c.as_dict(), "compliance": _rounded(c.compliance)}
+            for m, c in counts.items()
+        ],
+        "rectification": {
+            "due": total.rate.due,
+            "verified": total.rate.verified,
+            "rate": _rounded(total.rate.value),
+            "reinspected": total.reinspected,
+            "reinspection_failed": total.failed,
+        },
+        "late_problems": len(late),
+        "problems": [
+            {
+                "id": p.id,
+                "market": names.get(p.market_id, p.market_id),
+                "area": p.area_name or p.area_id,
+                "description": p.description,
+                "deadline": p.deadline.isoformat(timespec="minutes"),
+                "days_overdue": p.days_overdue,
+                "zone": zones.get(p.market_id),
+            }
+            for p in late[:EMAIL_PROBLEMS]
+        ],
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def export(
@@ -456,40 +491,94 @@ def _settle(engine: sa.Engine, row: Any, error: DeliveryError | None, at: dateti
 
 
 def subject_and_body(report: Any, *, language: str) -> tuple[str, str, str]:
-    """Subject, plain-text body and attachment name of a report email (from the catalogs)."""
+    """Subject, plain-text body and attachment name of a report email (from the catalogs).
+
+    A later revision says so in its subject, its body and its attachment's name, so the
+    office can tell it from the one it replaces. The body has the headline figures, each
+    market's, the rectification rate and the problems past their deadline.
+    """
     t = translator(language)
     period = from_key(report.period_kind, report.period_key)
     h = report.headline or {}
-    rate = h.get("compliance")
     title = t.report_title(period)
     values = {
         "title": title,
         "period": t.period(period),
         "key": period.key,
         "revision": report.revision,
-        "pct": "—" if rate is None else f"{rate * 100:.1f}%",
+        "previous": report.revision - 1,
+        "pct": compliance.percent(h.get("compliance")),
         "sha": report.sha256,
-        **{k: h.get(k, 0) for k in ("due", "on_time", "late", "missed", "failed", "overdue")},
+        **{
+            k: h.get(k, 0)
+            for k in ("due", "on_time", "late", "missed", "failed", "excused", "pending")
+        },
+        "overdue": h.get("overdue", 0),
     }
-    body = "\n".join(
-        [
-            t.tr("{title}: {period} ({key}), revision {revision}.").format(**values),
-            "",
-            t.tr("Compliance: {pct} ({on_time} of {due} due done on time)").format(**values),
-            t.tr("Missed: {missed}   Failed readings: {failed}   Done late: {late}").format(
-                **values
-            ),
-            t.tr("Overdue list: {overdue} items").format(**values),
-            "",
-            t.tr("Attachment SHA-256: {sha}").format(**values),
-            "",
-        ]
-    )
-    name = f"{title}_{period.key}"
+    lines = [t.tr("{title}: {period} ({key}), revision {revision}.").format(**values)]
     if report.revision > 1:
-        name += "_" + t.tr("revision {revision}").format(**values)
+        lines.append(
+            t.tr(
+                "It replaces revision {previous}: figures of the period changed after it was made."
+            ).format(**values)
+        )
+    lines += [
+        "",
+        t.tr("Compliance: {pct} ({on_time} of {due} due done on time)").format(**values),
+        t.tr("Missed: {missed}   Failed readings: {failed}   Done late: {late}").format(**values),
+        t.tr("Still open: {pending}   Excused: {excused}").format(**values),
+        t.tr("Overdue list: {overdue} items").format(**values),
+    ]
+    markets = h.get("markets") or []
+    if markets:
+        lines += ["", t.tr("By market:")]
+        for m in markets:
+            lines.append(
+                "  "
+                + t.tr(
+                    "{name}: due {due}, on time {on_time}, late {late}, missed {missed}, "
+                    "failed {failed}, excused {excused}, open {pending}, overdue {overdue}; "
+                    "compliance {pct}"
+                ).format(**{**m, "pct": compliance.percent(m.get("compliance"))})
+            )
+    rect = h.get("rectification")
+    if rect is not None:
+        lines += [
+            "",
+            t.tr("Rectification rate: {pct} ({verified} of {due} problems due verified)").format(
+                pct=compliance.percent(rect.get("rate")), verified=rect["verified"], due=rect["due"]
+            ),
+            t.tr("Re-inspections: {reinspected}, of which failed: {failed}").format(
+                reinspected=rect.get("reinspected", 0), failed=rect.get("reinspection_failed", 0)
+            ),
+            t.tr("Problems past their deadline: {n}").format(n=h.get("late_problems", 0)),
+        ]
+        for p in h.get("problems") or []:
+            where = f"{p['market']} {p['area']}" if p.get("area") else p["market"]
+            lines.append(
+                "  "
+                + t.tr(
+                    "No. {id} {where}: {description} (deadline {deadline}, {days} days overdue)"
+                ).format(
+                    id=p["id"],
+                    where=where,
+                    description=p["description"],
+                    deadline=p["deadline"].replace("T", " "),
+                    days=p["days_overdue"],
+                )
+            )
+        if h.get("late_problems", 0) > len(h.get("problems") or []):
+            lines.append("  " + t.tr("(the whole list is in the attachment)"))
+    lines += ["", t.tr("Attachment SHA-256: {sha}").format(**values), ""]
+    body = "\n".join(lines)
+    name = f"{title}_{period.key}"
+    subject = f"{title} {period.key}"
+    if report.revision > 1:
+        revision = t.tr("revision {revision}").format(**values)
+        name += "_" + revision
+        subject += " " + revision
     name = re.sub(r'\s*[\\/:*?"<>|]+\s*', " ", name).strip()  # a name every mail client can save
-    return f"{title} {period.key}", body, name + ".xlsx"
+    return subject, body, name + ".xlsx"
 
 
 def _message(row: Any, report: Any, smtp: SmtpConfig, *, now: datetime, language: str) -> Any:

@@ -1,7 +1,7 @@
 """security: server-side sessions, evidence uploads, per-user calendar feeds
 
 Revision ID: i15_security
-Revises: i10_phone_time
+Revises: i13_reinspection_completions
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import marketcare.ledger.models
 
 revision = "i15_security"
-down_revision = "i10_phone_time"
+down_revision = "i13_reinspection_completions"
 branch_labels = None
 depends_on = None
 
