@@ -452,7 +452,7 @@ def test_reinspections_closed_by_an_older_release_get_their_completion_on_upgrad
     with ready.begin() as conn:  # as an older release left them: no completion
         conn.execute(sa.delete(Completion).where(Completion.token.like("reinspection:%")))
     config = alembic_config(ready)
-    command.downgrade(config, "i10_phone_time")  # to the revision before this one
+    command.downgrade(config, "i13_reinspection_completions-1")  # to the revision before this one
     command.upgrade(config, "head")
     with read(ready) as conn:
         got = {

@@ -69,6 +69,7 @@ class NewProblem:
     source_key: str | None = None
     obligation_id: int | None = None
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    inspection_result_id: int | None = None
 
 
 def validate(conn: sa.Connection, p: NewProblem, *, now: datetime) -> list[tuple[str, str]]:
@@ -153,6 +154,7 @@ def add_in(
             obligation_id=problem.obligation_id,
             evidence={"items": problem.evidence},
             created_at=now,
+            inspection_result_id=problem.inspection_result_id,
         )
         .returning(ProblemRow.id)
     ).scalar_one()
@@ -381,19 +383,23 @@ def verify(
 
     def step() -> None:
         with write(engine) as conn:
-            row = _load(conn, problem_id)
-            _move(
-                conn,
-                row,
-                "verify",
-                {"verified_at": now, "verified_by": by},
-                by=by,
-                now=now,
-                details={"note": note},
-            )
-            _close_reinspection(conn, row, by=by, now=now, passed=True, note=note)
+            verify_in(conn, _load(conn, problem_id), by=by, now=now, note=note)
 
     retrying(step, what="verify")
+
+
+def verify_in(conn: sa.Connection, row: Any, *, by: str, now: datetime, note: str | None) -> None:
+    """``verify`` inside the caller's transaction (an inspection re-checks its items)."""
+    _move(
+        conn,
+        row,
+        "verify",
+        {"verified_at": now, "verified_by": by},
+        by=by,
+        now=now,
+        details={"note": note},
+    )
+    _close_reinspection(conn, row, by=by, now=now, passed=True, note=note)
 
 
 def reopen(
@@ -411,23 +417,35 @@ def reopen(
 
     def step() -> None:
         with write(engine) as conn:
-            row = _load(conn, problem_id)
-            _check_deadline(deadline, row, now)
-            values: dict[str, Any] = {"reopened": row.reopened + 1, "rectified_at": None}
-            if deadline is not None:
-                values["deadline"] = deadline
-            _move(
-                conn,
-                row,
-                "reopen",
-                values,
-                by=by,
-                now=now,
-                details={"note": note, "deadline": deadline.isoformat() if deadline else None},
-            )
-            _close_reinspection(conn, row, by=by, now=now, passed=False, note=note)
+            reopen_in(conn, _load(conn, problem_id), by=by, note=note, now=now, deadline=deadline)
 
     retrying(step, what="reopen")
+
+
+def reopen_in(
+    conn: sa.Connection,
+    row: Any,
+    *,
+    by: str,
+    note: str,
+    now: datetime,
+    deadline: datetime | None = None,
+) -> None:
+    """``reopen`` inside the caller's transaction."""
+    _check_deadline(deadline, row, now)
+    values: dict[str, Any] = {"reopened": row.reopened + 1, "rectified_at": None}
+    if deadline is not None:
+        values["deadline"] = deadline
+    _move(
+        conn,
+        row,
+        "reopen",
+        values,
+        by=by,
+        now=now,
+        details={"note": note, "deadline": deadline.isoformat() if deadline else None},
+    )
+    _close_reinspection(conn, row, by=by, now=now, passed=False, note=note)
 
 
 def assign(

@@ -174,6 +174,7 @@ def export(
                 latest = conn.execute(
                     sa.select(ReportRecord)
                     .where(
+                        ReportRecord.kind == "compliance",
                         ReportRecord.period_kind == period.kind,
                         ReportRecord.period_key == period.key,
                         ReportRecord.scope == scope,
@@ -345,12 +346,12 @@ def run_pending(
             )
             continue
         period = from_key(spec.period, run.period_key)
-        result = export(
+        result = _produce(
             engine,
+            spec,
             period=period,
             exports_dir=exports_dir,
             now=now,
-            markets=None if spec.markets == "all" else spec.markets,
             language=spec.language or default_language,
         )
 
@@ -374,6 +375,35 @@ def run_pending(
         )
         done += 1
     return done
+
+
+def _produce(
+    engine: sa.Engine,
+    spec: ReportSpec,
+    *,
+    period: Period,
+    exports_dir: Path,
+    now: datetime,
+    language: str,
+) -> Any:
+    """The file a scheduled report sends: the workbook, or a bulletin's (its PDF goes
+    with it, see ``_message``)."""
+    markets = None if spec.markets == "all" else list(spec.markets)
+    if spec.kind == "bulletin":
+        from marketcare.reports.bulletin import produce
+
+        b = produce(
+            engine,
+            period=period,
+            exports_dir=exports_dir,
+            now=now,
+            markets=markets,
+            language=language,
+        )
+        return ExportResult(b.xlsx_id, b.xlsx, b.revision, "", b.created, 0, b.headline)
+    return export(
+        engine, period=period, exports_dir=exports_dir, now=now, markets=markets, language=language
+    )
 
 
 # ---------------------------------------------------------------- the outbox
@@ -429,7 +459,12 @@ def _claim(engine: sa.Engine, now: datetime) -> Any | None:
             report = conn.execute(
                 sa.select(ReportRecord).where(ReportRecord.id == row.report_id)
             ).one()
-            return row, report
+            extra = None
+            if report.kind == "bulletin":
+                from marketcare.reports.bulletin import companion_pdf
+
+                extra = companion_pdf(conn, report)
+            return row, (report, extra)
 
     return retrying(step, what="claim outbox")
 
@@ -449,10 +484,10 @@ def send_due(
         claimed = _claim(engine, now)
         if claimed is None:
             break
-        row, report = claimed
+        row, (report, extra) = claimed
         error: DeliveryError | None = None
         try:
-            msg = _message(row, report, smtp, now=now, language=language)
+            msg = _message(row, report, smtp, now=now, language=language, extra=extra)
             send(smtp, msg, row.recipient)
         except DeliveryError as exc:
             error = exc
@@ -581,14 +616,36 @@ def subject_and_body(report: Any, *, language: str) -> tuple[str, str, str]:
     return subject, body, name + ".xlsx"
 
 
-def _message(row: Any, report: Any, smtp: SmtpConfig, *, now: datetime, language: str) -> Any:
+def _verified_bytes(report: Any) -> bytes:
     data = Path(report.path).read_bytes()
     if hashlib.sha256(data).hexdigest() != report.sha256:
         raise DeliveryError(
             f"{report.path} no longer matches its recorded SHA-256; not sending an altered report",
             permanent=True,
         )
-    subject, body, name = subject_and_body(report, language=report.language or language)
+    return data
+
+
+def _message(
+    row: Any,
+    report: Any,
+    smtp: SmtpConfig,
+    *,
+    now: datetime,
+    language: str,
+    extra: Any | None = None,
+) -> Any:
+    data = _verified_bytes(report)
+    lang = report.language or language
+    if report.kind == "bulletin":
+        from marketcare.reports.bulletin import mail_text
+
+        subject, body, name = mail_text(report, language=lang)
+    else:
+        subject, body, name = subject_and_body(report, language=lang)
+    attachments = []
+    if extra is not None:
+        attachments.append((_verified_bytes(extra), name.removesuffix(".xlsx") + ".pdf"))
     return build_message(
         sender=smtp.sender,
         recipient=row.recipient,
@@ -598,6 +655,7 @@ def _message(row: Any, report: Any, smtp: SmtpConfig, *, now: datetime, language
         filename=name,
         msg_id=row.message_id,
         date=now,
+        extra=attachments,
     )
 
 

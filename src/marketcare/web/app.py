@@ -397,7 +397,14 @@ def create_app(
     daemon: Any = None,
 ) -> FastAPI:
     """The whole web app over ``engine``; ``clock`` is injectable for tests."""
-    from marketcare.web import api, pages, pages_account, pages_office
+    from marketcare.web import (
+        api,
+        api_inspections,
+        pages,
+        pages_account,
+        pages_inspections,
+        pages_office,
+    )
     from marketcare.web import health as ops
 
     app = FastAPI(
@@ -442,6 +449,8 @@ def create_app(
     app.include_router(pages_account.router)
     app.include_router(pages.router)
     app.include_router(pages_office.router)
+    app.include_router(api_inspections.router)
+    app.include_router(pages_inspections.router)
     return app
 
 

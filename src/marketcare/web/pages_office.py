@@ -43,6 +43,7 @@ from marketcare.web.app import (
     settings_of,
     translator_of,
 )
+from marketcare.web.pages_inspections import ranking_panel
 
 router = APIRouter(dependencies=[Depends(check_csrf)], include_in_schema=False)
 
@@ -104,6 +105,7 @@ def dashboard(request: Request, who: SignedIn) -> Response:
         overdue=overdue,
         pct=pct,
         flashes=_flashes(request),
+        inspections=ranking_panel(request, who),
     )
 
 

@@ -1,7 +1,7 @@
 """security: server-side sessions, evidence uploads, per-user calendar feeds
 
 Revision ID: i15_security
-Revises: i13_reinspection_completions
+Revises: i17_inspections
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import marketcare.ledger.models
 
 revision = "i15_security"
-down_revision = "i13_reinspection_completions"
+down_revision = "i17_inspections"
 branch_labels = None
 depends_on = None
 
