@@ -60,8 +60,17 @@ def test_no_page_breaks_the_content_security_policy(site: Site, browser: Browser
             f"/p/{pid}",
             "/account",
             "/exports",
+            "/m/lizhong/inspections",
         ],
-        "office": ["/office", f"/p/{pid}", "/office/outbox", "/exports"],
+        "office": [
+            "/office",
+            f"/p/{pid}",
+            "/office/outbox",
+            "/exports",
+            "/inspect",
+            "/inspect/lizhong",
+            "/office/ranking",
+        ],
         "operator": ["/admin/users", "/admin/tokens", "/account"],
     }
     for user, pages in paths.items():
