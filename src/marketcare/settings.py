@@ -73,7 +73,16 @@ class Settings(BaseSettings):
     web_port: int = Field(default=8000, ge=0, le=65535)
     #: set when the site is reached over HTTPS (behind a proxy): cookies get ``Secure``
     web_secure_cookies: bool = False
+    #: a session ends after this long without use (each use renews it) …
     web_session_days: float = Field(default=14.0, gt=0, le=365)
+    #: … and, however much it is used, this long after sign-in
+    web_session_max_days: float = Field(default=30.0, gt=0, le=365)
+    #: Swagger UI at /api/docs (served from the installed package, never a CDN)
+    web_api_docs: bool = True
+    #: /metrics off the public listener: a separate "host:port" that serves only metrics …
+    metrics_listen: str | None = None
+    #: … and/or a bearer token /metrics asks for on the main listener (neither: no /metrics)
+    metrics_token: SecretStr | None = None
     #: the largest photo accepted with a completion or a rectification
     upload_max_bytes: int = Field(default=10_000_000, ge=10_000, le=100_000_000)
     #: managers see the ranking of every market (红黑榜) and the bulletin, not only their own
@@ -104,6 +113,23 @@ class Settings(BaseSettings):
                 "use starttls or tls so the password is not sent in clear text"
             )
         return self
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9108)")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("a metrics token needs at least 16 characters")
+        return value
 
     @field_validator("timezone")
     @classmethod
@@ -147,6 +173,14 @@ class Settings(BaseSettings):
         if path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """The separate listener of /metrics, if one is set."""
+        if self.metrics_listen is None:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @property
     def sqlite_path(self) -> Path | None:

@@ -24,7 +24,7 @@ from marketcare.cli.common import (
     utcnow,
     words,
 )
-from marketcare.errors import BadInput, NotFound
+from marketcare.errors import BadInput
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -126,13 +126,25 @@ def users_passwd(
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from standard input")
     ] = False,
+    keep_tokens: Annotated[
+        bool,
+        typer.Option(
+            "--keep-tokens", help="Keep the user's API tokens (by default they are revoked)"
+        ),
+    ] = False,
 ) -> None:
-    """Set a user's password; their open sessions are signed out."""
+    """Set a user's password; their sessions end and their API tokens are revoked."""
     from marketcare.ledger import accounts
 
     _s, engine = connect()
-    accounts.set_password(engine, username, _read_password(password_stdin))
-    out.print(f"password of {username!r} changed; their sessions are signed out")
+    revoked = accounts.set_password(
+        engine, username, _read_password(password_stdin), keep_tokens=keep_tokens, now=utcnow()
+    )
+    tokens = "their API tokens are kept" if keep_tokens else f"{revoked} API token(s) revoked"
+    out.print(
+        f"password of {username!r} changed; their sessions are signed out, {tokens}",
+        markup=False,
+    )
 
 
 @users_app.command("disable")
@@ -145,8 +157,8 @@ def users_disable(
     from marketcare.ledger import accounts
 
     _s, engine = connect()
-    accounts.set_disabled(engine, username, not enable)
-    out.print(f"user {username!r} {'enabled' if enable else 'disabled'}")
+    accounts.set_disabled(engine, username, not enable, now=utcnow())
+    out.print(f"user {username!r} {'enabled' if enable else 'disabled'}", markup=False)
 
 
 @users_app.command("list")
@@ -194,19 +206,79 @@ def users_token(
     name: Annotated[str, typer.Option(help="What the token is for, e.g. the system using it")],
 ) -> None:
     """Make an API token for a user (printed once; only its hash is kept)."""
-    import sqlalchemy as sa
-
     from marketcare.ledger import accounts
-    from marketcare.ledger.db import read
 
     _s, engine = connect()
-    who = accounts.list_users(engine)
-    if not any(u["username"] == username.lower() for u in who):
-        raise NotFound(f"no user {username!r}")
-    with read(engine) as conn:
-        from marketcare.ledger.models import User
-
-        uid = conn.execute(sa.select(User.id).where(User.username == username.lower())).scalar_one()
+    uid = accounts.user_id_of(engine, username)
     tid, token = accounts.create_token(engine, uid, name, now=utcnow())
-    out.print(token)
-    err.print(f"token {tid} for {username!r}: send it as 'Authorization: Bearer <token>'")
+    out.print(token, markup=False, soft_wrap=True)
+    err.print(
+        f"token {tid} for {username!r}: send it as 'Authorization: Bearer <token>'", markup=False
+    )
+
+
+@users_app.command("tokens")
+@handled
+def users_tokens(
+    username: Annotated[
+        str | None, typer.Argument(help="A user (default: every user's active tokens)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List API tokens (never their values): one user's, or every active one."""
+    from marketcare.ledger import accounts
+
+    _s, engine = connect()
+    if username is None:
+        rows = accounts.active_tokens(engine)
+    else:
+        name = username.strip().lower()
+        rows = [
+            {**t, "username": name}
+            for t in accounts.tokens_of(engine, accounts.user_id_of(engine, name))
+        ]
+    if as_json:
+        out.print_json(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table("id", "user", "name", "made", "last used", "status")
+    for t in rows:
+        table.add_row(
+            str(t["id"]),
+            t["username"],
+            t["name"],
+            t["created_at"][:16],
+            (t["last_used_at"] or "—")[:16],
+            "revoked" if t["revoked"] else "active",
+        )
+    out.print(table)
+
+
+@users_app.command("revoke-token")
+@handled
+def users_revoke_token(
+    username: str,
+    token_id: Annotated[
+        int, typer.Argument(help="The token id (see users tokens)", min=1, max=2**31 - 1)
+    ],
+) -> None:
+    """Revoke one of a user's API tokens; it stops working at once (within 5 s elsewhere)."""
+    from marketcare.ledger import accounts
+
+    _s, engine = connect()
+    accounts.revoke_token(engine, accounts.user_id_of(engine, username), token_id, now=utcnow())
+    out.print(f"token {token_id} of {username.lower()!r} revoked", markup=False)
+
+
+@users_app.command("rotate-feed")
+@handled
+def users_rotate_feed(username: str) -> None:
+    """Give a user new calendar feed addresses; the old ones answer 404 from now on."""
+    from marketcare.ledger import accounts
+
+    _s, engine = connect()
+    accounts.rotate_feed(engine, username, now=utcnow())
+    out.print(
+        f"calendar addresses of {username.lower()!r} rotated; they find the new ones on "
+        "their account page",
+        markup=False,
+    )

@@ -3,16 +3,27 @@
 Stored once under their SHA-256 in the evidence folder, written to a temporary name and
 renamed, so a crash never leaves half a photo under a real name. The type is taken from
 the file's first bytes, not its name: a phone may send ``image.jpg`` that is HEIC.
+
+A hash is not a right. A photo is read through a record that holds it (a completion or a
+problem of a market the reader may view), and attached to a record only by whoever
+uploaded it, or when the record's market already holds it: knowing another market's
+hash gets you neither its photo nor a way to attach it to your own records.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from marketcare.errors import BadInput
+from marketcare.ledger.db import dialect_insert, read, retrying, write
+from marketcare.ledger.models import Completion, EvidenceUpload, Obligation, ProblemRow
 
 MAX_BYTES = 10_000_000
 
@@ -103,10 +114,73 @@ def store_file(path: Path, evidence_dir: Path, *, max_bytes: int = MAX_BYTES) ->
 def path_of(record: dict[str, Any], evidence_dir: Path) -> Path | None:
     """Where a stored record's file is, if it is still there (never outside the folder)."""
     digest = str(record.get("sha256", ""))
-    if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+    if not is_digest(digest):
         return None
     for ext in KINDS.values():
         candidate = evidence_dir / f"{digest}{ext}"
         if candidate.is_file():
             return candidate
     return None
+
+
+# ---------------------------------------------------------------- who may use a hash
+
+
+def record_upload(engine: sa.Engine, digest: str, user_id: int, *, now: datetime) -> None:
+    """Remember that ``user_id`` uploaded the file ``digest`` (so they may attach it)."""
+
+    def step() -> None:
+        with write(engine) as conn:
+            conn.execute(
+                dialect_insert(conn, EvidenceUpload)
+                .values(sha256=digest, user_id=user_id, uploaded_at=now)
+                .on_conflict_do_nothing()
+            )
+
+    retrying(step, what="record upload")
+
+
+def markets_holding(conn: sa.Connection, digest: str) -> set[str]:
+    """The markets with a completion or a problem that keeps the file ``digest``."""
+    if not is_digest(digest):
+        return set()
+    pattern = f"%{digest}%"
+    found = set(
+        conn.execute(
+            sa.select(Obligation.market_id)
+            .join(Completion, Completion.obligation_id == Obligation.id)
+            .where(sa.cast(Completion.evidence, sa.Text).like(pattern))
+        ).scalars()
+    )
+    found |= set(
+        conn.execute(
+            sa.select(ProblemRow.market_id).where(
+                sa.cast(ProblemRow.evidence, sa.Text).like(pattern)
+            )
+        ).scalars()
+    )
+    return found
+
+
+def attachable(
+    engine: sa.Engine, digests: Iterable[str], *, user_id: int, market_id: str
+) -> set[str]:
+    """Which of ``digests`` the user may attach to a record of ``market_id``: the ones
+    they uploaded, and the ones that market's records already keep."""
+    wanted = [d for d in dict.fromkeys(digests) if is_digest(d)]
+    if not wanted:
+        return set()
+    with read(engine) as conn:
+        mine = set(
+            conn.execute(
+                sa.select(EvidenceUpload.sha256).where(
+                    EvidenceUpload.user_id == user_id, EvidenceUpload.sha256.in_(wanted)
+                )
+            ).scalars()
+        )
+        held = {d for d in wanted if d not in mine and market_id in markets_holding(conn, d)}
+    return mine | held
+
+
+def is_digest(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)

@@ -370,9 +370,11 @@ class User(Base):
     #: None: the site's language (settings.language)
     language: Mapped[str | None] = mapped_column(sa.String(8))
     disabled: Mapped[bool] = mapped_column(default=False)
-    #: bumped by a password change or a disable: signs every existing session out
+    #: no longer read (sessions are rows now: ``WebSession``); kept for old databases
     session_epoch: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime]
+    #: bumped to rotate the user's calendar feed addresses (the old ones stop at once)
+    feed_generation: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class UserMarket(Base):
@@ -404,6 +406,37 @@ class LoginFailure(Base):
     username: Mapped[str] = mapped_column(sa.String(64), index=True)
     client: Mapped[str] = mapped_column(sa.String(64), index=True)
     at: Mapped[datetime] = mapped_column(index=True)
+
+
+class WebSession(Base):
+    """One signed-in browser: a row per sign-in, so signing out really ends it.
+
+    The cookie carries a random key; only its SHA-256 is kept here, so a copy of the
+    database does not sign anyone in. ``ended_at`` set means the session is over, for
+    the reason in ``ended_why``.
+    """
+
+    __tablename__ = "web_sessions"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    #: what the browser said it was (User-Agent, shortened), to tell devices apart
+    device: Mapped[str] = mapped_column(sa.String(200))
+    client: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    ended_why: Mapped[str | None] = mapped_column(sa.String(32))
+
+
+class EvidenceUpload(Base):
+    """Who uploaded which file: attaching a photo by its hash needs this (or the market
+    already holding it), so knowing a hash is not a right to the photo."""
+
+    __tablename__ = "evidence_uploads"
+    sha256: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), primary_key=True)
+    uploaded_at: Mapped[datetime]
 
 
 class AppSecret(Base):

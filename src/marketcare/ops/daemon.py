@@ -447,14 +447,9 @@ class Daemon:
         """Serve the web app and API from this process (``web_enabled``)."""
         if not self.settings.web_enabled:
             return None
-        from marketcare.web.app import WebServer, create_app
+        from marketcare.web.app import start_servers
 
-        server = WebServer(
-            create_app(self.settings, self.engine, daemon=self),
-            self.settings.web_host,
-            self.settings.web_port,
-        )
-        server.start()
+        server = start_servers(self.settings, self.engine, daemon=self)
         log.info(
             "web app listening",
             extra={"url": f"http://{self.settings.web_host}:{server.port}/"},

@@ -599,7 +599,8 @@ def post_webhook(row: Any, *, timeout: float = WEBHOOK_TIMEOUT) -> None:
         },
     )
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310
+        # the address passed the schedule's http(s)-only check, schedules._url (bandit B310 accepted)
+        with urllib.request.urlopen(request, timeout=timeout) as response:  # noqa: S310  # nosec B310
             status = response.status
             answer = response.read(2000)
     except urllib.error.HTTPError as exc:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -28,11 +29,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
-from marketcare import clock
+from marketcare import clock, logs
 from marketcare.domain import inputs
 from marketcare.domain.access import Action, Principal, Role, may, visible_markets
 from marketcare.domain.periods import Period
-from marketcare.errors import BadInput, MarketcareError, NotFound
+from marketcare.errors import BadInput, Conflict, MarketcareError, NotFound, Refused
 from marketcare.ledger import accounts, evidence, readmodel
 from marketcare.ledger import problems as problem_ledger
 from marketcare.ledger.db import read
@@ -47,6 +48,7 @@ from marketcare.web.app import (
     authorise,
     authorise_market,
     check_csrf,
+    client_of,
     clock_trust_of,
     engine_of,
     now_of,
@@ -126,13 +128,31 @@ def _when(request: Request, value: str | None, market_id: str, field: str) -> da
     return when
 
 
-def _records(request: Request, photos: Sequence[str]) -> list[dict[str, Any]]:
-    """The evidence records of uploaded photos named by their SHA-256."""
+def _records(
+    request: Request, who: Principal, market_id: str, photos: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The evidence records of uploaded photos named by their SHA-256, to attach to a
+    record of ``market_id``: each must have been uploaded by the caller or be kept by
+    that market already. An unknown hash and another's hash get the same answer."""
+    wanted = list(dict.fromkeys(photos))
+    if not wanted:
+        return []
     folder = settings_of(request).evidence_dir
+    allowed = evidence.attachable(
+        engine_of(request), wanted, user_id=who.user_id, market_id=market_id
+    )
     out: list[dict[str, Any]] = []
-    for digest in dict.fromkeys(photos):
-        found = evidence.path_of({"sha256": digest}, folder)
+    for digest in wanted:
+        found = evidence.path_of({"sha256": digest}, folder) if digest in allowed else None
         if found is None:
+            if digest not in allowed:
+                logs.security(
+                    "evidence_refused",
+                    level=logging.WARNING,
+                    user=who.username,
+                    market=market_id,
+                    sha256=digest,
+                )
             raise BadInput(
                 f"photos: no uploaded file {digest}; upload it first with POST /api/v1/evidence",
                 "photos",
@@ -151,11 +171,14 @@ def _records(request: Request, photos: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def _photo(request: Request, digest: str, recorded: Sequence[dict[str, Any]]) -> FileResponse:
-    if not any(p.get("sha256") == digest for p in recorded):
-        raise HTTPException(status_code=404, detail="no such photo on this record")
-    found = evidence.path_of({"sha256": digest}, settings_of(request).evidence_dir)
+    """A photo kept on a record the caller may see; one answer (404) for a hash the
+    record does not keep and for a file no longer there."""
+    kept = any(p.get("sha256") == digest for p in recorded)
+    found = (
+        evidence.path_of({"sha256": digest}, settings_of(request).evidence_dir) if kept else None
+    )
     if found is None:
-        raise HTTPException(status_code=404, detail="the photo's file is no longer kept")
+        raise HTTPException(status_code=404, detail="not found")
     kind = next((k for k, ext in evidence.KINDS.items() if ext == found.suffix), None)
     return FileResponse(
         found,
@@ -260,8 +283,8 @@ class CalendarOut(BaseModel):
 def market_calendar(market_id: str, request: Request, who: SignedIn) -> CalendarOut:
     authorise(who, Action.VIEW_MARKET, market_id)
     readmodel.market(engine_of(request), market_id)
-    key = accounts.feed_key(request.app.state.feed_secret, market_id)
-    return CalendarOut(url=f"/calendar/{market_id}/{key}.ics")
+    keys = accounts.feed_keys(engine_of(request), request.app.state.feed_secret, who, [market_id])
+    return CalendarOut(url=f"/calendar/{market_id}/{keys[market_id]}.ics")
 
 
 # ---------------------------------------------------------------- obligations
@@ -321,10 +344,10 @@ def _authorised_records(
 ) -> list[dict[str, Any]]:
     """The old order of checks, for the rare requests that need it: the record's market
     (404, or 403 for a role that may not tick), then the photos (422)."""
-    authorise_market(
+    market_id = authorise_market(
         who, Action.TICK, readmodel.market_of_obligation(engine_of(request), obligation_id)
     )
-    return _records(request, photos)
+    return _records(request, who, market_id, photos)
 
 
 _writer_lock = threading.Lock()
@@ -533,6 +556,13 @@ async def upload(request: Request, who: SignedIn) -> Any:
     except evidence.EvidenceRejected as exc:
         status = 413 if len(data) > limit else (422 if not data else 415)
         return _refused(status, str(exc), "file")
+    await run_in_threadpool(
+        evidence.record_upload,
+        engine_of(request),
+        record["sha256"],
+        who.user_id,
+        now=now_of(request),
+    )
     return JSONResponse(
         EvidenceOut(
             sha256=record["sha256"], name=record["name"], bytes=record["bytes"], kind=record["kind"]
@@ -629,7 +659,7 @@ def report_problem(
         source_key=None
         if body.token is None
         else problem_ledger.token_key("web", who.username, body.token),
-        evidence=_records(request, body.photos),
+        evidence=_records(request, who, market_id, body.photos),
     )
     pid, created = problem_ledger.add(engine, problem, now=now, actor=who.username)
     if not created:
@@ -664,8 +694,8 @@ class RectifyIn(Body):
 def rectify(
     problem_id: RecordId, body: RectifyIn, request: Request, who: SignedIn
 ) -> dict[str, Any]:
-    _problem_market(request, who, Action.RECTIFY, problem_id)
-    records = _records(request, body.photos)
+    market_id = _problem_market(request, who, Action.RECTIFY, problem_id)
+    records = _records(request, who, market_id, body.photos)
     problem_ledger.rectify(
         engine_of(request),
         problem_id=problem_id,
@@ -843,6 +873,10 @@ class NewUserIn(Body):
 
 class PasswordIn(Body):
     password: str = Field(max_length=1024)
+    keep_tokens: bool = Field(
+        False,
+        description="keep the user's API tokens (by default a new password revokes them)",
+    )
 
 
 def _user(request: Request, username: str) -> dict[str, Any]:
@@ -873,31 +907,77 @@ def add_user(body: NewUserIn, request: Request, who: SignedIn) -> dict[str, Any]
             language=body.language,
         ),
         now=now_of(request),
+        by=who.username,
     )
     return _user(request, body.username)
 
 
-@router.post("/users/{username}/disable", summary="Disable a user: sessions and tokens stop")
+def _set_disabled(request: Request, who: Principal, username: str, disabled: bool) -> None:
+    _user(request, username)
+    try:
+        accounts.set_disabled(
+            engine_of(request), username, disabled, by=who.username, now=now_of(request)
+        )
+    except accounts.AccountError as exc:  # one's own account, or the last operator
+        raise Conflict(f"username: {exc}", "username") from None
+
+
+@router.post(
+    "/users/{username}/disable",
+    summary="Disable a user: sessions and tokens stop",
+    responses={409: {"description": "the caller's own account, or the last active operator"}},
+)
 def disable_user(username: str, request: Request, who: SignedIn) -> dict[str, Any]:
     authorise(who, Action.MANAGE_USERS)
-    accounts.set_disabled(engine_of(request), username, True)
+    _set_disabled(request, who, username, True)
     return _user(request, username)
 
 
 @router.post("/users/{username}/enable", summary="Enable a disabled user")
 def enable_user(username: str, request: Request, who: SignedIn) -> dict[str, Any]:
     authorise(who, Action.MANAGE_USERS)
-    accounts.set_disabled(engine_of(request), username, False)
+    _set_disabled(request, who, username, False)
     return _user(request, username)
 
 
-@router.post("/users/{username}/password", summary="Set a user's password: their sessions end")
+@router.post(
+    "/users/{username}/password",
+    summary="Set a user's password: their sessions end and their tokens are revoked",
+)
 def set_password(
     username: str, body: PasswordIn, request: Request, who: SignedIn
 ) -> dict[str, Any]:
     authorise(who, Action.MANAGE_USERS)
-    accounts.set_password(engine_of(request), username, body.password)
+    accounts.set_password(
+        engine_of(request),
+        username,
+        body.password,
+        keep_tokens=body.keep_tokens,
+        by=who.username,
+        now=now_of(request),
+    )
     return _user(request, username)
+
+
+@router.get("/users/{username}/tokens", summary="A user's API tokens (operator)")
+def user_tokens(username: str, request: Request, who: SignedIn) -> list[dict[str, Any]]:
+    authorise(who, Action.MANAGE_USERS)
+    return accounts.tokens_of(engine_of(request), accounts.user_id_of(engine_of(request), username))
+
+
+@router.delete("/users/{username}/tokens/{token_id}", summary="Revoke a user's token (operator)")
+def revoke_user_token(
+    username: str, token_id: SmallId, request: Request, who: SignedIn
+) -> dict[str, Any]:
+    authorise(who, Action.MANAGE_USERS)
+    accounts.revoke_token(
+        engine_of(request),
+        accounts.user_id_of(engine_of(request), username),
+        token_id,
+        now=now_of(request),
+        by=who.username,
+    )
+    return {"id": token_id, "revoked": True}
 
 
 # ---------------------------------------------------------------- API tokens
@@ -905,6 +985,9 @@ def set_password(
 
 class TokenIn(Body):
     name: str = Field(min_length=1, max_length=100, description="what the token is for")
+    password: str = Field(
+        min_length=1, max_length=1024, description="the caller's password, asked again"
+    )
 
 
 class TokenCreated(BaseModel):
@@ -918,17 +1001,46 @@ def tokens(request: Request, who: SignedIn) -> list[dict[str, Any]]:
     return accounts.tokens_of(engine_of(request), who.user_id)
 
 
-@router.post("/tokens", response_model=TokenCreated, status_code=201, summary="Make an API token")
-def create_token(body: TokenIn, request: Request, who: SignedIn) -> TokenCreated:
-    tid, token = accounts.create_token(
-        engine_of(request), who.user_id, body.name, now=now_of(request)
+@router.post(
+    "/tokens",
+    response_model=TokenCreated,
+    status_code=201,
+    summary="Make an API token (the caller's password is asked again)",
+    responses={
+        403: {"description": "the password is not right"},
+        429: {"description": "too many wrong passwords"},
+    },
+)
+async def create_token(body: TokenIn, request: Request, who: SignedIn) -> TokenCreated:
+    """Re-authentication goes through the sign-in throttle: wrong passwords here count as
+    failed sign-ins of the caller from this address."""
+    engine = engine_of(request)
+    attempt = await run_in_threadpool(
+        accounts.attempt_sign_in,
+        engine,
+        who.username,
+        body.password,
+        client=client_of(request),
+        now=now_of(request),
+    )
+    if attempt.delay:
+        await asyncio.sleep(attempt.delay)
+    if attempt.who is None:
+        logs.security("reauth_failed", level=logging.WARNING, user=who.username)
+        raise Refused("password: the password is not right; no token was made", "password")
+    tid, token = await run_in_threadpool(
+        lambda: accounts.create_token(
+            engine, who.user_id, body.name, now=now_of(request), by=who.username
+        )
     )
     return TokenCreated(id=tid, name=body.name.strip(), token=token)
 
 
 @router.delete("/tokens/{token_id}", summary="Revoke one of the caller's tokens")
 def revoke_token(token_id: SmallId, request: Request, who: SignedIn) -> dict[str, Any]:
-    accounts.revoke_token(engine_of(request), who.user_id, token_id, now=now_of(request))
+    accounts.revoke_token(
+        engine_of(request), who.user_id, token_id, now=now_of(request), by=who.username
+    )
     return {"id": token_id, "revoked": True}
 
 

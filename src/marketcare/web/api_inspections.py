@@ -136,7 +136,9 @@ def record_inspection(
     engine = engine_of(request)
     readmodel.market(engine, market_id)
     sheet = _sheet(request, body.template)
-    photos = {item: _records(request, shas) for item, shas in body.photos.items() if shas}
+    photos = {
+        item: _records(request, who, market_id, shas) for item, shas in body.photos.items() if shas
+    }
     submission = inspection_ledger.Submission(
         market_id=market_id,
         by=who.display_name or who.username,

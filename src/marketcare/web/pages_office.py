@@ -424,6 +424,7 @@ def _users_page(
     form: dict[str, Any] | None = None,
     errors: dict[str, str] | None = None,
     row_errors: dict[str, str] | None = None,
+    row_fields: dict[str, str] | None = None,
     status_code: int = 200,
 ) -> Response:
     markets = readmodel.markets(engine_of(request))
@@ -439,6 +440,7 @@ def _users_page(
         form=form or {"role": Role.MANAGER.value, "markets": [], "language": ""},
         errors=errors or {},
         row_errors=row_errors or {},
+        row_fields=row_fields or {},
         flashes=_flashes(request),
     )
 
@@ -487,6 +489,7 @@ def add_user(
                 language=language or None,
             ),
             now=now_of(request),
+            by=who.username,
         )
     except accounts.AccountError as exc:
         return _users_page(
@@ -507,14 +510,25 @@ def _user_exists(request: Request, username: str) -> None:
 def disable_user(request: Request, username: str, who: SignedIn) -> Response:
     authorise(who, Action.MANAGE_USERS)
     _user_exists(request, username)
+    t = translator_of(request)
+    refusal = None
     if username == who.username:
-        t = translator_of(request)
+        refusal = t.tr("You cannot disable your own account.")
+    else:
+        try:
+            accounts.set_disabled(
+                engine_of(request), username, True, by=who.username, now=now_of(request)
+            )
+        except accounts.AccountError:
+            # the last active operator (see access.leaves_no_operator)
+            refusal = t.tr("This is the last active operator; add or enable another first.")
+    if refusal is not None:
         return _users_page(
             request,
-            row_errors={username: t.tr("You cannot disable your own account.")},
+            row_errors={username: refusal},
+            row_fields={username: "username"},
             status_code=400,
         )
-    accounts.set_disabled(engine_of(request), username, True)
     _flash(request, translator_of(request).tr("The user is disabled and signed out."))
     return RedirectResponse("/admin/users?done=disabled", status_code=303)
 
@@ -523,19 +537,32 @@ def disable_user(request: Request, username: str, who: SignedIn) -> Response:
 def enable_user(request: Request, username: str, who: SignedIn) -> Response:
     authorise(who, Action.MANAGE_USERS)
     _user_exists(request, username)
-    accounts.set_disabled(engine_of(request), username, False)
+    accounts.set_disabled(engine_of(request), username, False, by=who.username, now=now_of(request))
     _flash(request, translator_of(request).tr("The user is enabled."))
     return RedirectResponse("/admin/users?done=enabled", status_code=303)
 
 
 @router.post("/admin/users/{username}/password")
 def set_password(
-    request: Request, username: str, who: SignedIn, password: str = Form("")
+    request: Request,
+    username: str,
+    who: SignedIn,
+    password: str = Form(""),
+    keep_tokens: str = Form(""),
 ) -> Response:
+    """Set a user's password: their sessions end and, unless the operator ticks "keep
+    the user's API tokens", their tokens are revoked."""
     authorise(who, Action.MANAGE_USERS)
     _user_exists(request, username)
     try:
-        accounts.set_password(engine_of(request), username, password)
+        accounts.set_password(
+            engine_of(request),
+            username,
+            password,
+            keep_tokens=bool(keep_tokens),
+            by=who.username,
+            now=now_of(request),
+        )
     except accounts.AccountError as exc:
         return _users_page(request, row_errors={username: str(exc)}, status_code=400)
     _flash(
