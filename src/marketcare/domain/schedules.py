@@ -620,11 +620,7 @@ class Schedule:
     @cached_property
     def digest(self) -> str:
         """SHA-256 over the file names and texts: the identity of a schedule version."""
-        h = hashlib.sha256()
-        h.update(self.default_timezone.encode())
-        for name in sorted(self.sources):
-            h.update(b"\x00" + name.encode() + b"\x00" + self.sources[name].encode())
-        return h.hexdigest()
+        return sources_digest(self.default_timezone, self.sources)
 
     @cached_property
     def market_by_id(self) -> dict[str, Market]:
@@ -920,3 +916,12 @@ def _enum_values(loc: tuple[str | int, ...]) -> list[str]:
     if names & {"kind"} and "tasks" in names and "checklist" not in names:
         return [k.value for k in TaskKind]
     return [k.value for k in AreaKind]
+
+
+def sources_digest(default_timezone: str, sources: Mapping[str, str]) -> str:
+    """A schedule version's identity from its exact texts (``audit verify`` recomputes it)."""
+    h = hashlib.sha256()
+    h.update(default_timezone.encode())
+    for name in sorted(sources):
+        h.update(b"\x00" + name.encode() + b"\x00" + sources[name].encode())
+    return h.hexdigest()

@@ -143,6 +143,10 @@ def add_in(
                     "category": problem.category,
                     "deadline": problem.deadline.isoformat(),
                     "source": problem.source_key,
+                    "description": problem.description.strip(),
+                    "found_at": problem.found_at.isoformat(),
+                    "found_by": problem.found_by.strip(),
+                    "evidence": problem.evidence,
                 },
             )
         ],
@@ -295,15 +299,11 @@ def _close_reinspection(
     if State(ob.state) not in (State.OPEN, State.UPCOMING, State.MISSED):
         return
     outcome = State.DONE if now <= ob.due_at else State.LATE
+    note = "通过" if passed else "未通过"
     conn.execute(
         sa.update(Obligation)
         .where(Obligation.id == ob.id, Obligation.state == ob.state)
-        .values(
-            state=outcome.value,
-            state_changed_at=now,
-            completed_at=now,
-            note="通过" if passed else "未通过",
-        )
+        .values(state=outcome.value, state_changed_at=now, completed_at=now, note=note)
     )
     audit.append(
         conn,
@@ -316,7 +316,7 @@ def _close_reinspection(
                 problem_id=row.id,
                 from_state=ob.state,
                 to_state=outcome.value,
-                details={"reinspection": "passed" if passed else "failed"},
+                details={"reinspection": "passed" if passed else "failed", "note": note},
             )
         ],
     )

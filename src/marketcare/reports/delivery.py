@@ -33,11 +33,20 @@ from marketcare.domain.schedules import ReportSpec, Schedule
 from marketcare.errors import MarketcareError, NotFound
 from marketcare.files import fsync_path
 from marketcare.i18n import translator
+from marketcare.ledger import audit, installation
 from marketcare.ledger import outbox as outbox_rules
 from marketcare.ledger.db import dialect_insert, read, retrying, write
 from marketcare.ledger.models import OutboxMessage, ReportRecord, ReportRun, ReportWatermark
+from marketcare.ledger.verification import file_damage
 from marketcare.reports.figures import Report
-from marketcare.reports.mail import DeliveryError, SmtpConfig, build_message, message_id, send
+from marketcare.reports.mail import (
+    ANCHOR_HEADER,
+    DeliveryError,
+    SmtpConfig,
+    build_message,
+    message_id,
+    send,
+)
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +66,10 @@ class ExportResult:
     created: bool
     rows: int
     headline: dict[str, Any]
+    #: the audit chain's head the file carries (its anchor)
+    anchor: audit.Anchor | None = None
+    #: earlier recorded files found missing or changed before this one was written
+    damaged: tuple[str, ...] = ()
 
 
 def scope_of(markets: Sequence[str] | None) -> str:
@@ -112,11 +125,18 @@ def export(
     out: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExportResult:
-    """Write (or reuse) the workbook of a period and record it; see the module docstring."""
-    from marketcare.reports.workbook import write_workbook
+    """Write (or reuse) the workbook of a period and record it; see the module docstring.
+
+    Files go to this ledger's own folder under ``exports_dir`` (``installation.identity``),
+    so two ledgers sharing the folder never collide. A recorded file of this period found
+    missing or changed is recorded as such (an event, a log line, ``/metrics``) before a
+    new revision is written.
+    """
+    from marketcare.reports.workbook import Stamp, write_workbook
 
     scope = scope_of(markets)
-    target_dir = (out.parent if out is not None else exports_dir).resolve()
+    me = installation.identity(engine, now=now)
+    target_dir = (out.parent if out is not None else exports_dir / me.name).resolve()
     target_dir.mkdir(parents=True, exist_ok=True)
     out = None if out is None else target_dir / out.name
     tmp = target_dir / f".marketcare-{os.getpid()}-{now.timestamp():.0f}.xlsx.part"
@@ -128,8 +148,18 @@ def export(
                 unknown = sorted(set(markets) - known)
                 if unknown:
                     raise NotFound(f"unknown market {unknown[0]!r}")
+            anchor = audit.head(conn)
+            stamp = Stamp(
+                seq=anchor.seq,
+                hash=anchor.hash,
+                installation=me.uid,
+                scope=scope,
+                language=language,
+                period_kind=period.kind,
+                period_key=period.key,
+            )
             info = write_workbook(
-                report, tmp, language=language, generated_at=now, progress=progress
+                report, tmp, language=language, generated_at=now, progress=progress, stamp=stamp
             )
             headline = _headline(report)
         fsync_path(tmp)
@@ -147,18 +177,19 @@ def export(
                     .order_by(ReportRecord.revision.desc())
                     .limit(1)
                 ).one_or_none()
-                if latest is not None and latest.content_digest == info.content_digest:
-                    existing = Path(latest.path)
-                    if existing.exists() and _sha256(existing) == latest.sha256:
+                damaged = _note_damage(conn, latest, now=now) if latest is not None else None
+                if latest is not None and damaged is None:
+                    if latest.content_digest == info.content_digest:
                         tmp.unlink(missing_ok=True)
                         return ExportResult(
                             latest.id,
-                            existing,
+                            Path(latest.path),
                             latest.revision,
                             latest.sha256,
                             False,
                             latest.rows,
                             latest.headline,
+                            _anchor_of(latest),
                         )
                 revision = 1 if latest is None else latest.revision + 1
                 final = (
@@ -166,28 +197,55 @@ def export(
                     if (out is not None and revision == 1)
                     else target_dir / file_name(period, scope, language, revision)
                 )
-                if final.exists() and _recorded(conn, final):
-                    raise MarketcareError(f"{final} is a recorded report; it is never overwritten")
+                if final.exists():
+                    if _recorded(conn, final):
+                        raise MarketcareError(
+                            f"{final} is a recorded report; it is never overwritten"
+                        )
+                    _set_aside(final, now)
                 os.replace(tmp, final)
                 digest = _sha256(final)
+                values = {
+                    "period_kind": period.kind,
+                    "period_key": period.key,
+                    "scope": scope,
+                    "language": language,
+                    "revision": revision,
+                    "path": str(final),
+                    "sha256": digest,
+                    "content_digest": info.content_digest,
+                    "rows": info.rows,
+                    "headline": headline,
+                    "anchor_seq": anchor.seq,
+                    "anchor_hash": anchor.hash,
+                }
                 report_id = conn.execute(
                     sa.insert(ReportRecord)
-                    .values(
-                        period_kind=period.kind,
-                        period_key=period.key,
-                        scope=scope,
-                        language=language,
-                        revision=revision,
-                        path=str(final),
-                        sha256=digest,
-                        content_digest=info.content_digest,
-                        rows=info.rows,
-                        headline=headline,
-                        generated_at=now,
-                    )
+                    .values(generated_at=now, **values)
                     .returning(ReportRecord.id)
                 ).scalar_one()
-                return ExportResult(report_id, final, revision, digest, True, info.rows, headline)
+                audit.append(
+                    conn,
+                    [
+                        audit.NewEvent(
+                            at=now,
+                            actor=audit.SYSTEM,
+                            action="report_recorded",
+                            details={"report_id": report_id, **values},
+                        )
+                    ],
+                )
+                return ExportResult(
+                    report_id,
+                    final,
+                    revision,
+                    digest,
+                    True,
+                    info.rows,
+                    headline,
+                    anchor,
+                    () if damaged is None else (damaged,),
+                )
 
         result = retrying(record, what="record report")
         log.info(
@@ -201,6 +259,60 @@ def export(
         return result
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _anchor_of(record: Any) -> audit.Anchor | None:
+    if record.anchor_seq is None or record.anchor_hash is None:
+        return None
+    return audit.Anchor(int(record.anchor_seq), str(record.anchor_hash))
+
+
+def _note_damage(conn: sa.Connection, record: Any, *, now: datetime) -> str | None:
+    """Say so when a recorded file is missing or changed: a line for the person, an
+    error in the log, an event, and the record marked (counted in ``/metrics``).
+
+    Returns that line, or None when the file is as recorded.
+    """
+    damage = file_damage(Path(record.path), record.sha256)
+    if damage is None:
+        return None
+    line = (
+        f"recorded report {record.path} (revision {record.revision}) is {damage}; "
+        "a new revision is written"
+    )
+    log.error(
+        "a recorded report file is %s",
+        damage,
+        extra={"report": record.id, "path": record.path, "revision": record.revision},
+    )
+    if record.damage != damage:
+        conn.execute(
+            sa.update(ReportRecord)
+            .where(ReportRecord.id == record.id)
+            .values(damage=damage, damage_found_at=now)
+        )
+        audit.append(
+            conn,
+            [
+                audit.NewEvent(
+                    at=now,
+                    actor=audit.SYSTEM,
+                    action="report_file_damaged",
+                    details={"report_id": record.id, "damage": damage, "path": record.path},
+                )
+            ],
+        )
+    return line
+
+
+def _set_aside(path: Path, now: datetime) -> None:
+    """A file of that name that this ledger never recorded: kept, under another name."""
+    aside = path.with_name(f"{path.stem}.set-aside-{now:%Y%m%dT%H%M%S}{path.suffix}")
+    os.replace(path, aside)
+    log.warning(
+        "a file this ledger did not record was in the way; kept it under another name",
+        extra={"path": str(path), "kept_as": str(aside)},
+    )
 
 
 def _recorded(conn: sa.Connection, path: Path) -> bool:
@@ -394,7 +506,7 @@ def _claim(engine: sa.Engine, now: datetime) -> Any | None:
             report = conn.execute(
                 sa.select(ReportRecord).where(ReportRecord.id == row.report_id)
             ).one()
-            return row, report
+            return row, report, audit.head(conn)
 
     return retrying(step, what="claim outbox")
 
@@ -414,10 +526,10 @@ def send_due(
         claimed = _claim(engine, now)
         if claimed is None:
             break
-        row, report = claimed
+        row, report, anchor = claimed
         error: DeliveryError | None = None
         try:
-            msg = _message(row, report, smtp, now=now, language=language)
+            msg = _message(row, report, smtp, now=now, language=language, anchor=anchor)
             send(smtp, msg, row.recipient)
         except DeliveryError as exc:
             error = exc
@@ -455,8 +567,14 @@ def _settle(engine: sa.Engine, row: Any, error: DeliveryError | None, at: dateti
     outbox_rules.settle(engine, OutboxMessage, row.id, values, what="record delivery")
 
 
-def subject_and_body(report: Any, *, language: str) -> tuple[str, str, str]:
-    """Subject, plain-text body and attachment name of a report email (from the catalogs)."""
+def subject_and_body(
+    report: Any, *, language: str, anchor: audit.Anchor | None = None
+) -> tuple[str, str, str]:
+    """Subject, plain-text body and attachment name of a report email (from the catalogs).
+
+    With ``anchor`` the body ends with the audit chain's head as the email is sent: the
+    office's mailbox keeps it, a witness of the ledger's history outside the database.
+    """
     t = translator(language)
     period = from_key(report.period_kind, report.period_key)
     h = report.headline or {}
@@ -485,6 +603,11 @@ def subject_and_body(report: Any, *, language: str) -> tuple[str, str, str]:
             "",
         ]
     )
+    if anchor is not None:
+        body += (
+            t.tr("Audit chain head: event {seq}, {hash}").format(seq=anchor.seq, hash=anchor.hash)
+            + "\n"
+        )
     name = f"{title}_{period.key}"
     if report.revision > 1:
         name += "_" + t.tr("revision {revision}").format(**values)
@@ -492,14 +615,24 @@ def subject_and_body(report: Any, *, language: str) -> tuple[str, str, str]:
     return f"{title} {period.key}", body, name + ".xlsx"
 
 
-def _message(row: Any, report: Any, smtp: SmtpConfig, *, now: datetime, language: str) -> Any:
+def _message(
+    row: Any,
+    report: Any,
+    smtp: SmtpConfig,
+    *,
+    now: datetime,
+    language: str,
+    anchor: audit.Anchor | None = None,
+) -> Any:
     data = Path(report.path).read_bytes()
     if hashlib.sha256(data).hexdigest() != report.sha256:
         raise DeliveryError(
             f"{report.path} no longer matches its recorded SHA-256; not sending an altered report",
             permanent=True,
         )
-    subject, body, name = subject_and_body(report, language=report.language or language)
+    subject, body, name = subject_and_body(
+        report, language=report.language or language, anchor=anchor
+    )
     return build_message(
         sender=smtp.sender,
         recipient=row.recipient,
@@ -509,6 +642,7 @@ def _message(row: Any, report: Any, smtp: SmtpConfig, *, now: datetime, language
         filename=name,
         msg_id=row.message_id,
         date=now,
+        headers={ANCHOR_HEADER: anchor.text()} if anchor is not None else None,
     )
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import smtplib
 import ssl
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from email import encoders
@@ -22,6 +23,8 @@ from email.utils import format_datetime
 from typing import Literal
 
 XLSX = ("application", "vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+#: the header that carries the audit chain's head (``seq hash``) in every report email
+ANCHOR_HEADER = "X-Marketcare-Audit-Head"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,7 @@ def build_message(
     filename: str,
     msg_id: str,
     date: datetime,
+    headers: Mapping[str, str] | None = None,
 ) -> Message:
     """A plain-text message with the workbook attached, UTF-8 throughout.
 
@@ -75,6 +79,8 @@ def build_message(
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = msg_id
     msg["Auto-Submitted"] = "auto-generated"
+    for name, value in (headers or {}).items():
+        msg[name] = value
     msg.attach(MIMEText(body, "plain", "utf-8"))
     part = MIMEBase(*XLSX)
     part.set_payload(attachment)
