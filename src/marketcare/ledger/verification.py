@@ -56,12 +56,16 @@ class Finding:
 class Examination:
     chain: audit.Verdict
     findings: list[Finding] = field(default_factory=list)
-    #: what was checked, one line each, for the summary
-    checked: list[str] = field(default_factory=list)
+    #: what was checked and held, one line each, for the summary
+    held: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return self.chain.ok and not self.findings
+
+    def _held(self, check: str, line: str) -> None:
+        if not any(f.check == check for f in self.findings):
+            self.held.append(line)
 
 
 def examine(
@@ -84,7 +88,7 @@ def examine(
         result.findings.append(
             Finding("chain", f"{chain.reason} (first bad event: {chain.first_bad_seq})")
         )
-    result.checked.append(f"{chain.checked} events, chain {'intact' if chain.ok else 'broken'}")
+    result._held("chain", f"{chain.checked} events, chain intact")
 
     for inconsistency in replay.inconsistencies[:limit]:
         result.findings.append(Finding("events", inconsistency.message))
@@ -109,33 +113,35 @@ def examine(
                     f"{replay.obligation_count} (rows added or removed without an event)",
                 )
             )
-    result.checked.append(f"{rows_checked} rows of obligations, completions, problems, reports")
-
+    if not replay.inconsistencies:
+        result._held(
+            "tables",
+            f"{rows_checked} rows of obligations, completions, problems and reports "
+            "match the events",
+        )
     result.findings += _versions(conn, replay)
+    result._held("versions", f"{len(replay.versions)} schedule versions match their digests")
     if files:
         found_files, n = _report_files(conn)
         result.findings += found_files
-        result.checked.append(f"{n} recorded report files")
-    guards = _guards(conn)
-    result.findings += guards
-    if not guards:
-        result.checked.append("append-only guards in place")
+        result._held("files", f"{n} recorded report files as recorded")
+    result.findings += _guards(conn)
+    result._held("guards", "append-only guards in place")
 
     def hash_at(seq: int) -> str | None:
         value = conn.execute(sa.select(Event.hash).where(Event.seq == seq)).scalar()
         return None if value is None else str(value)
 
     if timestamps is not None:
-        problems = timestamps(conn, hash_at)
-        result.findings += [Finding("timestamps", m) for m in problems]
+        result.findings += [Finding("timestamps", m) for m in timestamps(conn, hash_at)]
         n = conn.execute(sa.text("SELECT count(*) FROM audit_timestamps")).scalar_one()
-        if not problems:
-            result.checked.append(f"{n} trusted timestamps")
+        if n:
+            result._held("timestamps", f"{n} trusted timestamps hold")
     for anchor in anchors:
         verdict = audit.check_anchor(conn, anchor)
         if verdict.ok:
             named = f" ({anchor.source})" if anchor.source else ""
-            result.checked.append(
+            result.held.append(
                 f"the anchor{named} holds: event {anchor.seq} is {anchor.hash[:16]}…"
             )
         else:

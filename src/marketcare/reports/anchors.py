@@ -11,6 +11,7 @@ gives its body line.
 
 from __future__ import annotations
 
+import html
 import re
 import zipfile
 from email import policy
@@ -62,16 +63,17 @@ def _from_workbook(data: bytes, name: str) -> list[Anchor]:
         raise MarketcareError(f"{name}: not an .xlsx workbook ({exc})") from None
     out: list[Anchor] = []
     custom = parts.get("docProps/custom.xml", "")
-    prop = re.search(
-        rf'name="{re.escape(ANCHOR_PROPERTY)}"[^>]*>\s*<vt:lpwstr>([^<]*)</vt:lpwstr>', custom
-    )
-    if prop and (m := _PLAIN.match(prop.group(1))):
-        out.append(Anchor(int(m.group(1)), m.group(2), f"{name}, document property"))
+    for value in re.findall(
+        rf'<property[^>]*name="{re.escape(ANCHOR_PROPERTY)}"[^>]*>\s*<vt:lpwstr[^>]*>([^<]*)<',
+        custom,
+    ):
+        if m := _PLAIN.match(html.unescape(value)):
+            out.append(Anchor(int(m.group(1)), m.group(2), f"{name}, document property"))
     for part, text in sorted(parts.items()):
         if not part.startswith("xl/worksheets/"):
             continue
         for footer in re.findall(r"<oddFooter>([^<]*)</oddFooter>", text):
-            for m in _FOOTER.finditer(footer):
+            for m in _FOOTER.finditer(html.unescape(footer)):
                 out.append(Anchor(int(m.group(1)), m.group(2), f"{name}, summary sheet footer"))
     return out
 
