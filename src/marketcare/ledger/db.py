@@ -16,6 +16,8 @@ from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 
+from marketcare.errors import MarketcareError
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -186,8 +188,22 @@ def alembic_config(engine: sa.Engine) -> Config:
 
 
 def migrate(engine: sa.Engine) -> None:
-    """Bring the schema to the newest revision; safe to run again."""
-    command.upgrade(alembic_config(engine), "head")
+    """Bring the schema to the newest revision; safe to run again.
+
+    On PostgreSQL with two roles (docs/operations.md, "Append-only history") the
+    application's role may not change the schema: a pending migration is then refused
+    with what to do, not a traceback.
+    """
+    try:
+        command.upgrade(alembic_config(engine), "head")
+    except sa.exc.ProgrammingError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+            raise
+        raise MarketcareError(
+            "the database schema needs an upgrade that this role may not make: run "
+            "`marketcare init` once with the owner role's URL (docs/operations.md, "
+            "Append-only history)"
+        ) from None
 
 
 def current_revision(engine: sa.Engine) -> str | None:
