@@ -7,7 +7,8 @@ Three questions, answered from the ledger:
 2. *Does the ledger still hold the history it was written from?* Its anchor (the chain's
    head in the file) against the chain (``audit.check_anchor``).
 3. *Would the ledger say the same today?* Its summary sheet against the same report
-   written now; a late correction since shows up here, cell by cell.
+   computed now from the ledger, for the moment the file was made; a late correction
+   since shows up here, cell by cell (time passing alone changes nothing).
 """
 
 from __future__ import annotations
@@ -117,7 +118,10 @@ def check(engine: sa.Engine, path: Path, *, now: datetime) -> ReportCheck:
             result.refusals.append("the file carries no audit anchor")
     period, markets, language = _identity(record, props)
     if period is not None:
-        result.differences = _compare(engine, data, period, markets, language, now=now)
+        # the same report, from the ledger as it is now, for the moment it was made: what
+        # differs was changed in the ledger since (a late correction), not by time passing
+        as_of = record.generated_at if record is not None else now
+        result.differences = _compare(engine, data, period, markets, language, as_of=as_of)
     return result
 
 
@@ -168,7 +172,7 @@ def _compare(
     markets: list[str] | None,
     language: str,
     *,
-    now: datetime,
+    as_of: datetime,
 ) -> list[str]:
     """The summary sheet's cells that differ between the file and the ledger now."""
     from marketcare.reports.figures import Report
@@ -177,8 +181,8 @@ def _compare(
     with tempfile.TemporaryDirectory(prefix="marketcare-verify-") as folder:
         fresh = Path(folder) / "now.xlsx"
         with read(engine) as conn:
-            report = Report(conn, period, as_of=now, markets=markets)
-            write_workbook(report, fresh, language=language, generated_at=now)
+            report = Report(conn, period, as_of=as_of, markets=markets)
+            write_workbook(report, fresh, language=language, generated_at=as_of)
         then = _summary(data)
         today = _summary(fresh.read_bytes())
     header = today.header or then.header

@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from marketcare.domain.obligations import State
@@ -59,7 +59,7 @@ class LedgerCollector(Collector):
         self.clock = clock
         self.daemon = daemon
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         now = self.clock()
         since = (now - OBLIGATION_WINDOW).date().isoformat()
         with read(self.engine) as conn:
@@ -77,6 +77,9 @@ class LedgerCollector(Collector):
                 sa.select(NotifyMessage.state, sa.func.count()).group_by(NotifyMessage.state)
             ).all()
             last_export = conn.execute(sa.select(sa.func.max(ReportRecord.generated_at))).scalar()
+            damaged = conn.execute(
+                sa.select(sa.func.count()).where(ReportRecord.damage.is_not(None))
+            ).scalar_one()
         obligations = GaugeMetricFamily(
             "marketcare_obligations",
             "Obligations dated from 7 days ago on, by state",
@@ -109,6 +112,13 @@ class LedgerCollector(Collector):
         )
         export.add_metric([], last_export.timestamp() if last_export else 0.0)
         yield export
+
+        lost = CounterMetricFamily(
+            "marketcare_report_files_damaged",
+            "Recorded report files found missing or changed before a new revision was written",
+        )
+        lost.add_metric([], float(damaged))
+        yield lost
 
         known = leader.known(self.engine, now=now)
         lead = GaugeMetricFamily(
