@@ -200,18 +200,13 @@ class Replay:
     #: report ids recorded before events recorded reports (the baseline says up to which)
     reports_before: int = 0
     inconsistencies: list[Inconsistency] = field(default_factory=list)
-    _last_seq: int = 0
 
     def apply(self, ev: LoggedEvent) -> None:
-        """Apply one event's effect on the tables."""
+        """Apply one event's effect on the tables (events in ``seq`` order; an action
+        this replay does not know changes none of the tables it checks)."""
         handler = _HANDLERS.get(ev.action)
-        self._last_seq = ev.seq
         if handler is not None:
             handler(self, ev)
-
-    def apply_all(self, events: Iterable[LoggedEvent]) -> None:
-        for ev in events:
-            self.apply(ev)
 
     # -- obligations -------------------------------------------------------------------
 
