@@ -137,11 +137,11 @@ def time_materialise(tree: Path, base: Path, work: Path, markets: int) -> None:
     engine = make_engine(f"sqlite:///{work}")
     with engine.connect() as conn:  # open the file and warm the connection, not timed
         conn.exec_driver_sql("SELECT count(*) FROM obligations").all()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     result = materialise(engine, schedule, now=tb.DAY_START, horizon=timedelta(days=1))
-    elapsed = time.perf_counter() - t0
+    elapsed, cpu = time.perf_counter() - t0, time.process_time() - c0
     engine.dispose()
-    print(json.dumps({"seconds": elapsed, "created": result.created}))
+    print(json.dumps({"seconds": elapsed, "cpu": cpu, "created": result.created}))
 
 
 # ---------------------------------------------------------------- the comparison
@@ -171,6 +171,9 @@ def tick_rounds(trees: dict[str, Path], tmp: Path, args: argparse.Namespace) -> 
             for m in managers[name]:
                 m.todo = [(int(i), b) for i, b in m.todo]
             info[name] = data["info"]
+            need = (args.warmup + args.requests) * args.rounds
+            if need > info[name]["open and tickable through the API"] * 0.9:
+                raise SystemExit(f"{need} ticks need more open obligations: use more --markets")
             port = tb.free_port()
             cmd = [sys.executable, str(tree / "bench" / "tick_bench.py"), "--serve", "marketcare"]
             cmd += ["--db", str(folder / "ledger.db"), "--port", str(port)]
@@ -194,7 +197,10 @@ def tick_rounds(trees: dict[str, Path], tmp: Path, args: argparse.Namespace) -> 
                     raise SystemExit(f"{name}: requests failed: {phase.errors}")
                 phases[name].append(phase)
                 s = phase.summary()
-                log(f"tick round {rnd} {name}: p50 {s['p50_ms']} ms, {s['throughput_rps']}/s")
+                log(
+                    f"tick round {rnd} {name}: p50 {s['p50_ms']} ms, {s['throughput_rps']}/s, "
+                    f"server CPU {s['server_cpu_ms_per_request']} ms/tick"
+                )
     finally:
         for srv in servers.values():
             srv.proc.terminate()
@@ -203,11 +209,15 @@ def tick_rounds(trees: dict[str, Path], tmp: Path, args: argparse.Namespace) -> 
     def med(name: str, key: str) -> float:
         return statistics.median(p.summary()[key] for p in phases[name])
 
-    figures = {
-        name: {k: med(name, k) for k in ("p50_ms", "p99_ms", "throughput_rps")} for name in trees
-    }
+    keys = ("p50_ms", "p99_ms", "throughput_rps", "server_cpu_ms_per_request")
+    figures = {name: {k: med(name, k) for k in keys} for name in trees}
     return {
         "figures": figures,
+        "server CPU ratio": round(
+            figures["after"]["server_cpu_ms_per_request"]
+            / figures["before"]["server_cpu_ms_per_request"],
+            3,
+        ),
         "p50 ratio": round(figures["after"]["p50_ms"] / figures["before"]["p50_ms"], 3),
         "throughput ratio": round(
             figures["after"]["throughput_rps"] / figures["before"]["throughput_rps"], 3
@@ -240,6 +250,7 @@ def materialise_rounds(
         log(f"materialise: building the {name} base ledger ({args.mat_markets} markets)")
         run_in(tree, "--build-base", str(bases[name]), "--markets", str(args.mat_markets))
     seconds: dict[str, list[float]] = {name: [] for name in trees}
+    cpu: dict[str, list[float]] = {name: [] for name in trees}
     created = 0
     order = list(trees)
     for rnd in range(args.mat_repeat + 1):  # the first round warms the page cache, discarded
@@ -257,12 +268,19 @@ def materialise_rounds(
             created = got["created"]
             if rnd:
                 seconds[name].append(got["seconds"])
-                log(f"materialise round {rnd} {name}: {got['seconds']:.3f} s")
+                cpu[name].append(got["cpu"])
+                log(
+                    f"materialise round {rnd} {name}: {got['seconds']:.3f} s, "
+                    f"CPU {got['cpu']:.3f} s"
+                )
     medians = {name: statistics.median(v) for name, v in seconds.items()}
+    cpu_medians = {name: statistics.median(v) for name, v in cpu.items()}
     return {
         "obligations in the day": created,
         "seconds (median)": {k: round(v, 4) for k, v in medians.items()},
+        "cpu seconds (median)": {k: round(v, 4) for k, v in cpu_medians.items()},
         "ratio": round(medians["after"] / medians["before"], 3),
+        "cpu ratio": round(cpu_medians["after"] / cpu_medians["before"], 3),
     }
 
 
@@ -272,13 +290,13 @@ def main() -> None:
     )
     ap.add_argument("--before-ref", default=BRANCH_POINT)
     ap.add_argument("--quick", action="store_true", help="small city, few requests, 1 round")
-    ap.add_argument("--markets", type=int, default=600)
+    ap.add_argument("--markets", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=50)
-    ap.add_argument("--warmup", type=int, default=200)
-    ap.add_argument("--requests", type=int, default=1500)
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--warmup", type=int, default=100)
+    ap.add_argument("--requests", type=int, default=1000)
+    ap.add_argument("--rounds", type=int, default=8)
     ap.add_argument("--mat-markets", type=int, default=1000)
-    ap.add_argument("--mat-repeat", type=int, default=6)
+    ap.add_argument("--mat-repeat", type=int, default=10)
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--tree", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--build-tick", type=Path, help=argparse.SUPPRESS)
@@ -321,8 +339,12 @@ def main() -> None:
         f"{tick['p50 ratio']} |\n"
         f"| tick throughput (/s) | {f['before']['throughput_rps']} | "
         f"{f['after']['throughput_rps']} | {tick['throughput ratio']} |\n"
+        f"| tick: server CPU per tick (ms) | {f['before']['server_cpu_ms_per_request']} | "
+        f"{f['after']['server_cpu_ms_per_request']} | {tick['server CPU ratio']} |\n"
         f"| materialise one day (s) | {mat['seconds (median)']['before']} | "
         f"{mat['seconds (median)']['after']} | {mat['ratio']} |\n"
+        f"| materialise one day: CPU (s) | {mat['cpu seconds (median)']['before']} | "
+        f"{mat['cpu seconds (median)']['after']} | {mat['cpu ratio']} |\n"
         f"\nbefore = {commit[:10]}, load average {out['load average']}, "
         f"{out['total seconds']} s"
     )

@@ -167,6 +167,13 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+def _same(have: Any, want: Any) -> bool:
+    """Equal, as stored: PostgreSQL's text drops U+0000 (``db.make_engine``), JSON keeps it."""
+    if isinstance(have, str) and isinstance(want, str):
+        return have.replace("\x00", "") == want.replace("\x00", "")
+    return bool(have == want)
+
+
 def _when(value: Any) -> Any:
     if value is None or value is UNKNOWN or isinstance(value, datetime):
         return value
@@ -452,7 +459,7 @@ class Replay:
                         have = _when(have)
                     if col == "evidence" and isinstance(have, dict | None):
                         have = [] if have is None else list(have.get("items", []))
-                    if have != value:
+                    if not _same(have, value):
                         out.append(Difference(table, rid, col, have, value, seq or None))
             if len(out) >= limit:
                 return out
