@@ -207,7 +207,7 @@ def tick_rounds(trees: dict[str, Path], tmp: Path, args: argparse.Namespace) -> 
             srv.proc.wait(timeout=15)
 
     def med(name: str, key: str) -> float:
-        return statistics.median(p.summary()[key] for p in phases[name])
+        return round(statistics.median(p.summary()[key] for p in phases[name]), 2)
 
     keys = ("p50_ms", "p99_ms", "throughput_rps", "server_cpu_ms_per_request")
     figures = {name: {k: med(name, k) for k in keys} for name in trees}
@@ -325,7 +325,7 @@ def main() -> None:
     out = {
         "command": "bench/audit_cost.py" + (" --quick" if args.quick else ""),
         "before": commit,
-        "load average": os.getloadavg(),
+        "load average": [round(x, 1) for x in os.getloadavg()],
         "tick": tick,
         "materialise": mat,
         "total seconds": round(time.perf_counter() - started, 1),
