@@ -13,7 +13,7 @@ from pathlib import PurePosixPath
 
 import sqlalchemy as sa
 
-from marketcare.ledger.db import dialect_insert, retrying, write
+from marketcare.ledger.db import dialect_insert, read, retrying, write
 from marketcare.ledger.models import Installation
 
 
@@ -49,7 +49,7 @@ def identity_in(conn: sa.Connection, *, now: datetime) -> Identity:
 
 
 def _read(engine: sa.Engine) -> Identity | None:
-    with engine.connect() as conn:
+    with read(engine) as conn:
         found = conn.execute(sa.select(Installation).where(Installation.id == 1)).one_or_none()
     return None if found is None else Identity(found.uid, found.name)
 
