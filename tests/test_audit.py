@@ -20,6 +20,8 @@ from typer.testing import CliRunner
 
 from marketcare.cli import app
 from marketcare.ledger import audit
+from marketcare.ledger import materialise as ledger_materialise
+from marketcare.ledger import sweep as ledger_sweep
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import read, write
 from marketcare.ledger.models import AuditHead, Completion, Event, Obligation, ReportRecord
@@ -29,7 +31,7 @@ from marketcare.reports.anchors import read_anchors
 from marketcare.reports.mail import ANCHOR_HEADER, SmtpConfig
 
 from .conftest import make_schedule, utc
-from .support.history import PHOTO, History, make_history
+from .support.history import PHOTO, START, History, make_history
 from .support.procs import make_env
 from .support.smtp import SmtpServer
 from .support.tamper import insert_event, rehash, remove_event, swap_events, unguarded
@@ -416,3 +418,24 @@ def test_the_applications_role_cannot_alter_history(engine: sa.Engine, history: 
             conn.exec_driver_sql(f'DROP OWNED BY "{role}"')
             conn.exec_driver_sql(f'DROP ROLE "{role}"')
     assert examined(engine).ok
+
+
+def test_upgrading_a_ledger_with_history_marks_where_complete_events_begin(
+    engine: sa.Engine,
+) -> None:
+    from alembic import command
+
+    from marketcare.ledger.db import alembic_config
+
+    ledger_materialise.materialise(engine, make_schedule(), now=START, horizon=timedelta(days=1))
+    ledger_sweep.sweep_all(engine, now=utc(2026, 11, 24, 0, 0))
+    config = alembic_config(engine)
+    command.downgrade(config, "i10_phone_time")  # the ledger as the version before had it
+    command.upgrade(config, "head")
+    with read(engine) as conn:
+        baseline = conn.execute(sa.select(Event).where(Event.action == "audit_baseline")).one()
+        obligations = conn.execute(sa.select(sa.func.count()).select_from(Obligation)).scalar()
+        assert baseline.seq == audit.head(conn).seq
+    assert baseline.details["obligations"] == obligations
+    result = examined(engine)
+    assert result.ok, findings(result)
