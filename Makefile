@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install system-deps run init test lint typecheck unit unit-sqlite unit-postgresql bench demo clean vendor
+.PHONY: install system-deps runtime-deps run init test lint typecheck unit unit-sqlite unit-postgresql bench demo clean vendor
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 ## set everything up and start the daemon on the sample schedules
-run: install
+run: install runtime-deps
 	mkdir -p var exports
 	$(BIN)/marketcare init
 	exec $(BIN)/marketcare run
@@ -25,14 +25,26 @@ init: install
 
 ## Debian packages the tests need: LibreOffice proves an export opens; CJK fonts render it;
 ## Chromium runs the browser tests (Playwright drives Debian's build, it downloads none);
-## PostgreSQL's server binaries run a throwaway server for the suite's PostgreSQL run
-SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk poppler-utils openssl chromium postgresql
+## PostgreSQL's server binaries run a throwaway server for the suite's PostgreSQL run;
+## Pango lays out the weekly bulletin's PDF (WeasyPrint), with the CJK fonts; HarfBuzz subsets them
+SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk fonts-crosextra-carlito poppler-utils openssl chromium postgresql libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0
 system-deps:
-	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then :; \
+	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && fc-list | grep -q Carlito && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ldconfig -p | grep -q libpangoft2-1.0; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	else \
 	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+	fi
+
+## Debian packages the daemon itself needs: Pango and the CJK fonts lay out the weekly
+## bulletin's PDF (WeasyPrint)
+RUNTIME_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-noto-cjk
+runtime-deps:
+	@if ldconfig -p | grep -q libpangoft2-1.0 && fc-list :lang=zh | grep -qi noto; then :; \
+	elif [ "$$(id -u)" = 0 ]; then \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(RUNTIME_PACKAGES) >/dev/null; \
+	else \
+	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(RUNTIME_PACKAGES) >/dev/null; \
 	fi
 
 ## set everything up and run the whole suite (lint, types, tests)

@@ -39,6 +39,7 @@ _.process_result_value
 loaded_at
 done_at
 assigned_at
+first_used_at
 
 # Starlette and uvicorn read these attributes of objects they own.
 _.lifespan_context
@@ -52,8 +53,9 @@ _.freeze_panes
 _.pageSetUpPr
 _.orientation
 _.paperSize
-_.fitToWidth
-_.fitToHeight
+_.scale
+_.print_area
+_.txPr
 _.page_margins
 _.gridLines
 _.print_title_rows
@@ -63,9 +65,14 @@ _.height
 _.majorGridlines
 _._values_to_row
 
-# Jinja2 templates call these (today.html, obligation.html).
+# Jinja2 templates call these (today.html, obligation.html, office.html).
 _.long_date
 _.range_text
+_.today_settled
+
+# Jinja2 templates read these (inspection.html, inspect_form.html, _inspections_panel.html).
+_.template_name
+_.last_day
 
 # Read by the tests and the benchmarks: the parts of a step's result that say what it did,
 # and the per-table checksums that prove two databases hold the same rows.
@@ -75,6 +82,7 @@ pest_control
 _.chunks
 _.cancelled
 sums
+pdf_id
 
 # Fields of the API's pydantic response models: FastAPI serialises them to JSON, so a field
 # only ever set by keyword looks unused (a published JSON field: never delete one for this).

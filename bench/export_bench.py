@@ -55,10 +55,11 @@ import pandas as pd
 import xlsxwriter
 
 from marketcare.domain import compliance
-from marketcare.domain.obligations import State
+from marketcare.domain.obligations import State, is_overdue
 from marketcare.domain.periods import Period
+from marketcare.domain.problems import Rate
 from marketcare.reports import workbook as exports
-from marketcare.reports.figures import Line, MarketInfo, Reading, _with_rates
+from marketcare.reports.figures import Line, MarketInfo, Reading, Rectification, _with_rates
 from marketcare.reports.workbook import BarChartSpec, BookProperties, CellStyle, SheetLayout, Value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -123,6 +124,15 @@ class CityReport:
 
     def count(self, market_id: str | None = None) -> int:
         return self.rows
+
+    def rectification(self) -> dict[str, Rectification]:
+        return {m.id: Rectification(Rate(0, 0)) for m in self.markets}
+
+    def late_problems(self) -> list[Any]:
+        return []
+
+    def contracts(self) -> list[Any]:
+        return []
 
     def lines(self, market_id: str | None = None) -> Iterator[Line]:
         assert market_id is not None
@@ -251,6 +261,7 @@ class CityReport:
             readings=readings,
             state=state,
             category=compliance.categorise(state, missed_at=self.as_of, as_of=self.as_of),
+            overdue=is_overdue(state, due_at=due, now=self.as_of.replace(tzinfo=None)),
             minutes_late=late,
             note=note,
             contractor=CONTRACTORS[int(market_id[1:]) % 2] if task_id == "pest" else None,
@@ -285,6 +296,8 @@ class XlsxwriterSheet:
     def __init__(self, wb: Any, ws: Any, formats: dict[str, Any]) -> None:
         self.wb, self.ws, self.formats = wb, ws, formats
         self.row = 0
+        self.banners: dict[int, int] = {}
+        self.breaks: list[int] = []
 
     def setup(self, layout: SheetLayout) -> None:
         ws = self.ws
@@ -294,15 +307,24 @@ class XlsxwriterSheet:
             ws.freeze_panes(layout.freeze_row - 1, 0)
         ws.set_landscape()
         ws.set_paper(9)
-        ws.fit_to_pages(1, 0)
+        ws.set_print_scale(layout.scale)
         ws.set_margins(left=0.4, right=0.4, top=0.5, bottom=0.6)
         ws.hide_gridlines(0)  # shown and printed
         if layout.title_rows:
             ws.repeat_rows(0, layout.title_rows - 1)
         ws.set_footer(f"&L{layout.footer_left}&C{layout.footer_center}&R&A", {"margin": 0.3})
 
-    def append(self, values: Sequence[Value], styles: Sequence[str | None]) -> None:
+    def append(
+        self, values: Sequence[Value], styles: Sequence[str | None], height: float | None = None
+    ) -> None:
         ws, formats, r = self.ws, self.formats, self.row
+        if height is not None:
+            ws.set_row(r, height)
+        if r in self.banners:
+            v, s = values[0], styles[0]
+            ws.merge_range(r, 0, r, self.banners[r] - 1, v, formats[s] if s else None)
+            self.row += 1
+            return
         for col, (v, s) in enumerate(zip(values, styles, strict=True)):
             fmt = formats[s] if s else None
             if v is None:
@@ -346,7 +368,11 @@ class XlsxwriterSheet:
         self.ws.insert_chart(spec.anchor_row - 1, 0, chart)
 
     def page_break(self, after_row: int) -> None:
-        self.ws.set_h_pagebreaks([after_row])
+        self.breaks.append(after_row)
+        self.ws.set_h_pagebreaks(self.breaks)
+
+    def banner(self, row: int, columns: int) -> None:
+        self.banners[row - 1] = columns
 
     def highlight(
         self, col: int, first_row: int, last_row: int, rules: Sequence[tuple[str, str]]
@@ -409,7 +435,12 @@ class NullSheet:
     def setup(self, layout: SheetLayout) -> None:
         pass
 
-    def append(self, values: Sequence[Value], styles: Sequence[str | None]) -> None:
+    def append(
+        self, values: Sequence[Value], styles: Sequence[str | None], height: float | None = None
+    ) -> None:
+        pass
+
+    def banner(self, row: int, columns: int) -> None:
         pass
 
     def bar_chart(self, spec: BarChartSpec) -> None:

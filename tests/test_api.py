@@ -19,12 +19,13 @@ from fastapi.routing import APIRoute
 
 from marketcare.domain.access import ALLOWED, MARKET_SCOPED, Action, Principal, Role
 from marketcare.ledger import accounts, evidence
+from marketcare.ledger import inspections as inspection_ledger
 from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.models import Completion, User
-from marketcare.web import api
+from marketcare.web import api, api_inspections
 
-from .support.web import PASSWORD, USERS, Site, running_site, sign_in
+from .support.web import ALL_PASS, PASSWORD, USERS, Site, running_site, sign_in
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(range(256)) * 4
 UPLOAD_LIMIT = 20_000
@@ -58,6 +59,17 @@ def problem_in(site: Site, market: str, *, state: str = "open", **extra: Any) ->
     if state == "rectified":
         ledger_problems.rectify(site.engine, problem_id=pid, by="mgr", note="已疏通", now=now)
     return pid
+
+
+def inspection_in(site: Site, market: str) -> int:
+    """A fresh inspection of ``market`` (every item passed)."""
+    done = inspection_ledger.record(
+        site.engine,
+        site.schedule.inspection_templates[0],
+        inspection_ledger.Submission(market_id=market, by="office", outcomes=ALL_PASS),
+        now=site.clock.now(),
+    )
+    return done.inspection_id
 
 
 def completions(site: Site, obligation_id: int) -> int:
@@ -804,6 +816,51 @@ ROUTES: list[Route] = [
         ),
         False,
     ),
+    Route(
+        "GET",
+        f"{V}/inspection-templates",
+        (Action.VIEW_INSPECTIONS,),
+        lambda s, u, m: (f"{V}/inspection-templates", {}),
+        False,
+    ),
+    Route(
+        "GET",
+        f"{V}/markets/{{market_id}}/inspection-sheet",
+        (Action.INSPECT,),
+        lambda s, u, m: (f"{V}/markets/{m}/inspection-sheet", {}),
+    ),
+    Route(
+        "POST",
+        f"{V}/markets/{{market_id}}/inspections",
+        (Action.INSPECT,),
+        lambda s, u, m: (f"{V}/markets/{m}/inspections", {"json": {"outcomes": ALL_PASS}}),
+    ),
+    Route(
+        "GET",
+        f"{V}/markets/{{market_id}}/inspections",
+        (Action.VIEW_INSPECTIONS,),
+        lambda s, u, m: (f"{V}/markets/{m}/inspections", {}),
+    ),
+    Route(
+        "GET",
+        f"{V}/inspections/{{inspection_id}}",
+        (Action.VIEW_INSPECTIONS,),
+        lambda s, u, m: (f"{V}/inspections/{inspection_in(s, m)}", {}),
+    ),
+    Route(
+        "GET",
+        f"{V}/markets/{{market_id}}/scores",
+        (Action.VIEW_INSPECTIONS,),
+        lambda s, u, m: (f"{V}/markets/{m}/scores", {}),
+    ),
+    Route("GET", f"{V}/ranking", (Action.RANKING,), lambda s, u, m: (f"{V}/ranking", {}), False),
+    Route(
+        "GET",
+        f"{V}/bulletins/{{period}}/{{day}}",
+        (Action.RANKING,),
+        lambda s, u, m: (f"{V}/bulletins/week/2026-11-23", {}),
+        False,
+    ),
     Route("GET", f"{V}/tokens", (), lambda s, u, m: (f"{V}/tokens", {}), False),
     Route(
         "POST",
@@ -886,7 +943,7 @@ def test_matrix_covers_every_api_route(matrix_site: Site) -> None:
     # and the router itself, in case a route is ever hidden from the schema
     routed = {
         (method, r.path)
-        for r in api.router.routes
+        for r in [*api.router.routes, *api_inspections.router.routes]
         if isinstance(r, APIRoute)
         for method in r.methods or ()
     }

@@ -26,8 +26,8 @@ from openpyxl.worksheet._write_only import WriteOnlyWorksheet
 from openpyxl.worksheet.worksheet import Worksheet
 
 from marketcare import i18n
-from marketcare.domain import checklists, compliance
-from marketcare.domain.obligations import State, minutes_late
+from marketcare.domain import checklists, compliance, problems
+from marketcare.domain.obligations import State, is_overdue, minutes_late
 from marketcare.domain.periods import Period
 from marketcare.domain.vocabulary import AreaKind, TaskKind
 from marketcare.ledger import materialise as ledger_materialise
@@ -235,6 +235,7 @@ def ledger_rows(engine: sa.Engine, period: Period) -> dict[int, dict[str, Any]]:
             "completed": local(r.completed_at),
             "by": r.by,
             "category": compliance.categorise(r.state, missed_at=r.missed_at, as_of=AS_OF),
+            "overdue": is_overdue(State(r.state), due_at=r.due_at, now=AS_OF),
             "minutes_late": minutes_late(due_at=r.due_at, completed_at=r.completed_at),
             "note": r.c_note or r.note,
             "kind": r.kind,
@@ -329,13 +330,15 @@ def test_readings_show_the_value_against_the_required_range(book: Ledger, tmp_pa
     assert texts["未完成（漏做）"] == {""}  # nothing was measured
 
 
-def test_the_overdue_sheet_lists_what_is_missed_or_failed(book: Ledger, tmp_path: Path) -> None:
+def test_the_overdue_sheet_lists_what_is_overdue_by_the_one_rule(
+    book: Ledger, tmp_path: Path
+) -> None:
     info = export(book.engine, tmp_path / "week.xlsx")
-    expected = {
-        i: e
-        for i, e in ledger_rows(book.engine, WEEK).items()
-        if e["category"] in ("missed", "failed")
-    }
+    rows_of_week = ledger_rows(book.engine, WEEK)
+    expected = {i: e for i, e in rows_of_week.items() if e["overdue"]}
+    # open past due, missed and failed past due; a failed reading before due is not overdue
+    assert {e["category"] for e in expected.values()} == {"missed", "failed"}
+    assert any(e["category"] == "failed" and not e["overdue"] for e in rows_of_week.values())
     wb = openpyxl.load_workbook(tmp_path / "week.xlsx")
     ws = wb.worksheets[1]
     assert ws.title == "逾期未完成"
@@ -404,7 +407,7 @@ def test_the_summary_numbers_equal_the_report(book: Ledger, tmp_path: Path) -> N
     assert [r[10] for r in block[header + 1 : -1]] == pytest.approx(list(totals["compliance"]))
     with zipfile.ZipFile(tmp_path / "week.xlsx") as z:
         chart = z.read("xl/charts/chart1.xml").decode()
-    assert f"'汇总'!$K${4 + len(detail) + header + 3}" in chart
+    assert f"'汇总'!$K${4 + len(detail) + header + 4}" in chart
     assert '<barDir val="bar"/>' in chart
 
 
@@ -445,7 +448,7 @@ def test_day_week_and_month_list_the_obligations_of_their_period(
     assert pd.api.types.is_datetime64_any_dtype(listed["日期"])
     assert set(listed["日期"].dt.date) == {e["date"] for e in expected.values()}
     overdue = frames["逾期未完成"]
-    assert len(overdue) == sum(e["category"] in ("missed", "failed") for e in expected.values())
+    assert len(overdue) == sum(e["overdue"] for e in expected.values())
     summary = pd.read_excel(path, sheet_name="汇总", header=3)
     total = summary[summary["市场"] == "全区合计"].iloc[0]
     assert total["应完成"] == sum(e["category"] in compliance.DUE for e in expected.values())
@@ -583,8 +586,9 @@ def test_the_sheets_are_set_up_to_read_and_print(book: Ledger, tmp_path: Path) -
         assert ws.print_title_rows == f"$1:${header}"
         assert ws.page_setup.orientation == "landscape"
         assert int(ws.page_setup.paperSize) == 9  # A4
-        assert ws.page_setup.fitToWidth == 1 and ws.page_setup.fitToHeight == 0
-        assert ws.sheet_properties.pageSetUpPr.fitToPage
+        # a scale of its own (never fitted down to tiny text): see the print test below
+        assert exports.MIN_PRINT_SCALE <= ws.page_setup.scale <= 100
+        assert not ws.sheet_properties.pageSetUpPr.fitToPage
         assert ws.oddFooter.center.text == "第 &P 页 / 共 &N 页"
         assert ws.oddFooter.left.text == "2026年第48周（2026年11月23日\u2009–\u200929日）"
         assert ws.auto_filter.ref.startswith(f"A{header}:")
@@ -592,8 +596,10 @@ def test_the_sheets_are_set_up_to_read_and_print(book: Ledger, tmp_path: Path) -
     ws = wb["鲤中农贸市场"]
     width = {c.value: ws.column_dimensions[c.column_letter].width for c in ws[2]}
     assert width["区域"] >= display_width("公共通道") and width["日期"] >= 10
-    assert width["检测读数（要求范围）"] >= display_width("有效氯 1050 mg/L（要求 900–1200）")
     assert width["状态"] >= display_width("未完成（漏做）")
+    # a long text wraps in its cell rather than widening the sheet past the page
+    readings = [c for c in ws["J"][2:] if c.value]
+    assert readings and all(c.alignment.wrap_text for c in readings)
     assert ws.auto_filter.ref == f"A2:M{ws.max_row}"
 
 
@@ -837,7 +843,16 @@ def test_every_state_kind_and_category_has_a_label_in_each_language() -> None:
         labels += [t.area_kind(k) for k in AreaKind]
         assert all(labels)
         assert len({t.category(c) for c in compliance.CATEGORIES}) == len(compliance.CATEGORIES)
+    # every member of every enum the reports label has its label
+    assert set(i18n.CATEGORY_LABELS) == set(compliance.Category)
+    assert set(i18n.STATE_LABELS) == set(State)
+    assert set(i18n.TASK_KIND_LABELS) == set(TaskKind)
+    assert set(i18n.AREA_KIND_LABELS) == set(AreaKind)
+    assert set(i18n.PROBLEM_CATEGORY_LABELS) == set(problems.Category)
+    assert set(i18n.PROBLEM_STATE_LABELS) == set(problems.ProblemState)
     zh = i18n.translator("zh_CN")
+    assert zh.task_kind("reinspection") == "复查"
+    assert zh.problem_category("repair") == "设施维修" and zh.problem_state("open") == "未整改"
     assert [zh.task_kind(k) for k in ("waste_clearance", "disinfection", "pest_control")] == [
         "垃圾日产日清",
         "每日休市清洗消毒",

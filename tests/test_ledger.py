@@ -339,6 +339,71 @@ def test_a_schedule_edit_adds_updates_and_deactivates_markets_and_areas(
     }
 
 
+def test_the_sweep_moves_obligations_exactly_as_the_clock_rule_says(engine: sa.Engine) -> None:
+    """The sweep's SQL is built from ``obligations.CLOCK_MOVES``; at every edge of every
+    window (a second before, on it) the ledger ends where ``state_by_clock`` says."""
+    from marketcare.domain.obligations import state_by_clock
+
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    with read(engine) as conn:
+        rows = conn.execute(sa.select(Obligation)).all()
+    edges = sorted(
+        {
+            t + d
+            for r in rows
+            for t in (r.opens_at, r.missed_at)
+            for d in (-timedelta(seconds=1), timedelta(0))
+        }
+    )
+    for now in edges:
+        with read(engine) as conn:
+            before = {r.id: r for r in conn.execute(sa.select(Obligation)).all()}
+        expected = {
+            i: state_by_clock(
+                State(r.state), opens_at=r.opens_at, missed_at=r.missed_at, now=now
+            ).value
+            for i, r in before.items()
+        }
+        ledger_sweep.sweep_all(engine, now=now)
+        with read(engine) as conn:
+            after = dict(conn.execute(sa.select(Obligation.id, Obligation.state)).all())
+        assert after == expected, now
+    assert set(after.values()) == {"missed"}
+
+
+def test_the_tick_and_the_checklist_page_agree_on_what_can_be_ticked(engine: sa.Engine) -> None:
+    """``obligations.can_tick`` is the rule: a tick is recorded exactly when it allows one,
+    and the obligation's page offers the form for every state it may allow."""
+    from marketcare.domain.obligations import can_tick
+
+    ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
+    closing = utc(2026, 11, 27, 10, 30)
+    waste = obligation(engine, "|-|waste|")
+    aquatic = obligation(engine, "aquatic|disinfect")
+    veg = obligation(engine, "veg|disinfect")
+    # before opening: refused; then done; then a second tick changes nothing
+    cases = [(waste, closing - timedelta(minutes=1)), (waste, closing), (waste, closing)]
+    # failed, then redone; missed, then done late
+    cases += [(aquatic, closing + timedelta(minutes=5)), (aquatic, closing + timedelta(hours=4))]
+    cases += [(veg, closing + timedelta(hours=4))]
+    readings = {aquatic.id: [{"chlorine": 100}, {"chlorine": 1000}], veg.id: [{"chlorine": 500}]}
+    for ob, at in cases:
+        ledger_sweep.sweep_all(engine, now=at)
+        view = ledger_readmodel.obligation(engine, ob.id, now=at)
+        allowed = can_tick(view.row.state, opens_at=ob.opens_at, now=at)
+        assert view.tickable == (allowed or view.row.state == State.UPCOMING)
+        values = readings.get(ob.id, [{}]).pop(0) if readings.get(ob.id) else {}
+        try:
+            result = ledger_tick.tick(
+                engine, obligation_id=ob.id, by="林秀英", now=at, readings=values
+            )
+        except TickRefused:
+            recorded = False
+        else:
+            recorded = result.changed
+        assert recorded == allowed, (ob.task_id, at, view.row.state)
+
+
 # ---------------------------------------------------------------- a phone's time (offline queue)
 
 

@@ -479,13 +479,21 @@ def test_a_reading_out_of_range_fails_the_obligation_whatever_the_time() -> None
     assert completion_outcome(due_at=DUE, at=MISSED, readings_ok=False) == State.FAILED
 
 
-def test_overdue_means_missed_or_open_or_failed_past_due() -> None:
+def test_overdue_means_past_due_and_not_done_late_done_or_excused() -> None:
     assert not is_overdue(State.OPEN, due_at=DUE, now=DUE)
     assert is_overdue(State.OPEN, due_at=DUE, now=DUE + timedelta(seconds=1))
-    assert is_overdue(State.MISSED, due_at=DUE, now=OPENS)
+    assert is_overdue(State.UPCOMING, due_at=DUE, now=DUE + timedelta(seconds=1))  # unswept
+    assert is_overdue(State.MISSED, due_at=DUE, now=OPENS)  # missed is always past due
     assert is_overdue(State.FAILED, due_at=DUE, now=DUE + timedelta(seconds=1))
-    for state in (State.UPCOMING, State.DONE, State.LATE, State.EXCUSED):
+    for state in (State.DONE, State.LATE, State.EXCUSED):
         assert not is_overdue(state, due_at=DUE, now=MISSED + timedelta(days=1))
+
+
+def test_a_failed_reading_before_the_due_time_is_to_redo_not_overdue() -> None:
+    assert not is_overdue(State.FAILED, due_at=DUE, now=OPENS)
+    assert redo_by(State.FAILED, due_at=DUE, now=OPENS) == DUE
+    assert redo_by(State.FAILED, due_at=DUE, now=DUE + timedelta(seconds=1)) is None
+    assert redo_by(State.OPEN, due_at=DUE, now=OPENS) is None
 
 
 def test_a_failed_reading_before_due_is_to_be_redone_by_its_due_time_not_overdue() -> None:
@@ -521,10 +529,13 @@ def test_the_next_task_offered_is_the_same_task_still_to_do_earliest_due_first()
     assert next_to_do(done, [done, others[4], others[5]]) is None
 
 
-def test_minutes_late_counts_whole_minutes_after_due() -> None:
+def test_minutes_late_counts_every_minute_begun_after_due() -> None:
     assert minutes_late(due_at=DUE, completed_at=None) == 0
+    assert minutes_late(due_at=DUE, completed_at=DUE) == 0
     assert minutes_late(due_at=DUE, completed_at=DUE - timedelta(hours=1)) == 0
-    assert minutes_late(due_at=DUE, completed_at=DUE + timedelta(minutes=95, seconds=59)) == 95
+    assert minutes_late(due_at=DUE, completed_at=DUE + timedelta(seconds=31)) == 1
+    assert minutes_late(due_at=DUE, completed_at=DUE + timedelta(minutes=1)) == 1
+    assert minutes_late(due_at=DUE, completed_at=DUE + timedelta(minutes=95, seconds=59)) == 96
 
 
 def test_a_chlorine_reading_is_checked_against_its_range() -> None:

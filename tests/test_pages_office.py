@@ -139,13 +139,19 @@ def assert_dashboard_matches_the_rules(
     assert "冷库门封条破损" in page.text
 
 
-def test_nothing_due_shows_a_dash_not_zero_percent(site: Site, office: httpx.Client) -> None:
+def test_while_work_is_open_today_shows_what_is_open_now_not_a_percentage(
+    site: Site, office: httpx.Client
+) -> None:
     figures = dashboard_figures(site.engine, now=site.clock.now(), market_ids=ALL)
-    nothing_due = [f for f in figures if f.today_due == 0]
-    assert nothing_due, "at 19:00 on the first day nothing is due yet in some market"
+    still_open = [f for f in figures if f.open_now]
+    assert still_open, "at 19:00 on the first day the evening's work is still open"
     page = office.get("/office").text
-    for f in nothing_due:
-        assert cell(page, f.market.id, "compliance_today").startswith("—")
+    for f in still_open:
+        assert not f.today_settled
+        shown = cell(page, f.market.id, "compliance_today")
+        assert shown == f"尚有 {f.open_now} 项待完成 目前按时 {f.today_on_time}/{f.today_due}"
+        assert "%" not in shown  # never "0.0% 0/1" for a day that is not over
+        assert cell(page, f.market.id, "open_now") == str(f.open_now)
 
 
 def test_a_manager_may_not_see_the_dashboard_the_users_or_the_outbox(site: Site) -> None:

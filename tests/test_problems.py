@@ -21,6 +21,7 @@ from marketcare.ledger.db import read
 from marketcare.ledger.models import Obligation
 
 from .conftest import make_schedule, utc
+from .support.tamper import unguarded
 
 NOW = utc(2026, 11, 27, 2, 0)
 
@@ -197,7 +198,83 @@ def test_a_bad_row_is_reported_by_row_and_column_and_nothing_is_imported(
     ]
     assert ledger_problems.listing(ready, now=NOW) == []
     skipped = ledger_problems.import_xlsx(ready, sheet, now=NOW, skip_bad=True)
-    assert skipped.imported == 1 and len(skipped.skipped) == 2
+    assert skipped.imported == 1 and len(skipped.skipped) == 2 and skipped.bad_rows == 2
+
+
+def test_real_date_cells_date_time_cells_and_text_dates_import_alike(
+    ready: sa.Engine, tmp_path: Path
+) -> None:
+    """An office's date cell (a number shown as a date) is a date: a deadline means the
+    end of that day, as the text 2026-11-30 does; a date-time cell is that moment."""
+    from datetime import date, datetime
+
+    path = tmp_path / "cells.xlsx"
+    wb = Workbook()
+    ws = wb.active
+    assert ws is not None
+    ws.append(["市场", "类别", "问题描述", "发现时间", "发现人", "整改期限"])
+    ws.append(["lizhong", "卫生", "日期单元格", date(2026, 11, 26), "张伟", date(2026, 11, 30)])
+    ws.append(
+        [
+            "lizhong",
+            "卫生",
+            "日期时间单元格",
+            datetime(2026, 11, 26, 9, 30),
+            "张伟",
+            datetime(2026, 11, 30, 17, 0),
+        ]
+    )
+    ws.append(["lizhong", "卫生", "文本日期", "2026-11-26", "张伟", "2026-11-30"])
+    ws.append(["lizhong", "卫生", "零点的日期时间", "2026-11-26", "张伟", datetime(2026, 11, 30)])
+    ws["F5"].number_format = "yyyy-mm-dd hh:mm"  # typed as a date and time: 00:00 it is
+    wb.save(path)
+    assert ledger_problems.import_xlsx(ready, path, now=NOW).imported == 4
+    got = {r.description: (r.found_at, r.deadline) for r in ledger_problems.listing(ready, now=NOW)}
+    end_of_30th = utc(2026, 11, 30, 15, 59, 59)  # 23:59:59 in Shanghai
+    assert got["日期单元格"] == (utc(2026, 11, 25, 16, 0), end_of_30th)
+    assert got["文本日期"] == got["日期单元格"]
+    assert got["日期时间单元格"] == (utc(2026, 11, 26, 1, 30), utc(2026, 11, 30, 9, 0))
+    assert got["零点的日期时间"][1] == utc(2026, 11, 29, 16, 0)
+
+
+def test_every_bad_cell_of_a_row_is_reported_and_skipped_rows_are_counted(
+    ready: sa.Engine, tmp_path: Path
+) -> None:
+    sheet = write_sheet(
+        tmp_path / "bad.xlsx",
+        [
+            ["lizhng", None, "杂项", "地面积水", "明天", "张伟", "下周"],
+            ["lizhong", "aquatic", "卫生", "地面积水", "2026-11-26", "张" * 500, "2126-11-30"],
+            ["lizhong", "aquatic", "卫生", "地面积水", "2026-12-25", "张伟", "2026-12-30"],
+            ["lizhong", "aquatic", "卫生", "地面积水", "2026-11-26", "张伟", "2026-11-30"],
+        ],
+    )
+    with pytest.raises(ledger_problems.ImportRejected) as caught:
+        ledger_problems.import_xlsx(ready, sheet, now=NOW)
+    assert caught.value.errors == [
+        "row 2, column A (市场): unknown market 'lizhng' (known: lizhong)",
+        "row 2, column C (类别): '杂项' is not one of sanitation, repair, pest, order",
+        "row 2, column E (发现时间): '明天' is not a date; write 2026-12-05 or 2026-12-05 17:00",
+        "row 2, column G (整改期限): '下周' is not a date; write 2026-12-05 or 2026-12-05 17:00",
+        "row 3, column F (发现人): at most 100 characters (this one has 500)",
+        "row 3, column G (整改期限): is more than 366 days away; check the year",
+        "row 4, column E (发现时间): is in the future; record a problem once it was found",
+    ]
+    assert ledger_problems.listing(ready, now=NOW) == []
+    skipped = ledger_problems.import_xlsx(ready, sheet, now=NOW, skip_bad=True)
+    assert skipped.imported == 1 and skipped.bad_rows == 3 and len(skipped.skipped) == 7
+
+
+def test_the_same_length_limits_hold_on_every_database(ready: sa.Engine) -> None:
+    """SQLite would store 500 characters in a 100-character column; the rule refuses them
+    before either database sees them, from the one definition in the domain."""
+    from marketcare.domain.problems import LIMITS
+    from marketcare.ledger.models import ProblemRow
+
+    assert ProblemRow.__table__.c.found_by.type.length == LIMITS["found_by"]
+    with pytest.raises(MarketcareError, match="found_by: at most 100 characters"):
+        ledger_problems.add(ready, make_problem(found_by="张" * 101), now=NOW)
+    ledger_problems.add(ready, make_problem(found_by="张" * 100), now=NOW)
 
 
 def test_a_file_that_is_not_a_workbook_is_refused_clearly(ready: sa.Engine, tmp_path: Path) -> None:
@@ -221,7 +298,50 @@ def test_a_missed_obligation_raises_one_problem_when_its_task_asks_for_it(
     assert ledger_problems.raise_from_obligations(engine, schedule, now=later) == 0
     (row,) = ledger_problems.listing(engine, now=later)
     assert row.description == "垃圾日产日清 2026-11-27 未完成（漏做）"
-    assert row.deadline == later + timedelta(days=1) and row.obligation_id is not None
+    missed_at = utc(2026, 11, 27, 12, 0)  # 20:00 CST: found when it was missed, not later
+    assert row.found_at == missed_at and row.deadline == missed_at + timedelta(days=1)
+    assert row.obligation_id is not None
+
+
+def test_problems_raised_late_for_old_misses_land_in_the_weeks_they_happened(
+    engine: sa.Engine,
+) -> None:
+    """The first run after a long gap (or after ``demo``) raises a problem for every old
+    miss: each is found when it was missed and due a day later, in its own week, so the
+    catch-up does not fill this week's rectification rate."""
+    from marketcare.domain.periods import Period
+    from marketcare.ledger.db import read
+    from marketcare.reports.figures import Report, problem_rates
+
+    from .conftest import DISINFECTION, make_market_yaml
+
+    raising = DISINFECTION + "    raise_problem: {when: [missed], category: sanitation}\n"
+    named = "[{id: aquatic, name: 水产区, kind: aquatic, m2: 600}, {id: veg, name: 蔬菜区, kind: vegetables, m2: 900}]"
+    schedule = make_schedule(markets=make_market_yaml(areas=named), tasks=raising)
+    start = utc(2026, 11, 9, 0, 0)  # Monday of week 46
+    ledger_materialise.materialise(
+        engine, schedule, now=start, horizon=timedelta(days=1), start=start
+    )
+    later = utc(2026, 11, 23, 3, 0)  # two weeks on, nothing done: every day was missed
+    ledger_materialise.materialise(engine, schedule, now=later, horizon=timedelta(hours=1))
+    ledger_sweep.sweep_all(engine, now=later)
+    raised = ledger_problems.raise_from_obligations(engine, schedule, now=later)
+    assert raised == 2 * 14  # two areas, fourteen days
+    rows = ledger_problems.listing(engine, now=later)
+    # titled with the area's name, not its id
+    assert {r.description.split(" ")[0] for r in rows} == {
+        "休市清洗消毒（水产区）",
+        "休市清洗消毒（蔬菜区）",
+    }
+    assert {r.found_at.date() for r in rows} == {
+        (start + timedelta(days=d)).date() for d in range(14)
+    }
+    with read(engine) as conn:
+        weeks = [Period.of("week", (start + timedelta(days=7 * w)).date()) for w in range(3)]
+        due = [problem_rates(Report(conn, week, as_of=later)).get("lizhong") for week in weeks]
+    # a miss on Sunday evening is due on Monday: the weeks share them, none piles up today
+    assert [r.due if r else 0 for r in due] == [12, 14, 2]
+    assert all(r is None or r.verified == 0 for r in due)
 
 
 def test_a_problem_raised_from_a_failed_area_task_names_the_area_not_its_id(
@@ -268,3 +388,80 @@ def test_the_weekly_export_lists_late_problems_and_the_rectification_rate(
     assert rates[0][:5] == ("lizhong 农贸市场", "鲤中", 2, 1, 0.5)
     late = [r for r in wb["逾期未整改"].iter_rows(min_row=3, values_only=True) if r[0] is not None]
     assert [(r[4], r[7], r[9]) for r in late] == [("排水沟堵塞", "未整改", 3)]
+    assert late[0][2] == "aquatic"  # the area's name (this schedule gives none: its id)
+
+
+def test_a_reinspection_is_the_offices_work_and_a_failed_one_counts_against_the_rectification(
+    ready: sa.Engine, tmp_path: Path
+) -> None:
+    import openpyxl
+
+    from marketcare.domain.periods import Period
+    from marketcare.reports import delivery
+
+    passed, _ = ledger_problems.add(ready, make_problem(description="灯具损坏"), now=NOW)
+    failed, _ = ledger_problems.add(ready, make_problem(description="排水沟堵塞"), now=NOW)
+    for pid in (passed, failed):
+        ledger_problems.rectify(ready, problem_id=pid, by="林秀英", note="已修", now=NOW)
+    later = NOW + timedelta(hours=5)
+    ledger_problems.verify(ready, problem_id=passed, by="区市场监管 张伟", now=later)
+    ledger_problems.reopen(ready, problem_id=failed, by="区市场监管 张伟", note="仍堵", now=later)
+    week = Period.of("week", NOW.date())
+    result = delivery.export(ready, period=week, exports_dir=tmp_path, now=later)
+    wb = openpyxl.load_workbook(result.path)
+    # the market's compliance knows nothing of them
+    summary = [r for r in wb["汇总"].iter_rows(min_row=5, values_only=True) if r[2]]
+    assert not any(r[2] == "复查" for r in summary)
+    # the rectification figures: two re-inspections, one failed
+    (row, _total) = [r for r in wb["整改率"].iter_rows(min_row=3, values_only=True) if r[0]][:2]
+    assert row[5:8] == (2, 1, 0)
+    # listed on the market's sheet: kind translated, task named, the officer as 完成人
+    sheet = wb["lizhong 农贸市场"]
+    header = [c.value for c in sheet[2]]
+    listed = [
+        dict(zip(header, r, strict=False))
+        for r in sheet.iter_rows(min_row=3, values_only=True)
+        if r[4] == "复查"
+    ]
+    assert sorted(r["任务"] for r in listed) == [
+        f"复查：第 {passed} 号问题（第 1 次）",
+        f"复查：第 {failed} 号问题（第 1 次）",
+    ]
+    assert {r["完成人"] for r in listed} == {"区市场监管 张伟"}
+    assert {r["备注"] for r in listed} == {"通过", "未通过：仍堵"}
+    assert result.headline["rectification"]["reinspection_failed"] == 1
+
+
+def test_reinspections_closed_by_an_older_release_get_their_completion_on_upgrade(
+    ready: sa.Engine,
+) -> None:
+    """Migration i13_reinspection_completions: the officer and the result of a
+    re-inspection closed before completions were recorded for it, from its audit event."""
+    from alembic import command
+
+    from marketcare.ledger.db import alembic_config
+    from marketcare.ledger.models import Completion
+
+    passed, _ = ledger_problems.add(ready, make_problem(description="灯具损坏"), now=NOW)
+    failed, _ = ledger_problems.add(ready, make_problem(description="排水沟堵塞"), now=NOW)
+    obs = {}
+    for pid in (passed, failed):
+        obs[pid] = ledger_problems.rectify(ready, problem_id=pid, by="林秀英", note="已修", now=NOW)
+    later = NOW + timedelta(hours=5)
+    ledger_problems.verify(ready, problem_id=passed, by="张伟", now=later)
+    ledger_problems.reopen(ready, problem_id=failed, by="李娜", note="仍堵", now=later)
+    with ready.begin() as conn, unguarded(conn):  # as an older release left them
+        conn.execute(sa.delete(Completion).where(Completion.token.like("reinspection:%")))
+    config = alembic_config(ready)
+    command.downgrade(config, "i13_reinspection_completions-1")  # to the revision before this one
+    command.upgrade(config, "head")
+    with read(ready) as conn:
+        got = {
+            r.obligation_id: (r.by, r.items, r.outcome, r.at)
+            for r in conn.execute(sa.select(Completion)).all()
+        }
+    assert got == {
+        obs[passed]: ("张伟", {"passed": True}, "done", later),
+        obs[failed]: ("李娜", {"passed": False}, "done", later),
+    }
+    command.upgrade(config, "head")  # nothing twice

@@ -115,6 +115,7 @@ def sample() -> Schedule:
 
 def test_the_sample_schedules_load(sample: Schedule) -> None:
     assert {Path(name).name for name in sample.sources} == {
+        "inspections.yaml",
         "markets.yaml",
         "people.yaml",
         "reports.yaml",
@@ -261,7 +262,8 @@ def test_an_unknown_key_deep_inside_a_task_points_at_the_key() -> None:
 def test_an_unknown_key_far_from_any_valid_key_lists_the_valid_keys() -> None:
     error = only_error("markets: []\nwhatever: 1\n")
     assert error.message == (
-        "unknown key 'whatever'; valid keys: contracts, escalation, markets, people, reports, tasks"
+        "unknown key 'whatever'; valid keys: contracts, escalation, inspection_templates, "
+        "inspections, markets, people, reports, tasks"
     )
     assert (error.line, error.column) == (2, 1)
 

@@ -20,10 +20,12 @@ from babel import Locale
 from babel.dates import format_date, format_interval, format_skeleton
 from babel.messages.pofile import read_po
 
-from marketcare.domain.compliance import CATEGORIES
+from marketcare.domain.compliance import Category
 from marketcare.domain.obligations import State
 from marketcare.domain.periods import Period
-from marketcare.domain.vocabulary import AreaKind, TaskKind
+from marketcare.domain.problems import Category as ProblemCategory
+from marketcare.domain.problems import ProblemState
+from marketcare.domain.vocabulary import REINSPECTION, AreaKind, TaskKind
 from marketcare.errors import MarketcareError
 
 log = logging.getLogger(__name__)
@@ -40,13 +42,15 @@ def N_(msgid: str) -> str:
     return msgid
 
 
-CATEGORY_LABELS: Final[dict[str, str]] = {
-    "on_time": N_("On time"),
-    "late": N_("Done late"),
-    "missed": N_("Missed"),
-    "failed": N_("Failed reading"),
-    "excused": N_("Excused"),
-    "pending": N_("Pending"),
+# Every table is keyed by the domain's enum, and a test checks each member has a label.
+
+CATEGORY_LABELS: Final[dict[Category, str]] = {
+    Category.ON_TIME: N_("On time"),
+    Category.LATE: N_("Done late"),
+    Category.MISSED: N_("Missed"),
+    Category.FAILED: N_("Failed reading"),
+    Category.EXCUSED: N_("Excused"),
+    Category.PENDING: N_("Pending"),
 }
 
 STATE_LABELS: Final[dict[State, str]] = {
@@ -68,6 +72,24 @@ TASK_KIND_LABELS: Final[dict[TaskKind, str]] = {
     TaskKind.CIVILITY_DUTY: N_("Civility persuader on duty"),
 }
 
+#: the office's re-inspection of a rectified problem (not a schedule task kind)
+REINSPECTION_LABEL: Final = N_("Re-inspection")
+#: how a re-inspection's task is named: the problem and which round of re-inspection
+REINSPECTION_TASK: Final = N_("Re-inspection of problem {problem} (round {round})")
+
+PROBLEM_CATEGORY_LABELS: Final[dict[ProblemCategory, str]] = {
+    ProblemCategory.SANITATION: N_("Sanitation"),
+    ProblemCategory.REPAIR: N_("Facility repair"),
+    ProblemCategory.PEST: N_("Pests"),
+    ProblemCategory.ORDER: N_("Market order"),
+}
+
+PROBLEM_STATE_LABELS: Final[dict[ProblemState, str]] = {
+    ProblemState.OPEN: N_("Not rectified"),
+    ProblemState.RECTIFIED: N_("Rectified, awaiting re-inspection"),
+    ProblemState.VERIFIED: N_("Verified"),
+}
+
 AREA_KIND_LABELS: Final[dict[AreaKind, str]] = {
     AreaKind.AQUATIC: N_("Aquatic products"),
     AreaKind.MEAT: N_("Meat"),
@@ -85,9 +107,6 @@ PERIOD_TITLES: Final[dict[str, str]] = {
     "week": N_("Farmers' markets sanitation compliance: weekly report"),
     "month": N_("Farmers' markets sanitation compliance: monthly report"),
 }
-
-assert set(CATEGORY_LABELS) == set(CATEGORIES)
-assert set(STATE_LABELS) == set(State)
 
 
 def catalog_path(language: str) -> Path:
@@ -125,21 +144,35 @@ class Translator:
             return msgid
         return text
 
-    def category(self, category: str) -> str:
-        """The label of a compliance category (``compliance.CATEGORIES``)."""
-        label = CATEGORY_LABELS.get(category)
-        return self.tr(label) if label else category
+    def category(self, category: Category | str) -> str:
+        """The label of a compliance category (``compliance.Category``)."""
+        return self.tr(CATEGORY_LABELS[Category(category)])
 
     def state(self, state: State | str) -> str:
-        label = STATE_LABELS.get(State(state))
-        return self.tr(label) if label else str(state)
+        return self.tr(STATE_LABELS[State(state)])
 
     def task_kind(self, kind: str) -> str:
-        """The label of a task kind; an unknown kind (a newer schedule) shows as its id."""
+        """The label of an obligation's kind (a task kind, or the office's re-inspection);
+        an unknown kind (a newer schedule) shows as its id."""
+        if kind == REINSPECTION:
+            return self.tr(REINSPECTION_LABEL)
         try:
             return self.tr(TASK_KIND_LABELS[TaskKind(kind)])
         except ValueError:
             return kind
+
+    def problem_category(self, category: ProblemCategory | str) -> str:
+        try:
+            return self.tr(PROBLEM_CATEGORY_LABELS[ProblemCategory(category)])
+        except ValueError:
+            return str(category)
+
+    def problem_state(self, state: ProblemState | str) -> str:
+        return self.tr(PROBLEM_STATE_LABELS[ProblemState(state)])
+
+    def reinspection_task(self, problem_id: int, round_: int) -> str:
+        """``复查：第 7 号问题（第 1 次）``: a re-inspection's task, named for people."""
+        return self.tr(REINSPECTION_TASK).format(problem=problem_id, round=round_)
 
     def area_kind(self, kind: str) -> str:
         try:

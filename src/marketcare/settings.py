@@ -75,6 +75,8 @@ class Settings(BaseSettings):
     web_session_days: float = Field(default=14.0, gt=0, le=365)
     #: the largest photo accepted with a completion or a rectification
     upload_max_bytes: int = Field(default=10_000_000, ge=10_000, le=100_000_000)
+    #: managers see the ranking of every market (红黑榜) and the bulletin, not only their own
+    managers_see_ranking: bool = False
     #: how far a phone's clock is trusted for a checklist sent from the offline queue
     #: (docs/web.md, "The phone's clock"): it counts at the phone's time only when it
     #: arrives within this many hours ...

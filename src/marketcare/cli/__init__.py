@@ -12,7 +12,15 @@ import logging
 import os
 import sys
 
-from marketcare.cli import maintenance, problems, reports, schedules, users, work  # noqa: F401
+from marketcare.cli import (  # noqa: F401
+    inspections,
+    maintenance,
+    problems,
+    reports,
+    schedules,
+    users,
+    work,
+)
 from marketcare.cli.common import app
 
 

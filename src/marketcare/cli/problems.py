@@ -236,20 +236,13 @@ def problems_reopen(
     ] = None,
 ) -> None:
     """The re-inspection failed: the problem is open again (and counted as reopened)."""
-    import sqlalchemy as sa
-
     from marketcare.ledger import problems as problem_ledger
-    from marketcare.ledger.db import read
+    from marketcare.ledger.readmodel import market_of_problem
 
     s, engine = connect()
     new = None
     if deadline:
-        from marketcare.ledger.models import ProblemRow
-
-        with read(engine) as conn:
-            market = conn.execute(
-                sa.select(ProblemRow.market_id).where(ProblemRow.id == problem_id)
-            ).scalar_one_or_none()
+        market = market_of_problem(engine, problem_id)
         new = _parse_when(
             deadline, "--deadline", _market_zone(engine, market or "", s.timezone), end_of_day=True
         )
@@ -283,7 +276,7 @@ def problems_rate(
         rates = problem_rates(report)
         markets = [(m.id, m.name) for m in report.markets]
     rows = [(mid, name, rates.get(mid, Rate(0, 0))) for mid, name in markets]
-    total = Rate(sum(r.verified for _, _, r in rows), sum(r.due for _, _, r in rows))
+    total = sum((r for _, _, r in rows), Rate(0, 0))
     if as_json:
         data = {
             "period": p.key,
@@ -296,8 +289,10 @@ def problems_rate(
         out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
         return
 
+    from marketcare.domain.compliance import percent
+
     def pct(r: Rate) -> str:
-        return "—" if r.value is None else f"{r.value * 100:.1f}%"
+        return percent(r.value)
 
     table = Table(title=f"整改率 {p.key}", title_justify="left")
     for col in ("market", "due", "verified", "rate"):
@@ -335,7 +330,7 @@ def problems_import(
     out.print(
         f"{result.imported} problems imported"
         + (f", {result.already} already imported before" if result.already else "")
-        + (f", {len(result.skipped)} bad rows skipped" if result.skipped else ""),
+        + (f", {result.bad_rows} bad rows skipped" if result.bad_rows else ""),
         markup=False,
     )
 

@@ -77,7 +77,7 @@ def export(
         if not recipients:
             schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
             for spec in schedule.reports:
-                if spec.period == p.kind:
+                if spec.period == p.kind and spec.kind == "compliance":
                     recipients.extend(spec.recipients)
         if not recipients:
             raise MarketcareError(

@@ -258,11 +258,13 @@ def demo_cmd(
             now=utcnow(),
             horizon=s.horizon,
             progress=progress,
+            evidence_dir=s.evidence_dir,
         )
     out.print(
         f"{days} days of history: {result.obligations} obligations — {result.done} on time, "
         f"{result.late} late, {result.failed} failed readings ({result.redone} redone), "
-        f"{result.missed} missed",
+        f"{result.missed} missed; {result.inspections} inspections in the last month, "
+        f"{result.problems} problems raised",
         markup=False,
     )
 

@@ -19,11 +19,12 @@ Time policy (documented in docs/schedules.md and tested):
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Protocol, TypeVar
+from typing import NamedTuple, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
 from marketcare.domain.schedules import Market, Schedule, Task
@@ -41,13 +42,34 @@ class State(StrEnum):
     EXCUSED = "excused"
 
 
-#: states a completion may still be recorded against (a late completion after a miss is
-#: kept; a failed reading can be redone)
-TICKABLE = frozenset({State.OPEN, State.MISSED, State.FAILED})
-#: states the sweep may still move on by the clock alone
-PENDING = frozenset({State.UPCOMING, State.OPEN})
+#: states a completion may be recorded against, once the window has opened (see
+#: ``can_tick``): a late completion after a miss is kept, a failed reading can be redone,
+#: and an upcoming one whose opening time has passed is open (the sweep may lag)
+TICKABLE = frozenset({State.UPCOMING, State.OPEN, State.MISSED, State.FAILED})
 #: a completed obligation: a second tick changes nothing
 COMPLETED = frozenset({State.DONE, State.LATE})
+#: finished one way or another: never overdue, nothing left to do
+SETTLED = COMPLETED | {State.EXCUSED}
+
+
+class ClockMove(NamedTuple):
+    """One move the clock alone makes: ``sources`` become ``target`` once ``now`` reaches
+    the obligation's time ``edge`` (``"opens_at"`` or ``"missed_at"``)."""
+
+    sources: frozenset[State]
+    target: State
+    edge: str
+
+
+#: what the clock does, in the order the moves are tried. ``state_by_clock`` reads this
+#: table and the sweep builds its SQL from it, so the board (which applies the clock as it
+#: reads) and the ledger (which the sweep moves) follow one rule.
+CLOCK_MOVES: tuple[ClockMove, ...] = (
+    ClockMove(frozenset({State.UPCOMING, State.OPEN}), State.MISSED, "missed_at"),
+    ClockMove(frozenset({State.UPCOMING}), State.OPEN, "opens_at"),
+)
+#: states the sweep may still move on by the clock alone
+PENDING: frozenset[State] = frozenset(s for move in CLOCK_MOVES for s in move.sources)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,14 +209,18 @@ def expand(
 def state_by_clock(
     state: State, *, opens_at: datetime, missed_at: datetime, now: datetime
 ) -> State:
-    """Where the clock alone moves an obligation: upcoming → open → missed."""
-    if state not in PENDING:
-        return state
-    if now >= missed_at:
-        return State.MISSED
-    if now >= opens_at:
-        return State.OPEN
-    return State.UPCOMING
+    """Where the clock alone moves an obligation: upcoming → open → missed (``CLOCK_MOVES``)."""
+    times = {"opens_at": opens_at, "missed_at": missed_at}
+    for move in CLOCK_MOVES:
+        if state in move.sources and now >= times[move.edge]:
+            return move.target
+    return state
+
+
+def can_tick(state: State, *, opens_at: datetime, now: datetime) -> bool:
+    """Whether a completion may be recorded now: the window has opened and the obligation
+    is neither completed nor excused. The one rule the tick, the pages and the API use."""
+    return state in TICKABLE and now >= opens_at
 
 
 def completion_outcome(*, due_at: datetime, at: datetime, readings_ok: bool) -> State:
@@ -213,9 +239,11 @@ def completion_outcome(*, due_at: datetime, at: datetime, readings_ok: bool) -> 
 
 
 def minutes_late(*, due_at: datetime, completed_at: datetime | None) -> int:
+    """Minutes after due, a minute begun counting as one: done 31 s late is 1 minute late,
+    so a late completion never shows 0 (nor a blank) beside "done late"."""
     if completed_at is None or completed_at <= due_at:
         return 0
-    return int((completed_at - due_at).total_seconds() // 60)
+    return math.ceil((completed_at - due_at).total_seconds() / 60)
 
 
 def in_range(value: float, bounds: tuple[float | None, float | None] | None) -> bool:
@@ -254,19 +282,20 @@ ORDER_ON_BOARD = {
 
 
 def is_overdue(state: State, *, due_at: datetime, now: datetime) -> bool:
-    """Missed, or open or failed past its due time: what a manager must act on first.
+    """Past its due time and not done, done late or excused.
 
-    A failed check before its due time is not overdue: it can still be redone in time,
-    and the board says so (``redo_by``) instead of raising a false alarm.
+    The one definition of overdue for the board, the API, ``status``, the workbook and the
+    email: open past due, missed, and failed past due. A reading that failed *before* the
+    due time is not overdue: it can still be redone in time (see ``redo_by``). The state
+    may lag the clock (an unswept upcoming or open obligation): only the due time decides.
     """
-    if state == State.MISSED:
-        return True
-    return state in (State.OPEN, State.FAILED) and now > due_at
+    state = State(state)
+    return state == State.MISSED or (state not in SETTLED and now > due_at)
 
 
 def redo_by(state: State, *, due_at: datetime, now: datetime) -> datetime | None:
-    """Until when a failed check can be redone in time; None when that is not the case."""
-    if state == State.FAILED and now <= due_at:
+    """The time a failed reading must be redone by while it still can be in time, else None."""
+    if State(state) == State.FAILED and now <= due_at:
         return due_at
     return None
 
@@ -296,8 +325,11 @@ def next_to_do(after: NextCandidate, candidates: Sequence[C]) -> C | None:
     Offering the next one of the same kind follows the manager's round (one area after
     another, the same chemicals in hand) and spares a trip back to the board.
     """
+    # a board row's state has the clock applied: an upcoming one has not opened yet
     todo = [
-        c for c in candidates if c.id != after.id and c.kind == after.kind and c.state in TICKABLE
+        c
+        for c in candidates
+        if c.id != after.id and c.kind == after.kind and c.state in TICKABLE - {State.UPCOMING}
     ]
     if not todo:
         return None

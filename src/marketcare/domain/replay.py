@@ -70,6 +70,8 @@ PROBLEM_COLUMNS = (
     "assigned_at",
 )
 REPORT_COLUMNS = (
+    "kind",
+    "format",
     "period_kind",
     "period_key",
     "scope",
@@ -204,8 +206,10 @@ class Replay:
     versions: dict[int, tuple[str, int]] = field(default_factory=dict)
     #: how many obligations the events account for (None: not known, legacy history)
     obligation_count: int | None = 0
-    #: report ids recorded before events recorded reports (the baseline says up to which)
+    #: report and completion ids recorded before complete events, which no event may name
+    #: (reports had none; older re-inspections got their completion by a migration)
     reports_before: int = 0
+    completions_before: int = 0
     inconsistencies: list[Inconsistency] = field(default_factory=list)
 
     def apply(self, ev: LoggedEvent) -> None:
@@ -244,14 +248,15 @@ class Replay:
 
     def _completed(self, ev: LoggedEvent) -> None:
         d = ev.details
-        if "reinspection" in d and "completion_id" not in d:
-            # the office closed a re-inspection: no completion row, a note on the obligation
-            note = d.get("note", UNKNOWN)
-            self._move(ev, completed_at=ev.at, note=note)
-            return
-        at = d.get("at", UNKNOWN)
-        done = ev.to_state in {s.value for s in COMPLETED}
-        self._move(ev, completed_at=at if done else None)
+        if "reinspection" in d:
+            # the office closed a re-inspection: its result is the obligation's note (older
+            # events: no completion row, the result in ``note``)
+            result = d.get("result", UNKNOWN if "completion_id" in d else d.get("note", UNKNOWN))
+            self._move(ev, completed_at=ev.at, note=result)
+        else:
+            at = d.get("at", UNKNOWN)
+            done = ev.to_state in {s.value for s in COMPLETED}
+            self._move(ev, completed_at=at if done else None)
         cid = d.get("completion_id")
         if cid is None:
             return
@@ -303,6 +308,7 @@ class Replay:
         d = ev.details
         self.obligation_count = int(d["obligations"])
         self.reports_before = int(d.get("reports_up_to", 0))
+        self.completions_before = int(d.get("completions_up_to", 0))
 
     # -- problems ----------------------------------------------------------------------
 
@@ -480,11 +486,14 @@ class Replay:
 
     def _unrecorded_ok(self, table: str, row: Mapping[str, Any]) -> bool:
         """Whether a row no event names is as it may be: an obligation materialised and
-        untouched since (upcoming), or a report recorded before reports had events."""
+        untouched since (upcoming), or a report or completion recorded before complete
+        events (the ``audit_baseline`` says up to which id)."""
         if table == "obligations":
             return row["state"] == State.UPCOMING.value and row["completed_at"] is None
         if table == "reports":
             return int(row["id"]) <= self.reports_before
+        if table == "completions":
+            return int(row["id"]) <= self.completions_before
         return False
 
 

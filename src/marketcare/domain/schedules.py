@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from functools import cache, cached_property
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
 from dateutil import rrule as du_rrule
@@ -43,6 +43,9 @@ from marketcare.domain.timespec import (
 from marketcare.domain.vocabulary import WEEKDAYS, AreaKind, TaskKind
 from marketcare.domain.yamlsource import Located, YamlSourceError, parse, read_text
 from marketcare.errors import ScheduleError, SourceError
+
+if TYPE_CHECKING:
+    from marketcare.domain.inspections import InspectionPlan, InspectionTemplate
 
 DEFAULT_ANCHOR = date(2020, 1, 6)  # a Monday; only rules that depend on their start use it
 _ID = r"^[a-z0-9][a-z0-9_-]{0,62}$"
@@ -446,6 +449,8 @@ class ReportSpec(_Strict):
     """A compliance report the daemon produces and emails on its own schedule."""
 
     id: Id
+    #: ``bulletin``: the double report (ranking and problems past deadline, Excel and PDF)
+    kind: Literal["compliance", "bulletin"] = "compliance"
     period: Literal["day", "week", "month"]
     at: TimeOfDay = Field(default_factory=lambda: parse_timespec("08:00"))
     covers: Literal["current", "previous"] | None = None
@@ -459,6 +464,8 @@ class ReportSpec(_Strict):
     def _clock(self) -> ReportSpec:
         if self.at.anchor != "clock":
             raise ValueError("at is a clock time such as '22:30'")
+        if self.kind == "bulletin" and self.period == "day":
+            raise ValueError("a bulletin covers a week or a month, not a day")
         return self
 
     @property
@@ -602,6 +609,9 @@ class ScheduleFile(_Strict):
     contracts: list[Contract] = Field(default_factory=list)
     people: list[Person] = Field(default_factory=list)
     escalation: list[EscalationPolicy] = Field(default_factory=list)
+    #: validated by ``domain/inspections.py`` (its models build on this module's)
+    inspection_templates: Any = None
+    inspections: Any = None
 
 
 @dataclass(frozen=True)
@@ -616,6 +626,8 @@ class Schedule:
     contracts: tuple[Contract, ...] = ()
     people: tuple[Person, ...] = ()
     escalation: tuple[EscalationPolicy, ...] = ()
+    inspection_templates: tuple[InspectionTemplate, ...] = ()
+    inspection_plans: tuple[InspectionPlan, ...] = ()
 
     @cached_property
     def digest(self) -> str:
@@ -680,8 +692,11 @@ def load_paths(paths: Iterable[Path], *, default_timezone: str) -> Schedule:
 
 def load_texts(texts: Mapping[str, str], *, default_timezone: str) -> Schedule:
     """Validate schedule texts keyed by file name (the form stored with each version)."""
+    from marketcare.domain import inspections
+
     errors: list[SourceError] = []
     parsed: list[tuple[Located, ScheduleFile]] = []
+    checked: list[inspections.InspectionFile] = []
     raw: list[Located] = []
     for name in sorted(texts):
         try:
@@ -701,7 +716,13 @@ def load_texts(texts: Mapping[str, str], *, default_timezone: str) -> Schedule:
             errors.extend(_located_errors(exc, located))
         except (ValueError, TypeError, OverflowError, RecursionError) as exc:
             errors.append(located.error((), f"invalid schedule: {exc}"))
+        own = {k: located.data[k] for k in inspections.KEYS if k in located.data}
+        try:
+            checked.append(inspections.InspectionFile.model_validate(own))
+        except ValidationError as exc:
+            errors.extend(_located_errors(exc, located))
     errors.extend(_cross_check(raw))
+    errors.extend(inspections.cross_check(raw, _market_ids(raw)))
     if errors:
         raise ScheduleError(errors)
     markets = tuple(m for _, f in parsed for m in f.markets)
@@ -723,7 +744,19 @@ def load_texts(texts: Mapping[str, str], *, default_timezone: str) -> Schedule:
         contracts=contracts,
         people=people,
         escalation=escalation,
+        inspection_templates=tuple(t for f in checked for t in f.inspection_templates),
+        inspection_plans=tuple(p for f in checked for p in f.inspections),
     )
+
+
+def _market_ids(parsed: list[Located]) -> list[str]:
+    ids: list[str] = []
+    for located in parsed:
+        markets = located.data.get("markets")
+        for m in markets if isinstance(markets, list) else []:
+            if isinstance(m, dict) and isinstance(m.get("id"), str):
+                ids.append(m["id"])
+    return ids
 
 
 def _cross_check(parsed: list[Located]) -> list[SourceError]:
@@ -900,10 +933,14 @@ _MODEL_AT: dict[str, type[BaseModel]] = {
 
 
 def _model_for(loc: tuple[str | int, ...]) -> type[BaseModel]:
+    from marketcare.domain.inspections import MODEL_AT
+
     model: type[BaseModel] = ScheduleFile
     for part in loc:
         if isinstance(part, str) and part in _MODEL_AT:
             model = _MODEL_AT[part]
+        elif isinstance(part, str) and part in MODEL_AT:
+            model = MODEL_AT[part]
     return model
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Final
 
 
 class AreaKind(StrEnum):
@@ -24,6 +25,13 @@ class TaskKind(StrEnum):
     PEST_CONTROL = "pest_control"
     FACILITY_INSPECTION = "facility_inspection"
     CIVILITY_DUTY = "civility_duty"
+
+
+#: the kind of the office's re-inspection of a rectified problem (再督查): an obligation the
+#: ledger makes when a problem is reported rectified, never a task of the schedules. It is
+#: the office's work, not the market's: the reports count it in the rectification figures,
+#: never in a market's compliance (``compliance.counts_for_compliance``).
+REINSPECTION: Final = "reinspection"
 
 
 WEEKDAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")

@@ -9,6 +9,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from marketcare.domain.problems import LIMITS as PROBLEM_LIMITS
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Aware UTC datetimes on every engine (SQLite stores them naive, in UTC)."""
@@ -211,6 +213,10 @@ class ReportRecord(Base):
 
     __tablename__ = "reports"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: ``compliance`` (the workbook) or ``bulletin`` (the weekly double report, 双通报)
+    kind: Mapped[str] = mapped_column(sa.String(16), server_default="compliance")
+    #: the file's format: ``xlsx``, or ``pdf`` for a bulletin's printable copy
+    format: Mapped[str] = mapped_column(sa.String(8), server_default="xlsx")
     period_kind: Mapped[str] = mapped_column(sa.String(8))
     period_key: Mapped[str] = mapped_column(sa.String(16))
     scope: Mapped[str] = mapped_column(sa.String(200))  # "all" or market ids joined by "+"
@@ -230,7 +236,9 @@ class ReportRecord(Base):
     damage_found_at: Mapped[datetime | None]
 
     __table_args__ = (
-        sa.UniqueConstraint("period_kind", "period_key", "scope", "language", "revision"),
+        sa.UniqueConstraint(
+            "kind", "format", "period_kind", "period_key", "scope", "language", "revision"
+        ),
     )
 
 
@@ -280,16 +288,19 @@ class OutboxMessage(Base):
 
 
 class ProblemRow(Base):
-    """A problem found on inspection (整改事项) with its deadline and its rectification."""
+    """A problem found on inspection (整改事项) with its deadline and its rectification.
+
+    Text columns are sized by ``problems.LIMITS``, the rule every way in is checked by:
+    SQLite does not enforce a length, so the rule, not the column, keeps both alike."""
 
     __tablename__ = "problems"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     market_id: Mapped[str] = mapped_column(sa.ForeignKey("markets.id"), index=True)
-    area_id: Mapped[str | None] = mapped_column(sa.String(64))
+    area_id: Mapped[str | None] = mapped_column(sa.String(PROBLEM_LIMITS["area"]))
     category: Mapped[str] = mapped_column(sa.String(16))
     description: Mapped[str] = mapped_column(sa.Text)
     found_at: Mapped[datetime]
-    found_by: Mapped[str] = mapped_column(sa.String(100))
+    found_by: Mapped[str] = mapped_column(sa.String(PROBLEM_LIMITS["found_by"]))
     deadline: Mapped[datetime]
     state: Mapped[str] = mapped_column(sa.String(16))
     reopened: Mapped[int] = mapped_column(default=0)
@@ -298,15 +309,19 @@ class ProblemRow(Base):
     obligation_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("obligations.id"))
     evidence: Mapped[dict[str, Any]]
     rectified_at: Mapped[datetime | None]
-    rectified_by: Mapped[str | None] = mapped_column(sa.String(100))
+    rectified_by: Mapped[str | None] = mapped_column(sa.String(PROBLEM_LIMITS["by"]))
     rectify_note: Mapped[str | None] = mapped_column(sa.Text)
     verified_at: Mapped[datetime | None]
-    verified_by: Mapped[str | None] = mapped_column(sa.String(100))
+    verified_by: Mapped[str | None] = mapped_column(sa.String(PROBLEM_LIMITS["by"]))
     reinspection_id: Mapped[int | None] = mapped_column(BigId, sa.ForeignKey("obligations.id"))
     created_at: Mapped[datetime]
     #: who the office assigned the rectification to (a person or a contractor), when it did
-    assigned_to: Mapped[str | None] = mapped_column(sa.String(200))
+    assigned_to: Mapped[str | None] = mapped_column(sa.String(PROBLEM_LIMITS["assigned_to"]))
     assigned_at: Mapped[datetime | None]
+    #: the inspection item whose failure raised it (督查), if any
+    inspection_result_id: Mapped[int | None] = mapped_column(
+        BigId, sa.ForeignKey("inspection_results.id"), index=True
+    )
 
     __table_args__ = (sa.Index("ix_problems_state_deadline", "state", "deadline"),)
 
@@ -444,3 +459,59 @@ class SchedulerLeader(Base):
     holder: Mapped[str] = mapped_column(sa.String(200))
     since: Mapped[datetime]
     heartbeat_at: Mapped[datetime]
+
+
+class InspectionTemplateRow(Base):
+    """A scoring sheet exactly as an inspection used it (the template's JSON snapshot)."""
+
+    __tablename__ = "inspection_templates"
+    digest: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    template_id: Mapped[str] = mapped_column(sa.String(64))
+    version: Mapped[str] = mapped_column(sa.String(40))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    body: Mapped[dict[str, Any]]
+    first_used_at: Mapped[datetime]
+
+
+class InspectionRow(Base):
+    """One inspection round (督查) of one market: who, when, which sheet, the score."""
+
+    __tablename__ = "inspections"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: the submission's client token: the same submission sent twice records once
+    token: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    market_id: Mapped[str] = mapped_column(sa.ForeignKey("markets.id"))
+    template_id: Mapped[str] = mapped_column(sa.String(64))
+    template_digest: Mapped[str] = mapped_column(sa.ForeignKey("inspection_templates.digest"))
+    plan_id: Mapped[str | None] = mapped_column(sa.String(64))
+    by: Mapped[str] = mapped_column(sa.String(100))
+    at: Mapped[datetime]
+    local_date: Mapped[str] = mapped_column(sa.String(10))  # YYYY-MM-DD in the market's zone
+    score: Mapped[float | None]
+    total: Mapped[float]
+    passed: Mapped[bool]
+    failed: Mapped[int]
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime]
+
+    __table_args__ = (sa.Index("ix_inspections_market_date", "market_id", "local_date"),)
+
+
+class InspectionResult(Base):
+    """One item of one inspection: pass, fail or not applicable, with note and photo."""
+
+    __tablename__ = "inspection_results"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    inspection_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("inspections.id"))
+    item_id: Mapped[str] = mapped_column(sa.String(64))
+    section: Mapped[str] = mapped_column(sa.String(200))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    outcome: Mapped[str] = mapped_column(sa.String(8))
+    points: Mapped[float]
+    critical: Mapped[str | None] = mapped_column(sa.String(8))
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    #: an earlier problem of the same item that this result re-inspected (再督查)
+    rechecked_problem_id: Mapped[int | None] = mapped_column(BigId)
+
+    __table_args__ = (sa.UniqueConstraint("inspection_id", "item_id"),)

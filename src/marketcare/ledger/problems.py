@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
@@ -25,22 +26,35 @@ from marketcare.domain.problems import (
     ProblemState,
     Rate,
     TransitionRefused,
+    can_assign,
     check_transition,
+    deadline_errors,
+    found_when,
     is_overdue,
     rectification_rate,
+    reinspection_task_id,
+    text_errors,
+    time_errors,
 )
 from marketcare.domain.schedules import Schedule
+from marketcare.domain.vocabulary import REINSPECTION
 from marketcare.errors import MarketcareError, NotFound
 from marketcare.ledger import audit, evidence
 from marketcare.ledger.db import dialect_insert, read, retrying, write
-from marketcare.ledger.models import AreaRow, LedgerState, MarketRow, Obligation, ProblemRow
+from marketcare.ledger.models import (
+    AreaRow,
+    Completion,
+    LedgerState,
+    MarketRow,
+    Obligation,
+    ProblemRow,
+)
 
 log = logging.getLogger(__name__)
 
 #: the office re-inspects within this time of a rectification; then it is late, then missed
 REINSPECT_DUE = timedelta(days=2)
 REINSPECT_GRACE = timedelta(days=1)
-REINSPECTION_KIND = "reinspection"
 
 
 @dataclass(frozen=True)
@@ -55,16 +69,32 @@ class NewProblem:
     source_key: str | None = None
     obligation_id: int | None = None
     evidence: list[dict[str, Any]] = field(default_factory=list)
+    inspection_result_id: int | None = None
 
 
-def validate(conn: sa.Connection, p: NewProblem) -> list[tuple[str, str]]:
-    """Field errors of a new problem as (field, message); empty when it is valid."""
-    errors: list[tuple[str, str]] = []
-    if conn.execute(sa.select(MarketRow.id).where(MarketRow.id == p.market_id)).first() is None:
+def validate(conn: sa.Connection, p: NewProblem, *, now: datetime) -> list[tuple[str, str]]:
+    """Every field error of a new problem as (field, message); empty when it is valid.
+
+    All of them, not the first: a spreadsheet row with three bad cells is told about three.
+    """
+    errors: list[tuple[str, str]] = text_errors(
+        {
+            "market": p.market_id,
+            "area": p.area_id,
+            "description": p.description.strip(),
+            "found_by": p.found_by.strip(),
+        }
+    )
+    too_long = {f for f, _m in errors}
+    if "market" in too_long:
+        pass  # said already; an id that long cannot exist
+    elif conn.execute(sa.select(MarketRow.id).where(MarketRow.id == p.market_id)).first() is None:
         known = ", ".join(conn.execute(sa.select(MarketRow.id).order_by(MarketRow.id)).scalars())
-        errors.append(("market", f"unknown market {p.market_id!r} (known: {known})"))
+        what = f"unknown market {p.market_id!r}" if p.market_id else "say which market"
+        errors.append(("market", f"{what} (known: {known})"))
     elif (
         p.area_id is not None
+        and "area" not in too_long
         and conn.execute(
             sa.select(AreaRow.id).where(AreaRow.market_id == p.market_id, AreaRow.id == p.area_id)
         ).first()
@@ -79,9 +109,9 @@ def validate(conn: sa.Connection, p: NewProblem) -> list[tuple[str, str]]:
         errors.append(("description", "a problem needs a description"))
     if not p.found_by.strip():
         errors.append(("found_by", "say who found it"))
-    if p.deadline <= p.found_at:
-        errors.append(("deadline", "the deadline must be after the time it was found"))
-    return errors
+    errors += time_errors(found_at=p.found_at, deadline=p.deadline, now=now)
+    order = ("market", "area", "category", "description", "found_at", "found_by", "deadline")
+    return sorted(errors, key=lambda fm: order.index(fm[0]) if fm[0] in order else len(order))
 
 
 def add(
@@ -99,7 +129,7 @@ def add(
 def add_in(
     conn: sa.Connection, problem: NewProblem, *, now: datetime, actor: str | None = None
 ) -> tuple[int, bool]:
-    errors = validate(conn, problem)
+    errors = validate(conn, problem, now=now)
     if errors:
         raise MarketcareError("; ".join(f"{f}: {m}" for f, m in errors))
     if problem.source_key is not None:
@@ -124,6 +154,7 @@ def add_in(
             obligation_id=problem.obligation_id,
             evidence={"items": problem.evidence},
             created_at=now,
+            inspection_result_id=problem.inspection_result_id,
         )
         .returning(ProblemRow.id)
     ).scalar_one()
@@ -182,6 +213,8 @@ def _move(
     details: dict[str, Any],
 ) -> ProblemState:
     """Move a problem by the state machine (compare-and-swap) and log the move."""
+    for fld, msg in text_errors({"by": by}):
+        raise MarketcareError(f"{fld}: {msg}")
     try:
         target = check_transition(ProblemState(row.state), action)
     except TransitionRefused as exc:
@@ -265,7 +298,7 @@ def _schedule_reinspection(conn: sa.Connection, row: Any, *, now: datetime) -> i
         sa.select(MarketRow.timezone).where(MarketRow.id == row.market_id)
     ).scalar_one()
     local = now.astimezone(ZoneInfo(zone)).replace(tzinfo=None, second=0, microsecond=0)
-    task_id = f"reinspect-p{row.id}-r{row.reopened + 1}"
+    task_id = reinspection_task_id(row.id, row.reopened + 1)
     due = now + REINSPECT_DUE
     result = conn.execute(
         dialect_insert(conn, Obligation)
@@ -274,7 +307,7 @@ def _schedule_reinspection(conn: sa.Connection, row: Any, *, now: datetime) -> i
             market_id=row.market_id,
             area_id=row.area_id,
             task_id=task_id,
-            kind=REINSPECTION_KIND,
+            kind=REINSPECTION,
             local_date=local.strftime("%Y-%m-%d"),
             occurrence=local.strftime("%Y-%m-%dT%H:%M"),
             opens_at=now,
@@ -291,20 +324,55 @@ def _schedule_reinspection(conn: sa.Connection, row: Any, *, now: datetime) -> i
 
 
 def _close_reinspection(
-    conn: sa.Connection, row: Any, *, by: str, now: datetime, passed: bool
+    conn: sa.Connection, row: Any, *, by: str, now: datetime, passed: bool, note: str | None
 ) -> None:
+    """Complete the problem's re-inspection: done (or late) by the officer who decided,
+    with the result kept as the completion's ``passed`` item, like any other record."""
     if row.reinspection_id is None:
         return
     ob = conn.execute(sa.select(Obligation).where(Obligation.id == row.reinspection_id)).one()
     if State(ob.state) not in (State.OPEN, State.UPCOMING, State.MISSED):
         return
     outcome = State.DONE if now <= ob.due_at else State.LATE
-    note = "通过" if passed else "未通过"
+    result = "通过" if passed else "未通过"
     conn.execute(
         sa.update(Obligation)
         .where(Obligation.id == ob.id, Obligation.state == ob.state)
-        .values(state=outcome.value, state_changed_at=now, completed_at=now, note=note)
+        .values(
+            state=outcome.value,
+            state_changed_at=now,
+            completed_at=now,
+            note=result,
+        )
     )
+    token = f"reinspection:{row.id}:{ob.id}"
+    items: dict[str, Any] = {"passed": passed}
+    failures: dict[str, Any] = {} if passed else {"passed": False}
+    completion_note = f"{result}：{note}" if note else result
+    completion_id = conn.execute(
+        sa.insert(Completion)
+        .values(
+            obligation_id=ob.id,
+            token=token,
+            by=by,
+            at=now,
+            outcome=outcome.value,
+            readings={},
+            items=items,
+            failures=failures,
+            note=completion_note,
+            arrived_at=now,
+        )
+        .returning(Completion.id)
+    ).scalar_one()
+    # every fact of the completion, as a tick's event holds them (``audit verify``)
+    timing = {
+        "at": now.isoformat(),
+        "arrived_at": now.isoformat(),
+        "phone_at": None,
+        "phone_sent_at": None,
+        "time_basis": "arrival",
+    }
     audit.append(
         conn,
         [
@@ -316,7 +384,18 @@ def _close_reinspection(
                 problem_id=row.id,
                 from_state=ob.state,
                 to_state=outcome.value,
-                details={"reinspection": "passed" if passed else "failed", "note": note},
+                details={
+                    "reinspection": "passed" if passed else "failed",
+                    "result": result,
+                    "completion_id": completion_id,
+                    "token": token,
+                    "readings": {},
+                    "items": items,
+                    "failures": failures,
+                    "note": completion_note,
+                    "evidence": [],
+                    **timing,
+                },
             )
         ],
     )
@@ -329,19 +408,23 @@ def verify(
 
     def step() -> None:
         with write(engine) as conn:
-            row = _load(conn, problem_id)
-            _move(
-                conn,
-                row,
-                "verify",
-                {"verified_at": now, "verified_by": by},
-                by=by,
-                now=now,
-                details={"note": note},
-            )
-            _close_reinspection(conn, row, by=by, now=now, passed=True)
+            verify_in(conn, _load(conn, problem_id), by=by, now=now, note=note)
 
     retrying(step, what="verify")
+
+
+def verify_in(conn: sa.Connection, row: Any, *, by: str, now: datetime, note: str | None) -> None:
+    """``verify`` inside the caller's transaction (an inspection re-checks its items)."""
+    _move(
+        conn,
+        row,
+        "verify",
+        {"verified_at": now, "verified_by": by},
+        by=by,
+        now=now,
+        details={"note": note},
+    )
+    _close_reinspection(conn, row, by=by, now=now, passed=True, note=note)
 
 
 def reopen(
@@ -359,24 +442,35 @@ def reopen(
 
     def step() -> None:
         with write(engine) as conn:
-            row = _load(conn, problem_id)
-            if deadline is not None and deadline <= row.found_at:
-                raise MarketcareError("deadline: the deadline must be after the time it was found")
-            values: dict[str, Any] = {"reopened": row.reopened + 1, "rectified_at": None}
-            if deadline is not None:
-                values["deadline"] = deadline
-            _move(
-                conn,
-                row,
-                "reopen",
-                values,
-                by=by,
-                now=now,
-                details={"note": note, "deadline": deadline.isoformat() if deadline else None},
-            )
-            _close_reinspection(conn, row, by=by, now=now, passed=False)
+            reopen_in(conn, _load(conn, problem_id), by=by, note=note, now=now, deadline=deadline)
 
     retrying(step, what="reopen")
+
+
+def reopen_in(
+    conn: sa.Connection,
+    row: Any,
+    *,
+    by: str,
+    note: str,
+    now: datetime,
+    deadline: datetime | None = None,
+) -> None:
+    """``reopen`` inside the caller's transaction."""
+    _check_deadline(deadline, row, now)
+    values: dict[str, Any] = {"reopened": row.reopened + 1, "rectified_at": None}
+    if deadline is not None:
+        values["deadline"] = deadline
+    _move(
+        conn,
+        row,
+        "reopen",
+        values,
+        by=by,
+        now=now,
+        details={"note": note, "deadline": deadline.isoformat() if deadline else None},
+    )
+    _close_reinspection(conn, row, by=by, now=now, passed=False, note=note)
 
 
 def assign(
@@ -396,18 +490,17 @@ def assign(
     to = to.strip()
     if not to:
         raise MarketcareError("assigned_to: say who must rectify it")
-    if len(to) > 200:
-        raise MarketcareError("assigned_to: at most 200 characters")
+    for fld, msg in text_errors({"assigned_to": to}):
+        raise MarketcareError(f"{fld}: {msg}")
 
     def step() -> None:
         with write(engine) as conn:
             row = _load(conn, problem_id)
-            if row.state == ProblemState.VERIFIED.value:
+            if not can_assign(row.state):
                 raise MarketcareError(
                     f"problem {problem_id} is verified (closed); nothing to assign"
                 )
-            if deadline is not None and deadline <= row.found_at:
-                raise MarketcareError("deadline: the deadline must be after the time it was found")
+            _check_deadline(deadline, row, now)
             values: dict[str, Any] = {"assigned_to": to, "assigned_at": now}
             if deadline is not None:
                 values["deadline"] = deadline
@@ -433,6 +526,13 @@ def assign(
     retrying(step, what="assign")
 
 
+def _check_deadline(deadline: datetime | None, row: Any, now: datetime) -> None:
+    if deadline is None:
+        return
+    for fld, msg in deadline_errors(deadline, found_at=row.found_at, now=now):
+        raise MarketcareError(f"{fld}: {msg}")
+
+
 def listing(
     engine: sa.Engine,
     *,
@@ -448,12 +548,12 @@ def listing(
             stmt = stmt.where(ProblemRow.market_id.in_(list(markets)))
         if states:
             stmt = stmt.where(ProblemRow.state.in_(list(states)))
-        if overdue:
-            stmt = stmt.where(
-                ProblemRow.state != ProblemState.VERIFIED.value, ProblemRow.deadline < now
-            )
+        if overdue:  # only narrows the read: ``is_overdue`` below decides
+            stmt = stmt.where(ProblemRow.state != ProblemState.VERIFIED.value)
         rows = conn.execute(stmt).all()
     flagged = [(is_overdue(r.state, deadline=r.deadline, now=now), r) for r in rows]
+    if overdue:
+        flagged = [(o, r) for o, r in flagged if o]
     flagged.sort(key=lambda fr: (not fr[0], fr[1].deadline, fr[1].id))
     return [_Flagged(r, o) for o, r in flagged]
 
@@ -544,7 +644,10 @@ class ImportRejected(MarketcareError):
 class ImportResult:
     imported: int = 0
     already: int = 0
+    #: every error of the rows skipped (a row may have several)
     skipped: list[str] = field(default_factory=list)
+    #: how many rows were skipped
+    bad_rows: int = 0
 
 
 def import_xlsx(
@@ -569,12 +672,13 @@ def import_xlsx(
             f"{path}: not an Excel .xlsx workbook ({type(exc).__name__}: {exc})"
         ) from None
     ws = wb.worksheets[0]
-    rows = ws.iter_rows(values_only=True)
-    header = next(rows, None)
-    if header is None:
+    rows = ws.iter_rows()
+    header_cells = next(rows, None)
+    if header_cells is None:
         raise MarketcareError(
             f"{path}: the first sheet is empty; row 1 must hold the column headers"
         )
+    header = tuple(c.value for c in header_cells)
     columns: dict[str, int] = {}
     for idx, title in enumerate(header):
         key = _header_key(title)
@@ -585,14 +689,16 @@ def import_xlsx(
         names = "; ".join(f"{k} ({' / '.join(HEADERS[k][1:])})" for k in missing)
         raise MarketcareError(f"{path}: row 1: missing column(s): {names}")
     errors: list[str] = []
+    bad_rows = 0
     good: list[tuple[int, NewProblem]] = []
     with read(engine) as conn:
         zones = {
             r.id: r.timezone
             for r in conn.execute(sa.select(MarketRow.id, MarketRow.timezone)).all()
         }
-        for number, values in enumerate(rows, start=2):
-            if values is None or all(v is None or str(v).strip() == "" for v in values):
+        for number, cells in enumerate(rows, start=2):
+            values = tuple(_cell_value(c) for c in cells)
+            if all(v is None or str(v).strip() == "" for v in values):
                 continue
 
             def cell(key: str, values: tuple[Any, ...] = values) -> Any:
@@ -600,42 +706,52 @@ def import_xlsx(
                 return None if i is None or i >= len(values) else values[i]
 
             def where(key: str, number: int = number) -> str:
-                return f"row {number}, column {get_column_letter(columns[key] + 1)} ({header[columns[key]]})"
+                if key not in columns:
+                    return f"row {number}"
+                column = get_column_letter(columns[key] + 1)
+                return f"row {number}, column {column} ({header[columns[key]]})"
 
-            row_errors: list[str] = []
+            unreadable: dict[str, str] = {}
             market = _text(cell("market"))
             zone = ZoneInfo(zones.get(market, "UTC")) if market else ZoneInfo("UTC")
             category_raw = _text(cell("category"))
             category = CATEGORY_WORDS.get(category_raw, category_raw)
             found_at, err = parse_when(cell("found_at"), zone, end_of_day=False, default=now)
             if err:
-                row_errors.append(f"{where('found_at')}: {err}")
+                unreadable["found_at"] = err
             deadline, err = parse_when(cell("deadline"), zone, end_of_day=True, default=None)
             if err:
-                row_errors.append(f"{where('deadline')}: {err}")
+                unreadable["deadline"] = err
+            # a time that could not be read stands in just beside the other one, so the
+            # other is still checked on its own and nothing is said twice
+            if deadline is None:
+                deadline = (found_at or now) + timedelta(seconds=1)
+            if found_at is None:
+                found_at = deadline - timedelta(seconds=1)
             problem = NewProblem(
                 market_id=market,
                 area_id=_text(cell("area")) or None,
                 category=category,
                 description=_text(cell("description")),
                 found_by=_text(cell("found_by")),
-                found_at=found_at or now,
-                deadline=deadline or now,
+                found_at=found_at,
+                deadline=deadline,
                 source_key=f"import:{file_key}:{number}",
             )
-            if not row_errors:
-                for fld, msg in validate(conn, problem):
-                    key = {"found_by": "found_by"}.get(fld, fld)
-                    row_errors.append(
-                        f"{where(key)}: {msg}" if key in columns else f"row {number}: {msg}"
-                    )
+            row_errors = [f"{where(f)}: {m}" for f, m in unreadable.items()]
+            row_errors += [
+                f"{where(f)}: {m}"
+                for f, m in validate(conn, problem, now=now)
+                if f not in unreadable
+            ]
             if row_errors:
-                errors.extend(row_errors)
+                errors.extend(sorted(row_errors, key=_column_order))
+                bad_rows += 1
             else:
                 good.append((number, problem))
     if errors and not skip_bad:
         raise ImportRejected(path, errors)
-    result = ImportResult(skipped=errors)
+    result = ImportResult(skipped=errors, bad_rows=bad_rows)
 
     def step() -> None:
         with write(engine) as conn:
@@ -648,6 +764,33 @@ def import_xlsx(
 
     retrying(step, what="import problems")
     return result
+
+
+def _column_order(message: str) -> tuple[int, str]:
+    """Errors of a row in the order of its columns (``row 3, column G …``)."""
+    head = message.split(":", 1)[0]
+    _row, _sep, rest = head.partition(", column ")
+    letters = rest.split(" ", 1)[0]
+    return len(letters) or 99, letters
+
+
+_TIME_CODES = re.compile(r"[hs]")
+_QUOTED = re.compile(r'"[^"]*"|\[[^\]]*\]')
+
+
+def _cell_value(cell: Any) -> Any:
+    """A cell's value; a date cell (a date number format, no time in it) as a ``date``.
+
+    Excel has no date type: a date cell is a number displayed as a date, which openpyxl
+    reads as a ``datetime`` at 00:00. Its number format says whether the office typed a
+    date (a deadline then means the end of that day) or a date and time.
+    """
+    value = getattr(cell, "value", None)
+    if isinstance(value, datetime) and value.time() == time():
+        fmt = _QUOTED.sub("", str(getattr(cell, "number_format", "") or "")).lower()
+        if not _TIME_CODES.search(fmt):
+            return value.date()
+    return value
 
 
 def _header_key(title: Any) -> str | None:
@@ -703,7 +846,10 @@ RAISE_LOOKBACK = timedelta(days=7)
 def raise_from_obligations(engine: sa.Engine, schedule: Schedule, *, now: datetime) -> int:
     """Raise a problem for each missed or failed obligation whose task asks for it (once).
 
-    Looks back a week of state changes, so a daemon that was down still raises them.
+    Looks back a week of state changes, so a daemon that was down still raises them. Each
+    problem is found when the obligation was missed or failed (``problems.found_when``),
+    not when this runs: catch-up after downtime (or after ``demo``) puts every problem in
+    the week of its miss, with the deadline the task gives from then.
     """
     wanted = {t.id: t for t in schedule.tasks if t.raise_problem is not None}
     if not wanted:
@@ -713,7 +859,12 @@ def raise_from_obligations(engine: sa.Engine, schedule: Schedule, *, now: dateti
         n = 0
         with write(engine) as conn:
             rows = conn.execute(
-                sa.select(Obligation)
+                sa.select(Obligation, AreaRow.name.label("area_name"))
+                .outerjoin(
+                    AreaRow,
+                    (AreaRow.market_id == Obligation.market_id)
+                    & (AreaRow.id == Obligation.area_id),
+                )
                 .where(
                     Obligation.task_id.in_(list(wanted)),
                     Obligation.state.in_([State.MISSED.value, State.FAILED.value]),
@@ -728,7 +879,10 @@ def raise_from_obligations(engine: sa.Engine, schedule: Schedule, *, now: dateti
                 if ob.state not in rule.when:
                     continue
                 what = "未完成（漏做）" if ob.state == State.MISSED.value else "读数不合格"
-                where = f"（{_area_name(conn, ob.market_id, ob.area_id)}）" if ob.area_id else ""
+                where = f"（{ob.area_name or ob.area_id}）" if ob.area_id else ""
+                found_at = found_when(
+                    State(ob.state), missed_at=ob.missed_at, changed_at=ob.state_changed_at
+                )
                 _pid, created = add_in(
                     conn,
                     NewProblem(
@@ -737,8 +891,8 @@ def raise_from_obligations(engine: sa.Engine, schedule: Schedule, *, now: dateti
                         category=rule.category,
                         description=f"{task.name}{where} {ob.local_date} {what}",
                         found_by="system",
-                        found_at=ob.state_changed_at,
-                        deadline=max(ob.state_changed_at, now) + rule.within,
+                        found_at=found_at,
+                        deadline=found_at + rule.within,
                         source_key=f"obligation:{ob.id}:{ob.state}",
                         obligation_id=ob.id,
                     ),
@@ -749,11 +903,3 @@ def raise_from_obligations(engine: sa.Engine, schedule: Schedule, *, now: dateti
         return n
 
     return retrying(step, what="raise problems")
-
-
-def _area_name(conn: sa.Connection, market_id: str, area_id: str) -> str:
-    """An area's name as people call it (水产区), not its id in the schedule (aquatic)."""
-    name = conn.execute(
-        sa.select(AreaRow.name).where(AreaRow.market_id == market_id, AreaRow.id == area_id)
-    ).scalar()
-    return str(name or area_id)

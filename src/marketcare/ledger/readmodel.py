@@ -77,8 +77,8 @@ class TodayBoard:
     market: MarketInfo
     day: date
     now: datetime
-    overdue: list[BoardRow]  # past due or missed: still to do, and late
-    open_now: list[BoardRow]  # open, or failed and to be redone, within time
+    overdue: list[BoardRow]  # ``obligations.is_overdue``: still to do, and late
+    open_now: list[BoardRow]  # open within time, or failed before due (to redo in time)
     due_soon: list[BoardRow]  # opening within SOON
     later: list[BoardRow]  # opening later today
     finished: list[BoardRow]  # done, late or excused
@@ -116,7 +116,7 @@ def today(engine: sa.Engine, market_id: str, *, now: datetime) -> TodayBoard:
     for r in rows:
         if r.overdue:
             overdue.append(r)
-        elif r.state in TICKABLE:  # open, or failed and still to be redone in time
+        elif r.state in (State.OPEN, State.FAILED):  # failed before due: redo it in time
             open_now.append(r)
         elif r.state == State.UPCOMING:
             (soon if r.opens_at - now <= SOON else later).append(r)
@@ -154,7 +154,9 @@ class ObligationView:
 
     @property
     def tickable(self) -> bool:
-        return self.row.state in TICKABLE or self.row.state == State.UPCOMING
+        """A tick may be recorded against its state (before it opens it is refused with the
+        time it opens: ``obligations.can_tick`` is the whole rule)."""
+        return self.row.state in TICKABLE
 
     @property
     def completed(self) -> bool:

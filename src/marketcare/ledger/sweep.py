@@ -12,10 +12,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from marketcare.domain.obligations import (
-    PENDING,
-    State,
-)
+from marketcare.domain.obligations import CLOCK_MOVES, State
 from marketcare.ledger import audit
 from marketcare.ledger.audit import SYSTEM
 from marketcare.ledger.db import CHUNK, retrying, write
@@ -62,34 +59,16 @@ def sweep(engine: sa.Engine, *, now: datetime, batch: int = 2000) -> SweepResult
                 result.clock_went_back = True
                 return result
             events: list[audit.NewEvent] = []
-            # one query per pending state: each is a range scan of the (state, missed_at)
-            # index that stops at the limit. A single `state IN (...)` query makes
-            # PostgreSQL misjudge the match count on a large history and scan the table.
-            missed: list[Any] = []
-            for pending in sorted(s.value for s in PENDING):
-                missed += conn.execute(
-                    sa.select(Obligation.id, Obligation.state)
-                    .where(Obligation.state == pending, Obligation.missed_at <= now)
-                    .order_by(Obligation.missed_at, Obligation.id)
-                    .limit(batch - len(missed))
-                ).all()
-                if len(missed) >= batch:
-                    break
-            result.missed = _flip(conn, missed, State.MISSED, now, events)
-            # already past its grace period: it goes straight to missed (next batch), never
-            # "opened" and missed in the same moment
-            opened = conn.execute(
-                sa.select(Obligation.id, Obligation.state)
-                .where(
-                    Obligation.state == State.UPCOMING.value,
-                    Obligation.opens_at <= now,
-                    Obligation.missed_at > now,
-                )
-                .order_by(Obligation.opens_at, Obligation.id)
-                .limit(batch)
-            ).all()
-            result.opened = _flip(conn, opened, State.OPEN, now, events)
-            result.more = len(missed) == batch or len(opened) == batch
+            moved: list[list[Any]] = []
+            for i, move in enumerate(CLOCK_MOVES):
+                rows = _due_for(conn, i, now=now, limit=batch)
+                moved.append(rows)
+                n = _flip(conn, rows, move.target, now, events)
+                if move.target == State.MISSED:
+                    result.missed += n
+                else:
+                    result.opened += n
+            result.more = any(len(rows) == batch for rows in moved)
             audit.append(conn, events)
             if state is not None and (last is None or now > last):
                 conn.execute(
@@ -98,6 +77,42 @@ def sweep(engine: sa.Engine, *, now: datetime, batch: int = 2000) -> SweepResult
         return result
 
     return retrying(step, what="sweep")
+
+
+def clock_conditions(index: int, now: datetime) -> list[tuple[str, list[Any]]]:
+    """The SQL conditions of the ``index``-th of ``obligations.CLOCK_MOVES``, one list per
+    source state: in that state, the move's time reached, and no earlier move's time
+    reached (an earlier move takes precedence, as in ``state_by_clock``).
+
+    One query per source state: each is a range scan of a (state, time) index that stops
+    at the limit; a single ``state IN (...)`` makes PostgreSQL misjudge the match count on
+    a large history and scan the table.
+    """
+    move = CLOCK_MOVES[index]
+    out = []
+    for source in sorted(move.sources):
+        conditions = [Obligation.state == source.value, getattr(Obligation, move.edge) <= now]
+        for earlier in CLOCK_MOVES[:index]:
+            if source in earlier.sources:
+                conditions.append(getattr(Obligation, earlier.edge) > now)
+        out.append((move.edge, conditions))
+    return out
+
+
+def _due_for(conn: sa.Connection, index: int, *, now: datetime, limit: int) -> list[Any]:
+    """Up to ``limit`` obligations the ``index``-th clock move applies to, oldest first."""
+    rows: list[Any] = []
+    for edge, conditions in clock_conditions(index, now):
+        column = getattr(Obligation, edge)
+        rows += conn.execute(
+            sa.select(Obligation.id, Obligation.state)
+            .where(*conditions)
+            .order_by(column, Obligation.id)
+            .limit(limit - len(rows))
+        ).all()
+        if len(rows) >= limit:
+            break
+    return rows
 
 
 def _flip(

@@ -20,8 +20,8 @@ import sqlalchemy as sa
 from marketcare.domain.checklists import check, checklist_of
 from marketcare.domain.obligations import (
     COMPLETED,
-    TICKABLE,
     State,
+    can_tick,
     completion_outcome,
     format_range,
     minutes_late,
@@ -318,7 +318,7 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
             f"obligation {ob.id} opens at {ob.opens_at.astimezone(zone):%Y-%m-%d %H:%M %Z}; "
             "it cannot be completed before then"
         )
-    if state not in TICKABLE and state != State.UPCOMING:
+    if not can_tick(state, opens_at=ob.opens_at, now=now):
         raise MarketcareError(f"obligation {ob.id} is {state.value}")
     schedule = schedule_of_version(conn, ob.version_id)
     checklist = checklist_of(schedule, ob.task_id, ob.area_kind)

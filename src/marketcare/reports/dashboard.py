@@ -1,6 +1,10 @@
-"""The office dashboard's figures: each market's compliance today and this week, misses,
-open and overdue problems and the month's rectification rate, by the same rules as the
-exports."""
+"""The office dashboard's figures: each market's compliance today and this week, what is
+still open now, misses, open and overdue problems and the month's rectification rate, by
+the same rules as the exports (``reports.Report`` over the domain's rules).
+
+Today's compliance is a figure only once nothing of today is still open: at 19:00 with
+nine tasks open, "0.0% 0/1" would say the market failed a day it is still working; the
+dashboard shows "9 open now" and the tally so far instead (``today_settled``)."""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import sqlalchemy as sa
 
 from marketcare.domain import compliance
 from marketcare.domain.periods import Period
-from marketcare.domain.problems import ProblemState, is_overdue
+from marketcare.domain.problems import ProblemState, Rate, is_overdue
 from marketcare.ledger.db import read
 from marketcare.ledger.models import ProblemRow
 from marketcare.ledger.readmodel import MarketInfo, markets
@@ -31,6 +35,7 @@ class MarketFigures:
     week_due: int
     missed_today: int
     missed_week: int
+    open_now: int
     open_problems: int
     overdue_problems: int
     rate_verified: int
@@ -46,8 +51,13 @@ class MarketFigures:
         return compliance.compliance(self.week_on_time, self.week_due)
 
     @property
+    def today_settled(self) -> bool:
+        """Nothing of today is still open: today's compliance is a final figure."""
+        return self.open_now == 0
+
+    @property
     def rectification_rate(self) -> float | None:
-        return None if self.rate_due == 0 else self.rate_verified / self.rate_due
+        return Rate(self.rate_verified, self.rate_due).value
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -61,6 +71,7 @@ class MarketFigures:
             "on_time_week": self.week_on_time,
             "missed_today": self.missed_today,
             "missed_week": self.missed_week,
+            "open_now": self.open_now,
             "open_problems": self.open_problems,
             "overdue_problems": self.overdue_problems,
             "rectification_rate_month": self.rectification_rate,
@@ -93,6 +104,7 @@ def figures(engine: sa.Engine, *, now: datetime, market_ids: list[str]) -> list[
                         figures[mid][f"{name}_on_time"] = int(row["on_time"])
                         figures[mid][f"{name}_due"] = int(row["due"])
                         figures[mid][f"{name}_missed"] = int(row["missed"])
+                        figures[mid][f"{name}_pending"] = int(row["pending"])
             month = Report(conn, Period.of("month", day), as_of=now, markets=ids)
             for mid, rate in problem_rates(month).items():
                 figures[mid]["rate_verified"] = rate.verified
@@ -119,6 +131,7 @@ def figures(engine: sa.Engine, *, now: datetime, market_ids: list[str]) -> list[
                 week_due=f.get("week_due", 0),
                 missed_today=f.get("today_missed", 0),
                 missed_week=f.get("week_missed", 0),
+                open_now=f.get("today_pending", 0),
                 open_problems=f.get("open_problems", 0),
                 overdue_problems=f.get("overdue_problems", 0),
                 rate_verified=f.get("rate_verified", 0),

@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 from marketcare.domain import compliance
 from marketcare.domain.periods import Period, from_key
+from marketcare.domain.problems import Rate
 from marketcare.domain.schedules import ReportSpec, Schedule
 from marketcare.errors import MarketcareError, NotFound
 from marketcare.files import fsync_path
@@ -38,7 +39,7 @@ from marketcare.ledger import outbox as outbox_rules
 from marketcare.ledger.db import dialect_insert, read, retrying, write
 from marketcare.ledger.models import OutboxMessage, ReportRecord, ReportRun, ReportWatermark
 from marketcare.ledger.verification import file_damage
-from marketcare.reports.figures import Report
+from marketcare.reports.figures import Rectification, Report
 from marketcare.reports.mail import (
     ANCHOR_HEADER,
     DeliveryError,
@@ -99,19 +100,53 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+#: problems past their deadline listed in an email body (all of them are in the workbook)
+EMAIL_PROBLEMS = 30
+
+
 def _headline(report: Report) -> dict[str, Any]:
-    total = report.district_total()
-    rate = total["compliance"]
+    """What the email says, kept with the record: the district's counts and each market's
+    (``compliance.Counts``), the rectification figures, and the problems past their
+    deadline (the weekly double report's second half)."""
+    names = {m.id: m.name for m in report.markets}
+    counts = report.counts()
+    district = sum(counts.values(), compliance.Counts())
+    rect = report.rectification()
+    total = sum(rect.values(), Rectification(Rate(0, 0)))
+    late = report.late_problems()
+    zones = {m.id: m.zone for m in report.markets}
     return {
-        "compliance": None if rate != rate else round(float(rate), 4),
-        "due": int(total["due"]),
-        "on_time": int(total["on_time"]),
-        "late": int(total["late"]),
-        "missed": int(total["missed"]),
-        "failed": int(total["failed"]),
-        "excused": int(total["excused"]),
-        "overdue": int(total["missed"] + total["failed"]),
+        **district.as_dict(),
+        "compliance": _rounded(district.compliance),
+        "markets": [
+            {"market": m, "name": names[m], **c.as_dict(), "compliance": _rounded(c.compliance)}
+            for m, c in counts.items()
+        ],
+        "rectification": {
+            "due": total.rate.due,
+            "verified": total.rate.verified,
+            "rate": _rounded(total.rate.value),
+            "reinspected": total.reinspected,
+            "reinspection_failed": total.failed,
+        },
+        "late_problems": len(late),
+        "problems": [
+            {
+                "id": p.id,
+                "market": names.get(p.market_id, p.market_id),
+                "area": p.area_name or p.area_id,
+                "description": p.description,
+                "deadline": p.deadline.isoformat(timespec="minutes"),
+                "days_overdue": p.days_overdue,
+                "zone": zones.get(p.market_id),
+            }
+            for p in late[:EMAIL_PROBLEMS]
+        ],
     }
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 4)
 
 
 def export(
@@ -169,6 +204,7 @@ def export(
                 latest = conn.execute(
                     sa.select(ReportRecord)
                     .where(
+                        ReportRecord.kind == "compliance",
                         ReportRecord.period_kind == period.kind,
                         ReportRecord.period_key == period.key,
                         ReportRecord.scope == scope,
@@ -177,7 +213,7 @@ def export(
                     .order_by(ReportRecord.revision.desc())
                     .limit(1)
                 ).one_or_none()
-                damaged = _note_damage(conn, latest, now=now) if latest is not None else None
+                damaged = note_damage(conn, latest, now=now) if latest is not None else None
                 if latest is not None and damaged is None:
                     if latest.content_digest == info.content_digest:
                         tmp.unlink(missing_ok=True)
@@ -206,6 +242,8 @@ def export(
                 os.replace(tmp, final)
                 digest = _sha256(final)
                 values = {
+                    "kind": "compliance",
+                    "format": "xlsx",
                     "period_kind": period.kind,
                     "period_key": period.key,
                     "scope": scope,
@@ -219,22 +257,7 @@ def export(
                     "anchor_seq": anchor.seq,
                     "anchor_hash": anchor.hash,
                 }
-                report_id = conn.execute(
-                    sa.insert(ReportRecord)
-                    .values(generated_at=now, **values)
-                    .returning(ReportRecord.id)
-                ).scalar_one()
-                audit.append(
-                    conn,
-                    [
-                        audit.NewEvent(
-                            at=now,
-                            actor=audit.SYSTEM,
-                            action="report_recorded",
-                            details={"report_id": report_id, **values},
-                        )
-                    ],
-                )
+                report_id = record_report(conn, values, now=now)
                 return ExportResult(
                     report_id,
                     final,
@@ -261,13 +284,36 @@ def export(
         tmp.unlink(missing_ok=True)
 
 
+def record_report(conn: sa.Connection, values: dict[str, Any], *, now: datetime) -> int:
+    """Record a written report file and its ``report_recorded`` event (every column), in
+    the caller's transaction; returns the record's id. Every kind of report goes through
+    here, so ``audit verify`` can hold each ``reports`` row to its event."""
+    report_id = int(
+        conn.execute(
+            sa.insert(ReportRecord).values(generated_at=now, **values).returning(ReportRecord.id)
+        ).scalar_one()
+    )
+    audit.append(
+        conn,
+        [
+            audit.NewEvent(
+                at=now,
+                actor=audit.SYSTEM,
+                action="report_recorded",
+                details={"report_id": report_id, **values},
+            )
+        ],
+    )
+    return report_id
+
+
 def _anchor_of(record: Any) -> audit.Anchor | None:
     if record.anchor_seq is None or record.anchor_hash is None:
         return None
     return audit.Anchor(int(record.anchor_seq), str(record.anchor_hash))
 
 
-def _note_damage(conn: sa.Connection, record: Any, *, now: datetime) -> str | None:
+def note_damage(conn: sa.Connection, record: Any, *, now: datetime) -> str | None:
     """Say so when a recorded file is missing or changed: a line for the person, an
     error in the log, an event, and the record marked (counted in ``/metrics``).
 
@@ -422,12 +468,12 @@ def run_pending(
             )
             continue
         period = from_key(spec.period, run.period_key)
-        result = export(
+        result = _produce(
             engine,
+            spec,
             period=period,
             exports_dir=exports_dir,
             now=now,
-            markets=None if spec.markets == "all" else spec.markets,
             language=spec.language or default_language,
         )
 
@@ -451,6 +497,35 @@ def run_pending(
         )
         done += 1
     return done
+
+
+def _produce(
+    engine: sa.Engine,
+    spec: ReportSpec,
+    *,
+    period: Period,
+    exports_dir: Path,
+    now: datetime,
+    language: str,
+) -> Any:
+    """The file a scheduled report sends: the workbook, or a bulletin's (its PDF goes
+    with it, see ``_message``)."""
+    markets = None if spec.markets == "all" else list(spec.markets)
+    if spec.kind == "bulletin":
+        from marketcare.reports.bulletin import produce
+
+        b = produce(
+            engine,
+            period=period,
+            exports_dir=exports_dir,
+            now=now,
+            markets=markets,
+            language=language,
+        )
+        return ExportResult(b.xlsx_id, b.xlsx, b.revision, "", b.created, 0, b.headline)
+    return export(
+        engine, period=period, exports_dir=exports_dir, now=now, markets=markets, language=language
+    )
 
 
 # ---------------------------------------------------------------- the outbox
@@ -506,7 +581,12 @@ def _claim(engine: sa.Engine, now: datetime) -> Any | None:
             report = conn.execute(
                 sa.select(ReportRecord).where(ReportRecord.id == row.report_id)
             ).one()
-            return row, report, audit.head(conn)
+            extra = None
+            if report.kind == "bulletin":
+                from marketcare.reports.bulletin import companion_pdf
+
+                extra = companion_pdf(conn, report)
+            return row, (report, extra), audit.head(conn)
 
     return retrying(step, what="claim outbox")
 
@@ -526,10 +606,12 @@ def send_due(
         claimed = _claim(engine, now)
         if claimed is None:
             break
-        row, report, anchor = claimed
+        row, (report, extra), anchor = claimed
         error: DeliveryError | None = None
         try:
-            msg = _message(row, report, smtp, now=now, language=language, anchor=anchor)
+            msg = _message(
+                row, report, smtp, now=now, language=language, extra=extra, anchor=anchor
+            )
             send(smtp, msg, row.recipient)
         except DeliveryError as exc:
             error = exc
@@ -567,52 +649,105 @@ def _settle(engine: sa.Engine, row: Any, error: DeliveryError | None, at: dateti
     outbox_rules.settle(engine, OutboxMessage, row.id, values, what="record delivery")
 
 
-def subject_and_body(
-    report: Any, *, language: str, anchor: audit.Anchor | None = None
-) -> tuple[str, str, str]:
+def subject_and_body(report: Any, *, language: str) -> tuple[str, str, str]:
     """Subject, plain-text body and attachment name of a report email (from the catalogs).
 
-    With ``anchor`` the body ends with the audit chain's head as the email is sent: the
-    office's mailbox keeps it, a witness of the ledger's history outside the database.
+    A later revision says so in its subject, its body and its attachment's name, so the
+    office can tell it from the one it replaces. The body has the headline figures, each
+    market's, the rectification rate and the problems past their deadline.
     """
     t = translator(language)
     period = from_key(report.period_kind, report.period_key)
     h = report.headline or {}
-    rate = h.get("compliance")
     title = t.report_title(period)
     values = {
         "title": title,
         "period": t.period(period),
         "key": period.key,
         "revision": report.revision,
-        "pct": "—" if rate is None else f"{rate * 100:.1f}%",
+        "previous": report.revision - 1,
+        "pct": compliance.percent(h.get("compliance")),
         "sha": report.sha256,
-        **{k: h.get(k, 0) for k in ("due", "on_time", "late", "missed", "failed", "overdue")},
+        **{
+            k: h.get(k, 0)
+            for k in ("due", "on_time", "late", "missed", "failed", "excused", "pending")
+        },
+        "overdue": h.get("overdue", 0),
     }
-    body = "\n".join(
-        [
-            t.tr("{title}: {period} ({key}), revision {revision}.").format(**values),
-            "",
-            t.tr("Compliance: {pct} ({on_time} of {due} due done on time)").format(**values),
-            t.tr("Missed: {missed}   Failed readings: {failed}   Done late: {late}").format(
-                **values
-            ),
-            t.tr("Overdue list: {overdue} items").format(**values),
-            "",
-            t.tr("Attachment SHA-256: {sha}").format(**values),
-            "",
-        ]
-    )
-    if anchor is not None:
-        body += (
-            t.tr("Audit chain head: event {seq}, {hash}").format(seq=anchor.seq, hash=anchor.hash)
-            + "\n"
-        )
-    name = f"{title}_{period.key}"
+    lines = [t.tr("{title}: {period} ({key}), revision {revision}.").format(**values)]
     if report.revision > 1:
-        name += "_" + t.tr("revision {revision}").format(**values)
+        lines.append(
+            t.tr(
+                "It replaces revision {previous}: figures of the period changed after it was made."
+            ).format(**values)
+        )
+    lines += [
+        "",
+        t.tr("Compliance: {pct} ({on_time} of {due} due done on time)").format(**values),
+        t.tr("Missed: {missed}   Failed readings: {failed}   Done late: {late}").format(**values),
+        t.tr("Still open: {pending}   Excused: {excused}").format(**values),
+        t.tr("Overdue list: {overdue} items").format(**values),
+    ]
+    markets = h.get("markets") or []
+    if markets:
+        lines += ["", t.tr("By market:")]
+        for m in markets:
+            lines.append(
+                "  "
+                + t.tr(
+                    "{name}: due {due}, on time {on_time}, late {late}, missed {missed}, "
+                    "failed {failed}, excused {excused}, open {pending}, overdue {overdue}; "
+                    "compliance {pct}"
+                ).format(**{**m, "pct": compliance.percent(m.get("compliance"))})
+            )
+    rect = h.get("rectification")
+    if rect is not None:
+        lines += [
+            "",
+            t.tr("Rectification rate: {pct} ({verified} of {due} problems due verified)").format(
+                pct=compliance.percent(rect.get("rate")), verified=rect["verified"], due=rect["due"]
+            ),
+            t.tr("Re-inspections: {reinspected}, of which failed: {failed}").format(
+                reinspected=rect.get("reinspected", 0), failed=rect.get("reinspection_failed", 0)
+            ),
+            t.tr("Problems past their deadline: {n}").format(n=h.get("late_problems", 0)),
+        ]
+        for p in h.get("problems") or []:
+            where = f"{p['market']} {p['area']}" if p.get("area") else p["market"]
+            lines.append(
+                "  "
+                + t.tr(
+                    "No. {id} {where}: {description} (deadline {deadline}, {days} days overdue)"
+                ).format(
+                    id=p["id"],
+                    where=where,
+                    description=p["description"],
+                    deadline=p["deadline"].replace("T", " "),
+                    days=p["days_overdue"],
+                )
+            )
+        if h.get("late_problems", 0) > len(h.get("problems") or []):
+            lines.append("  " + t.tr("(the whole list is in the attachment)"))
+    lines += ["", t.tr("Attachment SHA-256: {sha}").format(**values), ""]
+    body = "\n".join(lines)
+    name = f"{title}_{period.key}"
+    subject = f"{title} {period.key}"
+    if report.revision > 1:
+        revision = t.tr("revision {revision}").format(**values)
+        name += "_" + revision
+        subject += " " + revision
     name = re.sub(r'\s*[\\/:*?"<>|]+\s*', " ", name).strip()  # a name every mail client can save
-    return f"{title} {period.key}", body, name + ".xlsx"
+    return subject, body, name + ".xlsx"
+
+
+def _verified_bytes(report: Any) -> bytes:
+    data = Path(report.path).read_bytes()
+    if hashlib.sha256(data).hexdigest() != report.sha256:
+        raise DeliveryError(
+            f"{report.path} no longer matches its recorded SHA-256; not sending an altered report",
+            permanent=True,
+        )
+    return data
 
 
 def _message(
@@ -622,17 +757,25 @@ def _message(
     *,
     now: datetime,
     language: str,
+    extra: Any | None = None,
     anchor: audit.Anchor | None = None,
 ) -> Any:
-    data = Path(report.path).read_bytes()
-    if hashlib.sha256(data).hexdigest() != report.sha256:
-        raise DeliveryError(
-            f"{report.path} no longer matches its recorded SHA-256; not sending an altered report",
-            permanent=True,
-        )
-    subject, body, name = subject_and_body(
-        report, language=report.language or language, anchor=anchor
-    )
+    data = _verified_bytes(report)
+    lang = report.language or language
+    if report.kind == "bulletin":
+        from marketcare.reports.bulletin import mail_text
+
+        subject, body, name = mail_text(report, language=lang)
+    else:
+        subject, body, name = subject_and_body(report, language=lang)
+    if anchor is not None:
+        # the office's mailbox keeps the chain's head as the email left: a witness of the
+        # ledger's history outside the database (``audit verify --anchor``)
+        line = translator(lang).tr("Audit chain head: event {seq}, {hash}")
+        body = body.rstrip("\n") + "\n\n" + line.format(seq=anchor.seq, hash=anchor.hash) + "\n"
+    attachments = []
+    if extra is not None:
+        attachments.append((_verified_bytes(extra), name.removesuffix(".xlsx") + ".pdf"))
     return build_message(
         sender=smtp.sender,
         recipient=row.recipient,
@@ -642,6 +785,7 @@ def _message(
         filename=name,
         msg_id=row.message_id,
         date=now,
+        extra=attachments,
         headers={ANCHOR_HEADER: anchor.text()} if anchor is not None else None,
     )
 

@@ -1,9 +1,15 @@
 """What a compliance report says: the numbers and rows of one period, read from the ledger.
 
-The workbook writer (``workbook``) only formats what this module gathers. Rows are streamed
-per market so a month of a thousand markets never sits in memory; the summary is a
-``GROUP BY`` in the database turned into tallies with pandas, using the one rule in
-``domain.compliance.categorise``.
+The workbook writer (``workbook``) and the email (``delivery``) only format what this
+module gathers. Rows are streamed per market so a month of a thousand markets never sits
+in memory; the summary is a ``GROUP BY`` in the database turned into tallies with pandas.
+Each group is judged by the domain's rules (``compliance.categorise``,
+``obligations.is_overdue``): the SQL only says on which side of ``as_of`` each of an
+obligation's times lies, so the figures follow the rules and never restate them.
+
+Re-inspections are the office's work, not the market's: the summary (compliance) leaves
+them out and ``reinspections`` counts them for the rectification figures; the market
+sheets list them with everything else.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import pandas as pd
@@ -20,11 +26,22 @@ import sqlalchemy as sa
 import sqlalchemy.orm
 
 from marketcare.domain import compliance
-from marketcare.domain.obligations import State, in_range, minutes_late
+from marketcare.domain.compliance import Category, Counts
+from marketcare.domain.obligations import State, in_range, is_overdue, minutes_late
 from marketcare.domain.periods import Period
+from marketcare.domain.problems import (
+    Rate,
+    days_overdue,
+    not_rectified_in_time,
+    verified_by,
+)
 from marketcare.domain.schedules import Schedule
-from marketcare.ledger.models import AreaRow, Completion, MarketRow, Obligation
+from marketcare.domain.vocabulary import REINSPECTION
+from marketcare.ledger.models import AreaRow, Completion, MarketRow, Obligation, ProblemRow
 from marketcare.ledger.versions import schedule_of_version
+
+#: the count columns of the summary frames: the categories, then the overdue ones
+COUNT_COLUMNS: Final = (*(c.value for c in compliance.CATEGORIES), "overdue")
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +85,17 @@ class Line:
     by: str | None
     readings: tuple[Reading, ...]
     state: State
-    category: str
+    category: Category
+    overdue: bool
     minutes_late: int
     note: str | None
     contractor: str | None
+    #: a re-inspection's result: True passed, False failed, None not re-inspected yet
+    passed: bool | None = None
+
+    @property
+    def counts_for_compliance(self) -> bool:
+        return compliance.counts_for_compliance(self.kind)
 
 
 @dataclass(frozen=True)
@@ -150,57 +174,97 @@ class Report:
 
     @property
     def summary(self) -> pd.DataFrame:
-        """Counts per (market, kind): the categories, ``due`` and ``compliance`` (0..1 or NaN)."""
+        """Counts per (market, kind) of a market's own work: the categories, ``overdue``,
+        ``due`` and ``compliance`` (0..1 or NaN). Re-inspections are left out."""
         if self._summary is None:
-            self._summary = self._build_summary()
+            self._summary = self._tally(reinspections=False)
         return self._summary
 
-    def _build_summary(self) -> pd.DataFrame:
-        past = sa.case((Obligation.missed_at <= self.as_of, 1), else_=0).label("past")
+    def _tally(self, *, reinspections: bool) -> pd.DataFrame:
+        as_of = self.as_of
+        past = sa.case((Obligation.missed_at <= as_of, 1), else_=0).label("past")
+        after_due = sa.case((Obligation.due_at < as_of, 1), else_=0).label("after_due")
+        kinds = Obligation.kind.in_(compliance.NOT_COMPLIANCE_KINDS)
         stmt = self._where(
             sa.select(
                 Obligation.market_id,
                 Obligation.kind,
                 Obligation.state,
                 past,
+                after_due,
                 sa.func.count().label("n"),
             )
-        ).group_by(Obligation.market_id, Obligation.kind, Obligation.state, past)
-        groups = pd.DataFrame(
-            self.conn.execute(stmt).all(), columns=["market", "kind", "state", "past", "n"]
+        ).where(kinds if reinspections else sa.not_(kinds))
+        stmt = stmt.group_by(
+            Obligation.market_id, Obligation.kind, Obligation.state, past, after_due
         )
-        columns = [*compliance.CATEGORIES, "due", "compliance"]
+        groups = pd.DataFrame(
+            self.conn.execute(stmt).all(),
+            columns=["market", "kind", "state", "past", "after_due", "n"],
+        )
+        columns = [*COUNT_COLUMNS, "due", "compliance"]
         if groups.empty:
             return pd.DataFrame(
                 columns=columns, index=pd.MultiIndex.from_tuples([], names=["market", "kind"])
             )
+        # the rules see each group's times on the same side of ``as_of`` as the SQL did
         never, always = datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC)
         groups["category"] = [
-            compliance.categorise(s, missed_at=always if p else never, as_of=self.as_of)
+            compliance.categorise(s, missed_at=always if p else never, as_of=as_of).value
             for s, p in zip(groups["state"], groups["past"], strict=True)
+        ]
+        groups["overdue"] = [
+            int(n) if is_overdue(State(s), due_at=always if d else never, now=as_of) else 0
+            for s, d, n in zip(groups["state"], groups["after_due"], groups["n"], strict=True)
         ]
         table = groups.pivot_table(
             index=["market", "kind"], columns="category", values="n", aggfunc="sum", fill_value=0
         )
-        table = table.reindex(columns=list(compliance.CATEGORIES), fill_value=0).astype("int64")
-        return _with_rates(table)
+        table = table.reindex(columns=list(COUNT_COLUMNS[:-1]), fill_value=0)
+        table["overdue"] = groups.groupby(["market", "kind"])["overdue"].sum()
+        return _with_rates(table.astype("int64"))
 
     def market_totals(self) -> pd.DataFrame:
         """Counts per market (every selected market, zeros where it had nothing)."""
-        s = self.summary
-        cats = list(compliance.CATEGORIES)
-        if s.empty:
+        return self._per_market(self.summary)
+
+    def _per_market(self, frame: pd.DataFrame) -> pd.DataFrame:
+        cats = list(COUNT_COLUMNS)
+        if frame.empty:
             totals = pd.DataFrame(0, index=[m.id for m in self.markets], columns=cats)
         else:
-            totals = s[cats].groupby(level="market").sum()
+            totals = frame[cats].groupby(level="market").sum()
             totals = totals.reindex([m.id for m in self.markets], fill_value=0)
         totals.index.name = "market"
         return _with_rates(totals.astype("int64"))
 
     def district_total(self) -> pd.Series:
-        totals = self.market_totals()[list(compliance.CATEGORIES)].sum()
+        totals = self.market_totals()[list(COUNT_COLUMNS)].sum()
         frame = _with_rates(pd.DataFrame([totals]))
         return frame.iloc[0]
+
+    def counts(self) -> dict[str, Counts]:
+        """Each market's counts (``compliance.Counts``), in the markets' order."""
+        return {str(m): counts_of(row) for m, row in self.market_totals().iterrows()}
+
+    def reinspections(self) -> dict[str, Counts]:
+        """Each market's re-inspections of the period by the same categories (the office's
+        timeliness; whether they passed is in ``rectification``)."""
+        return {
+            str(m): counts_of(row)
+            for m, row in self._per_market(self._tally(reinspections=True)).iterrows()
+        }
+
+    # -- the rectification loop and the contracts -------------------------------------
+
+    def rectification(self) -> dict[str, Rectification]:
+        return rectification(self)
+
+    def late_problems(self) -> list[ProblemLine]:
+        return late_problems(self)
+
+    def contracts(self) -> list[Any]:
+        return contract_rows(self)
 
     # -- the rows ----------------------------------------------------------------------
 
@@ -217,7 +281,8 @@ class Report:
         kinds: Sequence[str] | None = None,
         categories: Sequence[str] | None = None,
     ) -> Iterator[Line]:
-        """Every obligation of the period (of one market), in date and time order, streamed."""
+        """Every obligation of the period (of one market), in date and time order, streamed;
+        ``categories`` keeps those of these categories (``"overdue"``: the overdue ones)."""
         inner = sa.orm.aliased(Completion)
         latest = (
             sa.select(sa.func.max(inner.id))
@@ -233,6 +298,7 @@ class Report:
                 MarketRow.timezone.label("zone"),
                 Completion.by.label("c_by"),
                 Completion.readings.label("c_readings"),
+                Completion.items.label("c_items"),
                 Completion.note.label("c_note"),
             )
             .join(MarketRow, MarketRow.id == Obligation.market_id)
@@ -257,7 +323,7 @@ class Report:
         result = self.conn.execution_options(yield_per=2000).execute(stmt)
         for row in result:
             line = self._line(row)
-            if wanted is None or line.category in wanted:
+            if wanted is None or line.category in wanted or ("overdue" in wanted and line.overdue):
                 yield line
 
     def _line(self, row: Any) -> Line:
@@ -283,6 +349,10 @@ class Report:
         def local(v: datetime | None) -> datetime | None:
             return None if v is None else v.astimezone(zone).replace(tzinfo=None)
 
+        passed = None
+        if row.kind == REINSPECTION and row.c_items is not None:
+            value = row.c_items.get("passed")
+            passed = None if value is None else bool(value)
         return Line(
             obligation_id=row.id,
             market_id=row.market_id,
@@ -300,15 +370,22 @@ class Report:
             readings=readings,
             state=state,
             category=compliance.categorise(state, missed_at=row.missed_at, as_of=self.as_of),
+            overdue=is_overdue(state, due_at=row.due_at, now=self.as_of),
             minutes_late=minutes_late(due_at=row.due_at, completed_at=row.completed_at),
             note=note,
             contractor=info.contractor,
+            passed=passed,
         )
+
+
+def counts_of(row: Any) -> Counts:
+    """A row of a summary frame as ``compliance.Counts``."""
+    return Counts(**{c: int(row[c]) for c in COUNT_COLUMNS})
 
 
 def _with_rates(table: pd.DataFrame) -> pd.DataFrame:
     out = table.copy()
-    out["due"] = out[list(compliance.DUE)].sum(axis=1).astype("int64")
+    out["due"] = out[[c.value for c in compliance.DUE]].sum(axis=1).astype("int64")
     out["compliance"] = [
         compliance.compliance(int(a), int(b))
         for a, b in zip(out["on_time"], out["due"], strict=True)
@@ -332,6 +409,7 @@ class ProblemLine:
     id: int
     market_id: str
     area_id: str | None
+    area_name: str | None
     category: str
     description: str
     found_at: datetime
@@ -341,17 +419,37 @@ class ProblemLine:
     days_overdue: int
 
 
+@dataclass(frozen=True, slots=True)
+class Rectification:
+    """A market's rectification figures of a period: the rate (problems due and verified)
+    and the office's re-inspections of the period, of which how many failed (the problem
+    was reopened: a failure of the rectification) and how many are overdue."""
+
+    rate: Rate
+    reinspected: int = 0
+    failed: int = 0
+    overdue: int = 0
+
+    def __add__(self, other: Rectification) -> Rectification:
+        return Rectification(
+            self.rate + other.rate,
+            self.reinspected + other.reinspected,
+            self.failed + other.failed,
+            self.overdue + other.overdue,
+        )
+
+
 def _utc_bounds(period: Period, zone: ZoneInfo) -> tuple[datetime, datetime]:
     start = datetime.combine(period.start, datetime.min.time()).replace(tzinfo=zone)
     end = datetime.combine(period.end, datetime.min.time()).replace(tzinfo=zone)
     return start.astimezone(UTC), end.astimezone(UTC)
 
 
-def problem_rates(report: Report) -> dict[str, Any]:
+def problem_rates(report: Report) -> dict[str, Rate]:
     """Rectification rate per market (``problems.Rate``), each market's period in its zone."""
     from marketcare.ledger.problems import rates
 
-    out: dict[str, Any] = {}
+    out: dict[str, Rate] = {}
     zones: dict[str, list[str]] = {}
     for m in report.markets:
         zones.setdefault(m.zone, []).append(m.id)
@@ -361,42 +459,60 @@ def problem_rates(report: Report) -> dict[str, Any]:
     return out
 
 
-def late_problems(report: Report) -> list[ProblemLine]:
-    """Problems not rectified by their deadline: due in the period and verified late or not
-    at all, and older ones still not verified."""
-    from marketcare.domain.problems import ProblemState
-    from marketcare.ledger.models import ProblemRow
+def rectification(report: Report) -> dict[str, Rectification]:
+    """Every market's rectification figures (zeros where it had none), in the markets' order."""
+    rates = problem_rates(report)
+    done: dict[str, list[int]] = {m.id: [0, 0, 0] for m in report.markets}
+    for line in report.lines(kinds=[REINSPECTION]):
+        figures = done.setdefault(line.market_id, [0, 0, 0])
+        figures[0] += line.passed is not None
+        figures[1] += line.passed is False
+        figures[2] += line.overdue
+    return {m.id: Rectification(rates.get(m.id, Rate(0, 0)), *done[m.id]) for m in report.markets}
 
+
+def late_problems(report: Report) -> list[ProblemLine]:
+    """Problems not rectified by their deadline (``problems.not_rectified_in_time``)."""
     out: list[ProblemLine] = []
     zones = {m.id: m.zone for m in report.markets}
     for market_id, zone_name in zones.items():
         zone = _zone(zone_name)
         start, end = _utc_bounds(report.period, zone)
-        cutoff = min(end, report.as_of)
         rows = report.conn.execute(
-            sa.select(ProblemRow)
-            .where(ProblemRow.market_id == market_id, ProblemRow.deadline < cutoff)
+            sa.select(ProblemRow, AreaRow.name.label("area_name"))
+            .outerjoin(
+                AreaRow,
+                (AreaRow.market_id == ProblemRow.market_id) & (AreaRow.id == ProblemRow.area_id),
+            )
+            .where(ProblemRow.market_id == market_id, ProblemRow.deadline < min(end, report.as_of))
             .order_by(ProblemRow.deadline, ProblemRow.id)
         ).all()
         for r in rows:
-            verified = r.state == ProblemState.VERIFIED.value and r.verified_at is not None
-            in_period = start <= r.deadline < end
-            late = (not verified) or (r.verified_at > r.deadline and in_period)
-            if not late or (not in_period and verified):
+            if not not_rectified_in_time(
+                r.state,
+                deadline=r.deadline,
+                verified_at=r.verified_at,
+                start=start,
+                end=end,
+                as_of=report.as_of,
+            ):
                 continue
-            until = r.verified_at if verified else report.as_of
+            verified = r.verified_at if verified_by(r.state, r.verified_at, report.as_of) else None
             out.append(
                 ProblemLine(
                     id=r.id,
                     market_id=r.market_id,
                     area_id=r.area_id,
+                    area_name=r.area_name,
                     category=r.category,
                     description=r.description,
                     found_at=r.found_at.astimezone(zone).replace(tzinfo=None, microsecond=0),
                     deadline=r.deadline.astimezone(zone).replace(tzinfo=None, microsecond=0),
                     state=r.state,
                     reopened=r.reopened,
-                    days_overdue=max(int((until - r.deadline).total_seconds() // 86400), 0),
+                    days_overdue=days_overdue(
+                        deadline=r.deadline, verified_at=verified, as_of=report.as_of
+                    ),
                 )
             )
     return out

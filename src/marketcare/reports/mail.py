@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import smtplib
 import ssl
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import encoders
@@ -64,6 +64,7 @@ def build_message(
     msg_id: str,
     date: datetime,
     headers: Mapping[str, str] | None = None,
+    extra: Sequence[tuple[bytes, str]] = (),
 ) -> Message:
     """A plain-text message with the workbook attached, UTF-8 throughout.
 
@@ -82,12 +83,15 @@ def build_message(
     for name, value in (headers or {}).items():
         msg[name] = value
     msg.attach(MIMEText(body, "plain", "utf-8"))
-    part = MIMEBase(*XLSX)
-    part.set_payload(attachment)
-    encoders.encode_base64(part)
-    part.set_param("name", filename if filename.isascii() else Header(filename, "utf-8").encode())
-    part.add_header("Content-Disposition", "attachment", filename=("utf-8", "", filename))
-    msg.attach(part)
+    for data, name, mime in [(attachment, filename, XLSX)] + [
+        (d, n, ("application", "pdf")) for d, n in extra
+    ]:
+        part = MIMEBase(*mime)
+        part.set_payload(data)
+        encoders.encode_base64(part)
+        part.set_param("name", name if name.isascii() else Header(name, "utf-8").encode())
+        part.add_header("Content-Disposition", "attachment", filename=("utf-8", "", name))
+        msg.attach(part)
     return msg
 
 

@@ -32,7 +32,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
-from marketcare.domain.obligations import COMPLETED, State
+from marketcare.domain.obligations import SETTLED, State
 from marketcare.domain.problems import ProblemState
 from marketcare.domain.schedules import EscalationPolicy, Person, Schedule, StepAt
 from marketcare.i18n import translator
@@ -48,12 +48,11 @@ from marketcare.ledger.models import (
     ProblemRow,
 )
 from marketcare.reports.mail import DeliveryError, SmtpConfig, send
-from marketcare.reports.workbook import PROBLEM_STATES
 
 log = logging.getLogger(__name__)
 
 #: obligation states that still call for a reminder or an escalation: not completed, not excused
-UNRESOLVED = tuple(s.value for s in State if s not in COMPLETED and s != State.EXCUSED)
+UNRESOLVED = tuple(s.value for s in State if s not in SETTLED)
 CATCH_UP_LIMIT = timedelta(days=7)
 WEBHOOK_TIMEOUT = 10.0
 
@@ -339,8 +338,8 @@ def _state_label(item: _Item) -> str:
     zh = translator("zh_CN")
     if item.subject_kind == "obligation" and item.state in {s.value for s in State}:
         return zh.state(item.state)
-    if item.subject_kind == "problem" and item.state in PROBLEM_STATES:
-        return zh.tr(PROBLEM_STATES[item.state])
+    if item.subject_kind == "problem" and item.state in {s.value for s in ProblemState}:
+        return zh.problem_state(item.state)
     return item.state
 
 

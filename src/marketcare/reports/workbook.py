@@ -43,6 +43,8 @@ from zoneinfo import ZoneInfo
 from openpyxl import Workbook
 from openpyxl.cell.cell import Cell
 from openpyxl.chart import BarChart, Reference
+from openpyxl.chart.text import RichText
+from openpyxl.drawing.text import CharacterProperties, Paragraph, ParagraphProperties
 from openpyxl.formatting.formatting import ConditionalFormatting
 from openpyxl.formatting.rule import Rule
 from openpyxl.packaging.custom import StringProperty
@@ -51,44 +53,55 @@ from openpyxl.styles.cell_style import StyleArray
 from openpyxl.styles.differential import DifferentialStyle
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet._write_only import WriteOnlyWorksheet
+from openpyxl.worksheet.dimensions import RowDimension
 from openpyxl.worksheet.page import PageMargins
 from openpyxl.worksheet.pagebreak import Break
 from openpyxl.worksheet.properties import PageSetupProperties
 from openpyxl.worksheet.worksheet import Worksheet
 
-from marketcare.domain.compliance import CATEGORIES
-from marketcare.domain.vocabulary import TaskKind
+from marketcare.domain.compliance import CATEGORIES, Category
+from marketcare.domain.problems import Rate, reinspection_of
+from marketcare.domain.vocabulary import REINSPECTION, TaskKind
 from marketcare.i18n import (
-    CATEGORY_LABELS,
     DEFAULT_LANGUAGE,
     N_,
+    REINSPECTION_LABEL,
     TASK_KIND_LABELS,
     Translator,
     translator,
 )
-from marketcare.reports.figures import (
-    Line,
-    MarketInfo,
-    Reading,
-    Report,
-    contract_rows,
-    late_problems,
-    problem_rates,
-)
+from marketcare.reports.figures import Line, MarketInfo, Reading, Rectification, Report
 
 Value = str | int | float | date | datetime | None
 Progress = Callable[[int, int], None]
 
 #: rows a sheet holds back to measure column widths before it starts streaming
 SAMPLE_ROWS: Final = 200
+
+# Printing (docs/exports.md, "Formatting and printing"). The office prints on A4, landscape.
+# Text is 11 pt; a sheet is printed at a scale chosen from its column widths, never below
+# MIN_PRINT_SCALE, so nothing prints smaller than 11 pt × 0.88 ≈ 9.7 pt (the test converts
+# the workbook with LibreOffice and reads every character's size back from the PDF).
+#: the body font and the smallest print scale (percent)
+FONT_PT: Final = 11.0
+MIN_PRINT_SCALE: Final = 88
+#: printable width and height of A4 landscape inside the margins below, in points
+PAGE_WIDTH_PT: Final = (11.69 - 0.4 - 0.4) * 72
+PAGE_HEIGHT_PT: Final = (8.27 - 0.5 - 0.6) * 72
+#: what is left for rows after the slack an office suite may take for its own rounding
+PAGE_SLACK: Final = 0.94
+#: row heights (points) of a sheet laid out in blocks (the summary): fixed, so the
+#: pagination computed here is the one printed
+ROW_PT: Final = 18.0
+TITLE_ROW_PT: Final = 24.0
+#: each further line of wrapped text, as a share of the first line's row height
+LINE_STEP: Final = 0.9
 #: Excel's limits
 MAX_CELL_TEXT: Final = 32767
 MAX_SHEET_TITLE: Final = 31
 #: characters Excel (XML 1.0) cannot store: C0 controls except tab/LF/CR, surrogates, U+FFFE/F
 _ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 _BAD_TITLE = re.compile(r"[\[\]:*?/\\]")
-#: categories listed on the overdue sheet (not rectified)
-OVERDUE: Final = ("missed", "failed")
 PEST_CONTROL: Final = TaskKind.PEST_CONTROL.value
 DASH: Final = "—"
 
@@ -110,13 +123,13 @@ class CellStyle:
     rule_below: bool = False
 
 
-#: status colours: fill, font (Excel's Good / Neutral / Bad palette)
-STATUS_COLOURS: Final[dict[str, tuple[str, str]]] = {
-    "on_time": ("C6EFCE", "006100"),
-    "late": ("FFEB9C", "9C5700"),
-    "missed": ("FFC7CE", "9C0006"),
-    "failed": ("F8CBAD", "833C0B"),
-    "excused": ("D9D9D9", "404040"),
+#: status colours: fill, font (Excel's Good / Neutral / Bad palette); pending has none
+STATUS_COLOURS: Final[dict[Category, tuple[str, str]]] = {
+    Category.ON_TIME: ("C6EFCE", "006100"),
+    Category.LATE: ("FFEB9C", "9C5700"),
+    Category.MISSED: ("FFC7CE", "9C0006"),
+    Category.FAILED: ("F8CBAD", "833C0B"),
+    Category.EXCUSED: ("D9D9D9", "404040"),
 }
 HEADER_FILL: Final = "E7E6E6"
 SUBTOTAL_FILL: Final = "F2F2F2"
@@ -134,25 +147,28 @@ FORMAT_WIDTHS: Final[dict[str, int]] = {"date": 10, "time": 11, "time_s": 14, "p
 
 def _styles() -> dict[str, CellStyle]:
     s: dict[str, CellStyle] = {
-        "title": CellStyle(bold=True, size=14),
-        "subtitle": CellStyle(color="404040"),
-        "note": CellStyle(color="595959"),
-        "section": CellStyle(bold=True, size=12),
-        "header": CellStyle(bold=True, fill=HEADER_FILL, align="center", rule_below=True),
+        "title": CellStyle(bold=True, size=14, wrap=True),
+        "subtitle": CellStyle(color="404040", wrap=True),
+        "note": CellStyle(color="595959", wrap=True),
+        "section": CellStyle(bold=True, size=12, wrap=True),
+        "header": CellStyle(
+            bold=True, fill=HEADER_FILL, align="center", wrap=True, rule_below=True
+        ),
         "date": CellStyle(number_format=FORMATS["date"]),
         "time": CellStyle(number_format=FORMATS["time"]),
         "time_s": CellStyle(number_format=FORMATS["time_s"]),
         "percent": CellStyle(number_format=FORMATS["percent"]),
         "dash": CellStyle(align="center"),
+        "plain": CellStyle(),
         "wrap": CellStyle(wrap=True),
     }
     for cat, (fill, font) in STATUS_COLOURS.items():
-        s[f"status_{cat}"] = CellStyle(fill=fill, color=font)
-        s[f"header_{cat}"] = CellStyle(
-            bold=True, fill=fill, color=font, align="center", rule_below=True
+        s[f"status_{cat.value}"] = CellStyle(fill=fill, color=font)
+        s[f"header_{cat.value}"] = CellStyle(
+            bold=True, fill=fill, color=font, align="center", wrap=True, rule_below=True
         )
     for name, fill in (("subtotal", SUBTOTAL_FILL), ("total", TOTAL_FILL)):
-        s[name] = CellStyle(bold=True, fill=fill)
+        s[name] = CellStyle(bold=True, fill=fill, wrap=True)
         s[f"{name}_percent"] = CellStyle(bold=True, fill=fill, number_format=FORMATS["percent"])
         s[f"{name}_dash"] = CellStyle(bold=True, fill=fill, align="center")
     return s
@@ -181,6 +197,43 @@ def display_width(text: str) -> int:
             n += sum(1 for ch in line if unicodedata.east_asian_width(ch) in "WF")
         widest = max(widest, n)
     return widest
+
+
+#: how wide a character prints, in widths of a digit of the 11 pt body font: East Asian
+#: wide characters a little over two, other characters a little under one (Carlito,
+#: metric-compatible with Calibri, beside Noto Sans CJK)
+WIDE_UNITS: Final = 2.1
+NARROW_UNITS: Final = 0.9
+_TOKENS = re.compile(r"\s+|[^\s\u1100-\uffff]+|.", re.S)
+
+
+@lru_cache(maxsize=65536)
+def wrapped_lines(text: str, room: float) -> int:
+    """Lines a text takes in a cell ``room`` digit widths wide, wrapped as office suites
+    wrap: between words of Latin text, between any two East Asian characters, and a word
+    too long for a line broken anywhere."""
+    lines = 0
+    for paragraph in text.split("\n"):
+        lines += 1
+        used = 0.0
+        for token in _TOKENS.findall(paragraph):
+            if token.isspace():
+                used += NARROW_UNITS * len(token)
+                continue
+            w = sum(
+                WIDE_UNITS if unicodedata.east_asian_width(ch) in "WF" else NARROW_UNITS
+                for ch in token
+            )
+            if used + w <= room:
+                used += w
+                continue
+            if used > 0:
+                lines += 1
+            while w > room:  # a word wider than a line
+                lines += 1
+                w -= room
+            used = w
+    return lines
 
 
 def _utf16_cut(text: str, limit: int) -> str:
@@ -252,6 +305,7 @@ class SheetLayout:
     footer_left: str
     footer_center: str
     footer_right: str = "&A"
+    scale: int = 100  # print scale, percent
 
 
 @dataclass(frozen=True)
@@ -282,11 +336,18 @@ class BookProperties:
 class SheetSink(Protocol):
     def setup(self, layout: SheetLayout) -> None: ...
 
-    def append(self, values: Sequence[Value], styles: Sequence[str | None]) -> None: ...
+    def append(
+        self, values: Sequence[Value], styles: Sequence[str | None], height: float | None = None
+    ) -> None:
+        """Write the next row; ``height`` (points) fixes its height, else it fits its text."""
 
     def bar_chart(self, spec: BarChartSpec) -> None: ...
 
     def page_break(self, after_row: int) -> None: ...
+
+    def banner(self, row: int, columns: int) -> None:
+        """Let a text row (a title, a note) span the table's ``columns`` and wrap there,
+        instead of running past the printed page. Called before the row is appended."""
 
     def highlight(
         self, col: int, first_row: int, last_row: int, rules: Sequence[tuple[str, str]]
@@ -328,9 +389,8 @@ def _openpyxl_style(name: str, spec: CellStyle) -> NamedStyle:
     )
     fill = PatternFill("solid", fgColor=spec.fill) if spec.fill else PatternFill()
     border = Border(bottom=Side(style="thin")) if spec.rule_below else Border()
-    alignment = Alignment(
-        horizontal=spec.align, vertical="top" if spec.wrap else None, wrap_text=spec.wrap or None
-    )
+    # top: a row grows with its wrapped text, and every cell of it starts on the first line
+    alignment = Alignment(horizontal=spec.align, vertical="top", wrap_text=spec.wrap or None)
     return NamedStyle(
         name=f"marketcare {name}",
         font=font,
@@ -402,6 +462,11 @@ class OpenpyxlBook:
             os.unlink(name)
 
 
+def _chart_text(points: float) -> RichText:
+    props = CharacterProperties(sz=int(points * 100))
+    return RichText(p=[Paragraph(pPr=ParagraphProperties(defRPr=props), endParaRPr=props)])
+
+
 class _ReusedCell(Cell):
     """A cell of one column and style, given each row's value in turn.
 
@@ -443,6 +508,8 @@ class OpenpyxlSheet:
         self.arrays = book.arrays
         self.cells: dict[tuple[int, str | None], Cell] = {}
         self.plans: dict[tuple[str | None, ...], list[Cell]] = {}
+        self.heights: dict[float, RowDimension] = {}
+        self.row = 0
 
     def setup(self, layout: SheetLayout) -> None:
         ws = self.ws
@@ -450,15 +517,16 @@ class OpenpyxlSheet:
             ws.column_dimensions[get_column_letter(i)].width = width
         if layout.freeze_row > 1:
             ws.freeze_panes = f"A{layout.freeze_row}"
-        ws.sheet_properties.pageSetUpPr = PageSetupProperties(fitToPage=True)
+        ws.sheet_properties.pageSetUpPr = PageSetupProperties(fitToPage=False)
         ws.page_setup.orientation = "landscape"
         ws.page_setup.paperSize = Worksheet.PAPERSIZE_A4
-        ws.page_setup.fitToWidth = 1
-        ws.page_setup.fitToHeight = 0
+        ws.page_setup.scale = layout.scale
         ws.page_margins = PageMargins(
             left=0.4, right=0.4, top=0.5, bottom=0.6, header=0.3, footer=0.3
         )
         ws.print_options.gridLines = True
+        # the table's columns only: text running past them is not a page of its own
+        ws.print_area = f"A1:{get_column_letter(len(layout.widths))}1048576"
         if layout.title_rows:
             ws.print_title_rows = f"1:{layout.title_rows}"
         footer = ws.oddFooter
@@ -467,10 +535,19 @@ class OpenpyxlSheet:
         footer.center.text = layout.footer_center
         footer.right.text = layout.footer_right
 
-    def append(self, values: Sequence[Value], styles: Sequence[str | None]) -> None:
+    def append(
+        self, values: Sequence[Value], styles: Sequence[str | None], height: float | None = None
+    ) -> None:
         # A write-only sheet serialises each row as it is appended, so one cell per column
         # and style is enough: it is given the next row's value. No style object and no
         # cell is made per value; rows with the same styles share one plan.
+        self.row += 1
+        dims = self.ws.row_dimensions
+        if height is not None:  # read as the row is written: set just before, drop after
+            dim = self.heights.get(height)
+            if dim is None:  # one per height: it holds nothing of the row but the height
+                dim = self.heights[height] = RowDimension(self.ws, ht=height, customHeight=True)
+            dims[self.row] = dim
         key = tuple(styles)
         plan = self.plans.get(key)
         if plan is None:
@@ -486,6 +563,8 @@ class OpenpyxlSheet:
                 cell.data_type = "s"  # text, never a formula or an error code
             add(cell)
         self.stream.append(row)
+        if height is not None:
+            del dims[self.row]  # written: memory stays flat however many rows
 
     def _cell(self, col: int, style: str | None) -> Cell:
         cell = self.cells.get((col, style))
@@ -514,6 +593,9 @@ class OpenpyxlSheet:
         )
         chart.add_data(data, titles_from_data=True)
         chart.set_categories(cats)
+        # the axes' labels in the body's size (an office suite's default prints at 10 pt)
+        for axis in (chart.x_axis, chart.y_axis):
+            axis.txPr = _chart_text(FONT_PT)
         chart.y_axis.number_format = "0%"
         chart.y_axis.scaling.min = 0
         chart.y_axis.scaling.max = 1
@@ -525,6 +607,9 @@ class OpenpyxlSheet:
 
     def page_break(self, after_row: int) -> None:
         self.ws.row_breaks.append(Break(id=after_row))
+
+    def banner(self, row: int, columns: int) -> None:
+        self.ws.merged_cells.add(f"A{row}:{get_column_letter(columns)}{row}")
 
     def highlight(
         self, col: int, first_row: int, last_row: int, rules: Sequence[tuple[str, str]]
@@ -545,7 +630,14 @@ class OpenpyxlSheet:
 
 
 class _Sheet:
-    """One sheet: holds back a sample to size the columns, then streams; keeps the digest."""
+    """One sheet: holds back a sample to size the columns, then streams; keeps the digest.
+
+    Column widths are chosen for screen and paper at once (``_fit``): each column as wide as
+    its content (up to its cap), then text columns narrowed (their cells wrap) until the
+    sheet prints on A4 at ``MIN_PRINT_SCALE`` or more. A ``paged`` sheet (the summary) has
+    fixed row heights, so it knows where each printed page ends and ``keep`` can move a
+    block (a market's rows) to the next page rather than split it.
+    """
 
     def __init__(
         self,
@@ -560,6 +652,8 @@ class _Sheet:
         footer_center: str,
         footer_right: str = "&A",
         highlight: tuple[int, Sequence[tuple[str, str]]] | None = None,
+        paged: bool = False,
+        floors: Mapping[int, int] | None = None,
     ) -> None:
         self.sink = sink
         self.highlight = highlight
@@ -569,12 +663,22 @@ class _Sheet:
         self.caps = list(caps)
         self.hints = hints or {}
         self.footer = (footer_left, footer_center, footer_right)
+        self.paged = paged
+        self.floors = floors or {}
         self.digest = hashlib.sha256(title.encode())
         self.rows = 0
         self.header_row = 0
         self._pending: list[tuple[Sequence[Value], Sequence[str | None], bool]] | None = []
         self._widths = [0] * len(headers)
+        self._text = [False] * len(headers)  # holds text: may be narrowed, its cells wrap
         self.widths: list[float] = []
+        self.scale = 100
+        self._written = 0
+        self._title_pt = 0.0  # the rows repeated on every printed page
+        self._used = 0.0  # of the current page's body, in points at 100 %
+        self._height_plans: dict[
+            tuple[tuple[str | None, ...], bool], tuple[list[tuple[int, float]], float]
+        ] = {}
 
     # rows ------------------------------------------------------------------------------
 
@@ -585,7 +689,7 @@ class _Sheet:
         self._add(values, styles, measure=False, digest=digest)
 
     def header(self) -> None:
-        self._add(self.headers, self.header_styles, measure=True, digest=True)
+        self._add(self.headers, self.header_styles, measure=False, digest=True)
         self.header_row = self.rows
 
     def add(self, values: Sequence[Value], styles: Sequence[str | None]) -> None:
@@ -604,53 +708,129 @@ class _Sheet:
             self.digest.update(_canonical(values))
         pending = self._pending
         if pending is None:
-            self.sink.append(values, styles)
+            self._emit(values, styles)
             return
         if measure:
-            widths = self._widths
+            widths, text = self._widths, self._text
             for i, (v, s) in enumerate(zip(values, styles, strict=True)):
                 w = _value_width(v, s)
                 if w > widths[i]:
                     widths[i] = w
+                if v.__class__ is str:
+                    text[i] = True
         pending.append((values, styles, digest))
         if len(pending) >= SAMPLE_ROWS:
             self._flush()
+
+    def _emit(self, values: Sequence[Value], styles: Sequence[str | None]) -> None:
+        self._written += 1
+        row = self._written
+        banner = len(values) == 1 and isinstance(values[0], str) and len(self.headers) > 1
+        if banner:
+            self.sink.banner(row, len(self.headers))
+        height = self._height(values, styles, banner=banner)
+        if self.paged:
+            if row <= self.header_row:
+                self._title_pt += height
+            else:
+                if self._used > 0 and self._used + height > self._capacity():
+                    # break here ourselves: every page then ends where it is computed to,
+                    # never later (an office suite's page holds a little more than this)
+                    self.sink.page_break(row - 1)
+                    self._used = 0.0
+                self._used += height
+        self.sink.append(values, styles, height)
+
+    def _height(
+        self, values: Sequence[Value], styles: Sequence[str | None], *, banner: bool
+    ) -> float:
+        """A row's height in points: as many lines as its longest wrapped text needs.
+
+        Every row's height is written: LibreOffice does not fit rows to wrapped text when
+        it opens a workbook, nobody fits a merged row (a banner), and a paged sheet must
+        know its heights to know where its pages end. A line is counted a little short
+        (words wrap whole), so a row errs on the tall side rather than cut its text.
+        """
+        key = (tuple(styles), banner)
+        plan = self._height_plans.get(key)
+        if plan is None:
+            plan = self._height_plans[key] = self._height_plan(styles, banner=banner)
+        rooms, base = plan
+        lines = 1
+        for i, room in rooms:
+            value = values[i]
+            if value.__class__ is str:
+                n = wrapped_lines(value, room)
+                if n > lines:
+                    lines = n
+        return base + (lines - 1) * base * LINE_STEP
+
+    def _height_plan(
+        self, styles: Sequence[str | None], *, banner: bool
+    ) -> tuple[list[tuple[int, float]], float]:
+        """The wrapped columns of rows in ``styles`` with the characters a line of each
+        holds (a character of width 1 is about half the font size), and one line's height."""
+        widths = [sum(self.widths)] if banner else self.widths
+        rooms = []
+        for i, (style, width) in enumerate(zip(styles, widths, strict=False)):
+            if style is not None and STYLES[style].wrap:
+                size = STYLES[style].size or FONT_PT
+                rooms.append((i, max(width - 0.5, 1.0) * FONT_PT / size))
+        size = max((STYLES[s].size or FONT_PT for s in styles if s), default=FONT_PT)
+        return rooms, TITLE_ROW_PT if size > 12 else ROW_PT
+
+    def _capacity(self) -> float:
+        """Points of rows (at 100 %) one printed page holds under the repeated title rows."""
+        return PAGE_HEIGHT_PT * PAGE_SLACK * 100 / self.scale - self._title_pt
+
+    def keep(self, rows: int, *, extra_pt: float = 0.0) -> None:
+        """Keep the next ``rows`` rows (and ``extra_pt`` below them, e.g. a chart) on one
+        printed page: start a new page first if they would not fit on this one."""
+        if not self.paged:
+            return
+        self._flush()
+        need = rows * ROW_PT + extra_pt
+        if self._used > 0 and self._used + need > self._capacity():
+            self.page_break()
 
     def _flush(self) -> None:
         pending = self._pending
         if pending is None:
             return
         self._pending = None
-        widths = []
         for i, w in enumerate(self._widths):
             for hint in self.hints.get(i, ()):
-                w = max(w, display_width(hint))
-            cap = max(self.caps[i], display_width(self.headers[i]) + 2)  # never cut a header
-            widths.append(float(min(max(w + 2, 6), cap)))
-        self.widths = widths
+                self._widths[i] = w = max(w, display_width(hint))
+                self._text[i] = True
+        self.widths, self.scale = _fit(
+            self.headers, self._widths, self._text, self.caps, self.floors
+        )
         self.sink.setup(
             SheetLayout(
-                widths=tuple(widths),
+                widths=tuple(self.widths),
                 freeze_row=self.header_row + 1 if self.header_row else 0,
                 title_rows=self.header_row,
                 footer_left=self.footer[0],
                 footer_center=self.footer[1],
                 footer_right=self.footer[2],
+                scale=self.scale,
             )
         )
         for values, styles, _digest in pending:
-            self.sink.append(values, styles)
+            self._emit(values, styles)
 
     def chart(self, spec: BarChartSpec) -> None:
         """Add a chart; a width of 0 means as wide as the sheet's columns."""
         self._flush()
-        if not spec.width_cm:
-            spec = replace(spec, width_cm=sum(_column_cm(w) for w in self.widths))
+        if not spec.width_cm:  # a little narrower: never past the last printed column
+            spec = replace(spec, width_cm=0.95 * sum(_column_cm(w) for w in self.widths))
         self.sink.bar_chart(spec)
 
     def page_break(self) -> None:
         """Start a new printed page after the last row written."""
-        self.sink.page_break(self.rows)
+        self._flush()
+        self.sink.page_break(self._written)
+        self._used = 0.0
 
     def close(self, *, filter_to: int | None = None) -> None:
         """Finish; the autofilter covers the header row to ``filter_to`` (default: last row)."""
@@ -663,6 +843,81 @@ class _Sheet:
             last = self.rows if filter_to is None else filter_to
             autofilter = (self.header_row, max(last, self.header_row), len(self.headers))
         self.sink.close(autofilter)
+
+
+#: the narrowest a text column gets (its cells wrap), and any column at all
+TEXT_FLOOR: Final = 8
+NARROWEST: Final = 6
+#: the widths are taken as this much wider than computed when choosing the scale
+SPARE: Final = 1.03
+
+
+def _px(widths: Sequence[float]) -> float:
+    """Screen pixels of columns of these widths (7 px a character plus 5 px, at 96 dpi)."""
+    return sum(w * 7 + 5 for w in widths)
+
+
+def _fit(
+    headers: Sequence[str],
+    content: Sequence[int],
+    text: Sequence[bool],
+    caps: Sequence[int],
+    floors: Mapping[int, int],
+) -> tuple[list[float], int]:
+    """Column widths and the print scale (percent) of a sheet.
+
+    Each column would be as wide as its widest value and header (plus a margin) up to its
+    cap. When that is too wide to print at ``MIN_PRINT_SCALE``, text columns wrap: the
+    fewest lines L for which every text column narrowed to hold its widest value in L lines
+    fits the page is chosen (so one column does not wrap to four lines while another keeps
+    a line to spare), and what room is left goes to the columns that still wrap most.
+    Text columns never get narrower than ``TEXT_FLOOR`` (or half their header, or their
+    own floor in ``floors``); numbers and dates never narrower than their values, so they
+    never show ``###``.
+    """
+    n = len(headers)
+    desired: list[float] = []
+    least: list[float] = []
+    for i, (header, w, is_text, cap) in enumerate(zip(headers, content, text, caps, strict=True)):
+        head = display_width(header)
+        width = float(min(max(w + 2, head + 2, NARROWEST), max(cap, head + 2)))
+        half_header = math.ceil(head / 2) + 2
+        floor = max(TEXT_FLOOR, half_header) if is_text else max(w + 2, half_header)
+        desired.append(width)
+        least.append(min(float(max(floor, floors.get(i, 0))), width))
+    page_px = PAGE_WIDTH_PT / 0.75
+    budget = page_px * 100 / (MIN_PRINT_SCALE * SPARE)
+    widths = list(desired)
+    if _px(widths) > budget:
+        wanted = [min(float(content[i]), desired[i] - 2) for i in range(n)]
+
+        def narrowed(lines: int) -> list[float]:
+            return [
+                max(least[i], min(desired[i], math.ceil(wanted[i] / lines) + 2.0))
+                if text[i]
+                else least[i]
+                for i in range(n)
+            ]
+
+        lines = 1
+        widths = narrowed(lines)
+        while _px(widths) > budget and widths != least:
+            lines += 1
+            widths = narrowed(lines)
+        # what is left goes, a character at a time, to the column that wraps most
+        while True:
+            spare = budget - _px(widths)
+            wrapping = [
+                (wanted[i] / max(widths[i] - 2, 1.0), i)
+                for i in range(n)
+                if text[i] and widths[i] < desired[i]
+            ]
+            if spare < 7 or not wrapping:
+                break
+            _most, i = max(wrapping)
+            widths[i] += 1
+    scale = math.floor(100 * page_px / (_px(widths) * SPARE))
+    return widths, max(min(scale, 100), MIN_PRINT_SCALE)
 
 
 _CANONICAL: Final[dict[type, Callable[[Any], str]]] = {
@@ -833,13 +1088,17 @@ class _WorkbookWriter:
         #: values known before any row, for the column widths
         self.hints = {
             "market": [m.name for m in report.markets],
-            "kind": [t.tr(label) for label in TASK_KIND_LABELS.values()],
+            "kind": [t.tr(label) for label in (*TASK_KIND_LABELS.values(), REINSPECTION_LABEL)],
             "status": list(self.category_labels.values()),
         }
         # status cells are coloured by conditional formats on the status column: one rule per
         # coloured category instead of a style on every cell (and they follow an edit)
+        #: the status column stays wide enough for every label on one line
+        self.status_width = max(display_width(v) for v in self.category_labels.values()) + 2
         self.status_rules = [
-            (self.category_labels[c], f"status_{c}") for c in CATEGORIES if c in STATUS_COLOURS
+            (self.category_labels[c], f"status_{c.value}")
+            for c in CATEGORIES
+            if c in STATUS_COLOURS
         ]
         self.kind_labels: dict[str, str] = {}
         self.lines = 0
@@ -901,6 +1160,7 @@ class _WorkbookWriter:
             footer_left=self.footer_left,
             footer_center=self.footer_center,
             highlight=(fields.index("status"), self.status_rules),
+            floors={fields.index("status"): self.status_width},
         )
         sheet.top([heading], ["title"])
         sheet.header()
@@ -926,7 +1186,7 @@ class _WorkbookWriter:
         )
         rates_title = sheet_title(t.tr("Rectification rate"), taken)
         late_title = sheet_title(t.tr("Late problems"), taken)
-        contracts = contract_rows(self.report)
+        contracts = self.report.contracts()
         contracts_title = sheet_title(t.tr("Pest contracts"), taken) if contracts else None
         market_titles = [sheet_title(m.name, taken) for m in self.report.markets]
         total = self.report.count() if self.progress else 0
@@ -969,12 +1229,16 @@ class _WorkbookWriter:
         category = line.category
         completed = line.completed.replace(microsecond=0) if line.completed else None
         note = clean(line.note) if line.note else None
+        task = line.task_name
+        if line.kind == REINSPECTION:
+            of = reinspection_of(line.task_id)
+            task = self.t.reinspection_task(*of) if of else line.task_id
         values: list[Value] = [
             clean(market.name),
             line.obligation_id,
             line.local_date,
-            clean(line.area_name) if line.area_name else self.whole_market,
-            clean(line.task_name),
+            clean(line.area_name or line.area_id) if line.area_id else self.whole_market,
+            clean(task),
             self.kind(line.kind),
             clean(line.contractor) if line.contractor else None,
             line.opens,
@@ -982,15 +1246,13 @@ class _WorkbookWriter:
             completed,
             clean(line.by) if line.by else None,
             self.readings(line.readings, taken=line.by is not None),
-            self.category_labels.get(category, category),
+            self.category_labels[category],
             line.minutes_late or None,
             note,
         ]
-        styles = list(_FIELD_STYLES)
-        styles[_COMPLETED] = "time_s" if completed else None
-        styles[_NOTE] = "wrap" if note else None
+        styles = [None if v is None else st for v, st in zip(values, _FIELD_STYLES, strict=True)]
         sheet.add(_MARKET_PICK(values), _MARKET_PICK(styles))
-        if category in OVERDUE:
+        if line.overdue and line.counts_for_compliance:
             self.overdue_rows += 1
             overdue.add(_OVERDUE_PICK(values), _OVERDUE_PICK(styles))
         if line.kind == PEST_CONTROL:
@@ -1007,50 +1269,54 @@ class _WorkbookWriter:
             t.tr("Due"),
             t.tr("Verified"),
             t.tr("Rectification rate"),
+            t.tr("Re-inspected"),
+            t.tr("Re-inspection failed"),
+            t.tr("Re-inspection overdue"),
         ]
         sheet = _Sheet(
             self.sink.sheet(title),
             title,
             headers=headers,
-            caps=[30, 16, 12, 12, 14],
+            caps=[30, 16, 12, 12, 14, 12, 12, 12],
             hints={0: [m.name for m in report.markets] + [t.tr("District total")]},
             footer_left=self.footer_left,
             footer_center=self.footer_center,
         )
         sheet.top([t.tr("Rectification: {period}").format(period=self.period_text)], ["title"])
         sheet.header()
-        rates = problem_rates(report)
-        total_due = total_verified = 0
+        figures = report.rectification()
+        total = Rectification(Rate(0, 0))
         for market in report.markets:
-            rate = rates.get(market.id)
-            due, verified = (rate.due, rate.verified) if rate else (0, 0)
-            total_due += due
-            total_verified += verified
+            f = figures[market.id]
+            total += f
+            values, styles = self._rectification(f, None)
             sheet.add(
-                [
-                    clean(market.name),
-                    clean(market.sub_district),
-                    due,
-                    verified,
-                    verified / due if due else DASH,
-                ],
-                [None, None, None, None, "percent" if due else "dash"],
+                [clean(market.name), clean(market.sub_district), *values], [None, None, *styles]
             )
         filter_to = sheet.rows
-        sheet.add(
-            [
-                t.tr("District total"),
-                None,
-                total_due,
-                total_verified,
-                total_verified / total_due if total_due else DASH,
-            ],
-            ["total", "total", "total", "total", "total_percent" if total_due else "total_dash"],
-        )
+        values, styles = self._rectification(total, "total")
+        sheet.add([t.tr("District total"), None, *values], ["total", "total", *styles])
         sheet.top([None], [None])
         sheet.top([t.tr(RATE_RULE)], ["note"])
+        sheet.top([t.tr(REINSPECTION_RULE)], ["note"])
         sheet.close(filter_to=filter_to)
         return sheet
+
+    @staticmethod
+    def _rectification(f: Rectification, style: str | None) -> tuple[list[Value], list[str | None]]:
+        rate = f.rate.value
+        values: list[Value] = [
+            f.rate.due,
+            f.rate.verified,
+            DASH if rate is None else rate,
+            f.reinspected,
+            f.failed,
+            f.overdue,
+        ]
+        shown = "percent" if rate is not None else "dash"
+        styles: list[str | None] = [style, style, f"{style}_{shown}" if style else shown]
+        styles += [style, "status_missed" if f.failed and not style else style, style]
+        return values, styles
 
     def _late_problems(self, title: str) -> _Sheet:
         t, report = self.t, self.report
@@ -1085,18 +1351,18 @@ class _WorkbookWriter:
         )
         sheet.header()
         names = {m.id: clean(m.name) for m in report.markets}
-        lines = late_problems(report)
+        lines = report.late_problems()
         for p in lines:
             sheet.add(
                 [
                     p.id,
                     names.get(p.market_id, p.market_id),
-                    p.area_id or self.whole_market,
-                    t.tr(PROBLEM_CATEGORIES.get(p.category, p.category)),
+                    clean(p.area_name or p.area_id) if p.area_id else self.whole_market,
+                    t.problem_category(p.category),
                     clean(p.description),
                     p.found_at,
                     p.deadline,
-                    t.tr(PROBLEM_STATES.get(p.state, p.state)),
+                    t.problem_state(p.state),
                     p.reopened,
                     p.days_overdue,
                 ],
@@ -1151,8 +1417,8 @@ class _WorkbookWriter:
     def _counts(
         self, row: Mapping[Any, Any], style: str | None
     ) -> tuple[list[Value], list[str | None]]:
-        values: list[Value] = [int(row[c]) for c in ("due", *COUNT_COLUMNS)]
-        styles: list[str | None] = [style] * len(values)
+        values: list[Value] = [int(row[c]) for c in ("due", *CATEGORIES)]
+        styles: list[str | None] = [style or "plain"] * len(values)
         rate = row["compliance"]
         if isinstance(rate, float) and not math.isnan(rate):
             values.append(float(rate))
@@ -1169,7 +1435,7 @@ class _WorkbookWriter:
             t.tr("Sub-district"),
             t.tr("Task kind"),
             t.tr("Due"),
-            *(self.category_labels[c] for c in COUNT_COLUMNS),
+            *(self.category_labels[c] for c in CATEGORIES),
             t.tr("Compliance"),
         ]
         header_styles = [
@@ -1177,7 +1443,7 @@ class _WorkbookWriter:
             "header",
             "header",
             "header",
-            *(f"header_{c}" if c in STATUS_COLOURS else "header" for c in COUNT_COLUMNS),
+            *(f"header_{c.value}" if c in STATUS_COLOURS else "header" for c in CATEGORIES),
             "header",
         ]
         district = t.tr("District total")
@@ -1189,10 +1455,15 @@ class _WorkbookWriter:
             headers=headers,
             header_styles=header_styles,
             caps=[30, 16, 30] + [14] * (len(headers) - 3),
-            hints={0: [m.name for m in report.markets] + [district], 2: [*kinds, subtotal]},
+            hints={
+                0: [m.name for m in report.markets] + [district],
+                1: [m.sub_district for m in report.markets],
+                2: [*kinds, subtotal],
+            },
             footer_left=self.footer_left,
             footer_center=self.footer_center,
             footer_right=self.summary_footer_right,
+            paged=True,
         )
         ncols = len(headers)
         sheet.top([t.report_title(report.period)], ["title"])
@@ -1211,9 +1482,10 @@ class _WorkbookWriter:
             rows = sorted(
                 by_market.get(market.id, []), key=lambda kr: (order.get(kr[0], 99), kr[0])
             )
+            sheet.keep(len(rows) + 1)  # a market's rows and its subtotal on one page
             for kind, row in rows:
                 values, styles = self._counts(row, None)
-                sheet.add([name, sub, self.kind(kind), *values], [None, None, None, *styles])
+                sheet.add([name, sub, self.kind(kind), *values], ["wrap"] * 3 + styles)
             values, styles = self._counts(totals[market.id], "subtotal")
             sheet.add([name, sub, subtotal, *values], ["subtotal"] * 3 + styles)
         district_row = report.district_total().to_dict()
@@ -1223,7 +1495,10 @@ class _WorkbookWriter:
 
         sheet.top([None], [None])
         sheet.top([t.tr(RULE)], ["note"])
-        sheet.page_break()
+        sheet.top([None], [None])
+        # the block by market and its chart stay together, on this page if they fit
+        chart_cm = min(max(7.5, 0.7 * len(report.markets) + 2.5), 60.0)
+        sheet.keep(len(report.markets) + 4, extra_pt=chart_cm / 2.54 * 72)
         sheet.top([t.tr("Compliance by market")], ["section"])
         sheet.top(headers[:2] + ["", *headers[3:]], header_styles)
         header_row = sheet.rows
@@ -1231,7 +1506,7 @@ class _WorkbookWriter:
             values, styles = self._counts(totals[market.id], None)
             sheet.add(
                 [clean(market.name), clean(market.sub_district), None, *values],
-                [None, None, None, *styles],
+                ["wrap", "wrap", None, *styles],
             )
         last_market = sheet.rows
         values, styles = self._counts(district_row, "total")
@@ -1246,7 +1521,7 @@ class _WorkbookWriter:
                     category_col=1,
                     value_col=ncols,
                     anchor_row=sheet.rows + 2,
-                    height_cm=min(max(7.5, 0.7 * len(report.markets) + 2.5), 60.0),
+                    height_cm=chart_cm,
                     width_cm=0,
                 )
             )
@@ -1256,21 +1531,21 @@ class _WorkbookWriter:
 
 #: every field of an obligation row: header (message id), widest column, style
 FIELDS: Final[dict[str, tuple[str, int, str | None]]] = {
-    "market": (N_("Market"), 30, None),
-    "id": (N_("No."), 10, None),
+    "market": (N_("Market"), 24, "wrap"),
+    "id": (N_("No."), 10, "plain"),
     "date": (N_("Date"), 12, "date"),
-    "area": (N_("Area"), 24, None),
-    "task": (N_("Task"), 30, None),
-    "kind": (N_("Task kind"), 32, None),
-    "contractor": (N_("Contractor"), 36, None),
+    "area": (N_("Area"), 16, "wrap"),
+    "task": (N_("Task"), 24, "wrap"),
+    "kind": (N_("Task kind"), 18, "wrap"),
+    "contractor": (N_("Contractor"), 24, "wrap"),
     "opens": (N_("Opens"), 14, "time"),
     "due": (N_("Due by"), 14, "time"),
     "completed": (N_("Completed at"), 16, "time_s"),
-    "by": (N_("By"), 14, None),
-    "readings": (N_("Readings (required range)"), 60, None),
-    "status": (N_("Status"), 16, None),
-    "late": (N_("Minutes late"), 10, None),
-    "note": (N_("Note"), 40, "wrap"),
+    "by": (N_("By"), 14, "wrap"),
+    "readings": (N_("Readings (required range)"), 40, "wrap"),
+    "status": (N_("Status"), 16, "wrap"),
+    "late": (N_("Minutes late"), 10, "plain"),
+    "note": (N_("Note"), 30, "wrap"),
 }
 MARKET_FIELDS: Final = (
     "id",
@@ -1317,7 +1592,6 @@ PEST_FIELDS: Final = (
 )
 _FIELD_ORDER: Final = tuple(FIELDS)
 _FIELD_STYLES: Final = tuple(FIELDS[f][2] for f in _FIELD_ORDER)
-_COMPLETED, _NOTE = (_FIELD_ORDER.index(f) for f in ("completed", "note"))
 
 
 def _picker(fields: Sequence[str]) -> Callable[[Sequence[Any]], list[Any]]:
@@ -1329,28 +1603,16 @@ _MARKET_PICK: Final = _picker(MARKET_FIELDS)
 _OVERDUE_PICK: Final = _picker(OVERDUE_FIELDS)
 _PEST_PICK: Final = _picker(PEST_FIELDS)
 
-PROBLEM_CATEGORIES: Final = {
-    "sanitation": N_("Sanitation"),
-    "repair": N_("Facility repair"),
-    "pest": N_("Pests"),
-    "order": N_("Market order"),
-}
-PROBLEM_STATES: Final = {
-    "open": N_("Not rectified"),
-    "rectified": N_("Rectified, awaiting re-inspection"),
-    "verified": N_("Verified"),
-}
+REINSPECTION_RULE: Final = N_(
+    "Re-inspections are the office's checks of rectified problems: they are not part of "
+    "any market's compliance. A failed re-inspection reopens the problem."
+)
 RATE_RULE: Final = N_(
     "Rectification rate = problems due in the period (deadline within it) verified by now ÷ "
     "problems due in the period."
 )
 
-#: the count columns of the summary after "due", in the order shown
-COUNT_COLUMNS: Final = ("on_time", "late", "missed", "failed", "excused", "pending")
 RULE: Final = N_(
     "Compliance = on time ÷ due. Due = on time + late + missed + failed readings; "
     "excused (market closed) and pending obligations are listed but not counted."
 )
-
-assert set(COUNT_COLUMNS) == set(CATEGORIES)
-assert set(CATEGORY_LABELS) == set(CATEGORIES)

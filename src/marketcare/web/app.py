@@ -343,7 +343,7 @@ def create_app(
     daemon: Any = None,
 ) -> FastAPI:
     """The whole web app over ``engine``; ``clock`` is injectable for tests."""
-    from marketcare.web import api, pages, pages_office
+    from marketcare.web import api, api_inspections, pages, pages_inspections, pages_office
     from marketcare.web import health as ops
 
     app = FastAPI(
@@ -379,6 +379,8 @@ def create_app(
     api.install(app)
     app.include_router(pages.router)
     app.include_router(pages_office.router)
+    app.include_router(api_inspections.router)
+    app.include_router(pages_inspections.router)
     return app
 
 

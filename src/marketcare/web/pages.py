@@ -26,14 +26,20 @@ from starlette.datastructures import FormData, UploadFile
 
 from marketcare.domain.access import Action, Principal, Role, may, visible_markets
 from marketcare.domain.obligations import (
-    TICKABLE,
     State,
+    can_tick,
     format_range,
     in_range,
     minutes_late,
     next_to_do,
 )
-from marketcare.domain.problems import Category, ProblemState, is_overdue
+from marketcare.domain.problems import (
+    Category,
+    ProblemState,
+    can_assign,
+    is_overdue,
+    moves_from,
+)
 from marketcare.errors import MarketcareError, NotFound, TickRefused
 from marketcare.i18n import LANGUAGES, Translator
 from marketcare.ledger import accounts, evidence, readmodel
@@ -42,7 +48,6 @@ from marketcare.ledger.db import read
 from marketcare.ledger.models import Completion, Event, Obligation, ProblemRow
 from marketcare.ledger.tick import tick as record_tick
 from marketcare.ledger.versions import active_schedule
-from marketcare.reports.workbook import PROBLEM_CATEGORIES, PROBLEM_STATES
 from marketcare.web.app import (
     HERE,
     SignedIn,
@@ -253,8 +258,12 @@ def today_page(request: Request, market: str, who: SignedIn, open: int | None = 
         ("later", t.tr("Later today"), board.later),
         ("finished", t.tr("Finished"), board.finished),
     ]
-    can_tick = may(who, Action.TICK, market)
-    todo = [r for r in board.overdue + board.open_now if r.state in TICKABLE] if can_tick else []
+    may_tick = may(who, Action.TICK, market)
+    todo = [
+        r
+        for r in board.overdue + board.open_now
+        if may_tick and can_tick(r.state, opens_at=r.opens_at, now=board.now)
+    ]
     return _page(
         request,
         "today.html",
@@ -503,11 +512,11 @@ def history_page(
 
 
 def _category_labels(t: Translator) -> dict[str, str]:
-    return {c.value: t.tr(PROBLEM_CATEGORIES[c.value]) for c in Category}
+    return {c.value: t.problem_category(c) for c in Category}
 
 
 def _problem_state_labels(t: Translator) -> dict[str, str]:
-    return {s.value: t.tr(PROBLEM_STATES[s.value]) for s in ProblemState}
+    return {s.value: t.problem_state(s) for s in ProblemState}
 
 
 def _problems_context(request: Request, market: str) -> dict[str, Any]:
@@ -641,9 +650,9 @@ def _problem_context(request: Request, who: Principal, problem_id: int) -> dict[
             [row.found_by, row.assigned_to, row.rectified_by, row.verified_by]
             + [e.actor for e in events],
         ),
-        "can_rectify": may(who, Action.RECTIFY, market) and row.state == ProblemState.OPEN,
-        "can_assign": may(who, Action.ASSIGN, market) and row.state != ProblemState.VERIFIED,
-        "can_verify": may(who, Action.VERIFY, market) and row.state == ProblemState.RECTIFIED,
+        "can_rectify": may(who, Action.RECTIFY, market) and "rectify" in moves_from(row.state),
+        "can_assign": may(who, Action.ASSIGN, market) and can_assign(row.state),
+        "can_verify": may(who, Action.VERIFY, market) and "verify" in moves_from(row.state),
         "values": {},
         "errors": {},
         "error": None,

@@ -21,7 +21,9 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from marketcare.domain.access import Action, Principal, Role, may
+from marketcare.domain.compliance import percent
 from marketcare.domain.periods import KINDS, Period, PeriodKind
+from marketcare.domain.problems import can_assign, moves_from
 from marketcare.errors import MarketcareError, NotFound
 from marketcare.i18n import LANGUAGES
 from marketcare.ledger import accounts, readmodel
@@ -41,15 +43,15 @@ from marketcare.web.app import (
     settings_of,
     translator_of,
 )
+from marketcare.web.pages_inspections import ranking_panel
 
 router = APIRouter(dependencies=[Depends(check_csrf)], include_in_schema=False)
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
-def pct(value: float | None) -> str:
-    """A share as the exports print it (one decimal), "—" when nothing was due."""
-    return "—" if value is None else f"{value * 100:.1f}%"
+#: a share as every text prints it (one decimal), "—" when nothing was due
+pct = percent
 
 
 def _flash(request: Request, text: str) -> None:
@@ -103,6 +105,7 @@ def dashboard(request: Request, who: SignedIn) -> Response:
         overdue=overdue,
         pct=pct,
         flashes=_flashes(request),
+        inspections=ranking_panel(request, who),
     )
 
 
@@ -145,10 +148,21 @@ def _refused(
         field=field,
         back=f"/p/{problem_id}",
         problem=problem,
+        moves=_moves(problem),
         form_name=form_name,
         values=values,
         errors={field: message} if field else {},
     )
+
+
+def _moves(problem: Any) -> set[str]:
+    """What can be done to a problem in its state (assigning included), by the domain."""
+    if problem is None:
+        return set()
+    moves = set(moves_from(problem.state))
+    if can_assign(problem.state):
+        moves.add("assign")
+    return moves
 
 
 def _deadline(value: str, market: str, request: Request) -> datetime | None:

@@ -1,7 +1,7 @@
 """the audit record holds against an insider: anchors, timestamps, append-only tables
 
 Revision ID: i16_audit
-Revises: i10_phone_time
+Revises: i17_inspections
 Create Date: 2026-12-01 10:00:00
 """
 
@@ -16,7 +16,7 @@ import marketcare.ledger.models
 from marketcare.ledger.audit import GENESIS, NewEvent, event_hash
 
 revision = "i16_audit"
-down_revision = "i10_phone_time"
+down_revision = "i17_inspections"
 branch_labels = None
 depends_on = None
 
@@ -98,6 +98,10 @@ def _baseline(conn: sa.Connection) -> None:
             "obligations": conn.execute(sa.text("SELECT count(*) FROM obligations")).scalar_one(),
             "reports_up_to": conn.execute(
                 sa.text("SELECT coalesce(max(id), 0) FROM reports")
+            ).scalar_one(),
+            # re-inspections closed before i13 got their completion by a migration, no event
+            "completions_up_to": conn.execute(
+                sa.text("SELECT coalesce(max(id), 0) FROM completions")
             ).scalar_one(),
             "format": 2,
         },
