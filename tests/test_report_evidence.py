@@ -158,3 +158,22 @@ def test_export_prints_the_anchor_and_warns_of_a_missing_recorded_file(
     assert result.exit_code == 0, result.output
     assert "warning: recorded report" in result.output and "is missing" in result.output
     assert "audit anchor: event" in result.output
+
+
+def test_a_bulletin_is_recorded_in_the_ledgers_folder_and_verifies(
+    engine: sa.Engine, history: History
+) -> None:
+    from marketcare.ledger.verification import examine
+    from marketcare.reports import bulletin
+
+    exports = history.report.path.parent.parent
+    made = bulletin.produce(engine, period=WEEK, exports_dir=exports, now=LATER)
+    assert made.xlsx.parent == made.pdf.parent == history.report.path.parent
+    with read(engine) as conn:
+        result = examine(conn)
+        recorded = conn.execute(
+            sa.select(Event.details).where(Event.action == "report_recorded")
+        ).scalars()
+        formats = sorted((d["kind"], d["format"]) for d in recorded)
+    assert result.ok, [f.message for f in result.findings]
+    assert formats == [("bulletin", "pdf"), ("bulletin", "xlsx"), ("compliance", "xlsx")]
