@@ -290,7 +290,8 @@ reports:
         assert daemon.step_reports() == 0
     subjects = sorted(r.message["Subject"] for r in smtp.received)
     assert subjects == [f"农贸市场环境卫生工作日报 2026-11-{d}" for d in (23, 24, 25)]
-    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == [
+    (own,) = (tmp_path / "exports").iterdir()  # this ledger's own folder
+    assert sorted(p.name for p in own.iterdir()) == [
         f"marketcare_day_2026-11-{d}.xlsx" for d in (23, 24, 25)
     ]
 

@@ -18,6 +18,7 @@ from marketcare.ledger.db import read, write
 from marketcare.ledger.models import Completion, Event, Obligation
 
 from .conftest import DISINFECTION, WASTE, make_market_yaml, make_schedule, utc
+from .support.tamper import unguarded
 
 # 2026-11-27 is a Friday; closing 18:30 Asia/Shanghai = 10:30 UTC
 NOW = utc(2026, 11, 27, 2, 0)
@@ -283,7 +284,7 @@ def test_the_audit_chain_verifies_and_names_the_first_altered_event(engine: sa.E
     with read(engine) as conn:
         assert audit.verify(conn).ok
         n = conn.execute(sa.select(sa.func.count()).select_from(Event)).scalar_one()
-    with write(engine) as conn:
+    with write(engine) as conn, unguarded(conn):
         conn.execute(sa.update(Event).where(Event.seq == 3).values(actor="somebody else"))
     with read(engine) as conn:
         verdict = audit.verify(conn)
@@ -294,13 +295,13 @@ def test_the_audit_chain_verifies_and_names_the_first_altered_event(engine: sa.E
 def test_the_audit_chain_notices_a_removed_event_and_a_removed_tail(engine: sa.Engine) -> None:
     ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
     ledger_sweep.sweep_all(engine, now=NOW + DAY)
-    with write(engine) as conn:
+    with write(engine) as conn, unguarded(conn):
         last = conn.execute(sa.select(sa.func.max(Event.seq))).scalar_one()
         conn.execute(sa.delete(Event).where(Event.seq == last))
     with read(engine) as conn:
         verdict = audit.verify(conn)
     assert not verdict.ok and verdict.first_bad_seq == last
-    with write(engine) as conn:
+    with write(engine) as conn, unguarded(conn):
         conn.execute(sa.delete(Event).where(Event.seq == 2))
     with read(engine) as conn:
         verdict = audit.verify(conn)

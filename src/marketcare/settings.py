@@ -94,6 +94,14 @@ class Settings(BaseSettings):
     #: ... and the phone's clock is within this many minutes of the server's when it sends
     phone_clock_max_skew_minutes: float = Field(default=10.0, ge=0, le=1440)
 
+    #: an RFC 3161 time-stamping authority (``http(s)://…``): the daemon has it witness
+    #: the audit chain's head daily and with each report (docs/design.md, The audit log)
+    tsa_url: str | None = None
+    #: the authority's certificate (or its CA's), PEM: answers and stored tokens are
+    #: checked against it
+    tsa_certificates: Path | None = None
+    tsa_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+
     @field_validator("smtp_sender")
     @classmethod
     def _sender(cls, value: str) -> str:
@@ -130,6 +138,18 @@ class Settings(BaseSettings):
         if value is not None and len(value.get_secret_value()) < 16:
             raise ValueError("a metrics token needs at least 16 characters")
         return value
+
+    @model_validator(mode="after")
+    def _tsa(self) -> Settings:
+        if self.tsa_url is not None:
+            if not self.tsa_url.startswith(("http://", "https://")):
+                raise ValueError(f"tsa_url {self.tsa_url!r} must be an http:// or https:// URL")
+            if self.tsa_certificates is None:
+                raise ValueError(
+                    "tsa_url is set but tsa_certificates is not: name the PEM file of the "
+                    "authority's certificate, so its answers can be checked"
+                )
+        return self
 
     @field_validator("timezone")
     @classmethod

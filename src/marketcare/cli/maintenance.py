@@ -34,22 +34,70 @@ app.add_typer(audit_app, name="audit")
 
 @audit_app.command("verify")
 @handled
-def audit_verify() -> None:
-    """Recompute the event chain; name the first event altered or removed."""
-    from marketcare.ledger import audit
+def audit_verify(
+    anchor: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--anchor",
+            help="A report workbook (.xlsx) or a report email saved as .eml: prove the "
+            "ledger still holds exactly the history up to the chain head it carries. "
+            "May be given several times.",
+        ),
+    ] = None,
+    files: Annotated[
+        bool,
+        typer.Option(
+            "--files/--no-files",
+            help="Check that every recorded report file is there with its SHA-256 "
+            "(--no-files on a machine without the exports folder).",
+        ),
+    ] = True,
+) -> None:
+    """Check the audit record: the event chain, the tables against the events, report
+    files, trusted timestamps, the append-only guards, and any --anchor files."""
+    from marketcare.ledger import timestamps
     from marketcare.ledger.db import read
+    from marketcare.ledger.verification import examine
+    from marketcare.reports.anchors import read_anchors
 
     s, engine = connect()
+    anchors = [a for path in anchor or [] for a in read_anchors(path)]
+    roots = timestamps.load_roots(s.tsa_certificates) if s.tsa_certificates else None
     with read(engine) as conn:
-        verdict = audit.verify(conn)
-    if verdict.ok:
-        out.print(f"ok: {verdict.checked} events, chain intact", markup=False)
-        return
-    err.print(
-        f"TAMPERED: {verdict.reason} (first bad event: {verdict.first_bad_seq}; {verdict.checked} events before it are intact)",
+        result = examine(
+            conn,
+            anchors=anchors,
+            files=files,
+            timestamps=lambda c, hash_at: timestamps.check(c, hash_at, roots),
+        )
+    chain = result.chain
+    for line in result.held:
+        out.print(f"ok: {line}", markup=False)
+    for finding in result.findings:
+        if finding.check == "chain":
+            err.print(
+                f"TAMPERED: {chain.reason} (first bad event: {chain.first_bad_seq}; "
+                f"{chain.checked} events before it are intact)",
+                markup=False,
+            )
+        else:
+            err.print(f"TAMPERED ({finding.check}): {finding.message}", markup=False)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("timestamp")
+@handled
+def audit_timestamp() -> None:
+    """Have the configured time-stamping authority witness the chain's head now."""
+    from marketcare.ops import timestamping
+
+    s, engine = connect()
+    done = timestamping.stamp(engine, s, now=utcnow(), reason="manual")
+    out.print(
+        f"timestamped event {done.seq} ({done.hash}) at {done.gen_time:%Y-%m-%d %H:%M:%S} UTC",
         markup=False,
     )
-    raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------ backup

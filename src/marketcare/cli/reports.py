@@ -113,9 +113,13 @@ def export(
             out=out_path,
             progress=progress,
         )
+    for line in result.damaged:
+        err.print(f"warning: {line}", markup=False)
     note = "" if result.created else " (unchanged; the recorded file)"
-    err.print(f"revision {result.revision}, sha256 {result.sha256}{note}")
-    out.print(str(result.path))
+    err.print(f"revision {result.revision}, sha256 {result.sha256}{note}", markup=False)
+    if result.anchor is not None:
+        err.print(f"audit anchor: event {result.anchor.text()}", markup=False)
+    out.print(str(result.path), markup=False)
     if email:
         delivery.enqueue(engine, result.report_id, recipients, now=now, sender=s.smtp_sender)
         sent = delivery.send_due(engine, delivery.smtp_config(s), now=now, language=lang)
@@ -125,6 +129,39 @@ def export(
         )
         if sent.failed:
             raise typer.Exit(1)
+
+
+@app.command(name="verify-report")
+@handled
+def verify_report(
+    path: Annotated[Path, typer.Argument(help="A report workbook (.xlsx) as received.")],
+) -> None:
+    """Check a received workbook: its revision and SHA-256 against the ledger's record,
+    its audit anchor against the chain, and its figures against the ledger now.
+
+    Exit 0: genuine, and the ledger gives the same figures today; 3: genuine, but the
+    ledger's figures changed since (the differences are listed); 1: not genuine.
+    """
+    from marketcare.reports.verify_report import check
+
+    _s, engine = connect()
+    result = check(engine, path, now=utcnow())
+    for line in result.holds:
+        out.print(f"ok: {line}", markup=False)
+    for line in result.refusals:
+        err.print(f"NOT GENUINE: {line}", markup=False)
+    if not result.genuine:
+        raise typer.Exit(1)
+    if result.differences:
+        out.print(
+            f"changed since: the ledger now gives {len(result.differences)} different "
+            "figure(s) in the summary:",
+            markup=False,
+        )
+        for line in result.differences:
+            out.print(f"  {line}", markup=False)
+        raise typer.Exit(3)
+    out.print("ok: the ledger gives the same figures today", markup=False)
 
 
 @dataclass(frozen=True)

@@ -1065,7 +1065,8 @@ class Schedule:
 
 
 def digest_of(sources: Mapping[str, str], default_timezone: str) -> str:
-    """The digest a schedule loaded from these texts has (without loading them)."""
+    """A schedule version's identity from its exact texts, without loading them (the
+    daemon's reloader compares it; ``audit verify`` recomputes it)."""
     h = hashlib.sha256()
     h.update(default_timezone.encode())
     for name in sorted(sources):

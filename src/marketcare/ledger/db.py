@@ -379,10 +379,24 @@ def alembic_config(engine: sa.Engine) -> Config:
 
 
 def migrate(engine: sa.Engine) -> None:
-    """Bring the schema to the newest revision; safe to run again."""
+    """Bring the schema to the newest revision; safe to run again.
+
+    On PostgreSQL with two roles (docs/operations.md, "Append-only history") the
+    application's role may not change the schema: a pending migration is then refused
+    with what to do, not a traceback.
+    """
     from alembic import command
 
-    command.upgrade(alembic_config(engine), "head")
+    try:
+        command.upgrade(alembic_config(engine), "head")
+    except sa.exc.ProgrammingError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+            raise
+        raise MarketcareError(
+            "the database schema needs an upgrade that this role may not make: run "
+            "`marketcare init` once with the owner role's URL (docs/operations.md, "
+            "Append-only history)"
+        ) from None
 
 
 def current_revision(engine: sa.Engine) -> str | None:

@@ -267,6 +267,8 @@ def _apply_version(
     excuses that day's unfinished obligations, with the closure's reason.
     """
     events: list[audit.NewEvent] = []
+    before = _count_obligations(conn)
+    gone: list[Any] = []
     if until > now:
         planned = expand(schedule, now, until)
         keys = {p.natural_key for p in planned}
@@ -341,6 +343,8 @@ def _apply_version(
                 "version_id": version_id,
                 "previous_version_id": old_version_id,
                 "digest": schedule.digest,
+                # exactly how many obligations it made: `audit verify` counts every row
+                "created": _count_obligations(conn) - before + len(gone),
             },
         ),
     )
@@ -388,6 +392,10 @@ def _rest_day_moves(
                 )
             )
     return events
+
+
+def _count_obligations(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(Obligation)).scalar_one())
 
 
 def _excuse_closed_days(

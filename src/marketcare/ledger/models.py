@@ -179,6 +179,35 @@ class AuditHead(Base):
     hash: Mapped[str] = mapped_column(sa.String(64))
 
 
+class AuditTimestamp(Base):
+    """An RFC 3161 token over the chain's head: a time-stamping authority's witness.
+
+    Append-only, like the events: the token proves the ledger held exactly the history
+    ending in ``hash`` at event ``seq`` no later than ``gen_time``.
+    """
+
+    __tablename__ = "audit_timestamps"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigId, index=True)
+    hash: Mapped[str] = mapped_column(sa.String(64))
+    tsa: Mapped[str] = mapped_column(sa.String(500))
+    reason: Mapped[str] = mapped_column(sa.String(16))  # daily | report
+    gen_time: Mapped[datetime]
+    token: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class Installation(Base):
+    """Who this ledger is (single row, id 1): names its report files apart from others'."""
+
+    __tablename__ = "installation"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uid: Mapped[str] = mapped_column(sa.String(32))
+    #: the folder its reports go to under the exports folder: ``<database>-<uid[:8]>``
+    name: Mapped[str] = mapped_column(sa.String(100))
+    created_at: Mapped[datetime]
+
+
 class ReportRecord(Base):
     """One written report file: a period's revision, with the file's SHA-256.
 
@@ -203,6 +232,12 @@ class ReportRecord(Base):
     rows: Mapped[int]
     headline: Mapped[dict[str, Any]]
     generated_at: Mapped[datetime]
+    #: the audit chain's head written into the file (its anchor): sequence number and hash
+    anchor_seq: Mapped[int | None] = mapped_column(BigId)
+    anchor_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    #: what was found wrong with the recorded file (missing | changed) and when
+    damage: Mapped[str | None] = mapped_column(sa.String(16))
+    damage_found_at: Mapped[datetime | None]
 
     __table_args__ = (
         sa.UniqueConstraint(

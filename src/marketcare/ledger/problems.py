@@ -212,6 +212,10 @@ def add_in(
                     "category": problem.category,
                     "deadline": problem.deadline.isoformat(),
                     "source": problem.source_key,
+                    "description": problem.description.strip(),
+                    "found_at": problem.found_at.isoformat(),
+                    "found_by": problem.found_by.strip(),
+                    "evidence": problem.evidence,
                 },
             )
         ],
@@ -381,21 +385,34 @@ def _close_reinspection(
             note=result,
         )
     )
+    token = f"reinspection:{row.id}:{ob.id}"
+    items: dict[str, Any] = {"passed": passed}
+    failures: dict[str, Any] = {} if passed else {"passed": False}
+    completion_note = f"{result}：{note}" if note else result
     completion_id = conn.execute(
         sa.insert(Completion)
         .values(
             obligation_id=ob.id,
-            token=f"reinspection:{row.id}:{ob.id}",
+            token=token,
             by=by,
             at=now,
             outcome=outcome.value,
             readings={},
-            items={"passed": passed},
-            failures={} if passed else {"passed": False},
-            note=f"{result}：{note}" if note else result,
+            items=items,
+            failures=failures,
+            note=completion_note,
+            arrived_at=now,
         )
         .returning(Completion.id)
     ).scalar_one()
+    # every fact of the completion, as a tick's event holds them (``audit verify``)
+    timing = {
+        "at": now.isoformat(),
+        "arrived_at": now.isoformat(),
+        "phone_at": None,
+        "phone_sent_at": None,
+        "time_basis": "arrival",
+    }
     audit.append(
         conn,
         [
@@ -409,7 +426,15 @@ def _close_reinspection(
                 to_state=outcome.value,
                 details={
                     "reinspection": "passed" if passed else "failed",
+                    "result": result,
                     "completion_id": completion_id,
+                    "token": token,
+                    "readings": {},
+                    "items": items,
+                    "failures": failures,
+                    "note": completion_note,
+                    "evidence": [],
+                    **timing,
                 },
             )
         ],

@@ -356,7 +356,8 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
     ).rowcount
     if changed != 1:
         raise _Raced()
-    evidence = request.evidence
+    photos = [dict(e) for e in request.evidence]
+    readings = dict(request.readings)
     completion_id = conn.execute(
         _TickSql.record,
         {
@@ -365,20 +366,29 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
             "by": request.by,
             "at": now,
             "outcome": outcome.value,
-            "readings": dict(request.readings),
+            "readings": readings,
             "items": item_map,
             "failures": failures,
             "note": request.note,
-            "evidence": {"items": [dict(e) for e in evidence]} if evidence else None,
+            "evidence": {"items": photos} if photos else None,
             "phone_at": timing.phone_at,
             "phone_sent_at": timing.phone_sent_at,
             "arrived_at": timing.arrived_at,
             "time_basis": timing.basis.value,
         },
     ).scalar_one()
-    details: dict[str, Any] = {"completion_id": completion_id, "token": token, "failures": failures}
-    if timing.phone_at is not None:  # nothing moved silently: the event holds both times
-        details.update(timing.as_json())
+    # every fact of the completion, so `audit verify` can hold the row to it: both times,
+    # the readings, ticked items and texts, the note and the photos' hashes
+    details: dict[str, Any] = {
+        "completion_id": completion_id,
+        "token": token,
+        "failures": failures,
+        "readings": readings,
+        "items": item_map,
+        "note": request.note,
+        "evidence": photos,
+        **timing.as_json(),
+    }
     event = audit.NewEvent(
         at=timing.arrived_at,
         actor=request.by,

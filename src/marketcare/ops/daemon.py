@@ -238,6 +238,12 @@ class Daemon:
             sender=self.settings.smtp_sender,
         )
 
+    def step_timestamp(self) -> bool:
+        """Have the authority witness the chain's head (daily, and after each report)."""
+        from marketcare.ops import timestamping
+
+        return timestamping.stamp_if_due(self.engine, self.settings, now=self.now()) is not None
+
     def step_outbox(self) -> int:
         """Send due emails; failures are kept in the outbox with their reason."""
         from marketcare.reports import delivery
@@ -360,6 +366,14 @@ class Daemon:
             id="reports",
             next_run_time=datetime.now(UTC),  # catch up at once on start
         )
+        if self.settings.tsa_url:
+            scheduler.add_job(
+                self._guarded(self.step_timestamp),
+                "interval",
+                seconds=self.settings.report_interval_seconds,
+                id="timestamp",
+                next_run_time=datetime.now(UTC),
+            )
         scheduler.add_job(
             self._guarded(self.step_outbox, "outbox"),
             "interval",

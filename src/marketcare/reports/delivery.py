@@ -37,11 +37,20 @@ from marketcare.domain.schedules import ReportSpec, Schedule
 from marketcare.errors import BadInput, Conflict, NotFound, Unavailable
 from marketcare.files import fsync_path
 from marketcare.i18n import translator
+from marketcare.ledger import audit, installation
 from marketcare.ledger import outbox as outbox_rules
 from marketcare.ledger.db import dialect_insert, read, retrying, write
 from marketcare.ledger.models import OutboxMessage, ReportRecord, ReportRun, ReportWatermark
+from marketcare.ledger.verification import file_damage
 from marketcare.reports.figures import Rectification, Report
-from marketcare.reports.mail import DeliveryError, SmtpConfig, build_message, message_id, send
+from marketcare.reports.mail import (
+    ANCHOR_HEADER,
+    DeliveryError,
+    SmtpConfig,
+    build_message,
+    message_id,
+    send,
+)
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +70,10 @@ class ExportResult:
     created: bool
     rows: int
     headline: dict[str, Any]
+    #: the audit chain's head the file carries (its anchor)
+    anchor: audit.Anchor | None = None
+    #: earlier recorded files found missing or changed before this one was written
+    damaged: tuple[str, ...] = ()
 
 
 def scope_of(markets: Sequence[str] | None) -> str:
@@ -152,17 +165,21 @@ def export(
 ) -> ExportResult:
     """Write (or reuse) the workbook of a period and record it; see the module docstring.
 
-    The recorded file always lives in ``exports_dir`` (the record of what was sent, which
-    later exports compare with and reuse). ``out`` asks for a copy of it as well: a file
-    path, or an existing folder that receives the file under its recorded name. Both
-    folders are checked before any work, so a wrong path costs nothing and changes
-    nothing.
+    Files are recorded in this ledger's own folder under ``exports_dir``
+    (``installation.identity``), so two ledgers sharing the folder never collide; that
+    file is the record of what was sent, which later exports compare with and reuse. A
+    recorded file of this period found missing or changed is recorded as such (an event, a
+    log line, ``/metrics``) before a new revision is written. ``out`` asks for a copy of
+    the recorded file as well: a file path, or an existing folder that receives the file
+    under its recorded name. Both folders are checked before any work, so a wrong path
+    costs nothing and changes nothing.
     """
-    from marketcare.reports.workbook import write_workbook
+    from marketcare.reports.workbook import Stamp, write_workbook
 
     scope = scope_of(markets)
-    target_dir = _exports_folder(exports_dir)
     copy_to = None if out is None else _copy_target(out)
+    me = installation.identity(engine, now=now)
+    target_dir = _exports_folder(exports_dir / me.name)
     tmp = target_dir / f".marketcare-{os.getpid()}-{now.timestamp():.0f}.xlsx.part"
     try:
         with read(engine) as conn:
@@ -172,8 +189,18 @@ def export(
                 unknown = sorted(set(markets) - known)
                 if unknown:
                     raise NotFound(f"unknown market {unknown[0]!r}")
+            anchor = audit.head(conn)
+            stamp = Stamp(
+                seq=anchor.seq,
+                hash=anchor.hash,
+                installation=me.uid,
+                scope=scope,
+                language=language,
+                period_kind=period.kind,
+                period_key=period.key,
+            )
             info = write_workbook(
-                report, tmp, language=language, generated_at=now, progress=progress
+                report, tmp, language=language, generated_at=now, progress=progress, stamp=stamp
             )
             headline = _headline(report)
         fsync_path(tmp)
@@ -192,43 +219,56 @@ def export(
                     .order_by(ReportRecord.revision.desc())
                     .limit(1)
                 ).one_or_none()
-                if latest is not None and latest.content_digest == info.content_digest:
-                    existing = Path(latest.path)
-                    if existing.exists() and _sha256(existing) == latest.sha256:
+                damaged = note_damage(conn, latest, now=now) if latest is not None else None
+                if latest is not None and damaged is None:
+                    if latest.content_digest == info.content_digest:
                         tmp.unlink(missing_ok=True)
                         return ExportResult(
                             latest.id,
-                            existing,
+                            Path(latest.path),
                             latest.revision,
                             latest.sha256,
                             False,
                             latest.rows,
                             latest.headline,
+                            _anchor_of(latest),
                         )
                 revision = 1 if latest is None else latest.revision + 1
                 final = target_dir / file_name(period, scope, language, revision)
-                if final.exists() and _recorded(conn, final):
-                    raise Conflict(f"{final} is a recorded report; it is never overwritten")
+                if final.exists():
+                    if _recorded(conn, final):
+                        raise Conflict(f"{final} is a recorded report; it is never overwritten")
+                    _set_aside(final, now)
                 os.replace(tmp, final)
                 digest = _sha256(final)
-                report_id = conn.execute(
-                    sa.insert(ReportRecord)
-                    .values(
-                        period_kind=period.kind,
-                        period_key=period.key,
-                        scope=scope,
-                        language=language,
-                        revision=revision,
-                        path=str(final),
-                        sha256=digest,
-                        content_digest=info.content_digest,
-                        rows=info.rows,
-                        headline=headline,
-                        generated_at=now,
-                    )
-                    .returning(ReportRecord.id)
-                ).scalar_one()
-                return ExportResult(report_id, final, revision, digest, True, info.rows, headline)
+                values = {
+                    "kind": "compliance",
+                    "format": "xlsx",
+                    "period_kind": period.kind,
+                    "period_key": period.key,
+                    "scope": scope,
+                    "language": language,
+                    "revision": revision,
+                    "path": str(final),
+                    "sha256": digest,
+                    "content_digest": info.content_digest,
+                    "rows": info.rows,
+                    "headline": headline,
+                    "anchor_seq": anchor.seq,
+                    "anchor_hash": anchor.hash,
+                }
+                report_id = record_report(conn, values, now=now)
+                return ExportResult(
+                    report_id,
+                    final,
+                    revision,
+                    digest,
+                    True,
+                    info.rows,
+                    headline,
+                    anchor,
+                    () if damaged is None else (damaged,),
+                )
 
         result = retrying(record, what="record report")
         log.info(
@@ -306,6 +346,83 @@ def _copy(recorded: Path, out: Path) -> Path:
             f"--out {out}: cannot write {target}: {exc.strerror or exc}", "out"
         ) from None
     return target
+
+
+def record_report(conn: sa.Connection, values: dict[str, Any], *, now: datetime) -> int:
+    """Record a written report file and its ``report_recorded`` event (every column), in
+    the caller's transaction; returns the record's id. Every kind of report goes through
+    here, so ``audit verify`` can hold each ``reports`` row to its event."""
+    report_id = int(
+        conn.execute(
+            sa.insert(ReportRecord).values(generated_at=now, **values).returning(ReportRecord.id)
+        ).scalar_one()
+    )
+    audit.append(
+        conn,
+        [
+            audit.NewEvent(
+                at=now,
+                actor=audit.SYSTEM,
+                action="report_recorded",
+                details={"report_id": report_id, **values},
+            )
+        ],
+    )
+    return report_id
+
+
+def _anchor_of(record: Any) -> audit.Anchor | None:
+    if record.anchor_seq is None or record.anchor_hash is None:
+        return None
+    return audit.Anchor(int(record.anchor_seq), str(record.anchor_hash))
+
+
+def note_damage(conn: sa.Connection, record: Any, *, now: datetime) -> str | None:
+    """Say so when a recorded file is missing or changed: a line for the person, an
+    error in the log, an event, and the record marked (counted in ``/metrics``).
+
+    Returns that line, or None when the file is as recorded.
+    """
+    damage = file_damage(Path(record.path), record.sha256)
+    if damage is None:
+        return None
+    line = (
+        f"recorded report {record.path} (revision {record.revision}) is {damage}; "
+        "a new revision is written"
+    )
+    log.error(
+        "a recorded report file is %s",
+        damage,
+        extra={"report": record.id, "path": record.path, "revision": record.revision},
+    )
+    if record.damage != damage:
+        conn.execute(
+            sa.update(ReportRecord)
+            .where(ReportRecord.id == record.id)
+            .values(damage=damage, damage_found_at=now)
+        )
+        audit.append(
+            conn,
+            [
+                audit.NewEvent(
+                    at=now,
+                    actor=audit.SYSTEM,
+                    action="report_file_damaged",
+                    details={"report_id": record.id, "damage": damage, "path": record.path},
+                )
+            ],
+        )
+    return line
+
+
+def _set_aside(path: Path, now: datetime) -> None:
+    """A file of that name that this ledger never recorded: kept, under another name."""
+    aside = path.with_name(f"{path.stem}.set-aside-{now:%Y%m%dT%H%M%S}{path.suffix}")
+    os.replace(path, aside)
+    log.warning(
+        "a file this ledger did not record was in the way; kept it under another name",
+        extra={"path": str(path), "kept_as": str(aside)},
+    )
 
 
 def _recorded(conn: sa.Connection, path: Path) -> bool:
@@ -536,7 +653,7 @@ def _claim(engine: sa.Engine, now: datetime) -> Any | None:
                 from marketcare.reports.bulletin import companion_pdf
 
                 extra = companion_pdf(conn, report)
-            return row, (report, extra)
+            return row, (report, extra), audit.head(conn)
 
     return retrying(step, what="claim outbox")
 
@@ -556,10 +673,12 @@ def send_due(
         claimed = _claim(engine, now)
         if claimed is None:
             break
-        row, (report, extra) = claimed
+        row, (report, extra), anchor = claimed
         error: DeliveryError | None = None
         try:
-            msg = _message(row, report, smtp, now=now, language=language, extra=extra)
+            msg = _message(
+                row, report, smtp, now=now, language=language, extra=extra, anchor=anchor
+            )
             send(smtp, msg, row.recipient)
         except DeliveryError as exc:
             error = exc
@@ -709,6 +828,7 @@ def _message(
     now: datetime,
     language: str,
     extra: Any | None = None,
+    anchor: audit.Anchor | None = None,
 ) -> Any:
     data = _verified_bytes(report)
     lang = report.language or language
@@ -718,6 +838,11 @@ def _message(
         subject, body, name = mail_text(report, language=lang)
     else:
         subject, body, name = subject_and_body(report, language=lang)
+    if anchor is not None:
+        # the office's mailbox keeps the chain's head as the email left: a witness of the
+        # ledger's history outside the database (``audit verify --anchor``)
+        line = translator(lang).tr("Audit chain head: event {seq}, {hash}")
+        body = body.rstrip("\n") + "\n\n" + line.format(seq=anchor.seq, hash=anchor.hash) + "\n"
     attachments = []
     if extra is not None:
         attachments.append((_verified_bytes(extra), name.removesuffix(".xlsx") + ".pdf"))
@@ -731,6 +856,7 @@ def _message(
         msg_id=row.message_id,
         date=now,
         extra=attachments,
+        headers={ANCHOR_HEADER: anchor.text()} if anchor is not None else None,
     )
 
 

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from marketcare import logs
@@ -71,7 +71,7 @@ class LedgerCollector(Collector):
         self.clock = clock
         self.daemon = daemon
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         now = self.clock()
         since = (now - OBLIGATION_WINDOW).date().isoformat()
         with read(self.engine) as conn:
@@ -89,6 +89,9 @@ class LedgerCollector(Collector):
                 sa.select(NotifyMessage.state, sa.func.count()).group_by(NotifyMessage.state)
             ).all()
             last_export = conn.execute(sa.select(sa.func.max(ReportRecord.generated_at))).scalar()
+            damaged = conn.execute(
+                sa.select(sa.func.count()).where(ReportRecord.damage.is_not(None))
+            ).scalar_one()
         obligations = GaugeMetricFamily(
             "marketcare_obligations",
             "Obligations dated from 7 days ago on, by state",
@@ -121,6 +124,13 @@ class LedgerCollector(Collector):
         )
         export.add_metric([], last_export.timestamp() if last_export else 0.0)
         yield export
+
+        lost = CounterMetricFamily(
+            "marketcare_report_files_damaged",
+            "Recorded report files found missing or changed before a new revision was written",
+        )
+        lost.add_metric([], float(damaged))
+        yield lost
 
         known = leader.known(self.engine, now=now)
         lead = GaugeMetricFamily(
