@@ -16,6 +16,7 @@ from marketcare.ledger import sweep as ledger_sweep
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import read, write
 from marketcare.ledger.models import Completion, Event, Obligation
+from marketcare.ledger.verification import examine
 
 from .conftest import DISINFECTION, WASTE, make_market_yaml, make_schedule, utc
 from .support.tamper import unguarded
@@ -243,6 +244,9 @@ def test_an_area_rest_day_is_materialised_excused_with_its_reason_and_refuses_a_
     resting = obligation(engine, "aquatic|disinfect|2026-11-27")
     assert (resting.state, resting.note) == ("excused", "活禽休市")
     assert obligation(engine, "veg|disinfect|2026-11-27").state == "upcoming"
+    with read(engine) as conn:  # excused from birth, and the events say so
+        examination = examine(conn, anchors=[])
+        assert examination.ok, [f.message for f in examination.findings]
     ledger_sweep.sweep_all(engine, now=NOW + DAY)
     assert obligation(engine, "aquatic|disinfect|2026-11-27").state == "excused"
     with pytest.raises(TickRefused, match="活禽休市"):
@@ -275,6 +279,8 @@ def test_a_rest_day_declared_later_excuses_what_has_not_opened_and_lifting_it_re
             )
         ]
         assert audit.verify(conn).ok
+        examination = examine(conn, anchors=[])  # the tables as the events say
+        assert examination.ok, [f.message for f in examination.findings]
     assert actions == ["excused", "reinstated"]
 
 

@@ -286,6 +286,9 @@ class Replay:
     def _excused(self, ev: LoggedEvent) -> None:
         self._move(ev, note=ev.details.get("reason", UNKNOWN))
 
+    def _reinstated(self, ev: LoggedEvent) -> None:
+        self._move(ev, note=None)  # a rest day or a closure lifted by a schedule edit
+
     def _materialised(self, ev: LoggedEvent) -> None:
         if self.obligation_count is not None:
             self.obligation_count += int(ev.details.get("created", 0))
@@ -503,6 +506,7 @@ _HANDLERS = {
     "completed": Replay._completed,
     "failed_check": Replay._completed,
     "excused": Replay._excused,
+    "reinstated": Replay._reinstated,
     "materialised": Replay._materialised,
     "withdrawn": Replay._withdrawn,
     "schedule_applied": Replay._schedule_applied,

@@ -224,7 +224,8 @@ def materialise(
                             "version_id": version_id,
                         },
                     )
-                ],
+                ]
+                + _born_excused(conn, planned, now=now),
             )
             result.created += created
             result.chunks += 1
@@ -292,6 +293,11 @@ def _apply_version(
                     "missed_at": ins.excluded.missed_at,
                     "version_id": ins.excluded.version_id,
                     "state": ins.excluded.state,
+                    # a move (a rest day added or lifted) is dated; new windows are not
+                    "state_changed_at": sa.case(
+                        (Obligation.state != ins.excluded.state, ins.excluded.state_changed_at),
+                        else_=Obligation.state_changed_at,
+                    ),
                     "note": ins.excluded.note,
                 },
                 # not opened yet: nothing was done, so the new schedule decides; an
@@ -305,6 +311,9 @@ def _apply_version(
             )
             conn.execute(stmt, rows[i : i + CHUNK])
         events.extend(_rest_day_moves(planned, known, version_id, now=now, result=result))
+        events.extend(
+            _born_excused(conn, [p for p in planned if p.natural_key not in known], now=now)
+        )
         stale = conn.execute(
             sa.select(Obligation.id, Obligation.natural_key).where(
                 Obligation.state == State.UPCOMING.value,
@@ -392,6 +401,38 @@ def _rest_day_moves(
                 )
             )
     return events
+
+
+def _born_excused(
+    conn: sa.Connection, planned: Sequence[Planned], *, now: datetime
+) -> list[audit.NewEvent]:
+    """An event for each new obligation the schedule makes excused from the start (an
+    area's rest day, a closed day), so that ``audit verify`` tells it from an obligation
+    excused by an edit of the table. ``planned`` holds only obligations just inserted."""
+    reasons = {p.natural_key: p.excused for p in planned if p.excused}
+    keys = sorted(reasons)
+    found: list[Any] = []
+    for i in range(0, len(keys), CHUNK):
+        found.extend(
+            conn.execute(
+                sa.select(Obligation.id, Obligation.natural_key).where(
+                    Obligation.natural_key.in_(keys[i : i + CHUNK]),
+                    Obligation.state == State.EXCUSED.value,
+                )
+            )
+        )
+    return [
+        audit.NewEvent(
+            at=now,
+            actor=SYSTEM,
+            action="excused",
+            obligation_id=r.id,
+            from_state=State.UPCOMING.value,
+            to_state=State.EXCUSED.value,
+            details={"reason": reasons[r.natural_key], "planned": True},
+        )
+        for r in sorted(found, key=lambda r: r.id)
+    ]
 
 
 def _count_obligations(conn: sa.Connection) -> int:
