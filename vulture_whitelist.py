@@ -39,6 +39,10 @@ _.process_result_value
 loaded_at
 done_at
 assigned_at
+ended_why
+uploaded_at
+session_epoch
+first_used_at
 
 # Starlette and uvicorn read these attributes of objects they own.
 _.lifespan_context
@@ -69,6 +73,10 @@ _.long_date
 _.range_text
 _.today_settled
 
+# Jinja2 templates read these (inspection.html, inspect_form.html, _inspections_panel.html).
+_.template_name
+_.last_day
+
 # Read by the tests and the benchmarks: the parts of a step's result that say what it did,
 # and the per-table checksums that prove two databases hold the same rows.
 chunks
@@ -77,6 +85,7 @@ pest_control
 _.chunks
 _.cancelled
 sums
+pdf_id
 
 # Fields of the API's pydantic response models: FastAPI serialises them to JSON, so a field
 # only ever set by keyword looks unused (a published JSON field: never delete one for this).

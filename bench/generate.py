@@ -14,6 +14,14 @@ inspections. Weekly and bi-weekly tasks are spread over the week (each task name
 group of markets), as a city's contractors and inspectors would be, so that every day
 of the year carries a similar load and a single benchmark day contains every kind.
 
+With ``--forms`` (``forms=True``) it also uses every form added for real calendars
+(issue 11): a district-wide Spring Festival closure, the poultry area resting every
+Wednesday (or on the 15th) with its rest-day disinfection, summer hours, toilet rounds
+every two hours while open (an operator task kind reported as deep cleaning), mosquito
+control on Mondays from April to October, a weekly round with an exception date and an
+extra date, and a 24-hour market with a day boundary every 40 markets. The expansion
+benchmark (``bench/expand_bench.py``) uses that form.
+
 Usable as a module: ``city_texts(...)`` returns ``{file name: YAML text}`` (the form
 ``marketcare.schedules.load_texts`` takes) and ``write_city(...)`` writes the files.
 """
@@ -83,10 +91,13 @@ def _areas(n: int, rng: random.Random) -> list[str]:
     return out
 
 
-def market_yaml(i: int, areas: int) -> str:
+def market_yaml(i: int, areas: int, *, forms: bool = False) -> str:
     """One market entry (list item under ``markets:``)."""
     rng = random.Random(i)
     hours = NIGHT_HOURS if i % 50 == 49 else HOURS[i % len(HOURS)]
+    round_the_clock = forms and i % 40 == 39
+    if round_the_clock:
+        hours = "{ daily: 24h }"
     lines = [
         f"  - id: {market_id(i)}",
         f"    name: 第{i + 1}农贸市场",
@@ -95,15 +106,73 @@ def market_yaml(i: int, areas: int) -> str:
     if i % 10 == 0:
         lines.append("    timezone: Asia/Shanghai")
     lines.append(f"    hours: {hours}")
+    if round_the_clock:
+        lines.append('    day_boundary: "04:00"')
+    elif forms and i % 2 == 0:
+        lines.append('    seasonal_hours: [{ season: may-sep, hours: { daily: "05:00-19:30" } }]')
     if i % 3 == 0:
         lines.append('    special_hours: { 2026-12-31: "05:30-20:00", 2027-02-05: "05:30-14:00" }')
-    lines.append("    closed:")
-    lines.append("      - { date: 2027-02-06, until: 2027-02-09, reason: 春节休市 }")
+    if not forms:  # with the forms, the district closes for the Spring Festival at once
+        lines.append("    closed:")
+        lines.append("      - { date: 2027-02-06, until: 2027-02-09, reason: 春节休市 }")
     if i % 7 == 0:
+        if forms:
+            lines.append("    closed:")
         lines.append("      - { date: 2026-10-01, reason: 国庆检修 }")
     lines.append("    areas:")
-    lines.extend(_areas(areas, rng))
+    area_lines = _areas(areas, rng)
+    if forms:
+        rest = (
+            "{ days: wed, reason: 活禽休市 }"
+            if i % 2
+            else "{ monthly_days: [15], reason: 活禽休市 }"
+        )
+        area_lines = [
+            line.replace(" }", f", rest: {rest} }}") if "kind: poultry" in line else line
+            for line in area_lines
+        ]
+    lines.extend(area_lines)
     return "\n".join(lines) + "\n"
+
+
+#: the tasks of the new forms (issue 11), added to every market
+FORM_TASKS = """  - id: poultry-rest-disinfection
+    kind: disinfection
+    name: 活禽休市日全面消毒
+    scope: area
+    area_kinds: [poultry]
+    recurrence: rest_days
+    opens: opening
+    due: closing
+  - id: toilet-rounds
+    kind: toilet-round
+    name: 公厕每两小时保洁
+    scope: area
+    area_kinds: [toilets]
+    recurrence: { every_hours: 2 }
+    opens: opening
+    due: +1h
+  - id: mosquito-control
+    kind: pest_control
+    name: 灭蚊蝇（四至十月每周）
+    scope: market
+    recurrence: { days: mon, season: apr-oct }
+    opens: "08:00"
+    due: +1d
+    contractor: 泉州市洁安有害生物防治有限公司
+  - id: market-walk
+    kind: facility_inspection
+    name: 周三市场巡查
+    scope: market
+    recurrence: { days: wed, except: [2026-12-30], extra: [2026-12-31] }
+    opens: opening+1h
+    due: +4h
+"""
+FORM_HEADER = """closed:
+  - { date: 2027-02-06, until: 2027-02-09, reason: 春节休市 }
+task_kinds:
+  - { id: toilet-round, name: 公厕保洁巡查, reports_as: deep_cleaning }
+"""
 
 
 def _ids(ids: list[str]) -> str:
@@ -224,18 +293,23 @@ def tasks_yaml(markets: int) -> str:
     return "\n".join(out) + "\n"
 
 
-def city_texts(markets: int = 1000, areas: int = 12, per_file: int = 100) -> dict[str, str]:
-    """``{file name: YAML text}`` of a city: market files of ``per_file`` markets, tasks.yaml."""
+def city_texts(
+    markets: int = 1000, areas: int = 12, per_file: int = 100, *, forms: bool = False
+) -> dict[str, str]:
+    """``{file name: YAML text}`` of a city: market files of ``per_file`` markets, tasks.yaml
+    (and, with ``forms``, the new forms of issue 11)."""
     if markets < 1 or areas < 1 or per_file < 1:
         raise ValueError("markets, areas and per_file must be positive")
     texts: dict[str, str] = {}
     for f, lo in enumerate(range(0, markets, per_file)):
         hi = min(lo + per_file, markets)
-        body = "".join(market_yaml(i, areas) for i in range(lo, hi))
+        body = "".join(market_yaml(i, areas, forms=forms) for i in range(lo, hi))
         texts[f"markets-{f:03d}.yaml"] = (
             f"# generated by bench/generate.py: markets {lo}..{hi - 1}\nmarkets:\n{body}"
         )
     texts["tasks.yaml"] = tasks_yaml(markets)
+    if forms:
+        texts["tasks.yaml"] = FORM_HEADER + texts["tasks.yaml"] + FORM_TASKS
     for name, text in texts.items():
         size = len(text.encode())
         if size >= MAX_FILE_BYTES:
@@ -243,13 +317,15 @@ def city_texts(markets: int = 1000, areas: int = 12, per_file: int = 100) -> dic
     return texts
 
 
-def write_city(out: Path, markets: int = 1000, areas: int = 12, per_file: int = 100) -> list[Path]:
+def write_city(
+    out: Path, markets: int = 1000, areas: int = 12, per_file: int = 100, *, forms: bool = False
+) -> list[Path]:
     """Write the city into ``out`` (its old ``*.yaml`` files are removed first)."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.yaml"):
         old.unlink()
     paths = []
-    for name, text in city_texts(markets, areas, per_file).items():
+    for name, text in city_texts(markets, areas, per_file, forms=forms).items():
         p = out / name
         p.write_text(text, encoding="utf-8")
         paths.append(p)
@@ -264,8 +340,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--areas", type=int, default=12, help="areas per market")
     ap.add_argument("--per-file", type=int, default=100, help="markets per file")
     ap.add_argument("--out", type=Path, default=Path(__file__).parent / "out" / "city")
+    ap.add_argument("--forms", action="store_true", help="also use the forms of issue 11")
     args = ap.parse_args(argv)
-    paths = write_city(args.out, args.markets, args.areas, args.per_file)
+    paths = write_city(args.out, args.markets, args.areas, args.per_file, forms=args.forms)
     total = sum(p.stat().st_size for p in paths)
     biggest = max(paths, key=lambda p: p.stat().st_size)
     print(

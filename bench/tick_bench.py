@@ -486,10 +486,13 @@ def gc_stats(server: Server) -> dict[str, float]:
     """The server's full collections so far (``GET /_bench/gc``, outside the measurement)."""
     import httpx
 
-    return dict(httpx.get(f"{server.base}/_bench/gc", timeout=60).json())
+    got = httpx.get(f"{server.base}/_bench/gc", timeout=60)
+    return dict(got.json()) if got.status_code == 200 else {}  # an older server: no figures
 
 
 def with_gc(phase: Phase, before: dict[str, float], after: dict[str, float]) -> None:
+    if "gen2_collections" not in before or "gen2_collections" not in after:
+        return  # a server that does not count its collections (another revision's code)
     phase.gen2 = int(after["gen2_collections"] - before["gen2_collections"])
     phase.gen2_seconds = after["gen2_seconds"] - before["gen2_seconds"]
     phase.gen2_longest = after["gen2_longest_seconds"] if phase.gen2 else 0.0

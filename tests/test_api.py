@@ -19,12 +19,13 @@ from fastapi.routing import APIRoute
 
 from marketcare.domain.access import ALLOWED, MARKET_SCOPED, Action, Principal, Role
 from marketcare.ledger import accounts, evidence
+from marketcare.ledger import inspections as inspection_ledger
 from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.models import Completion, User
-from marketcare.web import api
+from marketcare.web import api, api_inspections
 
-from .support.web import PASSWORD, USERS, Site, running_site, sign_in
+from .support.web import ALL_PASS, PASSWORD, USERS, Site, running_site, sign_in
 
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(range(256)) * 4
 UPLOAD_LIMIT = 20_000
@@ -58,6 +59,17 @@ def problem_in(site: Site, market: str, *, state: str = "open", **extra: Any) ->
     if state == "rectified":
         ledger_problems.rectify(site.engine, problem_id=pid, by="mgr", note="已疏通", now=now)
     return pid
+
+
+def inspection_in(site: Site, market: str) -> int:
+    """A fresh inspection of ``market`` (every item passed)."""
+    done = inspection_ledger.record(
+        site.engine,
+        site.schedule.inspection_templates[0],
+        inspection_ledger.Submission(market_id=market, by="office", outcomes=ALL_PASS),
+        now=site.clock.now(),
+    )
+    return done.inspection_id
 
 
 def completions(site: Site, obligation_id: int) -> int:
@@ -149,6 +161,20 @@ def test_obligation_shows_its_checklist_with_the_area_range(
     body = clients["mgr_a"].get(f"/api/v1/obligations/{ob}").json()
     assert body["id"] == ob and body["area_name"] == "水产区"
     assert body["checklist"]["readings"][0]["range"] == [900, 1200]
+
+
+def test_an_obligation_names_the_schedule_version_that_made_it(
+    site: Site, clients: dict[str, httpx.Client]
+) -> None:
+    ob = site.obligation("lizhong", "disinfect", "aquatic")
+    body = clients["mgr_a"].get(f"/api/v1/obligations/{ob}").json()
+    with site.engine.connect() as conn:
+        version = conn.execute(
+            sa.text("SELECT version_id FROM obligations WHERE id = :id"), {"id": ob}
+        ).scalar_one()
+    assert body["schedule_version"] == version
+    page = clients["mgr_a"].get(f"/o/{ob}")
+    assert f"Schedule version {version}" in page.text or f"计划版本 {version}" in page.text
 
 
 def test_unknown_obligation_is_404_and_a_non_number_id_422(
@@ -498,7 +524,9 @@ def test_a_disabled_users_token_stops_working_and_enabling_restores_it(
         now=site.clock.now(),
     )
     with closing(site.client("temp")) as c:
-        token = c.post("/api/v1/tokens", json={"name": "phone"}).json()["token"]
+        token = c.post("/api/v1/tokens", json={"name": "phone", "password": PASSWORD}).json()[
+            "token"
+        ]
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=site.base, headers=headers) as t:
         assert t.get("/api/v1/me").status_code == 200
@@ -532,7 +560,7 @@ def test_a_password_change_ends_the_users_sessions(
 def test_tokens_are_made_listed_and_revoked_by_their_owner_only(
     site: Site, clients: dict[str, httpx.Client]
 ) -> None:
-    made = clients["mgr_a"].post("/api/v1/tokens", json={"name": "scale"})
+    made = clients["mgr_a"].post("/api/v1/tokens", json={"name": "scale", "password": PASSWORD})
     assert made.status_code == 201
     tid, token = made.json()["id"], made.json()["token"]
     listed = clients["mgr_a"].get("/api/v1/tokens").json()
@@ -543,7 +571,7 @@ def test_tokens_are_made_listed_and_revoked_by_their_owner_only(
         assert clients["mgr_a"].delete(f"/api/v1/tokens/{tid}").status_code == 200
         assert t.get("/api/v1/me").status_code == 401
     assert clients["mgr_a"].delete(f"/api/v1/tokens/{tid}").status_code == 404
-    blank = clients["mgr_a"].post("/api/v1/tokens", json={"name": "  "})
+    blank = clients["mgr_a"].post("/api/v1/tokens", json={"name": "  ", "password": PASSWORD})
     assert blank.status_code == 422 and blank.json()["field"] == "name"
 
 
@@ -606,6 +634,13 @@ def _fresh_user(site: Site) -> str:
         now=site.clock.now(),
     )
     return name
+
+
+def _someones_token(site: Site) -> Call:
+    """A token of a fresh user, to revoke as an operator."""
+    name = _fresh_user(site)
+    tid, _ = accounts.create_token(site.engine, _user_id(site, name), "x", now=site.clock.now())
+    return f"{V}/users/{name}/tokens/{tid}", {}
 
 
 def _photo_on_obligation(site: Site, market: str) -> Call:
@@ -804,12 +839,71 @@ ROUTES: list[Route] = [
         ),
         False,
     ),
+    Route(
+        "GET",
+        f"{V}/users/{{username}}/tokens",
+        (Action.MANAGE_USERS,),
+        lambda s, u, m: (f"{V}/users/{_fresh_user(s)}/tokens", {}),
+        False,
+    ),
+    Route(
+        "DELETE",
+        f"{V}/users/{{username}}/tokens/{{token_id}}",
+        (Action.MANAGE_USERS,),
+        lambda s, u, m: _someones_token(s),
+        False,
+    ),
+    Route(
+        "GET",
+        f"{V}/inspection-templates",
+        (Action.VIEW_INSPECTIONS,),
+        lambda s, u, m: (f"{V}/inspection-templates", {}),
+        False,
+    ),
+    Route(
+        "GET",
+        f"{V}/markets/{{market_id}}/inspection-sheet",
+        (Action.INSPECT,),
+        lambda s, u, m: (f"{V}/markets/{m}/inspection-sheet", {}),
+    ),
+    Route(
+        "POST",
+        f"{V}/markets/{{market_id}}/inspections",
+        (Action.INSPECT,),
+        lambda s, u, m: (f"{V}/markets/{m}/inspections", {"json": {"outcomes": ALL_PASS}}),
+    ),
+    Route(
+        "GET",
+        f"{V}/markets/{{market_id}}/inspections",
+        (Action.VIEW_INSPECTIONS,),
+        lambda s, u, m: (f"{V}/markets/{m}/inspections", {}),
+    ),
+    Route(
+        "GET",
+        f"{V}/inspections/{{inspection_id}}",
+        (Action.VIEW_INSPECTIONS,),
+        lambda s, u, m: (f"{V}/inspections/{inspection_in(s, m)}", {}),
+    ),
+    Route(
+        "GET",
+        f"{V}/markets/{{market_id}}/scores",
+        (Action.VIEW_INSPECTIONS,),
+        lambda s, u, m: (f"{V}/markets/{m}/scores", {}),
+    ),
+    Route("GET", f"{V}/ranking", (Action.RANKING,), lambda s, u, m: (f"{V}/ranking", {}), False),
+    Route(
+        "GET",
+        f"{V}/bulletins/{{period}}/{{day}}",
+        (Action.RANKING,),
+        lambda s, u, m: (f"{V}/bulletins/week/2026-11-23", {}),
+        False,
+    ),
     Route("GET", f"{V}/tokens", (), lambda s, u, m: (f"{V}/tokens", {}), False),
     Route(
         "POST",
         f"{V}/tokens",
         (),
-        lambda s, u, m: (f"{V}/tokens", {"json": {"name": "matrix"}}),
+        lambda s, u, m: (f"{V}/tokens", {"json": {"name": "matrix", "password": PASSWORD}}),
         False,
     ),
     Route(
@@ -886,7 +980,7 @@ def test_matrix_covers_every_api_route(matrix_site: Site) -> None:
     # and the router itself, in case a route is ever hidden from the schema
     routed = {
         (method, r.path)
-        for r in api.router.routes
+        for r in [*api.router.routes, *api_inspections.router.routes]
         if isinstance(r, APIRoute)
         for method in r.methods or ()
     }

@@ -14,12 +14,13 @@ from playwright.sync_api import Browser, Page, expect
 
 from marketcare.domain.periods import Period
 from marketcare.i18n import translator
+from marketcare.ledger import inspections as inspection_ledger
 from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import sweep as ledger_sweep
 from marketcare.ledger.models import ProblemRow
 from marketcare.reports import delivery
 from tests.support.browser import browser, context, screenshot, scroll_width, sign_in
-from tests.support.web import Site
+from tests.support.web import ALL_PASS, Site
 
 __all__ = ["browser"]  # the fixture, used by name
 
@@ -217,6 +218,14 @@ def pages_by_user(site: Site) -> dict[str, list[tuple[str, str]]]:
     """Every page of the app (name, path), under the user who would open it."""
     problem = make_problem(site, "公共通道地面积水，需要及时清理以防滑倒")
     aquatic = site.obligation("lizhong", "disinfect", "aquatic")
+    inspection = inspection_ledger.record(
+        site.engine,
+        site.schedule.inspection_templates[0],
+        inspection_ledger.Submission(
+            market_id="lizhong", by="office 用户", outcomes={**ALL_PASS, "damage": "fail"}
+        ),
+        now=site.clock.now(),
+    ).inspection_id
     return {
         "": [("login", "/login")],
         "mgr_a": [
@@ -224,6 +233,7 @@ def pages_by_user(site: Site) -> dict[str, list[tuple[str, str]]]:
             ("checklist", f"/o/{aquatic}"),
             ("history", "/m/lizhong/history"),
             ("problems", "/m/lizhong/problems"),
+            ("market-inspections", "/m/lizhong/inspections"),
             ("account", "/account"),
         ],
         "office": [
@@ -231,6 +241,10 @@ def pages_by_user(site: Site) -> dict[str, list[tuple[str, str]]]:
             ("problem", f"/p/{problem}"),
             ("exports", "/exports"),
             ("outbox", "/office/outbox"),
+            ("inspect", "/inspect"),
+            ("inspect-form", "/inspect/lizhong"),
+            ("inspection", f"/i/{inspection}"),
+            ("ranking", "/office/ranking"),
         ],
         "operator": [("users", "/admin/users")],
     }
@@ -274,4 +288,4 @@ def test_no_page_scrolls_sideways_on_a_phone_and_each_is_kept_at_both_widths(
                         if width > 360 + 1:
                             too_wide[name] = width
     assert not too_wide, f"pages wider than a 360-px phone: {too_wide}"
-    assert len(seen) == 2 * 11
+    assert len(seen) == 2 * 16

@@ -24,6 +24,7 @@ from marketcare.domain.schedules import load_paths
 
 from .conftest import DISINFECTION, WASTE, database_url, make_market_yaml, utc
 from .support.procs import cli, database, make_env, query, scalar
+from .support.tamper import unguarded
 
 #: three market-wide rounds through the day, so that at 15:00 one is missed, one is open
 #: past its due time and one is open and not yet due
@@ -207,6 +208,58 @@ def test_plan_diff_shows_what_an_edit_adds_and_removes_against_the_loaded_schedu
     assert "+ 10 added" in text.stdout and "- 4 removed" in text.stdout
 
 
+def test_plan_diff_of_a_folder_not_yet_live_shows_old_and_new_times_checklists_and_ranges(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    assert invoke("init").exit_code == 0
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    (staging / "markets.yaml").write_text(MARKETS, encoding="utf-8")
+    (staging / "tasks.yaml").write_text(
+        TASKS.replace("due: closing+1h", "due: closing+90m")
+        .replace("aquatic: [900, 1200]", "aquatic: [1000, 1500]")
+        .replace(
+            "{id: cleared, tick: 已清运}", "{id: cleared, tick: 已清运}, {id: photo, tick: 已拍照}"
+        ),
+        encoding="utf-8",
+    )
+    window = ("--from", "2026-12-01", "--days", "1")
+    r = invoke("plan", *window, "--diff", "--schedules", str(staging), "--json")
+    assert r.exit_code == 0, r.output
+    diff = json.loads(r.stdout)
+    assert diff["added"] == diff["removed"] == []
+    waste = next(c for c in diff["changed"] if c["market"] == "lizhong")
+    assert (waste["was"]["due_at"], waste["due_at"]) == (
+        "2026-12-01T19:30:00+08:00",
+        "2026-12-01T20:00:00+08:00",
+    )
+    assert {(c["task"], c["change"], c["old"], c["new"]) for c in diff["tasks"]} == {
+        ("waste", "due", "closing+1h", "closing+1h30m"),
+        ("waste", "checklist item 'photo'", None, "tick '已拍照'"),
+        (
+            "disinfect",
+            "checklist item 'chlorine' range for aquatic",
+            "900–1200 mg/L",
+            "1000–1500 mg/L",
+        ),
+    }
+    text = invoke("plan", *window, "--diff", "--schedules", str(staging))
+    assert text.exit_code == 0, text.output
+    assert "12-01 19:30 → 12-01 20:00" in text.stdout
+    assert "900–1200 mg/L" in text.stdout and "1000–1500 mg/L" in text.stdout
+    # the live files were not touched: the ledger's schedule still plans the old times
+    live = json.loads(invoke("plan", *window, "--json").stdout)
+    assert {p["due_at"] for p in live if p["task"] == "waste" and p["market"] == "lizhong"} == {
+        "2026-12-01T19:30:00+08:00"
+    }
+
+
+def test_plan_refuses_a_schedules_folder_that_does_not_exist(env: dict[str, str]) -> None:
+    r = invoke("plan", "--schedules", "no-such-folder")
+    assert r.exit_code == 1
+    assert "--schedules: no-such-folder: no such file or directory" in r.output
+
+
 # ---------------------------------------------------------------- status
 
 
@@ -227,6 +280,8 @@ def test_status_json_lists_overdue_obligations_first(env: dict[str, str]) -> Non
     rest = [row["state"] for row in rows if not row["overdue"]]
     assert rest == ["open"] + ["upcoming"] * 6 + ["done"]
     assert rows[-1]["id"] == noon and rows[-1]["completed_at"] == "2026-11-27T15:00:00+08:00"
+    version = scalar(database(env), "SELECT version_id FROM ledger_state WHERE id = 1")
+    assert {r["schedule_version"] for r in rows} == {version}
 
 
 # ---------------------------------------------------------------- tick
@@ -337,7 +392,7 @@ def test_audit_verify_names_the_event_that_was_altered(env: dict[str, str], tmp_
     assert re.match(r"ok: \d+ events, chain intact", ok.stdout)
 
     engine = sa.create_engine(database(env), poolclass=sa.pool.NullPool)
-    with engine.begin() as conn:
+    with engine.begin() as conn, unguarded(conn):
         conn.execute(sa.text("UPDATE events SET actor = '无名氏' WHERE seq = 5"))
     engine.dispose()
     r = cli(env, "audit", "verify", cwd=tmp_path)

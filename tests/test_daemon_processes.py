@@ -13,7 +13,9 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 import sqlalchemy as sa
 
@@ -148,7 +150,9 @@ def test_sigkill_at_random_moments_while_materialising_and_ticking_loses_and_dou
             db, "SELECT id FROM obligations WHERE opens_at <= ? ORDER BY id", (f"{now:%F %T}",)
         )
     ]
-    assert len(open_ids) == 40 * 7
+    # today's windows and those of the day the ledger began (a new ledger starts at the
+    # local midnight of its first day, with the work of that day still open)
+    assert len(open_ids) == 2 * 40 * 7
     rng.shuffle(open_ids)
 
     ticks: list[tuple[int, str, int, str, str]] = []
@@ -179,9 +183,9 @@ def test_sigkill_at_random_moments_while_materialising_and_ticking_loses_and_dou
                     what="the daemon to materialise a chunk",
                 )
                 time.sleep(rng.uniform(0.0, 0.2))
-            else:  # otherwise somewhere in loading, materialising, sweeping, idling
+            else:  # otherwise somewhere in materialising, sweeping, idling
                 wait_until(
-                    lambda p=proc: logged(p, "daemon starting"),
+                    lambda p=proc: logged(p, "schedule loaded"),
                     proc=proc,
                     what="the daemon to start",
                 )
@@ -380,6 +384,117 @@ def test_schedule_edits_are_applied_and_a_broken_file_keeps_the_daemon_running(
     )
     assert count("linjiang") == count("lizhong")
     assert daemon.terminate(timeout=30) == 0
+
+
+def heavy_markets(prefix: str) -> str:
+    """About 1 MB of valid markets: many such files take seconds to check."""
+    parts = ["markets:\n"]
+    size, i = 0, 0
+    while size < 950_000:
+        areas = "".join(f"      - {{ id: a{j}, kind: vegetables, m2: 100 }}\n" for j in range(12))
+        item = (
+            f"  - id: {prefix}-{i}\n    name: 市场{i}\n    sub_district: 鲤中\n"
+            f'    hours: {{ daily: "06:00-18:00" }}\n    areas:\n{areas}'
+        )
+        parts.append(item)
+        size += len(item.encode())
+        i += 1
+    return "".join(parts)
+
+
+def test_an_edit_that_would_hang_or_take_too_long_never_stops_the_daemon(
+    tmp_path: Path, procs: list[Proc]
+) -> None:
+    schedules = tmp_path / "schedules"
+    tasks_file = schedules / "tasks.yaml"
+    write(tasks_file, f"tasks:{ALL_DAY_TASKS}")
+    write(schedules / "markets.yaml", f"markets:{make_market_yaml('lizhong')}")
+    env = make_env(
+        tmp_path,
+        horizon="1d",
+        sweep_interval_seconds="1",
+        materialise_interval_seconds="3600",
+        reload_timeout_seconds="3",
+    )
+    db = database(env)
+    daemon = start_daemon(env, cwd=tmp_path)
+    procs.append(daemon)
+    url = wait_until(
+        lambda: next(
+            (str(r["url"]) for r in log_records(daemon) if r.get("msg") == "web app listening"),
+            None,
+        ),
+        proc=daemon,
+        what="the web app",
+    )
+
+    def readyz() -> dict[str, Any]:
+        answer = httpx.get(f"{url}readyz", timeout=30)
+        body: dict[str, Any] = answer.json()
+        body["code"] = answer.status_code
+        return body
+
+    wait_until(lambda: readyz()["code"] == 200, proc=daemon, what="the daemon to be ready")
+    good = set(query(db, "SELECT natural_key, opens_at, due_at FROM obligations"))
+
+    # the rule that used to loop for ever: refused at once, with its place in the file
+    write(
+        tasks_file,
+        f"tasks:{ALL_DAY_TASKS}".replace(
+            "recurrence: daily", 'recurrence: "FREQ=DAILY;INTERVAL=0"', 1
+        ),
+    )
+    broken = wait_until(
+        lambda: (
+            (b := readyz())["code"] == 503
+            and "tasks.yaml" in b["checks"].get("schedule_files", "")
+            and b
+        ),
+        proc=daemon,
+        what="/readyz to name the broken file",
+    )
+    assert "INTERVAL=0" in broken["checks"]["schedule_files"]
+    assert "keeping the last good schedule" in broken["checks"]["schedule_files"]
+    assert broken["checks"]["steps"]["sweep"] == "ok"
+    errors = [str(r["msg"]) for r in log_records(daemon) if r.get("level") == "error"]
+    assert any(
+        f"{tasks_file}:" in m and "INTERVAL=0: the interval is how many days" in m for m in errors
+    )
+
+    # an edit too big to check within reload_timeout_seconds: the child is stopped, the
+    # changed files are named, and the steps go on meanwhile
+    for k in range(8):
+        write(schedules / f"zz-{k}.yaml", heavy_markets(f"z{k}"))
+    slow = wait_until(
+        lambda: (
+            (b := readyz())["code"] == 503
+            and "took longer than 3 s" in b["checks"].get("schedule_files", "")
+            and b
+        ),
+        proc=daemon,
+        what="the slow check to be given up",
+    )
+    assert "zz-0.yaml" in slow["checks"]["schedule_files"]
+    assert slow["checks"]["steps"]["sweep"] == "ok"
+    assert slow["checks"]["writes"] == "ok"
+    assert daemon.alive()
+    status = cli(env, "status", "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stderr
+    assert set(query(db, "SELECT natural_key, opens_at, due_at FROM obligations")) == good
+
+    # a stop while such a check runs: the daemon ends at once, with the child
+    checks = sum(1 for r in log_records(daemon) if r.get("msg") == "checking the schedule files")
+    write(schedules / "zz-0.yaml", heavy_markets("again"))
+    wait_until(
+        lambda: (
+            sum(1 for r in log_records(daemon) if r.get("msg") == "checking the schedule files")
+            > checks
+        ),
+        proc=daemon,
+        what="the check to start",
+    )
+    assert daemon.terminate(timeout=30) == 0
+    assert logged(daemon, "daemon stopped")
 
 
 # ---------------------------------------------------------------- concurrent ticks

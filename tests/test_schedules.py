@@ -115,6 +115,7 @@ def sample() -> Schedule:
 
 def test_the_sample_schedules_load(sample: Schedule) -> None:
     assert {Path(name).name for name in sample.sources} == {
+        "inspections.yaml",
         "markets.yaml",
         "people.yaml",
         "reports.yaml",
@@ -213,16 +214,39 @@ def test_every_yaml_example_in_the_docs_loads_unless_marked_invalid(line: int, b
 def test_the_docs_describe_every_key_of_the_format() -> None:
     from marketcare.domain.schedules import (
         Area,
+        AreaRest,
         ChecklistItem,
         ClosedSpan,
+        Contract,
+        ContractSeason,
+        DistrictClosure,
         Market,
         Recurrence,
+        ScheduleFile,
+        SeasonalHours,
         Task,
+        TaskKindSpec,
     )
 
     text = DOCS.read_text(encoding="utf-8")
-    for model in (Market, Area, ClosedSpan, Task, Recurrence, ChecklistItem):
-        for key in model.model_fields:
+    models = (
+        ScheduleFile,
+        Market,
+        SeasonalHours,
+        Area,
+        AreaRest,
+        ClosedSpan,
+        DistrictClosure,
+        TaskKindSpec,
+        Task,
+        Recurrence,
+        ChecklistItem,
+        Contract,
+        ContractSeason,
+    )
+    for model in models:
+        for name, field in model.model_fields.items():
+            key = field.alias or name
             assert f"`{key}" in text, f"{model.__name__}.{key} is not documented"
     for kind in [*AreaKind, *TaskKind]:
         assert f"`{kind.value}`" in text
@@ -261,7 +285,8 @@ def test_an_unknown_key_deep_inside_a_task_points_at_the_key() -> None:
 def test_an_unknown_key_far_from_any_valid_key_lists_the_valid_keys() -> None:
     error = only_error("markets: []\nwhatever: 1\n")
     assert error.message == (
-        "unknown key 'whatever'; valid keys: contracts, escalation, markets, people, reports, tasks"
+        "unknown key 'whatever'; valid keys: closed, contracts, escalation, "
+        "inspection_templates, inspections, markets, people, reports, task_kinds, tasks"
     )
     assert (error.line, error.column) == (2, 1)
 
@@ -462,14 +487,129 @@ def test_a_recurrence_that_never_fires_is_refused() -> None:
     assert (error.line, error.column) == (12, 17)
 
 
-def test_a_malformed_rrule_is_refused() -> None:
+def test_a_malformed_rrule_is_refused_with_the_frequencies_it_may_have() -> None:
     text = make_file([make_market()], [make_task(recurrence='"FREQ=FORTNIGHTLY"')])
-    assert "bad rrule 'FREQ=FORTNIGHTLY'" in only_error(text).message
+    assert only_error(text).message == (
+        "tasks[0].recurrence.rrule: FREQ=FORTNIGHTLY: use YEARLY, MONTHLY, WEEKLY, DAILY or HOURLY"
+    )
 
 
 def test_an_rrule_firing_every_minute_is_refused() -> None:
     text = make_file([make_market()], [make_task(recurrence='{ rrule: "FREQ=MINUTELY" }')])
     assert "more often than hourly" in only_error(text).message
+
+
+@pytest.mark.parametrize(
+    ("rule", "message"),
+    [
+        (
+            "FREQ=DAILY;INTERVAL=0",
+            "INTERVAL=0: the interval is how many days pass between occurrences, a whole "
+            "number from 1 to 366 (INTERVAL=2 is every other one)",
+        ),
+        ("FREQ=WEEKLY;INTERVAL=0", "INTERVAL=0: the interval is how many weeks pass"),
+        ("FREQ=MONTHLY;INTERVAL=0", "INTERVAL=0: the interval is how many months pass"),
+        ("FREQ=DAILY;INTERVAL=-1", "INTERVAL=-1: the interval is how many days pass"),
+        (
+            "FREQ=DAILY;BYHOUR=9;BYSECOND=0,30",
+            "BYSECOND is not supported: obligations are scheduled to the minute; remove it",
+        ),
+        ("FREQ=YEARLY;BYMONTH=13", "BYMONTH=13: months are 1 to 12"),
+        ("FREQ=MONTHLY;BYMONTHDAY=32", "BYMONTHDAY=32: days of the month are 1 to 31"),
+        ("FREQ=DAILY;COUNT=1000000", "COUNT=1000000: a rule may count 1 to 10000 occurrences"),
+        ("FREQ=DAILY;COUNT=3;UNTIL=20270101", "give COUNT or UNTIL, not both"),
+        ("FREQ=WEEKLY;BYDAYS=MO", "unknown rule part 'BYDAYS'; did you mean BYDAY?"),
+        ("FREQ=WEEKLY;BYDAY=MO;BYDAY=TU", "BYDAY is given twice"),
+        ("FREQ=WEEKLY;BYDAY=1MO", "a position before the weekday"),
+        ("FREQ=HOURLY;BYMINUTE=0,30", "the rule fires 48 times a day; at most 24"),
+        ("FREQ=MINUTELY", "FREQ=MINUTELY fires more often than hourly"),
+        ("FREQ=DAILY;UNTIL=20270101T000000Z", "times in a schedule are local to each market"),
+        ("DTSTART;TZID=Asia/Shanghai:20260101T000000\nRRULE:FREQ=DAILY", "drop the TZID"),
+        ("RRULE:FREQ=WEEKLY;BYDAY=WE\nEXDATE:2027-02-10", "write a date as YYYYMMDD"),
+        ("RRULE:FREQ=WEEKLY;BYDAY=WE\nEXDATE:20270230", "February 2027 has 28 days, not 30"),
+        ("RRULE:FREQ=DAILY\nRRULE:FREQ=WEEKLY", "give one RRULE"),
+        ("FREQ=DAILY\nEXRULE:FREQ=WEEKLY", "EXRULE is not supported"),
+    ],
+)
+def test_a_rule_that_cannot_be_right_is_refused_in_the_operators_terms(
+    rule: str, message: str
+) -> None:
+    text = make_file(
+        [make_market()],
+        [make_task(recurrence=f'{{ rrule: "{rule}" }}', opens='"09:00"', due="+1h")],
+    )
+    error = only_error(text)
+    assert message in error.message
+    assert error.message.startswith("tasks[0].recurrence")
+    for internal in ("unpack", "out of range for month", "separator", "Traceback"):
+        assert internal not in error.message
+
+
+def test_a_rule_with_an_exdate_line_leaves_that_day_out() -> None:
+    text = make_file(
+        [make_market()],
+        [make_task(recurrence='"RRULE:FREQ=WEEKLY;BYDAY=WE\nEXDATE:20270210"')],
+    )
+    recurrence = load(text).tasks[0].recurrence
+    days = [o.day for o in recurrence.occurrences(datetime(2027, 2, 1), datetime(2027, 2, 28))]
+    assert days == [3, 17, 24]
+
+
+def test_the_never_fires_check_counts_from_the_dtstart_written_in_the_rule() -> None:
+    rule = "DTSTART:20300101T000000\nRRULE:FREQ=YEARLY;BYMONTH=2;BYMONTHDAY=30"
+    text = make_file([make_market()], [make_task(recurrence=f'"{rule}"')])
+    assert only_error(text).message.endswith("never fires in the ten years from 2030-01-01")
+    late = "DTSTART:20300101T000000\nRRULE:FREQ=YEARLY;BYMONTH=3;BYMONTHDAY=1;UNTIL=20301231"
+    recurrence = (
+        load(make_file([make_market()], [make_task(recurrence=f'"{late}"')])).tasks[0].recurrence
+    )
+    assert recurrence.occurrences(datetime(2029, 1, 1), datetime(2031, 12, 31)) == [
+        datetime(2030, 3, 1)
+    ]
+
+
+def test_a_rule_that_gives_seconds_cannot_make_two_obligations_of_one_minute() -> None:
+    text = make_file(
+        [make_market()],
+        [make_task(recurrence='"DTSTART:20260101T090030\nRRULE:FREQ=DAILY"', opens='"09:00"')],
+    )
+    assert "obligations are scheduled to the minute" in only_error(text).message
+
+
+def test_an_hourly_rule_with_a_relative_opening_is_refused() -> None:
+    text = make_file([make_market()], [make_task(recurrence='"FREQ=HOURLY;INTERVAL=2"')])
+    assert "opens at those times: write a clock time for opens" in only_error(text).message
+
+
+@pytest.mark.parametrize(
+    ("m2", "message"),
+    [
+        (".inf", "greater than 0 and at most 1,000,000; got inf (infinite)"),
+        ("1e309", "greater than 0 and at most 1,000,000; got 1e309 (infinite)"),
+        (".nan", "nan is not a number; write the floor area in square metres"),
+        ("-5", "greater than 0 and at most 1,000,000; got -5"),
+        ("big", "write the floor area in square metres as a number, e.g. 520; got 'big'"),
+    ],
+)
+def test_a_floor_area_must_be_a_finite_positive_number(m2: str, message: str) -> None:
+    error = only_error(make_file([make_market(areas=f"[{{ id: a, kind: meat, m2: {m2} }}]")]))
+    assert message in error.message
+
+
+def test_one_bad_closed_date_does_not_hide_the_other_errors_of_the_file() -> None:
+    text = make_file(
+        [make_market(extra="closed: [2027-02-30, { date: 2027-13-01 }]\ntimezon: Asia/Shanghai\n")],
+        [make_task(recurrence='"FREQ=DAILY;INTERVAL=0"')],
+    )
+    messages = [e.message for e in errors_of(text)]
+    assert messages == [
+        "markets[0].closed[0]: 2027-02-30 is not a date: February 2027 has 28 days, not 30",
+        "markets[0].closed[1]: 2027-13-01 is not a date: month 13 does not exist "
+        "(months are 01 to 12)",
+        "unknown key 'timezon'; did you mean 'timezone'?",
+        "tasks[0].recurrence.rrule: INTERVAL=0: the interval is how many days pass between "
+        "occurrences, a whole number from 1 to 366 (INTERVAL=2 is every other one)",
+    ]
 
 
 def test_a_duplicate_key_is_refused_at_its_second_occurrence() -> None:
@@ -605,7 +745,10 @@ def test_a_closed_span_ending_before_it_starts_is_refused() -> None:
 
 def test_an_area_needs_a_positive_floor_area() -> None:
     error = only_error(make_file([make_market(areas="[{ id: a, kind: meat, m2: 0 }]")]))
-    assert error.message == "markets[0].areas[0].m2: Input should be greater than 0"
+    assert error.message == (
+        "markets[0].areas[0].m2: the floor area in square metres must be greater than 0 and at "
+        "most 1,000,000; got 0"
+    )
 
 
 def test_an_id_with_upper_case_letters_is_refused_with_the_rule() -> None:

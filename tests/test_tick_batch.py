@@ -351,7 +351,7 @@ def _distinct_requests(obligations: list[Any]) -> list[ledger_tick.TickRequest]:
         _request(waste[1], token="e", by="  someone  ", note=None),
         _request(disinfect[3], token="f", now=TICK_AT + timedelta(hours=3)),  # late
         _request(waste[2], token="g"),  # already done before the batch
-        _request(waste[4], token="earlier"),  # the same submission as before the batch
+        _request(waste[3], token="earlier", by="mgr"),  # the same submission as before the batch
         *(_request(ob, token=f"more-{i}") for i, ob in enumerate(disinfect[4:12])),
     ]
 

@@ -82,7 +82,30 @@ tasks:
     due: closing+1h
     grace: 30m
     checklist: [{id: cleared, tick: 已清运}]
+inspection_templates:
+  - id: sheet
+    name: 督查评分表
+    pass_mark: 80
+    photo_on_fail: true
+    sections:
+      - id: env
+        name: 环境卫生
+        items:
+          - {id: floors, name: 地面干净, deduct: 20}
+          - {id: bins, name: 垃圾桶加盖, deduct: 10}
+          - {id: garbage, name: 垃圾日产日清, deduct: 20, critical: cap}
+      - id: repair
+        name: 设施
+        category: repair
+        deadline: 3d
+        items:
+          - {id: damage, name: 设施完好, deduct: 10, photo_on_fail: false}
+inspections:
+  - {id: rounds, template: sheet, recurrence: {monthly_days: [1, 16]}, within: 7d}
 """
+
+#: every item of the site's inspection sheet passed
+ALL_PASS = {"floors": "pass", "bins": "pass", "garbage": "pass", "damage": "pass"}
 
 USERS: dict[str, tuple[Role, tuple[str, ...]]] = {
     "mgr_a": (Role.MANAGER, ("lizhong",)),
@@ -241,8 +264,9 @@ def _site_ledger(
             schedule = load_texts(
                 {"schedules/site.yaml": schedule_text}, default_timezone="Asia/Shanghai"
             )
+            day_before = START - timedelta(days=1)
             ledger_materialise.materialise(
-                engine, schedule, now=START - timedelta(days=1), horizon=timedelta(days=3)
+                engine, schedule, now=day_before, horizon=timedelta(days=3), start=day_before
             )
             ledger_sweep.sweep_all(engine, now=START)
             tokens = {}

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -16,19 +16,18 @@ from marketcare.cli.common import (
     connect,
     fmt_local,
     handled,
-    ledger_engine,
     local_today,
     out,
     parse_date,
     progress_bar,
     utcnow,
 )
-from marketcare.errors import MarketcareError
+from marketcare.errors import BadInput
 
 if TYPE_CHECKING:
+    from marketcare.domain.changes import Moved
     from marketcare.domain.obligations import Planned
     from marketcare.domain.schedules import Schedule
-    from marketcare.settings import Settings
 
 
 # ------------------------------------------------------------------------------ init
@@ -52,7 +51,7 @@ def init(
     from marketcare.ledger.materialise import materialise
     from marketcare.ledger.sweep import sweep_all
 
-    s, engine = connect()
+    s, engine = connect(create=True)
     migrate(engine)
     first_operator(engine, operator)
     schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
@@ -86,7 +85,7 @@ def check(
     targets = paths or [s.schedules_dir]
     for p in targets:
         if not p.exists():
-            raise MarketcareError(f"{p}: no such file or directory")
+            raise BadInput(f"{p}: no such file or directory", "paths")
     schedule = load_paths(targets, default_timezone=s.timezone)
     areas = sum(len(m.areas) for m in schedule.markets)
     m2 = sum(a.m2 for m in schedule.markets for a in m.areas)
@@ -100,20 +99,6 @@ def check(
 # ------------------------------------------------------------------------------ plan
 
 
-def _window(s: Settings, start: str | None, days: int) -> tuple[datetime, datetime]:
-    from zoneinfo import ZoneInfo
-
-    zone = ZoneInfo(s.timezone)
-    first = parse_date(start, "--from") or local_today(s)
-    lo = datetime.combine(first, datetime.min.time()).replace(tzinfo=zone).astimezone(UTC)
-    hi = (
-        datetime.combine(first + timedelta(days=days), datetime.min.time())
-        .replace(tzinfo=zone)
-        .astimezone(UTC)
-    )
-    return lo, hi
-
-
 def _planned_json(p: Planned, schedule: Schedule) -> dict[str, Any]:
     zone = schedule.zone(schedule.market_by_id[p.market_id])
     return {
@@ -125,6 +110,7 @@ def _planned_json(p: Planned, schedule: Schedule) -> dict[str, Any]:
         "opens_at": p.opens_at.astimezone(zone).isoformat(),
         "due_at": p.due_at.astimezone(zone).isoformat(),
         "missed_at": p.missed_at.astimezone(zone).isoformat(),
+        "excused": p.excused,
     }
 
 
@@ -132,7 +118,7 @@ def _planned_json(p: Planned, schedule: Schedule) -> dict[str, Any]:
 @handled
 def plan(
     from_: Annotated[
-        str | None, typer.Option("--from", help="First local day (YYYY-MM-DD; default today).")
+        str | None, typer.Option("--from", help="First trading day (YYYY-MM-DD; default today).")
     ] = None,
     days: Annotated[int, typer.Option(min=1, max=366, help="How many days.")] = 1,
     market: Annotated[list[str] | None, typer.Option(help="Only this market (repeatable).")] = None,
@@ -140,27 +126,48 @@ def plan(
     diff: Annotated[
         bool,
         typer.Option(
-            "--diff", help="Show what the files on disk add and remove against the loaded schedule."
+            "--diff",
+            help="Show what the files change against the schedule the ledger runs: "
+            "obligations added, removed and changed (old → new), checklists and ranges.",
         ),
     ] = False,
+    schedules: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--schedules",
+            help="Plan from these files or folders instead of the schedules directory "
+            "(e.g. an edit not yet live; repeatable).",
+        ),
+    ] = None,
 ) -> None:
-    """Show what the schedules produce in a window, without writing anything."""
+    """Show what the schedules produce on some trading days, without writing anything.
+
+    An obligation belongs to the trading day it opened for: a night market's clean-up
+    after midnight is listed under the evening it follows.
+    """
     import sqlalchemy as sa
 
-    from marketcare.domain.obligations import expand
+    from marketcare.domain.changes import compare
+    from marketcare.domain.obligations import expand_days
     from marketcare.domain.schedules import load_paths
+    from marketcare.ledger.db import make_engine
     from marketcare.ledger.versions import active_schedule
 
     s = cli_settings()
-    schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
+    paths = schedules or [s.schedules_dir]
+    for p in paths:
+        if not p.exists():
+            raise BadInput(f"--schedules: {p}: no such file or directory", "schedules")
+    schedule = load_paths(paths, default_timezone=s.timezone)
     if market:
         unknown = [m for m in market if m not in schedule.market_by_id]
         if unknown:
-            raise MarketcareError(
-                f"--market: unknown market {unknown[0]!r} (known: {', '.join(schedule.market_by_id)})"
+            raise BadInput(
+                f"--market: unknown market {unknown[0]!r} (known: {', '.join(schedule.market_by_id)})",
+                "market",
             )
-    lo, hi = _window(s, from_, days)
-    planned = expand(schedule, lo, hi, markets=market)
+    first = parse_date(from_, "--from") or local_today(s)
+    planned = expand_days(schedule, first, days, markets=market)
     if not diff:
         if as_json:
             out.print(
@@ -172,29 +179,30 @@ def plan(
             return
         _plan_table(planned, schedule, f"{len(planned)} obligations")
         return
-    engine = ledger_engine(s)
-    with engine.connect() as conn:
-        loaded = active_schedule(conn) if sa.inspect(conn).has_table("ledger_state") else None
-    before = expand(loaded, lo, hi, markets=market) if loaded else []
-    old = {p.natural_key: p for p in before}
-    new = {p.natural_key: p for p in planned}
-    added = [p for k, p in new.items() if k not in old]
-    removed = [p for k, p in old.items() if k not in new]
-    changed = [
-        p
-        for k, p in new.items()
-        if k in old
-        and (old[k].opens_at, old[k].due_at, old[k].missed_at)
-        != (p.opens_at, p.due_at, p.missed_at)
-    ]
+    loaded = None
+    if s.sqlite_path is None or s.sqlite_path.is_file():  # never make a database to compare
+        with make_engine(s.database_url).connect() as conn:
+            if sa.inspect(conn).has_table("ledger_state"):
+                loaded = active_schedule(conn)
+    if loaded is None and schedules:  # nothing applied yet: compare with the live files
+        loaded = load_paths([s.schedules_dir], default_timezone=s.timezone)
+    before = expand_days(loaded, first, days, markets=market) if loaded else []
+    changes = compare(before, planned, loaded, schedule)
+    ref = loaded or schedule
     if as_json:
-        ref = loaded or schedule
         out.print(
             json.dumps(
                 {
-                    "added": [_planned_json(p, schedule) for p in added],
-                    "removed": [_planned_json(p, ref) for p in removed],
-                    "changed": [_planned_json(p, schedule) for p in changed],
+                    "added": [_planned_json(p, schedule) for p in changes.added],
+                    "removed": [_planned_json(p, ref) for p in changes.withdrawn],
+                    "changed": [
+                        {**_planned_json(m.new, schedule), "was": _planned_json(m.old, ref)}
+                        for m in changes.moved
+                    ],
+                    "tasks": [
+                        {"task": c.task_id, "change": c.what, "old": c.old, "new": c.new}
+                        for c in changes.tasks
+                    ],
                 },
                 ensure_ascii=False,
                 indent=1,
@@ -202,30 +210,68 @@ def plan(
             markup=False,
         )
         return
-    if not (added or removed or changed):
+    if changes.empty:
         out.print("no difference against the loaded schedule", markup=False)
         return
-    if added:
-        _plan_table(added, schedule, f"+ {len(added)} added", style="green")
-    if removed:
-        _plan_table(removed, loaded or schedule, f"- {len(removed)} removed", style="red")
-    if changed:
-        _plan_table(changed, schedule, f"~ {len(changed)} with new times", style="yellow")
+    if changes.added:
+        _plan_table(changes.added, schedule, f"+ {len(changes.added)} added", style="green")
+    if changes.withdrawn:
+        _plan_table(changes.withdrawn, ref, f"- {len(changes.withdrawn)} removed", style="red")
+    if changes.moved:
+        _moved_table(changes.moved, schedule)
+    if changes.tasks:
+        table = Table(
+            title=f"~ {len(changes.tasks)} task changes", title_style="yellow", title_justify="left"
+        )
+        for col in ("task", "change", "old", "new"):
+            table.add_column(col)
+        for c in changes.tasks:
+            table.add_row(c.task_id, c.what, c.old or "—", c.new or "—")
+        out.print(table)
 
 
 def _plan_table(planned: list[Planned], schedule: Schedule, title: str, style: str = "") -> None:
     table = Table(title=title, title_style=style, title_justify="left")
-    for col in ("market", "area", "task", "opens", "due", "missed after"):
+    for col in ("day", "market", "area", "task", "opens", "due", "missed after"):
         table.add_column(col)
     for p in planned:
         zone = schedule.zone(schedule.market_by_id[p.market_id])
         table.add_row(
+            f"{p.local_date:%m-%d}",
             p.market_id,
             p.area_id or "—",
             p.task_id,
             f"{p.opens_at.astimezone(zone):%m-%d %H:%M}",
             f"{p.due_at.astimezone(zone):%m-%d %H:%M}",
-            f"{p.missed_at.astimezone(zone):%m-%d %H:%M}",
+            f"{p.missed_at.astimezone(zone):%m-%d %H:%M}"
+            + (f" (excused: {p.excused})" if p.excused else ""),
+        )
+    out.print(table)
+
+
+def _moved_table(moved: list[Moved], schedule: Schedule) -> None:
+    table = Table(title=f"~ {len(moved)} changed", title_style="yellow", title_justify="left")
+    for col in ("day", "market", "area", "task", "opens", "due", "missed after", "state"):
+        table.add_column(col)
+
+    def pair(a: datetime, b: datetime, zone: Any) -> str:
+        old, new = f"{a.astimezone(zone):%m-%d %H:%M}", f"{b.astimezone(zone):%m-%d %H:%M}"
+        return new if old == new else f"{old} → {new}"
+
+    for m in moved:
+        zone = schedule.zone(schedule.market_by_id[m.new.market_id])
+        state = ""
+        if m.old.excused != m.new.excused:
+            state = f"excused ({m.new.excused})" if m.new.excused else "no longer excused"
+        table.add_row(
+            f"{m.new.local_date:%m-%d}",
+            m.new.market_id,
+            m.new.area_id or "—",
+            m.new.task_id,
+            pair(m.old.opens_at, m.new.opens_at, zone),
+            pair(m.old.due_at, m.new.due_at, zone),
+            pair(m.old.missed_at, m.new.missed_at, zone),
+            state,
         )
     out.print(table)
 
@@ -246,7 +292,7 @@ def demo_cmd(
     from marketcare.ledger import demo
     from marketcare.ledger.db import migrate
 
-    s, engine = connect()
+    s, engine = connect(create=True)
     migrate(engine)
     schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
     with progress_bar("simulating") as progress:
@@ -258,11 +304,13 @@ def demo_cmd(
             now=utcnow(),
             horizon=s.horizon,
             progress=progress,
+            evidence_dir=s.evidence_dir,
         )
     out.print(
         f"{days} days of history: {result.obligations} obligations — {result.done} on time, "
         f"{result.late} late, {result.failed} failed readings ({result.redone} redone), "
-        f"{result.missed} missed",
+        f"{result.missed} missed; {result.inspections} inspections in the last month, "
+        f"{result.problems} problems raised",
         markup=False,
     )
 

@@ -40,6 +40,9 @@ class Action(StrEnum):
     DASHBOARD = "dashboard"  # all markets side by side
     OUTBOX = "outbox"
     MANAGE_USERS = "manage_users"
+    INSPECT = "inspect"  # record an inspection (督查) with the scoring sheet
+    VIEW_INSPECTIONS = "view_inspections"  # a market's inspections and scores
+    RANKING = "ranking"  # every market's ranking and the bulletin (managers: by a setting)
 
 
 #: the matrix: which roles may take each action (market scope is checked separately)
@@ -54,7 +57,13 @@ ALLOWED: dict[Action, frozenset[Role]] = {
     Action.DASHBOARD: frozenset({Role.OFFICE}),
     Action.OUTBOX: frozenset({Role.OFFICE, Role.OPERATOR}),
     Action.MANAGE_USERS: frozenset({Role.OPERATOR}),
+    Action.INSPECT: frozenset({Role.OFFICE}),
+    Action.VIEW_INSPECTIONS: frozenset({Role.MANAGER, Role.OFFICE}),
+    Action.RANKING: frozenset({Role.OFFICE}),
 }
+
+#: actions a setting may open to managers: ``managers_see_ranking``
+MANAGER_BY_SETTING = frozenset({Action.RANKING})
 
 #: actions about one market: a manager may take them only in their own markets
 MARKET_SCOPED = frozenset(
@@ -66,6 +75,8 @@ MARKET_SCOPED = frozenset(
         Action.ASSIGN,
         Action.VERIFY,
         Action.EXPORT,
+        Action.INSPECT,
+        Action.VIEW_INSPECTIONS,
     }
 )
 
@@ -89,13 +100,26 @@ class Principal:
         return self.role == Role.OFFICE
 
 
-def may(who: Principal, action: Action, market: str | None = None) -> bool:
-    """May ``who`` take ``action`` (in ``market``, for market-scoped actions)?"""
-    if who.role not in ALLOWED[action]:
+def may(
+    who: Principal, action: Action, market: str | None = None, *, managers_see_ranking: bool = False
+) -> bool:
+    """May ``who`` take ``action`` (in ``market``, for market-scoped actions)?
+
+    ``managers_see_ranking`` is the setting that opens ``MANAGER_BY_SETTING`` to managers.
+    """
+    opened = managers_see_ranking and action in MANAGER_BY_SETTING and who.role == Role.MANAGER
+    if who.role not in ALLOWED[action] and not opened:
         return False
     if action in MARKET_SCOPED and market is not None and not who.all_markets:
         return market in who.markets
     return True
+
+
+def leaves_no_operator(active_operators: Iterable[str], username: str) -> bool:
+    """Would disabling or demoting ``username`` leave no active operator? Then nobody
+    could manage users any more (short of editing the database), so it is refused."""
+    active = set(active_operators)
+    return username in active and not active - {username}
 
 
 def visible_markets(who: Principal, every: Iterable[str]) -> list[str]:

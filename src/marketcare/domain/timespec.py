@@ -90,15 +90,22 @@ class Hours:
         return f"{fmt(self.opens)}-{fmt(self.closes)}"
 
 
-def parse_hours(text: object) -> Hours | None:
-    """Parse ``05:30-18:30`` (a closing at or before the opening means after midnight)."""
+#: the ways of writing "open around the clock" (from the market's day boundary)
+ROUND_THE_CLOCK = frozenset({"24h", "24 h", "24 hours", "24/7"})
+
+
+def parse_hours(text: object, *, day_boundary: int = 0) -> Hours | None:
+    """Parse ``05:30-18:30`` (a closing at or before the opening means after midnight), or
+    ``24h``: open from the day boundary (minutes after midnight) to the next one."""
     if not isinstance(text, str):
         raise ValueError(f"expected opening hours such as '05:30-18:30' or 'closed', got {text!r}")
     s = text.strip().lower()
     if s == "closed":
         return None
+    if s in ROUND_THE_CLOCK:
+        return Hours(day_boundary, day_boundary + 1440)
     if "-" not in s:
-        raise ValueError(f"bad hours {text!r}: write them as HH:MM-HH:MM, or 'closed'")
+        raise ValueError(f"bad hours {text!r}: write them as HH:MM-HH:MM, '24h' or 'closed'")
     left, right = (p.strip() for p in s.split("-", 1))
     o, o24 = parse_clock(left)
     c, c24 = parse_clock(right)

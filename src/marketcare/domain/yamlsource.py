@@ -49,6 +49,12 @@ class Located:
         return SourceError(self.file, line, column, message)
 
 
+#: implicit types a plain scalar may be resolved to; a value that fails as one stays text
+_PLAIN_TAGS = frozenset(
+    f"tag:yaml.org,2002:{t}" for t in ("timestamp", "int", "float", "bool", "null")
+)
+
+
 class _Budget:
     def __init__(self) -> None:
         self.left = MAX_NODES
@@ -215,6 +221,11 @@ def _build(
         try:
             return loader.construct_object(node, deep=True)
         except (yaml.YAMLError, ValueError, OverflowError) as exc:
+            if node.tag in _PLAIN_TAGS:
+                # e.g. 2027-02-30 looks like a date to YAML but is none: keep the text, so
+                # the validation of that field explains it where it is, and every other
+                # problem of the file is still reported
+                return node.value
             line, column = _pos(node)
             raise _fail(located.file, line, column, f"bad value {node.value!r}: {exc}") from None
     if id(node) in active:

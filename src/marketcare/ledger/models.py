@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from marketcare.domain.inputs import EMAIL_MAX, PERSON_MAX, TOKEN_MAX
 from marketcare.domain.problems import LIMITS as PROBLEM_LIMITS
 
 
@@ -125,8 +126,8 @@ class Completion(Base):
     __tablename__ = "completions"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     obligation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("obligations.id"), index=True)
-    token: Mapped[str] = mapped_column(sa.String(100), unique=True)
-    by: Mapped[str] = mapped_column(sa.String(100))
+    token: Mapped[str] = mapped_column(sa.String(TOKEN_MAX))
+    by: Mapped[str] = mapped_column(sa.String(PERSON_MAX))
     at: Mapped[datetime]
     outcome: Mapped[str] = mapped_column(sa.String(16))
     readings: Mapped[dict[str, Any]]
@@ -144,6 +145,9 @@ class Completion(Base):
     #: which time ``at`` is and why (``phonetime.TimeBasis``)
     time_basis: Mapped[str] = mapped_column(sa.String(24), server_default="arrival")
 
+    #: a client token is scoped to who sent it (migration i14_token_scope)
+    __table_args__ = (sa.UniqueConstraint("by", "token", name="uq_completions_by_token"),)
+
 
 class Event(Base):
     """Append-only, hash-chained log of every state change: who, when, what."""
@@ -153,7 +157,7 @@ class Event(Base):
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=False
     )
     at: Mapped[datetime]
-    actor: Mapped[str] = mapped_column(sa.String(100))
+    actor: Mapped[str] = mapped_column(sa.String(PERSON_MAX))
     action: Mapped[str] = mapped_column(sa.String(40))
     obligation_id: Mapped[int | None] = mapped_column(
         BigId, sa.ForeignKey("obligations.id"), index=True
@@ -175,6 +179,35 @@ class AuditHead(Base):
     hash: Mapped[str] = mapped_column(sa.String(64))
 
 
+class AuditTimestamp(Base):
+    """An RFC 3161 token over the chain's head: a time-stamping authority's witness.
+
+    Append-only, like the events: the token proves the ledger held exactly the history
+    ending in ``hash`` at event ``seq`` no later than ``gen_time``.
+    """
+
+    __tablename__ = "audit_timestamps"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigId, index=True)
+    hash: Mapped[str] = mapped_column(sa.String(64))
+    tsa: Mapped[str] = mapped_column(sa.String(500))
+    reason: Mapped[str] = mapped_column(sa.String(16))  # daily | report
+    gen_time: Mapped[datetime]
+    token: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class Installation(Base):
+    """Who this ledger is (single row, id 1): names its report files apart from others'."""
+
+    __tablename__ = "installation"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uid: Mapped[str] = mapped_column(sa.String(32))
+    #: the folder its reports go to under the exports folder: ``<database>-<uid[:8]>``
+    name: Mapped[str] = mapped_column(sa.String(100))
+    created_at: Mapped[datetime]
+
+
 class ReportRecord(Base):
     """One written report file: a period's revision, with the file's SHA-256.
 
@@ -184,6 +217,10 @@ class ReportRecord(Base):
 
     __tablename__ = "reports"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: ``compliance`` (the workbook) or ``bulletin`` (the weekly double report, 双通报)
+    kind: Mapped[str] = mapped_column(sa.String(16), server_default="compliance")
+    #: the file's format: ``xlsx``, or ``pdf`` for a bulletin's printable copy
+    format: Mapped[str] = mapped_column(sa.String(8), server_default="xlsx")
     period_kind: Mapped[str] = mapped_column(sa.String(8))
     period_key: Mapped[str] = mapped_column(sa.String(16))
     scope: Mapped[str] = mapped_column(sa.String(200))  # "all" or market ids joined by "+"
@@ -195,9 +232,17 @@ class ReportRecord(Base):
     rows: Mapped[int]
     headline: Mapped[dict[str, Any]]
     generated_at: Mapped[datetime]
+    #: the audit chain's head written into the file (its anchor): sequence number and hash
+    anchor_seq: Mapped[int | None] = mapped_column(BigId)
+    anchor_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    #: what was found wrong with the recorded file (missing | changed) and when
+    damage: Mapped[str | None] = mapped_column(sa.String(16))
+    damage_found_at: Mapped[datetime | None]
 
     __table_args__ = (
-        sa.UniqueConstraint("period_kind", "period_key", "scope", "language", "revision"),
+        sa.UniqueConstraint(
+            "kind", "format", "period_kind", "period_key", "scope", "language", "revision"
+        ),
     )
 
 
@@ -230,7 +275,7 @@ class OutboxMessage(Base):
     __tablename__ = "outbox"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     report_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("reports.id"))
-    recipient: Mapped[str] = mapped_column(sa.String(320))
+    recipient: Mapped[str] = mapped_column(sa.String(EMAIL_MAX))
     message_id: Mapped[str] = mapped_column(sa.String(200), unique=True)
     state: Mapped[str] = mapped_column(sa.String(16))  # pending | sending | sent | failed
     attempts: Mapped[int] = mapped_column(default=0)
@@ -277,6 +322,10 @@ class ProblemRow(Base):
     #: who the office assigned the rectification to (a person or a contractor), when it did
     assigned_to: Mapped[str | None] = mapped_column(sa.String(PROBLEM_LIMITS["assigned_to"]))
     assigned_at: Mapped[datetime | None]
+    #: the inspection item whose failure raised it (督查), if any
+    inspection_result_id: Mapped[int | None] = mapped_column(
+        BigId, sa.ForeignKey("inspection_results.id"), index=True
+    )
 
     __table_args__ = (sa.Index("ix_problems_state_deadline", "state", "deadline"),)
 
@@ -356,9 +405,11 @@ class User(Base):
     #: None: the site's language (settings.language)
     language: Mapped[str | None] = mapped_column(sa.String(8))
     disabled: Mapped[bool] = mapped_column(default=False)
-    #: bumped by a password change or a disable: signs every existing session out
+    #: no longer read (sessions are rows now: ``WebSession``); kept for old databases
     session_epoch: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime]
+    #: bumped to rotate the user's calendar feed addresses (the old ones stop at once)
+    feed_generation: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class UserMarket(Base):
@@ -392,6 +443,37 @@ class LoginFailure(Base):
     at: Mapped[datetime] = mapped_column(index=True)
 
 
+class WebSession(Base):
+    """One signed-in browser: a row per sign-in, so signing out really ends it.
+
+    The cookie carries a random key; only its SHA-256 is kept here, so a copy of the
+    database does not sign anyone in. ``ended_at`` set means the session is over, for
+    the reason in ``ended_why``.
+    """
+
+    __tablename__ = "web_sessions"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    #: what the browser said it was (User-Agent, shortened), to tell devices apart
+    device: Mapped[str] = mapped_column(sa.String(200))
+    client: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    ended_why: Mapped[str | None] = mapped_column(sa.String(32))
+
+
+class EvidenceUpload(Base):
+    """Who uploaded which file: attaching a photo by its hash needs this (or the market
+    already holding it), so knowing a hash is not a right to the photo."""
+
+    __tablename__ = "evidence_uploads"
+    sha256: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), primary_key=True)
+    uploaded_at: Mapped[datetime]
+
+
 class AppSecret(Base):
     """Secrets generated once per installation (cookie signing, calendar feed URLs)."""
 
@@ -414,3 +496,71 @@ class SchedulerLeader(Base):
     holder: Mapped[str] = mapped_column(sa.String(200))
     since: Mapped[datetime]
     heartbeat_at: Mapped[datetime]
+
+
+class HealthProbe(Base):
+    """The last write each daemon made to prove it can still write (``/readyz``).
+
+    A full or read-only disk shows first as a failing write; reads go on working. Each
+    daemon updates its own row, so probes never wait on one another.
+    """
+
+    __tablename__ = "health_probes"
+    holder: Mapped[str] = mapped_column(sa.String(200), primary_key=True)
+    at: Mapped[datetime]
+
+
+class InspectionTemplateRow(Base):
+    """A scoring sheet exactly as an inspection used it (the template's JSON snapshot)."""
+
+    __tablename__ = "inspection_templates"
+    digest: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    template_id: Mapped[str] = mapped_column(sa.String(64))
+    version: Mapped[str] = mapped_column(sa.String(40))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    body: Mapped[dict[str, Any]]
+    first_used_at: Mapped[datetime]
+
+
+class InspectionRow(Base):
+    """One inspection round (督查) of one market: who, when, which sheet, the score."""
+
+    __tablename__ = "inspections"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    #: the submission's client token: the same submission sent twice records once
+    token: Mapped[str] = mapped_column(sa.String(100), unique=True)
+    market_id: Mapped[str] = mapped_column(sa.ForeignKey("markets.id"))
+    template_id: Mapped[str] = mapped_column(sa.String(64))
+    template_digest: Mapped[str] = mapped_column(sa.ForeignKey("inspection_templates.digest"))
+    plan_id: Mapped[str | None] = mapped_column(sa.String(64))
+    by: Mapped[str] = mapped_column(sa.String(100))
+    at: Mapped[datetime]
+    local_date: Mapped[str] = mapped_column(sa.String(10))  # YYYY-MM-DD in the market's zone
+    score: Mapped[float | None]
+    total: Mapped[float]
+    passed: Mapped[bool]
+    failed: Mapped[int]
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[datetime]
+
+    __table_args__ = (sa.Index("ix_inspections_market_date", "market_id", "local_date"),)
+
+
+class InspectionResult(Base):
+    """One item of one inspection: pass, fail or not applicable, with note and photo."""
+
+    __tablename__ = "inspection_results"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    inspection_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("inspections.id"))
+    item_id: Mapped[str] = mapped_column(sa.String(64))
+    section: Mapped[str] = mapped_column(sa.String(200))
+    name: Mapped[str] = mapped_column(sa.String(200))
+    outcome: Mapped[str] = mapped_column(sa.String(8))
+    points: Mapped[float]
+    critical: Mapped[str | None] = mapped_column(sa.String(8))
+    note: Mapped[str | None] = mapped_column(sa.Text)
+    evidence: Mapped[dict[str, Any] | None] = mapped_column(sa.JSON)
+    #: an earlier problem of the same item that this result re-inspected (再督查)
+    rechecked_problem_id: Mapped[int | None] = mapped_column(BigId)
+
+    __table_args__ = (sa.UniqueConstraint("inspection_id", "item_id"),)

@@ -59,6 +59,7 @@ def contract_status(conn: sa.Connection, schedule: Schedule, month: Period) -> l
         )
         for market_id in markets:
             n = sum(done.get((market_id, t), 0) for t in tasks_of.get(contract.contractor, []))
-            out.append(ContractStatus(market_id, contract.contractor, contract.visits_per_month, n))
+            agreed = contract.visits_in(month.start)
+            out.append(ContractStatus(market_id, contract.contractor, agreed, n))
     out.sort(key=lambda c: (-c.short, c.market_id, c.contractor))
     return out

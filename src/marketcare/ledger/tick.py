@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from marketcare.domain import inputs
 from marketcare.domain.checklists import check, checklist_of
 from marketcare.domain.obligations import (
     COMPLETED,
@@ -27,7 +28,7 @@ from marketcare.domain.obligations import (
     minutes_late,
 )
 from marketcare.domain.phonetime import ClockTrust, TimeBasis, Timing, judge
-from marketcare.errors import MarketcareError, NotFound, TickRefused
+from marketcare.errors import Conflict, Kind, NotFound, TickRefused, Unavailable
 from marketcare.ledger import audit
 from marketcare.ledger.db import retrying, write
 from marketcare.ledger.models import (
@@ -102,10 +103,21 @@ class TickRequest:
         phone_sent_at: datetime | None = None,
         trust: ClockTrust | None = None,
     ) -> TickRequest:
-        """A request with the ledger's normalisations: whole seconds, a token, a name."""
-        by = by.strip()
+        """A request with the ledger's normalisations (whole seconds, a token, a name) and
+        the limits of ``inputs``, the same on every database."""
+        inputs.check_id(obligation_id, "obligation_id", what="obligation")
+        by = inputs.check_text(by, "by", limit=inputs.PERSON_MAX)
         if not by:
-            raise TickRefused("--by: say who did the work")
+            raise TickRefused("by: say who did the work", "by")
+        if token is not None:
+            token = inputs.check_text(token, "token", limit=inputs.TOKEN_MAX) or None
+        if note is not None:
+            note = inputs.check_text(note, "note", limit=inputs.NOTE_MAX) or None
+        for key, value in (texts or {}).items():
+            inputs.check_text(key, "texts", limit=inputs.PERSON_MAX)
+            inputs.check_text(value, "texts", limit=inputs.NOTE_MAX)
+        for item in items or ():
+            inputs.check_text(item, "items", limit=inputs.PERSON_MAX)
         return cls(
             obligation_id=obligation_id,
             by=by,
@@ -179,13 +191,13 @@ def tick(
 
     for _ in range(5):
         try:
-            return retrying(attempt, what="tick")
+            return retrying(attempt, what="tick", idempotent=True)
         except _Raced:
             continue
         except sa.exc.IntegrityError:
             # the same token was inserted by a concurrent submission: report that one
             continue
-    raise MarketcareError(f"obligation {obligation_id} kept changing under this tick; try again")
+    raise Conflict(f"obligation {obligation_id} kept changing under this tick; try again")
 
 
 _OBLIGATIONS = cast(sa.Table, Obligation.__table__)
@@ -224,9 +236,12 @@ class _TickSql:
         _COMPLETIONS.c.phone_at,
         _COMPLETIONS.c.phone_sent_at,
         _COMPLETIONS.c.time_basis,
+        _COMPLETIONS.c.by,
         _OBLIGATIONS.c.state.label("obligation_state"),
     ).join(_OBLIGATIONS, _OBLIGATIONS.c.id == _COMPLETIONS.c.obligation_id)
-    prior = _prior.where(_COMPLETIONS.c.token == sa.bindparam("token"))
+    prior = _prior.where(
+        _COMPLETIONS.c.by == sa.bindparam("by"), _COMPLETIONS.c.token == sa.bindparam("token")
+    )
     #: a batch's obligations (locked, in id order: writers on PostgreSQL never deadlock)
     obligations = (
         sa.select(_OBLIGATIONS, area_kind)
@@ -234,6 +249,7 @@ class _TickSql:
         .order_by(_OBLIGATIONS.c.id)
         .with_for_update(of=_OBLIGATIONS)
     )
+    #: earlier submissions of a batch's tokens (their senders are matched in Python)
     priors = _prior.where(_COMPLETIONS.c.token.in_(sa.bindparam("tokens", expanding=True)))
     move = (
         sa.update(_OBLIGATIONS)
@@ -248,10 +264,11 @@ class _TickSql:
         )
     )
     record = sa.insert(_COMPLETIONS).returning(_COMPLETIONS.c.id)
-    #: a batch's completions in one executemany, then their ids by token (the order of
-    #: a multi-row RETURNING is not SQLite's promise: SQLAlchemy would insert row by row)
+    #: a batch's completions in one executemany, then their ids by sender and token (the
+    #: order of a multi-row RETURNING is not SQLite's promise: SQLAlchemy would insert row
+    #: by row)
     records = sa.insert(_COMPLETIONS)
-    recorded = sa.select(_COMPLETIONS.c.token, _COMPLETIONS.c.id).where(
+    recorded = sa.select(_COMPLETIONS.c.by, _COMPLETIONS.c.token, _COMPLETIONS.c.id).where(
         _COMPLETIONS.c.token.in_(sa.bindparam("tokens", expanding=True))
     )
 
@@ -327,7 +344,7 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
     someone who may not see the record.
     """
     ob = _obligation_to_tick(conn, request) if request.allowed_markets is not None else None
-    prior = conn.execute(_TickSql.prior, {"token": request.token}).one_or_none()
+    prior = conn.execute(_TickSql.prior, {"by": request.by, "token": request.token}).one_or_none()
     if prior is None and ob is None:
         ob = _obligation_to_tick(conn, request)
     judged = _judge(conn, request, ob, prior)
@@ -352,6 +369,12 @@ def _judge(
     a refusal's message), so a batch of ticks needs no statement per tick to be judged.
     """
     if prior is not None:
+        if prior.obligation_id != request.obligation_id:
+            raise Conflict(
+                f"token: {request.by} already used this token for obligation "
+                f"{prior.obligation_id}; send a new token for another submission",
+                "token",
+            )
         return TickResult(
             prior.obligation_id,
             State(prior.obligation_state),
@@ -388,7 +411,8 @@ def _judge(
         )
     if state == State.EXCUSED:
         raise TickRefused(
-            f"obligation {ob.id} is excused ({ob.note or 'no reason given'}); nothing to do"
+            f"obligation {ob.id} is excused ({ob.note or 'no reason given'}); nothing to do",
+            kind=Kind.CONFLICT,
         )
     timing = judge(
         arrived_at=request.now,
@@ -402,10 +426,11 @@ def _judge(
         zone = _market_zone(conn, ob.market_id)
         raise TickRefused(
             f"obligation {ob.id} opens at {ob.opens_at.astimezone(zone):%Y-%m-%d %H:%M %Z}; "
-            "it cannot be completed before then"
+            "it cannot be completed before then",
+            kind=Kind.CONFLICT,
         )
     if not can_tick(state, opens_at=ob.opens_at, now=now):
-        raise MarketcareError(f"obligation {ob.id} is {state.value}")
+        raise Conflict(f"obligation {ob.id} is {state.value}")
     schedule = schedule_of_version(conn, ob.version_id)
     checklist = checklist_of(schedule, ob.task_id, ob.area_kind)
     failures, item_map = check(checklist, request.readings, request.items, request.texts)
@@ -417,13 +442,19 @@ def _recorded(accepted: _Accepted, completion_id: int) -> tuple[TickResult, list
     """The result and the audit event of a tick written as ``completion_id``."""
     ob, state, outcome, timing = accepted.ob, accepted.state, accepted.outcome, accepted.timing
     failures, now = accepted.failures, timing.at
+    record = accepted.record
+    # every fact of the completion, so `audit verify` can hold the row to it: both times,
+    # the readings, ticked items and texts, the note and the photos' hashes
     details: dict[str, Any] = {
         "completion_id": completion_id,
         "token": accepted.request.token,
         "failures": failures,
+        "readings": record["readings"],
+        "items": accepted.item_map,
+        "note": accepted.request.note,
+        "evidence": record["evidence"]["items"] if record["evidence"] else [],
+        **timing.as_json(),
     }
-    if timing.phone_at is not None:  # nothing moved silently: the event holds both times
-        details.update(timing.as_json())
     event = audit.NewEvent(
         at=timing.arrived_at,
         actor=accepted.request.by,
@@ -474,39 +505,43 @@ def _tick_batch(
     """
     ids = [r.obligation_id for r in requests]
     tokens = [r.token for r in requests]
-    if len(set(ids)) != len(ids) or len(set(tokens)) != len(tokens):
+    if len(set(ids)) != len(ids) or len({(r.by, r.token) for r in requests}) != len(tokens):
         raise _OneByOne()
     obs = {r.id: r for r in conn.execute(_TickSql.obligations, {"ob_ids": ids})}
-    priors = {r.token: r for r in conn.execute(_TickSql.priors, {"tokens": tokens})}
+    priors = {(r.by, r.token): r for r in conn.execute(_TickSql.priors, {"tokens": tokens})}
     outcomes: list[TickResult | _Accepted | Exception] = []
     for request in requests:
         found = obs.get(request.obligation_id)
         try:
-            prior = priors.get(request.token)
+            prior = priors.get((request.by, request.token))
             if request.allowed_markets is not None or prior is None:
                 found = _in_scope(request, found)
             outcomes.append(_judge(conn, request, found, prior))
-        except sa.exc.OperationalError:
-            raise
+        except sa.exc.DataError:
+            raise _OneByOne() from None  # a value the database refused: tick by tick
+        except sa.exc.DBAPIError:
+            raise  # the connection or the database itself: the whole batch is in doubt
         except Exception as exc:  # refused (TickRefused, NotFound, ...) or a bad value
             outcomes.append(exc)
     accepted = [o for o in outcomes if isinstance(o, _Accepted)]
-    ids_of: dict[str, int] = {}
+    ids_of: dict[tuple[str, str], int] = {}
     if accepted:
         moved = conn.execute(_TickSql.move, [a.move for a in accepted]).rowcount
         if moved != len(accepted):
             raise _OneByOne()
         try:
             conn.execute(_TickSql.records, [a.record for a in accepted])
-        except sa.exc.IntegrityError:
+        except (sa.exc.IntegrityError, sa.exc.DataError):
             raise _OneByOne() from None
         tokens = [a.request.token for a in accepted]
-        ids_of = dict(conn.execute(_TickSql.recorded, {"tokens": tokens}).all())
+        ids_of = {
+            (r.by, r.token): r.id for r in conn.execute(_TickSql.recorded, {"tokens": tokens})
+        }
     results: list[TickResult | Exception] = []
     events: list[audit.NewEvent] = []
     for o in outcomes:
         if isinstance(o, _Accepted):
-            result, made = _recorded(o, ids_of[o.request.token])
+            result, made = _recorded(o, ids_of[(o.request.by, o.request.token)])
             results.append(result)
             events.extend(made)
         else:
@@ -531,16 +566,17 @@ def _tick_in_savepoint(
             # CAS lost or the token inserted by another process: look again from scratch
             savepoint.rollback()
             continue
-        except sa.exc.OperationalError:
-            raise
+        except sa.exc.DBAPIError as exc:
+            if not isinstance(exc, sa.exc.DataError):
+                raise  # the connection or the database itself: the whole batch is in doubt
+            savepoint.rollback()
+            return exc
         except Exception as exc:  # refused (TickRefused, NotFound, ...) or a bad value
             savepoint.rollback()
             return exc
         savepoint.commit()
         return done
-    return MarketcareError(
-        f"obligation {request.obligation_id} kept changing under this tick; try again"
-    )
+    return Conflict(f"obligation {request.obligation_id} kept changing under this tick; try again")
 
 
 @dataclass
@@ -588,7 +624,7 @@ class TickWriter:
         fut: Future[TickResult] = Future()
         with self._lock:
             if self._closed:
-                raise MarketcareError("the server is shutting down; tick again in a moment")
+                raise Unavailable("the server is shutting down; tick again in a moment")
             self._queue.put(_Pending(request, fut))
         return fut
 
@@ -628,7 +664,9 @@ class TickWriter:
                 log.exception("tick writer: a batch failed unexpectedly")
                 for p in batch:
                     if not p.future.done():
-                        p.future.set_exception(MarketcareError("the tick was not recorded"))
+                        p.future.set_exception(
+                            Unavailable("the tick was not recorded; send it again")
+                        )
 
     def _write(self, batch: list[_Pending]) -> None:
         live = [p for p in batch if p.future.set_running_or_notify_cancel()]
@@ -657,9 +695,9 @@ class TickWriter:
 
         try:
             try:
-                outcomes = retrying(in_bulk, what="tick batch")
+                outcomes = retrying(in_bulk, what="tick batch", idempotent=True)
             except _OneByOne:
-                outcomes = retrying(one_by_one, what="tick batch")
+                outcomes = retrying(one_by_one, what="tick batch", idempotent=True)
         except Exception as exc:
             for p in live:
                 p.future.set_exception(exc)

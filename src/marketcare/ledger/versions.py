@@ -17,7 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from marketcare.domain.schedules import Schedule, load_texts
-from marketcare.errors import NotFound
+from marketcare.errors import MarketcareError, NotFound, ScheduleError
 from marketcare.ledger.db import dialect_insert
 from marketcare.ledger.models import (
     AreaRow,
@@ -142,7 +142,15 @@ def schedule_of_version(conn: sa.Connection, version_id: int) -> Schedule:
     ).one_or_none()
     if row is None:
         raise NotFound(f"schedule version {version_id} does not exist")
-    parsed = _parse_version(row.digest, tuple(sorted(row.sources.items())), row.default_timezone)
+    try:
+        parsed = _parse_version(
+            row.digest, tuple(sorted(row.sources.items())), row.default_timezone
+        )
+    except ScheduleError as exc:
+        # a version stored before a form was refused (a BYSECOND rule, an infinite m2)
+        raise MarketcareError(
+            f"schedule version {version_id} can no longer be read: {exc.errors[0]}"
+        ) from None
     with _versions_lock:
         _versions.setdefault(engine, {})[version_id] = parsed
     return parsed

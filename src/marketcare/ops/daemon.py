@@ -9,11 +9,12 @@ lose nothing: the next step replays the gap.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -24,11 +25,11 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from filelock import FileLock
 
 from marketcare.clock import now_utc
-from marketcare.domain.schedules import Schedule, load_paths
+from marketcare.domain.schedules import Schedule, digest_of, read_sources
 from marketcare.domain.timespec import format_duration
-from marketcare.errors import MarketcareError, ScheduleError
+from marketcare.errors import MarketcareError, SourceError
 from marketcare.ledger import leader
-from marketcare.ledger.db import make_engine
+from marketcare.ledger.db import log_failure, make_engine
 from marketcare.ledger.leader import (
     Leadership,
     SqliteFileLock,
@@ -38,13 +39,19 @@ from marketcare.ledger.leader import (
 )
 from marketcare.ledger.materialise import MaterialiseResult, materialise
 from marketcare.ledger.sweep import SweepResult, sweep_all
-from marketcare.ledger.versions import active_schedule
+from marketcare.ledger.versions import active_schedule, ledger_state
+from marketcare.ops.validation import Verdict, check_in_child
 from marketcare.settings import Settings
+from marketcare.web.health import PROBE_INTERVAL, Health, StepRecord, probe_writes
 
 log = logging.getLogger("marketcare.daemon")
 
 #: how often a daemon tries to take the scheduler lead, and the leader renews its heartbeat
 LEADER_TICK_SECONDS = 1.0
+#: how long a stop waits for a running step before the process exits without it
+STOP_GRACE_SECONDS = 10.0
+#: how far the check of the first schedule expands it
+CHECK_SPAN = timedelta(days=1)
 
 
 @dataclass
@@ -64,6 +71,15 @@ class Daemon:
     leading: bool = True
     _leading_since: datetime | None = None
     _scheduler: Any = None
+    #: what /readyz reports: step ages, a broken schedule file, the write probe
+    health: Health = field(default_factory=lambda: Health(started_at=now_utc()))
+    #: the digest of files already refused (not checked again until they change)
+    _failed_digest: str | None = None
+    #: the step running on the scheduler's worker now, if any
+    _running: str | None = None
+    #: a stop left a step running: the process exits without waiting for it
+    _abandoned: bool = False
+    _wake: threading.Event = field(default_factory=threading.Event)
 
     def now(self) -> datetime:
         return now_utc()
@@ -71,22 +87,60 @@ class Daemon:
     # -- steps -------------------------------------------------------------------------
 
     def step_reload(self) -> bool:
-        """Load the schedule files; keep the last good schedule when they are broken.
+        """Check the schedule files (in a child process) and take them if they changed and
+        are valid; keep the last good schedule when they are broken.
 
         Returns True when a new schedule was taken.
         """
-        try:
-            fresh = load_paths(
-                [self.settings.schedules_dir], default_timezone=self.settings.timezone
-            )
-        except ScheduleError as exc:
-            kept = "keeping the last good schedule" if self.schedule else "no schedule to run yet"
-            log.error(
-                "schedule files are invalid; %s:\n%s", kept, "\n".join(str(e) for e in exc.errors)
-            )
-            return False
+        verdict = self.check_files()
+        return verdict is not None and self.take(verdict)
+
+    def check_files(self) -> Verdict | None:
+        """A verdict on the files when they differ from the running schedule and from the
+        last refused edit; None when there is nothing new to take."""
+        texts, unreadable = read_sources([self.settings.schedules_dir])
+        digest = digest_of(texts, self.settings.timezone)
+        if unreadable:
+            self._refuse(unreadable, digest)
+            return None
+        if self.schedule is not None and digest == self.schedule.digest:
+            if self.health.schedule_problem is not None:
+                self._valid_again()
+            return None
+        if digest == self._failed_digest:
+            return None
+        before = self.schedule.sources if self.schedule is not None else {}
+        log.info(
+            "checking the schedule files",
+            extra={"changed": sorted(n for n, t in texts.items() if before.get(n) != t)[:20]},
+        )
+        now = self.now()
+        # an edit is expanded over the horizon, to tell what it changes there; the first
+        # load over a day, enough to prove it expands (the catch-up follows at once)
+        span = self.settings.horizon if self.schedule is not None else CHECK_SPAN
+        verdict = check_in_child(
+            texts,
+            default_timezone=self.settings.timezone,
+            previous=self.schedule,
+            start=now,
+            end=now + min(span, self.settings.horizon),
+            timeout=self.settings.reload_timeout_seconds,
+            should_stop=self.stopping.is_set,
+        )
+        if verdict.cancelled:
+            return None
+        if not verdict.ok:
+            self._refuse(verdict.errors, digest)
+            return None
+        return verdict
+
+    def take(self, verdict: Verdict) -> bool:
+        """Run the schedule of a good verdict: log what it changes, materialise it."""
+        fresh = verdict.schedule
+        assert fresh is not None
         if self.schedule is not None and fresh.digest == self.schedule.digest:
             return False
+        was_broken = self.health.schedule_problem is not None
         self.schedule = fresh
         log.info(
             "schedule loaded",
@@ -96,8 +150,34 @@ class Daemon:
                 "tasks": len(fresh.tasks),
             },
         )
-        self.step_materialise()
+        if verdict.changes:
+            log.info("schedule changes:\n%s", "\n".join(verdict.changes))
+        result = self.step_materialise()
+        self._failed_digest = None
+        if was_broken:
+            self._valid_again(result.version_id if result else None)
         return True
+
+    def _refuse(self, errors: list[SourceError], digest: str) -> None:
+        kept = "keeping the last good schedule" if self.schedule else "no schedule to run yet"
+        log.error("schedule files are invalid; %s:\n%s", kept, "\n".join(str(e) for e in errors))
+        files = sorted({e.file for e in errors})
+        first = errors[0] if errors else None
+        self.health.schedule_problem = (
+            f"{', '.join(files)} invalid ({len(errors)} error{'s' if len(errors) != 1 else ''}"
+            + (f"; first: {first}" if first else "")
+            + f"); {kept}"
+        )
+        self._failed_digest = digest
+
+    def _valid_again(self, version_id: int | None = None) -> None:
+        if version_id is None:
+            with self.engine.connect() as conn:
+                state = ledger_state(conn)
+            version_id = state.version_id if state is not None else None
+        self.health.schedule_problem = None
+        self._failed_digest = None
+        log.info("schedule valid again (version %s)", version_id, extra={"version": version_id})
 
     def step_materialise(self) -> MaterialiseResult | None:
         if self.schedule is None:
@@ -157,6 +237,12 @@ class Daemon:
             default_language=self.settings.language,
             sender=self.settings.smtp_sender,
         )
+
+    def step_timestamp(self) -> bool:
+        """Have the authority witness the chain's head (daily, and after each report)."""
+        from marketcare.ops import timestamping
+
+        return timestamping.stamp_if_due(self.engine, self.settings, now=self.now()) is not None
 
     def step_outbox(self) -> int:
         """Send due emails; failures are kept in the outbox with their reason."""
@@ -229,6 +315,11 @@ class Daemon:
             if self.leadership is not None:
                 self.leadership.release()
                 self.leading = False
+        if self._abandoned and previous:
+            # the step left running would keep the interpreter alive at exit; the ledger
+            # is consistent at every commit, so the process may end now
+            logging.shutdown()
+            os._exit(0)
 
     def _run(self, stop: threading.Event) -> None:
         migrate_exclusively(self.engine)
@@ -241,6 +332,7 @@ class Daemon:
                 "horizon": format_duration(self.settings.horizon),
             },
         )
+        threading.Thread(target=self._prober, args=(stop,), name="write-probe", daemon=True).start()
         if self.duty == "web":
             self._serve_only(stop)
             return
@@ -256,18 +348,17 @@ class Daemon:
         )
         self._scheduler = scheduler
         scheduler.add_job(
-            self._guarded(self.step_sweep),
+            self._guarded(self.step_sweep, "sweep"),
             "interval",
             seconds=self.settings.sweep_interval_seconds,
             id="sweep",
         )
         scheduler.add_job(
-            self._guarded(self.step_materialise),
+            self._guarded(self.step_materialise, "materialise"),
             "interval",
             seconds=self.settings.materialise_interval_seconds,
             id="materialise",
         )
-        scheduler.add_job(self._guarded(self._maybe_reload), "interval", seconds=1, id="reload")
         scheduler.add_job(
             self._guarded(self.step_reports),
             "interval",
@@ -275,8 +366,16 @@ class Daemon:
             id="reports",
             next_run_time=datetime.now(UTC),  # catch up at once on start
         )
+        if self.settings.tsa_url:
+            scheduler.add_job(
+                self._guarded(self.step_timestamp),
+                "interval",
+                seconds=self.settings.report_interval_seconds,
+                id="timestamp",
+                next_run_time=datetime.now(UTC),
+            )
         scheduler.add_job(
-            self._guarded(self.step_outbox),
+            self._guarded(self.step_outbox, "outbox"),
             "interval",
             seconds=self.settings.outbox_interval_seconds,
             id="outbox",
@@ -289,7 +388,11 @@ class Daemon:
             id="notifications",
             next_run_time=datetime.now(UTC),
         )
-        watcher = threading.Thread(target=self._watch, args=(stop, scheduler), daemon=True)
+        watcher = threading.Thread(target=self._watch, args=(stop,), daemon=True)
+        reloader = threading.Thread(
+            target=self._reloader, args=(stop, scheduler), name="reloader", daemon=True
+        )
+        self._expect_steps()
 
         if stop.is_set():
             log.info("daemon stopped before its loop started")
@@ -297,20 +400,51 @@ class Daemon:
         web = self._start_web() if self.duty == "all" else None
         scheduler.start()
         watcher.start()
+        reloader.start()
         log.info("daemon running")
         try:
             while not stop.wait(LEADER_TICK_SECONDS):
                 self._leader_tick()
         finally:
-            scheduler.shutdown(wait=True)
+            self._shutdown(scheduler)
             if web is not None:
                 web.stop()
             log.info("daemon stopped")
+
+    def _expect_steps(self) -> None:
+        """The steps /readyz watches on the leader, with how late each may be."""
+        s = self.settings
+        self.health.steps = {
+            "sweep": StepRecord(s.sweep_interval_seconds, 3 * s.sweep_interval_seconds + 30),
+            "materialise": StepRecord(
+                s.materialise_interval_seconds, 3 * s.materialise_interval_seconds + 60
+            ),
+            "reload": StepRecord(1.0, s.reload_timeout_seconds + 30),
+            "outbox": StepRecord(s.outbox_interval_seconds, 3 * s.outbox_interval_seconds + 60),
+        }
+        self.health.steps_since = self.now()
+
+    def _shutdown(self, scheduler: BackgroundScheduler) -> None:
+        """Stop the scheduler, waiting a bounded time for the step that runs."""
+        scheduler.shutdown(wait=False)
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        while self._running is not None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self._running is not None:
+            log.error(
+                "step %s still running %.0f s after the stop; exiting without it "
+                "(everything acknowledged is committed)",
+                self._running,
+                STOP_GRACE_SECONDS,
+            )
+            self._abandoned = True
 
     def _load_at_start(self) -> bool:
         """Load the schedule files, or fall back to the last applied schedule."""
         if self.step_reload() or self.schedule is not None:
             return True
+        if self.stopping.is_set():
+            return False  # stopped while the files were being checked
         # broken files at start: run the last schedule the ledger applied, if any
         with self.engine.connect() as conn:
             self.schedule = active_schedule(conn)
@@ -327,14 +461,9 @@ class Daemon:
         """Serve the web app and API from this process (``web_enabled``)."""
         if not self.settings.web_enabled:
             return None
-        from marketcare.web.app import WebServer, create_app
+        from marketcare.web.app import start_servers
 
-        server = WebServer(
-            create_app(self.settings, self.engine, daemon=self),
-            self.settings.web_host,
-            self.settings.web_port,
-        )
-        server.start()
+        server = start_servers(self.settings, self.engine, daemon=self)
         log.info(
             "web app listening",
             extra={"url": f"http://{self.settings.web_host}:{server.port}/"},
@@ -361,12 +490,13 @@ class Daemon:
         was = self.leading
         try:
             self.leading = self.leadership.still_held() if was else self.leadership.try_acquire()
-        except Exception:
-            log.warning("cannot reach the database to elect a leader", exc_info=True)
+        except Exception as exc:
+            log_failure(log, "cannot reach the database to elect a leader", exc)
             self.leading = False
         now = self.now()
         if self.leading and not was:
             self._leading_since = now
+            self.health.steps_since = now
             log.info("this daemon now runs the scheduler", extra={"leader": identity()})
         elif was and not self.leading:
             log.warning(
@@ -375,8 +505,8 @@ class Daemon:
         if self.leading:
             try:
                 leader.heartbeat(self.engine, identity(), now=now, since=self._leading_since or now)
-            except Exception:
-                log.warning("heartbeat failed", exc_info=True)
+            except Exception as exc:
+                log_failure(log, "heartbeat failed", exc)
         return self.leading and not was
 
     def _leader_tick(self) -> None:
@@ -386,15 +516,42 @@ class Daemon:
             for job in self._scheduler.get_jobs():
                 job.modify(next_run_time=datetime.now(UTC))
 
-    def _maybe_reload(self) -> None:
-        """Poll the files' mtimes as a fallback for file systems that do not notify."""
-        signature = self._schedule_signature()
-        if signature != self._files_signature:
-            self._files_signature = signature
-            self.step_reload()
+    def _reloader(self, stop: threading.Event, scheduler: BackgroundScheduler) -> None:
+        """Notice edits (woken by the file watcher, or every second) and check them in a
+        child process, on this thread: the steps go on meanwhile. A good edit is taken
+        on the scheduler's worker, between steps."""
+        while not stop.is_set():
+            self._wake.wait(1.0)
+            self._wake.clear()
+            if stop.is_set():
+                break
+            if not self.leading:
+                continue
+            try:
+                signature = self._schedule_signature()
+                if signature != self._files_signature:
+                    self._files_signature = signature
+                    verdict = self.check_files()
+                    if verdict is not None:
+                        taken = threading.Event()
 
-    def _watch(self, stop: threading.Event, scheduler: BackgroundScheduler) -> None:
-        """Wake the reload step as soon as a schedule file changes (inotify via watchfiles)."""
+                        def take(v: Verdict = verdict, done: threading.Event = taken) -> None:
+                            try:
+                                self.take(v)
+                            finally:
+                                done.set()
+
+                        take.__name__ = "take"
+                        scheduler.add_job(self._guarded(take), id="take-schedule")
+                        while not taken.wait(0.2) and not stop.is_set():
+                            pass
+                self.health.step_ok("reload", self.now())
+            except Exception as exc:
+                self.health.step_failed("reload", f"{type(exc).__name__}: {exc}"[:300])
+                log_failure(log, "checking the schedule files failed; trying again", exc)
+
+    def _watch(self, stop: threading.Event) -> None:
+        """Wake the reloader as soon as a schedule file changes (inotify via watchfiles)."""
         try:
             from watchfiles import watch
 
@@ -405,20 +562,47 @@ class Daemon:
                 rust_timeout=1000,
                 raise_interrupt=False,
             ):
-                scheduler.add_job(
-                    self._guarded(self._maybe_reload), id="reload-now", replace_existing=True
-                )
-        except Exception:  # the 1-second polling job still catches every change
+                self._wake.set()
+        except Exception:  # the reloader still looks every second
             log.warning("file watching unavailable; polling the schedule files", exc_info=True)
 
-    def _guarded(self, fn: Any) -> Any:
+    def _prober(self, stop: threading.Event) -> None:
+        """Prove every PROBE_INTERVAL that the database and the folders take writes."""
+        failing = False
+        folders = [self.settings.exports_dir, self.settings.evidence_dir]
+        while True:
+            now = self.now()
+            try:
+                probe_writes(self.engine, folders, identity(), now=now)
+                self.health.wrote(now, None)
+                if failing:
+                    log.info("writes succeed again")
+                failing = False
+            except Exception as exc:
+                reason = f"{type(exc).__name__}: {str(getattr(exc, 'orig', None) or exc)}"
+                self.health.wrote(now, reason.splitlines()[0][:300])
+                if not failing:
+                    log.error("the write probe failed: %s", reason)
+                failing = True
+            if stop.wait(PROBE_INTERVAL):
+                return
+
+    def _guarded(self, fn: Any, step: str | None = None) -> Any:
         def run() -> None:
             if not self.leading:
                 return  # another daemon runs the scheduler
+            self._running = getattr(fn, "__name__", "step")
             try:
                 fn()
-            except Exception:
-                log.exception("step %s failed; it will run again", getattr(fn, "__name__", fn))
+                if step is not None:
+                    self.health.step_ok(step, self.now())
+            except Exception as exc:
+                if step is not None:
+                    self.health.step_failed(step, f"{type(exc).__name__}: {exc}"[:300])
+                name = getattr(fn, "__name__", fn)
+                log_failure(log, f"step {name} failed; it will run again", exc)
+            finally:
+                self._running = None
 
         run.__name__ = getattr(fn, "__name__", "step")
         return run

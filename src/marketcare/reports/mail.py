@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import smtplib
 import ssl
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from email import encoders
@@ -22,6 +23,8 @@ from email.utils import format_datetime
 from typing import Literal
 
 XLSX = ("application", "vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+#: the header that carries the audit chain's head (``seq hash``) in every report email
+ANCHOR_HEADER = "X-Marketcare-Audit-Head"
 
 
 @dataclass(frozen=True)
@@ -60,6 +63,8 @@ def build_message(
     filename: str,
     msg_id: str,
     date: datetime,
+    headers: Mapping[str, str] | None = None,
+    extra: Sequence[tuple[bytes, str]] = (),
 ) -> Message:
     """A plain-text message with the workbook attached, UTF-8 throughout.
 
@@ -75,13 +80,18 @@ def build_message(
     msg["Date"] = format_datetime(date)
     msg["Message-ID"] = msg_id
     msg["Auto-Submitted"] = "auto-generated"
+    for name, value in (headers or {}).items():
+        msg[name] = value
     msg.attach(MIMEText(body, "plain", "utf-8"))
-    part = MIMEBase(*XLSX)
-    part.set_payload(attachment)
-    encoders.encode_base64(part)
-    part.set_param("name", filename if filename.isascii() else Header(filename, "utf-8").encode())
-    part.add_header("Content-Disposition", "attachment", filename=("utf-8", "", filename))
-    msg.attach(part)
+    for data, name, mime in [(attachment, filename, XLSX)] + [
+        (d, n, ("application", "pdf")) for d, n in extra
+    ]:
+        part = MIMEBase(*mime)
+        part.set_payload(data)
+        encoders.encode_base64(part)
+        part.set_param("name", name if name.isascii() else Header(name, "utf-8").encode())
+        part.add_header("Content-Disposition", "attachment", filename=("utf-8", "", name))
+        msg.attach(part)
     return msg
 
 

@@ -1,31 +1,41 @@
 """Operating endpoints: liveness, readiness and Prometheus metrics.
 
 * ``GET /healthz`` — the process answers (liveness; a load balancer restarts on failure).
-* ``GET /readyz`` — the database answers, a schedule has been applied, and a scheduler
-  leader is known (its heartbeat is fresh); 503 naming what is missing otherwise. A
-  load balancer sends traffic only to ready daemons.
+* ``GET /readyz`` — the database answers and takes writes (a write probe), a schedule
+  has been applied and the schedule files are valid, a scheduler leader is known (its
+  heartbeat is fresh), and — on the daemon that leads — every step (sweep,
+  materialisation, reload, outbox round) completed within its expected interval; 503
+  naming what is wrong otherwise. The decision is :func:`readiness`, a plain function.
 * ``GET /metrics`` — Prometheus text format. Figures about the ledger are read from the
   database at scrape time (so every daemon reports the same numbers); the sweep duration
   is this process's own histogram (only the leader sweeps).
 
-None of these needs a sign-in: they reveal counts, not records. Keep ``/metrics`` behind
-the proxy's allow-list if counts are sensitive (docs/operations.md).
+Liveness and readiness need no sign-in: they reveal nothing. ``/metrics`` is off the
+public listener: served on a separate address (``metrics_listen``, ``metrics_app``), or
+on the main one to a scraper sending ``metrics_token``; with neither set it is 404.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from datetime import timedelta
+import hmac
+import logging
+import threading
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from marketcare import logs
 from marketcare.domain.obligations import State
+from marketcare.files import probe_folder
 from marketcare.ledger import leader
 from marketcare.ledger.db import read
 from marketcare.ledger.models import (
@@ -35,6 +45,8 @@ from marketcare.ledger.models import (
     OutboxMessage,
     ReportRecord,
 )
+from marketcare.ledger.probe import probe_write
+from marketcare.settings import Settings
 
 router = APIRouter(include_in_schema=False)
 
@@ -59,7 +71,7 @@ class LedgerCollector(Collector):
         self.clock = clock
         self.daemon = daemon
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         now = self.clock()
         since = (now - OBLIGATION_WINDOW).date().isoformat()
         with read(self.engine) as conn:
@@ -77,6 +89,9 @@ class LedgerCollector(Collector):
                 sa.select(NotifyMessage.state, sa.func.count()).group_by(NotifyMessage.state)
             ).all()
             last_export = conn.execute(sa.select(sa.func.max(ReportRecord.generated_at))).scalar()
+            damaged = conn.execute(
+                sa.select(sa.func.count()).where(ReportRecord.damage.is_not(None))
+            ).scalar_one()
         obligations = GaugeMetricFamily(
             "marketcare_obligations",
             "Obligations dated from 7 days ago on, by state",
@@ -110,6 +125,13 @@ class LedgerCollector(Collector):
         export.add_metric([], last_export.timestamp() if last_export else 0.0)
         yield export
 
+        lost = CounterMetricFamily(
+            "marketcare_report_files_damaged",
+            "Recorded report files found missing or changed before a new revision was written",
+        )
+        lost.add_metric([], float(damaged))
+        yield lost
+
         known = leader.known(self.engine, now=now)
         lead = GaugeMetricFamily(
             "marketcare_scheduler_leader_known",
@@ -140,31 +162,255 @@ def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
+# ---------------------------------------------------------------- readiness
+
+#: how often the write probe runs, and how old its last success may be
+PROBE_INTERVAL = 10.0
+
+
+@dataclass
+class StepRecord:
+    """When one of the daemon's steps last completed, and how late it may be."""
+
+    interval: float  # seconds between runs
+    allowance: float  # seconds past its last success before it counts as late
+    last_ok: datetime | None = None
+    last_error: str | None = None
+
+
+@dataclass
+class Health:
+    """What a process knows of its own working: the daemon feeds it, ``/readyz`` reads it."""
+
+    started_at: datetime
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    #: since when the steps are expected to run (the scheduler's start, or taking the lead)
+    steps_since: datetime | None = None
+    #: the broken schedule files and why (None when the files are valid)
+    schedule_problem: str | None = None
+    write_ok_at: datetime | None = None
+    write_error: str | None = None
+    #: False for an app served without a daemon: nothing here reads the schedule files
+    checks_files: bool = True
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def step_ok(self, name: str, at: datetime) -> None:
+        with self.lock:
+            if name in self.steps:
+                self.steps[name].last_ok = at
+                self.steps[name].last_error = None
+
+    def step_failed(self, name: str, error: str) -> None:
+        with self.lock:
+            if name in self.steps:
+                self.steps[name].last_error = error
+
+    def wrote(self, at: datetime, error: str | None) -> None:
+        with self.lock:
+            if error is None:
+                self.write_ok_at, self.write_error = at, None
+            else:
+                self.write_error = error
+
+
+def _ago(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def step_checks(
+    steps: Mapping[str, StepRecord], *, now: datetime, since: datetime
+) -> dict[str, str | None]:
+    """Each step: None when it completed within its allowance, else why it is late.
+
+    A step that never completed is measured from ``since`` (when the daemon started it).
+    """
+    out: dict[str, str | None] = {}
+    for name, step in steps.items():
+        last = step.last_ok or since
+        age = (now - last).total_seconds()
+        if age <= step.allowance:
+            out[name] = None
+            continue
+        what = "last completed" if step.last_ok else "has not completed since the start,"
+        why = f"; last error: {step.last_error}" if step.last_error else ""
+        out[name] = f"{name} {what} {_ago(age)} ago; it runs every {_ago(step.interval)}{why}"
+    return out
+
+
+def write_check(
+    *, now: datetime, ok_at: datetime | None, error: str | None, since: datetime
+) -> str | None:
+    """None when the last write probe succeeded recently, else what is wrong."""
+    if error is not None:
+        return f"writes are failing: {error}"
+    age = (now - (ok_at or since)).total_seconds()
+    if age > 3 * PROBE_INTERVAL + 30:
+        return f"no write has succeeded for {_ago(age)}"
+    return None
+
+
+def readiness(
+    *,
+    now: datetime,
+    database: str | None,
+    schedule_applied: bool,
+    leader_holder: str | None,
+    health: Health | None,
+    leading: bool,
+) -> tuple[bool, dict[str, Any], list[str]]:
+    """Decide readiness from what is known: (ready, checks for the answer, problems).
+
+    ``database`` is None when the database answered, else why not. The steps count only
+    on the daemon that leads (the others do not run them).
+    """
+    checks: dict[str, Any] = {}
+    problems: list[str] = []
+
+    def note(name: str, wrong: str | None, ok: str = "ok") -> None:
+        checks[name] = ok if wrong is None else wrong
+        if wrong is not None:
+            problems.append(f"{name}: {wrong}")
+
+    note("database", None if database is None else f"unreachable: {database}")
+    if database is not None:
+        return False, checks, problems
+    note("schedule", None if schedule_applied else "no schedule applied yet")
+    note(
+        "scheduler_leader",
+        None if leader_holder else "no leader heartbeat",
+        ok=leader_holder or "",
+    )
+    if health is not None:
+        if health.checks_files:
+            note("schedule_files", health.schedule_problem)
+        note(
+            "writes",
+            write_check(
+                now=now, ok_at=health.write_ok_at, error=health.write_error, since=health.started_at
+            ),
+        )
+        if leading and health.steps:
+            since = health.steps_since or health.started_at
+            late = step_checks(health.steps, now=now, since=since)
+            checks["steps"] = {name: why or "ok" for name, why in late.items()}
+            problems.extend(f"steps: {why}" for why in late.values() if why is not None)
+    return not problems, checks, problems
+
+
+def probe_writes(engine: sa.Engine, folders: list[Path], holder: str, *, now: datetime) -> None:
+    """One write probe: the database and each folder the app writes into; raises on failure."""
+    probe_write(engine, holder, now=now)
+    for folder in folders:
+        probe_folder(folder)
+
+
+def _inline_health(request: Request, now: datetime) -> Health:
+    """An app served without a daemon probes writes itself, at most every PROBE_INTERVAL."""
+    state = request.app.state
+    health: Health | None = getattr(state, "inline_health", None)
+    if health is None:
+        health = state.inline_health = Health(started_at=now, checks_files=False)
+    last = health.write_ok_at
+    if (
+        health.write_error is not None
+        or last is None
+        or (now - last).total_seconds() >= PROBE_INTERVAL
+    ):
+        try:
+            probe_writes(state.engine, [], f"web:{id(state)}", now=now)
+            health.wrote(now, None)
+        except (sa.exc.SQLAlchemyError, OSError) as exc:
+            health.wrote(now, _reason(exc))
+    return health
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}"[:300]
+
+
 @router.get("/readyz")
 def readyz(request: Request) -> Response:
     engine: sa.Engine = request.app.state.engine
     now = request.app.state.clock()
-    checks: dict[str, Any] = {}
+    daemon = request.app.state.daemon
+    database: str | None = None
+    version = None
+    known = None
     try:
         with read(engine) as conn:
             version = conn.execute(
                 sa.select(LedgerState.version_id).where(LedgerState.id == 1)
             ).scalar_one_or_none()
-        checks["database"] = "ok"
-        checks["schedule"] = "ok" if version is not None else "no schedule applied yet"
         known = leader.known(engine, now=now)
-        checks["scheduler_leader"] = known["holder"] if known else "no leader heartbeat"
-        ready = version is not None and known is not None
     except sa.exc.SQLAlchemyError as exc:
-        checks["database"] = f"unreachable: {type(exc).__name__}"
-        ready = False
-    return JSONResponse(
-        {"status": "ready" if ready else "not ready", "checks": checks},
-        status_code=200 if ready else 503,
+        database = type(exc).__name__
+    health = getattr(daemon, "health", None) if daemon is not None else None
+    if health is None and database is None:
+        health = _inline_health(request, now)
+    ready, checks, problems = readiness(
+        now=now,
+        database=database,
+        schedule_applied=version is not None,
+        leader_holder=known["holder"] if known else None,
+        health=health,
+        leading=bool(getattr(daemon, "leading", False)),
     )
+    body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
+    if problems:
+        body["problems"] = problems
+    return JSONResponse(body, status_code=200 if ready else 503)
+
+
+def _metrics_refusal(request: Request) -> Response | None:
+    """None when this request may read the metrics, else the answer to give."""
+    settings: Settings = request.app.state.settings
+    token = settings.metrics_token
+    if token is not None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), token.get_secret_value().encode()
+        ):
+            return None
+        logs.security("metrics_refused", level=logging.WARNING, client=_client(request))
+        return JSONResponse(
+            {"detail": "send Authorization: Bearer <metrics_token>"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if getattr(request.app.state, "metrics_listener", False):
+        return None
+    return JSONResponse({"detail": "Not Found"}, status_code=404)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
 
 
 @router.get("/metrics")
 def metrics(request: Request) -> Response:
+    refusal = _metrics_refusal(request)
+    if refusal is not None:
+        return refusal
     body = generate_latest(_registry(request)) + generate_latest(PROCESS)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def metrics_app(settings: Settings, engine: sa.Engine, *, daemon: Any = None) -> FastAPI:
+    """The separate listener of ``metrics_listen``: ``/metrics`` and ``/healthz`` only, so
+    the address Prometheus scrapes serves no page, no API and no sign-in."""
+    from marketcare.clock import now_utc
+
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.clock = now_utc
+    app.state.daemon = daemon
+    app.state.metrics_listener = True
+    app.add_api_route("/metrics", metrics, methods=["GET"])
+    app.add_api_route("/healthz", healthz, methods=["GET"])
+    return app

@@ -331,7 +331,134 @@
     return [kind, parts.join(" ")];
   }
 
+  // ------------------------------------------------------------ an officer's inspection
+
+  function sendInspectionPhotos(item) {
+    // one request per photo (OFFLINE.md), each remembered by its SHA-256 once sent
+    var chain = Promise.resolve("ok");
+    (item.photos || []).forEach(function (p) {
+      chain = chain.then(function (so_far) {
+        if (so_far !== "ok" || p.sha || !p.blob) { return so_far; }
+        var form = new FormData();
+        form.append("file", p.blob, p.name || "photo.jpg");
+        return post("/api/v1/evidence", form, true).then(function (r) {
+          if (signedOut(r)) { return "signin"; }
+          if (transient(r)) { return "later"; }
+          if (r.ok) {
+            return r.json().then(function (j) { p.sha = j.sha256; p.blob = null; return update(item).then(function () { return "ok"; }); });
+          }
+          return detail(r).then(function (why) {
+            p.blob = null;
+            item.photo_refused = why;
+            return update(item).then(function () { return "ok"; });
+          });
+        });
+      });
+    });
+    return chain;
+  }
+
+  function sendInspection(item) {
+    return sendInspectionPhotos(item).then(function (photo) {
+      if (photo !== "ok") { return photo; }
+      var photos = {};
+      (item.photos || []).forEach(function (p) {
+        if (p.sha) { (photos[p.item] = photos[p.item] || []).push(p.sha); }
+      });
+      var body = {
+        template: item.template, token: item.token, outcomes: item.outcomes, notes: item.notes,
+        photos: photos, note: item.note || null,
+      };
+      return post("/api/v1/markets/" + encodeURIComponent(item.market) + "/inspections", body, false).then(function (r) {
+        if (signedOut(r)) { return "signin"; }
+        if (transient(r)) { return "later"; }
+        if (r.ok) {
+          return r.json().then(function (j) {
+            var score = j.score === null || j.score === undefined ? "—" : Number(j.score).toFixed(1);
+            var text = j.created ? say("inspection_sent", { score: score, problems: j.problems.length }) : say("same");
+            return finish(item, "ok", text).then(function () {
+              // still on the sheet that was kept: open the inspection just recorded
+              var kept = document.querySelector("form[data-inspection][data-market=\"" + item.market + "\"][hidden]");
+              if (kept) { window.location.href = "/i/" + j.inspection_id; }
+              return "done";
+            });
+          });
+        }
+        return detail(r).then(function (why) {
+          var reason = item.photo_refused ? why + " (" + item.photo_refused + ")" : why;
+          return finish(item, "bad", say("refused", { reason: reason })).then(function () { return "done"; });
+        });
+      });
+    });
+  }
+
+  function inspectionEntry(form) {
+    var data = new FormData(form);
+    var outcomes = {};
+    var notes = {};
+    var files = [];
+    data.forEach(function (value, key) {
+      if (key.indexOf("item.") === 0) { outcomes[key.slice(5)] = String(value); }
+      if (key.indexOf("note.") === 0 && String(value).trim()) { notes[key.slice(5)] = String(value).trim(); }
+      if (key.indexOf("photo.") === 0 && value && value.size) { files.push([key.slice(6), value]); }
+    });
+    var kept = files.filter(function (f) { return outcomes[f[0]] === "fail"; });
+    return Promise.all(kept.map(function (f) { return shrink(f[1]); })).then(function (small) {
+      return {
+        user: user,
+        kind: "inspection",
+        market: form.dataset.market,
+        template: form.dataset.template,
+        label: form.dataset.label,
+        token: "web:" + newToken(),
+        outcomes: outcomes,
+        notes: notes,
+        note: String(data.get("note") || "").trim(),
+        photos: kept.map(function (f, i) { return { item: f[0], blob: small[i], name: f[1].name || "photo.jpg" }; }),
+        phone_at: new Date().toISOString(),
+        hold_until: 0,
+      };
+    });
+  }
+
+  function inspectionComplete(form) {
+    // every item answered; a failure that needs a photo has one (the server checks again)
+    form.querySelectorAll(".item[data-item]").forEach(function (block) {
+      var radios = block.querySelectorAll("input[type=radio]");
+      radios.forEach(function (r) { r.required = true; });
+      var file = block.querySelector("input[type=file]");
+      var failed = block.querySelector("input.fail:checked");
+      if (file) {
+        file.setCustomValidity(failed && block.dataset.photo === "1" && !(file.files && file.files.length) ? (words.photo_needed || "📷") : "");
+      }
+    });
+    if (!form.checkValidity()) { form.reportValidity(); return false; }
+    return true;
+  }
+
+  function submitInspection(form) {
+    if (form.dataset.kept === "1" || !inspectionComplete(form)) { return; }
+    form.dataset.kept = "1";  // a double tap keeps one inspection
+    var buttons = form.querySelectorAll("button");
+    buttons.forEach(function (b) { b.disabled = true; });
+    inspectionEntry(form).then(keep).then(function () {
+      var p = document.createElement("p");
+      p.className = "flash ok";
+      p.id = "result";
+      p.setAttribute("role", "alert");
+      p.textContent = say("kept");
+      form.parentNode.insertBefore(p, form);
+      form.hidden = true;
+      return showQueue();
+    }).then(flush, function () {
+      buttons.forEach(function (b) { b.disabled = false; });
+      form.dataset.plain = "1";
+      form.submit();
+    });
+  }
+
   function sendOne(item) {
+    if (item.kind === "inspection") { return sendInspection(item); }
     return sendPhoto(item).then(function (photo) {
       if (photo !== "ok") { return photo; }
       var sentAt = new Date();
@@ -643,7 +770,18 @@
         quickTick(form);
       });
     });
-    root.querySelectorAll("form[data-once]:not([data-checklist])").forEach(function (form) {
+    root.querySelectorAll("form[data-inspection]").forEach(function (form) {
+      form.addEventListener("change", function () {
+        // a photo chosen or an answer changed: the browser checks again at the next submit
+        form.querySelectorAll("input[type=file]").forEach(function (f) { f.setCustomValidity(""); });
+      });
+      form.addEventListener("submit", function (event) {
+        if (form.dataset.plain === "1") { return; }
+        event.preventDefault();
+        submitInspection(form);
+      });
+    });
+    root.querySelectorAll("form[data-once]:not([data-checklist]):not([data-inspection])").forEach(function (form) {
       form.addEventListener("submit", function () {
         form.querySelectorAll("button[type=submit]").forEach(function (b) {
           setTimeout(function () { b.disabled = true; }, 0);

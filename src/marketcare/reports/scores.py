@@ -1,0 +1,177 @@
+"""Scores and ranking of a period (红黑榜): what the bulletin, the dashboard and the API show.
+
+Every figure comes from the one rule that defines it: inspection scores as the ledger
+recorded them (``domain/inspections.score``), daily-work compliance as the exports count
+it (``figures.Report``, ``domain/compliance``), the rectification rate by
+``domain/problems.rectification_rate`` and "past deadline" by ``problems.is_overdue``.
+The ranking and the movement are ``domain/inspections.rank``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import sqlalchemy as sa
+
+from marketcare.domain.inspections import Figures, Standing, combine, rank
+from marketcare.domain.periods import Period
+from marketcare.ledger import inspections as inspection_ledger
+from marketcare.reports.figures import MarketInfo, Report, problem_rates
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The ranking of one period, with the previous period's places for the movement."""
+
+    period: Period
+    as_of: datetime
+    markets: list[Standing]
+    sub_districts: list[Standing]
+    info: dict[str, MarketInfo]
+
+    def market_json(self, s: Standing) -> dict[str, Any]:
+        m = self.info[s.key]
+        return {
+            "market": m.id,
+            "name": m.name,
+            "sub_district": m.sub_district,
+            "inspections": len(s.figures.scores),
+            **_standing_json(s),
+        }
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "period": self.period.key,
+            "kind": self.period.kind,
+            "as_of": self.as_of.isoformat(),
+            "markets": [self.market_json(s) for s in self.markets],
+            "sub_districts": [
+                {
+                    "sub_district": s.key,
+                    "markets_inspected": len(s.figures.scores),
+                    **_standing_json(s),
+                }
+                for s in self.sub_districts
+            ],
+        }
+
+
+def _standing_json(s: Standing) -> dict[str, Any]:
+    f = s.figures
+    return {
+        "rank": s.rank,
+        "previous_rank": s.previous_rank,
+        "movement": s.movement,
+        "inspection_score": f.inspection_score,
+        "compliance": None if f.compliance is None else round(f.compliance, 4),
+        "on_time": f.on_time,
+        "due": f.due,
+        "rectification_rate": None if f.rectification is None else round(f.rectification, 4),
+        "rectified": f.verified,
+        "rectification_due": f.rectification_due,
+        "past_deadline": f.past_deadline,
+    }
+
+
+def _end_utc(period: Period, zone: str) -> datetime:
+    local = datetime.combine(period.end, datetime.min.time()).replace(tzinfo=ZoneInfo(zone))
+    return local.astimezone(UTC)
+
+
+def figures_of(report: Report) -> dict[str, Figures]:
+    """Each market's figures for the report's period, as of the report's moment."""
+    conn = report.conn
+    ids = [m.id for m in report.markets]
+    if not ids:
+        return {}
+    totals = report.market_totals()
+    rates = problem_rates(report)
+    zone = report.markets[0].zone
+    cutoff = min(report.as_of, _end_utc(report.period, zone))
+    late = inspection_ledger.past_deadline(conn, as_of=cutoff, markets=report.market_filter)
+    marks = inspection_ledger.scores(
+        conn, start=report.period.start, end=report.period.end, markets=report.market_filter
+    )
+    out: dict[str, Figures] = {}
+    for market_id in ids:
+        rate = rates.get(market_id)
+        out[market_id] = Figures(
+            key=market_id,
+            scores=tuple(marks.get(market_id, ())),
+            on_time=totals[market_id].on_time if market_id in totals else 0,
+            due=totals[market_id].due if market_id in totals else 0,
+            verified=0 if rate is None else rate.verified,
+            rectification_due=0 if rate is None else rate.due,
+            past_deadline=late.get(market_id, 0),
+        )
+    return out
+
+
+def by_sub_district(markets: Sequence[MarketInfo], figures: dict[str, Figures]) -> list[Figures]:
+    groups: dict[str, list[Figures]] = {}
+    for m in markets:
+        groups.setdefault(m.sub_district, []).append(figures[m.id])
+    return [combine(name, parts) for name, parts in groups.items()]
+
+
+def ranking(
+    conn: sa.Connection,
+    period: Period,
+    *,
+    as_of: datetime,
+    markets: Sequence[str] | None = None,
+    report: Report | None = None,
+) -> Ranking:
+    """Rank markets and sub-districts for ``period``; the movement is against the period
+    before, as it stood at its end."""
+    report = report or Report(conn, period, as_of=as_of, markets=markets)
+    current = figures_of(report)
+    before_period = period.previous()
+    zone = report.markets[0].zone if report.markets else "UTC"
+    before_as_of = min(as_of, _end_utc(before_period, zone))
+    before_report = Report(conn, before_period, as_of=before_as_of, markets=markets)
+    before = figures_of(before_report)
+    infos = {m.id: m for m in report.markets}
+    return Ranking(
+        period=period,
+        as_of=as_of,
+        markets=rank(list(current.values()), list(before.values())),
+        sub_districts=rank(
+            by_sub_district(report.markets, current),
+            by_sub_district(before_report.markets, before) if before else [],
+        ),
+        info=infos,
+    )
+
+
+@dataclass(frozen=True)
+class TrendPoint:
+    period: Period
+    figures: Figures
+
+
+def trend(
+    conn: sa.Connection,
+    *,
+    as_of: datetime,
+    zone: str,
+    weeks: int = 8,
+    markets: Sequence[str] | None = None,
+) -> dict[str, list[TrendPoint]]:
+    """The last ``weeks`` weeks (this one included) per market and for the whole
+    selection (key ``""``): the points of the charts."""
+    today = as_of.astimezone(ZoneInfo(zone)).date()
+    last = Period.of("week", today)
+    periods = [Period.of("week", last.start - timedelta(days=7 * i)) for i in range(weeks)][::-1]
+    out: dict[str, list[TrendPoint]] = {}
+    for p in periods:
+        report = Report(conn, p, as_of=min(as_of, _end_utc(p, zone)), markets=markets)
+        figs = figures_of(report)
+        for market_id, f in figs.items():
+            out.setdefault(market_id, []).append(TrendPoint(p, f))
+        out.setdefault("", []).append(TrendPoint(p, combine("", list(figs.values()))))
+    return out

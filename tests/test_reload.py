@@ -1,0 +1,164 @@
+"""Hot reload in the daemon's terms: what an edit changes, a broken edit, and the fix.
+
+The daemon's reload step is called directly (it checks the files in a child process, as
+it does when it runs); the log is what the operator reads.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+import time_machine
+
+from marketcare.domain.obligations import ExpansionTooLarge, expand
+from marketcare.domain.schedules import load_texts
+from marketcare.ledger.db import make_engine, migrate
+from marketcare.ops.daemon import Daemon
+from marketcare.ops.validation import check_in_child
+from marketcare.settings import load_settings
+
+from .conftest import DISINFECTION, WASTE, database_url, make_market_yaml, make_schedule_text, utc
+
+NOW = utc(2026, 11, 27, 2, 0)  # Friday 10:00 in Quanzhou
+
+
+@pytest.fixture
+def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
+    monkeypatch.setenv("MARKETCARE_CONFIG", str(tmp_path / "no-such-config.toml"))
+    (tmp_path / "schedules").mkdir()
+    write(tmp_path, make_schedule_text())
+    url = database_url(tmp_path)
+    settings = load_settings(
+        database_url=url,
+        schedules_dir=tmp_path / "schedules",
+        exports_dir=tmp_path / "exports",
+        evidence_dir=tmp_path / "evidence",
+        horizon="1d",
+    )
+    engine = make_engine(url)
+    migrate(engine)
+    with time_machine.travel(NOW, tick=False):
+        d = Daemon(settings=settings, engine=engine)
+        assert d.step_reload()
+        yield d
+    engine.dispose()
+
+
+def write(folder: Path, text: str) -> None:
+    (folder / "schedules" / "s.yaml").write_text(text, encoding="utf-8")
+
+
+def messages(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "marketcare.daemon"]
+
+
+def test_an_edit_is_logged_per_task_and_market_with_old_and_new_times_and_ranges(
+    daemon: Daemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="marketcare.daemon")
+    edited = make_schedule_text(
+        make_market_yaml() + make_market_yaml("haibin"),
+        DISINFECTION.replace("aquatic: [900, 1200]", "aquatic: [1000, 1500]")
+        + WASTE.replace("due: closing+1h", "due: closing+90m"),
+    )
+    write(tmp_path, edited)
+    assert daemon.step_reload()
+    [changes] = [m for m in messages(caplog) if m.startswith("schedule changes:")]
+    lines = changes.splitlines()[1:]
+    assert (
+        "task waste at lizhong: 1 changed (e.g. due 19:30 → 20:00, missed after 20:00 → 20:30)"
+        in lines
+    )
+    assert "task waste at haibin: 1 added" in lines
+    assert "task disinfect at haibin: 2 added" in lines
+    assert "task waste: due closing+1h → closing+1h30m" in lines
+    assert (
+        "task disinfect: checklist item 'chlorine' range for aquatic 900–1200 mg/L → 1000–1500 mg/L"
+        in lines
+    )
+
+
+def test_a_broken_edit_is_reported_with_its_file_then_the_fix_says_valid_again(
+    daemon: Daemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="marketcare.daemon")
+    running = daemon.schedule
+    write(
+        tmp_path, make_schedule_text(tasks=WASTE.replace("recurrence: daily", "recurrence: dayly"))
+    )
+    assert not daemon.step_reload()
+    assert daemon.schedule is running
+    problem = daemon.health.schedule_problem
+    assert problem is not None and "s.yaml invalid (1 error; first: " in problem
+    assert "unknown recurrence 'dayly'" in problem and problem.endswith(
+        "keeping the last good schedule"
+    )
+    assert not daemon.step_reload()  # the same content is not checked (nor logged) again
+    assert sum("schedule files are invalid" in m for m in messages(caplog)) == 1
+
+    write(tmp_path, make_schedule_text(tasks=WASTE))
+    assert daemon.step_reload()
+    assert daemon.health.schedule_problem is None
+    with daemon.engine.connect() as conn:
+        version = conn.execute(sa.text("SELECT version_id FROM ledger_state")).scalar_one()
+    assert f"schedule valid again (version {version})" in messages(caplog)
+
+
+def test_putting_the_running_files_back_after_a_broken_edit_is_valid_again_too(
+    daemon: Daemon, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="marketcare.daemon")
+    write(tmp_path, "markets: [\n")
+    assert not daemon.step_reload()
+    write(tmp_path, make_schedule_text())
+    assert not daemon.step_reload()  # nothing new to take: the running schedule again
+    assert daemon.health.schedule_problem is None
+    assert any(m.startswith("schedule valid again (version ") for m in messages(caplog))
+
+
+def test_a_check_past_its_time_limit_is_stopped_and_names_the_changed_files() -> None:
+    before = load_texts({"a.yaml": make_schedule_text()}, default_timezone="Asia/Shanghai")
+    texts = {"a.yaml": make_schedule_text(make_market_yaml() + make_market_yaml("haibin"))}
+    verdict = check_in_child(
+        texts,
+        default_timezone="Asia/Shanghai",
+        previous=before,
+        start=NOW,
+        end=NOW + timedelta(days=1),
+        timeout=0.001,
+    )
+    assert not verdict.ok
+    assert [(e.file, e.line, e.column) for e in verdict.errors] == [("a.yaml", 1, 1)]
+    assert "took longer than 0.001 s (reload_timeout_seconds)" in verdict.errors[0].message
+
+
+def test_a_check_in_the_child_returns_the_schedule_and_what_it_changes() -> None:
+    before = load_texts({"a.yaml": make_schedule_text()}, default_timezone="Asia/Shanghai")
+    texts = {"a.yaml": make_schedule_text(make_market_yaml() + make_market_yaml("haibin"))}
+    verdict = check_in_child(
+        texts,
+        default_timezone="Asia/Shanghai",
+        previous=before,
+        start=NOW,
+        end=NOW + timedelta(days=1),
+        timeout=120,
+    )
+    assert verdict.ok and verdict.schedule is not None
+    assert verdict.schedule.digest == load_texts(texts, default_timezone="Asia/Shanghai").digest
+    assert "task waste at haibin: 1 added" in verdict.changes
+
+
+def test_an_expansion_over_its_time_budget_is_a_located_error_not_a_hang() -> None:
+    schedule = load_texts({"a.yaml": make_schedule_text()}, default_timezone="Asia/Shanghai")
+    with pytest.raises(ExpansionTooLarge) as info:
+        expand(schedule, NOW, NOW + timedelta(days=3650), seconds=0)
+    [error] = info.value.errors
+    assert error.file == "a.yaml" and error.line > 1
+    assert (
+        "expanding the schedule took longer than 0 s; check this task's recurrence" in error.message
+    )
