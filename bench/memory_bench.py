@@ -72,8 +72,9 @@ def loaded(pid: int) -> list[str]:
 
 
 def prepare(folder: Path, src: Path) -> str:
-    """A ledger made by ``marketcare init`` from the sample schedules, and the district office's API token."""
-    shutil.copytree(ROOT / "schedules", folder / "schedules")
+    """A ledger made by ``marketcare init`` from the sample schedules of the code in ``src``
+    (a revision's own: older code may not read today's), and the district office's API token."""
+    shutil.copytree(src.parent / "schedules", folder / "schedules")
     env = environment(folder, src, 0)
     subprocess.run(
         [sys.executable, "-m", "marketcare.cli", "init"],

@@ -274,12 +274,15 @@ class Server:
 
 
 def source_of(rev: str, tmp: Path) -> Path:
-    """The ``src`` folder of git revision ``rev`` (``git archive``), to serve the code as
-    it was there beside today's (``--compare``); needs the repository's history."""
+    """The ``src`` folder of git revision ``rev`` (``git archive``, with the sample
+    ``schedules`` beside it), to serve the code as it was there beside today's
+    (``--compare``); needs the repository's history."""
     out = tmp / f"src-{rev.replace('/', '_')}"
     out.mkdir()
     archive = subprocess.run(
-        ["git", "-C", str(ROOT), "archive", rev, "src"], check=True, capture_output=True
+        ["git", "-C", str(ROOT), "archive", rev, "src", "schedules"],
+        check=True,
+        capture_output=True,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
     return out / "src"
