@@ -701,6 +701,7 @@ def report_md(
     )
     out = [
         f"Command: `.venv/bin/python bench/export_bench.py{' --quick' if args.quick else ''}"
+        f"{f' --markets {args.markets}' if args.markets != 1000 and not args.quick else ''}"
         f"{' --write-docs' if args.write_docs else ''}` "
         f"(run {datetime.fromtimestamp(started, UTC):%Y-%m-%d %H:%M} UTC, "
         f"{(time.time() - started) / 60:.1f} min; {args.repeat} measured round(s)"
