@@ -32,10 +32,11 @@ from marketcare.domain.periods import Period
 from marketcare.errors import MarketcareError, NotFound
 from marketcare.files import fsync_path
 from marketcare.i18n import Translator, translator
+from marketcare.ledger import standings
 from marketcare.ledger.db import read, retrying, write
 from marketcare.ledger.models import ReportRecord
 from marketcare.reports.figures import ProblemLine, Report, late_problems
-from marketcare.reports.scores import Ranking, ranking
+from marketcare.reports.scores import Ranking, closed, ranking
 
 log = logging.getLogger(__name__)
 
@@ -457,6 +458,18 @@ def produce(
                 ReportRecord.language == language,
             )
 
+        def keep_places(conn: sa.Connection) -> None:
+            """A closed period's places, for the next period's movement."""
+            if closed(period, as_of=now, markets=list(b.ranking.info.values())):
+                standings.keep(
+                    conn,
+                    period=period,
+                    scope=scope,
+                    as_of=now,
+                    markets=b.ranking.markets,
+                    sub_districts=b.ranking.sub_districts,
+                )
+
         def record() -> BulletinResult:
             with write(engine) as conn:
                 latest = {
@@ -478,6 +491,8 @@ def produce(
                         Path(r.path).exists() and _sha256(Path(r.path)) == r.sha256 for r in (x, p)
                     )
                 ):
+                    if not standings.kept(conn, period=period, scope=scope):
+                        keep_places(conn)  # recorded before places were kept
                     return BulletinResult(
                         x.id, p.id, Path(x.path), Path(p.path), x.revision, False, x.headline
                     )
@@ -515,6 +530,7 @@ def produce(
                         .returning(ReportRecord.id)
                     ).scalar_one()
                     ids[fmt] = (int(rid), final)
+                keep_places(conn)
                 return BulletinResult(
                     ids["xlsx"][0],
                     ids["pdf"][0],
