@@ -2,34 +2,48 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+# Two stamps: what the daemon needs (`make run`) and, on top, the test tools (`make test`:
+# pytest, Playwright, schemathesis, mypy...), so that running the daemon installs no test tool.
+SUM     := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+RUNTIME := $(VENV)/.runtime-$(SUM)
+STAMP   := $(VENV)/.installed-$(SUM)
 
-.PHONY: install system-deps runtime-deps run init test lint typecheck unit unit-sqlite unit-postgresql bench demo clean vendor
+.PHONY: install install-runtime system-deps runtime-deps run init test lint typecheck unit unit-sqlite unit-postgresql security bench demo clean vendor
 
-$(STAMP): pyproject.toml
+$(RUNTIME): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e .
+	rm -f $(VENV)/.runtime-*
+	touch $(RUNTIME)
+
+$(STAMP): $(RUNTIME)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	rm -f $(VENV)/.installed-*
 	touch $(STAMP)
 
+## the runtime only: what `make run` needs
+install-runtime: $(RUNTIME)
+
+## the runtime and the test tools: what development and `make test` need
 install: $(STAMP)
 
 ## set everything up and start the daemon on the sample schedules
-run: install runtime-deps
+run: install-runtime runtime-deps
 	mkdir -p var exports
 	$(BIN)/marketcare init
 	exec $(BIN)/marketcare run
 
-init: install
+init: install-runtime
 	$(BIN)/marketcare init
 
 ## Debian packages the tests need: LibreOffice proves an export opens; CJK fonts render it;
 ## Chromium runs the browser tests (Playwright drives Debian's build, it downloads none);
 ## PostgreSQL's server binaries run a throwaway server for the suite's PostgreSQL run;
-## Pango lays out the weekly bulletin's PDF (WeasyPrint), with the CJK fonts; HarfBuzz subsets them
-SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk fonts-crosextra-carlito poppler-utils openssl chromium postgresql libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0
+## Pango lays out the weekly bulletin's PDF (WeasyPrint), with the CJK fonts; HarfBuzz subsets them;
+## wapiti and sqlmap scan a running daemon (tests/test_scan.py, `make security`)
+SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk fonts-crosextra-carlito poppler-utils openssl chromium postgresql libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 wapiti sqlmap
 system-deps:
-	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && fc-list | grep -q Carlito && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ldconfig -p | grep -q libpangoft2-1.0; then :; \
+	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && fc-list | grep -q Carlito && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ldconfig -p | grep -q libpangoft2-1.0 && command -v wapiti >/dev/null 2>&1 && command -v sqlmap >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = 0 ]; then \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
 	else \
@@ -51,12 +65,13 @@ runtime-deps:
 test: install system-deps lint typecheck unit
 
 ## ruff, the layering of docs/design.md (import-linter), dead code (vulture: pyproject.toml
-## and vulture_whitelist.py)
+## and vulture_whitelist.py), bandit's security checks
 lint: install
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
 	$(BIN)/vulture
+	$(BIN)/bandit -c pyproject.toml -r src -q
 
 typecheck: install
 	$(BIN)/mypy
@@ -73,6 +88,11 @@ unit-sqlite: install
 unit-postgresql: install
 	MARKETCARE_TEST_DB=postgresql $(BIN)/pytest
 
+## the dynamic security scan with its full budget (wapiti on the pages, sqlmap on the API,
+## on SQLite then on PostgreSQL); `make test` runs the same scan short
+security: install system-deps
+	MARKETCARE_SCAN=full MARKETCARE_TEST_DB=sqlite $(BIN)/pytest tests/test_scan.py
+	MARKETCARE_SCAN=full MARKETCARE_TEST_DB=postgresql $(BIN)/pytest tests/test_scan.py
 ## front-end libraries, vendored as files (there is no front-end build): fetched from the
 ## npm registry by `npm pack`, the file the pages load copied with its licence and version
 IDB_VERSION := 8.0.4
@@ -88,7 +108,7 @@ vendor:
 bench: install
 	$(BIN)/python bench/run.py
 
-demo: install
+demo: install-runtime
 	$(BIN)/marketcare demo --days 14
 
 clean:

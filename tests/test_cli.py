@@ -24,6 +24,7 @@ from marketcare.domain.schedules import load_paths
 
 from .conftest import DISINFECTION, WASTE, database_url, make_market_yaml, utc
 from .support.procs import cli, database, make_env, query, scalar
+from .support.tamper import unguarded
 
 #: three market-wide rounds through the day, so that at 15:00 one is missed, one is open
 #: past its due time and one is open and not yet due
@@ -391,7 +392,7 @@ def test_audit_verify_names_the_event_that_was_altered(env: dict[str, str], tmp_
     assert re.match(r"ok: \d+ events, chain intact", ok.stdout)
 
     engine = sa.create_engine(database(env), poolclass=sa.pool.NullPool)
-    with engine.begin() as conn:
+    with engine.begin() as conn, unguarded(conn):
         conn.execute(sa.text("UPDATE events SET actor = '无名氏' WHERE seq = 5"))
     engine.dispose()
     r = cli(env, "audit", "verify", cwd=tmp_path)

@@ -97,7 +97,7 @@ def test_reports_due_while_down_are_queued_while_smtp_is_down_and_mailed_once(
         lambda: (
             len(rows := outbox()) == 4
             and all(state == "pending" and attempts >= 1 for _, state, attempts in rows)
-            and len(list(exports.glob("*.xlsx"))) == 2
+            and len(list(exports.glob("*/*.xlsx"))) == 2
         ),
         proc=down,
         what="four emails to fail once and wait",
@@ -149,5 +149,5 @@ def test_reports_due_while_down_are_queued_while_smtp_is_down_and_mailed_once(
     assert len(smtp.received) == 4
     assert [s for _, s, _ in outbox()] == ["sent"] * 4
     assert query(db, "SELECT count(*) FROM report_runs") == [(2,)]
-    assert len(list(exports.glob("*.xlsx"))) == 2
-    assert not [p for p in exports.iterdir() if p.name.endswith(".part")]
+    assert len(list(exports.glob("*/*.xlsx"))) == 2
+    assert not [p for p in exports.glob("*/*") if p.name.endswith(".part")]

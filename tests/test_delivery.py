@@ -290,7 +290,8 @@ reports:
         assert daemon.step_reports() == 0
     subjects = sorted(r.message["Subject"] for r in smtp.received)
     assert subjects == [f"农贸市场环境卫生工作日报 2026-11-{d}" for d in (23, 24, 25)]
-    assert sorted(p.name for p in (tmp_path / "exports").iterdir()) == [
+    (own,) = (tmp_path / "exports").iterdir()  # this ledger's own folder
+    assert sorted(p.name for p in own.iterdir()) == [
         f"marketcare_day_2026-11-{d}.xlsx" for d in (23, 24, 25)
     ]
 
@@ -327,13 +328,14 @@ def test_the_outbox_command_lists_a_failed_email_with_its_reason_and_queues_it_a
     ]  # fmt: skip
     assert row["recipient"] == OFFICE[0] and row["state"] == "failed"
     assert "login refused" in row["error"]
-    table = runner.invoke(app, ["outbox", "--state", "failed"], env={"COLUMNS": "200"})
+    english = {"COLUMNS": "200", "MARKETCARE_LANGUAGE": "en"}  # tables speak the setting's
+    table = runner.invoke(app, ["outbox", "--state", "failed"], env=english)
     assert table.exit_code == 0, table.output
-    header = next(line for line in table.stdout.splitlines() if "recipient" in line)
-    assert re.findall(r"[a-z][a-z /]*[a-z]", header) == [
-        "id", "period", "recipient", "state", "tries", "next / sent", "reason",
+    header = next(line for line in table.stdout.splitlines() if "Recipient" in line)
+    assert re.findall(r"[A-Z][A-Za-z /.]*[a-z.]", header) == [
+        "No.", "Period", "Recipient", "State", "Attempts", "Next attempt / sent at", "Last error",
     ]  # fmt: skip
-    empty = runner.invoke(app, ["outbox", "--state", "sent"])
-    assert empty.stdout.strip() == "the outbox is empty"
+    empty = runner.invoke(app, ["outbox", "--state", "sent"], env=english)
+    assert empty.stdout.strip() == "No report email has been queued yet."
     again = runner.invoke(app, ["outbox", "--resend", str(row["id"])])
     assert again.exit_code == 0 and again.stdout.strip() == f"message {row['id']} queued again"

@@ -16,8 +16,10 @@ from marketcare.ledger import sweep as ledger_sweep
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import read, write
 from marketcare.ledger.models import Completion, Event, Obligation
+from marketcare.ledger.verification import examine
 
 from .conftest import DISINFECTION, WASTE, make_market_yaml, make_schedule, utc
+from .support.tamper import unguarded
 
 # 2026-11-27 is a Friday; closing 18:30 Asia/Shanghai = 10:30 UTC
 NOW = utc(2026, 11, 27, 2, 0)
@@ -242,6 +244,9 @@ def test_an_area_rest_day_is_materialised_excused_with_its_reason_and_refuses_a_
     resting = obligation(engine, "aquatic|disinfect|2026-11-27")
     assert (resting.state, resting.note) == ("excused", "活禽休市")
     assert obligation(engine, "veg|disinfect|2026-11-27").state == "upcoming"
+    with read(engine) as conn:  # excused from birth, and the events say so
+        examination = examine(conn, anchors=[])
+        assert examination.ok, [f.message for f in examination.findings]
     ledger_sweep.sweep_all(engine, now=NOW + DAY)
     assert obligation(engine, "aquatic|disinfect|2026-11-27").state == "excused"
     with pytest.raises(TickRefused, match="活禽休市"):
@@ -274,6 +279,8 @@ def test_a_rest_day_declared_later_excuses_what_has_not_opened_and_lifting_it_re
             )
         ]
         assert audit.verify(conn).ok
+        examination = examine(conn, anchors=[])  # the tables as the events say
+        assert examination.ok, [f.message for f in examination.findings]
     assert actions == ["excused", "reinstated"]
 
 
@@ -283,7 +290,7 @@ def test_the_audit_chain_verifies_and_names_the_first_altered_event(engine: sa.E
     with read(engine) as conn:
         assert audit.verify(conn).ok
         n = conn.execute(sa.select(sa.func.count()).select_from(Event)).scalar_one()
-    with write(engine) as conn:
+    with write(engine) as conn, unguarded(conn):
         conn.execute(sa.update(Event).where(Event.seq == 3).values(actor="somebody else"))
     with read(engine) as conn:
         verdict = audit.verify(conn)
@@ -294,13 +301,13 @@ def test_the_audit_chain_verifies_and_names_the_first_altered_event(engine: sa.E
 def test_the_audit_chain_notices_a_removed_event_and_a_removed_tail(engine: sa.Engine) -> None:
     ledger_materialise.materialise(engine, make_schedule(), now=NOW, horizon=DAY)
     ledger_sweep.sweep_all(engine, now=NOW + DAY)
-    with write(engine) as conn:
+    with write(engine) as conn, unguarded(conn):
         last = conn.execute(sa.select(sa.func.max(Event.seq))).scalar_one()
         conn.execute(sa.delete(Event).where(Event.seq == last))
     with read(engine) as conn:
         verdict = audit.verify(conn)
     assert not verdict.ok and verdict.first_bad_seq == last
-    with write(engine) as conn:
+    with write(engine) as conn, unguarded(conn):
         conn.execute(sa.delete(Event).where(Event.seq == 2))
     with read(engine) as conn:
         verdict = audit.verify(conn)

@@ -434,14 +434,15 @@ def test_the_notifications_command_lists_and_resends(
         "stable_id", "next_attempt_at", "sent_at", "error",
     ]  # fmt: skip
     assert row["channel"] == "webhook" and "HTTP 404" in row["error"]
-    table = runner.invoke(app, ["notifications"], env={"COLUMNS": "250"})
-    header = next(line for line in table.stdout.splitlines() if "channel" in line)
-    assert re.findall(r"[a-z][a-z /]*[a-z]", header) == [
-        "id", "person", "channel", "subject", "state", "tries", "next / sent", "reason",
+    english = {"COLUMNS": "250", "MARKETCARE_LANGUAGE": "en"}  # tables speak the setting's
+    table = runner.invoke(app, ["notifications"], env=english)
+    header = next(line for line in table.stdout.splitlines() if "Channel" in line)
+    assert re.findall(r"[A-Z][A-Za-z /.]*[a-z.]", header) == [
+        "No.", "Person", "Channel", "Subject", "State", "Attempts", "Next attempt / sent at",
+        "Last error",
     ]  # fmt: skip
-    assert runner.invoke(app, ["notifications", "--state", "cancelled"]).stdout.strip() == (
-        "no notifications"
-    )
+    cancelled = runner.invoke(app, ["notifications", "--state", "cancelled"], env=english)
+    assert cancelled.stdout.strip() == "No notifications."
     again = runner.invoke(app, ["notifications", "--resend", str(row["id"])])
     assert again.exit_code == 0 and "queued again" in again.stdout
     assert [m.state for m in messages(engine) if m.id == row["id"]] == ["pending"]

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import socket
 from pathlib import Path
 
+import httpx
 import sqlalchemy as sa
 from prometheus_client.parser import text_string_to_metric_families
 
 from marketcare.ledger import leader
 from marketcare.ledger.models import Obligation
+from marketcare.web.app import start_servers
 
 from .support.web import Site
+
+METRICS_TOKEN = "scrape-me-please-0123456789"
+SITE_SETTINGS = {"metrics_token": METRICS_TOKEN}
+
+
+def scrape(site: Site, token: str | None = METRICS_TOKEN) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    with site.client() as c:
+        return c.get("/metrics", headers=headers)
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -55,8 +67,7 @@ def test_metrics_count_obligations_by_state_as_the_ledger_has_them(site: Site) -
                 sa.select(Obligation.state, sa.func.count()).group_by(Obligation.state)
             ).all()
         )
-    with site.client() as c:
-        response = c.get("/metrics")
+    response = scrape(site)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     got = samples(response.text)
@@ -65,6 +76,35 @@ def test_metrics_count_obligations_by_state_as_the_ledger_has_them(site: Site) -
     assert got[("marketcare_outbox_depth", (("kind", "report"),))] == 0
     assert got[("marketcare_last_export_timestamp_seconds", ())] == 0
     assert ("marketcare_sweep_duration_seconds_count", ()) in got
+
+
+def test_metrics_on_the_main_listener_need_the_metrics_token(site: Site) -> None:
+    assert scrape(site, None).status_code == 401
+    assert scrape(site, "a-wrong-token-of-some-length").status_code == 401
+    with site.api("operator") as c:  # an API token is not the metrics token
+        assert c.get("/metrics").status_code == 401
+
+
+def test_metrics_on_their_own_listener_need_no_token_and_serve_nothing_else(
+    site: Site,
+) -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    settings = site.settings.model_copy(
+        update={"metrics_token": None, "metrics_listen": f"127.0.0.1:{port}", "web_port": 0}
+    )
+    server = start_servers(settings, site.engine)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}") as c:
+            assert "marketcare_obligations" in c.get("/metrics").text
+            assert c.get("/healthz").status_code == 200
+            assert c.get("/login").status_code == 404
+            assert c.get("/api/v1/me").status_code == 404
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}") as c:
+            assert c.get("/metrics").status_code == 404
+    finally:
+        server.stop()
 
 
 def test_operating_endpoints_are_not_in_the_api_schema(site: Site) -> None:

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger.models import Completion, Obligation, ProblemRow
-from tests.support.web import Site
+from tests.support.web import PASSWORD, Site
 
 #: the smallest thing the evidence store takes for a JPEG (it sniffs the first bytes)
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 200
@@ -390,7 +390,7 @@ def test_the_account_page_shows_the_calendar_feed_and_makes_and_revokes_tokens(
     )
     assert feed is not None
     hidden = form_fields(mgr_a, "/account", "/account/tokens")
-    made = mgr_a.post("/account/tokens", data={**hidden, "name": "门禁系统"})
+    made = mgr_a.post("/account/tokens", data={**hidden, "name": "门禁系统", "password": PASSWORD})
     assert made.status_code == 200
     shown = re.search(r'<input readonly value="([^"]+)" class="new-token"', made.text)
     assert shown is not None

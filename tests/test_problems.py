@@ -21,6 +21,7 @@ from marketcare.ledger.db import read
 from marketcare.ledger.models import Obligation
 
 from .conftest import make_schedule, utc
+from .support.tamper import unguarded
 
 NOW = utc(2026, 11, 27, 2, 0)
 
@@ -449,7 +450,7 @@ def test_reinspections_closed_by_an_older_release_get_their_completion_on_upgrad
     later = NOW + timedelta(hours=5)
     ledger_problems.verify(ready, problem_id=passed, by="张伟", now=later)
     ledger_problems.reopen(ready, problem_id=failed, by="李娜", note="仍堵", now=later)
-    with ready.begin() as conn:  # as an older release left them: no completion
+    with ready.begin() as conn, unguarded(conn):  # as an older release left them
         conn.execute(sa.delete(Completion).where(Completion.token.like("reinspection:%")))
     config = alembic_config(ready)
     command.downgrade(config, "i13_reinspection_completions-1")  # to the revision before this one

@@ -1,12 +1,91 @@
-"""Errors that are part of the interface: each says what was wrong and where."""
+"""Errors that are part of the interface: each says what was wrong and where.
+
+Every expected failure is a ``MarketcareError`` carrying, as data, its *kind* (what the
+caller can do about it) and, where one input is at fault, its *field*. The CLI
+(``cli/common.py``) and the web app (``web/app.py``) each turn the kind into an answer in
+one place — an exit code, an HTTP status — so no layer ever reads a message's text to
+decide how to answer. The policy is written down in docs/cli.md and docs/web.md.
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 
+class Kind(enum.StrEnum):
+    """What the caller can do about a failure; the CLI and the web map each to an answer."""
+
+    #: the input is wrong: fix it and send it again (exit 1; HTTP 422, a page 400)
+    BAD_INPUT = "bad_input"
+    #: the record does not exist, or the caller may not see it (exit 1; HTTP 404)
+    NOT_FOUND = "not_found"
+    #: the record's state (or a token's earlier use) does not allow this (exit 1; HTTP 409)
+    CONFLICT = "conflict"
+    #: not allowed here and now, whatever the input (exit 1; HTTP 403)
+    REFUSED = "refused"
+    #: the database or a folder cannot be used for now: nothing changed, try again later
+    #: (exit 75; HTTP 503 with Retry-After)
+    UNAVAILABLE = "unavailable"
+
+
 class MarketcareError(Exception):
-    """Base for every error a user may see; the CLI prints it without a traceback."""
+    """Base for every error a user may see; the CLI prints it without a traceback.
+
+    ``field`` names the input at fault as the caller sent it (an API body field, a form
+    field, a command-line option); ``kind`` may be given per error where a subclass's
+    default does not fit.
+    """
+
+    kind: Kind = Kind.BAD_INPUT
+
+    def __init__(self, message: str, field: str | None = None, *, kind: Kind | None = None):
+        super().__init__(message)
+        self.field = field
+        if kind is not None:
+            self.kind = kind
+
+    @property
+    def message(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class BadInput(MarketcareError):
+    """The input is wrong; the message says what would be valid."""
+
+    kind = Kind.BAD_INPUT
+
+
+class NotFound(MarketcareError):
+    """A referenced record does not exist (or is not the caller's to see)."""
+
+    kind = Kind.NOT_FOUND
+
+
+class Conflict(MarketcareError):
+    """The record's state, or an earlier use of the same token, does not allow this."""
+
+    kind = Kind.CONFLICT
+
+
+class Refused(MarketcareError):
+    """Not allowed here and now, whatever the input (a running daemon, a tampered backup)."""
+
+    kind = Kind.REFUSED
+
+
+class Unavailable(MarketcareError):
+    """The database or a folder cannot be used for now; nothing was changed.
+
+    ``retry_after`` is the caller's hint, in seconds, for when to try again (a restarting
+    database is back in seconds; a full disk needs someone to act).
+    """
+
+    kind = Kind.UNAVAILABLE
+
+    def __init__(self, message: str, *, retry_after: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True, order=True)
@@ -22,7 +101,7 @@ class SourceError:
         return f"{self.file}:{self.line}:{self.column}: {self.message}"
 
 
-class ScheduleError(MarketcareError):
+class ScheduleError(BadInput):
     """The schedules could not be loaded; carries every problem found, not just the first."""
 
     def __init__(self, errors: list[SourceError]) -> None:
@@ -30,13 +109,9 @@ class ScheduleError(MarketcareError):
         super().__init__("\n".join(str(e) for e in self.errors))
 
 
-class SettingsError(MarketcareError):
+class SettingsError(BadInput):
     """A setting is wrong; the message names it."""
 
 
-class NotFound(MarketcareError):
-    """A referenced record does not exist."""
-
-
-class TickRefused(MarketcareError):
+class TickRefused(BadInput):
     """A completion was not accepted; the message says why and what would be valid."""

@@ -7,8 +7,11 @@ whole new one (exports, backups, evidence photos).
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
+
+from marketcare.errors import Unavailable
 
 
 def fsync_path(path: Path) -> None:
@@ -32,3 +35,21 @@ def probe_folder(path: Path) -> None:
             os.fsync(f.fileno())
     finally:
         probe.unlink(missing_ok=True)
+
+
+def folder_fault(exc: OSError) -> Unavailable:
+    """An error of the filesystem (a folder read-only, missing or not a folder, a full
+    disk) as "cannot be used for now": someone must fix the folder, then try again."""
+    where = exc.filename if exc.filename is not None else "a file"
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    hint = {
+        errno.ENOSPC: "the disk is full",
+        errno.EDQUOT: "the disk quota is used up",
+        errno.EROFS: "the filesystem is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOTDIR: "a part of the path is not a folder",
+        errno.EISDIR: "it is a folder",
+        errno.ENOENT: "no such file or folder",
+    }.get(exc.errno or 0, reason)
+    return Unavailable(f"cannot use {where}: {hint}", retry_after=60)

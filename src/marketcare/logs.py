@@ -8,7 +8,13 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+#: record attributes that are not an event's fields; uvicorn adds ``color_message`` (the
+#: message again, with terminal colour codes) to its own records
+_RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 def _fields(record: logging.LogRecord) -> dict[str, Any]:
@@ -31,7 +37,10 @@ class TextFormatter(logging.Formatter):
 
 def _text(value: Any) -> str:
     s = str(value)
-    return json.dumps(s, ensure_ascii=False) if (" " in s or not s) else s
+    # quoted when it could be misread: a space, or a line break or another control
+    # character (a user name typed by anyone must not forge a second log line)
+    plain = s and " " not in s and s.isprintable()
+    return s if plain else json.dumps(s, ensure_ascii=False)
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,6 +55,23 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info:
             body["exc"] = self.formatException(record.exc_info)
         return json.dumps(body, ensure_ascii=False, default=str)
+
+
+#: the security log: sign-ins, throttling, refusals, sessions, token and account changes
+SECURITY = logging.getLogger("marketcare.security")
+
+
+def security(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
+    """One line of the security log: ``event`` and its fields (``user``, ``client``, …).
+
+    Values are cut to 200 characters: they may come from anyone (a user name typed at
+    the sign-in form), and a log line must stay one line of bounded length.
+    """
+    clean = {
+        (f"{k}_" if k in _RESERVED else k): (v[:200] if isinstance(v, str) else v)
+        for k, v in fields.items()
+    }
+    SECURITY.log(level, event, extra={"event": event, **clean})
 
 
 def setup(level: str = "INFO", fmt: str = "text") -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -24,12 +23,12 @@ from pydantic_settings import (
 )
 from sqlalchemy.engine import make_url
 
+from marketcare.domain.inputs import is_email
 from marketcare.domain.schedules import check_timezone
 from marketcare.domain.timespec import parse_duration
 from marketcare.errors import SettingsError
 
 CONFIG_FILE = Path("config/marketcare.toml")
-EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+$")
 
 
 def _duration(value: object) -> timedelta:
@@ -74,7 +73,16 @@ class Settings(BaseSettings):
     web_port: int = Field(default=8000, ge=0, le=65535)
     #: set when the site is reached over HTTPS (behind a proxy): cookies get ``Secure``
     web_secure_cookies: bool = False
+    #: a session ends after this long without use (each use renews it) …
     web_session_days: float = Field(default=14.0, gt=0, le=365)
+    #: … and, however much it is used, this long after sign-in
+    web_session_max_days: float = Field(default=30.0, gt=0, le=365)
+    #: Swagger UI at /api/docs (served from the installed package, never a CDN)
+    web_api_docs: bool = True
+    #: /metrics off the public listener: a separate "host:port" that serves only metrics …
+    metrics_listen: str | None = None
+    #: … and/or a bearer token /metrics asks for on the main listener (neither: no /metrics)
+    metrics_token: SecretStr | None = None
     #: the largest photo accepted with a completion or a rectification
     upload_max_bytes: int = Field(default=10_000_000, ge=10_000, le=100_000_000)
     #: managers see the ranking of every market (红黑榜) and the bulletin, not only their own
@@ -86,10 +94,18 @@ class Settings(BaseSettings):
     #: ... and the phone's clock is within this many minutes of the server's when it sends
     phone_clock_max_skew_minutes: float = Field(default=10.0, ge=0, le=1440)
 
+    #: an RFC 3161 time-stamping authority (``http(s)://…``): the daemon has it witness
+    #: the audit chain's head daily and with each report (docs/design.md, The audit log)
+    tsa_url: str | None = None
+    #: the authority's certificate (or its CA's), PEM: answers and stored tokens are
+    #: checked against it
+    tsa_certificates: Path | None = None
+    tsa_timeout_seconds: float = Field(default=30.0, gt=0, le=600)
+
     @field_validator("smtp_sender")
     @classmethod
     def _sender(cls, value: str) -> str:
-        if not EMAIL.match(value):
+        if not is_email(value, local_domain=True):
             raise ValueError(f"{value!r} is not an email address")
         return value
 
@@ -104,6 +120,35 @@ class Settings(BaseSettings):
                 "smtp_security is 'none' but a password is set for a remote server; "
                 "use starttls or tls so the password is not sent in clear text"
             )
+        return self
+
+    @field_validator("metrics_listen")
+    @classmethod
+    def _listen(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        host, sep, port = value.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9108)")
+        return value
+
+    @field_validator("metrics_token")
+    @classmethod
+    def _metrics_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < 16:
+            raise ValueError("a metrics token needs at least 16 characters")
+        return value
+
+    @model_validator(mode="after")
+    def _tsa(self) -> Settings:
+        if self.tsa_url is not None:
+            if not self.tsa_url.startswith(("http://", "https://")):
+                raise ValueError(f"tsa_url {self.tsa_url!r} must be an http:// or https:// URL")
+            if self.tsa_certificates is None:
+                raise ValueError(
+                    "tsa_url is set but tsa_certificates is not: name the PEM file of the "
+                    "authority's certificate, so its answers can be checked"
+                )
         return self
 
     @field_validator("timezone")
@@ -148,6 +193,14 @@ class Settings(BaseSettings):
         if path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
         return tuple(sources)
+
+    @property
+    def metrics_address(self) -> tuple[str, int] | None:
+        """The separate listener of /metrics, if one is set."""
+        if self.metrics_listen is None:
+            return None
+        host, _, port = self.metrics_listen.rpartition(":")
+        return host.strip("[]"), int(port)
 
     @property
     def sqlite_path(self) -> Path | None:

@@ -124,7 +124,15 @@ class ThrowawayServer:
             check=True,
             capture_output=True,
         )
-        log = (folder / "server.log").open("wb")
+        self._launch(bin_dir)
+        self.guardian = self._guard()
+        self.wait_ready()
+
+    def _launch(self, bin_dir: Path) -> None:
+        folder = self.folder
+        data = folder / "data"
+        run_as = _as_server_user()
+        log = (folder / "server.log").open("ab")
         self.process = subprocess.Popen(
             [
                 *run_as,
@@ -157,8 +165,24 @@ class ThrowawayServer:
             start_new_session=True,
         )
         log.close()
-        self.guardian = self._guard()
+
+    def restart(self, *, down_for: float = 0.0, bin_dir: Path = PG_BIN) -> None:
+        """Stop the server as an operator would (``pg_ctl stop -m fast``: every client's
+        connection is cut), stay down ``down_for`` seconds, start it again on the same
+        port and socket, and wait until it accepts connections."""
+        data = str(self.folder / "data")
+        stop = [*_as_server_user(), str(bin_dir / "pg_ctl"), "stop", "-D", data, "-m", "fast"]
+        subprocess.run(stop, check=True, capture_output=True)
+        assert self.process is not None
+        self.process.wait(timeout=60)
+        time.sleep(down_for)
+        self._launch(bin_dir)
         self.wait_ready()
+
+    @property
+    def socket_folder(self) -> Path:
+        """The folder of the server's Unix socket (``-k``)."""
+        return self.folder
 
     def _stop_command(self) -> list[str]:
         data = str(self.folder / "data")

@@ -264,8 +264,9 @@ def _site_ledger(
             schedule = load_texts(
                 {"schedules/site.yaml": schedule_text}, default_timezone="Asia/Shanghai"
             )
+            day_before = START - timedelta(days=1)
             ledger_materialise.materialise(
-                engine, schedule, now=START - timedelta(days=1), horizon=timedelta(days=3)
+                engine, schedule, now=day_before, horizon=timedelta(days=3), start=day_before
             )
             ledger_sweep.sweep_all(engine, now=START)
             tokens = {}

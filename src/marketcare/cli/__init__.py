@@ -8,7 +8,6 @@ spreadsheet code.
 
 from __future__ import annotations
 
-import logging
 import os
 import sys
 
@@ -21,23 +20,45 @@ from marketcare.cli import (  # noqa: F401
     users,
     work,
 )
-from marketcare.cli.common import app
+from marketcare.cli.common import EXIT_INTERNAL, app
 
 
 def main() -> None:
-    """Entry point: no traceback reaches a user unless MARKETCARE_DEBUG is set."""
+    """Entry point: no traceback reaches a user unless MARKETCARE_DEBUG is set.
+
+    A bug (anything ``handled`` does not know) is one line on stderr and exit 70; its
+    traceback goes to a file whose name that line gives, for a bug report, and nowhere
+    else (not through the log handler either, which would print it on stderr).
+    """
     try:
         app()
     except SystemExit:
         raise
-    except Exception as exc:  # a bug: say so in one line, keep the details in the log
+    except Exception as exc:  # a bug: say so in one line, keep the details in a file
         if os.environ.get("MARKETCARE_DEBUG"):
             raise
-        logging.getLogger("marketcare").error("internal error", exc_info=True)
+        details = _keep_details()
+        where = f"details in {details}; " if details else ""
+        summary = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         sys.stderr.write(
-            f"internal error: {type(exc).__name__}: {exc} (set MARKETCARE_DEBUG=1 for details)\n"
+            f"internal error: {summary} ({where}set MARKETCARE_DEBUG=1 to print them)\n"
         )
-        sys.exit(70)
+        sys.exit(EXIT_INTERNAL)
+
+
+def _keep_details() -> str | None:
+    """Write the traceback being handled to a new file in the temporary folder."""
+    import tempfile
+    import traceback
+
+    try:
+        fd, path = tempfile.mkstemp(prefix="marketcare-crash-", suffix=".txt")
+        with os.fdopen(fd, "w", encoding="utf-8", errors="replace") as f:
+            f.write(" ".join(sys.argv) + "\n\n")
+            f.write(traceback.format_exc())
+    except OSError:
+        return None
+    return path
 
 
 __all__ = ["app", "main"]

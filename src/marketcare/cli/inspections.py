@@ -1,5 +1,8 @@
 """``marketcare bulletin`` and ``marketcare ranking``: the weekly double report and the
-ranking it starts with, from the command line (docs/inspections.md)."""
+ranking it starts with, from the command line (docs/inspections.md).
+
+Tables use the words of the settings' language (``i18n`` catalogs); JSON keeps codes.
+"""
 
 from __future__ import annotations
 
@@ -12,13 +15,14 @@ from rich.table import Table
 
 from marketcare.cli.common import (
     app,
-    cli_settings,
+    check_choices,
+    connect,
     handled,
-    ledger_engine,
     local_today,
     out,
     parse_date,
     utcnow,
+    words,
 )
 
 
@@ -43,15 +47,12 @@ def bulletin(
 ) -> None:
     """Write the double report (双通报) as Excel and PDF, record both, print their paths."""
     from marketcare.domain.periods import Period
-    from marketcare.ledger.db import migrate
+    from marketcare.i18n import LANGUAGES
     from marketcare.reports.bulletin import produce
 
-    s = cli_settings()
+    s, engine = connect()
     lang = language or s.language
-    if lang not in ("zh_CN", "en"):
-        raise typer.BadParameter(f"{lang!r}: use zh_CN or en", param_hint="--language")
-    engine = ledger_engine(s)
-    migrate(engine)
+    check_choices([lang], LANGUAGES, "--language")
     day = parse_date(date_, "--date") or local_today(s)
     p = Period.of(period.value, day)
     result = produce(engine, period=p, exports_dir=s.exports_dir, now=utcnow(), language=lang)
@@ -70,8 +71,8 @@ def bulletin(
             )
         )
         return
-    out.print(str(result.xlsx), markup=False)
-    out.print(str(result.pdf), markup=False)
+    out.print(str(result.xlsx))
+    out.print(str(result.pdf))
 
 
 @app.command()
@@ -87,42 +88,41 @@ def ranking(
 ) -> None:
     """Markets ranked by inspection score, compliance, rectification rate (红黑榜)."""
     from marketcare.domain.periods import Period
-    from marketcare.ledger.db import migrate, read
-    from marketcare.reports import bulletin as words
+    from marketcare.ledger.db import read
+    from marketcare.reports import bulletin as shown
     from marketcare.reports.scores import ranking as rank
 
-    s = cli_settings()
-    engine = ledger_engine(s)
-    migrate(engine)
+    s, engine = connect()
     p = Period.of(period.value, parse_date(date_, "--date") or local_today(s))
     with read(engine) as conn:
         ranked = rank(conn, p, as_of=utcnow())
     if as_json:
         out.print_json(json.dumps(ranked.as_json(), ensure_ascii=False))
         return
-    table = Table(title=f"{p.kind} {p.key}")
-    for col in (
-        "rank",
-        "change",
-        "market",
-        "sub-district",
-        "score",
-        "compliance",
-        "rectified",
-        "past deadline",
+    t = words(s)
+    table = Table(title=f"{t.tr('Ranking')} {p.key}", title_justify="left")
+    for header in (
+        t.tr("Rank"),
+        t.tr("Change"),
+        t.tr("Market"),
+        t.tr("Sub-district"),
+        t.tr("Inspection score"),
+        t.tr("Compliance"),
+        t.tr("Rectification rate"),
+        t.tr("Past deadline"),
     ):
-        table.add_column(col)
+        table.add_column(header)
     for st in ranked.markets:
         f = st.figures
         m = ranked.info[st.key]
         table.add_row(
             str(st.rank),
-            words.movement(st.movement),
+            shown.movement(st.movement),
             m.name,
             m.sub_district,
             "—" if f.inspection_score is None else f"{f.inspection_score:.1f}",
-            words.pct(f.compliance),
-            words.pct(f.rectification),
+            shown.pct(f.compliance),
+            shown.pct(f.rectification),
             str(f.past_deadline),
         )
     out.print(table)

@@ -16,9 +16,10 @@ from marketcare.cli.common import (
     handled,
     out,
     progress_bar,
+    styled,
     utcnow,
 )
-from marketcare.errors import MarketcareError
+from marketcare.errors import Refused
 
 if TYPE_CHECKING:
     pass
@@ -33,22 +34,70 @@ app.add_typer(audit_app, name="audit")
 
 @audit_app.command("verify")
 @handled
-def audit_verify() -> None:
-    """Recompute the event chain; name the first event altered or removed."""
-    from marketcare.ledger import audit
+def audit_verify(
+    anchor: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--anchor",
+            help="A report workbook (.xlsx) or a report email saved as .eml: prove the "
+            "ledger still holds exactly the history up to the chain head it carries. "
+            "May be given several times.",
+        ),
+    ] = None,
+    files: Annotated[
+        bool,
+        typer.Option(
+            "--files/--no-files",
+            help="Check that every recorded report file is there with its SHA-256 "
+            "(--no-files on a machine without the exports folder).",
+        ),
+    ] = True,
+) -> None:
+    """Check the audit record: the event chain, the tables against the events, report
+    files, trusted timestamps, the append-only guards, and any --anchor files."""
+    from marketcare.ledger import timestamps
     from marketcare.ledger.db import read
+    from marketcare.ledger.verification import examine
+    from marketcare.reports.anchors import read_anchors
 
     s, engine = connect()
+    anchors = [a for path in anchor or [] for a in read_anchors(path)]
+    roots = timestamps.load_roots(s.tsa_certificates) if s.tsa_certificates else None
     with read(engine) as conn:
-        verdict = audit.verify(conn)
-    if verdict.ok:
-        out.print(f"ok: {verdict.checked} events, chain intact", markup=False)
-        return
-    err.print(
-        f"TAMPERED: {verdict.reason} (first bad event: {verdict.first_bad_seq}; {verdict.checked} events before it are intact)",
+        result = examine(
+            conn,
+            anchors=anchors,
+            files=files,
+            timestamps=lambda c, hash_at: timestamps.check(c, hash_at, roots),
+        )
+    chain = result.chain
+    for line in result.held:
+        out.print(f"ok: {line}", markup=False)
+    for finding in result.findings:
+        if finding.check == "chain":
+            err.print(
+                f"TAMPERED: {chain.reason} (first bad event: {chain.first_bad_seq}; "
+                f"{chain.checked} events before it are intact)",
+                markup=False,
+            )
+        else:
+            err.print(f"TAMPERED ({finding.check}): {finding.message}", markup=False)
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+@audit_app.command("timestamp")
+@handled
+def audit_timestamp() -> None:
+    """Have the configured time-stamping authority witness the chain's head now."""
+    from marketcare.ops import timestamping
+
+    s, engine = connect()
+    done = timestamping.stamp(engine, s, now=utcnow(), reason="manual")
+    out.print(
+        f"timestamped event {done.seq} ({done.hash}) at {done.gen_time:%Y-%m-%d %H:%M:%S} UTC",
         markup=False,
     )
-    raise typer.Exit(1)
 
 
 # ------------------------------------------------------------------------------ backup
@@ -81,7 +130,10 @@ def backup_cmd(
         ),
     ] = None,
     step_pages: Annotated[
-        int, typer.Option(min=1, help="Database pages copied per step of the progress bar.")
+        int,
+        typer.Option(
+            min=1, max=1_000_000, help="Database pages copied per step of the progress bar."
+        ),
     ] = 1024,
 ) -> None:
     """Copy the SQLite database while the daemon runs: consistent, verified, then renamed.
@@ -165,7 +217,7 @@ def migrate_sqlite_to_postgres(
         str | None,
         typer.Option("--from", help="The SQLite database (default: the configured database_url)."),
     ] = None,
-    batch: Annotated[int, typer.Option(min=1, help="Rows per batch.")] = 5000,
+    batch: Annotated[int, typer.Option(min=1, max=1_000_000, help="Rows per batch.")] = 5000,
 ) -> None:
     """Move the whole history from SQLite to an empty PostgreSQL database, then prove it:
     row counts and checksums per table, and the audit chain, compared before committing."""
@@ -180,7 +232,7 @@ def migrate_sqlite_to_postgres(
     target = pgmigrate.target_url(to)
     lock = SqliteFileLock(path)
     if not lock.try_acquire():
-        raise MarketcareError(
+        raise Refused(
             f"a marketcare daemon is running on {path}; stop it first, so that nothing it "
             "writes during the move is left behind"
         )
@@ -204,7 +256,7 @@ def migrate_sqlite_to_postgres(
             str(c.source.rows),
             str(c.target.rows),
             c.source.sha256[:12] if same else f"{c.source.sha256[:12]} ≠ {c.target.sha256[:12]}",
-            "[green]ok[/]" if c.ok else "[bold red]MISMATCH[/]",
+            styled("ok", "green") if c.ok else styled("MISMATCH", "bold red"),
         )
     out.print(table)
     shown = sa.make_url(target).render_as_string(hide_password=True)

@@ -1,4 +1,8 @@
-"""Problems found on inspection and pest-control visits: the problems group and pest."""
+"""Problems found on inspection and pest-control visits: the problems group and pest.
+
+Tables use the words of the settings' language (``i18n`` catalogs); JSON keeps codes and
+writes times as ``clock.iso`` does.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ from rich.table import Table
 from marketcare.cli.common import (
     PeriodChoice,
     app,
+    check_choices,
     connect,
     err,
     fmt_local,
@@ -20,8 +25,12 @@ from marketcare.cli.common import (
     local_today,
     out,
     parse_date,
+    styled,
     utcnow,
+    words,
 )
+from marketcare.domain.inputs import ID_MAX
+from marketcare.errors import BadInput
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -40,11 +49,16 @@ def _parse_when(value: str, what: str, zone: str, *, end_of_day: bool = False) -
     """A date or date and time in the market's zone, by the rule spreadsheets use too."""
     from zoneinfo import ZoneInfo
 
+    from marketcare.domain.inputs import check_date
     from marketcare.ledger.problems import parse_when
 
-    when, error = parse_when(value, ZoneInfo(zone), end_of_day=end_of_day, default=None)
+    try:
+        when, error = parse_when(value, ZoneInfo(zone), end_of_day=end_of_day, default=None)
+    except (OverflowError, ValueError):
+        when, error = None, f"{value!r} is out of range"
     if error is not None or when is None:
-        raise typer.BadParameter(error or f"{value!r} is not a date", param_hint=what)
+        raise BadInput(f"{what}: {error or f'{value!r} is not a date'}", what)
+    check_date(when.date(), what)
     return when
 
 
@@ -87,22 +101,20 @@ def problems_add(
     """Record a problem with its deadline."""
     from marketcare.domain.timespec import parse_duration
     from marketcare.ledger import problems as problem_ledger
-    from marketcare.ledger.db import migrate
 
     s, engine = connect()
-    migrate(engine)
     now = utcnow()
     zone = _market_zone(engine, market, s.timezone)
     found = _parse_when(found_at, "--found-at", zone) if found_at else now
     if (deadline is None) == (within is None):
-        raise typer.BadParameter("give either --deadline or --within", param_hint="--deadline")
+        raise BadInput("--deadline: give either --deadline or --within", "deadline")
     if deadline is not None:
         due = _parse_when(deadline, "--deadline", zone, end_of_day=True)
     else:
         try:
             due = found + parse_duration(within)
-        except ValueError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--within") from None
+        except (ValueError, OverflowError) as exc:
+            raise BadInput(f"--within: {exc}", "within") from None
     files = [problem_ledger.store_evidence(p, s.evidence_dir) for p in evidence or []]
     pid, created = problem_ledger.add(
         engine,
@@ -115,12 +127,12 @@ def problems_add(
             found_at=found,
             deadline=due,
             evidence=files,
-            source_key=f"token:{token}" if token else None,
+            source_key=problem_ledger.token_key("cli", found_by, token) if token else None,
         ),
         now=now,
     )
     verb = "recorded" if created else "already recorded"
-    out.print(f"problem {pid} {verb}; deadline {fmt_local(due, zone)}", markup=False)
+    out.print(f"problem {pid} {verb}; deadline {fmt_local(due, zone)}")
 
 
 @problems_app.command("list")
@@ -136,14 +148,20 @@ def problems_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Problems, overdue first, with their deadlines and how often they were reopened."""
-    from marketcare.ledger import problems as problem_ledger
-    from marketcare.ledger.db import migrate
+    from zoneinfo import ZoneInfo
 
+    from marketcare.clock import iso
+    from marketcare.domain.problems import ProblemState
+    from marketcare.ledger import problems as problem_ledger
+    from marketcare.ledger.readmodel import markets
+
+    check_choices(state, [p.value for p in ProblemState], "--state")
     s, engine = connect()
-    migrate(engine)
+    check_choices(market, [m.id for m in markets(engine)], "--market")
     rows = problem_ledger.listing(
         engine, now=utcnow(), markets=market, states=state, overdue=overdue
     )
+    zones = {m.id: ZoneInfo(m.zone) for m in markets(engine)}
     if as_json:
         data = [
             {
@@ -152,30 +170,41 @@ def problems_list(
                 "area": r.area_id,
                 "category": r.category,
                 "description": r.description,
-                "found_at": r.found_at.isoformat(),
+                "found_at": iso(r.found_at, zones[r.market_id]),
                 "found_by": r.found_by,
-                "deadline": r.deadline.isoformat(),
+                "deadline": iso(r.deadline, zones[r.market_id]),
                 "state": r.state,
                 "overdue": r.overdue,
                 "reopened": r.reopened,
-                "rectified_at": r.rectified_at.isoformat() if r.rectified_at else None,
-                "verified_at": r.verified_at.isoformat() if r.verified_at else None,
+                "rectified_at": iso(r.rectified_at, zones[r.market_id]),
+                "verified_at": iso(r.verified_at, zones[r.market_id]),
                 "reinspection": r.reinspection_id,
             }
             for r in rows
         ]
-        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
+        out.print(json.dumps(data, ensure_ascii=False, indent=1))
         return
+    t = words(s)
     if not rows:
-        out.print("no problems", markup=False)
+        out.print(t.tr("No problems recorded."))
         return
-    table = Table(title=f"{len(rows)} problems", title_justify="left")
-    for col in ("id", "market", "area", "category", "description", "deadline", "state", "reopened"):
-        table.add_column(col)
+    table = Table(title=f"{t.tr('Problems')}: {len(rows)}", title_justify="left")
+    for header in (
+        t.tr("No."),
+        t.tr("Market"),
+        t.tr("Area"),
+        t.tr("Category"),
+        t.tr("Problem"),
+        t.tr("Deadline"),
+        t.tr("State"),
+        t.tr("Reopened"),
+    ):
+        table.add_column(header)
     for r in rows:
         style = (
             "bold red" if r.overdue else {"verified": "green", "rectified": "cyan"}.get(r.state, "")
         )
+        shown = t.tr("Overdue") if r.overdue else r.state
         table.add_row(
             str(r.id),
             r.market_id,
@@ -183,7 +212,7 @@ def problems_list(
             r.category,
             r.description,
             fmt_local(r.deadline, s.timezone),
-            f"[{style}]{r.state}{' (overdue)' if r.overdue else ''}[/]",
+            styled(f"{r.state} ({shown})" if r.overdue else r.state, style),
             str(r.reopened),
         )
     out.print(table)
@@ -192,7 +221,7 @@ def problems_list(
 @problems_app.command("rectify")
 @handled
 def problems_rectify(
-    problem_id: Annotated[int, typer.Argument(help="The problem's id.")],
+    problem_id: Annotated[int, typer.Argument(min=1, max=ID_MAX, help="The problem's id.")],
     by: Annotated[str, typer.Option(help="Who fixed it.")],
     note: Annotated[str, typer.Option(help="What was done.")],
     evidence: Annotated[
@@ -207,13 +236,13 @@ def problems_rectify(
     ob = problem_ledger.rectify(
         engine, problem_id=problem_id, by=by, note=note, now=utcnow(), evidence=files
     )
-    out.print(f"problem {problem_id} rectified; re-inspection is obligation {ob}", markup=False)
+    out.print(f"problem {problem_id} rectified; re-inspection is obligation {ob}")
 
 
 @problems_app.command("verify")
 @handled
 def problems_verify(
-    problem_id: Annotated[int, typer.Argument(help="The problem's id.")],
+    problem_id: Annotated[int, typer.Argument(min=1, max=ID_MAX, help="The problem's id.")],
     by: Annotated[str, typer.Option(help="Who re-inspected it.")],
     note: Annotated[str | None, typer.Option(help="A note for the record.")] = None,
 ) -> None:
@@ -222,13 +251,13 @@ def problems_verify(
 
     s, engine = connect()
     problem_ledger.verify(engine, problem_id=problem_id, by=by, now=utcnow(), note=note)
-    out.print(f"problem {problem_id} verified", markup=False)
+    out.print(f"problem {problem_id} verified")
 
 
 @problems_app.command("reopen")
 @handled
 def problems_reopen(
-    problem_id: Annotated[int, typer.Argument(help="The problem's id.")],
+    problem_id: Annotated[int, typer.Argument(min=1, max=ID_MAX, help="The problem's id.")],
     by: Annotated[str, typer.Option(help="Who re-inspected it.")],
     note: Annotated[str, typer.Option(help="Why it did not pass.")],
     deadline: Annotated[
@@ -249,7 +278,7 @@ def problems_reopen(
     problem_ledger.reopen(
         engine, problem_id=problem_id, by=by, note=note, now=utcnow(), deadline=new
     )
-    out.print(f"problem {problem_id} reopened", markup=False)
+    out.print(f"problem {problem_id} reopened")
 
 
 @problems_app.command("rate")
@@ -264,12 +293,10 @@ def problems_rate(
     """The rectification rate (整改率) per market and for the district: verified ÷ due."""
     from marketcare.domain.periods import Period
     from marketcare.domain.problems import Rate
-    from marketcare.ledger.db import migrate
     from marketcare.ledger.db import read as read_tx
     from marketcare.reports.figures import Report, problem_rates
 
     s, engine = connect()
-    migrate(engine)
     p = Period.of(period.value, parse_date(date_, "--date") or local_today(s))
     with read_tx(engine) as conn:
         report = Report(conn, p, as_of=utcnow())
@@ -286,7 +313,7 @@ def problems_rate(
             ],
             "district": {"due": total.due, "verified": total.verified, "rate": total.value},
         }
-        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
+        out.print(json.dumps(data, ensure_ascii=False, indent=1))
         return
 
     from marketcare.domain.compliance import percent
@@ -294,13 +321,17 @@ def problems_rate(
     def pct(r: Rate) -> str:
         return percent(r.value)
 
-    table = Table(title=f"整改率 {p.key}", title_justify="left")
-    for col in ("market", "due", "verified", "rate"):
-        table.add_column(col)
+    t = words(s)
+    table = Table(title=f"{t.tr('Rectification rate')} {p.key}", title_justify="left")
+    for header in (t.tr("Market"), t.tr("Due"), t.tr("Verified"), t.tr("Rectification rate")):
+        table.add_column(header)
     for mid, name, r in rows:
         table.add_row(f"{name} ({mid})", str(r.due), str(r.verified), pct(r))
     table.add_row(
-        "[bold]district[/]", str(total.due), str(total.verified), f"[bold]{pct(total)}[/]"
+        styled(t.tr("District total"), "bold"),
+        str(total.due),
+        str(total.verified),
+        styled(pct(total), "bold"),
     )
     out.print(table)
 
@@ -320,18 +351,15 @@ def problems_import(
 ) -> None:
     """Import inspection findings from a spreadsheet: every row valid, or nothing imported."""
     from marketcare.ledger import problems as problem_ledger
-    from marketcare.ledger.db import migrate
 
     s, engine = connect()
-    migrate(engine)
     result = problem_ledger.import_xlsx(engine, file, now=utcnow(), skip_bad=skip_bad)
     for message in result.skipped:
-        err.print(f"skipped {message}", markup=False)
+        err.print(f"skipped {message}")
     out.print(
         f"{result.imported} problems imported"
         + (f", {result.already} already imported before" if result.already else "")
-        + (f", {result.bad_rows} bad rows skipped" if result.bad_rows else ""),
-        markup=False,
+        + (f", {result.bad_rows} bad rows skipped" if result.bad_rows else "")
     )
 
 
@@ -347,17 +375,18 @@ def pest(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """Pest-control visits done against each contractor's agreed visits per month (灭四害)."""
+    from marketcare.domain.inputs import check_date
     from marketcare.domain.periods import Period, from_key
     from marketcare.domain.schedules import load_paths
-    from marketcare.ledger.db import migrate, read
+    from marketcare.ledger.db import read
     from marketcare.ledger.pestcontrol import contract_status
 
     s, engine = connect()
-    migrate(engine)
     try:
-        period = from_key("month", month) if month else Period.of("month", local_today(s))
-    except ValueError:
-        raise typer.BadParameter(f"{month!r}: write YYYY-MM", param_hint="--month") from None
+        period = from_key("month", month.strip()) if month else Period.of("month", local_today(s))
+    except (ValueError, OverflowError):
+        raise BadInput(f"--month: {month!r} is not a month; write YYYY-MM", "month") from None
+    check_date(period.start, "--month")
     schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
     with read(engine) as conn:
         rows = contract_status(conn, schedule, period)
@@ -372,15 +401,22 @@ def pest(
             }
             for r in rows
         ]
-        out.print(json.dumps(data, ensure_ascii=False, indent=1), markup=False)
+        out.print(json.dumps(data, ensure_ascii=False, indent=1))
         return
     if not rows:
-        out.print("no pest-control contracts in the schedules (contracts:)", markup=False)
+        out.print("no pest-control contracts in the schedules (contracts:)")
         return
-    table = Table(title=f"灭四害 {period.key}", title_justify="left")
-    for col in ("market", "contractor", "agreed", "done", "short"):
-        table.add_column(col)
+    t = words(s)
+    table = Table(title=f"{t.tr('Pest control')} {period.key}", title_justify="left")
+    for header in (
+        t.tr("Market"),
+        t.tr("Contractor"),
+        t.tr("Agreed visits"),
+        t.tr("Visits done"),
+        t.tr("Short"),
+    ):
+        table.add_column(header)
     for r in rows:
-        short = f"[bold red]{r.short}[/]" if r.short else "0"
+        short = styled(str(r.short), "bold red") if r.short else "0"
         table.add_row(r.market_id, r.contractor, str(r.agreed), str(r.done), short)
     out.print(table)

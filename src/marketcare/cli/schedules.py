@@ -16,14 +16,13 @@ from marketcare.cli.common import (
     connect,
     fmt_local,
     handled,
-    ledger_engine,
     local_today,
     out,
     parse_date,
     progress_bar,
     utcnow,
 )
-from marketcare.errors import MarketcareError
+from marketcare.errors import BadInput
 
 if TYPE_CHECKING:
     from marketcare.domain.changes import Moved
@@ -52,7 +51,7 @@ def init(
     from marketcare.ledger.materialise import materialise
     from marketcare.ledger.sweep import sweep_all
 
-    s, engine = connect()
+    s, engine = connect(create=True)
     migrate(engine)
     first_operator(engine, operator)
     schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
@@ -86,7 +85,7 @@ def check(
     targets = paths or [s.schedules_dir]
     for p in targets:
         if not p.exists():
-            raise MarketcareError(f"{p}: no such file or directory")
+            raise BadInput(f"{p}: no such file or directory", "paths")
     schedule = load_paths(targets, default_timezone=s.timezone)
     areas = sum(len(m.areas) for m in schedule.markets)
     m2 = sum(a.m2 for m in schedule.markets for a in m.areas)
@@ -151,19 +150,21 @@ def plan(
     from marketcare.domain.changes import compare
     from marketcare.domain.obligations import expand_days
     from marketcare.domain.schedules import load_paths
+    from marketcare.ledger.db import make_engine
     from marketcare.ledger.versions import active_schedule
 
     s = cli_settings()
     paths = schedules or [s.schedules_dir]
     for p in paths:
         if not p.exists():
-            raise MarketcareError(f"--schedules: {p}: no such file or directory")
+            raise BadInput(f"--schedules: {p}: no such file or directory", "schedules")
     schedule = load_paths(paths, default_timezone=s.timezone)
     if market:
         unknown = [m for m in market if m not in schedule.market_by_id]
         if unknown:
-            raise MarketcareError(
-                f"--market: unknown market {unknown[0]!r} (known: {', '.join(schedule.market_by_id)})"
+            raise BadInput(
+                f"--market: unknown market {unknown[0]!r} (known: {', '.join(schedule.market_by_id)})",
+                "market",
             )
     first = parse_date(from_, "--from") or local_today(s)
     planned = expand_days(schedule, first, days, markets=market)
@@ -178,9 +179,11 @@ def plan(
             return
         _plan_table(planned, schedule, f"{len(planned)} obligations")
         return
-    engine = ledger_engine(s)
-    with engine.connect() as conn:
-        loaded = active_schedule(conn) if sa.inspect(conn).has_table("ledger_state") else None
+    loaded = None
+    if s.sqlite_path is None or s.sqlite_path.is_file():  # never make a database to compare
+        with make_engine(s.database_url).connect() as conn:
+            if sa.inspect(conn).has_table("ledger_state"):
+                loaded = active_schedule(conn)
     if loaded is None and schedules:  # nothing applied yet: compare with the live files
         loaded = load_paths([s.schedules_dir], default_timezone=s.timezone)
     before = expand_days(loaded, first, days, markets=market) if loaded else []
@@ -289,7 +292,7 @@ def demo_cmd(
     from marketcare.ledger import demo
     from marketcare.ledger.db import migrate
 
-    s, engine = connect()
+    s, engine = connect(create=True)
     migrate(engine)
     schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
     with progress_bar("simulating") as progress:

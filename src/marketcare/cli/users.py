@@ -1,4 +1,8 @@
-"""People who use the web app and the API: the users group."""
+"""People who use the web app and the API: the users group.
+
+Tables use the words of the settings' language (``i18n`` catalogs); JSON keeps codes and
+writes times as ``clock.iso`` does.
+"""
 
 from __future__ import annotations
 
@@ -12,15 +16,15 @@ from rich.table import Table
 
 from marketcare.cli.common import (
     app,
-    cli_settings,
     connect,
     err,
     handled,
-    ledger_engine,
     out,
+    styled,
     utcnow,
+    words,
 )
-from marketcare.errors import MarketcareError
+from marketcare.errors import BadInput
 
 if TYPE_CHECKING:
     import sqlalchemy as sa
@@ -42,12 +46,23 @@ class RoleName(enum.StrEnum):
 
 
 def _read_password(from_stdin: bool) -> str:
+    """The new password: from standard input with ``--password-stdin``, else asked twice
+    on the terminal (without one, asking would only fail: say how to give it instead)."""
     if from_stdin:
-        return sys.stdin.readline().rstrip("\n")
+        try:
+            return sys.stdin.readline().rstrip("\r\n")
+        except UnicodeDecodeError:
+            raise BadInput("--password-stdin: the password is not UTF-8 text", "password") from None
+    if not sys.stdin.isatty():
+        raise BadInput(
+            "password: no terminal to ask it on; pipe it in with --password-stdin "
+            "(e.g. printf '%s\\n' \"$PASSWORD\" | marketcare users add ... --password-stdin)",
+            "password",
+        )
     first: str = typer.prompt("Password", hide_input=True)
     again: str = typer.prompt("Repeat the password", hide_input=True)
     if first != again:
-        raise MarketcareError("the two passwords differ; nothing changed")
+        raise BadInput("the two passwords differ; nothing changed", "password")
     return first
 
 
@@ -67,8 +82,7 @@ def first_operator(engine: sa.Engine, username: str) -> None:
     )
     out.print(
         f"made the first operator {username!r} with password {password} "
-        "(shown once: sign in and make the other users, or run `marketcare users add`)",
-        markup=False,
+        "(shown once: sign in and make the other users, or run `marketcare users add`)"
     )
 
 
@@ -91,10 +105,8 @@ def users_add(
     """Create a user (the password is asked for, or read with --password-stdin)."""
     from marketcare.domain.access import Role
     from marketcare.ledger import accounts
-    from marketcare.ledger.db import migrate
 
     s, engine = connect()
-    migrate(engine)
     password = _read_password(password_stdin)
     accounts.add_user(
         engine,
@@ -104,7 +116,7 @@ def users_add(
         now=utcnow(),
     )
     where = f" for {', '.join(market)}" if market else ""
-    out.print(f"user {username.lower()!r} ({role.value}{where}) created", markup=False)
+    out.print(f"user {username.lower()!r} ({role.value}{where}) created")
 
 
 @users_app.command("passwd")
@@ -114,13 +126,25 @@ def users_passwd(
     password_stdin: Annotated[
         bool, typer.Option("--password-stdin", help="Read the password from standard input")
     ] = False,
+    keep_tokens: Annotated[
+        bool,
+        typer.Option(
+            "--keep-tokens", help="Keep the user's API tokens (by default they are revoked)"
+        ),
+    ] = False,
 ) -> None:
-    """Set a user's password; their open sessions are signed out."""
+    """Set a user's password; their sessions end and their API tokens are revoked."""
     from marketcare.ledger import accounts
 
-    engine = ledger_engine(cli_settings())
-    accounts.set_password(engine, username, _read_password(password_stdin))
-    out.print(f"password of {username!r} changed; their sessions are signed out", markup=False)
+    _s, engine = connect()
+    revoked = accounts.set_password(
+        engine, username, _read_password(password_stdin), keep_tokens=keep_tokens, now=utcnow()
+    )
+    tokens = "their API tokens are kept" if keep_tokens else f"{revoked} API token(s) revoked"
+    out.print(
+        f"password of {username!r} changed; their sessions are signed out, {tokens}",
+        markup=False,
+    )
 
 
 @users_app.command("disable")
@@ -132,22 +156,37 @@ def users_disable(
     """Disable a user: sign-in refused, sessions ended, API tokens stop working."""
     from marketcare.ledger import accounts
 
-    engine = ledger_engine(cli_settings())
-    accounts.set_disabled(engine, username, not enable)
+    _s, engine = connect()
+    accounts.set_disabled(engine, username, not enable, now=utcnow())
     out.print(f"user {username!r} {'enabled' if enable else 'disabled'}", markup=False)
 
 
 @users_app.command("list")
 @handled
-def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def users_list(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
     """Every user with role, markets and status."""
+    from zoneinfo import ZoneInfo
+
     from marketcare.ledger import accounts
 
-    users = accounts.list_users(ledger_engine(cli_settings()))
+    s, engine = connect()
+    users = accounts.list_users(engine, zone=ZoneInfo(s.timezone))
     if as_json:
-        out.print_json(json.dumps(users, ensure_ascii=False))
+        out.print(json.dumps(users, ensure_ascii=False, indent=1))
         return
-    table = Table("user", "name", "role", "markets", "language", "status")
+    t = words(s)
+    table = Table(title=t.tr("Users"), title_justify="left")
+    for header in (
+        t.tr("User name"),
+        t.tr("Name shown on pages"),
+        t.tr("Role"),
+        t.tr("Markets"),
+        t.tr("Language"),
+        t.tr("Status"),
+    ):
+        table.add_column(header)
     for u in users:
         table.add_row(
             u["username"],
@@ -155,7 +194,7 @@ def users_list(as_json: Annotated[bool, typer.Option("--json")] = False) -> None
             u["role"],
             ", ".join(u["markets"]) or "—",
             u["language"] or "—",
-            "disabled" if u["disabled"] else "active",
+            styled(t.tr("Disabled"), "red") if u["disabled"] else t.tr("Active"),
         )
     out.print(table)
 
@@ -167,21 +206,79 @@ def users_token(
     name: Annotated[str, typer.Option(help="What the token is for, e.g. the system using it")],
 ) -> None:
     """Make an API token for a user (printed once; only its hash is kept)."""
-    import sqlalchemy as sa
-
     from marketcare.ledger import accounts
-    from marketcare.ledger.db import read
 
-    engine = ledger_engine(cli_settings())
-    who = accounts.list_users(engine)
-    if not any(u["username"] == username.lower() for u in who):
-        raise MarketcareError(f"no user {username!r}")
-    with read(engine) as conn:
-        from marketcare.ledger.models import User
-
-        uid = conn.execute(sa.select(User.id).where(User.username == username.lower())).scalar_one()
+    _s, engine = connect()
+    uid = accounts.user_id_of(engine, username)
     tid, token = accounts.create_token(engine, uid, name, now=utcnow())
     out.print(token, markup=False, soft_wrap=True)
     err.print(
         f"token {tid} for {username!r}: send it as 'Authorization: Bearer <token>'", markup=False
+    )
+
+
+@users_app.command("tokens")
+@handled
+def users_tokens(
+    username: Annotated[
+        str | None, typer.Argument(help="A user (default: every user's active tokens)")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """List API tokens (never their values): one user's, or every active one."""
+    from marketcare.ledger import accounts
+
+    _s, engine = connect()
+    if username is None:
+        rows = accounts.active_tokens(engine)
+    else:
+        name = username.strip().lower()
+        rows = [
+            {**t, "username": name}
+            for t in accounts.tokens_of(engine, accounts.user_id_of(engine, name))
+        ]
+    if as_json:
+        out.print_json(json.dumps(rows, ensure_ascii=False))
+        return
+    table = Table("id", "user", "name", "made", "last used", "status")
+    for t in rows:
+        table.add_row(
+            str(t["id"]),
+            t["username"],
+            t["name"],
+            t["created_at"][:16],
+            (t["last_used_at"] or "—")[:16],
+            "revoked" if t["revoked"] else "active",
+        )
+    out.print(table)
+
+
+@users_app.command("revoke-token")
+@handled
+def users_revoke_token(
+    username: str,
+    token_id: Annotated[
+        int, typer.Argument(help="The token id (see users tokens)", min=1, max=2**31 - 1)
+    ],
+) -> None:
+    """Revoke one of a user's API tokens; it stops working at once (within 5 s elsewhere)."""
+    from marketcare.ledger import accounts
+
+    _s, engine = connect()
+    accounts.revoke_token(engine, accounts.user_id_of(engine, username), token_id, now=utcnow())
+    out.print(f"token {token_id} of {username.lower()!r} revoked", markup=False)
+
+
+@users_app.command("rotate-feed")
+@handled
+def users_rotate_feed(username: str) -> None:
+    """Give a user new calendar feed addresses; the old ones answer 404 from now on."""
+    from marketcare.ledger import accounts
+
+    _s, engine = connect()
+    accounts.rotate_feed(engine, username, now=utcnow())
+    out.print(
+        f"calendar addresses of {username.lower()!r} rotated; they find the new ones on "
+        "their account page",
+        markup=False,
     )

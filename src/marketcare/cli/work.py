@@ -1,28 +1,32 @@
-"""The daily work from a terminal: the board (status) and ticking an obligation."""
+"""The daily work from a terminal: the board (status) and ticking an obligation.
+
+Tables use the words of the settings' language (``i18n`` catalogs); JSON keeps codes.
+"""
 
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from marketcare.cli.common import (
+    EXIT_FAILED_READING,
     STATE_STYLE,
     app,
+    check_choices,
     connect,
     handled,
     local_today,
     out,
     parse_date,
+    styled,
     utcnow,
+    words,
 )
-from marketcare.errors import MarketcareError
-
-if TYPE_CHECKING:
-    pass
-
+from marketcare.domain.inputs import ID_MAX
+from marketcare.errors import BadInput
 
 # ------------------------------------------------------------------------------ status
 
@@ -37,26 +41,39 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """The board: every obligation of the day and its state, overdue first."""
-    from marketcare.ledger.readmodel import board
+    from marketcare.ledger.readmodel import board, markets
 
     s, engine = connect()
     day = parse_date(date_, "--date") or local_today(s)
+    check_choices(market, [m.id for m in markets(engine)], "--market")
     now = utcnow()
     rows = board(engine, day=day, now=now, markets=market)
     if as_json:
-        out.print(
-            json.dumps([r.as_json() for r in rows], ensure_ascii=False, indent=1), markup=False
-        )
+        out.print(json.dumps([r.as_json() for r in rows], ensure_ascii=False, indent=1))
+        return
+    t = words(s)
+    if not rows:
+        out.print(t.tr("No obligations on {day}.").format(day=day))
         return
     counts: dict[str, int] = {}
     for r in rows:
-        counts[r.state.value] = counts.get(r.state.value, 0) + 1
+        label = t.state(r.state)
+        counts[label] = counts.get(label, 0) + 1
     table = Table(
-        title=f"{day} — " + ", ".join(f"{n} {k}" for k, n in sorted(counts.items())),
+        title=f"{day}: " + ", ".join(f"{label} {n}" for label, n in counts.items()),
         title_justify="left",
     )
-    for col in ("id", "market", "area", "task", "opens", "due", "state", "completed"):
-        table.add_column(col)
+    for header in (
+        t.tr("No."),
+        t.tr("Market"),
+        t.tr("Area"),
+        t.tr("Task"),
+        t.tr("Opens"),
+        t.tr("Due by"),
+        t.tr("State"),
+        t.tr("Completed at"),
+    ):
+        table.add_column(header)
     for r in rows:
         completed = r.local(r.completed_at)
         table.add_row(
@@ -66,10 +83,10 @@ def status(
             r.task_id,
             f"{r.local(r.opens_at):%H:%M}",
             f"{r.local(r.due_at):%H:%M}",
-            f"[{STATE_STYLE[r.state]}]{r.state.value}{' !' if r.overdue else ''}[/]",
+            styled(t.state(r.state) + (" !" if r.overdue else ""), STATE_STYLE[r.state]),
             f"{completed:%H:%M}" if completed else "",
         )
-    out.print(table if rows else f"no obligations on {day}")
+    out.print(table)
 
 
 # ------------------------------------------------------------------------------ tick
@@ -80,13 +97,13 @@ def _readings(pairs: list[str]) -> dict[str, float]:
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
-            raise MarketcareError(f"--reading {pair!r}: write KEY=VALUE, e.g. chlorine=1000")
+            raise BadInput(f"--reading {pair!r}: write KEY=VALUE, e.g. chlorine=1000", "readings")
         try:
             value = float(raw)
         except ValueError:
-            raise MarketcareError(f"--reading {pair!r}: {raw!r} is not a number") from None
+            raise BadInput(f"--reading {pair!r}: {raw!r} is not a number", "readings") from None
         if value != value or value in (float("inf"), float("-inf")):
-            raise MarketcareError(f"--reading {pair!r}: {raw!r} is not a finite number")
+            raise BadInput(f"--reading {pair!r}: {raw!r} is not a finite number", "readings")
         values[key.strip()] = value
     return values
 
@@ -96,7 +113,7 @@ def _texts(pairs: list[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise MarketcareError(f"--text {pair!r}: write KEY=VALUE, e.g. agents=溴敌隆 50 g")
+            raise BadInput(f"--text {pair!r}: write KEY=VALUE, e.g. agents=溴敌隆 50 g", "texts")
         values[key.strip()] = value
     return values
 
@@ -105,7 +122,8 @@ def _texts(pairs: list[str]) -> dict[str, str]:
 @handled
 def tick(
     obligation_id: Annotated[
-        int, typer.Argument(help="The obligation's id (see marketcare status).")
+        int,
+        typer.Argument(min=1, max=ID_MAX, help="The obligation's id (see marketcare status)."),
     ],
     by: Annotated[str, typer.Option("--by", help="Who did the work.")],
     reading: Annotated[
@@ -142,8 +160,6 @@ def tick(
         token=token,
         texts=_texts(text or []),
     )
-    out.print(
-        f"obligation {result.obligation_id}: {result.state.value} — {result.message}", markup=False
-    )
+    out.print(f"obligation {result.obligation_id}: {result.state.value} — {result.message}")
     if result.state == State.FAILED and result.changed:
-        raise typer.Exit(3)
+        raise typer.Exit(EXIT_FAILED_READING)

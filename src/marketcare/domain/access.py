@@ -115,6 +115,13 @@ def may(
     return True
 
 
+def leaves_no_operator(active_operators: Iterable[str], username: str) -> bool:
+    """Would disabling or demoting ``username`` leave no active operator? Then nobody
+    could manage users any more (short of editing the database), so it is refused."""
+    active = set(active_operators)
+    return username in active and not active - {username}
+
+
 def visible_markets(who: Principal, every: Iterable[str]) -> list[str]:
     """The markets ``who`` may look at, in the order of ``every``."""
     return [m for m in every if may(who, Action.VIEW_MARKET, m)]

@@ -67,13 +67,14 @@ def check(
     unknown = sorted(set(readings) - set(known_readings))
     if unknown:
         valid = ", ".join(r.describe() for r in checklist.readings) or "none"
-        raise TickRefused(f"unknown reading {unknown[0]!r}; this task takes: {valid}")
+        raise TickRefused(f"unknown reading {unknown[0]!r}; this task takes: {valid}", "readings")
     missing = [r for r in checklist.readings if r.id not in readings]
     if missing:
         raise TickRefused(
             "missing reading(s): "
             + ", ".join(r.describe() for r in missing)
-            + "; give each as --reading KEY=VALUE"
+            + "; give each as --reading KEY=VALUE",
+            "readings",
         )
     tick_ids = [c.id for c in checklist.ticks]
     if items is None or not items:
@@ -83,25 +84,29 @@ def check(
         bad = [i for i in given if i not in tick_ids]
         if bad:
             raise TickRefused(
-                f"unknown item {bad[0]!r}; this task's items: {', '.join(tick_ids) or 'none'}"
+                f"unknown item {bad[0]!r}; this task's items: {', '.join(tick_ids) or 'none'}",
+                "items",
             )
         left = [i for i in tick_ids if i not in given]
         if left:
             raise TickRefused(
-                f"items not ticked: {', '.join(left)}; tick them all (or give no --item to tick all)"
+                f"items not ticked: {', '.join(left)}; tick them all (or give no --item to tick all)",
+                "items",
             )
     text_ids = [t.id for t in checklist.texts]
     bad_texts = sorted(set(texts) - set(text_ids))
     if bad_texts:
         raise TickRefused(
-            f"unknown text {bad_texts[0]!r}; this task's texts: {', '.join(text_ids) or 'none'}"
+            f"unknown text {bad_texts[0]!r}; this task's texts: {', '.join(text_ids) or 'none'}",
+            "texts",
         )
     blank = [t for t in checklist.texts if t.required and not str(texts.get(t.id, "")).strip()]
     if blank:
         raise TickRefused(
             "missing text(s): "
             + ", ".join(f"{t.id} ({t.label})" for t in blank)
-            + "; give each as --text KEY=VALUE"
+            + "; give each as --text KEY=VALUE",
+            "texts",
         )
     failures: dict[str, Any] = {}
     for r in checklist.readings:

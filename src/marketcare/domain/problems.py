@@ -22,6 +22,7 @@ from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
+from marketcare.domain import inputs
 from marketcare.domain.compliance import share
 from marketcare.domain.obligations import State
 
@@ -173,12 +174,12 @@ def rectification_rate(
 #: sized from these (``ledger.models``) and every way in (CLI, API, pages, spreadsheets)
 #: is checked against them by ``field_errors``
 LIMITS: Final[dict[str, int]] = {
-    "market": 64,
-    "area": 64,
-    "description": 4000,
-    "found_by": 100,
-    "by": 100,
-    "assigned_to": 200,
+    "market": inputs.KEY_MAX,
+    "area": inputs.KEY_MAX,
+    "description": inputs.DESCRIPTION_MAX,
+    "found_by": inputs.PERSON_MAX,
+    "by": inputs.PERSON_MAX,
+    "assigned_to": inputs.ASSIGNEE_MAX,
 }
 #: a deadline further than this after the problem was found is a typing error (2126)
 LONGEST_DEADLINE: Final = timedelta(days=366)

@@ -33,6 +33,7 @@ from pydantic import (
 )
 
 from marketcare.domain import recurrence as rec
+from marketcare.domain.inputs import is_email
 from marketcare.domain.recurrence import ParsedRule, RuleError, Season, parse_rule, parse_season
 from marketcare.domain.timespec import (
     ROUND_THE_CLOCK,
@@ -800,11 +801,8 @@ class Task(_Strict):
         return self
 
 
-_EMAIL = re.compile(r"^[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+$")
-
-
 def _email(value: object) -> object:
-    if isinstance(value, str) and not _EMAIL.match(value.strip()):
+    if isinstance(value, str) and not is_email(value.strip()):
         raise ValueError(f"{value!r} is not an email address")
     return value.strip() if isinstance(value, str) else value
 
@@ -1067,7 +1065,8 @@ class Schedule:
 
 
 def digest_of(sources: Mapping[str, str], default_timezone: str) -> str:
-    """The digest a schedule loaded from these texts has (without loading them)."""
+    """A schedule version's identity from its exact texts, without loading them (the
+    daemon's reloader compares it; ``audit verify`` recomputes it)."""
     h = hashlib.sha256()
     h.update(default_timezone.encode())
     for name in sorted(sources):

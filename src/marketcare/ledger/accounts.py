@@ -1,9 +1,13 @@
-"""Users, passwords, API tokens and sign-in throttling, stored in the ledger database.
+"""Users, passwords, API tokens, sign-in throttling and calendar feed keys, in the ledger.
 
 Passwords are hashed with Argon2id (argon2-cffi's defaults, re-hashed when they change).
 API tokens are 256-bit random strings shown once; only their SHA-256 is stored, so a
 stolen database does not yield working tokens. Failed sign-ins are rows in the database,
-so the limit holds across restarts and across several daemons sharing one database.
+so the limit (``domain.signin``) holds across restarts and across several daemons.
+
+Every change to an account (added, disabled, enabled, password set, tokens made or
+revoked, calendar addresses rotated) is an audit event in the hash chain and a line of
+the security log, naming who made it.
 """
 
 from __future__ import annotations
@@ -17,46 +21,59 @@ import time
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta, tzinfo
 from typing import Any
 
 import sqlalchemy as sa
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
-from marketcare.domain.access import Principal, Role
-from marketcare.errors import MarketcareError, NotFound
+from marketcare import logs
+from marketcare.clock import iso, now_utc
+from marketcare.domain import signin
+from marketcare.domain.access import ALLOWED, Action, Principal, Role, leaves_no_operator, may
+from marketcare.errors import BadInput, NotFound, Refused
 from marketcare.i18n import LANGUAGES
+from marketcare.ledger import audit, sessions
 from marketcare.ledger.db import read, retrying, write
-from marketcare.ledger.models import ApiToken, AppSecret, LoginFailure, MarketRow, User, UserMarket
+from marketcare.ledger.models import (
+    ApiToken,
+    AppSecret,
+    LoginFailure,
+    MarketRow,
+    User,
+    UserMarket,
+    WebSession,
+)
 
 USERNAME = re.compile(r"^[a-z0-9][a-z0-9._-]{1,63}$")
 MIN_PASSWORD = 10
-TOKEN_PREFIX = "mc_"
+#: the visible prefix of every API token (not a secret: bandit B105 accepted)
+TOKEN_PREFIX = "mc_"  # nosec B105
 
-#: sign-in throttle: this many failures within the window locks the name (and the client)
-MAX_FAILURES = 5
-FAILURE_WINDOW = timedelta(minutes=15)
+#: the actor named in audit events of changes made on the command line
+CLI = "(cli)"
 
 _hasher = PasswordHasher()
 #: verified against when the user does not exist, so timing does not reveal names
 _DUMMY_HASH = _hasher.hash("not a password of anyone")
 
 
-class AccountError(MarketcareError):
+class AccountError(BadInput):
     """A user or token request was refused; ``field`` names the input at fault."""
 
-    def __init__(self, message: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.field = field
 
-
-class Throttled(MarketcareError):
+class Throttled(Refused):
     """Too many failed sign-ins; ``retry_after`` seconds until the next attempt counts."""
 
     def __init__(self, retry_after: int) -> None:
         super().__init__(f"too many failed sign-ins; try again in {retry_after // 60 + 1} min")
         self.retry_after = retry_after
+
+
+def _audit(conn: sa.Connection, *, by: str, action: str, now: datetime, **details: Any) -> None:
+    """An account change as an audit event (inside the change's own transaction)."""
+    audit.append(conn, [audit.NewEvent(at=now, actor=by, action=action, details=details)])
 
 
 @dataclass(frozen=True)
@@ -90,7 +107,7 @@ def _check_markets(conn: sa.Connection, role: Role, markets: tuple[str, ...]) ->
         )
 
 
-def add_user(engine: sa.Engine, new: NewUser, *, now: datetime) -> int:
+def add_user(engine: sa.Engine, new: NewUser, *, now: datetime, by: str = CLI) -> int:
     """Create a user; the name must be new (names are lower-case, never reused)."""
     username = new.username.strip().lower()
     if not USERNAME.match(username):
@@ -128,9 +145,20 @@ def add_user(engine: sa.Engine, new: NewUser, *, now: datetime) -> int:
             ).scalar_one()
             for m in markets:
                 conn.execute(sa.insert(UserMarket).values(user_id=uid, market_id=m))
+            _audit(
+                conn,
+                by=by,
+                action="user.added",
+                now=now,
+                user=username,
+                role=new.role.value,
+                markets=list(markets),
+            )
             return int(uid)
 
-    return retrying(step, what="add user")
+    uid = retrying(step, what="add user")
+    logs.security("user_added", user=username, role=new.role.value, by=by)
+    return uid
 
 
 def _user_row(conn: sa.Connection, username: str) -> Any:
@@ -142,36 +170,112 @@ def _user_row(conn: sa.Connection, username: str) -> Any:
     return row
 
 
-def set_password(engine: sa.Engine, username: str, password: str) -> None:
-    """Change a password; every session of the user is signed out."""
+def set_password(
+    engine: sa.Engine,
+    username: str,
+    password: str,
+    *,
+    keep_tokens: bool = False,
+    by: str = CLI,
+    now: datetime | None = None,
+) -> int:
+    """Set a password: every session of the user ends and, unless ``keep_tokens`` is
+    chosen explicitly, every API token is revoked (a reset usually means the old
+    password leaked, and a token made with it is no safer). Returns tokens revoked."""
     check_password(password)
-    _change_and_sign_out(
-        engine, username, {"password_hash": _hasher.hash(password)}, "set password"
+    hashed = _hasher.hash(password)
+    when = now or now_utc()
+
+    def step() -> int:
+        with write(engine) as conn:
+            row = _user_row(conn, username)
+            conn.execute(sa.update(User).where(User.id == row.id).values(password_hash=hashed))
+            sessions.end_in(conn, WebSession.user_id == row.id, why=sessions.Why.PASSWORD, now=when)
+            revoked = 0 if keep_tokens else _revoke_all_in(conn, row.id, when)
+            _audit(
+                conn,
+                by=by,
+                action="user.password_set",
+                now=when,
+                user=row.username,
+                tokens_revoked=revoked,
+                tokens_kept=keep_tokens,
+            )
+            return revoked
+
+    revoked = retrying(step, what="set password")
+    forget_tokens()
+    logs.security(
+        "password_set", user=username, by=by, tokens_revoked=revoked, tokens_kept=keep_tokens
+    )
+    return revoked
+
+
+def _revoke_all_in(conn: sa.Connection, user_id: int, now: datetime) -> int:
+    return int(
+        conn.execute(
+            sa.update(ApiToken)
+            .where(ApiToken.user_id == user_id, ApiToken.revoked_at.is_(None))
+            .values(revoked_at=now)
+        ).rowcount
     )
 
 
-def set_disabled(engine: sa.Engine, username: str, disabled: bool = True) -> None:
-    """Disable (or enable) a user: sessions end, tokens stop working, sign-in is refused."""
-    _change_and_sign_out(engine, username, {"disabled": disabled}, "disable user")
-
-
-def _change_and_sign_out(
-    engine: sa.Engine, username: str, values: dict[str, Any], what: str
+def set_disabled(
+    engine: sa.Engine,
+    username: str,
+    disabled: bool = True,
+    *,
+    by: str = CLI,
+    now: datetime | None = None,
 ) -> None:
-    """Change a user and end every session of theirs (the epoch their cookies carry moves
-    on) in one transaction; cached token lookups are forgotten after it."""
+    """Disable (or enable) a user: sessions end, tokens stop working, sign-in is refused.
+
+    Refused for the last active operator (nobody could manage users any more) and for
+    one's own account (``by``). The active operators are locked first, so two operators
+    disabling each other at once cannot both succeed.
+    """
+    when = now or now_utc()
+    name = username.strip().lower()
+    if disabled and name == by:
+        raise AccountError("you cannot disable your own account", "username")
 
     def step() -> None:
         with write(engine) as conn:
             row = _user_row(conn, username)
-            conn.execute(
-                sa.update(User)
-                .where(User.id == row.id)
-                .values(**values, session_epoch=row.session_epoch + 1)
+            if disabled and row.role == Role.OPERATOR.value and not row.disabled:
+                operators = conn.execute(
+                    sa.select(User.username)
+                    .where(User.role == Role.OPERATOR.value, User.disabled.is_(False))
+                    .order_by(User.id)
+                    .with_for_update()
+                ).scalars()
+                if leaves_no_operator(operators, row.username):
+                    logs.security("last_operator_refused", level=30, user=row.username, by=by)
+                    raise AccountError(
+                        f"{row.username!r} is the last active operator; make or enable "
+                        "another operator first",
+                        "username",
+                    )
+            conn.execute(sa.update(User).where(User.id == row.id).values(disabled=disabled))
+            if disabled:
+                sessions.end_in(
+                    conn,
+                    WebSession.user_id == row.id,
+                    why=sessions.Why.DISABLED,
+                    now=when,
+                )
+            _audit(
+                conn,
+                by=by,
+                action="user.disabled" if disabled else "user.enabled",
+                now=when,
+                user=row.username,
             )
 
-    retrying(step, what=what)
+    retrying(step, what="disable user")
     forget_tokens()
+    logs.security("user_disabled" if disabled else "user_enabled", user=name, by=by)
 
 
 def set_language(engine: sa.Engine, user_id: int, language: str | None) -> None:
@@ -182,7 +286,8 @@ def set_language(engine: sa.Engine, user_id: int, language: str | None) -> None:
     forget_tokens()
 
 
-def list_users(engine: sa.Engine) -> list[dict[str, Any]]:
+def list_users(engine: sa.Engine, *, zone: tzinfo = UTC) -> list[dict[str, Any]]:
+    """Every user, as the CLI's and the API's JSON show them (times by ``clock.iso``)."""
     with read(engine) as conn:
         users = conn.execute(sa.select(User).order_by(User.username)).all()
         links = conn.execute(sa.select(UserMarket)).all()
@@ -197,7 +302,7 @@ def list_users(engine: sa.Engine) -> list[dict[str, Any]]:
             "markets": sorted(markets.get(u.id, [])),
             "language": u.language,
             "disabled": u.disabled,
-            "created_at": u.created_at.isoformat(),
+            "created_at": iso(u.created_at, zone),
         }
         for u in users
     ]
@@ -228,15 +333,15 @@ def count_users(engine: sa.Engine, role: Role | None = None) -> int:
 # ---------------------------------------------------------------- principals
 
 
-def principal(engine: sa.Engine, user_id: int, epoch: int | None = None) -> Principal | None:
-    """The active user ``user_id`` (None when disabled, gone, or ``epoch`` is stale)."""
+def principal(engine: sa.Engine, user_id: int) -> Principal | None:
+    """The active user ``user_id`` (None when disabled or gone)."""
     with read(engine) as conn:
-        return principal_in(conn, user_id, epoch)
+        return principal_in(conn, user_id)
 
 
-def principal_in(conn: sa.Connection, user_id: int, epoch: int | None = None) -> Principal | None:
+def principal_in(conn: sa.Connection, user_id: int) -> Principal | None:
     row = conn.execute(sa.select(User).where(User.id == user_id)).one_or_none()
-    if row is None or row.disabled or (epoch is not None and epoch != row.session_epoch):
+    if row is None or row.disabled:
         return None
     markets = frozenset(
         conn.execute(sa.select(UserMarket.market_id).where(UserMarket.user_id == user_id)).scalars()
@@ -251,61 +356,101 @@ def principal_in(conn: sa.Connection, user_id: int, epoch: int | None = None) ->
     )
 
 
-def session_epoch(engine: sa.Engine, user_id: int) -> int:
-    with read(engine) as conn:
-        return int(
-            conn.execute(sa.select(User.session_epoch).where(User.id == user_id)).scalar_one()
-        )
-
-
 # ---------------------------------------------------------------- sign-in
 
 
-def _recent_failures(conn: sa.Connection, username: str, client: str, now: datetime) -> list[Any]:
-    since = now - FAILURE_WINDOW
-    return list(
-        conn.execute(
-            sa.select(LoginFailure.at)
-            .where(
-                LoginFailure.at > since,
-                sa.or_(LoginFailure.username == username, LoginFailure.client == client),
-            )
-            .order_by(LoginFailure.at)
-        ).scalars()
-    )
+@dataclass(frozen=True)
+class SignIn:
+    """The outcome of a sign-in attempt: the user (None: refused), and how long to wait
+    before answering (``domain.signin``: a name under attack from many addresses)."""
+
+    who: Principal | None
+    delay: float = 0.0
 
 
-def authenticate(
-    engine: sa.Engine, username: str, password: str, *, client: str, now: datetime
-) -> Principal | None:
-    """The user if the password is right; None if not; ``Throttled`` after too many failures.
+def _failure_times(conn: sa.Connection, *where: Any) -> list[datetime]:
+    return list(conn.execute(sa.select(LoginFailure.at).where(*where)).scalars())
 
-    Failures count per user name and per client address, so guessing many passwords for
-    one name or one password against many names are both slowed down.
+
+def attempt_sign_in(
+    engine: sa.Engine,
+    username: str,
+    password: str,
+    *,
+    client: str,
+    device: str | None = None,
+    now: datetime,
+) -> SignIn:
+    """Check a password under the throttle of ``domain.signin``; ``Throttled`` if refused.
+
+    ``client`` is the address; ``device`` the id of a device cookie the caller verified
+    for this name (the browser signed in as this user before), or None.
     """
     name = username.strip().lower()[:64]
-    client = client[:64]
+    address = client[:64]
+    key = f"d:{device}"[:64] if device else address
+    since = now - signin.WINDOW
     with read(engine) as conn:
-        failures = _recent_failures(conn, name, client, now)
+        pair = _failure_times(
+            conn, LoginFailure.at > since, LoginFailure.username == name, LoginFailure.client == key
+        )
+        from_address = (
+            []
+            if device
+            else _failure_times(conn, LoginFailure.at > since, LoginFailure.client == address)
+        )
+        name_failures = int(
+            conn.execute(
+                sa.select(sa.func.count())
+                .select_from(LoginFailure)
+                .where(LoginFailure.at > since, LoginFailure.username == name)
+            ).scalar_one()
+        )
         row = conn.execute(sa.select(User).where(User.username == name)).one_or_none()
-    if len(failures) >= MAX_FAILURES:
-        oldest = failures[-MAX_FAILURES]
-        raise Throttled(max(1, int((oldest + FAILURE_WINDOW - now).total_seconds())))
+    verdict = signin.judge(
+        pair=pair,
+        client=from_address,
+        name_failures=name_failures,
+        trusted=device is not None,
+        now=now,
+    )
+    if verdict.refused is not None:
+        logs.security(
+            "signin_throttled",
+            level=30,
+            user=name,
+            client=address,
+            device=device or "",
+            scope=verdict.refused.value,
+            retry_after=verdict.retry_after,
+        )
+        raise Throttled(verdict.retry_after)
+    if verdict.delay:
+        logs.security("signin_slowed", level=30, user=name, client=address, delay=verdict.delay)
     ok = False
     try:
         ok = _hasher.verify(row.password_hash if row else _DUMMY_HASH, password) and row is not None
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         ok = False
     if not ok or row is None or row.disabled:
+        reason = "unknown user" if row is None else "disabled" if ok else "wrong password"
 
         def record() -> None:
             with write(engine) as conn:
-                conn.execute(sa.insert(LoginFailure).values(username=name, client=client, at=now))
+                conn.execute(sa.insert(LoginFailure).values(username=name, client=key, at=now))
                 # keep the table small: failures older than the window no longer count
-                conn.execute(sa.delete(LoginFailure).where(LoginFailure.at < now - FAILURE_WINDOW))
+                conn.execute(sa.delete(LoginFailure).where(LoginFailure.at < since))
 
         retrying(record, what="record failed sign-in")
-        return None
+        logs.security(
+            "signin_failed",
+            level=30,
+            user=name,
+            client=address,
+            device=device or "",
+            reason=reason,
+        )
+        return SignIn(None, verdict.delay)
     if _hasher.check_needs_rehash(row.password_hash):
         with write(engine) as conn:
             conn.execute(
@@ -314,8 +459,17 @@ def authenticate(
                 .values(password_hash=_hasher.hash(password))
             )
     with write(engine) as conn:
-        conn.execute(sa.delete(LoginFailure).where(LoginFailure.username == name))
-    return principal(engine, row.id)
+        # only this pair's failures are forgiven: the owner signing in from their phone
+        # does not reset a guesser's count elsewhere
+        conn.execute(
+            sa.delete(LoginFailure).where(LoginFailure.username == name, LoginFailure.client == key)
+        )
+    return SignIn(principal(engine, row.id), verdict.delay)
+
+
+def device_id() -> str:
+    """A fresh id for a device cookie (the web app signs it for the user who signed in)."""
+    return secrets.token_hex(8)
 
 
 # ---------------------------------------------------------------- API tokens
@@ -325,37 +479,72 @@ def _token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(engine: sa.Engine, user_id: int, name: str, *, now: datetime) -> tuple[int, str]:
-    """A new token for ``user_id``: returns (id, token); the token is not stored."""
+def create_token(
+    engine: sa.Engine, user_id: int, name: str, *, now: datetime, by: str = CLI
+) -> tuple[int, str]:
+    """A new token for ``user_id``: returns (id, token); the token is not stored.
+
+    The pages and the API ask for the password again before calling this
+    (``attempt_sign_in``): a session left open on a shared computer must not be enough
+    to mint a credential that outlives it.
+    """
     name = name.strip()
     if not name or len(name) > 100:
         raise AccountError(
             "name the token (1–100 characters), e.g. the system that uses it", "name"
         )
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
-    with write(engine) as conn:
-        tid = conn.execute(
-            sa.insert(ApiToken)
-            .values(user_id=user_id, name=name, token_hash=_token_hash(token), created_at=now)
-            .returning(ApiToken.id)
-        ).scalar_one()
-    return int(tid), token
+
+    def step() -> tuple[int, str]:
+        with write(engine) as conn:
+            tid = conn.execute(
+                sa.insert(ApiToken)
+                .values(user_id=user_id, name=name, token_hash=_token_hash(token), created_at=now)
+                .returning(ApiToken.id)
+            ).scalar_one()
+            owner = conn.execute(sa.select(User.username).where(User.id == user_id)).scalar_one()
+            _audit(conn, by=by, action="token.created", now=now, user=owner, token_id=int(tid))
+            return int(tid), str(owner)
+
+    tid, owner = retrying(step, what="create token")
+    logs.security("token_created", user=owner, token_id=tid, token_name=name, by=by)
+    return tid, token
 
 
-def revoke_token(engine: sa.Engine, user_id: int, token_id: int, *, now: datetime) -> None:
-    with write(engine) as conn:
-        changed = conn.execute(
-            sa.update(ApiToken)
-            .where(
-                ApiToken.id == token_id,
-                ApiToken.user_id == user_id,
-                ApiToken.revoked_at.is_(None),
-            )
-            .values(revoked_at=now)
-        ).rowcount
+def revoke_token(
+    engine: sa.Engine, user_id: int, token_id: int, *, now: datetime, by: str = CLI
+) -> None:
+    """Revoke one of ``user_id``'s tokens (the owner's own, or any user's by an operator)."""
+
+    def step() -> tuple[int, str | None]:
+        with write(engine) as conn:
+            changed = conn.execute(
+                sa.update(ApiToken)
+                .where(
+                    ApiToken.id == token_id,
+                    ApiToken.user_id == user_id,
+                    ApiToken.revoked_at.is_(None),
+                )
+                .values(revoked_at=now)
+            ).rowcount
+            owner = conn.execute(
+                sa.select(User.username).where(User.id == user_id)
+            ).scalar_one_or_none()
+            if changed == 1:
+                _audit(conn, by=by, action="token.revoked", now=now, user=owner, token_id=token_id)
+            return int(changed), owner
+
+    changed, owner = retrying(step, what="revoke token")
     forget_tokens()
     if changed != 1:
         raise NotFound(f"no active token {token_id}")
+    logs.security("token_revoked", user=owner or "", token_id=token_id, by=by)
+
+
+def user_id_of(engine: sa.Engine, username: str) -> int:
+    """The id of the user named ``username`` (``NotFound`` when there is none)."""
+    with read(engine) as conn:
+        return int(_user_row(conn, username).id)
 
 
 def tokens_of(engine: sa.Engine, user_id: int) -> list[dict[str, Any]]:
@@ -363,16 +552,29 @@ def tokens_of(engine: sa.Engine, user_id: int) -> list[dict[str, Any]]:
         rows = conn.execute(
             sa.select(ApiToken).where(ApiToken.user_id == user_id).order_by(ApiToken.id)
         ).all()
-    return [
-        {
-            "id": r.id,
-            "name": r.name,
-            "created_at": r.created_at.isoformat(),
-            "last_used_at": r.last_used_at.isoformat() if r.last_used_at else None,
-            "revoked": r.revoked_at is not None,
-        }
-        for r in rows
-    ]
+    return [_token_json(r) for r in rows]
+
+
+def _token_json(r: Any) -> dict[str, Any]:
+    return {
+        "id": r.id,
+        "name": r.name,
+        "created_at": r.created_at.isoformat(),
+        "last_used_at": r.last_used_at.isoformat() if r.last_used_at else None,
+        "revoked": r.revoked_at is not None,
+    }
+
+
+def active_tokens(engine: sa.Engine) -> list[dict[str, Any]]:
+    """Every user's tokens not revoked, with their owner: what an operator reviews."""
+    with read(engine) as conn:
+        rows = conn.execute(
+            sa.select(*ApiToken.__table__.c, User.username, User.disabled)
+            .join(User, User.id == ApiToken.user_id)
+            .where(ApiToken.revoked_at.is_(None))
+            .order_by(User.username, ApiToken.id)
+        ).all()
+    return [{**_token_json(r), "username": r.username, "user_disabled": r.disabled} for r in rows]
 
 
 #: last_used_at is written at most this often per token (not on every request)
@@ -497,10 +699,71 @@ def app_secret(engine: sa.Engine, name: str, *, now: datetime) -> str:
     return retrying(step, what="create secret")
 
 
-def feed_key(secret: str, market_id: str) -> str:
-    """The secret part of a market's calendar feed URL (stable; changes with the secret)."""
-    return hmac.new(secret.encode(), f"ical:{market_id}".encode(), hashlib.sha256).hexdigest()[:32]
+# ---------------------------------------------------------------- calendar feeds
 
 
-def feed_key_ok(secret: str, market_id: str, key: str) -> bool:
-    return hmac.compare_digest(feed_key(secret, market_id), key)
+def feed_key(secret: str, user_id: int, generation: int, market_id: str) -> str:
+    """The secret part of one user's calendar feed address for one market.
+
+    Per user, so a feed can be taken from one person without touching anyone else's:
+    disabling the user, taking the market from them, or rotating (``rotate_feed``, which
+    bumps ``generation``) makes the old address answer 404 at once.
+    """
+    message = f"ical:{user_id}:{generation}:{market_id}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
+def feed_keys(engine: sa.Engine, secret: str, who: Principal, markets: list[str]) -> dict[str, str]:
+    """The caller's feed key of each of ``markets`` (those they may view)."""
+    with read(engine) as conn:
+        generation = conn.execute(
+            sa.select(User.feed_generation).where(User.id == who.user_id)
+        ).scalar_one()
+    return {
+        m: feed_key(secret, who.user_id, int(generation), m)
+        for m in markets
+        if may(who, Action.VIEW_MARKET, m)
+    }
+
+
+def feed_reader(engine: sa.Engine, secret: str, market_id: str, key: str) -> Principal | None:
+    """Whose feed of ``market_id`` the address ``key`` is, if its owner may still view it.
+
+    Each active user's key is computed and compared in constant time; there are a few
+    dozen users, so this costs microseconds and stores no key.
+    """
+    if len(key) != 32 or not key.isascii():
+        return None
+    with read(engine) as conn:
+        rows = conn.execute(
+            sa.select(User.id, User.feed_generation).where(
+                User.disabled.is_(False),
+                User.role.in_([r.value for r in ALLOWED[Action.VIEW_MARKET]]),
+            )
+        ).all()
+        found = None
+        for uid, generation in rows:
+            if hmac.compare_digest(feed_key(secret, uid, int(generation), market_id), key):
+                found = int(uid)
+        who = principal_in(conn, found) if found is not None else None
+    if who is None or not may(who, Action.VIEW_MARKET, market_id):
+        return None
+    return who
+
+
+def rotate_feed(engine: sa.Engine, username: str, *, now: datetime, by: str = CLI) -> None:
+    """Give the user new calendar feed addresses; the old ones stop working at once."""
+
+    def step() -> str:
+        with write(engine) as conn:
+            row = _user_row(conn, username)
+            conn.execute(
+                sa.update(User)
+                .where(User.id == row.id)
+                .values(feed_generation=User.feed_generation + 1)
+            )
+            _audit(conn, by=by, action="feed.rotated", now=now, user=row.username)
+            return str(row.username)
+
+    name = retrying(step, what="rotate feed")
+    logs.security("feed_rotated", user=name, by=by)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -116,8 +116,16 @@ class Verdict:
     reason: str = ""
 
 
-def verify(conn: sa.Connection, *, batch: int = 5000) -> Verdict:
-    """Walk the chain from the first event; name the first one altered or removed."""
+def verify(
+    conn: sa.Connection,
+    *,
+    batch: int = 5000,
+    on_event: Callable[[Any], None] | None = None,
+) -> Verdict:
+    """Walk the chain from the first event; name the first one altered or removed.
+
+    ``on_event`` sees every event that verified, in order (the replay of ``examine``).
+    """
     prev, expected_seq, checked = GENESIS, 1, 0
     last_seq = 0
     while True:
@@ -135,6 +143,8 @@ def verify(conn: sa.Connection, *, batch: int = 5000) -> Verdict:
                 )
             if event_hash(prev, ev.seq, ev) != ev.hash:
                 return Verdict(False, checked, ev.seq, f"event {ev.seq} was altered")
+            if on_event is not None:
+                on_event(ev)
             prev, expected_seq, checked, last_seq = ev.hash, ev.seq + 1, checked + 1, ev.seq
     head = conn.execute(sa.select(AuditHead).where(AuditHead.id == 1)).one_or_none()
     if head is None:
@@ -150,3 +160,58 @@ def verify(conn: sa.Connection, *, batch: int = 5000) -> Verdict:
             f"event {missing} and later were removed (the head records {head.seq})",
         )
     return Verdict(True, checked)
+
+
+def head(conn: sa.Connection) -> Anchor:
+    """The chain's head now: what an export or an email carries as its anchor."""
+    row = conn.execute(sa.select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1)).first()
+    return Anchor(0, GENESIS) if row is None else Anchor(int(row.seq), str(row.hash))
+
+
+# ---------------------------------------------------------------- anchors
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """The chain's head as a file or a message witnessed it: event ``seq`` had ``hash``."""
+
+    seq: int
+    hash: str
+    source: str = ""
+
+    def text(self) -> str:
+        """``1329 3f2a…`` (all 64 hex digits): the form headers, footers and properties use."""
+        return f"{self.seq} {self.hash}"
+
+
+def check_anchor(conn: sa.Connection, anchor: Anchor) -> Verdict:
+    """Whether the ledger still holds exactly the history the anchor witnessed.
+
+    The chain up to ``anchor.seq`` must verify and end in ``anchor.hash``: a history cut
+    back (events removed from the end, the head rolled back) or rewritten consistently
+    (every later hash recomputed) before the anchor cannot end in the same hash.
+    """
+    where = f" ({anchor.source})" if anchor.source else ""
+    row = conn.execute(sa.select(Event.hash).where(Event.seq == anchor.seq)).first()
+    if anchor.seq == 0:
+        return Verdict(True, 0)
+    if row is None:
+        last = conn.execute(sa.select(sa.func.max(Event.seq))).scalar() or 0
+        return Verdict(
+            False,
+            0,
+            int(last) + 1,
+            f"the anchor{where} witnessed event {anchor.seq}, but the ledger's history ends "
+            f"at event {last}: events {int(last) + 1}–{anchor.seq} were removed "
+            "(history cut back)",
+        )
+    if row.hash != anchor.hash:
+        return Verdict(
+            False,
+            0,
+            anchor.seq,
+            f"event {anchor.seq} differs from the anchor{where}: the anchor has "
+            f"{anchor.hash[:16]}…, the ledger {str(row.hash)[:16]}…; the history up to "
+            f"event {anchor.seq} was rewritten",
+        )
+    return Verdict(True, anchor.seq)

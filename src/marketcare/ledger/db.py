@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
+
+from marketcare.errors import BadInput, MarketcareError, Unavailable
+from marketcare.files import folder_fault
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -158,17 +164,183 @@ def read(engine: sa.Engine) -> Iterator[sa.Connection]:
             yield conn
 
 
-def retrying(fn: Callable[[], T], *, attempts: int = 20, what: str = "write") -> T:
+# ---------------------------------------------------------------- faults
+
+#: SQLite's result codes that mean the file, its disk or its lock (sqlite.org/rescode.html)
+_SQLITE_FAULTS = {
+    3: ("the database file may not be written (permission denied)", 60),  # SQLITE_PERM
+    5: ("the database is busy (locked by another writer); try again", 5),  # SQLITE_BUSY
+    6: ("the database is busy (locked by another writer); try again", 5),  # SQLITE_LOCKED
+    8: ("the database is read-only", 60),  # SQLITE_READONLY
+    10: ("the database's disk failed to read or write", 60),  # SQLITE_IOERR
+    13: ("the database's disk is full", 60),  # SQLITE_FULL
+    14: ("the database file cannot be opened", 60),  # SQLITE_CANTOPEN
+}
+#: PostgreSQL's SQLSTATE classes and codes that mean the server, not the request
+_PG_FAULTS = {
+    "08": ("the database server cannot be reached (restarting?)", 5),
+    "53": ("the database server is out of resources (disk full, memory)", 60),
+    "57": ("the database server is shutting down or restarting", 5),
+    "58": ("the database server had a system error", 30),
+    "25006": ("the database is read-only", 60),
+    "40001": ("the database was busy with a conflicting write; try again", 1),
+    "40P01": ("the database was busy with a conflicting write; try again", 1),
+}
+
+
+def driver_errors() -> tuple[type[Exception], ...]:
+    """The drivers' own exception classes, for code that sees them unwrapped (COPY)."""
+    found: list[type[Exception]] = [sqlite3.Error]
+    try:
+        import psycopg
+
+        found.append(psycopg.Error)
+    except ImportError:  # pragma: no cover - psycopg is a dependency
+        pass
+    return tuple(found)
+
+
+def database_fault(exc: BaseException) -> Unavailable | None:
+    """``exc`` as "the database cannot be used for now" (unreachable, restarting, full,
+    read-only, locked past every retry), or None when it is something else (a bug).
+
+    Nothing was committed when one of these is raised inside a transaction, so the
+    caller may send the same request again; ``retry_after`` says when that is worth it.
+    """
+    orig = getattr(exc, "orig", None) or exc
+    if isinstance(exc, sa.exc.TimeoutError):
+        return Unavailable("every database connection is busy; try again", retry_after=5)
+    code = getattr(orig, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        known = _SQLITE_FAULTS.get(code & 0xFF)
+        if known is not None:
+            return Unavailable(f"{known[0]} ({orig})", retry_after=known[1])
+    sqlstate = getattr(orig, "sqlstate", None)
+    if isinstance(sqlstate, str):
+        known = _PG_FAULTS.get(sqlstate) or _PG_FAULTS.get(sqlstate[:2])
+        if known is not None:
+            return Unavailable(f"{known[0]} ({_first_line(orig)})", retry_after=known[1])
+    invalidated = isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
+    if invalidated or isinstance(
+        exc, (sa.exc.OperationalError, sa.exc.InterfaceError, sa.exc.DisconnectionError)
+    ):
+        return Unavailable(f"the database failed: {_first_line(orig)}", retry_after=5)
+    if _is_driver_fault(orig):
+        return Unavailable(f"the database failed: {_first_line(orig)}", retry_after=5)
+    return None
+
+
+def fault_of(exc: BaseException) -> MarketcareError | None:
+    """An unexpected exception seen as what it means for the caller, if anything: the
+    database or a folder unavailable (``Unavailable``: HTTP 503, exit 75), a value the
+    database cannot hold (``BadInput``), or None for a bug. The CLI and the web app both
+    ask here, so a fault means the same on both."""
+    if isinstance(exc, sa.exc.DataError):
+        return BadInput("a value is out of the range the database can hold")
+    if isinstance(exc, OSError):
+        return folder_fault(exc)
+    return database_fault(exc)
+
+
+def log_failure(logger: logging.Logger, what: str, exc: BaseException) -> None:
+    """Log a failed step: a fault of the database or a folder is one WARNING line (it is
+    expected and says what to fix); anything else is an ERROR with its traceback (a bug)."""
+    meaning = fault_of(exc)
+    if meaning is not None:
+        logger.warning("%s: %s", what, meaning.message)
+    else:
+        logger.error("%s", what, exc_info=exc)
+
+
+def schema_problem(engine: sa.Engine) -> str | None:
+    """Why the ledger cannot be used as it is (not initialised, or at another schema
+    revision than this version's), or None when it is ready."""
+    shown = engine.url.render_as_string(hide_password=True)
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return f"the database {shown} is not initialised: run `marketcare init`"
+        current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    heads = head_revisions()
+    if not heads:
+        from alembic.script import ScriptDirectory
+
+        heads = tuple(ScriptDirectory.from_config(alembic_config(engine)).get_heads())
+    if current not in heads:
+        return (
+            f"the database {shown} is at schema revision {current}; this version needs "
+            f"{', '.join(heads)}: run `marketcare init` to upgrade it"
+        )
+    return None
+
+
+@functools.cache
+def head_revisions() -> tuple[str, ...]:
+    """The newest schema revision(s), read from the migration files without loading
+    Alembic (a read command's start-up should not pay for it); empty if unsure."""
+    revision = re.compile(r'^revision\s*=\s*["\'](.+?)["\']', re.M)
+    down = re.compile(r'^down_revision\s*=\s*["\'](.+?)["\']', re.M)
+    found: set[str] = set()
+    below: set[str] = set()
+    for path in Path(MIGRATIONS, "versions").glob("*.py"):
+        text = path.read_text(encoding="utf-8")
+        if (m := revision.search(text)) is not None:
+            found.add(m.group(1))
+        if (m := down.search(text)) is not None:
+            below.add(m.group(1))
+    heads = tuple(sorted(found - below))
+    return heads if len(heads) == 1 else ()
+
+
+def _is_driver_fault(exc: BaseException) -> bool:
+    try:
+        import psycopg
+    except ImportError:  # pragma: no cover
+        return False
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def is_disconnect(exc: BaseException) -> bool:
+    """Whether the connection went away (a restart, a network cut) before an answer:
+    the transaction did not commit, unless the loss came during COMMIT itself."""
+    if isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated:
+        return True
+    sqlstate = getattr(getattr(exc, "orig", None), "sqlstate", None)
+    return isinstance(sqlstate, str) and (sqlstate.startswith("08") or sqlstate.startswith("57P"))
+
+
+def retrying(
+    fn: Callable[[], T], *, attempts: int = 20, what: str = "write", idempotent: bool = False
+) -> T:
     """Run ``fn`` again when the database was locked past its busy timeout (SQLite), or
     rolled the transaction back for a serialization failure or a deadlock (PostgreSQL).
 
-    ``fn`` must open its own transaction, so a retry starts from scratch.
+    With ``idempotent`` (running ``fn`` twice records once, e.g. a tick with its client
+    token), a lost or refused connection is retried too, for a few seconds: a database
+    server restarting under a running daemon costs a short wait, not an error. ``fn``
+    must open its own transaction, so a retry starts from scratch.
     """
     delay = 0.05
+    lost_since: float | None = None
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except sa.exc.OperationalError as exc:
+        except sa.exc.DBAPIError as exc:
+            if idempotent and (is_disconnect(exc) or _is_connect_failure(exc)):
+                now = time.monotonic()
+                lost_since = lost_since or now
+                if now - lost_since < RECONNECT_FOR and attempt < attempts:
+                    log.warning("database connection lost during %s; retrying", what)
+                    time.sleep(min(max(delay, 0.2), 1.0))
+                    delay = min(delay * 2, 1.0)
+                    continue
+                raise
+            if not isinstance(exc, sa.exc.OperationalError):
+                raise
             if not _is_locked(exc) or attempt == attempts:
                 raise
             log.warning("database busy during %s; retrying (attempt %d)", what, attempt)
@@ -177,17 +349,54 @@ def retrying(fn: Callable[[], T], *, attempts: int = 20, what: str = "write") ->
     raise AssertionError("unreachable")
 
 
+#: how long an idempotent write waits for a lost database connection to come back
+RECONNECT_FOR = 5.0
+
+
+def _is_connect_failure(exc: BaseException) -> bool:
+    """A new connection was refused (the server is down or starting): nothing was sent."""
+    orig = getattr(exc, "orig", exc)
+    text = str(orig).lower()
+    return getattr(orig, "sqlstate", None) == "57P03" or text.startswith(
+        ("connection failed", "connection to server", "could not connect")
+    )
+
+
 def alembic_config(engine: sa.Engine) -> Config:
+    """Alembic's configuration for ``engine``.
+
+    Alembic keeps options in a ConfigParser, which reads ``%`` as interpolation: the
+    URL of a PostgreSQL socket (``?host=%2Fvar%2Frun%2Fpostgresql``) must be escaped.
+    """
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", MIGRATIONS)
-    cfg.set_main_option("sqlalchemy.url", engine.url.render_as_string(hide_password=False))
+    url = engine.url.render_as_string(hide_password=False)
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
     cfg.attributes["engine"] = engine
     return cfg
 
 
 def migrate(engine: sa.Engine) -> None:
-    """Bring the schema to the newest revision; safe to run again."""
-    command.upgrade(alembic_config(engine), "head")
+    """Bring the schema to the newest revision; safe to run again.
+
+    On PostgreSQL with two roles (docs/operations.md, "Append-only history") the
+    application's role may not change the schema: a pending migration is then refused
+    with what to do, not a traceback.
+    """
+    from alembic import command
+
+    try:
+        command.upgrade(alembic_config(engine), "head")
+    except sa.exc.ProgrammingError as exc:
+        if getattr(exc.orig, "sqlstate", None) != "42501":  # insufficient_privilege
+            raise
+        raise MarketcareError(
+            "the database schema needs an upgrade that this role may not make: run "
+            "`marketcare init` once with the owner role's URL (docs/operations.md, "
+            "Append-only history)"
+        ) from None
 
 
 def current_revision(engine: sa.Engine) -> str | None:

@@ -3,16 +3,27 @@
 Stored once under their SHA-256 in the evidence folder, written to a temporary name and
 renamed, so a crash never leaves half a photo under a real name. The type is taken from
 the file's first bytes, not its name: a phone may send ``image.jpg`` that is HEIC.
+
+A hash is not a right. A photo is read through a record that holds it (a completion or a
+problem of a market the reader may view), and attached to a record only by whoever
+uploaded it, or when the record's market already holds it: knowing another market's
+hash gets you neither its photo nor a way to attach it to your own records.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from marketcare.errors import MarketcareError
+import sqlalchemy as sa
+
+from marketcare.errors import BadInput
+from marketcare.ledger.db import dialect_insert, read, retrying, write
+from marketcare.ledger.models import Completion, EvidenceUpload, Obligation, ProblemRow
 
 MAX_BYTES = 10_000_000
 
@@ -26,8 +37,12 @@ KINDS = {
 }
 
 
-class EvidenceRejected(MarketcareError):
+class EvidenceRejected(BadInput):
     """A file is not a photo we accept, or is too large; the message says which and why."""
+
+    def __init__(self, label: str, reason: str, field: str = "file") -> None:
+        super().__init__(f"{label}: {reason}", field)
+        self.reason = reason
 
 
 def sniff(head: bytes) -> str | None:
@@ -51,15 +66,15 @@ def store_bytes(
     """Keep ``data`` (named ``name`` by its sender) as evidence; returns its record."""
     label = Path(name).name or "photo"
     if not data:
-        raise EvidenceRejected(f"{label}: the file is empty")
+        raise EvidenceRejected(label, "the file is empty")
     if len(data) > max_bytes:
         raise EvidenceRejected(
-            f"{label}: {len(data) / 1e6:.1f} MB is more than the {max_bytes / 1e6:.0f} MB allowed"
+            label, f"{len(data) / 1e6:.1f} MB is more than the {max_bytes / 1e6:.0f} MB allowed"
         )
     kind = sniff(data[:16])
     if kind is None:
         raise EvidenceRejected(
-            f"{label}: not a photo; send a JPEG, PNG, WebP or HEIC image (or a PDF)"
+            label, "not a photo; send a JPEG, PNG, WebP or HEIC image (or a PDF)"
         )
     digest = hashlib.sha256(data).hexdigest()
     evidence_dir.mkdir(parents=True, exist_ok=True)
@@ -76,26 +91,96 @@ def store_bytes(
 
 def store_file(path: Path, evidence_dir: Path, *, max_bytes: int = MAX_BYTES) -> dict[str, Any]:
     """Keep a file given on the command line as evidence (see ``store_bytes``)."""
+    label = f"--evidence {path}"
     if not path.is_file():
-        raise EvidenceRejected(f"--evidence {path}: no such file")
+        raise EvidenceRejected(label, "no such file", "--evidence")
     size = path.stat().st_size
     if size > max_bytes:
         raise EvidenceRejected(
-            f"--evidence {path}: {size / 1e6:.1f} MB is more than the {max_bytes / 1e6:.0f} MB allowed"
+            label,
+            f"{size / 1e6:.1f} MB is more than the {max_bytes / 1e6:.0f} MB allowed",
+            "--evidence",
         )
     try:
-        return store_bytes(path.name, path.read_bytes(), evidence_dir, max_bytes=max_bytes)
+        data = path.read_bytes()
+    except OSError as exc:
+        raise EvidenceRejected(label, exc.strerror or str(exc), "--evidence") from None
+    try:
+        return store_bytes(path.name, data, evidence_dir, max_bytes=max_bytes)
     except EvidenceRejected as exc:
-        raise EvidenceRejected(f"--evidence {path}: {str(exc).split(': ', 1)[1]}") from None
+        raise EvidenceRejected(label, exc.reason, "--evidence") from None
 
 
 def path_of(record: dict[str, Any], evidence_dir: Path) -> Path | None:
     """Where a stored record's file is, if it is still there (never outside the folder)."""
     digest = str(record.get("sha256", ""))
-    if len(digest) != 64 or not all(c in "0123456789abcdef" for c in digest):
+    if not is_digest(digest):
         return None
     for ext in KINDS.values():
         candidate = evidence_dir / f"{digest}{ext}"
         if candidate.is_file():
             return candidate
     return None
+
+
+# ---------------------------------------------------------------- who may use a hash
+
+
+def record_upload(engine: sa.Engine, digest: str, user_id: int, *, now: datetime) -> None:
+    """Remember that ``user_id`` uploaded the file ``digest`` (so they may attach it)."""
+
+    def step() -> None:
+        with write(engine) as conn:
+            conn.execute(
+                dialect_insert(conn, EvidenceUpload)
+                .values(sha256=digest, user_id=user_id, uploaded_at=now)
+                .on_conflict_do_nothing()
+            )
+
+    retrying(step, what="record upload")
+
+
+def markets_holding(conn: sa.Connection, digest: str) -> set[str]:
+    """The markets with a completion or a problem that keeps the file ``digest``."""
+    if not is_digest(digest):
+        return set()
+    pattern = f"%{digest}%"
+    found = set(
+        conn.execute(
+            sa.select(Obligation.market_id)
+            .join(Completion, Completion.obligation_id == Obligation.id)
+            .where(sa.cast(Completion.evidence, sa.Text).like(pattern))
+        ).scalars()
+    )
+    found |= set(
+        conn.execute(
+            sa.select(ProblemRow.market_id).where(
+                sa.cast(ProblemRow.evidence, sa.Text).like(pattern)
+            )
+        ).scalars()
+    )
+    return found
+
+
+def attachable(
+    engine: sa.Engine, digests: Iterable[str], *, user_id: int, market_id: str
+) -> set[str]:
+    """Which of ``digests`` the user may attach to a record of ``market_id``: the ones
+    they uploaded, and the ones that market's records already keep."""
+    wanted = [d for d in dict.fromkeys(digests) if is_digest(d)]
+    if not wanted:
+        return set()
+    with read(engine) as conn:
+        mine = set(
+            conn.execute(
+                sa.select(EvidenceUpload.sha256).where(
+                    EvidenceUpload.user_id == user_id, EvidenceUpload.sha256.in_(wanted)
+                )
+            ).scalars()
+        )
+        held = {d for d in wanted if d not in mine and market_id in markets_holding(conn, d)}
+    return mine | held
+
+
+def is_digest(value: str) -> bool:
+    return len(value) == 64 and all(c in "0123456789abcdef" for c in value)

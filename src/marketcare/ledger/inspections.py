@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from marketcare.domain import inspections as rules
 from marketcare.domain.inspections import InspectionTemplate, Outcome, Score
 from marketcare.domain.problems import ProblemState
-from marketcare.errors import MarketcareError, NotFound
+from marketcare.errors import BadInput, NotFound
 from marketcare.ledger import audit
 from marketcare.ledger import problems as problem_ledger
 from marketcare.ledger.db import dialect_insert, read, retrying, write
@@ -48,12 +48,16 @@ log = logging.getLogger(__name__)
 MAX_NOTE = 2000
 
 
-class InspectionRefused(MarketcareError):
-    """A submission was not recorded; ``errors`` are (field, message) pairs."""
+class InspectionRefused(BadInput):
+    """A submission was not recorded; ``errors`` are (field, message) pairs, the first
+    one's field is the error's ``field``."""
 
     def __init__(self, errors: Sequence[tuple[str, str]]) -> None:
         self.errors = list(errors)
-        super().__init__("; ".join(f"{f}: {m}" for f, m in self.errors))
+        super().__init__(
+            "; ".join(f"{f}: {m}" for f, m in self.errors),
+            self.errors[0][0] if self.errors else None,
+        )
 
 
 @dataclass(frozen=True)

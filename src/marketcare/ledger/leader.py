@@ -26,7 +26,7 @@ from typing import Any, Protocol
 import sqlalchemy as sa
 from filelock import FileLock, Timeout
 
-from marketcare.ledger.db import is_sqlite, read, write
+from marketcare.ledger.db import is_sqlite, log_failure, read, write
 from marketcare.ledger.models import SchedulerLeader
 
 log = logging.getLogger("marketcare.leader")
@@ -83,8 +83,8 @@ class AdvisoryLock:
         try:
             self._conn.execute(sa.text("SELECT 1"))
             self._conn.commit()
-        except Exception:
-            log.warning("lost the connection that holds the scheduler lock", exc_info=True)
+        except Exception as exc:
+            log_failure(log, "lost the connection that holds the scheduler lock", exc)
             self._drop()
             return False
         return True

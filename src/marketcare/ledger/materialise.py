@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, time, timedelta, tzinfo
 from typing import Any
 
 import sqlalchemy as sa
@@ -91,8 +91,9 @@ _PLANNED_TEMP = (
     "missed_at timestamptz, state text, state_changed_at timestamptz, version_id bigint, "
     "created_at timestamptz, note text) ON COMMIT DROP"
 )
+# the column names are this module's own constant, never input (bandit B608 accepted)
 _PLANNED_MERGE = (
-    f"INSERT INTO obligations ({', '.join(_PLANNED_COLUMNS)}) "
+    f"INSERT INTO obligations ({', '.join(_PLANNED_COLUMNS)}) "  # nosec B608
     f"SELECT {', '.join(_PLANNED_COLUMNS)} FROM planned_in "
     "ON CONFLICT (natural_key) DO NOTHING"
 )
@@ -151,7 +152,11 @@ def materialise(
 ) -> MaterialiseResult:
     """Bring the ledger up to ``now + horizon`` for ``schedule``, from the stored watermark.
 
-    A fresh ledger starts at ``start`` (default: ``now``). Each chunk is one transaction
+    A fresh ledger starts at ``start``; by default at the start of today (local midnight
+    of the market whose day began first), so that a market's board shows today's work
+    from the first ``init`` on: obligations still open or ahead are created, those whose
+    window closed before the ledger existed are not (nobody could have ticked them, and
+    they must not count as missed). Each chunk is one transaction
     that inserts its obligations and advances the watermark, so a crash at any moment
     leaves a consistent ledger and the next run continues where this one stopped;
     downtime is replayed in full. A schedule different from the last one applied is
@@ -160,14 +165,17 @@ def materialise(
     """
     result = MaterialiseResult()
     target = now + horizon
+    fresh = False
 
     def step() -> bool:
+        nonlocal fresh
         with write(engine) as conn:
             version_id = ensure_version(conn, schedule, now=now)
             result.version_id = version_id
             state = ledger_state(conn, lock=True)
             if state is None:
-                first = start or now
+                fresh = start is None
+                first = start or start_of_today(schedule, now)
                 # two schedulers starting at once on PostgreSQL: the second finds the row
                 conn.execute(
                     dialect_insert(conn, LedgerState)
@@ -176,7 +184,7 @@ def materialise(
                 )
                 state = ledger_state(conn, lock=True)
                 assert state is not None
-            until = state.materialised_until or (start or now)
+            until = state.materialised_until or (start or start_of_today(schedule, now))
             if state.version_id != version_id:
                 _apply_version(
                     conn,
@@ -195,6 +203,8 @@ def materialise(
                 return False
             hi = min(until + chunk, target)
             planned = expand(schedule, until, hi)
+            if fresh and until < now:  # a new ledger takes today's work still to be done
+                planned = [p for p in planned if p.opens_at >= now or p.missed_at > now]
             created = insert_planned(conn, planned, version_id=version_id, now=now)
             conn.execute(
                 sa.update(LedgerState).where(LedgerState.id == 1).values(materialised_until=hi)
@@ -214,7 +224,8 @@ def materialise(
                             "version_id": version_id,
                         },
                     )
-                ],
+                ]
+                + _born_excused(conn, planned, now=now),
             )
             result.created += created
             result.chunks += 1
@@ -228,6 +239,15 @@ def materialise(
         if should_stop is not None and should_stop():
             break  # every finished chunk is committed; the next run continues from it
     return result
+
+
+def start_of_today(schedule: Schedule, now: datetime) -> datetime:
+    """Where a new ledger starts: the local midnight of the market whose day began first."""
+    zones: set[tzinfo] = {schedule.zone(m) for m in schedule.markets} or {UTC}
+    return min(
+        datetime.combine(now.astimezone(zone).date(), time()).replace(tzinfo=zone).astimezone(UTC)
+        for zone in zones
+    )
 
 
 def _apply_version(
@@ -248,6 +268,8 @@ def _apply_version(
     excuses that day's unfinished obligations, with the closure's reason.
     """
     events: list[audit.NewEvent] = []
+    before = _count_obligations(conn)
+    gone: list[Any] = []
     if until > now:
         planned = expand(schedule, now, until)
         keys = {p.natural_key for p in planned}
@@ -271,6 +293,11 @@ def _apply_version(
                     "missed_at": ins.excluded.missed_at,
                     "version_id": ins.excluded.version_id,
                     "state": ins.excluded.state,
+                    # a move (a rest day added or lifted) is dated; new windows are not
+                    "state_changed_at": sa.case(
+                        (Obligation.state != ins.excluded.state, ins.excluded.state_changed_at),
+                        else_=Obligation.state_changed_at,
+                    ),
                     "note": ins.excluded.note,
                 },
                 # not opened yet: nothing was done, so the new schedule decides; an
@@ -284,6 +311,9 @@ def _apply_version(
             )
             conn.execute(stmt, rows[i : i + CHUNK])
         events.extend(_rest_day_moves(planned, known, version_id, now=now, result=result))
+        events.extend(
+            _born_excused(conn, [p for p in planned if p.natural_key not in known], now=now)
+        )
         stale = conn.execute(
             sa.select(Obligation.id, Obligation.natural_key).where(
                 Obligation.state == State.UPCOMING.value,
@@ -322,6 +352,8 @@ def _apply_version(
                 "version_id": version_id,
                 "previous_version_id": old_version_id,
                 "digest": schedule.digest,
+                # exactly how many obligations it made: `audit verify` counts every row
+                "created": _count_obligations(conn) - before + len(gone),
             },
         ),
     )
@@ -369,6 +401,42 @@ def _rest_day_moves(
                 )
             )
     return events
+
+
+def _born_excused(
+    conn: sa.Connection, planned: Sequence[Planned], *, now: datetime
+) -> list[audit.NewEvent]:
+    """An event for each new obligation the schedule makes excused from the start (an
+    area's rest day, a closed day), so that ``audit verify`` tells it from an obligation
+    excused by an edit of the table. ``planned`` holds only obligations just inserted."""
+    reasons = {p.natural_key: p.excused for p in planned if p.excused}
+    keys = sorted(reasons)
+    found: list[Any] = []
+    for i in range(0, len(keys), CHUNK):
+        found.extend(
+            conn.execute(
+                sa.select(Obligation.id, Obligation.natural_key).where(
+                    Obligation.natural_key.in_(keys[i : i + CHUNK]),
+                    Obligation.state == State.EXCUSED.value,
+                )
+            )
+        )
+    return [
+        audit.NewEvent(
+            at=now,
+            actor=SYSTEM,
+            action="excused",
+            obligation_id=r.id,
+            from_state=State.UPCOMING.value,
+            to_state=State.EXCUSED.value,
+            details={"reason": reasons[r.natural_key], "planned": True},
+        )
+        for r in sorted(found, key=lambda r: r.id)
+    ]
+
+
+def _count_obligations(conn: sa.Connection) -> int:
+    return int(conn.execute(sa.select(sa.func.count()).select_from(Obligation)).scalar_one())
 
 
 def _excuse_closed_days(

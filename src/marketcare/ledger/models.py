@@ -9,6 +9,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
 
+from marketcare.domain.inputs import EMAIL_MAX, PERSON_MAX, TOKEN_MAX
 from marketcare.domain.problems import LIMITS as PROBLEM_LIMITS
 
 
@@ -125,8 +126,8 @@ class Completion(Base):
     __tablename__ = "completions"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     obligation_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("obligations.id"), index=True)
-    token: Mapped[str] = mapped_column(sa.String(100), unique=True)
-    by: Mapped[str] = mapped_column(sa.String(100))
+    token: Mapped[str] = mapped_column(sa.String(TOKEN_MAX))
+    by: Mapped[str] = mapped_column(sa.String(PERSON_MAX))
     at: Mapped[datetime]
     outcome: Mapped[str] = mapped_column(sa.String(16))
     readings: Mapped[dict[str, Any]]
@@ -144,6 +145,9 @@ class Completion(Base):
     #: which time ``at`` is and why (``phonetime.TimeBasis``)
     time_basis: Mapped[str] = mapped_column(sa.String(24), server_default="arrival")
 
+    #: a client token is scoped to who sent it (migration i14_token_scope)
+    __table_args__ = (sa.UniqueConstraint("by", "token", name="uq_completions_by_token"),)
+
 
 class Event(Base):
     """Append-only, hash-chained log of every state change: who, when, what."""
@@ -153,7 +157,7 @@ class Event(Base):
         sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=False
     )
     at: Mapped[datetime]
-    actor: Mapped[str] = mapped_column(sa.String(100))
+    actor: Mapped[str] = mapped_column(sa.String(PERSON_MAX))
     action: Mapped[str] = mapped_column(sa.String(40))
     obligation_id: Mapped[int | None] = mapped_column(
         BigId, sa.ForeignKey("obligations.id"), index=True
@@ -173,6 +177,35 @@ class AuditHead(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     seq: Mapped[int]
     hash: Mapped[str] = mapped_column(sa.String(64))
+
+
+class AuditTimestamp(Base):
+    """An RFC 3161 token over the chain's head: a time-stamping authority's witness.
+
+    Append-only, like the events: the token proves the ledger held exactly the history
+    ending in ``hash`` at event ``seq`` no later than ``gen_time``.
+    """
+
+    __tablename__ = "audit_timestamps"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigId, index=True)
+    hash: Mapped[str] = mapped_column(sa.String(64))
+    tsa: Mapped[str] = mapped_column(sa.String(500))
+    reason: Mapped[str] = mapped_column(sa.String(16))  # daily | report
+    gen_time: Mapped[datetime]
+    token: Mapped[bytes] = mapped_column(sa.LargeBinary)
+    created_at: Mapped[datetime]
+
+
+class Installation(Base):
+    """Who this ledger is (single row, id 1): names its report files apart from others'."""
+
+    __tablename__ = "installation"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    uid: Mapped[str] = mapped_column(sa.String(32))
+    #: the folder its reports go to under the exports folder: ``<database>-<uid[:8]>``
+    name: Mapped[str] = mapped_column(sa.String(100))
+    created_at: Mapped[datetime]
 
 
 class ReportRecord(Base):
@@ -199,6 +232,12 @@ class ReportRecord(Base):
     rows: Mapped[int]
     headline: Mapped[dict[str, Any]]
     generated_at: Mapped[datetime]
+    #: the audit chain's head written into the file (its anchor): sequence number and hash
+    anchor_seq: Mapped[int | None] = mapped_column(BigId)
+    anchor_hash: Mapped[str | None] = mapped_column(sa.String(64))
+    #: what was found wrong with the recorded file (missing | changed) and when
+    damage: Mapped[str | None] = mapped_column(sa.String(16))
+    damage_found_at: Mapped[datetime | None]
 
     __table_args__ = (
         sa.UniqueConstraint(
@@ -236,7 +275,7 @@ class OutboxMessage(Base):
     __tablename__ = "outbox"
     id: Mapped[int] = mapped_column(BigId, primary_key=True)
     report_id: Mapped[int] = mapped_column(BigId, sa.ForeignKey("reports.id"))
-    recipient: Mapped[str] = mapped_column(sa.String(320))
+    recipient: Mapped[str] = mapped_column(sa.String(EMAIL_MAX))
     message_id: Mapped[str] = mapped_column(sa.String(200), unique=True)
     state: Mapped[str] = mapped_column(sa.String(16))  # pending | sending | sent | failed
     attempts: Mapped[int] = mapped_column(default=0)
@@ -366,9 +405,11 @@ class User(Base):
     #: None: the site's language (settings.language)
     language: Mapped[str | None] = mapped_column(sa.String(8))
     disabled: Mapped[bool] = mapped_column(default=False)
-    #: bumped by a password change or a disable: signs every existing session out
+    #: no longer read (sessions are rows now: ``WebSession``); kept for old databases
     session_epoch: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[datetime]
+    #: bumped to rotate the user's calendar feed addresses (the old ones stop at once)
+    feed_generation: Mapped[int] = mapped_column(default=0, server_default="0")
 
 
 class UserMarket(Base):
@@ -400,6 +441,37 @@ class LoginFailure(Base):
     username: Mapped[str] = mapped_column(sa.String(64), index=True)
     client: Mapped[str] = mapped_column(sa.String(64), index=True)
     at: Mapped[datetime] = mapped_column(index=True)
+
+
+class WebSession(Base):
+    """One signed-in browser: a row per sign-in, so signing out really ends it.
+
+    The cookie carries a random key; only its SHA-256 is kept here, so a copy of the
+    database does not sign anyone in. ``ended_at`` set means the session is over, for
+    the reason in ``ended_why``.
+    """
+
+    __tablename__ = "web_sessions"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    #: what the browser said it was (User-Agent, shortened), to tell devices apart
+    device: Mapped[str] = mapped_column(sa.String(200))
+    client: Mapped[str] = mapped_column(sa.String(64))
+    created_at: Mapped[datetime]
+    last_seen_at: Mapped[datetime]
+    ended_at: Mapped[datetime | None]
+    ended_why: Mapped[str | None] = mapped_column(sa.String(32))
+
+
+class EvidenceUpload(Base):
+    """Who uploaded which file: attaching a photo by its hash needs this (or the market
+    already holding it), so knowing a hash is not a right to the photo."""
+
+    __tablename__ = "evidence_uploads"
+    sha256: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), primary_key=True)
+    uploaded_at: Mapped[datetime]
 
 
 class AppSecret(Base):

@@ -14,8 +14,11 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from marketcare.errors import MarketcareError, NotFound
+from marketcare.errors import Conflict, NotFound
 from marketcare.ledger.db import retrying, write
+
+#: the states of a message, in the order of its life
+STATES = ("pending", "sending", "sent", "failed")
 
 BACKOFF_FIRST = timedelta(minutes=1)
 BACKOFF_MAX = timedelta(hours=1)
@@ -97,7 +100,7 @@ def requeue(engine: sa.Engine, model: Any, row_id: int, *, now: datetime, what: 
             if row is None:
                 raise NotFound(f"{what} {row_id} does not exist")
             if row.state == "sending":
-                raise MarketcareError(f"{what} {row_id} is being sent right now")
+                raise Conflict(f"{what} {row_id} is being sent right now")
             conn.execute(
                 sa.update(model)
                 .where(model.id == row_id)

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from marketcare.domain import inputs
 from marketcare.domain.obligations import State, natural_key
 from marketcare.domain.problems import (
     Category,
@@ -38,7 +39,7 @@ from marketcare.domain.problems import (
 )
 from marketcare.domain.schedules import Schedule
 from marketcare.domain.vocabulary import REINSPECTION
-from marketcare.errors import MarketcareError, NotFound
+from marketcare.errors import BadInput, Conflict, NotFound
 from marketcare.ledger import audit, evidence
 from marketcare.ledger.db import dialect_insert, read, retrying, write
 from marketcare.ledger.models import (
@@ -70,6 +71,18 @@ class NewProblem:
     obligation_id: int | None = None
     evidence: list[dict[str, Any]] = field(default_factory=list)
     inspection_result_id: int | None = None
+
+
+def token_key(channel: str, owner: str, token: str) -> str:
+    """The ``source_key`` of a problem reported with a client token.
+
+    A token is scoped to who sent it (``owner``: a user name, or the CLI's ``--found-by``)
+    and to the channel, so two people's tokens never meet; the same person sending the
+    same token for a different problem is a conflict (``add_in``).
+    """
+    token = inputs.check_text(token, "token", limit=inputs.TOKEN_MAX, required=True)
+    who = hashlib.sha256(owner.strip().encode("utf-8", "surrogatepass")).hexdigest()[:12]
+    return f"{channel}:{who}:{token}"
 
 
 def validate(conn: sa.Connection, p: NewProblem, *, now: datetime) -> list[tuple[str, str]]:
@@ -105,6 +118,9 @@ def validate(conn: sa.Connection, p: NewProblem, *, now: datetime) -> list[tuple
         errors.append(
             ("category", f"{p.category!r} is not one of {', '.join(c.value for c in Category)}")
         )
+    for name, value in (("description", p.description), ("found_by", p.found_by)):
+        if inputs.undecodable(value):
+            errors.append((name, "not valid UTF-8 text"))
     if not p.description.strip():
         errors.append(("description", "a problem needs a description"))
     if not p.found_by.strip():
@@ -131,13 +147,35 @@ def add_in(
 ) -> tuple[int, bool]:
     errors = validate(conn, problem, now=now)
     if errors:
-        raise MarketcareError("; ".join(f"{f}: {m}" for f, m in errors))
+        raise BadInput("; ".join(f"{f}: {m}" for f, m in errors), errors[0][0])
     if problem.source_key is not None:
         existing = conn.execute(
-            sa.select(ProblemRow.id).where(ProblemRow.source_key == problem.source_key)
-        ).scalar_one_or_none()
+            sa.select(
+                ProblemRow.id,
+                ProblemRow.market_id,
+                ProblemRow.area_id,
+                ProblemRow.category,
+                ProblemRow.description,
+            ).where(ProblemRow.source_key == problem.source_key)
+        ).one_or_none()
         if existing is not None:
-            return int(existing), False
+            same = (
+                existing.market_id,
+                existing.area_id,
+                existing.category,
+                existing.description,
+            ) == (
+                problem.market_id,
+                problem.area_id,
+                problem.category,
+                problem.description.strip(),
+            )
+            if not same:
+                raise Conflict(
+                    "token: this token was already used for another problem; send a new one",
+                    "token",
+                )
+            return int(existing.id), False
     pid = conn.execute(
         dialect_insert(conn, ProblemRow)
         .values(
@@ -174,6 +212,10 @@ def add_in(
                     "category": problem.category,
                     "deadline": problem.deadline.isoformat(),
                     "source": problem.source_key,
+                    "description": problem.description.strip(),
+                    "found_at": problem.found_at.isoformat(),
+                    "found_by": problem.found_by.strip(),
+                    "evidence": problem.evidence,
                 },
             )
         ],
@@ -210,18 +252,18 @@ def _move(
 ) -> ProblemState:
     """Move a problem by the state machine (compare-and-swap) and log the move."""
     for fld, msg in text_errors({"by": by}):
-        raise MarketcareError(f"{fld}: {msg}")
+        raise BadInput(f"{fld}: {msg}", fld)
     try:
         target = check_transition(ProblemState(row.state), action)
     except TransitionRefused as exc:
-        raise MarketcareError(f"problem {row.id}: {exc}") from None
+        raise Conflict(f"problem {row.id}: {exc}") from None
     changed = conn.execute(
         sa.update(ProblemRow)
         .where(ProblemRow.id == row.id, ProblemRow.state == row.state)
         .values(state=target.value, **values)
     ).rowcount
     if changed != 1:
-        raise MarketcareError(f"problem {row.id} changed meanwhile; look again and retry")
+        raise Conflict(f"problem {row.id} changed meanwhile; look again and retry")
     audit.append(
         conn,
         [
@@ -252,8 +294,10 @@ def rectify(
 
     Returns the id of the re-inspection obligation.
     """
-    if not note.strip():
-        raise MarketcareError("--note: say what was done")
+    by = inputs.check_text(by, "by", limit=inputs.PERSON_MAX, required=True, what="name")
+    note = inputs.check_text(note, "note", limit=inputs.NOTE_MAX)
+    if not note:
+        raise BadInput("note: say what was done", "note")
 
     def step() -> int:
         with write(engine) as conn:
@@ -261,7 +305,7 @@ def rectify(
             try:  # refuse a wrong move before anything is written (a double submit)
                 check_transition(ProblemState(row.state), "rectify")
             except TransitionRefused as exc:
-                raise MarketcareError(f"problem {row.id}: {exc}") from None
+                raise Conflict(f"problem {row.id}: {exc}") from None
             kept = list((row.evidence or {}).get("items", []))
             ob_id = _schedule_reinspection(conn, row, now=now)
             _move(
@@ -289,7 +333,7 @@ def _schedule_reinspection(conn: sa.Connection, row: Any, *, now: datetime) -> i
         sa.select(LedgerState.version_id).where(LedgerState.id == 1)
     ).scalar_one_or_none()
     if version_id is None:
-        raise MarketcareError("the ledger has no schedule yet; run marketcare init")
+        raise Conflict("the ledger has no schedule yet; run marketcare init")
     zone = conn.execute(
         sa.select(MarketRow.timezone).where(MarketRow.id == row.market_id)
     ).scalar_one()
@@ -341,21 +385,34 @@ def _close_reinspection(
             note=result,
         )
     )
+    token = f"reinspection:{row.id}:{ob.id}"
+    items: dict[str, Any] = {"passed": passed}
+    failures: dict[str, Any] = {} if passed else {"passed": False}
+    completion_note = f"{result}：{note}" if note else result
     completion_id = conn.execute(
         sa.insert(Completion)
         .values(
             obligation_id=ob.id,
-            token=f"reinspection:{row.id}:{ob.id}",
+            token=token,
             by=by,
             at=now,
             outcome=outcome.value,
             readings={},
-            items={"passed": passed},
-            failures={} if passed else {"passed": False},
-            note=f"{result}：{note}" if note else result,
+            items=items,
+            failures=failures,
+            note=completion_note,
+            arrived_at=now,
         )
         .returning(Completion.id)
     ).scalar_one()
+    # every fact of the completion, as a tick's event holds them (``audit verify``)
+    timing = {
+        "at": now.isoformat(),
+        "arrived_at": now.isoformat(),
+        "phone_at": None,
+        "phone_sent_at": None,
+        "time_basis": "arrival",
+    }
     audit.append(
         conn,
         [
@@ -369,7 +426,15 @@ def _close_reinspection(
                 to_state=outcome.value,
                 details={
                     "reinspection": "passed" if passed else "failed",
+                    "result": result,
                     "completion_id": completion_id,
+                    "token": token,
+                    "readings": {},
+                    "items": items,
+                    "failures": failures,
+                    "note": completion_note,
+                    "evidence": [],
+                    **timing,
                 },
             )
         ],
@@ -380,6 +445,9 @@ def verify(
     engine: sa.Engine, *, problem_id: int, by: str, now: datetime, note: str | None = None
 ) -> None:
     """The office re-inspected and the rectification holds: the problem is closed."""
+    by = inputs.check_text(by, "by", limit=inputs.PERSON_MAX, required=True, what="name")
+    if note is not None:
+        note = inputs.check_text(note, "note", limit=inputs.NOTE_MAX) or None
 
     def step() -> None:
         with write(engine) as conn:
@@ -412,8 +480,10 @@ def reopen(
     deadline: datetime | None = None,
 ) -> None:
     """The re-inspection failed: back to open (the count of reopenings goes up)."""
-    if not note.strip():
-        raise MarketcareError("--note: say why the rectification did not pass")
+    by = inputs.check_text(by, "by", limit=inputs.PERSON_MAX, required=True, what="name")
+    note = inputs.check_text(note, "note", limit=inputs.NOTE_MAX)
+    if not note:
+        raise BadInput("note: say why the rectification did not pass", "note")
 
     def step() -> None:
         with write(engine) as conn:
@@ -462,19 +532,17 @@ def assign(
     Not a state change: an open problem stays open; assigning again replaces the name.
     A verified problem is closed and cannot be assigned.
     """
-    to = to.strip()
+    to = inputs.check_text(to, "assigned_to", limit=inputs.ASSIGNEE_MAX)
     if not to:
-        raise MarketcareError("assigned_to: say who must rectify it")
+        raise BadInput("assigned_to: say who must rectify it", "assigned_to")
     for fld, msg in text_errors({"assigned_to": to}):
-        raise MarketcareError(f"{fld}: {msg}")
+        raise BadInput(f"{fld}: {msg}", fld)
 
     def step() -> None:
         with write(engine) as conn:
             row = _load(conn, problem_id)
             if not can_assign(row.state):
-                raise MarketcareError(
-                    f"problem {problem_id} is verified (closed); nothing to assign"
-                )
+                raise Conflict(f"problem {problem_id} is verified (closed); nothing to assign")
             _check_deadline(deadline, row, now)
             values: dict[str, Any] = {"assigned_to": to, "assigned_at": now}
             if deadline is not None:
@@ -505,7 +573,7 @@ def _check_deadline(deadline: datetime | None, row: Any, now: datetime) -> None:
     if deadline is None:
         return
     for fld, msg in deadline_errors(deadline, found_at=row.found_at, now=now):
-        raise MarketcareError(f"{fld}: {msg}")
+        raise BadInput(f"{fld}: {msg}", fld)
 
 
 def listing(
@@ -604,7 +672,7 @@ CATEGORY_WORDS = {
 }
 
 
-class ImportRejected(MarketcareError):
+class ImportRejected(BadInput):
     """A spreadsheet had bad rows; every one is listed as ``row N, column X (header): …``."""
 
     def __init__(self, path: Path, errors: list[str]) -> None:
@@ -637,22 +705,20 @@ def import_xlsx(
     from openpyxl.utils import get_column_letter
 
     if not path.is_file():
-        raise MarketcareError(f"{path}: no such file")
+        raise BadInput(f"{path}: no such file (or not a file)", "file")
     data = path.read_bytes()
     file_key = hashlib.sha256(data).hexdigest()[:16]
     try:
         wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises many kinds for a file that is not a workbook
-        raise MarketcareError(
+        raise BadInput(
             f"{path}: not an Excel .xlsx workbook ({type(exc).__name__}: {exc})"
         ) from None
     ws = wb.worksheets[0]
     rows = ws.iter_rows()
     header_cells = next(rows, None)
     if header_cells is None:
-        raise MarketcareError(
-            f"{path}: the first sheet is empty; row 1 must hold the column headers"
-        )
+        raise BadInput(f"{path}: the first sheet is empty; row 1 must hold the column headers")
     header = tuple(c.value for c in header_cells)
     columns: dict[str, int] = {}
     for idx, title in enumerate(header):
@@ -662,7 +728,7 @@ def import_xlsx(
     missing = [k for k in REQUIRED if k not in columns]
     if missing:
         names = "; ".join(f"{k} ({' / '.join(HEADERS[k][1:])})" for k in missing)
-        raise MarketcareError(f"{path}: row 1: missing column(s): {names}")
+        raise BadInput(f"{path}: row 1: missing column(s): {names}")
     errors: list[str] = []
     bad_rows = 0
     good: list[tuple[int, NewProblem]] = []

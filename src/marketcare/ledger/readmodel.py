@@ -16,6 +16,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from marketcare import clock
 from marketcare.domain.checklists import Checklist, checklist_of
 from marketcare.domain.obligations import (
     COMPLETED,
@@ -88,7 +89,7 @@ class TodayBoard:
             "market": self.market.id,
             "market_name": self.market.name,
             "date": self.day.isoformat(),
-            "now": self.now.astimezone(ZoneInfo(self.market.zone)).isoformat(),
+            "now": clock.iso(self.now, ZoneInfo(self.market.zone)),
             "overdue": [r.as_json() for r in self.overdue],
             "open": [r.as_json() for r in self.open_now],
             "due_soon": [r.as_json() for r in self.due_soon],
@@ -194,7 +195,7 @@ def _completion_json(c: Any, zone: ZoneInfo) -> dict[str, Any]:
     return {
         "id": c.id,
         "by": c.by,
-        "at": c.at.astimezone(zone).isoformat(),
+        "at": clock.iso(c.at, zone),
         "outcome": c.outcome,
         "readings": c.readings,
         "items": c.items,
@@ -306,7 +307,7 @@ def areas(engine: sa.Engine, market_id: str) -> list[dict[str, Any]]:
 
 def problem_json(p: Any, zone: ZoneInfo, *, now: datetime) -> dict[str, Any]:
     def iso(v: datetime | None) -> str | None:
-        return None if v is None else v.astimezone(zone).isoformat()
+        return clock.iso(v, zone)
 
     return {
         "id": p.id,
@@ -364,8 +365,7 @@ class BoardRow:
 
     def as_json(self) -> dict[str, Any]:
         def iso(v: datetime | None) -> str | None:
-            loc = self.local(v)
-            return None if loc is None else loc.isoformat()
+            return clock.iso(v, ZoneInfo(self.zone))
 
         return {
             "id": self.id,

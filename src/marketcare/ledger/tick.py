@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 
+from marketcare.domain import inputs
 from marketcare.domain.checklists import check, checklist_of
 from marketcare.domain.obligations import (
     COMPLETED,
@@ -27,7 +28,7 @@ from marketcare.domain.obligations import (
     minutes_late,
 )
 from marketcare.domain.phonetime import ClockTrust, TimeBasis, Timing, judge
-from marketcare.errors import MarketcareError, NotFound, TickRefused
+from marketcare.errors import Conflict, Kind, NotFound, TickRefused, Unavailable
 from marketcare.ledger import audit
 from marketcare.ledger.db import retrying, write
 from marketcare.ledger.models import (
@@ -102,10 +103,21 @@ class TickRequest:
         phone_sent_at: datetime | None = None,
         trust: ClockTrust | None = None,
     ) -> TickRequest:
-        """A request with the ledger's normalisations: whole seconds, a token, a name."""
-        by = by.strip()
+        """A request with the ledger's normalisations (whole seconds, a token, a name) and
+        the limits of ``inputs``, the same on every database."""
+        inputs.check_id(obligation_id, "obligation_id", what="obligation")
+        by = inputs.check_text(by, "by", limit=inputs.PERSON_MAX)
         if not by:
-            raise TickRefused("--by: say who did the work")
+            raise TickRefused("by: say who did the work", "by")
+        if token is not None:
+            token = inputs.check_text(token, "token", limit=inputs.TOKEN_MAX) or None
+        if note is not None:
+            note = inputs.check_text(note, "note", limit=inputs.NOTE_MAX) or None
+        for key, value in (texts or {}).items():
+            inputs.check_text(key, "texts", limit=inputs.PERSON_MAX)
+            inputs.check_text(value, "texts", limit=inputs.NOTE_MAX)
+        for item in items or ():
+            inputs.check_text(item, "items", limit=inputs.PERSON_MAX)
         return cls(
             obligation_id=obligation_id,
             by=by,
@@ -179,13 +191,13 @@ def tick(
 
     for _ in range(5):
         try:
-            return retrying(attempt, what="tick")
+            return retrying(attempt, what="tick", idempotent=True)
         except _Raced:
             continue
         except sa.exc.IntegrityError:
             # the same token was inserted by a concurrent submission: report that one
             continue
-    raise MarketcareError(f"obligation {obligation_id} kept changing under this tick; try again")
+    raise Conflict(f"obligation {obligation_id} kept changing under this tick; try again")
 
 
 _OBLIGATIONS = cast(sa.Table, Obligation.__table__)
@@ -223,7 +235,7 @@ class _TickSql:
         _COMPLETIONS.c.phone_at,
         _COMPLETIONS.c.phone_sent_at,
         _COMPLETIONS.c.time_basis,
-    ).where(_COMPLETIONS.c.token == sa.bindparam("token"))
+    ).where(_COMPLETIONS.c.by == sa.bindparam("by"), _COMPLETIONS.c.token == sa.bindparam("token"))
     state_of = sa.select(_OBLIGATIONS.c.state).where(_OBLIGATIONS.c.id == sa.bindparam("ob_id"))
     move = (
         sa.update(_OBLIGATIONS)
@@ -261,8 +273,14 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
     """
     token = request.token
     ob = _obligation_to_tick(conn, request) if request.allowed_markets is not None else None
-    prior = conn.execute(_TickSql.prior, {"token": token}).one_or_none()
+    prior = conn.execute(_TickSql.prior, {"by": request.by, "token": token}).one_or_none()
     if prior is not None:
+        if prior.obligation_id != request.obligation_id:
+            raise Conflict(
+                f"token: {request.by} already used this token for obligation "
+                f"{prior.obligation_id}; send a new token for another submission",
+                "token",
+            )
         prior_state = conn.execute(_TickSql.state_of, {"ob_id": prior.obligation_id}).scalar_one()
         return TickResult(
             prior.obligation_id,
@@ -302,7 +320,8 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
         ), []
     if state == State.EXCUSED:
         raise TickRefused(
-            f"obligation {ob.id} is excused ({ob.note or 'no reason given'}); nothing to do"
+            f"obligation {ob.id} is excused ({ob.note or 'no reason given'}); nothing to do",
+            kind=Kind.CONFLICT,
         )
     timing = judge(
         arrived_at=request.now,
@@ -316,10 +335,11 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
         zone = _market_zone(conn, ob.market_id)
         raise TickRefused(
             f"obligation {ob.id} opens at {ob.opens_at.astimezone(zone):%Y-%m-%d %H:%M %Z}; "
-            "it cannot be completed before then"
+            "it cannot be completed before then",
+            kind=Kind.CONFLICT,
         )
     if not can_tick(state, opens_at=ob.opens_at, now=now):
-        raise MarketcareError(f"obligation {ob.id} is {state.value}")
+        raise Conflict(f"obligation {ob.id} is {state.value}")
     schedule = schedule_of_version(conn, ob.version_id)
     checklist = checklist_of(schedule, ob.task_id, ob.area_kind)
     failures, item_map = check(checklist, request.readings, request.items, request.texts)
@@ -336,7 +356,8 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
     ).rowcount
     if changed != 1:
         raise _Raced()
-    evidence = request.evidence
+    photos = [dict(e) for e in request.evidence]
+    readings = dict(request.readings)
     completion_id = conn.execute(
         _TickSql.record,
         {
@@ -345,20 +366,29 @@ def _tick_in(conn: sa.Connection, request: TickRequest) -> tuple[TickResult, lis
             "by": request.by,
             "at": now,
             "outcome": outcome.value,
-            "readings": dict(request.readings),
+            "readings": readings,
             "items": item_map,
             "failures": failures,
             "note": request.note,
-            "evidence": {"items": [dict(e) for e in evidence]} if evidence else None,
+            "evidence": {"items": photos} if photos else None,
             "phone_at": timing.phone_at,
             "phone_sent_at": timing.phone_sent_at,
             "arrived_at": timing.arrived_at,
             "time_basis": timing.basis.value,
         },
     ).scalar_one()
-    details: dict[str, Any] = {"completion_id": completion_id, "token": token, "failures": failures}
-    if timing.phone_at is not None:  # nothing moved silently: the event holds both times
-        details.update(timing.as_json())
+    # every fact of the completion, so `audit verify` can hold the row to it: both times,
+    # the readings, ticked items and texts, the note and the photos' hashes
+    details: dict[str, Any] = {
+        "completion_id": completion_id,
+        "token": token,
+        "failures": failures,
+        "readings": readings,
+        "items": item_map,
+        "note": request.note,
+        "evidence": photos,
+        **timing.as_json(),
+    }
     event = audit.NewEvent(
         at=timing.arrived_at,
         actor=request.by,
@@ -404,16 +434,17 @@ def _tick_in_savepoint(
             # CAS lost or the token inserted by another process: look again from scratch
             savepoint.rollback()
             continue
-        except sa.exc.OperationalError:
-            raise
+        except sa.exc.DBAPIError as exc:
+            if not isinstance(exc, sa.exc.DataError):
+                raise  # the connection or the database itself: the whole batch is in doubt
+            savepoint.rollback()
+            return exc
         except Exception as exc:  # refused (TickRefused, NotFound, ...) or a bad value
             savepoint.rollback()
             return exc
         savepoint.commit()
         return done
-    return MarketcareError(
-        f"obligation {request.obligation_id} kept changing under this tick; try again"
-    )
+    return Conflict(f"obligation {request.obligation_id} kept changing under this tick; try again")
 
 
 @dataclass
@@ -461,7 +492,7 @@ class TickWriter:
         fut: Future[TickResult] = Future()
         with self._lock:
             if self._closed:
-                raise MarketcareError("the server is shutting down; tick again in a moment")
+                raise Unavailable("the server is shutting down; tick again in a moment")
             self._queue.put(_Pending(request, fut))
         return fut
 
@@ -501,7 +532,9 @@ class TickWriter:
                 log.exception("tick writer: a batch failed unexpectedly")
                 for p in batch:
                     if not p.future.done():
-                        p.future.set_exception(MarketcareError("the tick was not recorded"))
+                        p.future.set_exception(
+                            Unavailable("the tick was not recorded; send it again")
+                        )
 
     def _write(self, batch: list[_Pending]) -> None:
         live = [p for p in batch if p.future.set_running_or_notify_cancel()]
@@ -523,7 +556,7 @@ class TickWriter:
             return outcomes
 
         try:
-            outcomes = retrying(attempt, what="tick batch")
+            outcomes = retrying(attempt, what="tick batch", idempotent=True)
         except Exception as exc:
             for p in live:
                 p.future.set_exception(exc)

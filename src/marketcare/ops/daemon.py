@@ -29,7 +29,7 @@ from marketcare.domain.schedules import Schedule, digest_of, read_sources
 from marketcare.domain.timespec import format_duration
 from marketcare.errors import MarketcareError, SourceError
 from marketcare.ledger import leader
-from marketcare.ledger.db import make_engine
+from marketcare.ledger.db import log_failure, make_engine
 from marketcare.ledger.leader import (
     Leadership,
     SqliteFileLock,
@@ -238,6 +238,12 @@ class Daemon:
             sender=self.settings.smtp_sender,
         )
 
+    def step_timestamp(self) -> bool:
+        """Have the authority witness the chain's head (daily, and after each report)."""
+        from marketcare.ops import timestamping
+
+        return timestamping.stamp_if_due(self.engine, self.settings, now=self.now()) is not None
+
     def step_outbox(self) -> int:
         """Send due emails; failures are kept in the outbox with their reason."""
         from marketcare.reports import delivery
@@ -360,6 +366,14 @@ class Daemon:
             id="reports",
             next_run_time=datetime.now(UTC),  # catch up at once on start
         )
+        if self.settings.tsa_url:
+            scheduler.add_job(
+                self._guarded(self.step_timestamp),
+                "interval",
+                seconds=self.settings.report_interval_seconds,
+                id="timestamp",
+                next_run_time=datetime.now(UTC),
+            )
         scheduler.add_job(
             self._guarded(self.step_outbox, "outbox"),
             "interval",
@@ -447,14 +461,9 @@ class Daemon:
         """Serve the web app and API from this process (``web_enabled``)."""
         if not self.settings.web_enabled:
             return None
-        from marketcare.web.app import WebServer, create_app
+        from marketcare.web.app import start_servers
 
-        server = WebServer(
-            create_app(self.settings, self.engine, daemon=self),
-            self.settings.web_host,
-            self.settings.web_port,
-        )
-        server.start()
+        server = start_servers(self.settings, self.engine, daemon=self)
         log.info(
             "web app listening",
             extra={"url": f"http://{self.settings.web_host}:{server.port}/"},
@@ -481,8 +490,8 @@ class Daemon:
         was = self.leading
         try:
             self.leading = self.leadership.still_held() if was else self.leadership.try_acquire()
-        except Exception:
-            log.warning("cannot reach the database to elect a leader", exc_info=True)
+        except Exception as exc:
+            log_failure(log, "cannot reach the database to elect a leader", exc)
             self.leading = False
         now = self.now()
         if self.leading and not was:
@@ -496,8 +505,8 @@ class Daemon:
         if self.leading:
             try:
                 leader.heartbeat(self.engine, identity(), now=now, since=self._leading_since or now)
-            except Exception:
-                log.warning("heartbeat failed", exc_info=True)
+            except Exception as exc:
+                log_failure(log, "heartbeat failed", exc)
         return self.leading and not was
 
     def _leader_tick(self) -> None:
@@ -539,7 +548,7 @@ class Daemon:
                 self.health.step_ok("reload", self.now())
             except Exception as exc:
                 self.health.step_failed("reload", f"{type(exc).__name__}: {exc}"[:300])
-                log.exception("checking the schedule files failed; trying again")
+                log_failure(log, "checking the schedule files failed; trying again", exc)
 
     def _watch(self, stop: threading.Event) -> None:
         """Wake the reloader as soon as a schedule file changes (inotify via watchfiles)."""
@@ -590,7 +599,8 @@ class Daemon:
             except Exception as exc:
                 if step is not None:
                     self.health.step_failed(step, f"{type(exc).__name__}: {exc}"[:300])
-                log.exception("step %s failed; it will run again", getattr(fn, "__name__", fn))
+                name = getattr(fn, "__name__", fn)
+                log_failure(log, f"step {name} failed; it will run again", exc)
             finally:
                 self._running = None
 

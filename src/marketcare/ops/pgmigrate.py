@@ -140,7 +140,12 @@ def sums(conn: sa.Connection, *, batch: int = BATCH) -> dict[str, TableSum]:
 
 
 def source_file(url: str) -> Path:
-    parsed = make_url(url)
+    try:
+        parsed = make_url(url)
+    except sa.exc.ArgumentError:
+        raise MarketcareError(
+            f"--from: {url!r} is not a database URL (e.g. sqlite:///var/marketcare.db)", "from"
+        ) from None
     if (
         parsed.get_backend_name() != "sqlite"
         or not parsed.database

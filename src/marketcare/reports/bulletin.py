@@ -435,10 +435,12 @@ def produce(
     language: str = "zh_CN",
 ) -> BulletinResult:
     """Write (or reuse) the bulletin's two files and record them (see the module)."""
-    from marketcare.reports.delivery import scope_of
+    from marketcare.ledger import installation
+    from marketcare.reports.delivery import note_damage, record_report, scope_of
 
     scope = scope_of(markets)
-    target = exports_dir.resolve()
+    # this ledger's own folder, as the workbook's (``delivery.export``)
+    target = (exports_dir / installation.identity(engine, now=now).name).resolve()
     target.mkdir(parents=True, exist_ok=True)
     stem = f".marketcare-bulletin-{os.getpid()}-{now.timestamp():.0f}"
     tmp_x, tmp_p = target / f"{stem}.xlsx.part", target / f"{stem}.pdf.part"
@@ -486,6 +488,9 @@ def produce(
                     for fmt in ("xlsx", "pdf")
                 }
                 x, p = latest["xlsx"], latest["pdf"]
+                for recorded in (x, p):  # a recorded file gone or changed is said so
+                    if recorded is not None:
+                        note_damage(conn, recorded, now=now)
                 if (
                     x is not None
                     and p is not None
@@ -514,25 +519,24 @@ def produce(
                             f"{final} is a recorded report; it is never overwritten"
                         )
                     os.replace(tmp, final)
-                    rid = conn.execute(
-                        sa.insert(ReportRecord)
-                        .values(
-                            kind=KIND,
-                            format=fmt,
-                            period_kind=period.kind,
-                            period_key=period.key,
-                            scope=scope,
-                            language=language,
-                            revision=revision,
-                            path=str(final),
-                            sha256=_sha256(final),
-                            content_digest=digest,
-                            rows=len(b.ranking.markets) + len(b.overdue),
-                            headline=headline,
-                            generated_at=now,
-                        )
-                        .returning(ReportRecord.id)
-                    ).scalar_one()
+                    rid = record_report(
+                        conn,
+                        {
+                            "kind": KIND,
+                            "format": fmt,
+                            "period_kind": period.kind,
+                            "period_key": period.key,
+                            "scope": scope,
+                            "language": language,
+                            "revision": revision,
+                            "path": str(final),
+                            "sha256": _sha256(final),
+                            "content_digest": digest,
+                            "rows": len(b.ranking.markets) + len(b.overdue),
+                            "headline": headline,
+                        },
+                        now=now,
+                    )
                     ids[fmt] = (int(rid), final)
                 keep_places(conn)
                 return BulletinResult(

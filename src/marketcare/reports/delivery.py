@@ -18,8 +18,10 @@ import hashlib
 import logging
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,17 +30,27 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from marketcare.domain import compliance
+from marketcare.domain.inputs import check_email
 from marketcare.domain.periods import Period, from_key
 from marketcare.domain.problems import Rate
 from marketcare.domain.schedules import ReportSpec, Schedule
-from marketcare.errors import MarketcareError, NotFound
+from marketcare.errors import BadInput, Conflict, NotFound, Unavailable
 from marketcare.files import fsync_path
 from marketcare.i18n import translator
+from marketcare.ledger import audit, installation
 from marketcare.ledger import outbox as outbox_rules
 from marketcare.ledger.db import dialect_insert, read, retrying, write
 from marketcare.ledger.models import OutboxMessage, ReportRecord, ReportRun, ReportWatermark
+from marketcare.ledger.verification import file_damage
 from marketcare.reports.figures import Rectification, Report
-from marketcare.reports.mail import DeliveryError, SmtpConfig, build_message, message_id, send
+from marketcare.reports.mail import (
+    ANCHOR_HEADER,
+    DeliveryError,
+    SmtpConfig,
+    build_message,
+    message_id,
+    send,
+)
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +70,10 @@ class ExportResult:
     created: bool
     rows: int
     headline: dict[str, Any]
+    #: the audit chain's head the file carries (its anchor)
+    anchor: audit.Anchor | None = None
+    #: earlier recorded files found missing or changed before this one was written
+    damaged: tuple[str, ...] = ()
 
 
 def scope_of(markets: Sequence[str] | None) -> str:
@@ -147,13 +163,23 @@ def export(
     out: Path | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> ExportResult:
-    """Write (or reuse) the workbook of a period and record it; see the module docstring."""
-    from marketcare.reports.workbook import write_workbook
+    """Write (or reuse) the workbook of a period and record it; see the module docstring.
+
+    Files are recorded in this ledger's own folder under ``exports_dir``
+    (``installation.identity``), so two ledgers sharing the folder never collide; that
+    file is the record of what was sent, which later exports compare with and reuse. A
+    recorded file of this period found missing or changed is recorded as such (an event, a
+    log line, ``/metrics``) before a new revision is written. ``out`` asks for a copy of
+    the recorded file as well: a file path, or an existing folder that receives the file
+    under its recorded name. Both folders are checked before any work, so a wrong path
+    costs nothing and changes nothing.
+    """
+    from marketcare.reports.workbook import Stamp, write_workbook
 
     scope = scope_of(markets)
-    target_dir = (out.parent if out is not None else exports_dir).resolve()
-    target_dir.mkdir(parents=True, exist_ok=True)
-    out = None if out is None else target_dir / out.name
+    copy_to = None if out is None else _copy_target(out)
+    me = installation.identity(engine, now=now)
+    target_dir = _exports_folder(exports_dir / me.name)
     tmp = target_dir / f".marketcare-{os.getpid()}-{now.timestamp():.0f}.xlsx.part"
     try:
         with read(engine) as conn:
@@ -163,8 +189,18 @@ def export(
                 unknown = sorted(set(markets) - known)
                 if unknown:
                     raise NotFound(f"unknown market {unknown[0]!r}")
+            anchor = audit.head(conn)
+            stamp = Stamp(
+                seq=anchor.seq,
+                hash=anchor.hash,
+                installation=me.uid,
+                scope=scope,
+                language=language,
+                period_kind=period.kind,
+                period_key=period.key,
+            )
             info = write_workbook(
-                report, tmp, language=language, generated_at=now, progress=progress
+                report, tmp, language=language, generated_at=now, progress=progress, stamp=stamp
             )
             headline = _headline(report)
         fsync_path(tmp)
@@ -183,47 +219,56 @@ def export(
                     .order_by(ReportRecord.revision.desc())
                     .limit(1)
                 ).one_or_none()
-                if latest is not None and latest.content_digest == info.content_digest:
-                    existing = Path(latest.path)
-                    if existing.exists() and _sha256(existing) == latest.sha256:
+                damaged = note_damage(conn, latest, now=now) if latest is not None else None
+                if latest is not None and damaged is None:
+                    if latest.content_digest == info.content_digest:
                         tmp.unlink(missing_ok=True)
                         return ExportResult(
                             latest.id,
-                            existing,
+                            Path(latest.path),
                             latest.revision,
                             latest.sha256,
                             False,
                             latest.rows,
                             latest.headline,
+                            _anchor_of(latest),
                         )
                 revision = 1 if latest is None else latest.revision + 1
-                final = (
-                    out
-                    if (out is not None and revision == 1)
-                    else target_dir / file_name(period, scope, language, revision)
-                )
-                if final.exists() and _recorded(conn, final):
-                    raise MarketcareError(f"{final} is a recorded report; it is never overwritten")
+                final = target_dir / file_name(period, scope, language, revision)
+                if final.exists():
+                    if _recorded(conn, final):
+                        raise Conflict(f"{final} is a recorded report; it is never overwritten")
+                    _set_aside(final, now)
                 os.replace(tmp, final)
                 digest = _sha256(final)
-                report_id = conn.execute(
-                    sa.insert(ReportRecord)
-                    .values(
-                        period_kind=period.kind,
-                        period_key=period.key,
-                        scope=scope,
-                        language=language,
-                        revision=revision,
-                        path=str(final),
-                        sha256=digest,
-                        content_digest=info.content_digest,
-                        rows=info.rows,
-                        headline=headline,
-                        generated_at=now,
-                    )
-                    .returning(ReportRecord.id)
-                ).scalar_one()
-                return ExportResult(report_id, final, revision, digest, True, info.rows, headline)
+                values = {
+                    "kind": "compliance",
+                    "format": "xlsx",
+                    "period_kind": period.kind,
+                    "period_key": period.key,
+                    "scope": scope,
+                    "language": language,
+                    "revision": revision,
+                    "path": str(final),
+                    "sha256": digest,
+                    "content_digest": info.content_digest,
+                    "rows": info.rows,
+                    "headline": headline,
+                    "anchor_seq": anchor.seq,
+                    "anchor_hash": anchor.hash,
+                }
+                report_id = record_report(conn, values, now=now)
+                return ExportResult(
+                    report_id,
+                    final,
+                    revision,
+                    digest,
+                    True,
+                    info.rows,
+                    headline,
+                    anchor,
+                    () if damaged is None else (damaged,),
+                )
 
         result = retrying(record, what="record report")
         log.info(
@@ -234,9 +279,150 @@ def export(
                 "sha256": result.sha256[:16],
             },
         )
+        if copy_to is not None:
+            result = replace(result, path=_copy(result.path, copy_to))
         return result
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _exports_folder(folder: Path) -> Path:
+    """The exports folder, made if missing; refused when it cannot take a file."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise Unavailable(
+            f"the exports folder {folder} is a file, not a folder (setting exports_dir)",
+            retry_after=60,
+        ) from None
+    except OSError as exc:
+        raise Unavailable(
+            f"cannot make the exports folder {folder}: {exc.strerror} (setting exports_dir)",
+            retry_after=60,
+        ) from None
+    if not _writable(folder):
+        raise Unavailable(
+            f"the exports folder {folder} is not writable (setting exports_dir)", retry_after=60
+        )
+    return folder.resolve()
+
+
+def _writable(folder: Path) -> bool:
+    """Whether a file can be made in ``folder``: tried, not guessed from the mode bits
+    (which say nothing for root, nor for a read-only filesystem)."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            return True
+    except OSError:
+        return False
+
+
+def _copy_target(out: Path) -> Path:
+    """Where ``--out`` puts its copy: a file in an existing, writable folder (an existing
+    folder itself receives the file under its recorded name)."""
+    folder = out if out.is_dir() else out.parent
+    if not folder.is_dir():
+        raise BadInput(f"--out {out}: the folder {folder} does not exist", "out")
+    if not _writable(folder):
+        raise BadInput(f"--out {out}: the folder {folder} is not writable", "out")
+    if not out.is_dir() and out.suffix.lower() != ".xlsx":
+        raise BadInput(f"--out {out}: name the file .xlsx (or give a folder)", "out")
+    return out
+
+
+def _copy(recorded: Path, out: Path) -> Path:
+    """A copy of the recorded file at ``out``, written whole or not at all."""
+    target = out / recorded.name if out.is_dir() else out
+    if target.resolve() == recorded.resolve():
+        return recorded
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    try:
+        shutil.copyfile(recorded, tmp)
+        fsync_path(tmp)
+        os.replace(tmp, target)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise BadInput(
+            f"--out {out}: cannot write {target}: {exc.strerror or exc}", "out"
+        ) from None
+    return target
+
+
+def record_report(conn: sa.Connection, values: dict[str, Any], *, now: datetime) -> int:
+    """Record a written report file and its ``report_recorded`` event (every column), in
+    the caller's transaction; returns the record's id. Every kind of report goes through
+    here, so ``audit verify`` can hold each ``reports`` row to its event."""
+    report_id = int(
+        conn.execute(
+            sa.insert(ReportRecord).values(generated_at=now, **values).returning(ReportRecord.id)
+        ).scalar_one()
+    )
+    audit.append(
+        conn,
+        [
+            audit.NewEvent(
+                at=now,
+                actor=audit.SYSTEM,
+                action="report_recorded",
+                details={"report_id": report_id, **values},
+            )
+        ],
+    )
+    return report_id
+
+
+def _anchor_of(record: Any) -> audit.Anchor | None:
+    if record.anchor_seq is None or record.anchor_hash is None:
+        return None
+    return audit.Anchor(int(record.anchor_seq), str(record.anchor_hash))
+
+
+def note_damage(conn: sa.Connection, record: Any, *, now: datetime) -> str | None:
+    """Say so when a recorded file is missing or changed: a line for the person, an
+    error in the log, an event, and the record marked (counted in ``/metrics``).
+
+    Returns that line, or None when the file is as recorded.
+    """
+    damage = file_damage(Path(record.path), record.sha256)
+    if damage is None:
+        return None
+    line = (
+        f"recorded report {record.path} (revision {record.revision}) is {damage}; "
+        "a new revision is written"
+    )
+    log.error(
+        "a recorded report file is %s",
+        damage,
+        extra={"report": record.id, "path": record.path, "revision": record.revision},
+    )
+    if record.damage != damage:
+        conn.execute(
+            sa.update(ReportRecord)
+            .where(ReportRecord.id == record.id)
+            .values(damage=damage, damage_found_at=now)
+        )
+        audit.append(
+            conn,
+            [
+                audit.NewEvent(
+                    at=now,
+                    actor=audit.SYSTEM,
+                    action="report_file_damaged",
+                    details={"report_id": record.id, "damage": damage, "path": record.path},
+                )
+            ],
+        )
+    return line
+
+
+def _set_aside(path: Path, now: datetime) -> None:
+    """A file of that name that this ledger never recorded: kept, under another name."""
+    aside = path.with_name(f"{path.stem}.set-aside-{now:%Y%m%dT%H%M%S}{path.suffix}")
+    os.replace(path, aside)
+    log.warning(
+        "a file this ledger did not record was in the way; kept it under another name",
+        extra={"path": str(path), "kept_as": str(aside)},
+    )
 
 
 def _recorded(conn: sa.Connection, path: Path) -> bool:
@@ -412,6 +598,9 @@ def _produce(
 def enqueue(
     engine: sa.Engine, report_id: int, recipients: Sequence[str], *, now: datetime, sender: str
 ) -> int:
+    """Queue the report for each recipient (once each); every address is checked first,
+    so a bad one queues nothing (an address with a line break could never be sent)."""
+
     def step() -> int:
         with write(engine) as conn:
             return _enqueue(conn, report_id, recipients, now=now, sender=sender)
@@ -423,7 +612,7 @@ def _enqueue(
     conn: sa.Connection, report_id: int, recipients: Sequence[str], *, now: datetime, sender: str
 ) -> int:
     n = 0
-    for rcpt in dict.fromkeys(r.strip() for r in recipients):
+    for rcpt in dict.fromkeys([check_email(r, "recipients") for r in recipients]):
         result = conn.execute(
             dialect_insert(conn, OutboxMessage)
             .values(
@@ -464,7 +653,7 @@ def _claim(engine: sa.Engine, now: datetime) -> Any | None:
                 from marketcare.reports.bulletin import companion_pdf
 
                 extra = companion_pdf(conn, report)
-            return row, (report, extra)
+            return row, (report, extra), audit.head(conn)
 
     return retrying(step, what="claim outbox")
 
@@ -484,10 +673,12 @@ def send_due(
         claimed = _claim(engine, now)
         if claimed is None:
             break
-        row, (report, extra) = claimed
+        row, (report, extra), anchor = claimed
         error: DeliveryError | None = None
         try:
-            msg = _message(row, report, smtp, now=now, language=language, extra=extra)
+            msg = _message(
+                row, report, smtp, now=now, language=language, extra=extra, anchor=anchor
+            )
             send(smtp, msg, row.recipient)
         except DeliveryError as exc:
             error = exc
@@ -495,6 +686,9 @@ def send_due(
             error = DeliveryError(
                 f"cannot read {report.path}: {exc.strerror or exc}", permanent=True
             )
+        except Exception as exc:  # a message that cannot be made (a bad address queued
+            # before addresses were checked): failed for good, never left in "sending"
+            error = DeliveryError(f"cannot build the message: {exc}", permanent=True)
         at = clock() if clock else now
         _settle(engine, row, error, at)
         if error is None:
@@ -634,6 +828,7 @@ def _message(
     now: datetime,
     language: str,
     extra: Any | None = None,
+    anchor: audit.Anchor | None = None,
 ) -> Any:
     data = _verified_bytes(report)
     lang = report.language or language
@@ -643,6 +838,11 @@ def _message(
         subject, body, name = mail_text(report, language=lang)
     else:
         subject, body, name = subject_and_body(report, language=lang)
+    if anchor is not None:
+        # the office's mailbox keeps the chain's head as the email left: a witness of the
+        # ledger's history outside the database (``audit verify --anchor``)
+        line = translator(lang).tr("Audit chain head: event {seq}, {hash}")
+        body = body.rstrip("\n") + "\n\n" + line.format(seq=anchor.seq, hash=anchor.hash) + "\n"
     attachments = []
     if extra is not None:
         attachments.append((_verified_bytes(extra), name.removesuffix(".xlsx") + ".pdf"))
@@ -656,6 +856,7 @@ def _message(
         msg_id=row.message_id,
         date=now,
         extra=attachments,
+        headers={ANCHOR_HEADER: anchor.text()} if anchor is not None else None,
     )
 
 

@@ -47,6 +47,7 @@ from openpyxl.chart.text import RichText
 from openpyxl.drawing.text import CharacterProperties, Paragraph, ParagraphProperties
 from openpyxl.formatting.formatting import ConditionalFormatting
 from openpyxl.formatting.rule import Rule
+from openpyxl.packaging.custom import StringProperty
 from openpyxl.styles import Alignment, Border, Font, NamedStyle, PatternFill, Side
 from openpyxl.styles.cell_style import StyleArray
 from openpyxl.styles.differential import DifferentialStyle
@@ -303,6 +304,7 @@ class SheetLayout:
     title_rows: int  # rows repeated at the top of every printed page
     footer_left: str
     footer_center: str
+    footer_right: str = "&A"
     scale: int = 100  # print scale, percent
 
 
@@ -327,6 +329,8 @@ class BookProperties:
     description: str
     language: str
     created: datetime  # naive UTC
+    #: custom document properties (name, text): the audit anchor and the report's identity
+    custom: tuple[tuple[str, str], ...] = ()
 
 
 class SheetSink(Protocol):
@@ -441,6 +445,9 @@ class OpenpyxlBook:
         props.creator = "marketcare"
         props.lastModifiedBy = "marketcare"
         props.created = properties.created
+        for name, value in properties.custom:
+            # openpyxl has custom properties since 3.1; its type stubs do not say so
+            cast(Any, self.wb).custom_doc_props.append(StringProperty(name=name, value=value))
         self.wb.save(path)
 
     def discard(self) -> None:
@@ -526,7 +533,7 @@ class OpenpyxlSheet:
         assert footer is not None
         footer.left.text = layout.footer_left
         footer.center.text = layout.footer_center
-        footer.right.text = "&A"
+        footer.right.text = layout.footer_right
 
     def append(
         self, values: Sequence[Value], styles: Sequence[str | None], height: float | None = None
@@ -643,6 +650,7 @@ class _Sheet:
         hints: Mapping[int, Iterable[str]] | None = None,
         footer_left: str,
         footer_center: str,
+        footer_right: str = "&A",
         highlight: tuple[int, Sequence[tuple[str, str]]] | None = None,
         paged: bool = False,
         floors: Mapping[int, int] | None = None,
@@ -654,7 +662,7 @@ class _Sheet:
         self.header_styles = list(header_styles or ["header"] * len(headers))
         self.caps = list(caps)
         self.hints = hints or {}
-        self.footer = (footer_left, footer_center)
+        self.footer = (footer_left, footer_center, footer_right)
         self.paged = paged
         self.floors = floors or {}
         self.digest = hashlib.sha256(title.encode())
@@ -804,6 +812,7 @@ class _Sheet:
                 title_rows=self.header_row,
                 footer_left=self.footer[0],
                 footer_center=self.footer[1],
+                footer_right=self.footer[2],
                 scale=self.scale,
             )
         )
@@ -964,6 +973,7 @@ def write_workbook(
     language: str = DEFAULT_LANGUAGE,
     generated_at: datetime,
     progress: Progress | None = None,
+    stamp: Stamp | None = None,
 ) -> WorkbookInfo:
     """Write the period's workbook to ``path`` (replaced atomically) with openpyxl."""
     return write_with(
@@ -973,6 +983,7 @@ def write_workbook(
         language=language,
         generated_at=generated_at,
         progress=progress,
+        stamp=stamp,
     )
 
 
@@ -984,10 +995,15 @@ def write_with(
     language: str = DEFAULT_LANGUAGE,
     generated_at: datetime,
     progress: Progress | None = None,
+    stamp: Stamp | None = None,
 ) -> WorkbookInfo:
     """``write_workbook`` with another sink (the benchmark compares xlsxwriter this way)."""
     t = translator(language)
     writer = _WorkbookWriter(sink, report, t, progress)
+    if stamp is not None:
+        writer.summary_footer_right = "&A  " + _footer_text(
+            t.tr("Audit chain {seq}: {hash}").format(seq=stamp.seq, hash=stamp.hash)
+        )
     props = BookProperties(
         title=t.report_title(report.period),
         subject=t.period(report.period),
@@ -997,6 +1013,7 @@ def write_with(
         created=generated_at.astimezone(UTC).replace(tzinfo=None, microsecond=0)
         if generated_at.tzinfo
         else generated_at,
+        custom=() if stamp is None else stamp.properties(),
     )
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp")
@@ -1024,7 +1041,38 @@ def write_with(
     )
 
 
+@dataclass(frozen=True)
+class Stamp:
+    """What a recorded report carries besides its figures: the audit chain's head when it
+    was written (its anchor) and whose ledger and which report it is, so that the office
+    can check it (``marketcare verify-report``, ``marketcare audit verify --anchor``)."""
+
+    seq: int
+    hash: str
+    installation: str
+    scope: str
+    language: str
+    period_kind: str
+    period_key: str
+
+    def properties(self) -> tuple[tuple[str, str], ...]:
+        return (
+            (ANCHOR_PROPERTY, f"{self.seq} {self.hash}"),
+            ("marketcare.installation", self.installation),
+            ("marketcare.period", f"{self.period_kind} {self.period_key}"),
+            ("marketcare.scope", self.scope),
+            ("marketcare.language", self.language),
+        )
+
+
+#: the custom document property that holds the audit anchor (``seq hash``)
+ANCHOR_PROPERTY = "marketcare.audit_head"
+
+
 class _WorkbookWriter:
+    #: the summary sheet's printed footer, right: the sheet's name and the audit anchor
+    summary_footer_right = "&A"
+
     def __init__(
         self, sink: BookSink, report: Report, t: Translator, progress: Progress | None
     ) -> None:
@@ -1414,6 +1462,7 @@ class _WorkbookWriter:
             },
             footer_left=self.footer_left,
             footer_center=self.footer_center,
+            footer_right=self.summary_footer_right,
             paged=True,
         )
         ncols = len(headers)

@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import threading
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, date, datetime
+from datetime import date, datetime
 from pathlib import Path as FsPath
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo
@@ -28,9 +29,11 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette.datastructures import UploadFile
 
+from marketcare import clock, logs
+from marketcare.domain import inputs
 from marketcare.domain.access import Action, Principal, Role, may, visible_markets
 from marketcare.domain.periods import Period
-from marketcare.errors import MarketcareError, NotFound, TickRefused
+from marketcare.errors import BadInput, Conflict, MarketcareError, NotFound, Refused
 from marketcare.ledger import accounts, evidence, readmodel
 from marketcare.ledger import problems as problem_ledger
 from marketcare.ledger.db import read
@@ -45,6 +48,7 @@ from marketcare.web.app import (
     authorise,
     authorise_market,
     check_csrf,
+    client_of,
     clock_trust_of,
     engine_of,
     now_of,
@@ -57,16 +61,14 @@ router = APIRouter(
     prefix="/api/v1", tags=["api"], dependencies=[Depends(signed_in), Depends(check_csrf)]
 )
 
-#: ids are SQLite integers; a larger number cannot name a record (and cannot be bound)
-RecordId = Annotated[int, Path(ge=1, le=2**62, description="the record's id")]
+#: ids are 64-bit integers; a larger number cannot name a record (and cannot be bound)
+RecordId = Annotated[int, Path(ge=1, le=inputs.ID_MAX, description="the record's id")]
 #: users and tokens have 32-bit ids (INTEGER on PostgreSQL)
 SmallId = Annotated[int, Path(ge=1, le=2**31 - 1, description="the record's id")]
 Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$", description="SHA-256 of an uploaded file")]
 Finite = Annotated[float, Field(allow_inf_nan=False)]
 Language = Literal["zh_CN", "en"]
 
-#: the years a date given to the API may fall in (outside, local times cannot be formed)
-FIRST_YEAR, LAST_YEAR = 2000, 2100
 #: multipart framing around an upload's bytes that Content-Length also counts
 UPLOAD_OVERHEAD = 64 * 1024
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
@@ -80,41 +82,26 @@ MEDIA_TYPES = {
 
 
 class Body(BaseModel):
-    """A request body: unknown fields are refused, so a typo cannot be ignored silently."""
+    """A request body: unknown fields are refused, so a typo cannot be ignored silently
+    (and text that cannot be UTF-8, a JSON ``"\\udc80"``, is refused naming its field)."""
 
     model_config = ConfigDict(extra="forbid")
 
 
 def _refused(status: int, message: str, field: str | None = None) -> JSONResponse:
+    """An upload refused before it is read (413, 415): statuses of their own, not a kind."""
     body: dict[str, Any] = {"detail": message}
     if field is not None:
         body["field"] = field
     return JSONResponse(body, status_code=status)
 
 
-class Refused(HTTPException):
-    """An answer with a message naming the field at fault (HTTPException has no field)."""
-
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(status_code=status, detail=message)
-        self.field = field
-
-
 def install(app: FastAPI) -> None:
     """Add what the API needs besides its router: the calendar feeds (outside ``/api``,
-    reached without signing in) and the answer for ``Refused``."""
+    reached without signing in)."""
     from marketcare.web import calendar_feed
 
     app.include_router(calendar_feed.router)
-
-    @app.exception_handler(Refused)
-    async def refused(_request: Request, exc: Refused) -> Response:
-        return _refused(exc.status_code, str(exc.detail), exc.field)
-
-
-def _in_years(day: date, field: str) -> None:
-    if not FIRST_YEAR <= day.year <= LAST_YEAR:
-        raise Refused(422, f"{field}: give a date between {FIRST_YEAR} and {LAST_YEAR}", field)
 
 
 def _all_markets(request: Request) -> list[str]:
@@ -136,20 +123,37 @@ def _when(request: Request, value: str | None, market_id: str, field: str) -> da
     except (OverflowError, ValueError):
         when, error = None, f"{value!r} is out of range"
     if error is not None or when is None:
-        raise Refused(422, f"{field}: {error}", field)
-    _in_years(when.date(), field)
+        raise BadInput(f"{field}: {error}", field)
+    inputs.check_date(when.date(), field)
     return when
 
 
-def _records(request: Request, photos: Sequence[str]) -> list[dict[str, Any]]:
-    """The evidence records of uploaded photos named by their SHA-256."""
+def _records(
+    request: Request, who: Principal, market_id: str, photos: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The evidence records of uploaded photos named by their SHA-256, to attach to a
+    record of ``market_id``: each must have been uploaded by the caller or be kept by
+    that market already. An unknown hash and another's hash get the same answer."""
+    wanted = list(dict.fromkeys(photos))
+    if not wanted:
+        return []
     folder = settings_of(request).evidence_dir
+    allowed = evidence.attachable(
+        engine_of(request), wanted, user_id=who.user_id, market_id=market_id
+    )
     out: list[dict[str, Any]] = []
-    for digest in dict.fromkeys(photos):
-        found = evidence.path_of({"sha256": digest}, folder)
+    for digest in wanted:
+        found = evidence.path_of({"sha256": digest}, folder) if digest in allowed else None
         if found is None:
-            raise Refused(
-                422,
+            if digest not in allowed:
+                logs.security(
+                    "evidence_refused",
+                    level=logging.WARNING,
+                    user=who.username,
+                    market=market_id,
+                    sha256=digest,
+                )
+            raise BadInput(
                 f"photos: no uploaded file {digest}; upload it first with POST /api/v1/evidence",
                 "photos",
             )
@@ -167,11 +171,14 @@ def _records(request: Request, photos: Sequence[str]) -> list[dict[str, Any]]:
 
 
 def _photo(request: Request, digest: str, recorded: Sequence[dict[str, Any]]) -> FileResponse:
-    if not any(p.get("sha256") == digest for p in recorded):
-        raise HTTPException(status_code=404, detail="no such photo on this record")
-    found = evidence.path_of({"sha256": digest}, settings_of(request).evidence_dir)
+    """A photo kept on a record the caller may see; one answer (404) for a hash the
+    record does not keep and for a file no longer there."""
+    kept = any(p.get("sha256") == digest for p in recorded)
+    found = (
+        evidence.path_of({"sha256": digest}, settings_of(request).evidence_dir) if kept else None
+    )
     if found is None:
-        raise HTTPException(status_code=404, detail="the photo's file is no longer kept")
+        raise HTTPException(status_code=404, detail="not found")
     kind = next((k for k, ext in evidence.KINDS.items() if ext == found.suffix), None)
     return FileResponse(
         found,
@@ -252,7 +259,7 @@ def market_history(
     engine = engine_of(request)
     if area is not None and area not in {a["id"] for a in readmodel.areas(engine, market_id)}:
         readmodel.market(engine, market_id)  # an unknown market is a 404 before the area
-        raise Refused(422, f"area: market {market_id!r} has no area {area!r}", "area")
+        raise BadInput(f"area: market {market_id!r} has no area {area!r}", "area")
     rows = readmodel.history(engine, market_id, now=now_of(request), days=days, area=area)
     return [r.as_json() for r in rows]
 
@@ -276,8 +283,8 @@ class CalendarOut(BaseModel):
 def market_calendar(market_id: str, request: Request, who: SignedIn) -> CalendarOut:
     authorise(who, Action.VIEW_MARKET, market_id)
     readmodel.market(engine_of(request), market_id)
-    key = accounts.feed_key(request.app.state.feed_secret, market_id)
-    return CalendarOut(url=f"/calendar/{market_id}/{key}.ics")
+    keys = accounts.feed_keys(engine_of(request), request.app.state.feed_secret, who, [market_id])
+    return CalendarOut(url=f"/calendar/{market_id}/{keys[market_id]}.ics")
 
 
 # ---------------------------------------------------------------- obligations
@@ -332,22 +339,15 @@ class TickOut(BaseModel):
     done_at: str | None = Field(None, description="already done: when")
 
 
-def _tick_field(message: str) -> str | None:
-    for word, field in (("reading", "readings"), ("item", "items"), ("text", "texts")):
-        if word in message.split(";")[0]:
-            return field
-    return None
-
-
 def _authorised_records(
     request: Request, who: Principal, obligation_id: int, photos: Sequence[str]
 ) -> list[dict[str, Any]]:
     """The old order of checks, for the rare requests that need it: the record's market
     (404, or 403 for a role that may not tick), then the photos (422)."""
-    authorise_market(
+    market_id = authorise_market(
         who, Action.TICK, readmodel.market_of_obligation(engine_of(request), obligation_id)
     )
-    return _records(request, photos)
+    return _records(request, who, market_id, photos)
 
 
 _writer_lock = threading.Lock()
@@ -444,16 +444,8 @@ async def complete(
             trust=clock_trust_of(request),
         )
         result = await asyncio.wrap_future(_tick_writer(request).submit(tick))
-    except TickRefused as exc:
-        raise Refused(422, str(exc), _tick_field(str(exc))) from None
     except NotFound:  # missing, or another market's: the same answer as authorise_market's
         raise HTTPException(status_code=404, detail="not found") from None
-    if result.obligation_id != obligation_id:
-        raise Refused(
-            409,
-            "token: this token was already used for another submission; send a new one",
-            "token",
-        )
     if not result.changed:
         response.status_code = 200
     timing = result.timing
@@ -564,6 +556,13 @@ async def upload(request: Request, who: SignedIn) -> Any:
     except evidence.EvidenceRejected as exc:
         status = 413 if len(data) > limit else (422 if not data else 415)
         return _refused(status, str(exc), "file")
+    await run_in_threadpool(
+        evidence.record_upload,
+        engine_of(request),
+        record["sha256"],
+        who.user_id,
+        now=now_of(request),
+    )
     return JSONResponse(
         EvidenceOut(
             sha256=record["sha256"], name=record["name"], bytes=record["bytes"], kind=record["kind"]
@@ -591,20 +590,6 @@ def _problem_json(request: Request, problem_id: int) -> dict[str, Any]:
 def _problem_market(request: Request, who: Principal, action: Action, problem_id: int) -> str:
     found = readmodel.market_of_problem(engine_of(request), problem_id)
     return authorise_market(who, action, found)
-
-
-def _moving(step: Any) -> None:
-    """Run a problem's move: a refused move is a conflict (409), bad input a 422."""
-    try:
-        step()
-    except NotFound:
-        raise
-    except MarketcareError as exc:
-        message = str(exc)
-        head = message.split(": ", 1)[0]
-        if ": " in message and head.isidentifier():
-            raise Refused(422, message, head) from None
-        raise Refused(409, message) from None
 
 
 ProblemStateName = Literal["open", "rectified", "verified"]
@@ -671,24 +656,13 @@ def report_problem(
         found_at=now,
         deadline=deadline,
         area_id=body.area or None,
-        source_key=None if body.token is None else f"web:{body.token}",
-        evidence=_records(request, body.photos),
+        source_key=None
+        if body.token is None
+        else problem_ledger.token_key("web", who.username, body.token),
+        evidence=_records(request, who, market_id, body.photos),
     )
-    try:
-        pid, created = problem_ledger.add(engine, problem, now=now, actor=who.username)
-    except NotFound:
-        raise
-    except MarketcareError as exc:
-        message = str(exc)
-        head = message.split(": ", 1)[0]
-        raise Refused(422, message, head if head.isidentifier() else None) from None
+    pid, created = problem_ledger.add(engine, problem, now=now, actor=who.username)
     if not created:
-        if readmodel.market_of_problem(engine, pid) != market_id:
-            raise Refused(
-                409,
-                "token: this token was already used for another submission; send a new one",
-                "token",
-            )
         response.status_code = 200
     return ProblemCreated(id=pid, created=created)
 
@@ -720,17 +694,15 @@ class RectifyIn(Body):
 def rectify(
     problem_id: RecordId, body: RectifyIn, request: Request, who: SignedIn
 ) -> dict[str, Any]:
-    _problem_market(request, who, Action.RECTIFY, problem_id)
-    records = _records(request, body.photos)
-    _moving(
-        lambda: problem_ledger.rectify(
-            engine_of(request),
-            problem_id=problem_id,
-            by=who.username,
-            note=body.note.strip(),
-            now=now_of(request),
-            evidence=records,
-        )
+    market_id = _problem_market(request, who, Action.RECTIFY, problem_id)
+    records = _records(request, who, market_id, body.photos)
+    problem_ledger.rectify(
+        engine_of(request),
+        problem_id=problem_id,
+        by=who.username,
+        note=body.note.strip(),
+        now=now_of(request),
+        evidence=records,
     )
     return _problem_json(request, problem_id)
 
@@ -748,15 +720,13 @@ class AssignIn(Body):
 def assign(problem_id: RecordId, body: AssignIn, request: Request, who: SignedIn) -> dict[str, Any]:
     market_id = _problem_market(request, who, Action.ASSIGN, problem_id)
     deadline = _when(request, body.deadline, market_id, "deadline")
-    _moving(
-        lambda: problem_ledger.assign(
-            engine_of(request),
-            problem_id=problem_id,
-            by=who.username,
-            to=body.assigned_to,
-            now=now_of(request),
-            deadline=deadline,
-        )
+    problem_ledger.assign(
+        engine_of(request),
+        problem_id=problem_id,
+        by=who.username,
+        to=body.assigned_to,
+        now=now_of(request),
+        deadline=deadline,
     )
     return _problem_json(request, problem_id)
 
@@ -768,14 +738,12 @@ class VerifyIn(Body):
 @router.post("/problems/{problem_id}/verify", summary="The office confirms the rectification")
 def verify(problem_id: RecordId, body: VerifyIn, request: Request, who: SignedIn) -> dict[str, Any]:
     _problem_market(request, who, Action.VERIFY, problem_id)
-    _moving(
-        lambda: problem_ledger.verify(
-            engine_of(request),
-            problem_id=problem_id,
-            by=who.username,
-            now=now_of(request),
-            note=body.note,
-        )
+    problem_ledger.verify(
+        engine_of(request),
+        problem_id=problem_id,
+        by=who.username,
+        now=now_of(request),
+        note=body.note,
     )
     return _problem_json(request, problem_id)
 
@@ -793,15 +761,13 @@ class ReopenIn(Body):
 def reopen(problem_id: RecordId, body: ReopenIn, request: Request, who: SignedIn) -> dict[str, Any]:
     market_id = _problem_market(request, who, Action.VERIFY, problem_id)
     deadline = _when(request, body.deadline, market_id, "deadline")
-    _moving(
-        lambda: problem_ledger.reopen(
-            engine_of(request),
-            problem_id=problem_id,
-            by=who.username,
-            note=body.note.strip(),
-            now=now_of(request),
-            deadline=deadline,
-        )
+    problem_ledger.reopen(
+        engine_of(request),
+        problem_id=problem_id,
+        by=who.username,
+        note=body.note.strip(),
+        now=now_of(request),
+        deadline=deadline,
     )
     return _problem_json(request, problem_id)
 
@@ -835,7 +801,7 @@ def export(
     ] = None,
     language: Annotated[Language | None, Query(description="default: the caller's")] = None,
 ) -> FileResponse:
-    _in_years(day, "day")
+    inputs.check_date(day, "day")
     authorise(who, Action.EXPORT)
     chosen: list[str] | None = sorted(set(market)) if market else None
     if chosen is None and not who.all_markets:
@@ -866,8 +832,10 @@ def outbox(
 ) -> list[dict[str, Any]]:
     authorise(who, Action.OUTBOX)
 
+    zone = ZoneInfo(settings_of(request).timezone)
+
     def iso(v: datetime | None) -> str | None:
-        return None if v is None else v.replace(tzinfo=v.tzinfo or UTC).isoformat()
+        return clock.iso(v, zone)
 
     rows = delivery.outbox(engine_of(request), states=state, limit=limit)
     return [
@@ -905,6 +873,10 @@ class NewUserIn(Body):
 
 class PasswordIn(Body):
     password: str = Field(max_length=1024)
+    keep_tokens: bool = Field(
+        False,
+        description="keep the user's API tokens (by default a new password revokes them)",
+    )
 
 
 def _user(request: Request, username: str) -> dict[str, Any]:
@@ -935,31 +907,77 @@ def add_user(body: NewUserIn, request: Request, who: SignedIn) -> dict[str, Any]
             language=body.language,
         ),
         now=now_of(request),
+        by=who.username,
     )
     return _user(request, body.username)
 
 
-@router.post("/users/{username}/disable", summary="Disable a user: sessions and tokens stop")
+def _set_disabled(request: Request, who: Principal, username: str, disabled: bool) -> None:
+    _user(request, username)
+    try:
+        accounts.set_disabled(
+            engine_of(request), username, disabled, by=who.username, now=now_of(request)
+        )
+    except accounts.AccountError as exc:  # one's own account, or the last operator
+        raise Conflict(f"username: {exc}", "username") from None
+
+
+@router.post(
+    "/users/{username}/disable",
+    summary="Disable a user: sessions and tokens stop",
+    responses={409: {"description": "the caller's own account, or the last active operator"}},
+)
 def disable_user(username: str, request: Request, who: SignedIn) -> dict[str, Any]:
     authorise(who, Action.MANAGE_USERS)
-    accounts.set_disabled(engine_of(request), username, True)
+    _set_disabled(request, who, username, True)
     return _user(request, username)
 
 
 @router.post("/users/{username}/enable", summary="Enable a disabled user")
 def enable_user(username: str, request: Request, who: SignedIn) -> dict[str, Any]:
     authorise(who, Action.MANAGE_USERS)
-    accounts.set_disabled(engine_of(request), username, False)
+    _set_disabled(request, who, username, False)
     return _user(request, username)
 
 
-@router.post("/users/{username}/password", summary="Set a user's password: their sessions end")
+@router.post(
+    "/users/{username}/password",
+    summary="Set a user's password: their sessions end and their tokens are revoked",
+)
 def set_password(
     username: str, body: PasswordIn, request: Request, who: SignedIn
 ) -> dict[str, Any]:
     authorise(who, Action.MANAGE_USERS)
-    accounts.set_password(engine_of(request), username, body.password)
+    accounts.set_password(
+        engine_of(request),
+        username,
+        body.password,
+        keep_tokens=body.keep_tokens,
+        by=who.username,
+        now=now_of(request),
+    )
     return _user(request, username)
+
+
+@router.get("/users/{username}/tokens", summary="A user's API tokens (operator)")
+def user_tokens(username: str, request: Request, who: SignedIn) -> list[dict[str, Any]]:
+    authorise(who, Action.MANAGE_USERS)
+    return accounts.tokens_of(engine_of(request), accounts.user_id_of(engine_of(request), username))
+
+
+@router.delete("/users/{username}/tokens/{token_id}", summary="Revoke a user's token (operator)")
+def revoke_user_token(
+    username: str, token_id: SmallId, request: Request, who: SignedIn
+) -> dict[str, Any]:
+    authorise(who, Action.MANAGE_USERS)
+    accounts.revoke_token(
+        engine_of(request),
+        accounts.user_id_of(engine_of(request), username),
+        token_id,
+        now=now_of(request),
+        by=who.username,
+    )
+    return {"id": token_id, "revoked": True}
 
 
 # ---------------------------------------------------------------- API tokens
@@ -967,6 +985,9 @@ def set_password(
 
 class TokenIn(Body):
     name: str = Field(min_length=1, max_length=100, description="what the token is for")
+    password: str = Field(
+        min_length=1, max_length=1024, description="the caller's password, asked again"
+    )
 
 
 class TokenCreated(BaseModel):
@@ -980,17 +1001,46 @@ def tokens(request: Request, who: SignedIn) -> list[dict[str, Any]]:
     return accounts.tokens_of(engine_of(request), who.user_id)
 
 
-@router.post("/tokens", response_model=TokenCreated, status_code=201, summary="Make an API token")
-def create_token(body: TokenIn, request: Request, who: SignedIn) -> TokenCreated:
-    tid, token = accounts.create_token(
-        engine_of(request), who.user_id, body.name, now=now_of(request)
+@router.post(
+    "/tokens",
+    response_model=TokenCreated,
+    status_code=201,
+    summary="Make an API token (the caller's password is asked again)",
+    responses={
+        403: {"description": "the password is not right"},
+        429: {"description": "too many wrong passwords"},
+    },
+)
+async def create_token(body: TokenIn, request: Request, who: SignedIn) -> TokenCreated:
+    """Re-authentication goes through the sign-in throttle: wrong passwords here count as
+    failed sign-ins of the caller from this address."""
+    engine = engine_of(request)
+    attempt = await run_in_threadpool(
+        accounts.attempt_sign_in,
+        engine,
+        who.username,
+        body.password,
+        client=client_of(request),
+        now=now_of(request),
+    )
+    if attempt.delay:
+        await asyncio.sleep(attempt.delay)
+    if attempt.who is None:
+        logs.security("reauth_failed", level=logging.WARNING, user=who.username)
+        raise Refused("password: the password is not right; no token was made", "password")
+    tid, token = await run_in_threadpool(
+        lambda: accounts.create_token(
+            engine, who.user_id, body.name, now=now_of(request), by=who.username
+        )
     )
     return TokenCreated(id=tid, name=body.name.strip(), token=token)
 
 
 @router.delete("/tokens/{token_id}", summary="Revoke one of the caller's tokens")
 def revoke_token(token_id: SmallId, request: Request, who: SignedIn) -> dict[str, Any]:
-    accounts.revoke_token(engine_of(request), who.user_id, token_id, now=now_of(request))
+    accounts.revoke_token(
+        engine_of(request), who.user_id, token_id, now=now_of(request), by=who.username
+    )
     return {"id": token_id, "revoked": True}
 
 

@@ -16,15 +16,16 @@ from fastapi import APIRouter, Depends, Query, Request, Response
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from marketcare.domain import inputs
 from marketcare.domain.access import Action
 from marketcare.domain.periods import Period
-from marketcare.errors import NotFound
+from marketcare.errors import BadInput, NotFound, Refused
 from marketcare.ledger import inspections as inspection_ledger
 from marketcare.ledger import readmodel
 from marketcare.ledger.db import read
 from marketcare.reports import bulletin as bulletins
 from marketcare.reports import scores
-from marketcare.web.api import XLSX, RecordId, Refused, Sha256, _in_years, _records
+from marketcare.web.api import XLSX, RecordId, Sha256, _records
 from marketcare.web.app import (
     SignedIn,
     authorise,
@@ -67,20 +68,20 @@ def _sheet(request: Request, template: str | None) -> Any:
         return next(iter(sheets.values()))
     if template not in sheets:
         known = ", ".join(sheets) or "none"
-        raise Refused(
-            422, f"template: no inspection template {template!r} (known: {known})", "template"
+        raise BadInput(
+            f"template: no inspection template {template!r} (known: {known})", "template"
         )
     return sheets[template]
 
 
 def _period(kind: str, day: date) -> Period:
-    _in_years(day, "date")
+    inputs.check_date(day, "date")
     return Period.of("month" if kind == "month" else "week", day)
 
 
 def _ranking_allowed(request: Request, who: Any) -> None:
     if not may_rank(request, who):
-        raise Refused(403, "your role may not do this")
+        raise Refused("your role may not do this")
 
 
 @router.get("/inspection-templates", summary="The scoring sheets in the schedules")
@@ -135,7 +136,9 @@ def record_inspection(
     engine = engine_of(request)
     readmodel.market(engine, market_id)
     sheet = _sheet(request, body.template)
-    photos = {item: _records(request, shas) for item, shas in body.photos.items() if shas}
+    photos = {
+        item: _records(request, who, market_id, shas) for item, shas in body.photos.items() if shas
+    }
     submission = inspection_ledger.Submission(
         market_id=market_id,
         by=who.display_name or who.username,
@@ -146,11 +149,7 @@ def record_inspection(
         plan_id=body.plan,
         **({"token": f"api:{who.user_id}:{body.token}"} if body.token else {}),
     )
-    try:
-        done = inspection_ledger.record(engine, sheet, submission, now=now_of(request))
-    except inspection_ledger.InspectionRefused as exc:
-        field, message = exc.errors[0]
-        raise Refused(422, f"{field}: {message}", field) from None
+    done = inspection_ledger.record(engine, sheet, submission, now=now_of(request))
     if not done.created:
         response.status_code = 200
     return {

@@ -8,10 +8,13 @@ write, picks the language and turns domain errors into HTTP answers. The pages
 
 Security decisions, written down once:
 
-* Sessions are Starlette's signed cookies (itsdangerous), ``HttpOnly``, ``SameSite=Lax``,
-  ``Secure`` when ``web_secure_cookies`` is set. The cookie holds the user id, a session
-  epoch and the CSRF token; a password change or a disable bumps the user's epoch, which
-  signs every existing session out.
+* Sessions are rows (``ledger.sessions``): the signed cookie (Starlette's, itsdangerous;
+  ``HttpOnly``, ``SameSite=Lax``, ``Secure`` when ``web_secure_cookies`` is set) holds a
+  random session key and the CSRF token. Signing out, signing out everywhere, a password
+  change or a disable ends the row, so a copied cookie stops working at once; a session
+  also ends after ``web_session_days`` unused and ``web_session_max_days`` after sign-in.
+* Response headers (CSP, framing, caching, HSTS) and the device cookie of the sign-in
+  throttle are ``security``'s.
 * CSRF: every write authenticated by the cookie must carry the session's token, as the
   form field ``csrf_token`` or the header ``X-CSRF-Token``. Writes with an API token
   (``Authorization: Bearer …``) carry no cookie and need none.
@@ -39,15 +42,20 @@ from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
+from starlette.datastructures import UploadFile
 from starlette.middleware.sessions import SessionMiddleware
 
+from marketcare import logs
 from marketcare.clock import now_utc
 from marketcare.domain.access import Action, Principal, may
 from marketcare.domain.phonetime import ClockTrust
-from marketcare.errors import MarketcareError, NotFound
+from marketcare.domain.signin import Lifetime
+from marketcare.errors import Kind, MarketcareError, Unavailable
 from marketcare.i18n import DEFAULT_LANGUAGE, LANGUAGES, Translator, translator
-from marketcare.ledger import accounts
+from marketcare.ledger import accounts, sessions
+from marketcare.ledger.db import driver_errors, fault_of
 from marketcare.settings import Settings
+from marketcare.web import security
 
 log = logging.getLogger("marketcare.web")
 
@@ -86,6 +94,16 @@ def now_of(request: Request) -> datetime:
     return clock()
 
 
+def client_of(request: Request) -> str:
+    """The caller's address (the proxy's X-Forwarded-For when it is trusted, by uvicorn)."""
+    return request.client.host if request.client else "unknown"
+
+
+def lifetime_of(request: Request) -> Lifetime:
+    lifetime: Lifetime = request.app.state.session_lifetime
+    return lifetime
+
+
 def clock_trust_of(request: Request) -> ClockTrust:
     """How far a phone's clock is trusted, from the settings (``domain.phonetime``)."""
     settings = settings_of(request)
@@ -112,13 +130,24 @@ def current_user(request: Request) -> Principal | None:
     token = _bearer(request)
     if token is not None:
         who = accounts.principal_for_token(engine_of(request), token, now=now_of(request))
+        if who is None:
+            logs.security(
+                "token_refused",
+                level=logging.WARNING,
+                client=client_of(request),
+                path=request.url.path,
+            )
     else:
-        uid = request.session.get("uid")
-        epoch = request.session.get("epoch")
-        if isinstance(uid, int) and isinstance(epoch, int):
-            who = accounts.principal(engine_of(request), uid, epoch)
-            if who is None:  # disabled, password changed, or gone: end the session
-                request.session.pop("uid", None)
+        key = request.session.get("sid")
+        if isinstance(key, str):
+            found = sessions.find(
+                engine_of(request), key, now=now_of(request), lifetime=lifetime_of(request)
+            )
+            if found is None:  # signed out, expired, disabled, password changed
+                request.session.pop("sid", None)
+            else:
+                who = found.who
+                request.state.session_id = found.session_id
     request.state.principal = who
     return who
 
@@ -165,7 +194,16 @@ def authorise(who: Principal, action: Action, market: str | None = None) -> None
     """
     if may(who, action, market):
         return
-    if market is not None and may(who, action):
+    status = 404 if market is not None and may(who, action) else 403
+    logs.security(
+        "access_refused",
+        level=logging.WARNING,
+        user=who.username,
+        action=action.value,
+        market=market or "",
+        status=status,
+    )
+    if status == 404:
         raise HTTPException(status_code=404, detail="not found")
     raise HTTPException(status_code=403, detail="your role may not do this")
 
@@ -202,8 +240,25 @@ async def check_csrf(request: Request) -> None:
         if ctype.startswith(("application/x-www-form-urlencoded", "multipart/form-data")):
             form = await request.form(max_part_size=settings_of(request).upload_max_bytes + 1)
             value = form.get(CSRF_FIELD)
+            if isinstance(value, UploadFile):
+                # some HTTP clients (python-requests' ``files=``) send every field of a
+                # multipart form as a file part; the token is the same token
+                raw = await value.read(256)
+                await value.seek(0)
+                value = raw.decode("utf-8", "replace")
             given = value if isinstance(value, str) else None
-    if not isinstance(expected, str) or given is None or not hmac.compare_digest(expected, given):
+    # compared as bytes: compare_digest refuses str with non-ASCII characters (a 500 before)
+    if (
+        not isinstance(expected, str)
+        or given is None
+        or not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))
+    ):
+        logs.security(
+            "csrf_refused",
+            level=logging.WARNING,
+            client=client_of(request),
+            path=request.url.path,
+        )
         raise HTTPException(
             status_code=403,
             detail="the form has expired or did not come from this site; reload the page and try again",
@@ -255,6 +310,25 @@ def safe_next(target: str | None) -> str:
 
 
 # ---------------------------------------------------------------- errors
+#
+# The one place where a failure becomes an HTTP answer (docs/web.md, "Errors"): the
+# error's kind chooses the status, its field goes into the body; no message text is read.
+
+#: the status of each kind of error in the API (a page answers 400 for bad input)
+STATUS: dict[Kind, int] = {
+    Kind.BAD_INPUT: 422,
+    Kind.NOT_FOUND: 404,
+    Kind.CONFLICT: 409,
+    Kind.REFUSED: 403,
+    Kind.UNAVAILABLE: 503,
+}
+
+
+def status_of(request: Request, exc: MarketcareError) -> int:
+    """The status that answers ``exc``: by its kind, 400 instead of 422 on a page."""
+    if exc.kind == Kind.BAD_INPUT and not is_api(request):
+        return 400
+    return STATUS[exc.kind]
 
 
 def _error_response(
@@ -265,7 +339,19 @@ def _error_response(
         if field is not None:
             body["field"] = field
         return JSONResponse(body, status_code=status)
+    if not hasattr(request.state, "principal"):
+        # the database may be what failed: the page is rendered without asking it who
+        # is signed in (the header then shows no user)
+        request.state.principal = None
     return render(request, "error.html", status_code=status, status=status, message=message)
+
+
+def error_response(request: Request, exc: MarketcareError) -> Response:
+    """The answer to an expected failure, on a page or in the API."""
+    response = _error_response(request, status_of(request, exc), exc.message, exc.field)
+    if isinstance(exc, Unavailable):
+        response.headers["Retry-After"] = str(exc.retry_after)
+    return response
 
 
 def _install_error_handlers(app: FastAPI) -> None:
@@ -293,24 +379,30 @@ def _install_error_handlers(app: FastAPI) -> None:
         response.headers["Retry-After"] = str(exc.retry_after)
         return response
 
-    @app.exception_handler(NotFound)
-    async def not_found(request: Request, exc: NotFound) -> Response:
-        return _error_response(request, 404, str(exc))
-
     @app.exception_handler(MarketcareError)
-    async def refused(request: Request, exc: MarketcareError) -> Response:
-        field = getattr(exc, "field", None)
-        message = str(exc)
-        if field is None and ": " in message and message.split(": ", 1)[0].isidentifier():
-            field = message.split(": ", 1)[0]
-        return _error_response(request, 400 if not is_api(request) else 422, message, field)
+    async def expected(request: Request, exc: MarketcareError) -> Response:
+        if isinstance(exc, Unavailable):
+            log.warning("answered 503: %s", exc.message, extra={"path": request.url.path})
+        return error_response(request, exc)
 
-    @app.exception_handler(sa.exc.DataError)
-    async def out_of_range(request: Request, exc: sa.exc.DataError) -> Response:
-        # a value the database cannot hold (an id or a number past its column's range):
-        # bad input, not a server error
-        log.info("value refused by the database: %s", exc.orig)
-        return _error_response(request, 422, "a value is out of the range the database can hold")
+    async def fault(request: Request, exc: Exception) -> Response:
+        """A database or a folder that failed under a request: 503 with Retry-After and
+        one line in the log (no traceback: nothing is wrong with the code)."""
+        meaning = fault_of(exc)
+        if meaning is None:  # a bug: the traceback goes to the log, the caller gets JSON
+            log.error("internal error", exc_info=exc, extra={"path": request.url.path})
+            return _error_response(request, 500, "internal error; the details are logged")
+        if isinstance(meaning, Unavailable):
+            log.warning("answered 503: %s", meaning.message, extra={"path": request.url.path})
+        else:
+            log.info("refused: %s (%s)", meaning.message, exc)
+        return error_response(request, meaning)
+
+    # registered per class, so Starlette answers them itself and does not log them as
+    # unhandled; anything else reaches the last handler (a bug: 500, as JSON in the API)
+    for cls in (sa.exc.SQLAlchemyError, OSError, *driver_errors()):
+        app.add_exception_handler(cls, fault)
+    app.add_exception_handler(Exception, fault)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -343,14 +435,21 @@ def create_app(
     daemon: Any = None,
 ) -> FastAPI:
     """The whole web app over ``engine``; ``clock`` is injectable for tests."""
-    from marketcare.web import api, api_inspections, pages, pages_inspections, pages_office
+    from marketcare.web import (
+        api,
+        api_inspections,
+        pages,
+        pages_account,
+        pages_inspections,
+        pages_office,
+    )
     from marketcare.web import health as ops
 
     app = FastAPI(
         title="marketcare",
         version="1",
         summary="Market sanitation compliance: obligations, checklists, problems, exports.",
-        docs_url="/api/docs",
+        docs_url=None,
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
@@ -361,6 +460,11 @@ def create_app(
     app.state.daemon = daemon
     app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
     app.state.feed_secret = accounts.app_secret(engine, "feeds", now=clock())
+    app.state.device_secret = accounts.app_secret(engine, "devices", now=clock())
+    app.state.session_lifetime = Lifetime(
+        idle=timedelta(days=settings.web_session_days),
+        absolute=timedelta(days=settings.web_session_max_days),
+    )
     session_secret = secret or accounts.app_secret(engine, "sessions", now=clock())
     app.add_middleware(
         SessionMiddleware,
@@ -370,13 +474,17 @@ def create_app(
         same_site="lax",
         https_only=settings.web_secure_cookies,
     )
+    app.add_middleware(security.SecurityHeaders, hsts=settings.web_secure_cookies)
     # pages travel compressed (a phone on one bar of signal); small JSON answers do not
     app.add_middleware(GZipMiddleware, minimum_size=1400, compresslevel=6)
     _install_error_handlers(app)
+    if settings.web_api_docs:
+        security.install_docs(app)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
     app.include_router(ops.router)
     app.include_router(api.router)
     api.install(app)
+    app.include_router(pages_account.router)
     app.include_router(pages.router)
     app.include_router(pages_office.router)
     app.include_router(api_inspections.router)
@@ -400,10 +508,13 @@ class WebServer:
             log_config=None,
             access_log=False,
             proxy_headers=True,
+            server_header=False,
             timeout_graceful_shutdown=5,
         )
         self.server = uvicorn.Server(config)
         self.thread = threading.Thread(target=self.server.run, name="web", daemon=True)
+        #: servers that stop with this one (the separate /metrics listener)
+        self.companions: list[WebServer] = []
 
     def start(self, timeout: float = 15.0) -> None:
         self.thread.start()
@@ -427,5 +538,32 @@ class WebServer:
         return int(self.server.config.port)
 
     def stop(self) -> None:
+        for other in self.companions:
+            other.stop()
         self.server.should_exit = True
         self.thread.join(timeout=10)
+
+
+def start_servers(settings: Settings, engine: sa.Engine, *, daemon: Any = None) -> WebServer:
+    """Start the web app on ``web_host:web_port`` and, when ``metrics_listen`` is set,
+    the metrics listener beside it; stopping the first stops both."""
+    from marketcare.web import health
+
+    server = WebServer(
+        create_app(settings, engine, daemon=daemon), settings.web_host, settings.web_port
+    )
+    server.start()
+    address = settings.metrics_address
+    if address is not None:
+        metrics = WebServer(health.metrics_app(settings, engine, daemon=daemon), *address)
+        try:
+            metrics.start()
+        except MarketcareError:
+            server.stop()
+            raise MarketcareError(
+                f"the metrics listener could not start on {settings.metrics_listen} "
+                "(is the port in use? set metrics_listen)"
+            ) from None
+        server.companions.append(metrics)
+        log.info("metrics listening", extra={"url": f"http://{settings.metrics_listen}/metrics"})
+    return server

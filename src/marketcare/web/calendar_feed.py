@@ -1,13 +1,16 @@
 """A read-only iCalendar feed per market, so a manager's phone calendar shows the schedule.
 
 Phone calendars subscribe to a URL and cannot sign in, so the feed is reached by a secret
-in its address (``accounts.feed_key``: an HMAC of the market, stable until the
-installation's secret changes) instead of a session. A wrong key is a plain 404, the same
-as an unknown market. Times are UTC, so the feed needs no VTIMEZONE.
+in its address instead of a session. The secret is per user and market
+(``accounts.feed_key``): it stops working when the user is disabled, loses the market,
+or rotates their addresses (account page, ``marketcare users rotate-feed``). A wrong key
+is a plain 404, the same as an unknown market. Times are UTC, so the feed needs no
+VTIMEZONE.
 """
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -16,6 +19,7 @@ from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
 from icalendar import Calendar, Event
 
+from marketcare import logs
 from marketcare.domain.obligations import State, state_by_clock
 from marketcare.domain.schedules import Schedule
 from marketcare.ledger import accounts, readmodel
@@ -89,7 +93,9 @@ def _event(
 @router.get("/calendar/{market_id}/{key}.ics")
 def calendar(market_id: str, key: str, request: Request) -> Response:
     """No sign-in: the key in the address is the credential."""
-    if not key.isascii() or not accounts.feed_key_ok(request.app.state.feed_secret, market_id, key):
+    reader = accounts.feed_reader(engine_of(request), request.app.state.feed_secret, market_id, key)
+    if reader is None:
+        logs.security("feed_refused", level=logging.WARNING, market=market_id[:64])
         raise HTTPException(status_code=404, detail="no such calendar")
     body = feed(engine_of(request), market_id, now=now_of(request))
     return Response(

@@ -71,7 +71,8 @@ def line_chart(
         )
         lx += 14 + 13 * len(s.name) + 18
     parts.append("</svg>")
-    return Markup("".join(parts))
+    # every text put in is escape()d and every number formatted (bandit B704 accepted)
+    return Markup("".join(parts))  # nosec B704
 
 
 def bar_chart(bars: Sequence[tuple[str, float | None]], *, title: str, width: int = 640) -> Markup:
@@ -99,4 +100,5 @@ def bar_chart(bars: Sequence[tuple[str, float | None]], *, title: str, width: in
             f'<text class="axis" x="{left + w + 4:.1f}" y="{top + 14}">{value:.1f}</text>'
         )
     parts.append("</svg>")
-    return Markup("".join(parts))
+    # every text put in is escape()d and every number formatted (bandit B704 accepted)
+    return Markup("".join(parts))  # nosec B704

@@ -10,12 +10,15 @@
   database at scrape time (so every daemon reports the same numbers); the sweep duration
   is this process's own histogram (only the leader sweeps).
 
-None of these needs a sign-in: they reveal counts, not records. Keep ``/metrics`` behind
-the proxy's allow-list if counts are sensitive (docs/operations.md).
+Liveness and readiness need no sign-in: they reveal nothing. ``/metrics`` is off the
+public listener: served on a separate address (``metrics_listen``, ``metrics_app``), or
+on the main one to a scraper sending ``metrics_token``; with neither set it is 404.
 """
 
 from __future__ import annotations
 
+import hmac
+import logging
 import threading
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -24,12 +27,13 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
+from marketcare import logs
 from marketcare.domain.obligations import State
 from marketcare.files import probe_folder
 from marketcare.ledger import leader
@@ -42,6 +46,7 @@ from marketcare.ledger.models import (
     ReportRecord,
 )
 from marketcare.ledger.probe import probe_write
+from marketcare.settings import Settings
 
 router = APIRouter(include_in_schema=False)
 
@@ -66,7 +71,7 @@ class LedgerCollector(Collector):
         self.clock = clock
         self.daemon = daemon
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         now = self.clock()
         since = (now - OBLIGATION_WINDOW).date().isoformat()
         with read(self.engine) as conn:
@@ -84,6 +89,9 @@ class LedgerCollector(Collector):
                 sa.select(NotifyMessage.state, sa.func.count()).group_by(NotifyMessage.state)
             ).all()
             last_export = conn.execute(sa.select(sa.func.max(ReportRecord.generated_at))).scalar()
+            damaged = conn.execute(
+                sa.select(sa.func.count()).where(ReportRecord.damage.is_not(None))
+            ).scalar_one()
         obligations = GaugeMetricFamily(
             "marketcare_obligations",
             "Obligations dated from 7 days ago on, by state",
@@ -116,6 +124,13 @@ class LedgerCollector(Collector):
         )
         export.add_metric([], last_export.timestamp() if last_export else 0.0)
         yield export
+
+        lost = CounterMetricFamily(
+            "marketcare_report_files_damaged",
+            "Recorded report files found missing or changed before a new revision was written",
+        )
+        lost.add_metric([], float(damaged))
+        yield lost
 
         known = leader.known(self.engine, now=now)
         lead = GaugeMetricFamily(
@@ -351,7 +366,51 @@ def readyz(request: Request) -> Response:
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
+def _metrics_refusal(request: Request) -> Response | None:
+    """None when this request may read the metrics, else the answer to give."""
+    settings: Settings = request.app.state.settings
+    token = settings.metrics_token
+    if token is not None:
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() == "bearer" and hmac.compare_digest(
+            given.strip().encode(), token.get_secret_value().encode()
+        ):
+            return None
+        logs.security("metrics_refused", level=logging.WARNING, client=_client(request))
+        return JSONResponse(
+            {"detail": "send Authorization: Bearer <metrics_token>"},
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
+    if getattr(request.app.state, "metrics_listener", False):
+        return None
+    return JSONResponse({"detail": "Not Found"}, status_code=404)
+
+
+def _client(request: Request) -> str:
+    return request.client.host if request.client else "unknown"
+
+
 @router.get("/metrics")
 def metrics(request: Request) -> Response:
+    refusal = _metrics_refusal(request)
+    if refusal is not None:
+        return refusal
     body = generate_latest(_registry(request)) + generate_latest(PROCESS)
     return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+
+
+def metrics_app(settings: Settings, engine: sa.Engine, *, daemon: Any = None) -> FastAPI:
+    """The separate listener of ``metrics_listen``: ``/metrics`` and ``/healthz`` only, so
+    the address Prometheus scrapes serves no page, no API and no sign-in."""
+    from marketcare.clock import now_utc
+
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.settings = settings
+    app.state.engine = engine
+    app.state.clock = now_utc
+    app.state.daemon = daemon
+    app.state.metrics_listener = True
+    app.add_api_route("/metrics", metrics, methods=["GET"])
+    app.add_api_route("/healthz", healthz, methods=["GET"])
+    return app

@@ -13,13 +13,12 @@ import json
 import math
 import unicodedata
 import uuid
-from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Form, HTTPException, Path, Query, Request
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
@@ -40,12 +39,12 @@ from marketcare.domain.problems import (
     is_overdue,
     moves_from,
 )
-from marketcare.errors import MarketcareError, NotFound, TickRefused
-from marketcare.i18n import LANGUAGES, Translator
+from marketcare.errors import MarketcareError, NotFound, Unavailable
+from marketcare.i18n import Translator
 from marketcare.ledger import accounts, evidence, readmodel
 from marketcare.ledger import problems as problem_ledger
 from marketcare.ledger.db import read
-from marketcare.ledger.models import Completion, Event, Obligation, ProblemRow
+from marketcare.ledger.models import Event, ProblemRow
 from marketcare.ledger.tick import tick as record_tick
 from marketcare.ledger.versions import active_schedule
 from marketcare.web.app import (
@@ -54,73 +53,16 @@ from marketcare.web.app import (
     authorise,
     authorise_market,
     check_csrf,
-    current_user,
     engine_of,
     now_of,
     render,
     safe_next,
     settings_of,
+    status_of,
     translator_of,
 )
 
 router = APIRouter(dependencies=[Depends(check_csrf)], include_in_schema=False)
-
-
-def _client(request: Request) -> str:
-    return request.client.host if request.client else "unknown"
-
-
-@router.get("/login")
-def login_page(request: Request, next: str = "/") -> Response:
-    if current_user(request) is not None:
-        return RedirectResponse(safe_next(next), status_code=303)
-    return render(request, "login.html", next=safe_next(next), error=None)
-
-
-@router.post("/login")
-def login(
-    request: Request,
-    username: str = Form(""),
-    password: str = Form(""),
-    next: str = Form("/"),
-) -> Response:
-    try:
-        who = accounts.authenticate(
-            engine_of(request), username, password, client=_client(request), now=now_of(request)
-        )
-    except accounts.Throttled as exc:
-        response = render(
-            request,
-            "login.html",
-            status_code=429,
-            next=safe_next(next),
-            error=str(exc),
-            username=username,
-        )
-        response.headers["Retry-After"] = str(exc.retry_after)
-        return response
-    if who is None:
-        t = translator_of(request)
-        return render(
-            request,
-            "login.html",
-            status_code=401,
-            next=safe_next(next),
-            error=t.tr("Wrong user name or password."),
-            username=username,
-        )
-    # a fresh session on sign-in: nothing from before (a planted cookie) carries over
-    request.session.clear()
-    request.session["uid"] = who.user_id
-    request.session["epoch"] = accounts.session_epoch(engine_of(request), who.user_id)
-    request.state.principal = who
-    return RedirectResponse(safe_next(next), status_code=303)
-
-
-@router.post("/logout")
-def logout(request: Request) -> Response:
-    request.session.clear()
-    return RedirectResponse("/login", status_code=303)
 
 
 @router.get("/")
@@ -450,11 +392,11 @@ async def tick_form(request: Request, obligation_id: int, who: SignedIn) -> Resp
                 evidence=[photo] if photo else [],
             )
         )
-    except (TickRefused, MarketcareError) as exc:
-        if isinstance(exc, NotFound):
+    except MarketcareError as exc:
+        if isinstance(exc, (NotFound, Unavailable)):
             raise
         ctx["error"] = t.tr("Not recorded: {reason}").format(reason=str(exc))
-        return _page(request, "obligation.html", status_code=400, **ctx)
+        return _page(request, "obligation.html", status_code=status_of(request, exc), **ctx)
     if result.completion_id is None:
         _flash(request, "warn", t.tr("This was already done; nothing changed."))
         return RedirectResponse(next_page or f"/o/{obligation_id}", status_code=303)
@@ -600,7 +542,7 @@ async def report_problem(request: Request, market: str, who: SignedIn) -> Respon
         found_at=now,
         deadline=deadline,
         area_id=area,
-        source_key=f"web:{token}",
+        source_key=problem_ledger.token_key("web", who.username, token),
         evidence=[photo] if photo else [],
     )
     try:
@@ -610,8 +552,10 @@ async def report_problem(request: Request, market: str, who: SignedIn) -> Respon
             )
         )
     except MarketcareError as exc:
+        if isinstance(exc, (NotFound, Unavailable)):
+            raise
         ctx["error"] = t.tr("Not recorded: {reason}").format(reason=str(exc))
-        return _page(request, "problems.html", status_code=400, **ctx)
+        return _page(request, "problems.html", status_code=status_of(request, exc), **ctx)
     return RedirectResponse(f"/m/{market}/problems?reported={pid}", status_code=303)
 
 
@@ -700,81 +644,12 @@ async def rectify_form(request: Request, problem_id: int, who: SignedIn) -> Resp
             )
         )
     except MarketcareError as exc:
-        if isinstance(exc, NotFound):
+        if isinstance(exc, (NotFound, Unavailable)):
             raise
         ctx["error"] = t.tr("Not recorded: {reason}").format(reason=str(exc))
-        return _page(request, "problem.html", status_code=400, **ctx)
+        return _page(request, "problem.html", status_code=status_of(request, exc), **ctx)
     _flash(request, "ok", t.tr("Rectification recorded; the office will re-inspect."))
     return RedirectResponse(f"/p/{problem_id}", status_code=303)
-
-
-# ---------------------------------------------------------------- the user's account
-
-
-def _account_context(request: Request, who: Principal) -> dict[str, Any]:
-    engine = engine_of(request)
-    feeds: list[tuple[readmodel.MarketInfo, str]] = []
-    if who.role == Role.MANAGER:
-        secret: str = request.app.state.feed_secret
-        base = str(request.base_url)
-        for m in readmodel.markets(engine, sorted(who.markets)):
-            key = accounts.feed_key(secret, m.id)
-            feeds.append((m, f"{base}calendar/{m.id}/{key}.ics"))
-    t = translator_of(request)
-    return {
-        "tokens": [tk for tk in accounts.tokens_of(engine, who.user_id) if not tk["revoked"]],
-        "feeds": feeds,
-        "roles": {
-            Role.MANAGER: t.tr("Market manager"),
-            Role.OFFICE: t.tr("District office"),
-            Role.OPERATOR: t.tr("Operator"),
-        },
-        "new_token": None,
-        "errors": {},
-    }
-
-
-@router.get("/account")
-def account_page(request: Request, who: SignedIn) -> Response:
-    return _page(request, "account.html", **_account_context(request, who))
-
-
-@router.post("/account/language")
-def choose_language(request: Request, who: SignedIn, language: str = Form("")) -> Response:
-    t = translator_of(request)
-    if language not in ("", *LANGUAGES):
-        ctx = _account_context(request, who)
-        ctx["errors"] = {"language": t.tr("Choose a language from the list.")}
-        return _page(request, "account.html", status_code=400, **ctx)
-    accounts.set_language(engine_of(request), who.user_id, language or None)
-    request.state.principal = replace(who, language=language or None)
-    _flash(request, "ok", translator_of(request).tr("Language saved."))
-    return RedirectResponse("/account", status_code=303)
-
-
-@router.post("/account/tokens")
-def create_token(request: Request, who: SignedIn, name: str = Form("")) -> Response:
-    """Make an API token and show it this once (it is not kept, only its hash)."""
-    t = translator_of(request)
-    ctx = _account_context(request, who)
-    if not name.strip() or len(name.strip()) > 100:
-        ctx["errors"] = {
-            "name": t.tr("Name the token (1–100 characters), e.g. the system that uses it.")
-        }
-        return _page(request, "account.html", status_code=400, **ctx)
-    _tid, token = accounts.create_token(engine_of(request), who.user_id, name, now=now_of(request))
-    ctx = _account_context(request, who)
-    ctx["new_token"] = token
-    return _page(request, "account.html", **ctx)
-
-
-@router.post("/account/tokens/{token_id}/revoke")
-def revoke_token(
-    request: Request, token_id: Annotated[int, Path(ge=1, le=2**31 - 1)], who: SignedIn
-) -> Response:
-    accounts.revoke_token(engine_of(request), who.user_id, token_id, now=now_of(request))
-    _flash(request, "ok", translator_of(request).tr("Token revoked."))
-    return RedirectResponse("/account", status_code=303)
 
 
 # ---------------------------------------------------------------- the installable app
@@ -834,22 +709,8 @@ def evidence_file(request: Request, sha256: str, who: SignedIn) -> Response:
     """A photo, only to someone who may see a record that keeps it (else 404)."""
     if len(sha256) != 64 or any(c not in "0123456789abcdef" for c in sha256):
         raise HTTPException(status_code=404, detail="not found")
-    pattern = f"%{sha256}%"
     with read(engine_of(request)) as conn:
-        found = set(
-            conn.execute(
-                sa.select(Obligation.market_id)
-                .join(Completion, Completion.obligation_id == Obligation.id)
-                .where(sa.cast(Completion.evidence, sa.Text).like(pattern))
-            ).scalars()
-        )
-        found |= set(
-            conn.execute(
-                sa.select(ProblemRow.market_id).where(
-                    sa.cast(ProblemRow.evidence, sa.Text).like(pattern)
-                )
-            ).scalars()
-        )
+        found = evidence.markets_holding(conn, sha256)
     if not any(may(who, Action.VIEW_MARKET, m) for m in found):
         raise HTTPException(status_code=404, detail="not found")
     path = evidence.path_of({"sha256": sha256}, settings_of(request).evidence_dir)

@@ -24,7 +24,7 @@ from marketcare.domain.access import Action, Principal, Role, may
 from marketcare.domain.compliance import percent
 from marketcare.domain.periods import KINDS, Period, PeriodKind
 from marketcare.domain.problems import can_assign, moves_from
-from marketcare.errors import MarketcareError, NotFound
+from marketcare.errors import BadInput, MarketcareError, NotFound, Unavailable
 from marketcare.i18n import LANGUAGES
 from marketcare.ledger import accounts, readmodel
 from marketcare.ledger import problems as problem_ledger
@@ -41,6 +41,7 @@ from marketcare.web.app import (
     now_of,
     render,
     settings_of,
+    status_of,
     translator_of,
 )
 from marketcare.web.pages_inspections import ranking_panel
@@ -128,13 +129,8 @@ def _refused(
     """A bad field is the user's to fix (400); a move the problem's state refuses is a
     conflict with what someone else did (409). Either way nothing changed, and the forms
     come back with what was typed."""
-    message = str(exc)
-    field = getattr(exc, "field", None)
-    head = message.split(": ", 1)[0].lstrip("-")
-    if field is None and ": " in message and head.isidentifier():
-        field = head
-        message = f"{head}: {message.split(': ', 1)[1]}"
-    status = 400 if field is not None else 409
+    message, field = exc.message, exc.field
+    status = status_of(request, exc)
     with read(engine_of(request)) as conn:
         problem = conn.execute(
             sa.select(ProblemRow).where(ProblemRow.id == problem_id)
@@ -172,7 +168,7 @@ def _deadline(value: str, market: str, request: Request) -> datetime | None:
     zone = ZoneInfo(readmodel.market(engine_of(request), market).zone)
     when, error = problem_ledger.parse_when(value, zone, end_of_day=True, default=None)
     if when is None:
-        raise MarketcareError(f"deadline: {error}")
+        raise BadInput(f"deadline: {error}", "deadline")
     return when
 
 
@@ -194,7 +190,7 @@ def _move(
     """Run one of the office's moves; a refusal re-shows the form with what was typed."""
     try:
         step()
-    except NotFound:
+    except (NotFound, Unavailable):
         raise
     except MarketcareError as exc:
         return _refused(request, problem_id, exc, form_name=form_name, values=values)
@@ -271,8 +267,9 @@ def reopen(
 
     def step() -> None:
         if not note.strip():
-            raise MarketcareError(
-                "note: " + t.tr("say why the rectification did not pass (a note is required)")
+            raise BadInput(
+                "note: " + t.tr("say why the rectification did not pass (a note is required)"),
+                "note",
             )
         problem_ledger.reopen(
             engine_of(request),
@@ -427,6 +424,7 @@ def _users_page(
     form: dict[str, Any] | None = None,
     errors: dict[str, str] | None = None,
     row_errors: dict[str, str] | None = None,
+    row_fields: dict[str, str] | None = None,
     status_code: int = 200,
 ) -> Response:
     markets = readmodel.markets(engine_of(request))
@@ -442,6 +440,7 @@ def _users_page(
         form=form or {"role": Role.MANAGER.value, "markets": [], "language": ""},
         errors=errors or {},
         row_errors=row_errors or {},
+        row_fields=row_fields or {},
         flashes=_flashes(request),
     )
 
@@ -490,6 +489,7 @@ def add_user(
                 language=language or None,
             ),
             now=now_of(request),
+            by=who.username,
         )
     except accounts.AccountError as exc:
         return _users_page(
@@ -510,14 +510,25 @@ def _user_exists(request: Request, username: str) -> None:
 def disable_user(request: Request, username: str, who: SignedIn) -> Response:
     authorise(who, Action.MANAGE_USERS)
     _user_exists(request, username)
+    t = translator_of(request)
+    refusal = None
     if username == who.username:
-        t = translator_of(request)
+        refusal = t.tr("You cannot disable your own account.")
+    else:
+        try:
+            accounts.set_disabled(
+                engine_of(request), username, True, by=who.username, now=now_of(request)
+            )
+        except accounts.AccountError:
+            # the last active operator (see access.leaves_no_operator)
+            refusal = t.tr("This is the last active operator; add or enable another first.")
+    if refusal is not None:
         return _users_page(
             request,
-            row_errors={username: t.tr("You cannot disable your own account.")},
+            row_errors={username: refusal},
+            row_fields={username: "username"},
             status_code=400,
         )
-    accounts.set_disabled(engine_of(request), username, True)
     _flash(request, translator_of(request).tr("The user is disabled and signed out."))
     return RedirectResponse("/admin/users?done=disabled", status_code=303)
 
@@ -526,19 +537,32 @@ def disable_user(request: Request, username: str, who: SignedIn) -> Response:
 def enable_user(request: Request, username: str, who: SignedIn) -> Response:
     authorise(who, Action.MANAGE_USERS)
     _user_exists(request, username)
-    accounts.set_disabled(engine_of(request), username, False)
+    accounts.set_disabled(engine_of(request), username, False, by=who.username, now=now_of(request))
     _flash(request, translator_of(request).tr("The user is enabled."))
     return RedirectResponse("/admin/users?done=enabled", status_code=303)
 
 
 @router.post("/admin/users/{username}/password")
 def set_password(
-    request: Request, username: str, who: SignedIn, password: str = Form("")
+    request: Request,
+    username: str,
+    who: SignedIn,
+    password: str = Form(""),
+    keep_tokens: str = Form(""),
 ) -> Response:
+    """Set a user's password: their sessions end and, unless the operator ticks "keep
+    the user's API tokens", their tokens are revoked."""
     authorise(who, Action.MANAGE_USERS)
     _user_exists(request, username)
     try:
-        accounts.set_password(engine_of(request), username, password)
+        accounts.set_password(
+            engine_of(request),
+            username,
+            password,
+            keep_tokens=bool(keep_tokens),
+            by=who.username,
+            now=now_of(request),
+        )
     except accounts.AccountError as exc:
         return _users_page(request, row_errors={username: str(exc)}, status_code=400)
     _flash(

@@ -1,7 +1,7 @@
 """standings: each closed period's ranking as its bulletin published it
 
 Revision ID: i17b_standings
-Revises: i11_health_probes
+Revises: i16_audit
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from alembic import op
 import marketcare.ledger.models
 
 revision = "i17b_standings"
-down_revision = "i11_health_probes"
+down_revision = "i16_audit"
 branch_labels = None
 depends_on = None
 

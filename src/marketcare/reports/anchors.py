@@ -1,0 +1,99 @@
+"""Reading the audit anchors that left the building: in a workbook the office received, or
+in a report email it saved (``.eml``).
+
+A workbook carries the chain's head in a custom document property
+(``marketcare.audit_head``) and in its summary sheet's printed footer; an email in its
+``X-Marketcare-Audit-Head`` header and in a line of its body, and its attached workbook
+carries its own. Each is read independently, so a file whose property was stripped by a
+mail gateway still gives its footer, and an email whose headers were rewritten still
+gives its body line.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+import zipfile
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from io import BytesIO
+from pathlib import Path
+
+from marketcare.errors import MarketcareError
+from marketcare.ledger.audit import Anchor
+from marketcare.reports.mail import ANCHOR_HEADER
+from marketcare.reports.workbook import ANCHOR_PROPERTY
+
+#: ``1329 3f2a…`` in a property or a header
+_PLAIN = re.compile(r"^\s*(\d+)\s+([0-9a-f]{64})\s*$")
+#: the footer's ``Audit chain 1329: 3f2a…`` (``审计链 1329：3f2a…``), as the catalogs word it
+_FOOTER = re.compile(r"(?:chain|审计链)\s*(\d+)\s*[:：]\s*([0-9a-f]{64})")
+#: the body's ``Audit chain head: event 1329, 3f2a…`` (``…第 1329 条记录，3f2a…``)
+_BODY = re.compile(r"(?:event|第)\s*(\d+)\s*(?:条记录)?\s*[,，]\s*([0-9a-f]{64})")
+
+
+def read_anchors(path: Path) -> list[Anchor]:
+    """Every anchor in a workbook (``.xlsx``) or a saved email (``.eml``), without repeats.
+
+    Raises ``MarketcareError`` naming the file when it holds none or is neither.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise MarketcareError(f"{path}: cannot read it ({exc.strerror or exc})") from None
+    if data.startswith(b"PK"):
+        found = _from_workbook(data, path.name)
+    else:
+        found = _from_email(data, path.name)
+    unique = list(dict.fromkeys(found))
+    if not unique:
+        raise MarketcareError(
+            f"{path}: no audit anchor found (a marketcare report workbook or a report "
+            "email saved as .eml carries one)"
+        )
+    return unique
+
+
+def _from_workbook(data: bytes, name: str) -> list[Anchor]:
+    try:
+        book = zipfile.ZipFile(BytesIO(data))
+        parts = {n: book.read(n).decode("utf-8", "replace") for n in book.namelist()}
+    except (zipfile.BadZipFile, KeyError) as exc:
+        raise MarketcareError(f"{name}: not an .xlsx workbook ({exc})") from None
+    out: list[Anchor] = []
+    custom = parts.get("docProps/custom.xml", "")
+    for value in re.findall(
+        rf'<property[^>]*name="{re.escape(ANCHOR_PROPERTY)}"[^>]*>\s*<vt:lpwstr[^>]*>([^<]*)<',
+        custom,
+    ):
+        if m := _PLAIN.match(html.unescape(value)):
+            out.append(Anchor(int(m.group(1)), m.group(2), f"{name}, document property"))
+    for part, text in sorted(parts.items()):
+        if not part.startswith("xl/worksheets/"):
+            continue
+        for footer in re.findall(r"<oddFooter>([^<]*)</oddFooter>", text):
+            for m in _FOOTER.finditer(html.unescape(footer)):
+                out.append(Anchor(int(m.group(1)), m.group(2), f"{name}, summary sheet footer"))
+    return out
+
+
+def _from_email(data: bytes, name: str) -> list[Anchor]:
+    msg = BytesParser(policy=policy.default).parsebytes(data)
+    if not isinstance(msg, EmailMessage) or not (msg["Message-ID"] or msg["From"]):
+        raise MarketcareError(f"{name}: neither an .xlsx workbook nor an email (.eml)")
+    out: list[Anchor] = []
+    header = msg[ANCHOR_HEADER]
+    if header and (m := _PLAIN.match(str(header))):
+        out.append(Anchor(int(m.group(1)), m.group(2), f"{name}, {ANCHOR_HEADER} header"))
+    body = msg.get_body(("plain",))
+    if body is not None:
+        for line in str(body.get_content()).splitlines():
+            for m in _BODY.finditer(line):
+                out.append(Anchor(int(m.group(1)), m.group(2), f"{name}, body"))
+    for part in msg.iter_attachments():
+        payload = part.get_payload(decode=True)
+        if isinstance(payload, bytes) and payload.startswith(b"PK"):
+            attached = part.get_filename() or "attachment"
+            out += _from_workbook(payload, f"{name} → {attached}")
+    return out

@@ -1,0 +1,199 @@
+"""Security at the HTTP edge: response headers, the device cookie, the API's docs page.
+
+Kept out of ``app`` so the error mapping there and these rules change independently.
+
+* **Headers** on every answer: a strict Content-Security-Policy (scripts, styles,
+  images, workers only from this origin; no inline script or style, no framing),
+  ``X-Content-Type-Options: nosniff``, ``Referrer-Policy: same-origin``, a
+  ``Permissions-Policy`` that grants only the camera to this origin, and
+  ``Cache-Control: no-store`` on everything that is not a static file and did not choose
+  its own caching (pages and API answers carry names, tokens and feed addresses).
+  ``Strict-Transport-Security`` when ``web_secure_cookies`` says the site is on HTTPS.
+* **Device cookie** (``marketcare_device``): after a correct password the browser gets a
+  signed id bound to that user name. A sign-in that presents it is counted as that
+  device, not as its address, so a guesser behind the same NAT cannot keep the owner out
+  (``domain.signin``).
+* **API docs**: Swagger UI 5 (it reads OpenAPI 3.1) from the files the
+  ``fastapi-offline`` package ships, served by the daemon itself with an initialiser
+  script file, so ``/api/docs`` works offline and under the CSP (no third-party script
+  on this origin). ``web_api_docs = false`` turns it off.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, Response
+from fastapi.staticfiles import StaticFiles
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CSP = "; ".join(
+    [
+        "default-src 'self'",
+        "script-src 'self'",
+        "style-src 'self'",
+        "img-src 'self' data: blob:",
+        "font-src 'self'",
+        "connect-src 'self'",
+        "worker-src 'self'",
+        "manifest-src 'self'",
+        "object-src 'none'",
+        "base-uri 'none'",
+        "form-action 'self'",
+        "frame-ancestors 'none'",
+    ]
+)
+PERMISSIONS = (
+    "accelerometer=(), camera=(self), geolocation=(), gyroscope=(), magnetometer=(), "
+    "microphone=(), payment=(), usb=()"
+)
+HSTS = "max-age=31536000"
+#: paths whose answers may be cached as they say (files that never hold a secret)
+CACHEABLE = ("/static/", "/api/docs/static/")
+
+
+class SecurityHeaders:
+    """ASGI middleware adding the headers above to every response it sees."""
+
+    def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
+        self.app = app
+        self.hsts = hsts
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path: str = scope.get("path", "")
+        cacheable = path.startswith(CACHEABLE)
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = MutableHeaders(scope=message)
+                headers.setdefault("Content-Security-Policy", CSP)
+                headers["X-Frame-Options"] = "DENY"
+                headers["X-Content-Type-Options"] = "nosniff"
+                headers["Referrer-Policy"] = "same-origin"
+                headers["Permissions-Policy"] = PERMISSIONS
+                headers["Cross-Origin-Opener-Policy"] = "same-origin"
+                headers["Cross-Origin-Resource-Policy"] = "same-origin"
+                if not cacheable and "cache-control" not in headers:
+                    headers["Cache-Control"] = "no-store"
+                if self.hsts:
+                    headers["Strict-Transport-Security"] = HSTS
+            await send(message)
+
+        await self.app(scope, receive, sending)
+
+
+# ---------------------------------------------------------------- the device cookie
+
+DEVICE_COOKIE = "marketcare_device"
+DEVICE_DAYS = 365
+
+
+def _device_signature(secret: str, username: str, device: str) -> str:
+    message = f"device:{username.strip().lower()}:{device}".encode()
+    return hmac.new(secret.encode(), message, hashlib.sha256).hexdigest()[:32]
+
+
+def device_for(request: Request, username: str) -> str | None:
+    """The id of the request's device cookie when it was issued to ``username``."""
+    value = request.cookies.get(DEVICE_COOKIE, "")
+    device, _, signature = value.partition(".")
+    if not (value.isascii() and len(device) == 16 and len(signature) == 32 and device.isalnum()):
+        return None
+    secret: str = request.app.state.device_secret
+    if not hmac.compare_digest(_device_signature(secret, username, device), signature):
+        return None
+    return device
+
+
+def set_device_cookie(response: Response, request: Request, username: str, device: str) -> None:
+    """Remember this browser as a device of ``username`` (after a correct password)."""
+    secret: str = request.app.state.device_secret
+    response.set_cookie(
+        DEVICE_COOKIE,
+        f"{device}.{_device_signature(secret, username, device)}",
+        max_age=DEVICE_DAYS * 86400,
+        httponly=True,
+        samesite="lax",
+        secure=bool(request.app.state.settings.web_secure_cookies),
+        path="/",
+    )
+
+
+def device_label(user_agent: str) -> str:
+    """A short name for a browser from its User-Agent, to tell sessions apart."""
+    ua = user_agent or ""
+    system = next(
+        (
+            name
+            for marker, name in (
+                ("iPhone", "iPhone"),
+                ("iPad", "iPad"),
+                ("Android", "Android"),
+                ("HarmonyOS", "HarmonyOS"),
+                ("Windows", "Windows"),
+                ("Mac OS X", "macOS"),
+                ("CrOS", "ChromeOS"),
+                ("Linux", "Linux"),
+            )
+            if marker in ua
+        ),
+        "",
+    )
+    browser = next(
+        (
+            name
+            for marker, name in (
+                ("MicroMessenger", "WeChat"),
+                ("Edg/", "Edge"),
+                ("Firefox/", "Firefox"),
+                ("HeadlessChrome/", "Chromium"),
+                ("Chrome/", "Chrome"),
+                ("Safari/", "Safari"),
+                ("python-httpx", "httpx"),
+                ("curl/", "curl"),
+            )
+            if marker in ua
+        ),
+        "",
+    )
+    label = " · ".join(p for p in (browser, system) if p)
+    return label or (ua[:60] if ua else "?")
+
+
+# ---------------------------------------------------------------- the API's docs
+
+DOCS_PAGE = """<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<title>marketcare API</title>
+<link rel="stylesheet" href="/api/docs/static/swagger-ui.css">
+</head>
+<body>
+<div id="swagger-ui"></div>
+<script src="/api/docs/static/swagger-ui-bundle.js"></script>
+<script src="/static/api-docs.js"></script>
+</body>
+</html>
+"""
+
+
+def install_docs(app: FastAPI) -> None:
+    """Serve Swagger UI at ``/api/docs`` from the package's files (no CDN, no inline
+    script: the initialiser is ``static/api-docs.js``)."""
+    import fastapi_offline
+
+    files = Path(fastapi_offline.__file__).resolve().parent / "static"
+    app.mount("/api/docs/static", StaticFiles(directory=str(files)), name="swagger-ui")
+
+    @app.get("/api/docs", include_in_schema=False)
+    def docs(_request: Request) -> Any:
+        return HTMLResponse(DOCS_PAGE)
