@@ -87,6 +87,8 @@ def commands(script: str) -> list[list[str]]:
     """Each ``marketcare …`` command line of a script, as its arguments after the name."""
     found = []
     for line in script.replace("\\\n", " ").splitlines():
+        if "marketcare" not in line:
+            continue  # another program's line (a JSON body may span lines and quotes)
         words = shlex.split(line, comments=True)
         while words and re.fullmatch(r"[A-Z_]+=.*", words[0]):
             words = words[1:]  # VAR=value before the command

@@ -436,12 +436,11 @@ def produce(
 ) -> BulletinResult:
     """Write (or reuse) the bulletin's two files and record them (see the module)."""
     from marketcare.ledger import installation
-    from marketcare.reports.delivery import note_damage, record_report, scope_of
+    from marketcare.reports.delivery import exports_folder, note_damage, record_report, scope_of
 
     scope = scope_of(markets)
     # this ledger's own folder, as the workbook's (``delivery.export``)
-    target = (exports_dir / installation.identity(engine, now=now).name).resolve()
-    target.mkdir(parents=True, exist_ok=True)
+    target = exports_folder(exports_dir, installation.identity(engine, now=now).name)
     stem = f".marketcare-bulletin-{os.getpid()}-{now.timestamp():.0f}"
     tmp_x, tmp_p = target / f"{stem}.xlsx.part", target / f"{stem}.pdf.part"
     try:

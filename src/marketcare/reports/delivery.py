@@ -179,7 +179,7 @@ def export(
     scope = scope_of(markets)
     copy_to = None if out is None else _copy_target(out)
     me = installation.identity(engine, now=now)
-    target_dir = _exports_folder(exports_dir / me.name)
+    target_dir = exports_folder(exports_dir, me.name)
     tmp = target_dir / f".marketcare-{os.getpid()}-{now.timestamp():.0f}.xlsx.part"
     try:
         with read(engine) as conn:
@@ -286,25 +286,33 @@ def export(
         tmp.unlink(missing_ok=True)
 
 
-def _exports_folder(folder: Path) -> Path:
-    """The exports folder, made if missing; refused when it cannot take a file."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except FileExistsError:
+def exports_folder(folder: Path, own: str) -> Path:
+    """This ledger's folder ``own`` in the exports folder, made if missing; refused when
+    it cannot take a file. The exports folder itself (the setting) is what a message
+    names when it is the cause."""
+    if folder.exists() and not folder.is_dir():
         raise Unavailable(
             f"the exports folder {folder} is a file, not a folder (setting exports_dir)",
+            retry_after=60,
+        )
+    target = folder / own
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise Unavailable(
+            f"{target} (this ledger's reports) is a file, not a folder: move it away",
             retry_after=60,
         ) from None
     except OSError as exc:
         raise Unavailable(
-            f"cannot make the exports folder {folder}: {exc.strerror} (setting exports_dir)",
+            f"cannot make the exports folder {target}: {exc.strerror} (setting exports_dir)",
             retry_after=60,
         ) from None
-    if not _writable(folder):
+    if not _writable(target):
         raise Unavailable(
-            f"the exports folder {folder} is not writable (setting exports_dir)", retry_after=60
+            f"the exports folder {target} is not writable (setting exports_dir)", retry_after=60
         )
-    return folder.resolve()
+    return target.resolve()
 
 
 def _writable(folder: Path) -> bool:

@@ -26,6 +26,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from marketcare.domain.compliance import percent
 from marketcare.domain.periods import Period, from_key
 from marketcare.errors import MarketcareError
 from marketcare.ledger import audit
@@ -199,7 +200,8 @@ def _compare(
         for i, (a, b) in enumerate(zip(old, new, strict=False)):
             if a != b and not (_number(a) and _number(b) and abs(float(a) - float(b)) < 1e-9):
                 column = header[i + 3] if i + 3 < len(header) else f"column {i + 4}"
-                out.append(f"{label}: {column} {_cell(a)} → {_cell(b)}")
+                shares = i in then.percent or i in today.percent
+                out.append(f"{label}: {column} {_cell(a, shares)} → {_cell(b, shares)}")
     return out
 
 
@@ -207,6 +209,8 @@ def _compare(
 class _Summary:
     header: list[str] = field(default_factory=list)
     rows: dict[tuple[Any, ...], tuple[Any, ...]] = field(default_factory=dict)
+    #: the columns (after the three that name a row) formatted as percentages
+    percent: set[int] = field(default_factory=set)
 
 
 def _summary(data: bytes) -> _Summary:
@@ -218,7 +222,8 @@ def _summary(data: bytes) -> _Summary:
         sheet = book.worksheets[0]
         out = _Summary()
         market = None
-        for values in sheet.iter_rows(values_only=True):
+        for cells in sheet.iter_rows():
+            values = tuple(getattr(c, "value", None) for c in cells)
             if not out.header:
                 # the header is the first row that fills every column of the table
                 if len(values) >= 4 and all(v not in (None, "") for v in values):
@@ -228,6 +233,11 @@ def _summary(data: bytes) -> _Summary:
                 continue
             market = values[0] or market
             out.rows[(market, values[2] if len(values) > 2 else None)] = tuple(values[3:])
+            out.percent.update(
+                i - 3
+                for i, c in enumerate(cells)
+                if i >= 3 and "%" in str(getattr(c, "number_format", ""))
+            )
         return out
     finally:
         book.close()
@@ -237,7 +247,10 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-def _cell(value: Any) -> str:
+def _cell(value: Any, share: bool = False) -> str:
+    """A cell as the workbook shows it: a share as a percentage (``85.2%``)."""
+    if share and (value is None or _number(value)):
+        return percent(None if value is None else float(value))
     if isinstance(value, float):
         return f"{value:.4g}"
     return "—" if value is None else str(value)
