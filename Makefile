@@ -42,24 +42,25 @@ init: install-runtime
 ## Pango lays out the weekly bulletin's PDF (WeasyPrint), with the CJK fonts; HarfBuzz subsets them;
 ## wapiti and sqlmap scan a running daemon (tests/test_scan.py, `make security`)
 SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk fonts-crosextra-carlito poppler-utils openssl chromium postgresql libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 wapiti sqlmap
-system-deps:
-	@if command -v soffice >/dev/null 2>&1 && command -v pdftoppm >/dev/null 2>&1 && command -v openssl >/dev/null 2>&1 && command -v chromium >/dev/null 2>&1 && fc-list | grep -q Carlito && ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ldconfig -p | grep -q libpangoft2-1.0 && command -v wapiti >/dev/null 2>&1 && command -v sqlmap >/dev/null 2>&1; then :; \
-	elif [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
-	else \
-	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(SYSTEM_PACKAGES) >/dev/null; \
+
+## the Debian packages named that are not installed yet, installed (as root, or through
+## sudo); asked of dpkg package by package, so a package added to a list is never missed
+define apt_ensure
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages:" $$missing; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+system-deps:
+	$(call apt_ensure,$(SYSTEM_PACKAGES))
 
 ## Debian packages the daemon itself needs: Pango and the CJK fonts lay out the weekly
 ## bulletin's PDF (WeasyPrint)
 RUNTIME_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-noto-cjk
 runtime-deps:
-	@if ldconfig -p | grep -q libpangoft2-1.0 && fc-list :lang=zh | grep -qi noto; then :; \
-	elif [ "$$(id -u)" = 0 ]; then \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(RUNTIME_PACKAGES) >/dev/null; \
-	else \
-	  sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $(RUNTIME_PACKAGES) >/dev/null; \
-	fi
+	$(call apt_ensure,$(RUNTIME_PACKAGES))
 
 ## set everything up and run the whole suite (lint, types, tests)
 test: install system-deps lint typecheck unit

@@ -252,6 +252,7 @@ def test_a_backup_taken_while_the_daemon_materialises_and_ticks_arrive_is_consis
         started = time.monotonic()
         target = tmp_path / "backups" / "during.db"
         made = site.cli("backup", str(target), "--step-pages", "16")
+        finished = time.monotonic()
         watermark_after = _watermark(site.db)
         # the ticker kept going through the backup (each tick waits its turn to write)
         wait_until(
@@ -269,8 +270,13 @@ def test_a_backup_taken_while_the_daemon_materialises_and_ticks_arrive_is_consis
     assert made.returncode == 0, made.stderr
     assert "integrity ok" in made.stdout and "events intact" in made.stdout, made.stdout
     assert str(target) in made.stdout
-    # the database really was being written while the copy was taken
-    assert watermark_after > watermark_before, "the daemon did not write during the backup"
+    # the database really was being written while the copy was taken: by the daemon's
+    # materialiser (its watermark moved) or by ticks that returned while the copy ran (on a
+    # loaded machine the materialiser may have reached its horizon before the copy began)
+    ticked_during = sum(started < at < finished for _, at in returned)
+    assert watermark_after > watermark_before or ticked_during > 0, (
+        "nothing was written during the backup"
+    )
 
     assert integrity(target) == ["ok"]
     verdict = chain_of(target)

@@ -20,7 +20,7 @@ from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import read
 from marketcare.ledger.models import Obligation
 
-from .conftest import make_schedule, utc
+from .conftest import make_market_yaml, make_schedule, utc
 from .support.tamper import unguarded
 
 NOW = utc(2026, 11, 27, 2, 0)
@@ -389,6 +389,47 @@ def test_the_weekly_export_lists_late_problems_and_the_rectification_rate(
     late = [r for r in wb["逾期未整改"].iter_rows(min_row=3, values_only=True) if r[0] is not None]
     assert [(r[4], r[7], r[9]) for r in late] == [("排水沟堵塞", "未整改", 3)]
     assert late[0][2] == "aquatic"  # the area's name (this schedule gives none: its id)
+
+
+def test_the_overdue_list_reads_each_time_zone_once_and_keeps_market_then_deadline_order(
+    engine: sa.Engine,
+) -> None:
+    from marketcare.domain.periods import Period
+    from marketcare.reports.figures import Report, late_problems
+
+    markets = "".join(
+        make_market_yaml(market, timezone=zone)
+        for market, zone in (
+            ("aaa", "Europe/Berlin"),
+            ("mmm", "Asia/Shanghai"),
+            ("zzz", "Europe/Berlin"),
+        )
+    )
+    ledger_materialise.materialise(
+        engine, make_schedule(markets), now=NOW, horizon=timedelta(days=1)
+    )
+    for market, description, deadline in (
+        ("zzz", "z 灯具损坏", NOW + timedelta(days=1)),
+        ("aaa", "a 后到期", NOW + timedelta(days=2)),
+        ("mmm", "m 排水沟堵塞", NOW + timedelta(days=1)),
+        ("aaa", "a 先到期", NOW + timedelta(days=1)),
+    ):
+        ledger_problems.add(
+            engine,
+            make_problem(market_id=market, description=description, deadline=deadline),
+            now=NOW,
+        )
+    with read(engine) as conn:
+        week = Report(conn, Period.of("week", NOW.date()), as_of=NOW + timedelta(days=4))
+        late = late_problems(week)
+    assert [(p.market_id, p.description) for p in late] == [
+        ("aaa", "a 先到期"),
+        ("aaa", "a 后到期"),
+        ("mmm", "m 排水沟堵塞"),
+        ("zzz", "z 灯具损坏"),
+    ]
+    # each deadline in its market's zone: 02:00 UTC is 03:00 in Berlin, 10:00 in Shanghai
+    assert [p.deadline.hour for p in late] == [3, 3, 10, 3]
 
 
 def test_a_reinspection_is_the_offices_work_and_a_failed_one_counts_against_the_rectification(

@@ -586,10 +586,17 @@ def _order(f: Figures) -> tuple[Any, ...]:
     )
 
 
-def rank(current: Sequence[Figures], previous: Sequence[Figures] = ()) -> list[Standing]:
+def rank(
+    current: Sequence[Figures],
+    previous: Sequence[Figures] = (),
+    *,
+    places_before: Mapping[str, int] | None = None,
+) -> list[Standing]:
     """Rank by score, compliance, rectification rate, then fewer problems past deadline;
-    equal figures share a place (1, 2, 2, 4)."""
-    before = _places(previous)
+    equal figures share a place (1, 2, 2, 4). The movement is against the places of
+    ``previous`` ranked the same way, or against ``places_before`` where the period
+    before's places were kept."""
+    before = dict(places_before) if places_before is not None else _places(previous)
     places = _places(current)
     ordered = sorted(current, key=lambda f: (_order(f), f.key))
     return [Standing(places[f.key], f, before.get(f.key)) for f in ordered]

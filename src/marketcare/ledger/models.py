@@ -564,3 +564,35 @@ class InspectionResult(Base):
     rechecked_problem_id: Mapped[int | None] = mapped_column(BigId)
 
     __table_args__ = (sa.UniqueConstraint("inspection_id", "item_id"),)
+
+
+class StandingRow(Base):
+    """One line of a closed period's ranking as its bulletin published it.
+
+    Next period's movement reads these places instead of ranking the period again (see
+    ``ledger/standings``); the figures are kept beside the place so a reader can see what
+    the place was given for.
+    """
+
+    __tablename__ = "standings"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    period_kind: Mapped[str] = mapped_column(sa.String(8))
+    period_key: Mapped[str] = mapped_column(sa.String(16))
+    #: the bulletin's scope: ``all``, market ids joined by ``+``, or a long one's SHA-256
+    #: (a place is only comparable within the same set of markets)
+    scope: Mapped[str] = mapped_column(sa.String(200))
+    #: ``market`` or ``sub_district``
+    level: Mapped[str] = mapped_column(sa.String(16))
+    key: Mapped[str] = mapped_column(sa.String(200))
+    rank: Mapped[int]
+    inspections: Mapped[int]
+    inspection_score: Mapped[float | None]
+    on_time: Mapped[int]
+    due: Mapped[int]
+    verified: Mapped[int]
+    rectification_due: Mapped[int]
+    past_deadline: Mapped[int]
+    #: the moment the figures were taken (at or after the period's end)
+    as_of: Mapped[datetime]
+
+    __table_args__ = (sa.UniqueConstraint("period_kind", "period_key", "scope", "level", "key"),)

@@ -17,13 +17,12 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 
 from marketcare import clock
-from marketcare.domain.checklists import Checklist, checklist_of
+from marketcare.domain.checklists import Checklist, RequiredReading, checklist_of
 from marketcare.domain.obligations import (
     COMPLETED,
     ORDER_ON_BOARD,
     TICKABLE,
     State,
-    format_range,
     minutes_late,
     redo_by,
     state_by_clock,
@@ -130,18 +129,6 @@ def today(engine: sa.Engine, market_id: str, *, now: datetime) -> TodayBoard:
 
 
 @dataclass(frozen=True)
-class ReadingField:
-    id: str
-    label: str
-    unit: str | None
-    range: tuple[float | None, float | None] | None
-
-    @property
-    def range_text(self) -> str:
-        return format_range(self.range, self.unit)
-
-
-@dataclass(frozen=True)
 class ObligationView:
     row: BoardRow
     task_name: str
@@ -150,8 +137,8 @@ class ObligationView:
     completions: list[dict[str, Any]]
 
     @property
-    def readings(self) -> list[ReadingField]:
-        return [ReadingField(r.id, r.label, r.unit, r.range) for r in self.checklist.readings]
+    def readings(self) -> list[RequiredReading]:
+        return list(self.checklist.readings)
 
     @property
     def tickable(self) -> bool:

@@ -32,10 +32,11 @@ from marketcare.domain.periods import Period
 from marketcare.errors import MarketcareError, NotFound
 from marketcare.files import fsync_path
 from marketcare.i18n import Translator, translator
+from marketcare.ledger import standings
 from marketcare.ledger.db import read, retrying, write
 from marketcare.ledger.models import ReportRecord
 from marketcare.reports.figures import ProblemLine, Report, late_problems
-from marketcare.reports.scores import Ranking, ranking
+from marketcare.reports.scores import Ranking, closed, ranking
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ PDF_ALL_MARKETS = 200
 PDF_ENDS = 30
 #: likewise for the overdue list
 PDF_OVERDUE = 200
+BETWEEN_TAGS = re.compile(r">[ \t\r\n]+<")
 
 
 @dataclass(frozen=True)
@@ -349,7 +351,7 @@ def html(b: Bulletin, *, language: str) -> str:
         "overdue": t.tr("Problems not rectified by their deadline"),
         "none": t.tr("No problem is past its deadline."),
     }
-    return env.get_template("bulletin.html").render(
+    page = env.get_template("bulletin.html").render(
         words=words,
         more=len(overdue) > PDF_OVERDUE,
         lang="zh-CN" if language == "zh_CN" else "en",
@@ -363,6 +365,9 @@ def html(b: Bulletin, *, language: str) -> str:
         red=[b.ranking.info[k].name for k in _red_black(b)[0]],
         black=[b.ranking.info[k].name for k in _red_black(b)[1]],
     )
+    # the layout engine parses every character: the template's line breaks and indents
+    # between tags are a tenth of a PDF's time (ASCII only: the text's own spaces stay)
+    return BETWEEN_TAGS.sub("><", page)
 
 
 def _red_black(b: Bulletin) -> tuple[list[str], list[str]]:
@@ -458,6 +463,18 @@ def produce(
                 ReportRecord.language == language,
             )
 
+        def keep_places(conn: sa.Connection) -> None:
+            """A closed period's places, for the next period's movement."""
+            if closed(period, as_of=now, markets=list(b.ranking.info.values())):
+                standings.keep(
+                    conn,
+                    period=period,
+                    scope=scope,
+                    as_of=now,
+                    markets=b.ranking.markets,
+                    sub_districts=b.ranking.sub_districts,
+                )
+
         def record() -> BulletinResult:
             with write(engine) as conn:
                 latest = {
@@ -482,6 +499,8 @@ def produce(
                         Path(r.path).exists() and _sha256(Path(r.path)) == r.sha256 for r in (x, p)
                     )
                 ):
+                    if not standings.kept(conn, period=period, scope=scope):
+                        keep_places(conn)  # recorded before places were kept
                     return BulletinResult(
                         x.id, p.id, Path(x.path), Path(p.path), x.revision, False, x.headline
                     )
@@ -518,6 +537,7 @@ def produce(
                         now=now,
                     )
                     ids[fmt] = (int(rid), final)
+                keep_places(conn)
                 return BulletinResult(
                     ids["xlsx"][0],
                     ids["pdf"][0],

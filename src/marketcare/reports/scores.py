@@ -151,27 +151,49 @@ def ranking(
     report: Report | None = None,
     shared: Shared | None = None,
 ) -> Ranking:
-    """Rank markets and sub-districts for ``period``; the movement is against the period
-    before, as it stood at its end. ``shared``: see ``Shared``."""
+    """Rank markets and sub-districts for ``period``. The movement is against the places
+    the period before's bulletin kept (``ledger/standings``) or, where none were kept by
+    ``as_of``, against the period before ranked again as it stood at its end. ``shared``:
+    see ``Shared``."""
+    from marketcare.ledger import standings
+    from marketcare.reports.delivery import scope_of
+
     if report is None:
         report, current = _figures(conn, period, as_of, markets, shared)
     else:
         current = figures_of(report)
     before_period = period.previous()
+    kept = standings.places(conn, period=before_period, scope=scope_of(markets), as_of=as_of)
+    infos = {m.id: m for m in report.markets}
+    sub_districts = by_sub_district(report.markets, current)
+    if kept is not None:
+        return Ranking(
+            period=period,
+            as_of=as_of,
+            markets=rank(list(current.values()), places_before=kept.markets),
+            sub_districts=rank(sub_districts, places_before=kept.sub_districts),
+            info=infos,
+        )
     zone = report.markets[0].zone if report.markets else "UTC"
     before_as_of = min(as_of, _end_utc(before_period, zone))
     before_report, before = _figures(conn, before_period, before_as_of, markets, shared)
-    infos = {m.id: m for m in report.markets}
     return Ranking(
         period=period,
         as_of=as_of,
         markets=rank(list(current.values()), list(before.values())),
         sub_districts=rank(
-            by_sub_district(report.markets, current),
+            sub_districts,
             by_sub_district(before_report.markets, before) if before else [],
         ),
         info=infos,
     )
+
+
+def closed(period: Period, *, as_of: datetime, markets: Sequence[MarketInfo]) -> bool:
+    """Whether ``period`` had ended by ``as_of`` (in the markets' zone): only a closed
+    period's places are kept for the next one's movement."""
+    zone = markets[0].zone if markets else "UTC"
+    return as_of >= _end_utc(period, zone)
 
 
 @dataclass(frozen=True)
