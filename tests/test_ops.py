@@ -38,6 +38,15 @@ def test_liveness_needs_nothing_but_the_process(site: Site) -> None:
         assert c.get("/healthz").json() == {"status": "ok"}
 
 
+def test_a_monitor_asking_head_gets_the_get_answer_without_a_body(site: Site) -> None:
+    with site.client() as c:
+        got, head = c.get("/healthz"), c.head("/healthz")
+        assert head.status_code == 200 and head.content == b""
+        assert head.headers["content-length"] == got.headers["content-length"]
+        assert c.head("/login").status_code == 200
+        assert c.head("/no-such-page").status_code == 404
+
+
 def test_not_ready_until_a_scheduler_leader_is_known(site: Site) -> None:
     with site.client() as c:
         before = c.get("/readyz")

@@ -44,6 +44,7 @@ from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import UploadFile
 from starlette.middleware.sessions import SessionMiddleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from marketcare import logs
 from marketcare.clock import now_utc
@@ -426,6 +427,27 @@ def _install_error_handlers(app: FastAPI) -> None:
 # ---------------------------------------------------------------- the app
 
 
+class HeadAsGet:
+    """Answer HEAD as the GET of the same address without its body (RFC 9110 §9.3.2):
+    uptime monitors and link checkers ask ``HEAD /healthz``, and FastAPI's routes only
+    answer the methods they name, so every page and probe would say 405."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+
+        async def headers_only(message: Message) -> None:
+            if message["type"] == "http.response.body":
+                message = {**message, "body": b""}
+            await send(message)
+
+        await self.app({**scope, "method": "GET"}, receive, headers_only)
+
+
 def create_app(
     settings: Settings,
     engine: sa.Engine,
@@ -477,6 +499,7 @@ def create_app(
     app.add_middleware(security.SecurityHeaders, hsts=settings.web_secure_cookies)
     # pages travel compressed (a phone on one bar of signal); small JSON answers do not
     app.add_middleware(GZipMiddleware, minimum_size=1400, compresslevel=6)
+    app.add_middleware(HeadAsGet)
     _install_error_handlers(app)
     if settings.web_api_docs:
         security.install_docs(app)
