@@ -37,7 +37,7 @@ from typing import Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-OUT = HERE / "out" / "audit_cost.json"
+OUT = Path(os.environ.get("BENCH_OUT") or HERE / "out") / "audit_cost.json"
 #: the commit issue 16 started from (main after issues 10 and 12)
 BRANCH_POINT = "bfa906a"
 #: what the tick and materialiser may cost more than before (issue 16)
@@ -289,7 +289,7 @@ def main() -> None:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--before-ref", default=BRANCH_POINT)
-    ap.add_argument("--quick", action="store_true", help="small city, few requests, 1 round")
+    ap.add_argument("--quick", action="store_true", help="small city, few requests, one round")
     ap.add_argument("--markets", type=int, default=1000)
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--warmup", type=int, default=100)
@@ -311,8 +311,8 @@ def main() -> None:
     if args.time_materialise:
         return time_materialise(args.tree, args.time_materialise, args.work, args.markets)
     if args.quick:
-        args.markets, args.clients, args.warmup, args.requests, args.rounds = 40, 5, 10, 60, 2
-        args.mat_markets, args.mat_repeat = 40, 2
+        args.markets, args.clients, args.warmup, args.requests, args.rounds = 20, 5, 10, 40, 1
+        args.mat_markets, args.mat_repeat = 20, 1
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="audit-cost-"))
     try:

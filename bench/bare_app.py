@@ -9,17 +9,24 @@ sync endpoints) one ``BEGIN IMMEDIATE`` / ``INSERT`` / ``COMMIT`` on a pooled ``
 connection with the pragmas ``marketcare.db.make_engine`` sets (WAL, ``synchronous=FULL``,
 foreign keys, busy timeout). No authentication lookup, no validation, no audit: the gap
 between this and marketcare is what marketcare's work costs. ``bench/tick_bench.py``
-serves it with the same uvicorn settings as marketcare.
+serves it with the same uvicorn settings as marketcare, three ways: writers racing in
+SQLite's busy handler (the default), serialised by a lock (``--write-lock``), or
+serialised with group commit (``--group-commit``). ``GET /_bench/gc`` answers the
+process's full garbage collections so far.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import gc
 import json
 import queue
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import Future
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from datetime import UTC, datetime
 from pathlib import Path
@@ -73,28 +80,120 @@ class Pool:
             self.idle.put(conn)
 
 
-def create_app(path: Path, *, write_lock: bool = False) -> Starlette:
+class GroupCommit:
+    """Serialised writes with group commit, the least a writer like marketcare's can do: one
+    thread takes every insert waiting (up to 64) into one ``BEGIN IMMEDIATE`` … ``COMMIT``
+    with one ``executemany``, and answers each after the commit (``ledger.tick.TickWriter``
+    without the rule, the audit chain or SQLAlchemy)."""
+
+    def __init__(self, path: Path) -> None:
+        self.conn = connect(path)
+        self.waiting: queue.SimpleQueue[tuple[tuple[Any, ...], Future[int]]] = queue.SimpleQueue()
+        threading.Thread(target=self._run, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            batch = [self.waiting.get()]
+            while len(batch) < 64:
+                try:
+                    batch.append(self.waiting.get_nowait())
+                except queue.Empty:
+                    break
+            try:
+                self.conn.execute("BEGIN IMMEDIATE")
+                self.conn.executemany(INSERT, [row for row, _ in batch])
+                first = self.conn.execute("SELECT last_insert_rowid()").fetchone()[0]
+                self.conn.execute("COMMIT")
+            except BaseException as exc:
+                self.conn.execute("ROLLBACK")
+                for _, fut in batch:
+                    fut.set_exception(exc)
+                continue
+            for i, (_, fut) in enumerate(batch):
+                fut.set_result(first - len(batch) + 1 + i)
+
+    async def insert(self, row: tuple[Any, ...]) -> int:
+        fut: Future[int] = Future()
+        self.waiting.put((row, fut))
+        return await asyncio.wrap_future(fut)
+
+
+INSERT = (
+    "INSERT INTO ticks (obligation_id, token, by, at, readings, note) VALUES (?, ?, ?, ?, ?, ?)"
+)
+
+
+def _row(obligation_id: int, body: dict[str, object]) -> tuple[Any, ...]:
+    return (
+        obligation_id,
+        str(body["token"]),
+        "bench",
+        datetime.now(UTC).isoformat(),
+        json.dumps(body.get("readings") or {}),
+        body.get("note"),
+    )
+
+
+async def gc_stats(_request: Request) -> JSONResponse:
+    """The process's full garbage collections (``bench/tick_bench.py`` reads them)."""
+    return JSONResponse(GC.stats())
+
+
+class GcLog:
+    """Counts the process's generation-2 (full) garbage collections and their time."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.seconds = 0.0
+        self.longest = 0.0
+        self._started = 0.0
+        self.counting = False
+        gc.callbacks.append(self._callback)
+
+    def _callback(self, phase: str, info: dict[str, Any]) -> None:
+        if info.get("generation") != 2 or self.counting:
+            return
+        if phase == "start":
+            self._started = time.perf_counter()
+        else:
+            took = time.perf_counter() - self._started
+            self.count += 1
+            self.seconds += took
+            self.longest = max(self.longest, took)
+
+    def stats(self) -> dict[str, float]:
+        """The collections so far, then what survives a full collection (not counted):
+        the objects the collector would walk in every later one."""
+        out: dict[str, float] = {
+            "gen2_collections": self.count,
+            "gen2_seconds": self.seconds,
+            "gen2_longest_seconds": self.longest,
+        }
+        self.counting = True
+        try:
+            gc.collect()
+        finally:
+            self.counting = False
+        out["gen2_objects"] = len(gc.get_objects(generation=2))
+        out["frozen_objects"] = gc.get_freeze_count()
+        return out
+
+
+GC = GcLog()
+
+
+def create_app(path: Path, *, write_lock: bool = False, group_commit: bool = False) -> Starlette:
     with connect(path) as conn:
         conn.execute(SCHEMA)
     pool = Pool(path)
     lock: AbstractContextManager[Any] = threading.Lock() if write_lock else nullcontext()
+    group = GroupCommit(path) if group_commit else None
 
     def insert(obligation_id: int, body: dict[str, object]) -> int:
         with lock, pool.connection() as conn:
             conn.execute("BEGIN IMMEDIATE")
             try:
-                cur = conn.execute(
-                    "INSERT INTO ticks (obligation_id, token, by, at, readings, note)"
-                    " VALUES (?, ?, ?, ?, ?, ?)",
-                    (
-                        obligation_id,
-                        str(body["token"]),
-                        "bench",
-                        datetime.now(UTC).isoformat(),
-                        json.dumps(body.get("readings") or {}),
-                        body.get("note"),
-                    ),
-                )
+                cur = conn.execute(INSERT, _row(obligation_id, body))
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -106,7 +205,10 @@ def create_app(path: Path, *, write_lock: bool = False) -> Starlette:
             return JSONResponse({"detail": "sign in first"}, status_code=401)
         body = await request.json()
         obligation_id = int(request.path_params["obligation_id"])
-        completion_id = await run_in_threadpool(insert, obligation_id, body)
+        if group is not None:
+            completion_id = await group.insert(_row(obligation_id, body))
+        else:
+            completion_id = await run_in_threadpool(insert, obligation_id, body)
         return JSONResponse(
             {"obligation_id": obligation_id, "completion_id": completion_id, "changed": True},
             status_code=201,
@@ -123,6 +225,7 @@ def create_app(path: Path, *, write_lock: bool = False) -> Starlette:
                 methods=["POST"],
             ),
             Route("/health", health),
+            Route("/_bench/gc", gc_stats),
         ]
     )
 
@@ -138,10 +241,17 @@ def main() -> None:
         action="store_true",
         help="serialise the write transactions with a lock in the process (no SQLite busy waits)",
     )
+    ap.add_argument(
+        "--group-commit",
+        action="store_true",
+        help="serialise the writes in one thread that commits every waiting insert at once",
+    )
     args = ap.parse_args()
+    gc.collect()
+    gc.freeze()  # as marketcare's start-up does: the collector walks what the load makes
     # the same settings as marketcare's WebServer (see bench/tick_bench.py UVICORN)
     uvicorn.run(
-        create_app(args.db, write_lock=args.write_lock),
+        create_app(args.db, write_lock=args.write_lock, group_commit=args.group_commit),
         host="127.0.0.1",
         port=args.port,
         log_config=None,

@@ -3,7 +3,7 @@ first visit and repeat visit (online, and offline from the service worker), toda
 side by side with the board before issue 10, in the same run.
 
     .venv/bin/python bench/board_bench.py            # 5 rounds (a few minutes)
-    .venv/bin/python bench/board_bench.py --quick    # 1 round (seconds)
+    .venv/bin/python bench/board_bench.py --quick    # 1 round, today's board only (seconds)
 
 Two servers run in their own processes (``bench/board_server.py``): one on this
 checkout's ``src``, one on the ``src`` of ``--baseline`` (default: the commit before the
@@ -221,17 +221,25 @@ def median(values: list[Any]) -> Any:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--quick", action="store_true", help="one round")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="one round of today's board only (no git history needed: a smoke run)",
+    )
     ap.add_argument("--rounds", type=int, default=5)
-    ap.add_argument("--baseline", default=BASELINE, help="the revision whose board is compared")
+    ap.add_argument(
+        "--baseline",
+        default=BASELINE,
+        help="the revision whose board is compared ('none': today's board only)",
+    )
     args = ap.parse_args()
     rounds = 1 if args.quick else args.rounds
+    baseline = None if args.quick or args.baseline == "none" else args.baseline
     started = time.time()
     tmp = Path(tempfile.mkdtemp(prefix="board-bench-"))
-    servers = [
-        Server("today", ROOT / "src", tmp),
-        Server("before", baseline_src(args.baseline, tmp), tmp),
-    ]
+    servers = [Server("today", ROOT / "src", tmp)]
+    if baseline is not None:
+        servers.append(Server("before", baseline_src(baseline, tmp), tmp))
     results: dict[str, list[dict[str, Any]]] = {s.name: [] for s in servers}
     try:
         with sync_playwright() as pw:
@@ -267,7 +275,7 @@ def main() -> None:
     def row(label: str, a: Any, b: Any, unit: str) -> None:
         def fmt(v: Any) -> str:
             return (
-                "cannot open"
+                ("not measured" if baseline is None else "cannot open")
                 if v is None
                 else f"{v / 1000:.1f} KB"
                 if unit == "B"
@@ -277,15 +285,20 @@ def main() -> None:
         ratio = f"{a / b:.2f}" if a is not None and b else "–"
         print(f"{label:34}{fmt(a):>14}{fmt(b):>14}{ratio:>9}")
 
-    t, b = summary["today"], summary["before"]
+    t = summary["today"]
+    b = summary.get("before") or {
+        "html_raw": None,
+        "html_wire": None,
+        "first": {"bytes": None, "usable_ms": None, "opened": 0},
+        "offline": {"bytes": None, "usable_ms": None, "opened": 0},
+    }
     row("board HTML (raw)", t["html_raw"], b["html_raw"], "B")
     row("board HTML (as sent)", t["html_wire"], b["html_wire"], "B")
     for step, label in (("first", "first visit"), ("offline", "repeat visit, offline")):
         row(f"{label}: transfer", t[step]["bytes"], b[step]["bytes"], "B")
         row(f"{label}: usable after", t[step]["usable_ms"], b[step]["usable_ms"], "ms")
-    print(
-        f"offline repeat visits that opened: today {t['offline']['opened']}/{rounds}, before {b['offline']['opened']}/{rounds}"
-    )
+    before = f", before {b['offline']['opened']}/{rounds}" if baseline else ""
+    print(f"offline repeat visits that opened: today {t['offline']['opened']}/{rounds}{before}")
     first_kb = t["first"]["bytes"] / 1000 if t["first"]["bytes"] else None
     offline_ms = t["offline"]["usable_ms"]
     print(
@@ -293,13 +306,13 @@ def main() -> None:
         f"({'met' if first_kb is not None and first_kb <= 60 else 'NOT met'}); "
         f"offline repeat < 300 ms: {offline_ms} ms ({'met' if offline_ms is not None and offline_ms < 300 else 'NOT met'})"
     )
-    out = ROOT / "bench" / "out"
-    out.mkdir(exist_ok=True)
+    out = Path(os.environ.get("BENCH_OUT") or ROOT / "bench" / "out")
+    out.mkdir(parents=True, exist_ok=True)
     (out / "board.json").write_text(
         json.dumps(
             {
                 "rounds": rounds,
-                "baseline": args.baseline,
+                "baseline": baseline,
                 "load_average": load,
                 "machine": platform.platform(),
                 "seconds": round(time.time() - started, 1),

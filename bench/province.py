@@ -1,7 +1,7 @@
 """Province scale on PostgreSQL: materialising a day for 20,000 markets, and the sweep as history grows.
 
     .venv/bin/python bench/province.py            # default (~20 min): 20,000 markets; sweep 5,000 markets x up to 90 days
-    .venv/bin/python bench/province.py --quick    # smoke run (a few minutes): 1,000 markets; sweep 500 x up to 10 days
+    .venv/bin/python bench/province.py --quick    # smoke run (under a minute): 200 markets; sweep 100 x 1 and 3 days
     .venv/bin/python bench/province.py --full     # 20,000 markets for both; sweep up to 60 days (~17 M rows)
 
 A throwaway PostgreSQL 15 server is started in a temporary folder (``initdb`` as the
@@ -89,8 +89,8 @@ from run import (  # noqa: E402
     timed,
 )
 
-OUT = HERE / "out" / "province.json"
-OUT_MD = HERE / "out" / "province.md"
+OUT = Path(os.environ.get("BENCH_OUT") or HERE / "out") / "province.json"
+OUT_MD = OUT.with_suffix(".md")
 COPY_SQL = f"COPY obligations ({', '.join(COLUMNS)}) FROM STDIN"
 SERVER_SETTINGS = {
     "fsync": "on",
@@ -997,7 +997,9 @@ def main(argv: list[str] | None = None) -> None:
         "--max-gb", type=float, default=15.0, help="stop growing the history beyond this"
     )
     ap.add_argument(
-        "--quick", action="store_true", help="1,000 markets; sweep 500 x 1,3,10 days; 2 rounds"
+        "--quick",
+        action="store_true",
+        help="smoke run: 200 markets; sweep 100 x 1,3 days; 1 round; no profile",
     )
     ap.add_argument(
         "--full", action="store_true", help="20,000 markets for the sweep too, up to 60 days"
@@ -1012,7 +1014,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tmpdir", type=Path, default=None)
     args = ap.parse_args(argv)
     if args.quick:
-        args.markets, args.sweep_markets, args.sweep_days, args.repeat = 1000, 500, [1, 3, 10], 2
+        args.markets, args.sweep_markets, args.sweep_days, args.repeat = 200, 100, [1, 3], 1
+        args.profile = False
     if args.full:
         args.sweep_markets, args.sweep_days = args.markets, [1, 3, 10, 30, 60]
     shown = " ".join(sys.argv[1:] if argv is None else argv)

@@ -2,7 +2,7 @@
 as ratios against a bare Typer app's ``--help`` measured in the same run.
 
     .venv/bin/python bench/startup.py            # 15 interleaved rounds after a warm-up
-    .venv/bin/python bench/startup.py --quick    # 3 rounds (seconds)
+    .venv/bin/python bench/startup.py --quick    # 2 rounds (seconds)
 
 Every variant is a fresh ``python`` process (what a user's shell pays), run round by round
 in turn so that the shared machine's load falls on all of them alike; the CPU time is the
@@ -75,10 +75,10 @@ def cpu_seconds(argv: list[str], env: dict[str, str], cwd: Path) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="3 rounds instead of 15")
+    parser.add_argument("--quick", action="store_true", help="2 rounds instead of 15")
     parser.add_argument("--rounds", type=int, default=None)
     args = parser.parse_args()
-    rounds = args.rounds or (3 if args.quick else 15)
+    rounds = args.rounds or (2 if args.quick else 15)
 
     with tempfile.TemporaryDirectory(prefix="mc-startup-") as tmp:
         folder = Path(tmp)

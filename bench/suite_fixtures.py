@@ -11,7 +11,7 @@ warm-up round, and reports the ratio of the medians (see docs/benchmarks.md):
 * **a clean start for a test**: a new site (the ledger copied, a server started) against
   putting a module's site back as it was kept (``Site.reset``).
 
-``--quick`` runs two measured rounds instead of seven.
+``--quick`` runs one measured round instead of seven.
 """
 
 from __future__ import annotations
@@ -58,9 +58,9 @@ def compare(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="two rounds, for a smoke run")
+    parser.add_argument("--quick", action="store_true", help="one round, for a smoke run")
     args = parser.parse_args()
-    rounds = 2 if args.quick else 7
+    rounds = 1 if args.quick else 7
     folder = Path(tempfile.mkdtemp(prefix="marketcare-suite-bench-"))
     n = count()
     try:

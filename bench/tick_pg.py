@@ -70,10 +70,11 @@ from tick_bench import (  # noqa: E402
     cpu_seconds,
     free_port,
     log,
+    source_of,
     start_server,
 )
 
-OUT = HERE / "out" / "tick_pg.json"
+OUT = Path(os.environ.get("BENCH_OUT") or HERE / "out") / "tick_pg.json"
 #: appended to the test suite's server options (later ``-c`` settings win)
 DURABLE = {
     "fsync": "on",
@@ -364,7 +365,7 @@ def run(args: argparse.Namespace) -> None:
             conn.execute(BARE_SCHEMA)
         log(f"building the ledger on PostgreSQL {version}: {args.markets} markets x 12 areas")
         managers, info = build_ledger(tmp / "ledger.db", args.markets, args.clients, url=url)
-        need = (args.warmup + args.requests) * args.rounds * 2
+        need = (args.warmup + args.requests) * args.rounds * (4 if args.compare else 2)
         have = info["open and tickable through the API"]
         log(f"ledger built in {info['built in (s)']} s: {have} open obligations, {need} needed")
         least = min(len(m.todo) for m in managers)
@@ -378,6 +379,8 @@ def run(args: argparse.Namespace) -> None:
             cmd = [py, str(HERE / "tick_bench.py"), "--serve", "marketcare", "--url", url]
             cmd += ["--db", str(tmp / "ledger.db"), "--port", str(port), "--clock"]
             cmd += [CLOCK.isoformat()]
+            for e in args.experiment or []:
+                cmd += ["--experiment", e]
             mc.append(start_server(f"marketcare-{i}", cmd, port, tmp, args.pin))
         for i in range(n):
             port = free_port()
@@ -391,6 +394,18 @@ def run(args: argparse.Namespace) -> None:
             "bare x1": bare[:1],
             f"bare x{n}": bare,
         }
+        if args.compare:  # the code as it was at REV, the same way, in every round
+            src = source_of(args.compare, tmp)
+            before: list[Server] = []
+            for i in range(n):
+                port = free_port()
+                cmd = [py, str(HERE / "tick_bench.py"), "--serve", "marketcare", "--url", url]
+                cmd += ["--db", str(tmp / "ledger.db"), "--port", str(port), "--clock"]
+                cmd += [CLOCK.isoformat()]
+                before.append(start_server(f"before-{i}", cmd, port, tmp, args.pin, src))
+            servers += before
+            configs[f"marketcare@{args.compare} x1"] = before[:1]
+            configs[f"marketcare@{args.compare} x{n}"] = before
         phases: list[Phase] = []
         extras: list[dict[str, Any]] = []
         names = list(configs)
@@ -490,6 +505,14 @@ def report(
             f"throughput {mcn} / {bn}": ratio(mcn, bn, "throughput_rps"),
             f"scaling marketcare 1 -> {n} (throughput)": ratio(mcn, mc1, "throughput_rps"),
             f"scaling bare 1 -> {n} (throughput)": ratio(bn, b1, "throughput_rps"),
+            **{
+                f"throughput {mine} / {mine.replace('marketcare', before)}": ratio(
+                    mine, mine.replace("marketcare", before), "throughput_rps"
+                )
+                for before in (f"marketcare@{args.compare}",)
+                if args.compare
+                for mine in (mc1, mcn)
+            },
         },
         "phases": rows,
     }

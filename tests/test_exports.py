@@ -392,19 +392,21 @@ def test_the_summary_numbers_equal_the_report(book: Ledger, tmp_path: Path) -> N
         if r["市场"] == "全区合计":
             expected = district
         elif r["任务类别"] == "小计":
-            expected = totals.loc[names[r["市场"]]]
+            expected = totals[names[r["市场"]]]
         else:
-            expected = summary.loc[(names[r["市场"]], kind_of[r["任务类别"]])]
-        assert [r[c] for c in counts] == [int(expected[c]) for c in columns]
-        rate = expected["compliance"]
-        assert r["合规率"] == "—" if pd.isna(rate) else r["合规率"] == pytest.approx(rate)
+            expected = summary[(names[r["市场"]], kind_of[r["任务类别"]])]
+        assert [r[c] for c in counts] == [expected.as_dict()[c] for c in columns]
+        rate = expected.compliance
+        assert r["合规率"] == "—" if rate is None else r["合规率"] == pytest.approx(rate)
         checked += 1
     assert checked == len(summary) + len(totals) + 1
     # the block the chart reads: one row per market, then the district total
     block = [r for r in ws.iter_rows(min_row=4 + len(detail) + 1, values_only=True) if r[0]]
     header = next(i for i, r in enumerate(block) if r[0] == "市场")
     assert [r[0] for r in block[header + 1 :]] == [*names, "全区合计"]
-    assert [r[10] for r in block[header + 1 : -1]] == pytest.approx(list(totals["compliance"]))
+    assert [r[10] for r in block[header + 1 : -1]] == pytest.approx(
+        [c.compliance for c in totals.values()]
+    )
     with zipfile.ZipFile(tmp_path / "week.xlsx") as z:
         chart = z.read("xl/charts/chart1.xml").decode()
     assert f"'汇总'!$K${4 + len(detail) + header + 4}" in chart

@@ -188,9 +188,9 @@ def month(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Month]:
 Tally = dict[tuple[str, str], Counter[str]]
 
 
-def _tally(rows: list[tuple[str, str, str, bool]]) -> Tally:
+def _tally(rows: list[tuple[str, str, str, bool]], period: Period = MONTH) -> Tally:
     """(market, day, category, overdue) rows as counts per (market, day)."""
-    out: Tally = {(m, d.isoformat()): Counter() for m in MARKETS for d in MONTH.days()}
+    out: Tally = {(m, d.isoformat()): Counter() for m in MARKETS for d in period.days()}
     for market, day, category, overdue in rows:
         c = out[(market, day)]
         c[category] += 1
@@ -268,8 +268,9 @@ def from_status_json(month: Month) -> Tally:
     return _tally(rows)
 
 
-def from_the_workbook(month: Month, tmp_path: Path) -> Tally:
-    result = delivery.export(month.engine, period=MONTH, exports_dir=tmp_path / "month", now=NOW)
+def from_the_workbook(month: Month, tmp_path: Path, period: Period = MONTH) -> Tally:
+    folder = tmp_path / period.kind
+    result = delivery.export(month.engine, period=period, exports_dir=folder, now=NOW)
     wb = openpyxl.load_workbook(result.path, read_only=True)
     names = {"lizhong 农贸市场": "lizhong", "xinhua 农贸市场": "xinhua"}
     overdue = {
@@ -293,7 +294,7 @@ def from_the_workbook(month: Month, tmp_path: Path) -> Tally:
             rows.append((market, day, ZH_STATUS[r["状态"]], r["编号"] in overdue))
             if r["状态"] == "逾期完成":
                 assert r["逾期分钟数"] >= 1
-    return _tally(rows)
+    return _tally(rows, period)
 
 
 BY_MARKET = re.compile(
@@ -349,3 +350,49 @@ def test_board_api_status_workbook_and_email_count_every_market_and_day_alike(
     assert today["overdue"] >= 1 and today["pending"] >= 1  # the garbage, open past due
     assert today["failed"] == 1 and today["overdue"] == 1  # the failed reading: redo, not overdue
     assert api[("xinhua", "2026-11-20")]["excused"] >= 1  # the day declared closed afterwards
+
+
+def test_the_dashboard_counts_today_the_week_and_the_months_rate_as_the_workbooks_do(
+    month: Month, tmp_path: Path
+) -> None:
+    """The office dashboard aggregates in one grouped query; the workbooks list every
+    obligation: today's and this week's figures, and the month's rectification rate, agree."""
+    with httpx.Client(base_url=month.base, headers={"Authorization": f"Bearer {month.token}"}) as c:
+        got = c.get("/api/v1/dashboard")
+    assert got.status_code == 200, got.text
+    dashboard = {f["market"]: f for f in got.json()}
+    week = Period.of("week", TODAY)  # Monday 30 November to Sunday 6 December
+    listed = from_the_workbook(month, tmp_path, week)
+    wb = openpyxl.load_workbook(
+        delivery.export(month.engine, period=MONTH, exports_dir=tmp_path / "rates", now=NOW).path
+    )
+    names = {"lizhong 农贸市场": "lizhong", "xinhua 农贸市场": "xinhua"}
+    # the rectification sheet: market, sub-district, due, verified, rate, ...
+    rates = {
+        names[r[0]]: (r[2], r[3])
+        for r in wb["整改率"].iter_rows(min_row=3, values_only=True)
+        if r[0] in names
+    }
+    assert set(dashboard) == set(MARKETS)
+    for market, figures in dashboard.items():
+        today = listed[(market, TODAY.isoformat())]
+        days = sum((listed[(market, d.isoformat())] for d in week.days()), Counter())
+        assert (
+            figures["due_today"],
+            figures["on_time_today"],
+            figures["missed_today"],
+            figures["open_now"],
+        ) == (today["due"], today["on_time"], today["missed"], today["pending"]), market
+        assert (figures["due_week"], figures["on_time_week"], figures["missed_week"]) == (
+            days["due"],
+            days["on_time"],
+            days["missed"],
+        ), market
+        assert (
+            figures["rectification_due_month"],
+            figures["rectification_verified_month"],
+        ) == rates[market], market
+    # the moment holds work of every kind: the comparison is not of zeros
+    lizhong = dashboard["lizhong"]
+    assert lizhong["open_now"] >= 1 and lizhong["due_week"] >= lizhong["due_today"] >= 1
+    assert lizhong["rectification_due_month"] == 2 and lizhong["rectification_verified_month"] == 1

@@ -1,5 +1,7 @@
-"""Group commit of ticks: the ``TickWriter`` records many ticks in one transaction, each in
-its own savepoint, with exactly the rule (and the rows) of ``ledger_tick.tick`` one by one.
+"""Group commit of ticks: the ``TickWriter`` records many ticks in one transaction, in a
+few statements for the whole batch (or, when the batch repeats an obligation or a token,
+each tick in its own savepoint), with exactly the rule (and the rows) of
+``ledger_tick.tick`` one by one.
 
 Batches are made deterministic without timing: a writer made with ``start=False`` only
 queues, so every request submitted before ``start()`` is in its first batch.
@@ -331,6 +333,74 @@ def test_a_batch_leaves_the_same_ledger_as_ticking_one_by_one(tmp_path: Path) ->
         assert sum(isinstance(o, TickRefused) for o in got) == 2
         assert _rows(batched) == _rows(one_by_one)
         assert _chain_ok(batched).ok
+    finally:
+        one_by_one.dispose()
+        batched.dispose()
+
+
+def _distinct_requests(obligations: list[Any]) -> list[ledger_tick.TickRequest]:
+    """One tick per obligation (a batch the writer takes in bulk), every outcome but a repeat:
+    good, failed, refused twice, late, already done, and an earlier submission sent again."""
+    disinfect = [ob for ob in obligations if ob.task_id == "disinfect"]
+    waste = [ob for ob in obligations if ob.task_id == "waste"]
+    return [
+        _request(disinfect[0], token="a"),
+        _request(disinfect[1], token="b", readings={"chlorine": 5.0}),  # failed
+        _request(disinfect[2], token="c", readings={"nope": 1.0}),  # refused
+        _request(waste[0], token="d", items=["bogus"]),  # refused
+        _request(waste[1], token="e", by="  someone  ", note=None),
+        _request(disinfect[3], token="f", now=TICK_AT + timedelta(hours=3)),  # late
+        _request(waste[2], token="g"),  # already done before the batch
+        _request(waste[3], token="earlier", by="mgr"),  # the same submission as before the batch
+        *(_request(ob, token=f"more-{i}") for i, ob in enumerate(disinfect[4:12])),
+    ]
+
+
+def _before_the_batch(engine: sa.Engine, obligations: list[Any]) -> None:
+    waste = [ob for ob in obligations if ob.task_id == "waste"]
+    ledger_tick.tick(engine, obligation_id=waste[2].id, by="mgr", now=TICK_AT, token="first")
+    ledger_tick.tick(engine, obligation_id=waste[3].id, by="mgr", now=TICK_AT, token="earlier")
+
+
+def test_a_batch_of_different_obligations_takes_a_few_statements_and_the_rule_of_tick(
+    tmp_path: Path,
+) -> None:
+    """Sixteen ticks, each of another obligation, in nine statements (the batch's
+    obligations and earlier tokens; who completed one already, a rare read; one
+    executemany of the moves and one of the completions, then their ids; the audit
+    chain's three): no SAVEPOINT and no statement per tick, and the same results and rows
+    as ticking them one by one."""
+    one_by_one, batched = _ledger(tmp_path / "one"), _ledger(tmp_path / "batch")
+    try:
+        obligations = _today(one_by_one)
+        for engine in (one_by_one, batched):
+            _before_the_batch(engine, obligations)
+        requests = _distinct_requests(obligations)
+        assert len({r.obligation_id for r in requests}) == len(requests) == 16
+        expected = _by_tick(one_by_one, requests)
+        statements: list[str] = []
+
+        def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+            if not statement.startswith("BEGIN"):  # SQLite's BEGIN IMMEDIATE is a statement
+                statements.append(statement[:90])
+
+        writer = ledger_tick.TickWriter(batched, start=False)
+        futures = [writer.submit(r) for r in requests]
+        event.listen(batched, "before_cursor_execute", count)
+        try:
+            writer.start()
+            writer.close()
+        finally:
+            event.remove(batched, "before_cursor_execute", count)
+        got = [_outcome(f) for f in futures]
+        assert _described(got) == _described(expected)
+        assert sum(isinstance(o, TickRefused) for o in got) == 2
+        assert got[6].message.startswith("already done by mgr")  # type: ignore[union-attr]
+        assert got[7].message == "already recorded (same submission)"  # type: ignore[union-attr]
+        assert _rows(batched) == _rows(one_by_one)
+        assert _chain_ok(batched).ok
+        assert "SAVEPOINT" not in statements
+        assert len(statements) == 9, "\n".join(statements)
     finally:
         one_by_one.dispose()
         batched.dispose()

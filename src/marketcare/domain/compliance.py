@@ -19,6 +19,7 @@ Pure functions over plain values: no database, no files.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from datetime import datetime
@@ -104,20 +105,27 @@ class Counts:
 
     @property
     def due(self) -> int:
-        return self.on_time + self.late + self.missed + self.failed
+        return sum(_due_values(self))
 
     @property
     def compliance(self) -> float | None:
         return compliance(self.on_time, self.due)
 
     def __add__(self, other: Counts) -> Counts:
-        return Counts(*(getattr(self, f.name) + getattr(other, f.name) for f in fields(self)))
+        return Counts(*map(operator.add, _values(self), _values(other)))
 
     def as_dict(self) -> dict[str, int]:
         """Every count by name, ``due`` included (the JSON and the tests read this)."""
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
+        out = dict(zip(_FIELDS, _values(self), strict=True))
         out["due"] = self.due
         return out
+
+
+# read by the methods above: a dashboard of a thousand markets adds and sums thousands of
+# these per request, and ``dataclasses.fields`` on every call was a tenth of its time
+_FIELDS: Final = tuple(f.name for f in fields(Counts))
+_values: Final = operator.attrgetter(*_FIELDS)
+_due_values: Final = operator.attrgetter(*(c.value for c in DUE))
 
 
 def count(

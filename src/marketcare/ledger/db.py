@@ -6,6 +6,7 @@ import functools
 import logging
 import re
 import sqlite3
+import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -189,14 +190,14 @@ _PG_FAULTS = {
 
 
 def driver_errors() -> tuple[type[Exception], ...]:
-    """The drivers' own exception classes, for code that sees them unwrapped (COPY)."""
-    found: list[type[Exception]] = [sqlite3.Error]
-    try:
-        import psycopg
+    """The drivers' own exception classes, for code that sees them unwrapped (COPY).
 
+    psycopg's only once it is loaded (by a PostgreSQL engine): a daemon on SQLite never
+    loads it (some 9 MiB), and no exception of a driver never loaded can be raised."""
+    found: list[type[Exception]] = [sqlite3.Error]
+    psycopg = sys.modules.get("psycopg")
+    if psycopg is not None:
         found.append(psycopg.Error)
-    except ImportError:  # pragma: no cover - psycopg is a dependency
-        pass
     return tuple(found)
 
 
@@ -292,9 +293,8 @@ def head_revisions() -> tuple[str, ...]:
 
 
 def _is_driver_fault(exc: BaseException) -> bool:
-    try:
-        import psycopg
-    except ImportError:  # pragma: no cover
+    psycopg = sys.modules.get("psycopg")  # not loaded: not its fault (see ``driver_errors``)
+    if psycopg is None:
         return False
     return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
 

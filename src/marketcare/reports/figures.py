@@ -2,10 +2,13 @@
 
 The workbook writer (``workbook``) and the email (``delivery``) only format what this
 module gathers. Rows are streamed per market so a month of a thousand markets never sits
-in memory; the summary is a ``GROUP BY`` in the database turned into tallies with pandas.
+in memory; the summary is a ``GROUP BY`` in the database turned into ``compliance.Counts``
+by ``tally``, in plain Python (a few groups per market and kind: a data-frame library
+would cost more than the counting, and its import alone tens of megabytes in the daemon).
 Each group is judged by the domain's rules (``compliance.categorise``,
 ``obligations.is_overdue``): the SQL only says on which side of ``as_of`` each of an
-obligation's times lies, so the figures follow the rules and never restate them.
+obligation's times lies, so the figures follow the rules and never restate them. The
+office dashboard counts with the same ``groups`` and ``tally``.
 
 Re-inspections are the office's work, not the market's: the summary (compliance) leaves
 them out and ``reinspections`` counts them for the rectification figures; the market
@@ -14,14 +17,13 @@ sheets list them with everything else.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from functools import lru_cache
-from typing import Any, Final
+from typing import Any, Final, Protocol, TypeVar
 from zoneinfo import ZoneInfo
 
-import pandas as pd
 import sqlalchemy as sa
 import sqlalchemy.orm
 
@@ -40,8 +42,10 @@ from marketcare.domain.vocabulary import REINSPECTION
 from marketcare.ledger.models import AreaRow, Completion, MarketRow, Obligation, ProblemRow
 from marketcare.ledger.versions import schedule_of_version
 
-#: the count columns of the summary frames: the categories, then the overdue ones
+#: the counts of a summary row: the categories, then the overdue ones
 COUNT_COLUMNS: Final = (*(c.value for c in compliance.CATEGORIES), "overdue")
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,7 +157,7 @@ class Report:
             for r in rows
             if r.active or r.id in present
         ]
-        self._summary: pd.DataFrame | None = None
+        self._summary: dict[tuple[str, str], Counts] | None = None
 
     # -- selection ---------------------------------------------------------------------
 
@@ -173,87 +177,45 @@ class Report:
     # -- the summary -------------------------------------------------------------------
 
     @property
-    def summary(self) -> pd.DataFrame:
-        """Counts per (market, kind) of a market's own work: the categories, ``overdue``,
-        ``due`` and ``compliance`` (0..1 or NaN). Re-inspections are left out."""
+    def summary(self) -> dict[tuple[str, str], Counts]:
+        """Counts per (market, kind) of a market's own work, by market then kind; only the
+        pairs that had obligations. Re-inspections are left out."""
         if self._summary is None:
             self._summary = self._tally(reinspections=False)
         return self._summary
 
-    def _tally(self, *, reinspections: bool) -> pd.DataFrame:
-        as_of = self.as_of
-        past = sa.case((Obligation.missed_at <= as_of, 1), else_=0).label("past")
-        after_due = sa.case((Obligation.due_at < as_of, 1), else_=0).label("after_due")
+    def _tally(self, *, reinspections: bool) -> dict[tuple[str, str], Counts]:
         kinds = Obligation.kind.in_(compliance.NOT_COMPLIANCE_KINDS)
         stmt = self._where(
-            sa.select(
-                Obligation.market_id,
-                Obligation.kind,
-                Obligation.state,
-                past,
-                after_due,
-                sa.func.count().label("n"),
-            )
+            groups(as_of=self.as_of, by=(Obligation.market_id, Obligation.kind))
         ).where(kinds if reinspections else sa.not_(kinds))
-        stmt = stmt.group_by(
-            Obligation.market_id, Obligation.kind, Obligation.state, past, after_due
-        )
-        groups = pd.DataFrame(
-            self.conn.execute(stmt).all(),
-            columns=["market", "kind", "state", "past", "after_due", "n"],
-        )
-        columns = [*COUNT_COLUMNS, "due", "compliance"]
-        if groups.empty:
-            return pd.DataFrame(
-                columns=columns, index=pd.MultiIndex.from_tuples([], names=["market", "kind"])
-            )
-        # the rules see each group's times on the same side of ``as_of`` as the SQL did
-        never, always = datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC)
-        groups["category"] = [
-            compliance.categorise(s, missed_at=always if p else never, as_of=as_of).value
-            for s, p in zip(groups["state"], groups["past"], strict=True)
-        ]
-        groups["overdue"] = [
-            int(n) if is_overdue(State(s), due_at=always if d else never, now=as_of) else 0
-            for s, d, n in zip(groups["state"], groups["after_due"], groups["n"], strict=True)
-        ]
-        table = groups.pivot_table(
-            index=["market", "kind"], columns="category", values="n", aggfunc="sum", fill_value=0
-        )
-        table = table.reindex(columns=list(COUNT_COLUMNS[:-1]), fill_value=0)
-        table["overdue"] = groups.groupby(["market", "kind"])["overdue"].sum()
-        return _with_rates(table.astype("int64"))
+        rows = self.conn.execute(stmt).all()
+        keyed = (((str(r.market_id), str(r.kind)), r.state, r.past, r.after_due, r.n) for r in rows)
+        counts = tally(keyed, as_of=self.as_of)
+        return dict(sorted(counts.items()))
 
-    def market_totals(self) -> pd.DataFrame:
-        """Counts per market (every selected market, zeros where it had nothing)."""
+    def market_totals(self) -> dict[str, Counts]:
+        """Counts per market (every selected market, in order; zeros where it had nothing)."""
         return self._per_market(self.summary)
 
-    def _per_market(self, frame: pd.DataFrame) -> pd.DataFrame:
-        cats = list(COUNT_COLUMNS)
-        if frame.empty:
-            totals = pd.DataFrame(0, index=[m.id for m in self.markets], columns=cats)
-        else:
-            totals = frame[cats].groupby(level="market").sum()
-            totals = totals.reindex([m.id for m in self.markets], fill_value=0)
-        totals.index.name = "market"
-        return _with_rates(totals.astype("int64"))
+    def _per_market(self, table: dict[tuple[str, str], Counts]) -> dict[str, Counts]:
+        totals = {m.id: Counts() for m in self.markets}
+        for (market, _kind), counts in table.items():
+            if market in totals:
+                totals[market] += counts
+        return totals
 
-    def district_total(self) -> pd.Series:
-        totals = self.market_totals()[list(COUNT_COLUMNS)].sum()
-        frame = _with_rates(pd.DataFrame([totals]))
-        return frame.iloc[0]
+    def district_total(self) -> Counts:
+        return sum(self.market_totals().values(), Counts())
 
     def counts(self) -> dict[str, Counts]:
         """Each market's counts (``compliance.Counts``), in the markets' order."""
-        return {str(m): counts_of(row) for m, row in self.market_totals().iterrows()}
+        return self.market_totals()
 
     def reinspections(self) -> dict[str, Counts]:
         """Each market's re-inspections of the period by the same categories (the office's
         timeliness; whether they passed is in ``rectification``)."""
-        return {
-            str(m): counts_of(row)
-            for m, row in self._per_market(self._tally(reinspections=True)).iterrows()
-        }
+        return self._per_market(self._tally(reinspections=True))
 
     # -- the rectification loop and the contracts -------------------------------------
 
@@ -378,20 +340,43 @@ class Report:
         )
 
 
-def counts_of(row: Any) -> Counts:
-    """A row of a summary frame as ``compliance.Counts``."""
-    return Counts(**{c: int(row[c]) for c in COUNT_COLUMNS})
+def groups(*, as_of: datetime, by: Sequence[Any]) -> Any:
+    """``SELECT *by, state, past, after_due, count(*) … GROUP BY`` over obligations: the
+    database says on which side of ``as_of`` each group's times lie, ``tally`` applies the
+    rules. The caller adds the period's and the markets' conditions."""
+    past = sa.case((Obligation.missed_at <= as_of, 1), else_=0).label("past")
+    after_due = sa.case((Obligation.due_at < as_of, 1), else_=0).label("after_due")
+    return sa.select(*by, Obligation.state, past, after_due, sa.func.count().label("n")).group_by(
+        *by, Obligation.state, past, after_due
+    )
 
 
-def _with_rates(table: pd.DataFrame) -> pd.DataFrame:
-    out = table.copy()
-    out["due"] = out[[c.value for c in compliance.DUE]].sum(axis=1).astype("int64")
-    out["compliance"] = [
-        compliance.compliance(int(a), int(b))
-        for a, b in zip(out["on_time"], out["due"], strict=True)
-    ]
-    out["compliance"] = out["compliance"].astype("float64")
-    return out
+def tally(rows: Iterable[tuple[K, str, Any, Any, int]], *, as_of: datetime) -> dict[K, Counts]:
+    """``(key, state, past, after_due, n)`` groups (see ``groups``) as ``Counts`` per key.
+
+    Each group is categorised by ``compliance.categorise`` and judged overdue by
+    ``obligations.is_overdue``, seeing its times on the same side of ``as_of`` as the SQL
+    did: the rules are applied here, never restated in SQL.
+    """
+    never, always = datetime.max.replace(tzinfo=UTC), datetime.min.replace(tzinfo=UTC)
+    judged: dict[tuple[str, bool, bool], tuple[str, bool]] = {}
+    out: dict[K, dict[str, int]] = {}
+    for key, state, past, after_due, n in rows:
+        seen = (state, bool(past), bool(after_due))
+        verdict = judged.get(seen)
+        if verdict is None:
+            category = compliance.categorise(
+                state, missed_at=always if past else never, as_of=as_of
+            )
+            late = is_overdue(State(state), due_at=always if after_due else never, now=as_of)
+            judged[seen] = verdict = (category.value, late)
+        counts = out.get(key)
+        if counts is None:
+            out[key] = counts = dict.fromkeys(COUNT_COLUMNS, 0)
+        counts[verdict[0]] += n
+        if verdict[1]:
+            counts["overdue"] += n
+    return {key: Counts(**c) for key, c in out.items()}
 
 
 @lru_cache(maxsize=64)
@@ -445,17 +430,34 @@ def _utc_bounds(period: Period, zone: ZoneInfo) -> tuple[datetime, datetime]:
     return start.astimezone(UTC), end.astimezone(UTC)
 
 
+class Zoned(Protocol):
+    """A market as far as its period's bounds are concerned."""
+
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def zone(self) -> str: ...
+
+
 def problem_rates(report: Report) -> dict[str, Rate]:
     """Rectification rate per market (``problems.Rate``), each market's period in its zone."""
+    return zone_rates(report.conn, report.period, as_of=report.as_of, markets=report.markets)
+
+
+def zone_rates(
+    conn: sa.Connection, period: Period, *, as_of: datetime, markets: Sequence[Zoned]
+) -> dict[str, Rate]:
+    """``problem_rates`` for any markets: one query per time zone."""
     from marketcare.ledger.problems import rates
 
     out: dict[str, Rate] = {}
     zones: dict[str, list[str]] = {}
-    for m in report.markets:
+    for m in markets:
         zones.setdefault(m.zone, []).append(m.id)
     for zone, ids in zones.items():
-        start, end = _utc_bounds(report.period, _zone(zone))
-        out.update(rates(report.conn, start=start, end=end, as_of=report.as_of, markets=ids))
+        start, end = _utc_bounds(period, _zone(zone))
+        out.update(rates(conn, start=start, end=end, as_of=as_of, markets=ids))
     return out
 
 

@@ -82,6 +82,30 @@ def _end_utc(period: Period, zone: str) -> datetime:
     return local.astimezone(UTC)
 
 
+#: the figures of periods already counted in one read transaction, by (period, as_of,
+#: markets): the dashboard's ranking and trend both need this week and the one before
+Shared = dict[tuple[Period, datetime, tuple[str, ...] | None], tuple[Report, dict[str, Figures]]]
+
+
+def _figures(
+    conn: sa.Connection,
+    period: Period,
+    as_of: datetime,
+    markets: Sequence[str] | None,
+    shared: Shared | None,
+) -> tuple[Report, dict[str, Figures]]:
+    """The report and figures of ``period`` as of ``as_of``, counted once per ``shared``
+    (a dict the caller keeps for one read transaction; None: not kept)."""
+    key = (period, as_of, None if markets is None else tuple(markets))
+    if shared is not None and key in shared:
+        return shared[key]
+    report = Report(conn, period, as_of=as_of, markets=markets)
+    done = report, figures_of(report)
+    if shared is not None:
+        shared[key] = done
+    return done
+
+
 def figures_of(report: Report) -> dict[str, Figures]:
     """Each market's figures for the report's period, as of the report's moment."""
     conn = report.conn
@@ -96,16 +120,14 @@ def figures_of(report: Report) -> dict[str, Figures]:
     marks = inspection_ledger.scores(
         conn, start=report.period.start, end=report.period.end, markets=report.market_filter
     )
-    on_time = {str(k): int(v) for k, v in totals["on_time"].items()}
-    due = {str(k): int(v) for k, v in totals["due"].items()}
     out: dict[str, Figures] = {}
     for market_id in ids:
         rate = rates.get(market_id)
         out[market_id] = Figures(
             key=market_id,
             scores=tuple(marks.get(market_id, ())),
-            on_time=on_time.get(market_id, 0),
-            due=due.get(market_id, 0),
+            on_time=totals[market_id].on_time if market_id in totals else 0,
+            due=totals[market_id].due if market_id in totals else 0,
             verified=0 if rate is None else rate.verified,
             rectification_due=0 if rate is None else rate.due,
             past_deadline=late.get(market_id, 0),
@@ -127,15 +149,19 @@ def ranking(
     as_of: datetime,
     markets: Sequence[str] | None = None,
     report: Report | None = None,
+    shared: Shared | None = None,
 ) -> Ranking:
     """Rank markets and sub-districts for ``period``. The movement is against the places
     the period before's bulletin kept (``ledger/standings``) or, where none were kept by
-    ``as_of``, against the period before ranked again as it stood at its end."""
+    ``as_of``, against the period before ranked again as it stood at its end. ``shared``:
+    see ``Shared``."""
     from marketcare.ledger import standings
     from marketcare.reports.delivery import scope_of
 
-    report = report or Report(conn, period, as_of=as_of, markets=markets)
-    current = figures_of(report)
+    if report is None:
+        report, current = _figures(conn, period, as_of, markets, shared)
+    else:
+        current = figures_of(report)
     before_period = period.previous()
     kept = standings.places(conn, period=before_period, scope=scope_of(markets), as_of=as_of)
     infos = {m.id: m for m in report.markets}
@@ -150,8 +176,7 @@ def ranking(
         )
     zone = report.markets[0].zone if report.markets else "UTC"
     before_as_of = min(as_of, _end_utc(before_period, zone))
-    before_report = Report(conn, before_period, as_of=before_as_of, markets=markets)
-    before = figures_of(before_report)
+    before_report, before = _figures(conn, before_period, before_as_of, markets, shared)
     return Ranking(
         period=period,
         as_of=as_of,
@@ -184,16 +209,16 @@ def trend(
     zone: str,
     weeks: int = 8,
     markets: Sequence[str] | None = None,
+    shared: Shared | None = None,
 ) -> dict[str, list[TrendPoint]]:
     """The last ``weeks`` weeks (this one included) per market and for the whole
-    selection (key ``""``): the points of the charts."""
+    selection (key ``""``): the points of the charts. ``shared``: see ``Shared``."""
     today = as_of.astimezone(ZoneInfo(zone)).date()
     last = Period.of("week", today)
     periods = [Period.of("week", last.start - timedelta(days=7 * i)) for i in range(weeks)][::-1]
     out: dict[str, list[TrendPoint]] = {}
     for p in periods:
-        report = Report(conn, p, as_of=min(as_of, _end_utc(p, zone)), markets=markets)
-        figs = figures_of(report)
+        _, figs = _figures(conn, p, min(as_of, _end_utc(p, zone)), markets, shared)
         for market_id, f in figs.items():
             out.setdefault(market_id, []).append(TrendPoint(p, f))
         out.setdefault("", []).append(TrendPoint(p, combine("", list(figs.values()))))

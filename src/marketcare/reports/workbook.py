@@ -59,7 +59,7 @@ from openpyxl.worksheet.pagebreak import Break
 from openpyxl.worksheet.properties import PageSetupProperties
 from openpyxl.worksheet.worksheet import Worksheet
 
-from marketcare.domain.compliance import CATEGORIES, Category
+from marketcare.domain.compliance import CATEGORIES, Category, Counts
 from marketcare.domain.problems import Rate, reinspection_of
 from marketcare.domain.vocabulary import REINSPECTION, TaskKind
 from marketcare.i18n import (
@@ -1414,14 +1414,12 @@ class _WorkbookWriter:
 
     # -- the summary ---------------------------------------------------------------------
 
-    def _counts(
-        self, row: Mapping[Any, Any], style: str | None
-    ) -> tuple[list[Value], list[str | None]]:
-        values: list[Value] = [int(row[c]) for c in ("due", *CATEGORIES)]
+    def _counts(self, row: Counts, style: str | None) -> tuple[list[Value], list[str | None]]:
+        values: list[Value] = [row.due, *(getattr(row, c.value) for c in CATEGORIES)]
         styles: list[str | None] = [style or "plain"] * len(values)
-        rate = row["compliance"]
-        if isinstance(rate, float) and not math.isnan(rate):
-            values.append(float(rate))
+        rate = row.compliance
+        if rate is not None:
+            values.append(rate)
             styles.append(f"{style}_percent" if style else "percent")
         else:
             values.append(DASH)
@@ -1471,12 +1469,11 @@ class _WorkbookWriter:
         sheet.top([self.as_of_text], ["subtitle"], digest=False)
         sheet.header()
 
-        by_market: dict[str, list[tuple[str, dict[Any, Any]]]] = {}
-        summary = report.summary
-        for (market_id, kind), row in zip(summary.index, summary.to_dict("records"), strict=True):
-            by_market.setdefault(str(market_id), []).append((str(kind), row))
+        by_market: dict[str, list[tuple[str, Counts]]] = {}
+        for (market_id, kind), row in report.summary.items():
+            by_market.setdefault(market_id, []).append((kind, row))
         order = {k.value: i for i, k in enumerate(TaskKind)}
-        totals = report.market_totals().to_dict("index")
+        totals = report.market_totals()
         for market in report.markets:
             name, sub = clean(market.name), clean(market.sub_district)
             rows = sorted(
@@ -1488,7 +1485,7 @@ class _WorkbookWriter:
                 sheet.add([name, sub, self.kind(kind), *values], ["wrap"] * 3 + styles)
             values, styles = self._counts(totals[market.id], "subtotal")
             sheet.add([name, sub, subtotal, *values], ["subtotal"] * 3 + styles)
-        district_row = report.district_total().to_dict()
+        district_row = report.district_total()
         values, styles = self._counts(district_row, "total")
         sheet.add([district, None, None, *values], ["total"] * 3 + styles)
         filter_to = sheet.rows

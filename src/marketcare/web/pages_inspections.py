@@ -359,8 +359,11 @@ def ranking_panel(request: Request, who: Principal) -> dict[str, Any] | None:
     now = now_of(request)
     week = Period.of("week", _zone_today(request, zone))
     with read(engine) as conn:
-        ranked = scores.ranking(conn, week, as_of=now)
-        points = scores.trend(conn, as_of=now, zone=zone, weeks=TREND_WEEKS).get("", [])
+        shared: scores.Shared = {}  # this week and the last: counted once for both
+        ranked = scores.ranking(conn, week, as_of=now, shared=shared)
+        points = scores.trend(conn, as_of=now, zone=zone, weeks=TREND_WEEKS, shared=shared).get(
+            "", []
+        )
     names = {m.id: m.name for m in markets}
     return {
         "planned": [
