@@ -74,8 +74,22 @@ def security(event: str, *, level: int = logging.INFO, **fields: Any) -> None:
     SECURITY.log(level, event, extra={"event": event, **clean})
 
 
+class _ToStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is when a line is logged, not when logging was set
+    up: a caller that swaps standard error for a while (a test runner capturing a
+    command's output) never leaves a thread's later lines writing to a closed stream."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def setup(level: str = "INFO", fmt: str = "text") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _ToStderr()
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
