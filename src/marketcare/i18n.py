@@ -24,7 +24,7 @@ from marketcare.domain.compliance import Category
 from marketcare.domain.obligations import State
 from marketcare.domain.periods import Period
 from marketcare.domain.problems import Category as ProblemCategory
-from marketcare.domain.problems import ProblemState
+from marketcare.domain.problems import ProblemState, reinspection_of
 from marketcare.domain.vocabulary import REINSPECTION, AreaKind, TaskKind
 from marketcare.errors import MarketcareError
 
@@ -169,6 +169,15 @@ class Translator:
 
     def problem_state(self, state: ProblemState | str) -> str:
         return self.tr(PROBLEM_STATE_LABELS[ProblemState(state)])
+
+    def task_name(self, task_id: str, name: str | None = None) -> str:
+        """A task as people read it: its ``name`` in the schedule; a re-inspection (which
+        no schedule names) for its problem and round; else its id (a task a newer schedule
+        dropped). Every page, table and sheet names tasks through here."""
+        if name and name != task_id:
+            return name
+        of = reinspection_of(task_id)
+        return self.reinspection_task(*of) if of else (name or task_id)
 
     def reinspection_task(self, problem_id: int, round_: int) -> str:
         """``复查：第 7 号问题（第 1 次）``: a re-inspection's task, named for people."""

@@ -153,7 +153,7 @@ def problems_list(
     from marketcare.clock import iso
     from marketcare.domain.problems import ProblemState
     from marketcare.ledger import problems as problem_ledger
-    from marketcare.ledger.readmodel import markets
+    from marketcare.ledger.readmodel import areas, markets
 
     check_choices(state, [p.value for p in ProblemState], "--state")
     s, engine = connect()
@@ -188,6 +188,10 @@ def problems_list(
     if not rows:
         out.print(t.tr("No problems recorded."))
         return
+    names = {m.id: m.name for m in markets(engine)}
+    area_names = {
+        (m, a["id"]): a["name"] for m in {r.market_id for r in rows} for a in areas(engine, m)
+    }
     table = Table(title=f"{t.tr('Problems')}: {len(rows)}", title_justify="left")
     for header in (
         t.tr("No."),
@@ -204,15 +208,15 @@ def problems_list(
         style = (
             "bold red" if r.overdue else {"verified": "green", "rectified": "cyan"}.get(r.state, "")
         )
-        shown = t.tr("Overdue") if r.overdue else r.state
+        shown = t.problem_state(r.state)
         table.add_row(
             str(r.id),
-            r.market_id,
-            r.area_id or "—",
-            r.category,
+            names.get(r.market_id, r.market_id),
+            area_names.get((r.market_id, r.area_id), r.area_id) if r.area_id else "—",
+            t.problem_category(r.category),
             r.description,
             fmt_local(r.deadline, s.timezone),
-            styled(f"{r.state} ({shown})" if r.overdue else r.state, style),
+            styled(f"{shown} ({t.tr('Overdue')})" if r.overdue else shown, style),
             str(r.reopened),
         )
     out.print(table)

@@ -41,7 +41,9 @@ def status(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """The board: every obligation of the day and its state, overdue first."""
-    from marketcare.ledger.readmodel import board, markets
+    from marketcare.ledger.db import read
+    from marketcare.ledger.readmodel import areas, board, markets
+    from marketcare.ledger.versions import active_schedule
 
     s, engine = connect()
     day = parse_date(date_, "--date") or local_today(s)
@@ -55,6 +57,12 @@ def status(
     if not rows:
         out.print(t.tr("No obligations on {day}.").format(day=day))
         return
+    with read(engine) as conn:
+        schedule = active_schedule(conn)
+    tasks = {} if schedule is None else {k: v.name for k, v in schedule.task_by_id.items()}
+    area_names = {
+        (m, a["id"]): a["name"] for m in {r.market_id for r in rows} for a in areas(engine, m)
+    }
     counts: dict[str, int] = {}
     for r in rows:
         label = t.state(r.state)
@@ -78,9 +86,9 @@ def status(
         completed = r.local(r.completed_at)
         table.add_row(
             str(r.id),
-            r.market_id,
-            r.area_id or "—",
-            r.task_id,
+            r.market_name,
+            area_names.get((r.market_id, r.area_id), r.area_id) if r.area_id else "—",
+            t.task_name(r.task_id, tasks.get(r.task_id)),
             f"{r.local(r.opens_at):%H:%M}",
             f"{r.local(r.due_at):%H:%M}",
             styled(t.state(r.state) + (" !" if r.overdue else ""), STATE_STYLE[r.state]),

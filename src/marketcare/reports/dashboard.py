@@ -108,7 +108,7 @@ def figures(engine: sa.Engine, *, now: datetime, market_ids: list[str]) -> list[
                 Obligation.market_id.in_(ids),
                 sa.not_(Obligation.kind.in_(compliance.NOT_COMPLIANCE_KINDS)),
             )
-            rows = conn.execute(stmt).tuples()  # unpacked: by name is slower, per row
+            rows = conn.execute(stmt)  # each row unpacked by position: by name is slower
             keyed = (
                 ((str(market), bool(today)), state, past, after_due, n)
                 for market, today, state, past, after_due, n in rows

@@ -60,8 +60,8 @@ from openpyxl.worksheet.properties import PageSetupProperties
 from openpyxl.worksheet.worksheet import Worksheet
 
 from marketcare.domain.compliance import CATEGORIES, Category, Counts
-from marketcare.domain.problems import Rate, reinspection_of
-from marketcare.domain.vocabulary import REINSPECTION, TaskKind
+from marketcare.domain.problems import Rate
+from marketcare.domain.vocabulary import TaskKind
 from marketcare.i18n import (
     DEFAULT_LANGUAGE,
     N_,
@@ -1229,10 +1229,7 @@ class _WorkbookWriter:
         category = line.category
         completed = line.completed.replace(microsecond=0) if line.completed else None
         note = clean(line.note) if line.note else None
-        task = line.task_name
-        if line.kind == REINSPECTION:
-            of = reinspection_of(line.task_id)
-            task = self.t.reinspection_task(*of) if of else line.task_id
+        task = self.t.task_name(line.task_id, line.task_name)
         values: list[Value] = [
             clean(market.name),
             line.obligation_id,

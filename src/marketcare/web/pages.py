@@ -261,7 +261,7 @@ def _next_task(
     if found is None:
         return None
     tasks, areas = _names(engine, market)
-    name = tasks.get(found.task_id, found.task_id)
+    name = translator_of(request).task_name(found.task_id, tasks.get(found.task_id))
     if found.area_id:
         name += f" · {areas.get(found.area_id, found.area_id)}"
     return found, name
@@ -405,7 +405,9 @@ async def tick_form(request: Request, obligation_id: int, who: SignedIn) -> Resp
         after = await run_in_threadpool(_obligation_context, request, who, obligation_id)
         view = after["view"]
         said = _result(request, view, result.completion_id)
-        name = view.task_name + (f" · {view.area_name}" if view.area_name else "")
+        name = t.task_name(view.row.task_id, view.task_name) + (
+            f" · {view.area_name}" if view.area_name else ""
+        )
         if said is not None:
             _flash(request, said[0], f"{name}: {said[1]}")
         found = await run_in_threadpool(_next_task, request, ctx["market"].id, view.row)
