@@ -407,10 +407,10 @@ def pest(
         ]
         out.print(json.dumps(data, ensure_ascii=False, indent=1))
         return
-    if not rows:
-        out.print("no pest-control contracts in the schedules (contracts:)")
-        return
     t = words(s)
+    if not rows:
+        out.print(t.tr("No pest-control contracts in the schedules (contracts:)."))
+        return
     table = Table(title=f"{t.tr('Pest control')} {period.key}", title_justify="left")
     for header in (
         t.tr("Market"),
@@ -422,5 +422,7 @@ def pest(
         table.add_column(header)
     for r in rows:
         short = styled(str(r.short), "bold red") if r.short else "0"
-        table.add_row(r.market_id, r.contractor, str(r.agreed), str(r.done), short)
+        market = schedule.market_by_id.get(r.market_id)
+        name = market.name if market is not None else r.market_id
+        table.add_row(name, r.contractor, str(r.agreed), str(r.done), short)
     out.print(table)
