@@ -197,7 +197,7 @@ def test_a_district_moves_to_postgresql_with_equal_counts_and_checksums_and_runs
 
     status = cli(make_env(tmp_path, database_url=target), "status", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
-    assert "lizhong" in status.stdout
+    assert "鲤中农贸市场" in status.stdout  # the table names markets
 
 
 def test_a_target_that_already_has_rows_is_refused_and_left_as_it_was(
