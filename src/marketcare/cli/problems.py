@@ -153,7 +153,7 @@ def problems_list(
     from marketcare.clock import iso
     from marketcare.domain.problems import ProblemState
     from marketcare.ledger import problems as problem_ledger
-    from marketcare.ledger.readmodel import areas, markets
+    from marketcare.ledger.readmodel import area_names, markets
 
     check_choices(state, [p.value for p in ProblemState], "--state")
     s, engine = connect()
@@ -189,9 +189,7 @@ def problems_list(
         out.print(t.tr("No problems recorded."))
         return
     names = {m.id: m.name for m in markets(engine)}
-    area_names = {
-        (m, a["id"]): a["name"] for m in {r.market_id for r in rows} for a in areas(engine, m)
-    }
+    place = area_names(engine, (r.market_id for r in rows))
     table = Table(title=f"{t.tr('Problems')}: {len(rows)}", title_justify="left")
     for header in (
         t.tr("No."),
@@ -212,7 +210,7 @@ def problems_list(
         table.add_row(
             str(r.id),
             names.get(r.market_id, r.market_id),
-            area_names.get((r.market_id, r.area_id), r.area_id) if r.area_id else "—",
+            place.get((r.market_id, r.area_id), r.area_id) if r.area_id else "—",
             t.problem_category(r.category),
             r.description,
             fmt_local(r.deadline, s.timezone),

@@ -42,7 +42,7 @@ def status(
 ) -> None:
     """The board: every obligation of the day and its state, overdue first."""
     from marketcare.ledger.db import read
-    from marketcare.ledger.readmodel import areas, board, markets
+    from marketcare.ledger.readmodel import area_names, board, markets
     from marketcare.ledger.versions import active_schedule
 
     s, engine = connect()
@@ -60,9 +60,7 @@ def status(
     with read(engine) as conn:
         schedule = active_schedule(conn)
     tasks = {} if schedule is None else {k: v.name for k, v in schedule.task_by_id.items()}
-    area_names = {
-        (m, a["id"]): a["name"] for m in {r.market_id for r in rows} for a in areas(engine, m)
-    }
+    place = area_names(engine, (r.market_id for r in rows))
     counts: dict[str, int] = {}
     for r in rows:
         label = t.state(r.state)
@@ -87,7 +85,7 @@ def status(
         table.add_row(
             str(r.id),
             r.market_name,
-            area_names.get((r.market_id, r.area_id), r.area_id) if r.area_id else "—",
+            place.get((r.market_id, r.area_id), r.area_id) if r.area_id else "—",
             t.task_name(r.task_id, tasks.get(r.task_id)),
             f"{r.local(r.opens_at):%H:%M}",
             f"{r.local(r.due_at):%H:%M}",

@@ -511,6 +511,18 @@ def expand(
     def keep(_day: date, opens_at: datetime) -> bool:
         return start <= opens_at < end
 
+    return _expanded(schedule, span_of, keep, markets, seconds)
+
+
+def _expanded(
+    schedule: Schedule,
+    span_of: Callable[[ZoneInfo], tuple[datetime, datetime]],
+    keep: Callable[[date, datetime], bool],
+    markets: Sequence[str] | None,
+    seconds: float | None,
+) -> list[Planned]:
+    """What ``expand`` and ``expand_days`` share: the expansion under its time budget,
+    in the order the ledger stores."""
     out: list[Planned] = []
     budget = _Budget(None if seconds is None else _time.monotonic() + seconds)
     with _bulk():
@@ -542,12 +554,7 @@ def expand_days(
     def keep(day: date, _opens_at: datetime) -> bool:
         return first <= day < end
 
-    out: list[Planned] = []
-    budget = _Budget(None if seconds is None else _time.monotonic() + seconds)
-    with _bulk():
-        _expand_into(out, schedule, span_of, keep, markets, budget, seconds)
-        out.sort(key=_order)
-    return out
+    return _expanded(schedule, span_of, keep, markets, seconds)
 
 
 # ---------------------------------------------------------------- the state machine

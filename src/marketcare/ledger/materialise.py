@@ -360,6 +360,22 @@ def _apply_version(
     audit.append(conn, events)
 
 
+def _moved(
+    obligation_id: int, from_state: str, to: State, now: datetime, **details: Any
+) -> audit.NewEvent:
+    """The event of an obligation the schedule moved: excused (a rest day, a closed day)
+    or reinstated (one lifted). One shape, which ``domain/replay.py`` replays."""
+    return audit.NewEvent(
+        at=now,
+        actor=SYSTEM,
+        action="excused" if to is State.EXCUSED else "reinstated",
+        obligation_id=obligation_id,
+        from_state=from_state,
+        to_state=to.value,
+        details=details,
+    )
+
+
 def _rest_day_moves(
     planned: Sequence[Planned],
     known: dict[str, Any],
@@ -378,28 +394,12 @@ def _rest_day_moves(
         if p.excused and row.state == State.UPCOMING.value:
             result.excused += 1
             events.append(
-                audit.NewEvent(
-                    at=now,
-                    actor=SYSTEM,
-                    action="excused",
-                    obligation_id=row.id,
-                    from_state=row.state,
-                    to_state=State.EXCUSED.value,
-                    details={"reason": p.excused, "version_id": version_id},
+                _moved(
+                    row.id, row.state, State.EXCUSED, now, reason=p.excused, version_id=version_id
                 )
             )
         elif not p.excused and row.state == State.EXCUSED.value:
-            events.append(
-                audit.NewEvent(
-                    at=now,
-                    actor=SYSTEM,
-                    action="reinstated",
-                    obligation_id=row.id,
-                    from_state=row.state,
-                    to_state=State.UPCOMING.value,
-                    details={"version_id": version_id},
-                )
-            )
+            events.append(_moved(row.id, row.state, State.UPCOMING, now, version_id=version_id))
     return events
 
 
@@ -422,14 +422,13 @@ def _born_excused(
             )
         )
     return [
-        audit.NewEvent(
-            at=now,
-            actor=SYSTEM,
-            action="excused",
-            obligation_id=r.id,
-            from_state=State.UPCOMING.value,
-            to_state=State.EXCUSED.value,
-            details={"reason": reasons[r.natural_key], "planned": True},
+        _moved(
+            r.id,
+            State.UPCOMING.value,
+            State.EXCUSED,
+            now,
+            reason=reasons[r.natural_key],
+            planned=True,
         )
         for r in sorted(found, key=lambda r: r.id)
     ]
@@ -465,15 +464,5 @@ def _excuse_closed_days(
                 ).rowcount
                 if changed:
                     count += 1
-                    events.append(
-                        audit.NewEvent(
-                            at=now,
-                            actor=SYSTEM,
-                            action="excused",
-                            obligation_id=r.id,
-                            from_state=r.state,
-                            to_state=State.EXCUSED.value,
-                            details={"reason": span.reason},
-                        )
-                    )
+                    events.append(_moved(r.id, r.state, State.EXCUSED, now, reason=span.reason))
     return count

@@ -8,7 +8,7 @@ HTML or JSON is the caller's business.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any
@@ -287,6 +287,19 @@ def areas(engine: sa.Engine, market_id: str) -> list[dict[str, Any]]:
             .order_by(AreaRow.id)
         ).all()
     return [{"id": r.id, "name": r.name or r.id, "kind": r.kind} for r in rows]
+
+
+def area_names(engine: sa.Engine, market_ids: Iterable[str]) -> dict[tuple[str, str], str]:
+    """Each area's name by (market, area), for the markets named: one read for a table
+    that lists several markets' records."""
+    ids = sorted(set(market_ids))
+    if not ids:
+        return {}
+    with read(engine) as conn:
+        rows = conn.execute(
+            sa.select(AreaRow.market_id, AreaRow.id, AreaRow.name).where(AreaRow.market_id.in_(ids))
+        ).all()
+    return {(r.market_id, r.id): r.name or r.id for r in rows}
 
 
 # ---------------------------------------------------------------- problems

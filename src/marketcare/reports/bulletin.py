@@ -396,21 +396,6 @@ class BulletinResult:
     headline: dict[str, Any]
 
 
-def file_name(period: Period, scope: str, language: str, revision: int, fmt: str) -> str:
-    """``marketcare_bulletin_week_2026-W48.pdf``; a subset, English or a revision says so."""
-    name = f"marketcare_bulletin_{period.kind}_{period.key}"
-    if scope != "all":
-        safe = re.sub(r"[^a-z0-9+_-]", "", scope)
-        if len(safe) > 60:
-            safe = safe[:40] + "-" + hashlib.sha256(scope.encode()).hexdigest()[:8]
-        name += f"_{safe}"
-    if language != "zh_CN":
-        name += f"_{language}"
-    if revision > 1:
-        name += f"_r{revision}"
-    return f"{name}.{fmt}"
-
-
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -436,7 +421,13 @@ def produce(
 ) -> BulletinResult:
     """Write (or reuse) the bulletin's two files and record them (see the module)."""
     from marketcare.ledger import installation
-    from marketcare.reports.delivery import exports_folder, note_damage, record_report, scope_of
+    from marketcare.reports.delivery import (
+        exports_folder,
+        file_name,
+        note_damage,
+        record_report,
+        scope_of,
+    )
 
     scope = scope_of(markets)
     # this ledger's own folder, as the workbook's (``delivery.export``)
@@ -507,7 +498,9 @@ def produce(
                 revision = 1 + max((r.revision for r in (x, p) if r is not None), default=0)
                 ids: dict[str, tuple[int, Path]] = {}
                 for fmt, tmp in (("xlsx", tmp_x), ("pdf", tmp_p)):
-                    final = target / file_name(period, scope, language, revision, fmt)
+                    final = target / file_name(
+                        period, scope, language, revision, report="bulletin", fmt=fmt
+                    )
                     if (
                         final.exists()
                         and conn.execute(

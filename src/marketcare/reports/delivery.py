@@ -80,9 +80,13 @@ def scope_of(markets: Sequence[str] | None) -> str:
     return "all" if not markets else "+".join(sorted(set(markets)))
 
 
-def file_name(period: Period, scope: str, language: str, revision: int) -> str:
-    """``marketcare_week_2026-W48.xlsx``; a subset, English or a later revision says so."""
-    name = f"marketcare_{period.kind}_{period.key}"
+def file_name(
+    period: Period, scope: str, language: str, revision: int, *, report: str = "", fmt: str = "xlsx"
+) -> str:
+    """``marketcare_week_2026-W48.xlsx`` (``report="bulletin"``, ``fmt="pdf"``:
+    ``marketcare_bulletin_week_2026-W48.pdf``); a subset, English or a later revision says
+    so. Every recorded report is named here."""
+    name = "_".join(["marketcare", *([report] if report else []), period.kind, period.key])
     if scope != "all":
         safe = re.sub(r"[^a-z0-9+_-]", "", scope)
         if len(safe) > 60:
@@ -92,7 +96,7 @@ def file_name(period: Period, scope: str, language: str, revision: int) -> str:
         name += f"_{language}"
     if revision > 1:
         name += f"_r{revision}"
-    return name + ".xlsx"
+    return f"{name}.{fmt}"
 
 
 def _sha256(path: Path) -> str:
