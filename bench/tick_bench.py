@@ -69,6 +69,7 @@ UVICORN: dict[str, Any] = {
     "log_config": None,
     "access_log": False,
     "proxy_headers": True,
+    "server_header": False,
     "timeout_graceful_shutdown": 5,
 }
 P99_TARGET_S = 0.100
