@@ -419,11 +419,9 @@ async def complete(
     """Ticks are the API's hot write (every manager, every checklist): the endpoint runs
     on the event loop and hands the tick to the app's ``TickWriter``, which authorises
     the market and records it in one transaction with the other ticks waiting, so a
-    tick costs no worker thread and no transaction of its own. The answer is the
-    ``TickOut`` it documents, serialised here once (the same bytes FastAPI would
-    write), so FastAPI neither validates it again nor merges a sub-response into it.
-    The caller is the one the router's ``signed_in`` found, read back from the request
-    (a ``SignedIn`` parameter would have FastAPI solve that dependency a second time)."""
+    tick costs no worker thread and no transaction of its own."""
+    # the caller the router's ``signed_in`` found, read back from the request: a
+    # ``SignedIn`` parameter would have FastAPI solve that dependency a second time
     who = await signed_in(request)
     records: list[dict[str, Any]] = []
     if body.photos or not may(who, Action.TICK):
@@ -471,6 +469,8 @@ async def complete(
         done_by_name=done_by_name,
         done_at=None if result.done_at is None else result.done_at.isoformat(),
     )
+    # the ``TickOut`` that ``response_model`` documents, serialised once (the bytes
+    # FastAPI wrote), so FastAPI neither validates it again nor merges a sub-response
     return Response(
         out.model_dump_json(),
         status_code=201 if result.changed else 200,
