@@ -545,3 +545,5 @@ def test_a_district_of_a_few_markets_shows_them_all_in_their_order_without_pages
     page = office.get("/office").text
     assert market_columns(page) == ALL
     assert 'class="pager' not in page
+    assert market_columns(office.get("/office", params={"page": "1"}).text) == ALL
+    assert office.get("/office", params={"page": "2"}).status_code == 400

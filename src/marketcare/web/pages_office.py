@@ -97,8 +97,6 @@ def page_of(
     pager). A city of a thousand would get a page of megabytes that nobody reads across:
     it gets its markets most urgent first (``compliance.attention``), ``per_page`` at a
     time."""
-    if not page.strip() and len(figures) <= per_page:
-        return figures, None
     pages = max(1, -(-len(figures) // per_page))
     try:
         number = int(page) if page.strip() else 1
@@ -106,6 +104,8 @@ def page_of(
         number = 0
     if not 1 <= number <= pages:
         raise BadInput(f"page: a page number from 1 to {pages}", "page")
+    if len(figures) <= per_page:
+        return figures, None
     ordered = sorted(figures, key=lambda f: (f.attention, f.market.id))
     start = (number - 1) * per_page
     shown = ordered[start : start + per_page]
