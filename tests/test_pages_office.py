@@ -14,6 +14,7 @@ import httpx
 import openpyxl
 import sqlalchemy as sa
 
+from marketcare.domain import compliance
 from marketcare.domain.access import Role
 from marketcare.domain.periods import Period
 from marketcare.ledger import problems as ledger_problems
@@ -547,3 +548,27 @@ def test_a_district_of_a_few_markets_shows_them_all_in_their_order_without_pages
     assert 'class="pager' not in page
     assert market_columns(office.get("/office", params={"page": "1"}).text) == ALL
     assert office.get("/office", params={"page": "2"}).status_code == 400
+
+
+def test_the_most_urgent_market_is_the_one_with_a_problem_past_its_deadline_then_misses() -> None:
+    def key(overdue: int, today: int, week: int, rate: float | None) -> tuple[int, int, int, float]:
+        return compliance.attention(
+            overdue_problems=overdue, missed_today=today, missed_week=week, compliance_week=rate
+        )
+
+    markets = {
+        "nothing due": key(0, 0, 0, None),
+        "all on time": key(0, 0, 0, 1.0),
+        "weak week": key(0, 0, 0, 0.6),
+        "missed this week": key(0, 0, 3, 0.9),
+        "missed today": key(0, 1, 1, 0.95),
+        "problem past deadline": key(1, 0, 0, 1.0),
+    }
+    assert sorted(markets, key=markets.__getitem__) == [
+        "problem past deadline",
+        "missed today",
+        "missed this week",
+        "weak week",
+        "all on time",
+        "nothing due",
+    ]
