@@ -48,22 +48,28 @@ def test_the_cut_has_every_character_of_the_page_and_little_else() -> None:
     assert len(data) < 100_000  # the collection is 19 MB
 
 
-def test_the_cut_is_named_so_in_the_page_and_its_family_comes_first() -> None:
+def test_the_page_loads_its_cut_from_a_file_by_the_subset_family(tmp_path: Path) -> None:
     page = bulletin.with_cjk_subset(
         f'<style>{bulletin.FONT_SLOT} html {{ font-family: "{bulletin.SUBSET_FAMILY}"; }}'
-        "</style><p>市场排名</p>"
+        "</style><p>市场排名</p>",
+        tmp_path,
     )
-    assert bulletin.FONT_SLOT not in page
-    assert f'@font-face {{ font-family: "{bulletin.SUBSET_FAMILY}"; src: url(data:font/otf;' in page
+    (cut,) = tmp_path.iterdir()
+    rule = f'@font-face {{ font-family: "{bulletin.SUBSET_FAMILY}"; src: url({cut.as_uri()}); }}'
+    assert rule in page and bulletin.FONT_SLOT not in page
+    assert ord("排") in hb.Face(hb.Blob(cut.read_bytes())).unicodes
 
 
 @pytest.mark.usefixtures("without_cjk_fonts")
 def test_without_the_cjk_font_there_is_no_cut_and_the_log_says_what_to_install(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="marketcare.reports.bulletin"):
         assert bulletin.cjk_subset(TEXT) is None
     (warning,) = [r.getMessage() for r in caplog.records]
     assert "Noto Sans CJK SC:style=Regular is not installed (make runtime-deps)" in warning
     page = f"<style>{bulletin.FONT_SLOT}</style><p>市场排名</p>"
-    assert bulletin.with_cjk_subset(page) == page  # the installed fonts' names, as before
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    assert bulletin.with_cjk_subset(page, folder) == page  # the installed fonts, as before
+    assert not any(folder.iterdir())
