@@ -73,3 +73,13 @@ def test_without_the_cjk_font_there_is_no_cut_and_the_log_says_what_to_install(
     folder.mkdir()
     assert bulletin.with_cjk_subset(page, folder) == page  # the installed fonts, as before
     assert not any(folder.iterdir())
+
+
+def test_a_font_file_gone_since_fontconfig_saw_it_means_no_cut_and_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(bulletin, "cjk_face", lambda: (str(tmp_path / "gone.ttc"), 2))
+    with caplog.at_level(logging.WARNING, logger="marketcare.reports.bulletin"):
+        assert bulletin.cjk_subset(TEXT) is None
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"cannot subset Noto Sans CJK SC:style=Regular from {tmp_path}")

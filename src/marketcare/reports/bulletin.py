@@ -391,13 +391,17 @@ def cjk_face() -> tuple[str, int] | None:
     if exe is None:
         log.warning("fc-match (fontconfig) is missing: the bulletin's PDF loads whole fonts")
         return None
-    done = subprocess.run(  # nosec B603: a fixed argument list, no shell
-        [exe, "--format=%{file}\\n%{index}\\n%{family}", CJK_FACE],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    try:
+        done = subprocess.run(  # nosec B603: a fixed argument list, no shell
+            [exe, "--format=%{file}\\n%{index}\\n%{family}", CJK_FACE],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as e:
+        log.warning("fc-match failed (%s): the bulletin's PDF loads whole fonts", e)
+        return None
     file, _, rest = done.stdout.partition("\n")
     index, _, families = rest.partition("\n")
     if done.returncode != 0 or CJK_FACE.split(":")[0] not in families.split(","):
@@ -429,7 +433,8 @@ def cjk_subset(text: str) -> bytes | None:
         wanted.unicode_set.update({*map(ord, text), *range(0x20, 0x7F)})
         wanted.flags = hb.SubsetFlags.NO_HINTING  # WeasyPrint drops the hints anyway
         data: bytes = hb.subset(source, wanted).blob.data
-    except (OSError, RuntimeError) as e:  # the file gone or damaged since fontconfig saw it
+    # the file gone or damaged since fontconfig saw it (a failed subset is a RuntimeError)
+    except (hb.HarfBuzzError, RuntimeError) as e:
         log.warning("cannot subset %s from %s: %s", CJK_FACE, face[0], e)
         return None
     return data
