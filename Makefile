@@ -81,13 +81,20 @@ typecheck: install
 ## on PostgreSQL (a throwaway server in a temporary folder, unless MARKETCARE_TEST_DATABASE_URL
 ## names one; see docs/postgresql.md). The PostgreSQL run leaves out the modules marked
 ## no_database (pure rules and parsing: they run once, on SQLite).
+## Each run spreads its test modules over TEST_WORKERS processes (pytest-xdist, a whole module
+## per worker so that a module's shared server stays one): most tests wait on a daemon, a
+## browser or LibreOffice, so two workers keep two cores busy. `make unit TEST_WORKERS=0` runs
+## in one process.
+TEST_WORKERS ?= 2
+PYTEST := $(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile
+
 unit: unit-sqlite unit-postgresql
 
 unit-sqlite: install
-	MARKETCARE_TEST_DB=sqlite $(BIN)/pytest
+	MARKETCARE_TEST_DB=sqlite $(PYTEST)
 
 unit-postgresql: install
-	MARKETCARE_TEST_DB=postgresql $(BIN)/pytest
+	MARKETCARE_TEST_DB=postgresql $(PYTEST)
 
 ## the dynamic security scan with its full budget (wapiti on the pages, sqlmap on the API,
 ## on SQLite then on PostgreSQL); `make test` runs the same scan short

@@ -257,6 +257,7 @@ def main() -> None:
         log_config=None,
         access_log=False,
         proxy_headers=True,
+        server_header=False,
         timeout_graceful_shutdown=5,
     )
 

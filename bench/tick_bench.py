@@ -28,6 +28,11 @@ Rounds alternate the order of the two servers (bare first, then marketcare first
 the machine's noise hits both; the median over rounds of each figure is reported, and the
 ratios are taken between those medians. Results: a table on stdout and
 ``bench/out/tick.json``.
+
+After the rounds, **the web app alone** (``app_alone``): the ASGI app called in-process
+without a server, its tick writer answering at once, so the event loop's own CPU per tick
+is measured on one thread's CPU clock (today's code and, with ``--compare``, the other
+revision's, taking turns ``--app-rounds`` times; ``--app-rounds 0`` leaves it out).
 """
 
 from __future__ import annotations
@@ -69,6 +74,7 @@ UVICORN: dict[str, Any] = {
     "log_config": None,
     "access_log": False,
     "proxy_headers": True,
+    "server_header": False,
     "timeout_graceful_shutdown": 5,
 }
 P99_TARGET_S = 0.100
@@ -122,6 +128,97 @@ def serve_marketcare(args: argparse.Namespace) -> None:
         await inner(scope, receive, send)
 
     uvicorn.run(served, port=args.port, **UVICORN)
+
+
+def app_alone(args: argparse.Namespace) -> None:
+    """Run in a child process: the web app's own CPU per tick, on one thread.
+
+    The app is called as an ASGI callable (no HTTP server, no socket), one request at a
+    time, and its ``TickWriter`` is replaced by one that answers at once without writing:
+    what is left is the event loop's share of a tick (middleware, routing, FastAPI's
+    dependencies and validation, the endpoint, the answer), measured as the thread's CPU
+    time per block of requests. A CPU clock of one thread is less disturbed by other
+    processes than the served rounds' throughput; the least of the blocks is printed as
+    JSON on stdout.
+    """
+    from concurrent.futures import Future
+
+    from marketcare.domain.obligations import State
+    from marketcare.ledger.db import make_engine
+    from marketcare.ledger.tick import TickResult
+    from marketcare.settings import Settings
+    from marketcare.web.app import create_app
+
+    db = Path(args.db)
+    url = f"sqlite:///{db}"
+    settings = Settings(
+        database_url=url,
+        schedules_dir=db.parent / "schedules",
+        exports_dir=db.parent / "exports",
+        evidence_dir=db.parent / "evidence",
+        web_port=1,
+    )
+    clock = datetime.fromisoformat(args.clock)
+    app = create_app(settings, make_engine(url), clock=lambda: clock)
+
+    class Answering:
+        def submit(self, request: Any) -> Future[Any]:
+            done: Future[Any] = Future()
+            done.set_result(TickResult(request.obligation_id, State.DONE, True, 1, "done"))
+            return done
+
+    app.state.tick_writer = Answering()
+    body = args.body.encode()
+    path = PATH.format(id=args.obligation)
+    headers = [
+        (b"host", b"127.0.0.1"),
+        (b"authorization", f"Bearer {args.token}".encode()),
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+
+    async def tick() -> None:
+        scope = {
+            "type": "http",
+            "asgi": {"version": "3.0"},
+            "http_version": "1.1",
+            "method": "POST",
+            "scheme": "http",
+            "path": path,
+            "raw_path": path.encode(),
+            "query_string": b"",
+            "root_path": "",
+            "headers": list(headers),
+            "client": ("127.0.0.1", 50000),
+            "server": ("127.0.0.1", 80),
+            "state": {},
+        }
+        status: list[int] = []
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+
+        await app(scope, receive, send)
+        if status != [201]:
+            raise SystemExit(f"the tick answered {status}")
+
+    async def measure() -> list[float]:
+        for _ in range(50):  # the token read once, every code path warm
+            await tick()
+        blocks = []
+        for _ in range(args.app_blocks):
+            t0 = time.thread_time()
+            for _ in range(args.app_per_block):
+                await tick()
+            blocks.append((time.thread_time() - t0) / args.app_per_block)
+        return blocks
+
+    blocks = asyncio.run(measure())
+    print(json.dumps({"min_us": min(blocks) * 1e6, "median_us": statistics.median(blocks) * 1e6}))
 
 
 def _gc_log(_engine: Any) -> None:
@@ -502,6 +599,42 @@ def with_gc(phase: Phase, before: dict[str, float], after: dict[str, float]) -> 
     phase.gen2_growth = int(after["gen2_objects"] - before["gen2_objects"])
 
 
+def measure_app_alone(
+    managers: list[Manager], db: Path, args: argparse.Namespace, sources: dict[str, Path]
+) -> dict[str, Any]:
+    """The web app's CPU per tick without the server (``app_alone``), for each code in
+    ``sources`` (name → its ``src``), the codes taking turns ``args.app_rounds`` times."""
+    mgr = managers[0]
+    ob_id, body = mgr.todo[-1]
+    payload = json.dumps({**body, "token": uuid.uuid4().hex, "note": "bench"})
+    runs: dict[str, list[dict[str, float]]] = {name: [] for name in sources}
+    for _ in range(args.app_rounds):
+        for name, src in sources.items():
+            env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETCARE_")}
+            env["PYTHONPATH"] = os.pathsep.join([str(src), str(HERE), env.get("PYTHONPATH", "")])
+            cmd = [sys.executable, str(Path(__file__).resolve()), "--serve", "app-alone"]
+            cmd += ["--db", str(db), "--clock", CLOCK.isoformat(), "--token", mgr.token]
+            cmd += ["--obligation", str(ob_id), "--body", payload]
+            cmd += [
+                "--app-blocks",
+                str(args.app_blocks),
+                "--app-per-block",
+                str(args.app_per_block),
+            ]
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise SystemExit(f"the app alone ({name}) failed: {done.stderr[-2000:]}")
+            runs[name].append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {
+        name: {
+            "min_us": round(min(r["min_us"] for r in rs), 1),
+            "median_us": round(statistics.median(r["median_us"] for r in rs), 1),
+            "runs": len(rs),
+        }
+        for name, rs in runs.items()
+    }
+
+
 #: where a tick's time may go: (label, substring of a py-spy frame "function (file:line)")
 PROFILE_PARTS: tuple[tuple[str, str], ...] = (
     ("the tick endpoint on the event loop (`api.complete`)", "complete (marketcare/web/api.py"),
@@ -736,6 +869,23 @@ def markdown(out: dict[str, Any]) -> str:
         + ("not measured" if floor is None else f"{floor:.2f}×")
         + f" | {_met(floor is not None and floor >= THROUGHPUT_TARGET)} |",
     ]
+    alone = out.get("app_alone")
+    if alone:
+        first = next(iter(alone.values()))
+        lines += [
+            "",
+            "The web app alone (`app_alone`: the ASGI app called in-process, one tick at a "
+            "time, its writer answering at once; CPU time of the event loop's thread, "
+            f"{out['setup']['app_alone_blocks']}):",
+            "",
+            "| web app alone | CPU per tick (least block) | median block | against the first |",
+            "|---|---:|---:|---:|",
+        ]
+        for name, v in alone.items():
+            lines.append(
+                f"| {name} | {v['min_us']:.0f} µs | {v['median_us']:.0f} µs "
+                f"| {v['min_us'] / first['min_us']:.2f}× |"
+            )
     prof = out.get("profile")
     if prof:
         lines += [
@@ -834,18 +984,33 @@ def main() -> None:
         action="store_false",
         help="with --postgresql: fsync, synchronous_commit and full_page_writes off",
     )
-    ap.add_argument("--serve", choices=["marketcare"], help=argparse.SUPPRESS)
+    ap.add_argument(
+        "--app-rounds",
+        type=int,
+        default=3,
+        help="the web app alone, without the server: runs of each code, taking turns",
+    )
+    ap.add_argument("--app-blocks", type=int, default=8, help=argparse.SUPPRESS)
+    ap.add_argument("--app-per-block", type=int, default=500, help=argparse.SUPPRESS)
+    ap.add_argument("--serve", choices=["marketcare", "app-alone"], help=argparse.SUPPRESS)
+    ap.add_argument("--token", help=argparse.SUPPRESS)
+    ap.add_argument("--obligation", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--body", help=argparse.SUPPRESS)
     ap.add_argument("--url", help=argparse.SUPPRESS)
     ap.add_argument("--db", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--clock", help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.serve == "app-alone":
+        app_alone(args)
+        return
     if args.serve:
         serve_marketcare(args)
         return
     if args.quick:
         args.markets, args.warmup, args.requests, args.rounds = 40, 20, 100, 1
         args.clients, args.profile = 10, False
+        args.app_rounds, args.app_blocks, args.app_per_block = 1, 2, 50
     if args.postgresql:
         sys.path.insert(0, str(HERE))
         import tick_pg
@@ -857,6 +1022,7 @@ def main() -> None:
     started = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix="tick-bench-", dir=args.tmpdir))
     servers: list[Server] = []
+    compare_src: Path | None = None
     try:
         if args.pin:
             cpus = sorted(os.sched_getaffinity(0))
@@ -901,7 +1067,7 @@ def main() -> None:
             cmd = [py, str(Path(__file__).resolve()), "--serve", "marketcare"]
             cmd += ["--db", str(tmp / "ledger.db"), "--port", str(port)]
             cmd += ["--clock", CLOCK.isoformat()]
-            src = source_of(args.compare, tmp)
+            src = compare_src = source_of(args.compare, tmp)
             name = f"marketcare@{args.compare}"
             servers.append(start_server(name, cmd, port, tmp, args.pin, src))
         bare_cmd = [py, str(HERE / "bare_app.py"), "--db", str(tmp / "bare.db")]
@@ -928,6 +1094,17 @@ def main() -> None:
                     f"{s['throughput_rps']}/s" + (f", errors {s['errors']}" if s["errors"] else "")
                 )
         out = report(phases, info, args, time.perf_counter() - started)
+        if args.app_rounds:
+            log("the web app alone, without the server")
+            sources = {"marketcare": ROOT / "src"}
+            if compare_src is not None:
+                sources[f"marketcare@{args.compare}"] = compare_src
+            out["app_alone"] = measure_app_alone(managers, tmp / "ledger.db", args, sources)
+            out["setup"]["app_alone_blocks"] = (
+                f"{args.app_rounds} run(s) of each code, {args.app_blocks} blocks of "
+                f"{args.app_per_block} ticks each"
+            )
+            out["total_seconds"] = round(time.perf_counter() - started, 1)
         if args.profile:
             log("profiling the marketcare server with py-spy")
             args.requests = profile_requests

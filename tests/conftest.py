@@ -49,11 +49,20 @@ def pytest_configure(config: pytest.Config) -> None:
         "no_database: touches no database, so it runs once, on the SQLite run; not collected "
         "on a PostgreSQL run (a test so marked that asks for a database fails)",
     )
-    pg.begin_session()
+    if not _distributing(config):
+        pg.begin_session()
+
+
+def _distributing(config: pytest.Config) -> bool:
+    """Whether this process only hands the tests out to pytest-xdist's workers: each worker
+    starts its own PostgreSQL server, the process that hands out none."""
+    workers = config.getoption("numprocesses", default=None)
+    return bool(workers) and not hasattr(config, "workerinput")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
-    pg.end_session()
+    if not _distributing(config):
+        pg.end_session()
 
 
 #: the tests a run left out because they belong to the other database, with the reason

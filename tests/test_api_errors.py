@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 
+from marketcare.domain import inputs
+
 from .support.web import Site
 
 
@@ -92,3 +94,10 @@ def test_json_text_that_cannot_be_utf8_is_refused_naming_its_field(site: Site) -
     assert refused.status_code == 422, refused.text
     assert refused.json()["errors"][0]["field"] == "description"
     assert count(site, "SELECT count(*) FROM problems") == 0
+
+
+def test_a_lone_surrogate_is_found_in_any_text_and_real_text_of_any_script_passes() -> None:
+    assert not inputs.undecodable("mgr000 bench 0f3a")
+    assert not inputs.undecodable("水产区已冲洗消毒 😀")
+    assert inputs.undecodable("水产\udc80区")
+    assert inputs.undecodable("bench\ud800")

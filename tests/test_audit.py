@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 
@@ -439,3 +440,33 @@ def test_upgrading_a_ledger_with_history_marks_where_complete_events_begin(
     assert baseline.details["obligations"] == obligations
     result = examined(engine)
     assert result.ok, findings(result)
+
+
+def _event(i: int) -> audit.NewEvent:
+    return audit.NewEvent(
+        at=START + timedelta(seconds=i, microseconds=7),
+        actor="李管理员",
+        action="note",
+        from_state="open" if i % 2 else None,
+        to_state="done",
+        details={"seq": i, "读数": 1000.5, "note": 'a "quote"\n'},
+    )
+
+
+def test_an_actor_with_a_nul_character_is_hashed_as_the_ledger_stores_it(
+    engine: sa.Engine,
+) -> None:
+    """PostgreSQL's text cannot hold U+0000 and the ledger drops it there; the hash covers
+    the name as stored, so the chain verifies on both databases."""
+    with write(engine) as conn:
+        audit.append(conn, [_event(0)])
+    with write(engine) as conn:
+        audit.append(
+            conn, [replace(_event(1), actor="李\x00管理员", details={"note": "空\x00字符"})]
+        )
+    with read(engine) as conn:
+        rows = conn.execute(sa.select(Event).order_by(Event.seq)).all()
+        assert audit.verify(conn).ok
+    kept = "李\x00管理员" if engine.dialect.name == "sqlite" else "李管理员"
+    assert rows[-1].actor == kept
+    assert rows[-1].details == {"note": "空\x00字符"}

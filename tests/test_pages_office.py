@@ -14,6 +14,8 @@ import httpx
 import openpyxl
 import sqlalchemy as sa
 
+from marketcare.domain import compliance
+from marketcare.domain.access import Role
 from marketcare.domain.periods import Period
 from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import sweep as ledger_sweep
@@ -21,8 +23,9 @@ from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.models import ProblemRow
 from marketcare.reports import delivery
 from marketcare.reports.dashboard import figures as dashboard_figures
+from marketcare.web.pages_inspections import MARKETS_PER_PAGE
 from marketcare.web.pages_office import pct
-from tests.support.web import PASSWORD, Site, running_site, sign_in
+from tests.support.web import PASSWORD, SCHEDULE, Site, running_site, sign_in
 
 ALL = ["lizhong", "xinhua"]
 
@@ -477,3 +480,95 @@ def test_the_operator_cannot_disable_their_own_account(operator: httpx.Client) -
 
 def test_an_unknown_user_is_404(operator: httpx.Client) -> None:
     assert operator.post("/admin/users/nobody/disable").status_code == 404
+
+
+def large_district(markets: int) -> str:
+    """A district of ``markets`` one-area markets with the site's daily disinfection."""
+    head, tasks = SCHEDULE.split("tasks:\n", 1)
+    tasks = tasks.split("inspection_templates:", 1)[0]
+    lines = ["markets:"]
+    for i in range(markets):
+        lines += [
+            f"  - id: m{i:03d}",
+            f"    name: 第{i:03d}农贸市场",
+            f"    sub_district: {('鲤中', '海滨', '临江')[i % 3]}",
+            "    timezone: Asia/Shanghai",
+            '    hours: {mon-sun: "05:30-18:30"}',
+            "    areas:",
+            "      - {id: meat, name: 肉类区, kind: meat, m2: 500}",
+        ]
+    return "\n".join(lines) + "\ntasks:\n" + tasks
+
+
+def market_columns(html: str) -> list[str]:
+    """The markets of the desktop table, in the page's order."""
+    return re.findall(r'<th scope="col" data-market="([^"]+)"', html)
+
+
+def test_a_large_district_is_paged_with_the_most_urgent_markets_first(tmp_path: Path) -> None:
+    count = MARKETS_PER_PAGE + 3
+    with (
+        running_site(
+            tmp_path / "site",
+            schedule_text=large_district(count),
+            users={"office": (Role.OFFICE, ())},
+        ) as site,
+        signed_in(site, "office") as office,
+    ):
+        late = make_problem(site, "m040", days=-1, description="冷库门封条破损")
+        first = office.get("/office")
+        assert first.status_code == 200
+        shown = market_columns(first.text)
+        assert len(shown) == MARKETS_PER_PAGE
+        assert shown[0] == "m040"  # the one problem past its deadline comes first
+        assert f"第 1–{MARKETS_PER_PAGE} 个市场，共 {count} 个" in first.text
+        assert 'href="/office?page=2"' in first.text
+        assert f'href="/p/{late}"' in first.text
+
+        second = office.get("/office", params={"page": "2"})
+        rest = market_columns(second.text)
+        assert len(rest) == 3 and 'href="/office?page=1"' in second.text
+        assert sorted(shown + rest) == [f"m{i:03d}" for i in range(count)]
+        for f in dashboard_figures(
+            site.engine, now=site.clock.now(), market_ids=rest
+        ):  # a later page shows the same figures as the rules count
+            assert cell(second.text, f.market.id, "missed_today") == str(f.missed_today)
+
+        for bad in ("3", "0", "two"):
+            refused = office.get("/office", params={"page": bad})
+            assert refused.status_code == 400
+            assert "page" in refused.text and "1 to 2" in refused.text
+
+
+def test_a_district_of_a_few_markets_shows_them_all_in_their_order_without_pages(
+    office: httpx.Client,
+) -> None:
+    page = office.get("/office").text
+    assert market_columns(page) == ALL
+    assert 'class="pager' not in page
+    assert market_columns(office.get("/office", params={"page": "1"}).text) == ALL
+    assert office.get("/office", params={"page": "2"}).status_code == 400
+
+
+def test_the_most_urgent_market_is_the_one_with_a_problem_past_its_deadline_then_misses() -> None:
+    def key(overdue: int, today: int, week: int, rate: float | None) -> tuple[int, int, int, float]:
+        return compliance.attention(
+            overdue_problems=overdue, missed_today=today, missed_week=week, compliance_week=rate
+        )
+
+    markets = {
+        "nothing due": key(0, 0, 0, None),
+        "all on time": key(0, 0, 0, 1.0),
+        "weak week": key(0, 0, 0, 0.6),
+        "missed this week": key(0, 0, 3, 0.9),
+        "missed today": key(0, 1, 1, 0.95),
+        "problem past deadline": key(1, 0, 0, 1.0),
+    }
+    assert sorted(markets, key=markets.__getitem__) == [
+        "problem past deadline",
+        "missed today",
+        "missed this week",
+        "weak week",
+        "all on time",
+        "nothing due",
+    ]

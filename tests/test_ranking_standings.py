@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from marketcare.domain.periods import Period
 from marketcare.domain.schedules import load_paths
 from marketcare.ledger import demo, standings
+from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger.db import read, write
 from marketcare.ledger.models import StandingRow
 from marketcare.reports import bulletin, scores
@@ -136,3 +137,49 @@ def test_a_new_revision_of_a_weeks_bulletin_replaces_its_places(
     assert {(r.key, r.rank) for r in kept if r.level == "market"} == {
         (s.key, s.rank) for s in again.markets
     }
+
+
+def _panel(engine: sa.Engine, memo: scores.Memo, now: datetime) -> list[scores.TrendPoint]:
+    """The dashboard panel's trend as a request reads it: through the app's memo."""
+    with read(engine) as conn:
+        state, shared = memo.shared(conn)
+        points = scores.trend(
+            conn, as_of=now, zone="Asia/Shanghai", weeks=4, shared=shared, per_market=False
+        )[""]
+    memo.keep(state, shared, as_of=now)
+    return points
+
+
+def _counted_again(engine: sa.Engine, now: datetime) -> list[scores.TrendPoint]:
+    with read(engine) as conn:
+        return scores.trend(conn, as_of=now, zone="Asia/Shanghai", weeks=4)[""]
+
+
+def test_closed_weeks_are_kept_between_requests_and_counted_again_once_the_ledger_changes(
+    month_of_demo: sa.Engine,
+) -> None:
+    engine, memo, now = month_of_demo, scores.Memo(), utc(2026, 12, 1, 2)
+    first = _panel(engine, memo, now)
+    with read(engine) as conn:
+        _, kept = memo.shared(conn)
+    assert {key[0] for key in kept} == {p.period for p in first[:-1]}  # not the open week
+    assert _panel(engine, memo, now) == first == _counted_again(engine, now)
+
+    # a problem due in a closed week: that week's rectification figures change
+    found = utc(2026, 11, 24, 2)
+    ledger_problems.add(
+        engine,
+        ledger_problems.NewProblem(
+            market_id="fuqiao",
+            category="sanitation",
+            description="水产区排水沟堵塞",
+            found_by="区市场监管",
+            found_at=found,
+            deadline=found + timedelta(days=1),
+        ),
+        now=found,
+    )
+    after = _panel(engine, memo, now)
+    assert after == _counted_again(engine, now)
+    week = [i for i, p in enumerate(first) if p.period == WEEK][0]
+    assert after[week].figures.rectification_due == first[week].figures.rectification_due + 1

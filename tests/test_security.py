@@ -233,6 +233,36 @@ def test_every_page_and_api_answer_carries_the_security_headers(site: Site) -> N
         assert c.get("/static/app.css").headers.get("cache-control") != "no-store"
 
 
+#: the headers the middleware adds to every answer (Cache-Control aside)
+SECURITY_HEADERS = (
+    "content-security-policy",
+    "x-frame-options",
+    "x-content-type-options",
+    "referrer-policy",
+    "permissions-policy",
+    "cross-origin-opener-policy",
+    "cross-origin-resource-policy",
+)
+
+
+def test_each_security_header_is_sent_once_whether_or_not_the_answer_set_some_itself(
+    site: Site,
+) -> None:
+    with site.api("mgr_a") as api, site.client() as anonymous:
+        plain = api.get("/api/v1/me")  # sets none of them: they are appended as encoded
+        worker = anonymous.get("/sw.js")  # chooses its own caching
+    for r in (plain, worker):
+        assert r.status_code == 200
+        for name in SECURITY_HEADERS:
+            assert len(r.headers.get_list(name)) == 1, (r.url, name)
+        assert len(r.headers.get_list("cache-control")) == 1, r.url
+    assert [plain.headers[n] for n in SECURITY_HEADERS] == [
+        worker.headers[n] for n in SECURITY_HEADERS
+    ]
+    assert plain.headers["cache-control"] == "no-store"
+    assert worker.headers["cache-control"] == "no-cache"
+
+
 def test_https_sites_send_strict_transport_security(site: Site) -> None:
     settings = site.settings.model_copy(update={"web_secure_cookies": True})
     app = create_app(settings, site.engine, clock=site.clock.now)

@@ -53,8 +53,11 @@ PG_BIN = _server_binaries()
 KIND_VARIABLE = "MARKETCARE_TEST_DB"
 #: an existing PostgreSQL server to use instead of a throwaway one
 URL_VARIABLE = "MARKETCARE_TEST_DATABASE_URL"
-EMPTY_TEMPLATE = "mc_template_empty"
-MIGRATED_TEMPLATE = "mc_template_migrated"
+#: pytest-xdist's worker ("gw0", "gw1"…): workers that share one server
+#: (``MARKETCARE_TEST_DATABASE_URL``) keep their own templates
+_WORKER = os.environ.get("PYTEST_XDIST_WORKER", "")
+EMPTY_TEMPLATE = "_".join(filter(None, ("mc_template_empty", _WORKER)))
+MIGRATED_TEMPLATE = "_".join(filter(None, ("mc_template_migrated", _WORKER)))
 
 
 def on_postgresql() -> bool:

@@ -90,6 +90,20 @@ def compliance(on_time: int, due: int) -> float | None:
     return share(on_time, due)
 
 
+def attention(
+    *, overdue_problems: int, missed_today: int, missed_week: int, compliance_week: float | None
+) -> tuple[int, int, int, float]:
+    """Sort key of the order a district office reads many markets in, most urgent first:
+    problems past their deadline, then today's misses, this week's misses, then the
+    lowest compliance of the week (a week with nothing due last)."""
+    return (
+        -overdue_problems,
+        -missed_today,
+        -missed_week,
+        2.0 if compliance_week is None else compliance_week,
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class Counts:
     """The figures of some obligations as of one moment: one count per category, and how

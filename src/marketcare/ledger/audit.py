@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -67,11 +67,32 @@ def _lock_head(conn: sa.Connection) -> Any:
     ).one_or_none()
 
 
+def _as_stored(e: NewEvent) -> NewEvent:
+    """The event as PostgreSQL stores it: its text without U+0000 (``db._strip_nul_on``
+    drops it from every text parameter), so that what is hashed is what is stored and
+    ``verify`` agrees; JSON details keep it, escaped."""
+    if not any(v and "\x00" in v for v in (e.actor, e.action, e.from_state, e.to_state)):
+        return e
+    return replace(
+        e,
+        actor=e.actor.replace("\x00", ""),
+        action=e.action.replace("\x00", ""),
+        from_state=_nul_free(e.from_state),
+        to_state=_nul_free(e.to_state),
+    )
+
+
+def _nul_free(text: str | None) -> str | None:
+    return None if text is None else text.replace("\x00", "")
+
+
 def append(conn: sa.Connection, events: Iterable[NewEvent]) -> int:
     """Append events in order inside the caller's transaction; returns how many."""
     batch = list(events)
     if not batch:
         return 0
+    if conn.dialect.name == "postgresql":
+        batch = [_as_stored(e) for e in batch]
     head = _lock_head(conn)
     if head is None and conn.dialect.name == "postgresql":
         # no head row to lock yet (the ledger's first event): on PostgreSQL two writers

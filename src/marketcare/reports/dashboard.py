@@ -8,6 +8,7 @@ dashboard shows "9 open now" and the tally so far instead (``today_settled``).""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -60,6 +61,16 @@ class MarketFigures:
     def rectification_rate(self) -> float | None:
         return Rate(self.rate_verified, self.rate_due).value
 
+    @property
+    def attention(self) -> tuple[int, int, int, float]:
+        """Where the market comes in a large district's pages (``compliance.attention``)."""
+        return compliance.attention(
+            overdue_problems=self.overdue_problems,
+            missed_today=self.missed_today,
+            missed_week=self.missed_week,
+            compliance_week=self.compliance_week,
+        )
+
     def as_json(self) -> dict[str, Any]:
         return {
             "market": self.market.id,
@@ -81,7 +92,13 @@ class MarketFigures:
         }
 
 
-def figures(engine: sa.Engine, *, now: datetime, market_ids: list[str]) -> list[MarketFigures]:
+def figures(
+    engine: sa.Engine,
+    *,
+    now: datetime,
+    market_ids: list[str],
+    infos: Sequence[MarketInfo] | None = None,
+) -> list[MarketFigures]:
     """Compliance today and this week, misses, overdue problems and this month's
     rectification rate, per market; the same rules as the exports.
 
@@ -89,8 +106,10 @@ def figures(engine: sa.Engine, *, now: datetime, market_ids: list[str]) -> list[
     column of the grouping, not a query of its own) and one for the month's problems:
     the page is asked often and by a city of a thousand markets, so nothing here is per
     market. The groups are judged by ``figures.tally``, as the workbook's summary is.
+    ``infos``: the markets of ``market_ids`` when the caller has just read them.
     """
-    infos = markets(engine, market_ids)
+    if infos is None or [m.id for m in infos] != market_ids:
+        infos = markets(engine, market_ids)
     counts: dict[tuple[str, bool], Counts] = {}
     rates: dict[str, Rate] = {}
     with read(engine) as conn:
@@ -108,9 +127,9 @@ def figures(engine: sa.Engine, *, now: datetime, market_ids: list[str]) -> list[
                 Obligation.market_id.in_(ids),
                 sa.not_(Obligation.kind.in_(compliance.NOT_COMPLIANCE_KINDS)),
             )
-            rows = conn.execute(stmt)  # each row unpacked by position: by name is slower
+            rows = conn.execute(stmt).all()  # one fetch; rows unpacked by position, not name
             keyed = (
-                ((str(market), bool(today)), state, past, after_due, n)
+                ((market, bool(today)), state, past, after_due, n)
                 for market, today, state, past, after_due, n in rows
             )
             counts.update(tally(keyed, as_of=now))

@@ -9,8 +9,9 @@ The ranking and the movement are ``domain/inspections.rank``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -82,9 +83,11 @@ def _end_utc(period: Period, zone: str) -> datetime:
     return local.astimezone(UTC)
 
 
-#: the figures of periods already counted in one read transaction, by (period, as_of,
-#: markets): the dashboard's ranking and trend both need this week and the one before
-Shared = dict[tuple[Period, datetime, tuple[str, ...] | None], tuple[Report, dict[str, Figures]]]
+#: what ranks a period: its markets (``Report.markets``) and each one's figures
+Counted = tuple[list[MarketInfo], dict[str, Figures]]
+#: the figures of periods already counted, by (period, as_of, markets): the dashboard's
+#: ranking and trend both need this week and the one before (see also ``Memo``)
+Shared = dict[tuple[Period, datetime, tuple[str, ...] | None], Counted]
 
 
 def _figures(
@@ -93,26 +96,88 @@ def _figures(
     as_of: datetime,
     markets: Sequence[str] | None,
     shared: Shared | None,
-) -> tuple[Report, dict[str, Figures]]:
-    """The report and figures of ``period`` as of ``as_of``, counted once per ``shared``
-    (a dict the caller keeps for one read transaction; None: not kept)."""
+    totals: Totals | None = None,
+) -> Counted:
+    """The markets and figures of ``period`` as of ``as_of``, counted once per ``shared``
+    (a dict the caller keeps for one read transaction, or a ``Memo``'s; None: not kept)."""
     key = (period, as_of, None if markets is None else tuple(markets))
     if shared is not None and key in shared:
         return shared[key]
     report = Report(conn, period, as_of=as_of, markets=markets)
-    done = report, figures_of(report)
+    done = report.markets, figures_of(report, totals)
     if shared is not None:
         shared[key] = done
     return done
 
 
-def figures_of(report: Report) -> dict[str, Figures]:
-    """Each market's figures for the report's period, as of the report's moment."""
+def ledger_state(conn: sa.Connection) -> tuple[Any, ...]:
+    """What every write that can change a figure moves: the audit chain's head (each
+    tick, sweep, materialisation, problem move and inspection appends to it) and the
+    applied schedule version (the markets, their names, zones and sub-districts)."""
+    from marketcare.ledger import audit
+    from marketcare.ledger.models import LedgerState
+
+    head = audit.head(conn)
+    version = conn.execute(
+        sa.select(LedgerState.version_id).where(LedgerState.id == 1)
+    ).scalar_one_or_none()
+    return head.seq, head.hash, version
+
+
+@dataclass
+class Memo:
+    """Closed periods' figures kept between requests, for one state of the ledger.
+
+    The dashboard's trend needs eight weeks and its ranking the week before: counting
+    them again on every request was most of the page's time. A closed period's figures
+    are counted as of its end, so they change only when the ledger does (a late
+    completion, a problem verified, an inspection recorded): they are kept under
+    ``ledger_state`` read in the same transaction, and the first request that sees
+    another state drops them all. The open period (counted as of now) is never kept.
+    """
+
+    size: int = 64
+    _state: tuple[Any, ...] | None = None
+    _kept: Shared = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def shared(self, conn: sa.Connection) -> tuple[tuple[Any, ...], Shared]:
+        """The ledger's state as ``conn`` sees it and a ``Shared`` for one read
+        transaction, holding what is kept for that state."""
+        state = ledger_state(conn)
+        with self._lock:
+            if state != self._state:
+                self._state, self._kept = state, {}
+            return state, dict(self._kept)
+
+    def keep(self, state: tuple[Any, ...], shared: Shared, *, as_of: datetime) -> None:
+        """Keep the closed periods counted in ``shared`` (read at ``state``) for the
+        next requests, if the ledger is still in that state."""
+        with self._lock:
+            if state != self._state:
+                return
+            for key, counted in shared.items():
+                if key[1] < as_of and len(self._kept) < self.size:
+                    self._kept[key] = counted  # counted as of its end, not as of now
+
+
+#: each market's (on time, due) of a period as of a moment, counted already by the same
+#: rule (the dashboard's week: ``reports.dashboard.figures``)
+Totals = Mapping[str, tuple[int, int]]
+
+
+def figures_of(report: Report, totals: Totals | None = None) -> dict[str, Figures]:
+    """Each market's figures for the report's period, as of the report's moment.
+
+    ``totals``: the compliance counts of this period and moment when the caller has
+    them (the dashboard counted this week a moment ago); used only if they cover every
+    market of the report, else counted here."""
     conn = report.conn
     ids = [m.id for m in report.markets]
     if not ids:
         return {}
-    totals = report.market_totals()
+    if totals is None or any(i not in totals for i in ids):
+        totals = {m: (c.on_time, c.due) for m, c in report.market_totals().items()}
     rates = problem_rates(report)
     zone = report.markets[0].zone
     cutoff = min(report.as_of, _end_utc(report.period, zone))
@@ -126,8 +191,8 @@ def figures_of(report: Report) -> dict[str, Figures]:
         out[market_id] = Figures(
             key=market_id,
             scores=tuple(marks.get(market_id, ())),
-            on_time=totals[market_id].on_time if market_id in totals else 0,
-            due=totals[market_id].due if market_id in totals else 0,
+            on_time=totals[market_id][0] if market_id in totals else 0,
+            due=totals[market_id][1] if market_id in totals else 0,
             verified=0 if rate is None else rate.verified,
             rectification_due=0 if rate is None else rate.due,
             past_deadline=late.get(market_id, 0),
@@ -150,22 +215,23 @@ def ranking(
     markets: Sequence[str] | None = None,
     report: Report | None = None,
     shared: Shared | None = None,
+    totals: Totals | None = None,
 ) -> Ranking:
     """Rank markets and sub-districts for ``period``. The movement is against the places
     the period before's bulletin kept (``ledger/standings``) or, where none were kept by
     ``as_of``, against the period before ranked again as it stood at its end. ``shared``:
-    see ``Shared``."""
+    see ``Shared``; ``totals``: see ``figures_of``."""
     from marketcare.ledger import standings
     from marketcare.reports.delivery import scope_of
 
     if report is None:
-        report, current = _figures(conn, period, as_of, markets, shared)
+        chosen, current = _figures(conn, period, as_of, markets, shared, totals)
     else:
-        current = figures_of(report)
+        chosen, current = report.markets, figures_of(report, totals)
     before_period = period.previous()
     kept = standings.places(conn, period=before_period, scope=scope_of(markets), as_of=as_of)
-    infos = {m.id: m for m in report.markets}
-    sub_districts = by_sub_district(report.markets, current)
+    infos = {m.id: m for m in chosen}
+    sub_districts = by_sub_district(chosen, current)
     if kept is not None:
         return Ranking(
             period=period,
@@ -174,16 +240,16 @@ def ranking(
             sub_districts=rank(sub_districts, places_before=kept.sub_districts),
             info=infos,
         )
-    zone = report.markets[0].zone if report.markets else "UTC"
+    zone = chosen[0].zone if chosen else "UTC"
     before_as_of = min(as_of, _end_utc(before_period, zone))
-    before_report, before = _figures(conn, before_period, before_as_of, markets, shared)
+    before_markets, before = _figures(conn, before_period, before_as_of, markets, shared)
     return Ranking(
         period=period,
         as_of=as_of,
         markets=rank(list(current.values()), list(before.values())),
         sub_districts=rank(
             sub_districts,
-            by_sub_district(before_report.markets, before) if before else [],
+            by_sub_district(before_markets, before) if before else [],
         ),
         info=infos,
     )
@@ -210,16 +276,18 @@ def trend(
     weeks: int = 8,
     markets: Sequence[str] | None = None,
     shared: Shared | None = None,
+    per_market: bool = True,
 ) -> dict[str, list[TrendPoint]]:
     """The last ``weeks`` weeks (this one included) per market and for the whole
-    selection (key ``""``): the points of the charts. ``shared``: see ``Shared``."""
+    selection (key ``""``): the points of the charts. ``shared``: see ``Shared``;
+    ``per_market=False``: the whole selection's points only (the dashboard's chart)."""
     today = as_of.astimezone(ZoneInfo(zone)).date()
     last = Period.of("week", today)
     periods = [Period.of("week", last.start - timedelta(days=7 * i)) for i in range(weeks)][::-1]
     out: dict[str, list[TrendPoint]] = {}
     for p in periods:
         _, figs = _figures(conn, p, min(as_of, _end_utc(p, zone)), markets, shared)
-        for market_id, f in figs.items():
+        for market_id, f in figs.items() if per_market else ():
             out.setdefault(market_id, []).append(TrendPoint(p, f))
         out.setdefault("", []).append(TrendPoint(p, combine("", list(figs.values()))))
     return out

@@ -107,11 +107,8 @@ def lifetime_of(request: Request) -> Lifetime:
 
 def clock_trust_of(request: Request) -> ClockTrust:
     """How far a phone's clock is trusted, from the settings (``domain.phonetime``)."""
-    settings = settings_of(request)
-    return ClockTrust(
-        max_delay=timedelta(hours=settings.phone_time_max_delay_hours),
-        max_skew=timedelta(minutes=settings.phone_clock_max_skew_minutes),
-    )
+    trust: ClockTrust = request.app.state.clock_trust
+    return trust
 
 
 def _bearer(request: Request) -> str | None:
@@ -474,6 +471,9 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url="/api/openapi.json",
+        # marketcare exports no OpenTelemetry (its figures are /metrics); with this on,
+        # FastAPI asked the global tracer, meter and logger providers on every request
+        telemetry={"tracing": False, "metrics": False, "logs": False, "operation_spans": False},
     )
     app.state.settings = settings
     app.state.engine = engine
@@ -486,6 +486,10 @@ def create_app(
     app.state.session_lifetime = Lifetime(
         idle=timedelta(days=settings.web_session_days),
         absolute=timedelta(days=settings.web_session_max_days),
+    )
+    app.state.clock_trust = ClockTrust(
+        max_delay=timedelta(hours=settings.phone_time_max_delay_hours),
+        max_skew=timedelta(minutes=settings.phone_clock_max_skew_minutes),
     )
     session_secret = secret or accounts.app_secret(engine, "sessions", now=clock())
     app.add_middleware(
@@ -504,8 +508,10 @@ def create_app(
     if settings.web_api_docs:
         security.install_docs(app)
     app.mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")
-    app.include_router(ops.router)
+    # the API first (its tick is the hot path, and routes are tried in order); the
+    # probes' paths overlap nothing, so their place changes no answer
     app.include_router(api.router)
+    app.include_router(ops.router)
     api.install(app)
     app.include_router(pages_account.router)
     app.include_router(pages.router)

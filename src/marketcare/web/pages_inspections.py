@@ -11,7 +11,8 @@ problems a failure raises are ``domain/inspections`` and ``ledger/inspections``.
 from __future__ import annotations
 
 import secrets
-from datetime import date, timedelta
+import threading
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -48,6 +49,9 @@ router = APIRouter(dependencies=[Depends(check_csrf)], include_in_schema=False)
 
 XLSX = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 TREND_WEEKS = 8
+#: markets the office dashboard shows at once; a larger district is paged, most urgent
+#: first, and its score chart shows sub-districts (the markets are on the ranking page)
+MARKETS_PER_PAGE = 50
 
 
 def pct(value: float | None) -> str:
@@ -346,24 +350,51 @@ def market_inspections(request: Request, market: str, who: SignedIn) -> Response
     )
 
 
-def ranking_panel(request: Request, who: Principal) -> dict[str, Any] | None:
-    """The ranking and the district's trend for the office dashboard (None: not allowed)."""
+def memo_of(request: Request) -> scores.Memo:
+    """The app's ``scores.Memo``: the closed weeks' figures the dashboard's panel keeps
+    between requests (one per app, made on first use)."""
+    state = request.app.state
+    with _MEMO_LOCK:
+        memo = getattr(state, "scores_memo", None)
+        if memo is None:
+            memo = state.scores_memo = scores.Memo()
+    return memo
+
+
+_MEMO_LOCK = threading.Lock()
+
+
+def ranking_panel(
+    request: Request,
+    who: Principal,
+    *,
+    now: datetime | None = None,
+    markets: list[readmodel.MarketInfo] | None = None,
+    week_totals: scores.Totals | None = None,
+) -> dict[str, Any] | None:
+    """The ranking and the district's trend for the office dashboard (None: not allowed).
+
+    ``markets``: the active markets, when the page has just read them; ``week_totals``:
+    each market's (on time, due) this week as of ``now``, when the dashboard has just
+    counted them (``scores.figures_of``)."""
     if not may_rank(request, who):
         return None
     engine = engine_of(request)
-    markets = readmodel.markets(engine)
+    markets = readmodel.markets(engine) if markets is None else markets
     if not markets:
         return None
     t = translator_of(request)
     zone = markets[0].zone
-    now = now_of(request)
+    now = now_of(request) if now is None else now
     week = Period.of("week", _zone_today(request, zone))
+    memo = memo_of(request)
     with read(engine) as conn:
-        shared: scores.Shared = {}  # this week and the last: counted once for both
-        ranked = scores.ranking(conn, week, as_of=now, shared=shared)
-        points = scores.trend(conn, as_of=now, zone=zone, weeks=TREND_WEEKS, shared=shared).get(
-            "", []
-        )
+        state, shared = memo.shared(conn)  # this week once for both; closed weeks kept
+        ranked = scores.ranking(conn, week, as_of=now, shared=shared, totals=week_totals)
+        points = scores.trend(
+            conn, as_of=now, zone=zone, weeks=TREND_WEEKS, shared=shared, per_market=False
+        )[""]
+    memo.keep(state, shared, as_of=now)
     names = {m.id: m.name for m in markets}
     return {
         "planned": [
@@ -374,6 +405,11 @@ def ranking_panel(request: Request, who: Principal) -> dict[str, Any] | None:
         "bars": bar_chart(
             [(ranked.info[s.key].name, s.figures.inspection_score) for s in ranked.markets],
             title=t.tr("Inspection score"),
+        )
+        if len(ranked.markets) <= MARKETS_PER_PAGE
+        else bar_chart(
+            [(s.key, s.figures.inspection_score) for s in ranked.sub_districts],
+            title=t.tr("Inspection score by sub-district"),
         ),
         "trend": trend_chart(t, points, title=t.tr("Trend")),
         "week": week,

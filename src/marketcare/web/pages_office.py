@@ -10,6 +10,7 @@ which field was wrong; the office sees the market's figures by the exports' rule
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any
@@ -31,6 +32,7 @@ from marketcare.ledger import problems as problem_ledger
 from marketcare.ledger.db import read
 from marketcare.ledger.models import ProblemRow
 from marketcare.reports import delivery
+from marketcare.reports.dashboard import MarketFigures
 from marketcare.reports.dashboard import figures as dashboard_figures
 from marketcare.web.app import (
     SignedIn,
@@ -44,7 +46,7 @@ from marketcare.web.app import (
     status_of,
     translator_of,
 )
-from marketcare.web.pages_inspections import ranking_panel
+from marketcare.web.pages_inspections import MARKETS_PER_PAGE, ranking_panel
 
 router = APIRouter(dependencies=[Depends(check_csrf)], include_in_schema=False)
 
@@ -75,15 +77,54 @@ def _local(moment: datetime | None, zone: str) -> str:
 # ---------------------------------------------------------------- the dashboard
 
 
+@dataclass(frozen=True)
+class Pager:
+    """Which of a large district's markets a dashboard page shows."""
+
+    page: int
+    pages: int
+    first: int  # 1-based, for "markets 51–100 of 1,000"
+    last: int
+    total: int
+
+
+def page_of(
+    figures: list[MarketFigures], page: str, *, per_page: int = MARKETS_PER_PAGE
+) -> tuple[list[MarketFigures], Pager | None]:
+    """The markets of ``page`` (``?page=``) and where it is among the pages.
+
+    A district of up to ``per_page`` markets sees them all, in their own order (no
+    pager). A city of a thousand would get a page of megabytes that nobody reads across:
+    it gets its markets most urgent first (``compliance.attention``), ``per_page`` at a
+    time."""
+    pages = max(1, -(-len(figures) // per_page))
+    try:
+        number = int(page) if page.strip() else 1
+    except ValueError:
+        number = 0
+    if not 1 <= number <= pages:
+        raise BadInput(f"page: a page number from 1 to {pages}", "page")
+    if len(figures) <= per_page:
+        return figures, None
+    ordered = sorted(figures, key=lambda f: (f.attention, f.market.id))
+    start = (number - 1) * per_page
+    shown = ordered[start : start + per_page]
+    return shown, Pager(number, pages, start + 1, start + len(shown), len(figures))
+
+
 @router.get("/office")
-def dashboard(request: Request, who: SignedIn) -> Response:
-    """All markets side by side, and the problems past their deadline across them."""
+def dashboard(request: Request, who: SignedIn, page: str = "") -> Response:
+    """All markets side by side (a large district's most urgent first, a page at a
+    time), and the problems past their deadline across them."""
     authorise(who, Action.DASHBOARD)
     engine, now = engine_of(request), now_of(request)
     markets = readmodel.markets(engine)
     zones = {m.id: m.zone for m in markets}
     names = {m.id: m.name for m in markets}
-    figures = dashboard_figures(engine, now=now, market_ids=[m.id for m in markets])
+    every = dashboard_figures(engine, now=now, market_ids=[m.id for m in markets], infos=markets)
+    figures, pager = page_of(every, page)
+    weeks = {Period.of("week", f.market.today(now)) for f in every}
+    week_totals = {f.market.id: (f.week_on_time, f.week_due) for f in every}
     overdue = [
         {
             "id": p.id,
@@ -103,10 +144,17 @@ def dashboard(request: Request, who: SignedIn) -> Response:
         request,
         "office.html",
         figures=figures,
+        pager=pager,
         overdue=overdue,
         pct=pct,
         flashes=_flashes(request),
-        inspections=ranking_panel(request, who),
+        inspections=ranking_panel(
+            request,
+            who,
+            now=now,
+            markets=markets,
+            week_totals=week_totals if len(weeks) == 1 else None,
+        ),
     )
 
 

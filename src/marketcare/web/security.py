@@ -57,12 +57,45 @@ HSTS = "max-age=31536000"
 CACHEABLE = ("/static/", "/api/docs/static/")
 
 
+def _raw(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[bytes, bytes], ...]:
+    return tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs)
+
+
+#: the headers every answer gets, in the order they are added, encoded once
+_ALWAYS = _raw(
+    (
+        ("Content-Security-Policy", CSP),
+        ("X-Frame-Options", "DENY"),
+        ("X-Content-Type-Options", "nosniff"),
+        ("Referrer-Policy", "same-origin"),
+        ("Permissions-Policy", PERMISSIONS),
+        ("Cross-Origin-Opener-Policy", "same-origin"),
+        ("Cross-Origin-Resource-Policy", "same-origin"),
+    )
+)
+_NO_STORE = _raw((("Cache-Control", "no-store"),))
+_HSTS = _raw((("Strict-Transport-Security", HSTS),))
+#: an answer that sets none of these gets the headers above appended as they are
+_OURS = frozenset(k for k, _ in (*_ALWAYS, *_NO_STORE, *_HSTS))
+
+
 class SecurityHeaders:
-    """ASGI middleware adding the headers above to every response it sees."""
+    """ASGI middleware adding the headers above to every response it sees.
+
+    An answer that set none of these headers itself (nearly all of them) gets them
+    appended from lists encoded once; one that did goes through ``MutableHeaders``,
+    which keeps its own ``Content-Security-Policy`` and ``Cache-Control`` and replaces
+    the others. Both give the same headers in the same order: the first way only skips
+    re-encoding and searching them on every answer (a tick's answer is small and the
+    API's hot path).
+    """
 
     def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
         self.app = app
         self.hsts = hsts
+        hsts_raw = _HSTS if hsts else ()
+        self._cacheable = (*_ALWAYS, *hsts_raw)
+        self._not_cacheable = (*_ALWAYS, *_NO_STORE, *hsts_raw)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -73,21 +106,29 @@ class SecurityHeaders:
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
-                headers = MutableHeaders(scope=message)
-                headers.setdefault("Content-Security-Policy", CSP)
-                headers["X-Frame-Options"] = "DENY"
-                headers["X-Content-Type-Options"] = "nosniff"
-                headers["Referrer-Policy"] = "same-origin"
-                headers["Permissions-Policy"] = PERMISSIONS
-                headers["Cross-Origin-Opener-Policy"] = "same-origin"
-                headers["Cross-Origin-Resource-Policy"] = "same-origin"
-                if not cacheable and "cache-control" not in headers:
-                    headers["Cache-Control"] = "no-store"
-                if self.hsts:
-                    headers["Strict-Transport-Security"] = HSTS
+                raw = list(message.get("headers") or ())
+                if _OURS.isdisjoint(k for k, _ in raw):
+                    raw.extend(self._cacheable if cacheable else self._not_cacheable)
+                    message["headers"] = raw
+                else:
+                    message["headers"] = raw
+                    self._set(MutableHeaders(scope=message), cacheable)
             await send(message)
 
         await self.app(scope, receive, sending)
+
+    def _set(self, headers: MutableHeaders, cacheable: bool) -> None:
+        headers.setdefault("Content-Security-Policy", CSP)
+        headers["X-Frame-Options"] = "DENY"
+        headers["X-Content-Type-Options"] = "nosniff"
+        headers["Referrer-Policy"] = "same-origin"
+        headers["Permissions-Policy"] = PERMISSIONS
+        headers["Cross-Origin-Opener-Policy"] = "same-origin"
+        headers["Cross-Origin-Resource-Policy"] = "same-origin"
+        if not cacheable and "cache-control" not in headers:
+            headers["Cache-Control"] = "no-store"
+        if self.hsts:
+            headers["Strict-Transport-Security"] = HSTS
 
 
 # ---------------------------------------------------------------- the device cookie
