@@ -41,7 +41,7 @@ init: install-runtime
 ## PostgreSQL's server binaries run a throwaway server for the suite's PostgreSQL run;
 ## Pango lays out the weekly bulletin's PDF (WeasyPrint), with the CJK fonts; HarfBuzz subsets them;
 ## wapiti and sqlmap scan a running daemon (tests/test_scan.py, `make security`)
-SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk fonts-crosextra-carlito poppler-utils openssl chromium postgresql libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 wapiti sqlmap
+SYSTEM_PACKAGES := libreoffice-calc-nogui fonts-noto-cjk fontconfig fonts-crosextra-carlito poppler-utils openssl chromium postgresql libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 wapiti sqlmap
 
 ## the Debian packages named that are not installed yet, installed (as root, or through
 ## sudo); asked of dpkg package by package, so a package added to a list is never missed
@@ -57,8 +57,8 @@ system-deps:
 	$(call apt_ensure,$(SYSTEM_PACKAGES))
 
 ## Debian packages the daemon itself needs: Pango and the CJK fonts lay out the weekly
-## bulletin's PDF (WeasyPrint)
-RUNTIME_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-noto-cjk
+## bulletin's PDF (WeasyPrint); fontconfig's fc-match finds the CJK face it cuts to a page
+RUNTIME_PACKAGES := libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-noto-cjk fontconfig
 runtime-deps:
 	$(call apt_ensure,$(RUNTIME_PACKAGES))
 

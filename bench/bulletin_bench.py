@@ -4,6 +4,7 @@
     .venv/bin/python bench/bulletin_bench.py --quick        # the district only, one round
     .venv/bin/python bench/bulletin_bench.py --markets 2000 # one size only
     .venv/bin/python bench/bulletin_bench.py --quick --cold # first in the process
+    .venv/bin/python bench/bulletin_bench.py --markets 20000 --kinds bulletin,data
 
 For each size a SQLite ledger is built once with bulk SQL (not measured): a month of
 obligations (each market's waste clearance and the disinfection of two areas, every day,
@@ -27,6 +28,9 @@ month's movement reads, and the libraries' first-use costs (Babel's locale data,
 fonts, the C bindings' types) are paid, as they are once in a daemon's life. ``--cold``
 leaves that out (each measurement first in its process, the places recomputed). The peak
 memory is the child's whole life, the untimed report included, for both sides alike.
+
+``--kinds`` measures some of them only (a province's month export takes hours on a shared
+machine: its bulletin can still be measured, without a ratio).
 
 Target: the month's bulletin costs no more than the export it summarises (ratio <= 1).
 """
@@ -268,7 +272,17 @@ def measure(kind: str, path: Path, tmp: Path, *, cold: bool = False) -> dict[str
     return result
 
 
-def run_size(markets: int, repeat: int, tmp: Path, *, cold: bool = False) -> dict[str, Any]:
+KINDS = ("export", "export-month", "bulletin", "data")
+
+
+def run_size(
+    markets: int,
+    repeat: int,
+    tmp: Path,
+    *,
+    cold: bool = False,
+    only: tuple[str, ...] = KINDS,
+) -> dict[str, Any]:
     path = tmp / f"ledger-{markets}.db"
     started = time.perf_counter()
     build(path, markets)
@@ -277,11 +291,7 @@ def run_size(markets: int, repeat: int, tmp: Path, *, cold: bool = False) -> dic
     # takes half an hour (2,000 markets: 3 minutes, twice with the week before), so there
     # only the month is the baseline
     weekly = markets <= WEEKLY_UP_TO
-    kinds = (
-        ("export", "export-month", "bulletin", "data")
-        if weekly
-        else ("export-month", "bulletin", "data")
-    )
+    kinds = tuple(k for k in KINDS if k in only and (weekly or k != "export"))
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in kinds}
     for _ in range(repeat):
         for k in kinds:
@@ -293,16 +303,24 @@ def run_size(markets: int, repeat: int, tmp: Path, *, cold: bool = False) -> dic
         }
         for k, v in runs.items()
     }
+
+    def ratio(of: str, to: str, what: str) -> float | None:
+        return med[of][what] / med[to][what] if of in med and to in med else None
+
     return {
         "markets": markets,
         "build_seconds": built,
         **med,
-        "time_ratio": med["bulletin"]["seconds"] / med["export-month"]["seconds"],
-        "memory_ratio": med["bulletin"]["peak_mib"] / med["export-month"]["peak_mib"],
-        "time_ratio_week": med["bulletin"]["seconds"] / med["export"]["seconds"]
-        if weekly
-        else None,
+        "time_ratio": ratio("bulletin", "export-month", "seconds"),
+        "memory_ratio": ratio("bulletin", "export-month", "peak_mib"),
+        "time_ratio_week": ratio("bulletin", "export", "seconds"),
     }
+
+
+def _figure(r: dict[str, Any], kind: str) -> str:
+    if kind not in r:
+        return "not run"
+    return f"{r[kind]['seconds']:.2f} s / {r[kind]['peak_mib']:.0f} MiB"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -315,11 +333,19 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="each measurement first in its process (no report of the period before)",
     )
+    parser.add_argument(
+        "--kinds",
+        default=",".join(KINDS),
+        help=f"the measurements to make, comma-separated (default: {','.join(KINDS)})",
+    )
     parser.add_argument("--child", nargs=3, metavar=("KIND", "DB", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(*args.child)
         return
+    only = tuple(args.kinds.split(","))
+    if not set(only) <= set(KINDS):
+        parser.error(f"--kinds: one of {', '.join(KINDS)}")
     sizes = args.markets or ([6] if args.quick else [6, 20_000])
     repeat = 1 if args.quick else args.repeat
     print(
@@ -328,24 +354,22 @@ def main(argv: list[str] | None = None) -> None:
     )
     with tempfile.TemporaryDirectory(prefix="marketcare-bulletin-bench-") as tmp:
         for markets in sizes:
-            r = run_size(markets, 1 if markets > 5000 else repeat, Path(tmp), cold=args.cold)
-            week = (
-                f"export week {r['export']['seconds']:.2f} s / {r['export']['peak_mib']:.0f} MiB, "
-                if "export" in r
-                else "export week not run, "
+            r = run_size(
+                markets, 1 if markets > 5000 else repeat, Path(tmp), cold=args.cold, only=only
             )
-            print(
-                f"{markets:>6} markets (ledger built in {r['build_seconds']:.0f} s): {week}"
-                f"month {r['export-month']['seconds']:.2f} s / {r['export-month']['peak_mib']:.0f} MiB; "
-                f"bulletin month {r['bulletin']['seconds']:.2f} s / {r['bulletin']['peak_mib']:.0f} MiB "
-                f"(data alone {r['data']['seconds']:.2f} s / {r['data']['peak_mib']:.0f} MiB); "
-                f"bulletin ÷ month export: time {r['time_ratio']:.2f}, memory "
+            ratios = (
+                ""
+                if r["time_ratio"] is None
+                else f"; bulletin ÷ month export: time {r['time_ratio']:.2f}, memory "
                 f"{r['memory_ratio']:.2f}"
-                + (
-                    f" (÷ week export: time {r['time_ratio_week']:.2f})"
-                    if r["time_ratio_week"] is not None
-                    else ""
-                ),
+            )
+            if r["time_ratio_week"] is not None:
+                ratios += f" (÷ week export: time {r['time_ratio_week']:.2f})"
+            print(
+                f"{markets:>6} markets (ledger built in {r['build_seconds']:.0f} s): "
+                f"export week {_figure(r, 'export')}, month {_figure(r, 'export-month')}; "
+                f"bulletin month {_figure(r, 'bulletin')} "
+                f"(data alone {_figure(r, 'data')}){ratios}",
                 flush=True,
             )
     print(f"# load average at the end {os.getloadavg()[0]:.1f}")

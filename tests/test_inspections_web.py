@@ -221,6 +221,10 @@ class Produced:
         )
 
 
+#: a stall's name with characters outside GB 2312 (堃) and outside the BMP (𬌗)
+RARE = "（堃记水产，𬌗字号）"
+
+
 @pytest.fixture(scope="module")
 def long_bulletin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produced]:
     """A week with 40 problems past deadline, long enough to run over several pages."""
@@ -236,7 +240,8 @@ def long_bulletin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Produced
             problem_ledger.NewProblem(
                 market_id="lizhong" if i % 2 else "xinhua",
                 category="sanitation",
-                description=f"第{i + 1:02d}号问题：水产区第{i}号摊位排水沟堵塞，污水外溢，地面湿滑，需要疏通并冲洗消毒",
+                description=f"第{i + 1:02d}号问题：水产区第{i}号摊位排水沟堵塞，污水外溢，地面湿滑，需要疏通并冲洗消毒"
+                + (RARE if i == 7 else ""),
                 found_by="督查员",
                 found_at=now - timedelta(days=4),
                 deadline=now - timedelta(days=3, hours=i % 3),
@@ -269,7 +274,11 @@ def test_the_bulletin_pdf_prints_in_chinese_with_no_row_split_across_pages(
     fonts = subprocess.run(
         ["pdffonts", str(long_bulletin.result.pdf)], capture_output=True, text=True, check=True
     ).stdout
-    assert "Noto-Sans-CJK-SC" in fonts  # the CJK font is embedded (glyphs, not boxes)
+    # the CJK face is embedded, cut to this page's text (glyphs, not boxes), and no other
+    # font was needed: the rare characters are in the cut too
+    (embedded,) = fonts.splitlines()[2:]
+    assert "Noto-Sans-CJK-SC-Subset" in embedded, fonts
+    assert RARE in "".join(pages)
     for i in range(1, 41):
         label = f"第{i:02d}号问题"
         holding = [n for n, page in enumerate(pages) if label in page]

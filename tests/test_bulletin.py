@@ -1,0 +1,85 @@
+"""The bulletin's PDF font: the CJK face cut to the page's text (``bulletin.cjk_subset``).
+
+The whole PDF (a long week, rare characters, no split rows) is proven in
+``test_inspections_web.py``; these tests hold the cut itself and what happens without it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import uharfbuzz as hb
+
+from marketcare.reports import bulletin
+
+pytestmark = pytest.mark.no_database
+
+TEXT = "周双通报 鲤中第1农贸市场 ↑3 ↓2 → — 95.0% 逾期未整改 堃记水产 𬌗"
+
+
+@pytest.fixture
+def without_cjk_fonts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """A fontconfig that knows no font at all (as on a server without fonts-noto-cjk)."""
+    empty = tmp_path / "no-fonts"
+    empty.mkdir()
+    conf = tmp_path / "fonts.conf"
+    conf.write_text(
+        f"<?xml version='1.0'?><fontconfig><dir>{empty}</dir>"
+        f"<cachedir>{tmp_path / 'cache'}</cachedir></fontconfig>",
+        encoding="utf-8",
+    )
+    monkeypatch.setenv("FONTCONFIG_FILE", str(conf))
+    bulletin.cjk_face.cache_clear()
+    yield
+    bulletin.cjk_face.cache_clear()  # the next test asks the real fontconfig again
+
+
+def test_the_cut_has_every_character_of_the_page_and_little_else() -> None:
+    data = bulletin.cjk_subset(TEXT)
+    assert data is not None
+    cut = hb.Face(hb.Blob(data))
+    covered = cut.unicodes
+    assert all(ord(c) in covered for c in TEXT)  # 堃 and 𬌗 too: outside GB 2312 and the BMP
+    assert all(c in covered for c in range(0x20, 0x7F))  # page numbers, figures, Latin names
+    assert cut.glyph_count < 200  # of the face's 65,535
+    assert len(data) < 100_000  # the collection is 19 MB
+
+
+def test_the_page_loads_its_cut_from_a_file_by_the_subset_family(tmp_path: Path) -> None:
+    page = bulletin.with_cjk_subset(
+        f'<style>{bulletin.FONT_SLOT} html {{ font-family: "{bulletin.SUBSET_FAMILY}"; }}'
+        "</style><p>市场排名</p>",
+        tmp_path,
+    )
+    (cut,) = tmp_path.iterdir()
+    rule = f'@font-face {{ font-family: "{bulletin.SUBSET_FAMILY}"; src: url({cut.as_uri()}); }}'
+    assert rule in page and bulletin.FONT_SLOT not in page
+    assert ord("排") in hb.Face(hb.Blob(cut.read_bytes())).unicodes
+
+
+@pytest.mark.usefixtures("without_cjk_fonts")
+def test_without_the_cjk_font_there_is_no_cut_and_the_log_says_what_to_install(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="marketcare.reports.bulletin"):
+        assert bulletin.cjk_subset(TEXT) is None
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "Noto Sans CJK SC:style=Regular is not installed (make runtime-deps)" in warning
+    page = f"<style>{bulletin.FONT_SLOT}</style><p>市场排名</p>"
+    folder = tmp_path / "cut"
+    folder.mkdir()
+    assert bulletin.with_cjk_subset(page, folder) == page  # the installed fonts, as before
+    assert not any(folder.iterdir())
+
+
+def test_a_font_file_gone_since_fontconfig_saw_it_means_no_cut_and_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(bulletin, "cjk_face", lambda: (str(tmp_path / "gone.ttc"), 2))
+    with caplog.at_level(logging.WARNING, logger="marketcare.reports.bulletin"):
+        assert bulletin.cjk_subset(TEXT) is None
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert warning.startswith(f"cannot subset Noto Sans CJK SC:style=Regular from {tmp_path}")
