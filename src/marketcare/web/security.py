@@ -61,41 +61,42 @@ def _raw(pairs: tuple[tuple[str, str], ...]) -> tuple[tuple[bytes, bytes], ...]:
     return tuple((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in pairs)
 
 
-#: the headers every answer gets, in the order they are added, encoded once
-_ALWAYS = _raw(
-    (
-        ("Content-Security-Policy", CSP),
-        ("X-Frame-Options", "DENY"),
-        ("X-Content-Type-Options", "nosniff"),
-        ("Referrer-Policy", "same-origin"),
-        ("Permissions-Policy", PERMISSIONS),
-        ("Cross-Origin-Opener-Policy", "same-origin"),
-        ("Cross-Origin-Resource-Policy", "same-origin"),
-    )
+#: the headers every answer gets, in the order they are added (an answer's own
+#: ``Content-Security-Policy`` is kept; the others replace the answer's)
+ALWAYS = (
+    ("Content-Security-Policy", CSP),
+    ("X-Frame-Options", "DENY"),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "same-origin"),
+    ("Permissions-Policy", PERMISSIONS),
+    ("Cross-Origin-Opener-Policy", "same-origin"),
+    ("Cross-Origin-Resource-Policy", "same-origin"),
 )
-_NO_STORE = _raw((("Cache-Control", "no-store"),))
-_HSTS = _raw((("Strict-Transport-Security", HSTS),))
-#: an answer that sets none of these gets the headers above appended as they are
-_OURS = frozenset(k for k, _ in (*_ALWAYS, *_NO_STORE, *_HSTS))
+#: what an answer not under ``CACHEABLE`` gets unless it set its own ``Cache-Control``
+NO_STORE = (("Cache-Control", "no-store"),)
+HSTS_HEADER = (("Strict-Transport-Security", HSTS),)
+#: the headers an answer may set itself and keep
+_ANSWERS_OWN = frozenset({"Content-Security-Policy", "Cache-Control"})
 
 
 class SecurityHeaders:
     """ASGI middleware adding the headers above to every response it sees.
 
     An answer that set none of these headers itself (nearly all of them) gets them
-    appended from lists encoded once; one that did goes through ``MutableHeaders``,
-    which keeps its own ``Content-Security-Policy`` and ``Cache-Control`` and replaces
-    the others. Both give the same headers in the same order: the first way only skips
+    appended as bytes encoded once; one that did goes through ``MutableHeaders``, which
+    keeps its own ``Content-Security-Policy`` and ``Cache-Control`` and replaces the
+    others. Both give the same headers in the same order: the first way only skips
     re-encoding and searching them on every answer (a tick's answer is small and the
     API's hot path).
     """
 
     def __init__(self, app: ASGIApp, *, hsts: bool) -> None:
         self.app = app
-        self.hsts = hsts
-        hsts_raw = _HSTS if hsts else ()
-        self._cacheable = (*_ALWAYS, *hsts_raw)
-        self._not_cacheable = (*_ALWAYS, *_NO_STORE, *hsts_raw)
+        self._cacheable = (*ALWAYS, *(HSTS_HEADER if hsts else ()))
+        self._not_cacheable = (*ALWAYS, *NO_STORE, *(HSTS_HEADER if hsts else ()))
+        self._raw_cacheable = _raw(self._cacheable)
+        self._raw_not_cacheable = _raw(self._not_cacheable)
+        self._ours = frozenset(k for k, _ in self._raw_not_cacheable)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -107,28 +108,19 @@ class SecurityHeaders:
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
                 raw = list(message.get("headers") or ())
-                if _OURS.isdisjoint(k for k, _ in raw):
-                    raw.extend(self._cacheable if cacheable else self._not_cacheable)
-                    message["headers"] = raw
+                message["headers"] = raw
+                if self._ours.isdisjoint(k for k, _ in raw):
+                    raw.extend(self._raw_cacheable if cacheable else self._raw_not_cacheable)
                 else:
-                    message["headers"] = raw
-                    self._set(MutableHeaders(scope=message), cacheable)
+                    headers = MutableHeaders(scope=message)
+                    for name, value in self._cacheable if cacheable else self._not_cacheable:
+                        if name in _ANSWERS_OWN:
+                            headers.setdefault(name, value)
+                        else:
+                            headers[name] = value
             await send(message)
 
         await self.app(scope, receive, sending)
-
-    def _set(self, headers: MutableHeaders, cacheable: bool) -> None:
-        headers.setdefault("Content-Security-Policy", CSP)
-        headers["X-Frame-Options"] = "DENY"
-        headers["X-Content-Type-Options"] = "nosniff"
-        headers["Referrer-Policy"] = "same-origin"
-        headers["Permissions-Policy"] = PERMISSIONS
-        headers["Cross-Origin-Opener-Policy"] = "same-origin"
-        headers["Cross-Origin-Resource-Policy"] = "same-origin"
-        if not cacheable and "cache-control" not in headers:
-            headers["Cache-Control"] = "no-store"
-        if self.hsts:
-            headers["Strict-Transport-Security"] = HSTS
 
 
 # ---------------------------------------------------------------- the device cookie
