@@ -13,6 +13,7 @@ import os
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -93,6 +94,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_testnodedown(node: Any, error: object) -> None:
+    """Under pytest-xdist the workers collect, so the lists of what was left out come
+    back from them (``pytest_sessionfinish`` puts them in the worker's output); each
+    worker collected the same tests, so each test is listed once."""
+    sent = getattr(node, "workeroutput", {})
+    for kept, name in ((_OTHER_DATABASE, "other_database"), (_NO_DATABASE, "no_database")):
+        kept.extend(t for t in sent.get(name, ()) if t not in kept)
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
@@ -192,7 +203,12 @@ def utc(*args: int) -> datetime:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Skipped tests do not count as passing: in CI a skip fails the run."""
+    """Skipped tests do not count as passing: in CI a skip fails the run. A pytest-xdist
+    worker sends what it left out to the process that prints the summary."""
+    workeroutput = getattr(session.config, "workeroutput", None)
+    if workeroutput is not None:
+        workeroutput["other_database"] = _OTHER_DATABASE
+        workeroutput["no_database"] = _NO_DATABASE
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     skipped = len(reporter.stats.get("skipped", [])) if reporter else 0
     if skipped and os.environ.get("CI"):
