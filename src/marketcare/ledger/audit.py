@@ -12,10 +12,11 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
+from marketcare.ledger.db import as_arrays, unnest_insert
 from marketcare.ledger.models import AuditHead, Event
 
 GENESIS = "0" * 64
@@ -86,6 +87,15 @@ def _nul_free(text: str | None) -> str | None:
     return None if text is None else text.replace("\x00", "")
 
 
+_EVENT_COLUMNS = (
+    "seq", "at", "actor", "action", "obligation_id", "problem_id", "from_state", "to_state",
+    "details", "prev_hash", "hash",
+)  # fmt: skip
+#: PostgreSQL: a batch's events in one statement (``db.unnest_insert``)
+_EVENTS = cast(sa.Table, Event.__table__)
+_INSERT_EVENTS = unnest_insert(_EVENTS, _EVENT_COLUMNS)
+
+
 def append(conn: sa.Connection, events: Iterable[NewEvent]) -> int:
     """Append events in order inside the caller's transaction; returns how many."""
     batch = list(events)
@@ -121,7 +131,12 @@ def append(conn: sa.Connection, events: Iterable[NewEvent]) -> int:
             }
         )
         prev = h
-    conn.execute(sa.insert(Event), rows)
+    if conn.dialect.name == "postgresql" and len(rows) > 1:
+        # one statement of arrays, not an executemany of a Bind/Execute per event,
+        # while every other writer waits for the head
+        conn.execute(_INSERT_EVENTS, as_arrays(conn, _EVENTS, rows, _EVENT_COLUMNS))
+    else:
+        conn.execute(sa.insert(Event), rows)
     if head is None:
         conn.execute(sa.insert(AuditHead).values(id=1, seq=seq, hash=prev))
     else:
