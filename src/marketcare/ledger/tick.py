@@ -584,13 +584,13 @@ def _tick_batch(
         if moved != len(accepted):
             raise _OneByOne()
         try:
-            made = conn.execute(
+            inserted = conn.execute(
                 _TickSql.records_returning,
                 as_arrays(
                     conn, _COMPLETIONS, [a.record for a in accepted], _TickSql.record_columns
                 ),
             )
-            ids_of = {(r.by, r.token): r.id for r in made}
+            ids_of = {(r.by, r.token): r.id for r in inserted}
         except (sa.exc.IntegrityError, sa.exc.DataError):
             raise _OneByOne() from None
     elif accepted:
