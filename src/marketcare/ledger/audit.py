@@ -62,10 +62,13 @@ def event_hash(prev_hash: str, seq: int, e: Any) -> str:
 FIRST_EVENT_LOCK = 0x6D632D6175646974
 
 
+_HEAD_FOR_UPDATE = (
+    sa.select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
+)
+
+
 def _lock_head(conn: sa.Connection) -> Any:
-    return conn.execute(
-        sa.select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
-    ).one_or_none()
+    return conn.execute(_HEAD_FOR_UPDATE).one_or_none()
 
 
 def _as_stored(e: NewEvent) -> NewEvent:
@@ -93,7 +96,14 @@ _EVENT_COLUMNS = (
 )  # fmt: skip
 #: PostgreSQL: a batch's events in one statement (``db.unnest_insert``)
 _EVENTS = cast(sa.Table, Event.__table__)
-_INSERT_EVENTS = unnest_insert(_EVENTS, _EVENT_COLUMNS)
+#: PostgreSQL: the events of an append and the head's move in one statement (one round
+#: trip while every other writer waits for the head, not an executemany and an UPDATE)
+_APPEND_EVENTS = unnest_insert(_EVENTS, _EVENT_COLUMNS).add_cte(
+    sa.update(AuditHead)
+    .where(AuditHead.id == 1)
+    .values(seq=sa.bindparam("head_seq"), hash=sa.bindparam("head_hash"))
+    .cte("new_head")
+)
 
 
 def append(conn: sa.Connection, events: Iterable[NewEvent]) -> int:
@@ -131,12 +141,11 @@ def append(conn: sa.Connection, events: Iterable[NewEvent]) -> int:
             }
         )
         prev = h
-    if conn.dialect.name == "postgresql" and len(rows) > 1:
-        # one statement of arrays, not an executemany of a Bind/Execute per event,
-        # while every other writer waits for the head
-        conn.execute(_INSERT_EVENTS, as_arrays(conn, _EVENTS, rows, _EVENT_COLUMNS))
-    else:
-        conn.execute(sa.insert(Event), rows)
+    if conn.dialect.name == "postgresql" and head is not None:
+        params = as_arrays(conn, _EVENTS, rows, _EVENT_COLUMNS)
+        conn.execute(_APPEND_EVENTS, {**params, "head_seq": seq, "head_hash": prev})
+        return len(batch)
+    conn.execute(sa.insert(Event), rows)
     if head is None:
         conn.execute(sa.insert(AuditHead).values(id=1, seq=seq, hash=prev))
     else:
