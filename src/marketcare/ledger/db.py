@@ -147,14 +147,27 @@ def _strip_nul_on(engine: sa.Engine) -> None:
 
 def _without_nul(params: Any) -> Any:
     if isinstance(params, dict):
-        if any(isinstance(v, str) and "\x00" in v for v in params.values()):
-            return {
-                k: v.replace("\x00", "") if isinstance(v, str) else v for k, v in params.items()
-            }
+        if any(_has_nul(v) for v in params.values()):
+            return {k: _nul_free(v) for k, v in params.items()}
         return params
     if isinstance(params, tuple) and any(isinstance(v, str) and "\x00" in v for v in params):
         return tuple(v.replace("\x00", "") if isinstance(v, str) else v for v in params)
     return params
+
+
+def _has_nul(value: Any) -> bool:
+    """A text with U+0000, or an array parameter (``unnest_insert``) holding one."""
+    if isinstance(value, str):
+        return "\x00" in value
+    return isinstance(value, list) and any(isinstance(v, str) and "\x00" in v for v in value)
+
+
+def _nul_free(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [v.replace("\x00", "") if isinstance(v, str) else v for v in value]
+    return value
 
 
 def is_sqlite(engine: sa.Engine | sa.Connection) -> bool:
