@@ -22,6 +22,8 @@ class UTCDateTime(TypeDecorator[datetime]):
     def process_bind_param(self, value: datetime | None, dialect: sa.Dialect) -> datetime | None:
         if value is None:
             return None
+        if value.tzinfo is UTC:  # nearly every value (a tick binds seven): no conversion
+            return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
         if value.tzinfo is None:
             raise ValueError("naive datetime given to the ledger; use an aware UTC time")
         value = value.astimezone(UTC)

@@ -451,7 +451,7 @@ async def complete(
             phone_sent_at=body.phone_sent_at,
             trust=clock_trust_of(request),
         )
-        result = await asyncio.wrap_future(_tick_writer(request).submit(tick))
+        result = await _tick_writer(request).submit_awaitable(tick)
     except NotFound:  # missing, or another market's: the same answer as authorise_market's
         raise HTTPException(status_code=404, detail="not found") from None
     timing = result.timing
