@@ -1050,22 +1050,30 @@ def test_a_tick_answers_the_same_by_the_shortcut_and_by_the_route(
     short, route = both(site.obligation("xinhua", "waste"), {})
     assert short == route and short[0] == 404
     assert completions(site, veg) == 1 and completions(site, aquatic) == 0
+    # a token nobody has: the same 401
+    mgr.headers["Authorization"] = "Bearer mc_not-a-token"
+    try:
+        short, route = both(aquatic, {"readings": {"chlorine": 1000}})
+    finally:
+        mgr.headers["Authorization"] = f"Bearer {site.tokens['mgr_a']}"
+    assert short == route and short[0] == 401
 
 
 def test_a_tick_the_shortcut_cannot_take_goes_to_the_route_with_its_body(
     site: Site, clients: dict[str, httpx.Client]
 ) -> None:
-    """An unknown field, a token not yet known, an id out of range: the route answers,
-    with the body the shortcut read given to it again."""
+    """An unknown field, an id out of range, a signed-in page's request: the route
+    answers, with the body the shortcut read given to it again."""
     ob = site.obligation("lizhong", "disinfect", "veg")
     taken = api.TickShortcut.taken
-    fresh = site.api("mgr_a")  # a new client; its token is cached per process, not per client
-    accounts.forget_tokens()
-    r = fresh.post(f"/api/v1/obligations/{ob}/completions", json={"readings": {"chlorine": 900}})
-    assert r.status_code == 201 and api.TickShortcut.taken == taken
-    typo = fresh.post(f"/api/v1/obligations/{ob}/completions", json={"reading": {}})
+    mgr = clients["mgr_a"]
+    typo = mgr.post(f"/api/v1/obligations/{ob}/completions", json={"reading": {}})
     assert typo.status_code == 422 and typo.json()["errors"][0]["field"] == "reading"
-    huge = fresh.post(f"/api/v1/obligations/{2**63}/completions", json={})
+    huge = mgr.post(f"/api/v1/obligations/{2**63}/completions", json={})
     assert huge.status_code == 422
+    # a session's request (its CSRF token is the route's to check): the ledger's refusal
+    page = site.session("mgr_a")
+    missing = page.post(f"/api/v1/obligations/{ob}/completions", json={"readings": {}})
+    assert missing.status_code == 422 and "missing reading" in missing.json()["detail"]
     assert api.TickShortcut.taken == taken
-    fresh.close()
+    assert completions(site, ob) == 0

@@ -51,7 +51,7 @@ from marketcare.reports import delivery
 from marketcare.reports.dashboard import figures as dashboard_figures
 from marketcare.web.app import (
     SignedIn,
-    _known_user,
+    _bearer,
     authorise,
     authorise_market,
     check_csrf,
@@ -531,15 +531,15 @@ class TickShortcut:
     straight to ``complete``, past FastAPI's routing and dependency solving.
 
     A served tick spent about a third of the event loop's time choosing its route and
-    solving four dependencies whose answers are known at once for such a request (the
-    principal cached from the token, no CSRF check for a bearer token, an id of digits,
-    a JSON body). Here the same checks answer the same way, by the same functions and
-    model (``_known_user``, ``CompletionIn``), then the same endpoint answers through
-    the same middleware outside this one, with the app's own exception handlers. Any
-    other request — another path or method, a token not cached (a first request, a
-    revoked one), another content type, a body that does not validate, a body limit —
-    goes to the app with its body given again, so every refusal and error is the
-    route's own, byte for byte (``tests/test_api.py`` compares both ways).
+    solving four dependencies whose answers are plain for such a request (no CSRF check
+    for a bearer token, an id of digits, a JSON body; the caller is the first thing the
+    endpoint asks ``signed_in`` anyway). Here the same checks answer the same way, by
+    the same model (``CompletionIn``), then the same endpoint answers through the same
+    middleware outside this one, with the app's own exception handlers (a refused token
+    is the same 401). Any other request — another path or method, no bearer token,
+    another content type, a body that does not validate, a body limit — goes to the app
+    with its body given again, so every refusal and error is the route's own, byte for
+    byte (``tests/test_api.py`` compares both ways).
     """
 
     #: ticks answered here, in this process (the tests read it to know which way went)
@@ -592,14 +592,14 @@ class TickShortcut:
 
 def _shortcut_body(request: Request, raw: bytes, obligation_id: int) -> CompletionIn | None:
     """The body if the route would take this request as it is (None: let the route
-    answer): a JSON body that ``CompletionIn`` accepts, from a token known without the
-    database (the router's ``signed_in``; its ``check_csrf`` passes any bearer token),
-    for an id that ``RecordId`` accepts."""
+    answer): a JSON body that ``CompletionIn`` accepts, with a bearer token (the router's
+    ``check_csrf`` passes it; its ``signed_in`` is the first thing ``complete`` asks, and
+    a token it refuses is the same 401 here), for an id that ``RecordId`` accepts."""
     if not 1 <= obligation_id <= inputs.ID_MAX:
         return None
     if request.headers.get("content-type") != "application/json":
         return None
-    if _known_user(request) is None:
+    if _bearer(request) is None:  # a session's request: the route checks its CSRF token
         return None
     try:
         return CompletionIn.model_validate(json.loads(raw))
