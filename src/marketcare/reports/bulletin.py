@@ -41,6 +41,7 @@ from marketcare.i18n import Translator, translator
 from marketcare.ledger import standings
 from marketcare.ledger.db import read, retrying, write
 from marketcare.ledger.models import ReportRecord
+from marketcare.reports import bulletin_font
 from marketcare.reports.figures import ProblemLine, Report, late_problems
 from marketcare.reports.scores import Ranking, closed, ranking
 
@@ -417,27 +418,21 @@ def cjk_face() -> tuple[str, int] | None:
 def cjk_subset(text: str) -> bytes | None:
     """``CJK_FACE`` cut to the characters of ``text`` (and ASCII): an OpenType font.
 
-    HarfBuzz maps the collection and reads only what the subset needs; a bulletin's few
-    hundred characters make a font of tens of kilobytes, which WeasyPrint then copies and
-    subsets again at no cost. None without the face (the page then names the installed
+    HarfBuzz (the system's, which WeasyPrint uses too: ``bulletin_font``) maps the
+    collection and reads only what the subset needs; a bulletin's few hundred characters
+    make a font of tens of kilobytes, which WeasyPrint then copies and subsets again at no
+    cost. None without the face or the subsetter (the page then names the installed
     fonts, as before); a character the face lacks is left to Pango's fallback.
     """
     face = cjk_face()
-    if face is None:
+    if face is None or not bulletin_font.available():
         return None
-    import uharfbuzz as hb
-
     try:
-        source = hb.Face(hb.Blob.from_file_path(face[0]), face[1])
-        wanted = hb.SubsetInput()
-        wanted.unicode_set.update({*map(ord, text), *range(0x20, 0x7F)})
-        wanted.flags = hb.SubsetFlags.NO_HINTING  # WeasyPrint drops the hints anyway
-        data: bytes = hb.subset(source, wanted).blob.data
-    # the file gone or damaged since fontconfig saw it (a failed subset is a RuntimeError)
-    except (hb.HarfBuzzError, RuntimeError) as e:
+        return bulletin_font.cut(*face, {*map(ord, text), *range(0x20, 0x7F)})
+    # the file gone or damaged since fontconfig saw it
+    except bulletin_font.CutError as e:
         log.warning("cannot subset %s from %s: %s", CJK_FACE, face[0], e)
         return None
-    return data
 
 
 def with_cjk_subset(page: str, folder: Path) -> str:
