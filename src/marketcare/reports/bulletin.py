@@ -491,19 +491,25 @@ def _red_black(b: Bulletin) -> tuple[list[str], list[str]]:
 
 
 def write_pdf(b: Bulletin, path: Path, *, language: str) -> None:
+    render_pdf(html(b, language=language), path, lang=page_lang(language))
+
+
+def render_pdf(page: str, path: Path, *, lang: str) -> None:
+    """``page`` (the bulletin's HTML) laid out and written to ``path`` as a PDF.
+
+    WeasyPrint's boxes, pages and font map are held in reference cycles: left to the next
+    full collection, a daemon's next report is made on top of them (3 MiB of a district's
+    peak). A full collection scans every object of the process (0.2-0.3 s on a loaded
+    machine); what lived before the PDF cannot be the PDF's garbage, so it is set aside
+    (frozen) while the PDF's is collected. Freezing only narrows what a collection scans:
+    another thread's objects are collected later, never wrongly.
+    """
     from weasyprint import HTML
 
-    page = html(b, language=language)
-    # WeasyPrint's boxes, pages and font map are held in reference cycles: left to the
-    # next full collection, a daemon's next report is made on top of them (3 MiB of a
-    # district's peak). A full collection scans every object of the process (0.2-0.3 s
-    # on a loaded machine); what lived before the PDF cannot be the PDF's garbage, so it
-    # is set aside (frozen) while the PDF's is collected. Freezing only narrows what a
-    # collection scans: another thread's objects are collected later, never wrongly.
     gc.freeze()
     try:
         with tempfile.TemporaryDirectory(prefix="marketcare-bulletin-font-") as folder:
-            page = with_cjk_subset(page, Path(folder), lang=page_lang(language))
+            page = with_cjk_subset(page, Path(folder), lang=lang)
             HTML(string=page, base_url=str(HERE)).write_pdf(str(path))
         gc.collect()
     finally:
