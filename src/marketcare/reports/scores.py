@@ -10,7 +10,7 @@ The ranking and the movement are ``domain/inspections.rank``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -139,6 +139,10 @@ class Memo:
     size: int = 64
     _state: tuple[Any, ...] | None = None
     _kept: Shared = field(default_factory=dict)
+    #: the open period's figures, with what says whether they still hold at a moment
+    _open: dict[tuple[Period, tuple[str, ...] | None], tuple[Holds, Counted]] = field(
+        default_factory=dict
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def shared(self, conn: sa.Connection) -> tuple[tuple[Any, ...], Shared]:
@@ -147,8 +151,45 @@ class Memo:
         state = ledger_state(conn)
         with self._lock:
             if state != self._state:
-                self._state, self._kept = state, {}
+                self._state, self._kept, self._open = state, {}, {}
             return state, dict(self._kept)
+
+    def open_period(
+        self,
+        state: tuple[Any, ...],
+        shared: Shared,
+        period: Period,
+        *,
+        as_of: datetime,
+        markets: Sequence[str] | None = None,
+    ) -> None:
+        """Put the open ``period``'s figures kept by ``keep_open`` into ``shared`` as
+        counted ``as_of``, if the ledger is in that state and they still hold then."""
+        with self._lock:
+            kept = self._open.get((period, None if markets is None else tuple(markets)))
+            if state != self._state or kept is None or not kept[0](as_of):
+                return
+        shared[(period, as_of, None if markets is None else tuple(markets))] = kept[1]
+
+    def keep_open(
+        self,
+        state: tuple[Any, ...],
+        shared: Shared,
+        period: Period,
+        *,
+        as_of: datetime,
+        holds: Holds,
+        markets: Sequence[str] | None = None,
+    ) -> None:
+        """Keep the open ``period``'s figures counted in ``shared`` as of ``as_of`` while
+        ``holds`` says a count at a later moment would give the same (the dashboard's
+        ``Counted.holds``: its week's times, problem deadlines and dates are these
+        figures' too), if the ledger is still in that state."""
+        chosen = None if markets is None else tuple(markets)
+        counted = shared.get((period, as_of, chosen))
+        with self._lock:
+            if state == self._state and counted is not None:
+                self._open[(period, chosen)] = holds, counted
 
     def keep(self, state: tuple[Any, ...], shared: Shared, *, as_of: datetime) -> None:
         """Keep the closed periods counted in ``shared`` (read at ``state``) for the
@@ -160,6 +201,9 @@ class Memo:
                 if key[1] < as_of and len(self._kept) < self.size:
                     self._kept[key] = counted  # counted as of its end, not as of now
 
+
+#: whether figures counted earlier still hold at a moment
+Holds = Callable[[datetime], bool]
 
 #: each market's (on time, due) of a period as of a moment, counted already by the same
 #: rule (the dashboard's week: ``reports.dashboard.figures``)
