@@ -11,7 +11,8 @@ import time_machine
 
 from marketcare.domain.compliance import holds_until
 from marketcare.ledger import tick as ledger_tick
-from marketcare.reports import dashboard
+from marketcare.ledger.db import read
+from marketcare.reports import dashboard, scores
 from tests.support.web import Site
 
 ALL = ["lizhong", "xinhua"]
@@ -109,3 +110,64 @@ def test_the_api_follows_the_clock_across_a_miss_time(site: Site, office: httpx.
     after = office.get("/api/v1/dashboard").json()
     assert after == [f.as_json() for f in counted_again(site, site.clock.now()).figures]
     assert after != before
+
+
+def tick_lizhong(site: Site) -> None:
+    ledger_tick.tick(
+        site.engine,
+        obligation_id=site.obligation("lizhong", "disinfect", "aquatic"),
+        by="mgr_a",
+        now=site.clock.now(),
+        readings={"chlorine": 1000},
+        items=["washed"],
+    )
+
+
+def by_market(counted: dashboard.Counted) -> dict[str, dashboard.MarketFigures]:
+    return {f.market.id: f for f in counted.figures}
+
+
+def test_after_a_tick_only_the_market_ticked_is_counted_again(site: Site) -> None:
+    memo, now = dashboard.Memo(), site.clock.now()
+    first = by_market(dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo))
+    tick_lizhong(site)
+    second = dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo)
+    assert second.figures == counted_again(site, now).figures
+    assert by_market(second)["xinhua"] is first["xinhua"]  # kept, not counted again
+    assert by_market(second)["lizhong"].today_on_time == first["lizhong"].today_on_time + 1
+
+
+def test_a_write_the_chain_does_not_tie_to_a_market_counts_every_market_again(
+    site: Site,
+) -> None:
+    from marketcare.domain.access import Role
+    from marketcare.ledger import accounts
+
+    memo, now = dashboard.Memo(), site.clock.now()
+    first = by_market(dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo))
+    accounts.add_user(
+        site.engine,
+        accounts.NewUser("li", "李明", Role.OFFICE, "correct horse battery", ()),
+        now=now,
+    )
+    second = dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo)
+    assert second.figures == counted_again(site, now).figures
+    assert all(f is not first[f.market.id] for f in second.figures)
+
+
+def test_closed_weeks_of_the_ranking_are_kept_across_a_tick_of_todays_work(site: Site) -> None:
+    memo, now = scores.Memo(), site.clock.now()
+    with read(site.engine) as conn:
+        state, shared = memo.shared(conn)
+        scores.trend(conn, as_of=now, zone="Asia/Shanghai", weeks=3, shared=shared)
+    memo.keep(state, shared, as_of=now)
+    with read(site.engine) as conn:
+        _, before = memo.shared(conn)
+    assert len(before) == 2  # the two closed weeks
+    tick_lizhong(site)
+    with read(site.engine) as conn:
+        _, after = memo.shared(conn)
+        assert after == before
+        assert [scores._figures(conn, p, a, m, after)[1] for p, a, m in after] == [
+            scores._figures(conn, p, a, m, None)[1] for p, a, m in after
+        ]

@@ -25,7 +25,7 @@ from marketcare.ledger.db import read
 from marketcare.ledger.models import Obligation, ProblemRow
 from marketcare.ledger.readmodel import MarketInfo, markets
 from marketcare.reports.figures import groups, tally, zone_rates
-from marketcare.reports.scores import ledger_state
+from marketcare.reports.scores import ledger_state, touched
 
 
 @dataclass(frozen=True)
@@ -130,23 +130,26 @@ class Memo:
     request. The figures change only on a write (``scores.ledger_state``, read in the
     same read transaction as they are) or when the clock crosses a time a rule compares
     it with (``Counted.holds``): between the two, every request gets the same answer
-    counted once."""
+    counted once. After a write, only the markets written to are counted again, when the
+    audit chain says exactly which they were (``scores.touched``: one tick, one market);
+    otherwise all of them."""
 
     _kept: tuple[tuple[Any, ...], tuple[MarketInfo, ...], Counted] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def get(
-        self, state: tuple[Any, ...], infos: tuple[MarketInfo, ...], now: datetime
-    ) -> Counted | None:
+    def get(self, infos: tuple[MarketInfo, ...], now: datetime) -> Counted | None:
+        """The figures kept for ``infos`` if they hold at ``now`` (as of their state)."""
         with self._lock:
             kept = self._kept
-        if kept is None or kept[0] != state or kept[1] != infos or not kept[2].holds(now):
+        if kept is None or kept[1] != infos or kept[2].state is None or not kept[2].holds(now):
             return None
         return kept[2]
 
-    def keep(self, state: tuple[Any, ...], infos: tuple[MarketInfo, ...], counted: Counted) -> None:
+    def keep(self, infos: tuple[MarketInfo, ...], counted: Counted) -> None:
+        if counted.state is None:
+            return
         with self._lock:
-            self._kept = (state, infos, counted)
+            self._kept = (counted.state, infos, counted)
 
 
 def figures(
@@ -183,11 +186,24 @@ def counted(
         if memo is None:
             return count(conn, now=now, infos=chosen)
         state = ledger_state(conn)
-        kept = memo.get(state, chosen, now)
-        if kept is not None:
+        kept = memo.get(chosen, now)
+        if kept is not None and kept.state == state:
             return kept
-        done = replace(count(conn, now=now, infos=chosen), state=state)
-    memo.keep(state, chosen, done)
+        changed = None if kept is None or kept.state is None else touched(conn, kept.state, state)
+        if kept is None or changed is None:
+            done = replace(count(conn, now=now, infos=chosen), state=state)
+        else:
+            part = count(conn, now=now, infos=[m for m in chosen if m.id in changed.markets])
+            fresh = {f.market.id: f for f in part.figures}
+            ends = [t for t in (kept.until, part.until) if t is not None]
+            done = Counted(
+                tuple(fresh.get(f.market.id, f) for f in kept.figures),
+                now,
+                min(ends, default=None),
+                kept.days,
+                state,
+            )
+    memo.keep(chosen, done)
     return done
 
 

@@ -124,6 +124,74 @@ def ledger_state(conn: sa.Connection) -> tuple[Any, ...]:
     return head.seq, head.hash, version
 
 
+@dataclass(frozen=True)
+class Touched:
+    """What the events between two states of the ledger wrote to."""
+
+    #: the markets of the obligations and problems written
+    markets: frozenset[str]
+    #: the earliest local date of an obligation written (ISO), None if none was
+    first_day: str | None
+    #: whether a problem may have changed (a problem's event, or a re-inspection's)
+    problems: bool
+
+
+#: beyond this many events since the kept state, counting everything again is cheaper
+TOUCHED_LIMIT = 500
+
+
+def touched(conn: sa.Connection, before: tuple[Any, ...], now: tuple[Any, ...]) -> Touched | None:
+    """What was written between ``before`` and ``now`` (both ``ledger_state``), read from
+    the audit chain in between, if every event there names its obligation or problem.
+
+    None (count everything again) when that cannot be known exactly: another schedule
+    version, a chain that does not continue ``before``'s (a restored backup), an event
+    that names neither (a materialisation, an inspection, an account change), or more
+    than ``TOUCHED_LIMIT`` events."""
+    from marketcare.domain.vocabulary import REINSPECTION
+    from marketcare.ledger.models import Event, Obligation, ProblemRow
+
+    (seq0, hash0, version0), (seq1, hash1, version1) = before, now
+    if version0 != version1 or seq1 < seq0 or seq1 - seq0 > TOUCHED_LIMIT:
+        return None
+    if seq1 == seq0:
+        return Touched(frozenset(), None, False) if hash0 == hash1 else None
+    kept = conn.execute(sa.select(Event.hash).where(Event.seq == seq0)).scalar_one_or_none()
+    if kept != hash0:
+        return None
+    rows = conn.execute(
+        sa.select(
+            Event.obligation_id,
+            Event.problem_id,
+            Obligation.market_id,
+            Obligation.local_date,
+            Obligation.kind,
+            ProblemRow.market_id,
+        )
+        .outerjoin(Obligation, Obligation.id == Event.obligation_id)
+        .outerjoin(ProblemRow, ProblemRow.id == Event.problem_id)
+        .where(Event.seq > seq0, Event.seq <= seq1)
+    ).all()
+    markets: set[str] = set()
+    days: list[str] = []
+    problems = False
+    for obligation, problem, market, day, kind, problem_market in rows:
+        if obligation is None and problem is None:
+            return None
+        if obligation is not None:
+            if market is None:
+                return None
+            markets.add(market)
+            days.append(day)
+            problems = problems or kind == REINSPECTION
+        if problem is not None:
+            if problem_market is None:
+                return None
+            markets.add(problem_market)
+            problems = True
+    return Touched(frozenset(markets), min(days, default=None), problems)
+
+
 @dataclass
 class Memo:
     """Closed periods' figures kept between requests, for one state of the ledger.
@@ -132,8 +200,11 @@ class Memo:
     them again on every request was most of the page's time. A closed period's figures
     are counted as of its end, so they change only when the ledger does (a late
     completion, a problem verified, an inspection recorded): they are kept under
-    ``ledger_state`` read in the same transaction, and the first request that sees
-    another state drops them all. The open period (counted as of now) is never kept.
+    ``ledger_state`` read in the same transaction. The first request that sees another
+    state keeps those that end before every obligation written since (``touched``: a
+    tick of today's work), and drops the rest, or all of them when what was written
+    cannot be read exactly or a problem moved. The open period (counted as of now) is
+    kept only with the dashboard's figures, while they hold (``keep_open``).
     """
 
     size: int = 64
@@ -150,9 +221,21 @@ class Memo:
         transaction, holding what is kept for that state."""
         state = ledger_state(conn)
         with self._lock:
-            if state != self._state:
-                self._state, self._kept, self._open = state, {}, {}
-            return state, dict(self._kept)
+            before, kept = self._state, dict(self._kept)
+        if state == before:
+            return state, kept
+        # a tick of this week's work changes no closed week: keep those that end before
+        # the earliest day written, when what was written can be read exactly
+        changed = None if before is None else touched(conn, before, state)
+        if changed is None or changed.problems or changed.first_day is None:
+            kept = {}
+        else:
+            day = changed.first_day
+            kept = {k: v for k, v in kept.items() if k[0].end.isoformat() <= day}
+        with self._lock:
+            if self._state == before:
+                self._state, self._kept, self._open = state, kept, {}
+            return state, dict(kept)
 
     def open_period(
         self,
