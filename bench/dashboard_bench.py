@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/dashboard_bench.py                      # six markets and 1,000 (~5 min)
     .venv/bin/python bench/dashboard_bench.py --compare 92e1b15    # the same beside an older revision
+    .venv/bin/python bench/dashboard_bench.py --ticks              # a write before every round
     .venv/bin/python bench/dashboard_bench.py --quick              # smoke run (seconds)
 
 Two ledgers are built with the project's own code, then served each by marketcare's web app
@@ -24,6 +25,13 @@ then ``--requests`` rounds are measured. Latency is from sending the request to 
 byte. The figures that matter are ratios in the same run: the dashboard's p99 over the
 board's p99 (target ≤ 2 for the district), and the city's dashboard p99 (target under
 300 ms; an absolute figure, so the load average is printed with it).
+
+The benchmark reads only: with the clock fixed, the app serves the figures it keeps
+between requests (``reports.dashboard.Memo``) after the first count. ``--ticks`` writes
+before every round, in each server's ledger from the benchmark's process (a completion of
+an obligation open at the clock, with its checklist passing; a problem found when the
+open ones run out), so every dashboard request finds the ledger changed: the figures of
+the markets written to are counted again (the page as it is while managers tick).
 
 With ``--compare REV`` the same ledgers are also served by the code of git revision REV
 (``git archive``; needs the repository's history), request for request in the same rounds.
@@ -280,7 +288,9 @@ def start(name: str, db: Path, src: Path, tmp: Path) -> Server:
 
 def sign_in(base: str, user: str) -> httpx.Client:
     """A client with the session cookie of ``user`` (the login form, as a browser does)."""
-    client = httpx.Client(base_url=base, timeout=120)
+    # idle connections dropped before the server's keep-alive ends (uvicorn: 5 s): a
+    # round of the other server's slow pages must not leave a connection it closed
+    client = httpx.Client(base_url=base, timeout=120, limits=httpx.Limits(keepalive_expiry=2.0))
     page = client.get("/login")
     csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
     data = {"username": user, "password": PASSWORD, "next": "/"}

@@ -134,22 +134,22 @@ class Memo:
     audit chain says exactly which they were (``scores.touched``: one tick, one market);
     otherwise all of them."""
 
-    _kept: tuple[tuple[Any, ...], tuple[MarketInfo, ...], Counted] | None = None
+    _kept: tuple[tuple[MarketInfo, ...], Counted] | None = None
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, infos: tuple[MarketInfo, ...], now: datetime) -> Counted | None:
         """The figures kept for ``infos`` if they hold at ``now`` (as of their state)."""
         with self._lock:
             kept = self._kept
-        if kept is None or kept[1] != infos or kept[2].state is None or not kept[2].holds(now):
+        if kept is None or kept[0] != infos or not kept[1].holds(now):
             return None
-        return kept[2]
+        return kept[1]
 
     def keep(self, infos: tuple[MarketInfo, ...], counted: Counted) -> None:
-        if counted.state is None:
-            return
-        with self._lock:
-            self._kept = (counted.state, infos, counted)
+        """Keep ``counted`` (read at a known ledger state) for the next requests."""
+        if counted.state is not None:
+            with self._lock:
+                self._kept = (infos, counted)
 
 
 def figures(
