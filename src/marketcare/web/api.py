@@ -57,6 +57,7 @@ from marketcare.web.app import (
     check_csrf,
     client_of,
     clock_trust_of,
+    dashboard_memo_of,
     engine_of,
     now_of,
     settings_of,
@@ -914,7 +915,10 @@ def reopen(problem_id: RecordId, body: ReopenIn, request: Request, who: SignedIn
 def dashboard(request: Request, who: SignedIn) -> list[dict[str, Any]]:
     authorise(who, Action.DASHBOARD)
     figures = dashboard_figures(
-        engine_of(request), now=now_of(request), market_ids=_all_markets(request)
+        engine_of(request),
+        now=now_of(request),
+        market_ids=_all_markets(request),
+        memo=dashboard_memo_of(request),
     )
     return [f.as_json() for f in figures]
 
