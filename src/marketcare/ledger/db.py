@@ -8,7 +8,7 @@ import re
 import sqlite3
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -38,6 +38,46 @@ def dialect_insert(conn: sa.Connection, table: Any) -> Any:
     from sqlalchemy.dialects import postgresql, sqlite
 
     return (postgresql.insert if conn.dialect.name == "postgresql" else sqlite.insert)(table)
+
+
+def unnest_insert(table: sa.Table, names: Sequence[str]) -> sa.Insert:
+    """PostgreSQL: ``INSERT INTO table (names) SELECT * FROM unnest(:names, …)``, a row per
+    array element; execute it with ``as_arrays(rows, names)``.
+
+    A multi-row VALUES list (SQLAlchemy's "insertmanyvalues") is a new SQL text for every
+    number of rows, which psycopg parses placeholder by placeholder each time and cannot
+    prepare; an executemany is a Bind/Execute per row. This is one statement of one text
+    and one array per column, whatever the number of rows: parsed once, prepared by
+    psycopg after a few runs, one round trip.
+    """
+    from sqlalchemy.dialects import postgresql
+
+    columns = [table.c[name] for name in names]
+    rows = (
+        sa.func.unnest(*(sa.cast(sa.bindparam(c.name), postgresql.ARRAY(c.type)) for c in columns))
+        .table_valued(*names)
+        .render_derived(name="new_rows")
+    )
+    return sa.insert(table).from_select(names, sa.select(*(rows.c[n] for n in names)))
+
+
+def as_arrays(
+    conn: sa.Connection, table: sa.Table, rows: Sequence[Mapping[str, Any]], names: Sequence[str]
+) -> dict[str, list[Any]]:
+    """The parameters of an ``unnest_insert``: one list per column.
+
+    A JSON value goes through its column's own bind processing (an array's elements do
+    not), so it is stored exactly as a row by row insert stores it (None as JSON null).
+    """
+    arrays: dict[str, list[Any]] = {}
+    for name in names:
+        values = [row.get(name) for row in rows]
+        if isinstance(table.c[name].type, sa.JSON):
+            process = table.c[name].type.dialect_impl(conn.dialect).bind_processor(conn.dialect)
+            if process is not None:
+                values = [process(v) for v in values]
+        arrays[name] = values
+    return arrays
 
 
 def make_engine(url: str, **kwargs: Any) -> sa.Engine:
@@ -107,14 +147,27 @@ def _strip_nul_on(engine: sa.Engine) -> None:
 
 def _without_nul(params: Any) -> Any:
     if isinstance(params, dict):
-        if any(isinstance(v, str) and "\x00" in v for v in params.values()):
-            return {
-                k: v.replace("\x00", "") if isinstance(v, str) else v for k, v in params.items()
-            }
+        if any(_has_nul(v) for v in params.values()):
+            return {k: _nul_free(v) for k, v in params.items()}
         return params
     if isinstance(params, tuple) and any(isinstance(v, str) and "\x00" in v for v in params):
         return tuple(v.replace("\x00", "") if isinstance(v, str) else v for v in params)
     return params
+
+
+def _has_nul(value: Any) -> bool:
+    """A text with U+0000, or an array parameter (``unnest_insert``) holding one."""
+    if isinstance(value, str):
+        return "\x00" in value
+    return isinstance(value, list) and any(isinstance(v, str) and "\x00" in v for v in value)
+
+
+def _nul_free(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, list):
+        return [v.replace("\x00", "") if isinstance(v, str) else v for v in value]
+    return value
 
 
 def is_sqlite(engine: sa.Engine | sa.Connection) -> bool:

@@ -9,14 +9,16 @@ import logging
 import queue
 import threading
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql
 
 from marketcare.domain import inputs
 from marketcare.domain.checklists import check, checklist_of
@@ -31,7 +33,7 @@ from marketcare.domain.obligations import (
 from marketcare.domain.phonetime import ClockTrust, TimeBasis, Timing, judge
 from marketcare.errors import Conflict, Kind, NotFound, TickRefused, Unavailable
 from marketcare.ledger import audit
-from marketcare.ledger.db import retrying, write
+from marketcare.ledger.db import as_arrays, retrying, unnest_insert, write
 from marketcare.ledger.models import (
     AreaRow,
     Completion,
@@ -272,6 +274,57 @@ class _TickSql:
     recorded = sa.select(_COMPLETIONS.c.by, _COMPLETIONS.c.token, _COMPLETIONS.c.id).where(
         _COMPLETIONS.c.token.in_(sa.bindparam("tokens", expanding=True))
     )
+    #: PostgreSQL: the completions and their ids in one ``INSERT … SELECT FROM unnest(…)
+    #: RETURNING``; the ids come back matched by sender and token, in whatever order
+    record_columns = (
+        "obligation_id", "token", "by", "at", "outcome", "readings", "items", "failures",
+        "note", "evidence", "phone_at", "phone_sent_at", "arrived_at", "time_basis",
+    )  # fmt: skip
+    records_returning = unnest_insert(_COMPLETIONS, record_columns).returning(
+        _COMPLETIONS.c.by, _COMPLETIONS.c.token, _COMPLETIONS.c.id
+    )
+    #: PostgreSQL: every move of a batch in one ``UPDATE … FROM unnest(arrays)``, each row
+    #: still a compare-and-swap on its state (the rowcount counts those that moved). An
+    #: executemany is a Bind/Execute per row, each handled by SQLAlchemy and psycopg; this
+    #: is one statement of five array parameters, compiled once whatever the batch's size
+    #: (a VALUES list would be compiled again for every size)
+    _moving = (
+        sa.func.unnest(
+            *(
+                sa.cast(sa.bindparam(name), postgresql.ARRAY(column.type))
+                for name, column in (
+                    ("ob_ids", _OBLIGATIONS.c.id),
+                    ("from_states", _OBLIGATIONS.c.state),
+                    ("to_states", _OBLIGATIONS.c.state),
+                    ("changed_ats", _OBLIGATIONS.c.state_changed_at),
+                    ("done_ats", _OBLIGATIONS.c.completed_at),
+                )
+            )
+        )
+        .table_valued("ob_id", "from_state", "to_state", "changed_at", "done_at")
+        .render_derived(name="moves")
+    )
+    moves = (
+        sa.update(_OBLIGATIONS)
+        .where(_OBLIGATIONS.c.id == _moving.c.ob_id, _OBLIGATIONS.c.state == _moving.c.from_state)
+        .values(
+            state=_moving.c.to_state,
+            state_changed_at=_moving.c.changed_at,
+            completed_at=_moving.c.done_at,
+        )
+    )
+
+    @staticmethod
+    def moves_of(accepted: Sequence[_Accepted]) -> dict[str, list[Any]]:
+        """The parameters of ``moves``: one array per column, a row per accepted tick."""
+        rows = [a.move for a in accepted]
+        return {
+            "ob_ids": [m["ob_id"] for m in rows],
+            "from_states": [m["from_state"] for m in rows],
+            "to_states": [m["to_state"] for m in rows],
+            "changed_ats": [m["changed_at"] for m in rows],
+            "done_ats": [m["done_at"] for m in rows],
+        }
 
 
 def _in_scope(request: TickRequest, found: Any) -> Any:
@@ -526,7 +579,22 @@ def _tick_batch(
             outcomes.append(exc)
     accepted = [o for o in outcomes if isinstance(o, _Accepted)]
     ids_of: dict[tuple[str, str], int] = {}
-    if accepted:
+    if accepted and conn.dialect.name == "postgresql":
+        # a statement per step, not per tick: each is a round trip the writer waits for
+        moved = conn.execute(_TickSql.moves, _TickSql.moves_of(accepted)).rowcount
+        if moved != len(accepted):
+            raise _OneByOne()
+        try:
+            inserted = conn.execute(
+                _TickSql.records_returning,
+                as_arrays(
+                    conn, _COMPLETIONS, [a.record for a in accepted], _TickSql.record_columns
+                ),
+            )
+            ids_of = {(r.by, r.token): r.id for r in inserted}
+        except (sa.exc.IntegrityError, sa.exc.DataError):
+            raise _OneByOne() from None
+    elif accepted:
         moved = conn.execute(_TickSql.move, [a.move for a in accepted]).rowcount
         if moved != len(accepted):
             raise _OneByOne()
@@ -616,6 +684,8 @@ class TickWriter:
         self._lock = threading.Lock()
         self._closed = False
         self._thread = threading.Thread(target=self._run, name="tick-writer", daemon=True)
+        #: PostgreSQL: the writer thread's own connection, kept between batches
+        self._held: sa.Connection | None = None
         if start:
             self.start()
 
@@ -666,6 +736,47 @@ class TickWriter:
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        try:
+            self._serve()
+        finally:
+            self._drop_held()
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sa.Connection]:
+        """One batch's write transaction.
+
+        On PostgreSQL the thread keeps one connection for its life rather than taking
+        one from the pool per batch: a checkout runs ``pool_pre_ping`` (a round trip)
+        and the return a reset, both per batch, and the writer is the only user of it
+        anyway. Any failure drops the connection (a restarted server, a transaction in
+        doubt); the batch's retry (``retrying``) and every later batch take a new one.
+        """
+        if self.engine.dialect.name != "postgresql":
+            with write(self.engine) as conn:
+                yield conn
+            return
+        if self._held is None:
+            self._held = self.engine.connect()
+        conn = self._held
+        try:
+            with conn.begin():
+                yield conn
+        except _OneByOne:
+            raise  # rolled back, and the connection is sound: the batch goes tick by tick
+        except BaseException:
+            self._drop_held()
+            raise
+
+    def _drop_held(self) -> None:
+        held, self._held = self._held, None
+        if held is not None:
+            try:
+                held.invalidate()  # never back to the pool: it may be broken or mid-transaction
+                held.close()
+            except Exception:  # already gone with the server: nothing left to release
+                log.debug("tick writer: dropping its connection failed", exc_info=True)
+
+    def _serve(self) -> None:
         stopping = False
         while not stopping:
             first = self._queue.get()
@@ -707,7 +818,7 @@ class TickWriter:
             return
 
         def in_bulk() -> list[TickResult | Exception]:
-            with write(self.engine) as conn:
+            with self._transaction() as conn:
                 outcomes, events = _tick_batch(conn, [p.request for p in live])
                 audit.append(conn, events)
             return outcomes
@@ -715,7 +826,7 @@ class TickWriter:
         def one_by_one() -> list[TickResult | Exception]:
             outcomes: list[TickResult | Exception] = []
             events: list[audit.NewEvent] = []
-            with write(self.engine) as conn:
+            with self._transaction() as conn:
                 for p in live:
                     done = _tick_in_savepoint(conn, p.request)
                     if isinstance(done, Exception):
