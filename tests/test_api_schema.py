@@ -24,7 +24,7 @@ from marketcare.ledger.models import User
 
 from .support.web import Site
 
-pytestmark = pytest.mark.heavy(60)
+pytestmark = pytest.mark.heavy(35)
 
 USERS = ("office", "mgr_a")
 
