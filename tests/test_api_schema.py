@@ -22,6 +22,7 @@ from schemathesis.checks import not_a_server_error
 from marketcare.ledger import accounts
 from marketcare.ledger.models import User
 
+from .support.procs import LIVENESS
 from .support.web import Site
 
 pytestmark = pytest.mark.heavy(35)
@@ -115,7 +116,11 @@ def fuzz(operations: list[tuple[str, list[Any]]], token_id: int, token: str) -> 
                 case.path_parameters = {**own, "token_id": token_id + 1_000_000}
             try:
                 response = case.call_and_validate(
-                    headers={"Authorization": f"Bearer {token}"}, checks=[not_a_server_error]
+                    headers={"Authorization": f"Bearer {token}"},
+                    checks=[not_a_server_error],
+                    # a liveness bound, not a performance check (schemathesis gives 10 s):
+                    # the bulletin's PDF takes longer than that on a loaded 2-core machine
+                    timeout=LIVENESS,
                 )
                 # the run is signed in throughout, or it would only test the 401
                 assert response.status_code != 401, label
