@@ -246,7 +246,8 @@ def test_three_days_of_downtime_are_replayed_once_and_marked_missed(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
     write(tmp_path / "schedules" / "test.yaml", make_schedule_text())
-    env = make_env(tmp_path, horizon="1d", sweep_interval_seconds="1")
+    # no web app: the replay is the scheduler's, and each daemon starts sooner without it
+    env = make_env(tmp_path, horizon="1d", sweep_interval_seconds="1", web_enabled="false")
     db = database(env)
     schedule = load(env)
     t = datetime(2026, 6, 1, 2, 0, tzinfo=UTC)  # Monday 10:00 in Quanzhou; closing 18:30

@@ -66,6 +66,7 @@ def test_reports_due_while_down_are_queued_while_smtp_is_down_and_mailed_once(
         smtp_timeout_seconds="10",
         report_interval_seconds="0.25",
         outbox_interval_seconds="0.25",
+        web_enabled="false",  # reports and mail are the scheduler's; four starts sooner
     )
     db = database(env)
 
