@@ -68,9 +68,6 @@ _.height
 _.majorGridlines
 _._values_to_row
 
-# uharfbuzz: a subset input's flags are read by the subsetter (reports/bulletin.cjk_subset).
-_.flags
-
 # Jinja2 templates call these (today.html, obligation.html, office.html).
 _.long_date
 _.range_text

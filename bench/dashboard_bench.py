@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/dashboard_bench.py                      # six markets and 1,000 (~5 min)
     .venv/bin/python bench/dashboard_bench.py --compare 92e1b15    # the same beside an older revision
+    .venv/bin/python bench/dashboard_bench.py --ticks              # a write before every round
     .venv/bin/python bench/dashboard_bench.py --quick              # smoke run (seconds)
 
 Two ledgers are built with the project's own code, then served each by marketcare's web app
@@ -24,6 +25,13 @@ then ``--requests`` rounds are measured. Latency is from sending the request to 
 byte. The figures that matter are ratios in the same run: the dashboard's p99 over the
 board's p99 (target ≤ 2 for the district), and the city's dashboard p99 (target under
 300 ms; an absolute figure, so the load average is printed with it).
+
+The benchmark reads only: with the clock fixed, the app serves the figures it keeps
+between requests (``reports.dashboard.Memo``) after the first count. ``--ticks`` writes
+before every round, in each server's ledger from the benchmark's process (a completion of
+an obligation open at the clock, with its checklist passing; a problem found when the
+open ones run out), so every dashboard request finds the ledger changed: the figures of
+the markets written to are counted again (the page as it is while managers tick).
 
 With ``--compare REV`` the same ledgers are also served by the code of git revision REV
 (``git archive``; needs the repository's history), request for request in the same rounds.
@@ -205,7 +213,39 @@ class Server:
     name: str
     proc: subprocess.Popen[str]
     port: int
+    db: Path
     clients: dict[str, httpx.Client] = field(default_factory=dict)
+    engine: Any = None
+
+    def write(self, completion: Tick | None, market: str) -> None:
+        """One write to this server's ledger by another process, as the daemon's tick
+        endpoint or the CLI would make it: a ``completion``, or (when
+        the open obligations have run out: the district has a few dozen) a problem
+        found in ``market``. Either way the ledger's state moves on."""
+        from marketcare.ledger import problems, tick
+        from marketcare.ledger.db import make_engine
+
+        at = datetime.fromisoformat(AT)
+        if self.engine is None:
+            self.engine = make_engine(f"sqlite:///{self.db}")
+        if completion is not None:
+            oid, readings, items = completion
+            tick.tick(
+                self.engine, obligation_id=oid, by="wang", now=at, readings=readings, items=items
+            )
+            return
+        problems.add(
+            self.engine,
+            problems.NewProblem(
+                market_id=market,
+                category="sanitation",
+                description="公厕地面湿滑",
+                found_by="区市场监管 张伟",
+                found_at=at,
+                deadline=at + timedelta(days=1),
+            ),
+            now=at,
+        )
 
     @property
     def base(self) -> str:
@@ -214,6 +254,8 @@ class Server:
     def stop(self) -> None:
         for c in self.clients.values():
             c.close()
+        if self.engine is not None:
+            self.engine.dispose()
         if self.proc.stdin:
             self.proc.stdin.close()
         try:
@@ -238,7 +280,7 @@ def start(name: str, db: Path, src: Path, tmp: Path) -> Server:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SystemExit(f"server {name} did not start: see {db.with_suffix('.log')}")
         time.sleep(0.1)
-    server = Server(name, proc, int(port_file.read_text()))
+    server = Server(name, proc, int(port_file.read_text()), db)
     for user in ("office", "wang"):
         server.clients[user] = sign_in(server.base, user)
     return server
@@ -246,7 +288,9 @@ def start(name: str, db: Path, src: Path, tmp: Path) -> Server:
 
 def sign_in(base: str, user: str) -> httpx.Client:
     """A client with the session cookie of ``user`` (the login form, as a browser does)."""
-    client = httpx.Client(base_url=base, timeout=120)
+    # idle connections dropped before the server's keep-alive ends (uvicorn: 5 s): a
+    # round of the other server's slow pages must not leave a connection it closed
+    client = httpx.Client(base_url=base, timeout=120, limits=httpx.Limits(keepalive_expiry=2.0))
     page = client.get("/login")
     csrf = re.search(r'name="csrf-token" content="([^"]+)"', page.text)
     data = {"username": user, "password": PASSWORD, "next": "/"}
@@ -281,15 +325,68 @@ def pct(values: list[float], q: float) -> float:
     return s[min(len(s) - 1, max(0, round(q * len(s)) - 1))]
 
 
+#: one completion: the obligation, its readings (each at the middle of its range), its items
+Tick = tuple[int, dict[str, float], list[str]]
+
+
+def open_obligations(db: Path) -> list[Tick]:
+    """Obligations open at ``AT`` (opened, not done) with a checklist that passes, in a
+    fixed random order: what the ``--ticks`` rounds complete, one per round and server."""
+    import sqlalchemy as sa
+
+    from marketcare.domain.checklists import checklist_of
+    from marketcare.ledger.db import make_engine, read
+    from marketcare.ledger.models import AreaRow, Obligation
+    from marketcare.ledger.versions import schedule_of_version
+
+    def middle(bounds: tuple[float | None, float | None] | None) -> float:
+        low, high = bounds or (None, None)
+        return ((low or 0.0) + (high if high is not None else (low or 0.0) + 2)) / 2
+
+    engine = make_engine(f"sqlite:///{db}")
+    found: list[Tick] = []
+    with read(engine) as conn:
+        rows = conn.execute(
+            sa.select(Obligation.id, Obligation.task_id, Obligation.version_id, AreaRow.kind)
+            .outerjoin(
+                AreaRow,
+                (AreaRow.market_id == Obligation.market_id) & (AreaRow.id == Obligation.area_id),
+            )
+            .where(
+                Obligation.state == "open",
+                Obligation.opens_at <= datetime.fromisoformat(AT),
+                Obligation.kind != "reinspection",
+            )
+        ).all()
+        for oid, task, version, area_kind in rows:
+            checklist = checklist_of(schedule_of_version(conn, version), task, area_kind)
+            if any(t.required for t in checklist.texts):
+                continue
+            readings = {r.id: middle(r.range) for r in checklist.readings}
+            found.append((oid, readings, [t.id for t in checklist.ticks]))
+    engine.dispose()
+    random.Random(18).shuffle(found)
+    return found
+
+
 def measure(
-    servers: list[Server], market: str, warmup: int, rounds: int
+    servers: list[Server],
+    market: str,
+    warmup: int,
+    rounds: int,
+    ticks: list[Tick] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """``rounds`` interleaved rounds: each server, each kind of request, in turn."""
+    """``rounds`` interleaved rounds: each server, each kind of request, in turn;
+    ``ticks``: before each round's requests one of these obligations is completed in
+    each server's ledger (``Server.write``), so every dashboard request finds the
+    ledger changed."""
     times: dict[tuple[str, str], list[float]] = {}
     sizes: dict[tuple[str, str], int] = {}
     for i in range(warmup + rounds):
         order = servers if i % 2 == 0 else list(reversed(servers))
         for server in order:
+            if ticks is not None:
+                server.write(ticks[i] if i < len(ticks) else None, market)
             for kind in KINDS:
                 took, size = request(server, kind, market)
                 if i >= warmup:
@@ -360,6 +457,12 @@ def main() -> None:
         help="smoke run in seconds: 2 days of history, a city of 20 markets, 3 + 20 rounds",
     )
     ap.add_argument("--compare", metavar="REV", help="also serve the code of git revision REV")
+    ap.add_argument(
+        "--ticks",
+        action="store_true",
+        help="complete one open obligation in each ledger before every round: no request "
+        "finds the ledger as the one before left it (the figures kept between requests miss)",
+    )
     ap.add_argument("--out", type=Path, default=OUT)
     ap.add_argument("--tmpdir", type=Path)
     ap.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
@@ -397,7 +500,8 @@ def main() -> None:
                 shutil.copy(tmp / f"{ledger}.db", copy)
                 running.append(start(name, copy, src, tmp))
             servers += running
-            latency = measure(running, info["board market"], args.warmup, args.requests)
+            ticks = open_obligations(tmp / f"{ledger}.db") if args.ticks else None
+            latency = measure(running, info["board market"], args.warmup, args.requests, ticks)
             for s in running:
                 s.stop()
             servers = [s for s in servers if s not in running]
@@ -430,6 +534,7 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "warmup": args.warmup,
         "rounds": args.requests,
+        "ticks between rounds": args.ticks,
         "ledgers": ledgers,
         "targets": {
             f"district: dashboard page p99 ≤ {P99_RATIO_TARGET:g} × the board's": (

@@ -6,6 +6,7 @@ from ``access.ALLOWED`` / ``MARKET_SCOPED`` so the test and the rules cannot dri
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from dataclasses import dataclass
@@ -985,3 +986,94 @@ def test_matrix_covers_every_api_route(matrix_site: Site) -> None:
         for method in r.methods or ()
     }
     assert routed == listed
+
+
+def _answer(r: httpx.Response, *masked: str) -> tuple[int, list[tuple[str, str]], Any]:
+    """What a client sees of an answer (the Date header aside), ``masked`` fields blanked
+    (and then its length too: two ids need not have as many digits)."""
+    body = r.json()
+    for name in masked:
+        body[name] = "…"
+    aside = {"date", "content-length"} if masked else {"date"}
+    headers = [(k, v) for k, v in r.headers.multi_items() if k not in aside]
+    return r.status_code, headers, body
+
+
+def test_a_tick_answers_the_same_by_the_shortcut_and_by_the_route(
+    site: Site, clients: dict[str, httpx.Client]
+) -> None:
+    """``api.TickShortcut`` takes a plain JSON tick of a known token; the same request
+    with ``; charset=utf-8`` in its content type goes through FastAPI's route. Both give
+    the same status, headers and body: recorded, the same token again, refused by the
+    ledger, another market's record."""
+    mgr = clients["mgr_a"]
+    routed = {"Content-Type": "application/json; charset=utf-8"}
+
+    def both(ob: int, body: dict[str, Any], *masked: str) -> tuple[Any, Any]:
+        path = f"/api/v1/obligations/{ob}/completions"
+        taken = api.TickShortcut.taken
+        short = mgr.post(
+            path, content=json.dumps(body), headers={"Content-Type": "application/json"}
+        )
+        assert api.TickShortcut.taken == taken + 1
+        route = mgr.post(path, content=json.dumps(body), headers=routed)
+        assert api.TickShortcut.taken == taken + 1
+        return _answer(short, *masked), _answer(route, *masked)
+
+    mgr.get("/api/v1/markets")  # the token is known from now on (the shortcut needs that)
+    veg, aquatic = (site.obligation("lizhong", "disinfect", a) for a in ("veg", "aquatic"))
+    waste = site.obligation("lizhong", "waste")
+    taken = api.TickShortcut.taken
+    first = mgr.post(
+        f"/api/v1/obligations/{veg}/completions",
+        content=json.dumps({"token": "short", "readings": {"chlorine": 500}}),
+        headers={"Content-Type": "application/json"},
+    )
+    second = mgr.post(
+        f"/api/v1/obligations/{waste}/completions",
+        content=json.dumps({"token": "route"}),
+        headers=routed,
+    )
+    assert api.TickShortcut.taken == taken + 1
+    assert first.status_code == 201 and first.json()["state"] == "done"
+    ids = ("obligation_id", "completion_id")
+    assert _answer(first, *ids) == _answer(second, *ids)
+    # the same submission again, answered 200 either way
+    short, route = both(veg, {"token": "short", "readings": {"chlorine": 500}})
+    assert short == route and short[0] == 200
+    # refused by the ledger: a missing reading, a token of another obligation
+    short, route = both(aquatic, {})
+    assert short == route and short[0] == 422
+    short, route = both(aquatic, {"token": "short"})
+    assert short == route and short[0] == 409
+    # another market's record: the same 404 as a missing one
+    short, route = both(site.obligation("xinhua", "waste"), {})
+    assert short == route and short[0] == 404
+    assert completions(site, veg) == 1 and completions(site, aquatic) == 0
+    # a token nobody has: the same 401
+    mgr.headers["Authorization"] = "Bearer mc_not-a-token"
+    try:
+        short, route = both(aquatic, {"readings": {"chlorine": 1000}})
+    finally:
+        mgr.headers["Authorization"] = f"Bearer {site.tokens['mgr_a']}"
+    assert short == route and short[0] == 401
+
+
+def test_a_tick_the_shortcut_cannot_take_goes_to_the_route_with_its_body(
+    site: Site, clients: dict[str, httpx.Client]
+) -> None:
+    """An unknown field, an id out of range, a signed-in page's request: the route
+    answers, with the body the shortcut read given to it again."""
+    ob = site.obligation("lizhong", "disinfect", "veg")
+    taken = api.TickShortcut.taken
+    mgr = clients["mgr_a"]
+    typo = mgr.post(f"/api/v1/obligations/{ob}/completions", json={"reading": {}})
+    assert typo.status_code == 422 and typo.json()["errors"][0]["field"] == "reading"
+    huge = mgr.post(f"/api/v1/obligations/{2**63}/completions", json={})
+    assert huge.status_code == 422
+    # a session's request (its CSRF token is the route's to check): the ledger's refusal
+    page = site.session("mgr_a")
+    missing = page.post(f"/api/v1/obligations/{ob}/completions", json={"readings": {}})
+    assert missing.status_code == 422 and "missing reading" in missing.json()["detail"]
+    assert api.TickShortcut.taken == taken
+    assert completions(site, ob) == 0

@@ -1,4 +1,5 @@
-"""The bulletin's PDF font: the CJK face cut to the page's text (``bulletin.cjk_subset``).
+"""The bulletin's PDF font: the CJK face cut to the page's text (``bulletin.cjk_subset``),
+and what a PDF leaves behind in the process.
 
 The whole PDF (a long week, rare characters, no split rows) is proven in
 ``test_inspections_web.py``; these tests hold the cut itself and what happens without it.
@@ -6,6 +7,7 @@ The whole PDF (a long week, rare characters, no split rows) is proven in
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,7 +15,7 @@ from pathlib import Path
 import pytest
 import uharfbuzz as hb
 
-from marketcare.reports import bulletin
+from marketcare.reports import bulletin, bulletin_font
 
 pytestmark = pytest.mark.no_database
 
@@ -83,3 +85,66 @@ def test_a_font_file_gone_since_fontconfig_saw_it_means_no_cut_and_a_warning(
         assert bulletin.cjk_subset(TEXT) is None
     (warning,) = [r.getMessage() for r in caplog.records]
     assert warning.startswith(f"cannot subset Noto Sans CJK SC:style=Regular from {tmp_path}")
+
+
+def test_a_next_page_with_the_same_characters_reuses_the_last_cut() -> None:
+    first = bulletin.cjk_subset(TEXT + " 十月")
+    assert first is not None
+    assert bulletin.cjk_subset(TEXT) is first  # no second mapping of the collection
+
+
+def test_a_page_with_a_new_character_is_cut_again_and_has_it() -> None:
+    before = bulletin.cjk_subset(TEXT)
+    after = bulletin.cjk_subset(TEXT + "鑫")
+    assert after is not None and after is not before
+    assert ord("鑫") in hb.Face(hb.Blob(after)).unicodes
+
+
+def test_a_last_cut_more_than_twice_the_page_is_not_reused() -> None:
+    big = bulletin.cjk_subset(TEXT + "".join(map(chr, range(0x4E00, 0x4F00))))
+    small = bulletin.cjk_subset(TEXT)
+    assert small is not None and small is not big
+    assert hb.Face(hb.Blob(small)).glyph_count < 200
+
+
+def test_the_cut_has_pangos_sample_text_and_the_signs_a_first_period_does_not_show() -> None:
+    sample = bulletin_font.sample("zh-CN")
+    assert any("\u4e00" <= c <= "\u9fff" for c in sample)  # Pango measures lines by it
+    data = bulletin.cjk_subset("周双通报 第1农贸市场", lang="zh-CN")
+    assert data is not None
+    covered = hb.Face(hb.Blob(data)).unicodes
+    assert all(ord(c) in covered for c in sample + bulletin.SIGNS)
+
+
+def test_a_pdf_leaves_none_of_its_layout_behind_and_the_collector_as_it_was(
+    tmp_path: Path,
+) -> None:
+    from weasyprint.formatting_structure.boxes import Box
+
+    page = (
+        f'<html lang="zh-CN"><style>{bulletin.FONT_SLOT} html {{ font-family: '
+        f'"{bulletin.SUBSET_FAMILY}"; }}</style><table><tr><td>市场排名 ↑3</td></tr></table>'
+    )
+    gc.disable()  # only the PDF's own collection frees its cycles
+    try:
+        bulletin.render_pdf(page, tmp_path / "b.pdf", lang="zh-CN")
+        left = [o for o in gc.get_objects() if isinstance(o, Box)]
+    finally:
+        gc.enable()
+    assert not left
+    assert (tmp_path / "b.pdf").read_bytes().startswith(b"%PDF")
+    assert gc.get_freeze_count() == 0  # what was frozen meanwhile is collected as before
+
+
+def test_without_harfbuzzs_subsetter_there_is_no_cut_and_the_log_says_so(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(bulletin_font, "LIBRARIES", ("libmarketcare-no-such-library.so.0",))
+    bulletin_font._harfbuzz.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="marketcare.reports.bulletin_font"):
+            assert bulletin.cjk_subset(TEXT) is None
+    finally:
+        bulletin_font._harfbuzz.cache_clear()
+    (warning,) = [r.getMessage() for r in caplog.records]
+    assert "libharfbuzz-subset is missing" in warning

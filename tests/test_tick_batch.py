@@ -9,6 +9,7 @@ queues, so every request submitted before ``start()`` is in its first batch.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
@@ -423,3 +424,63 @@ def test_a_parsed_schedule_version_is_reused_without_reading_it_again(city: sa.E
     assert again is first and statements == []
     with read(city) as conn, pytest.raises(NotFound):
         ledger_versions.schedule_of_version(conn, 9999)
+
+
+# ---------------------------------------------------------------- answers on an event loop
+
+
+class _CountingLoop(asyncio.SelectorEventLoop):
+    """A real event loop that counts the calls other threads make into it."""
+
+    calls_from_threads = 0
+
+    def call_soon_threadsafe(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls_from_threads += 1
+        return super().call_soon_threadsafe(*args, **kwargs)
+
+
+def test_a_batch_of_awaited_ticks_is_answered_on_the_loop_in_one_call(city: sa.Engine) -> None:
+    obligations = _today(city)[:6]
+    writer = ledger_tick.TickWriter(city, start=False)
+    loop = _CountingLoop()
+
+    async def ticks() -> list[Any]:
+        waiting = [
+            writer.submit_awaitable(_request(ob, token=f"w{i}")) for i, ob in enumerate(obligations)
+        ]
+        missing = writer.submit_awaitable(
+            _request(obligations[0], token="nowhere", obligation_id=10**9)
+        )
+        writer.start()
+        return await asyncio.gather(*waiting, missing, return_exceptions=True)
+
+    try:
+        *answers, refused = loop.run_until_complete(ticks())
+    finally:
+        writer.close()
+        loop.close()
+    assert [a.obligation_id for a in answers] == [ob.id for ob in obligations]
+    assert all(a.changed for a in answers) and isinstance(refused, NotFound)
+    assert loop.calls_from_threads == 1  # one batch, one wake-up of the loop
+    assert _count(city, Completion) == len(obligations)
+
+
+def test_an_awaited_tick_cancelled_before_it_is_written_is_not_recorded(
+    city: sa.Engine,
+) -> None:
+    first, second = _today(city)[:2]
+    writer = ledger_tick.TickWriter(city, start=False)
+
+    async def ticks() -> Any:
+        gone = writer.submit_awaitable(_request(first, token="gone"))
+        kept = writer.submit_awaitable(_request(second, token="kept"))
+        gone.cancel()  # the client went away before the writer took it
+        await asyncio.sleep(0)  # (the loop runs the cancellation's callbacks)
+        writer.start()
+        return await kept
+
+    try:
+        kept = asyncio.run(ticks())
+    finally:
+        writer.close()
+    assert kept.changed and _count(city, Completion) == 1

@@ -22,7 +22,7 @@ from __future__ import annotations
 import operator
 from collections.abc import Iterable
 from dataclasses import dataclass, fields
-from datetime import datetime
+from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Final
 
@@ -102,6 +102,29 @@ def attention(
         -missed_week,
         2.0 if compliance_week is None else compliance_week,
     )
+
+
+def holds_until(
+    now: datetime,
+    *,
+    miss_times: Iterable[datetime] = (),
+    due_times: Iterable[datetime] = (),
+    deadlines: Iterable[datetime] = (),
+    day_ends: Iterable[datetime] = (),
+) -> datetime | None:
+    """The last moment up to which figures counted as of ``now`` read the same with no
+    write to the ledger; None: until a write.
+
+    The clock alone moves a figure only where a rule compares it with a time: an
+    obligation's category changes *at* its miss time (``categorise``; opening does not
+    change it), whether it is overdue *after* its due time (``obligations.is_overdue``),
+    whether a problem is past its deadline *after* the deadline (``problems.is_overdue``),
+    and which day, week and month are "this" one *at* the start of the next day in the
+    market's zone. Times already crossed at ``now`` are left out."""
+    before = timedelta(microseconds=1)  # the resolution of a datetime
+    at = [t - before for times in (miss_times, day_ends) for t in times if t > now]
+    after = [t for times in (due_times, deadlines) for t in times if t >= now]
+    return min(at + after, default=None)
 
 
 @dataclass(frozen=True, slots=True)

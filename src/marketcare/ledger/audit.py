@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 import sqlalchemy as sa
 
@@ -61,10 +61,19 @@ def event_hash(prev_hash: str, seq: int, e: Any) -> str:
 FIRST_EVENT_LOCK = 0x6D632D6175646974
 
 
+#: the chain's head, read (locked) and moved once per append: built once, not per call
+#: (building a statement with ``==`` through the ORM's attributes cost more than running it)
+_HEAD = cast(sa.Table, AuditHead.__table__)
+_READ_HEAD = sa.select(_HEAD.c.seq, _HEAD.c.hash).where(_HEAD.c.id == 1).with_for_update()
+_MOVE_HEAD = (
+    sa.update(_HEAD)
+    .where(_HEAD.c.id == 1)
+    .values(seq=sa.bindparam("to_seq"), hash=sa.bindparam("to_hash"))
+)
+
+
 def _lock_head(conn: sa.Connection) -> Any:
-    return conn.execute(
-        sa.select(AuditHead.seq, AuditHead.hash).where(AuditHead.id == 1).with_for_update()
-    ).one_or_none()
+    return conn.execute(_READ_HEAD).one_or_none()
 
 
 def _as_stored(e: NewEvent) -> NewEvent:
@@ -125,7 +134,7 @@ def append(conn: sa.Connection, events: Iterable[NewEvent]) -> int:
     if head is None:
         conn.execute(sa.insert(AuditHead).values(id=1, seq=seq, hash=prev))
     else:
-        conn.execute(sa.update(AuditHead).where(AuditHead.id == 1).values(seq=seq, hash=prev))
+        conn.execute(_MOVE_HEAD, {"to_seq": seq, "to_hash": prev})
     return len(batch)
 
 

@@ -4,6 +4,7 @@ writer (the web), both through ``_tick_in`` so the rule is written once.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import queue
 import threading
@@ -583,6 +584,8 @@ def _tick_in_savepoint(
 class _Pending:
     request: TickRequest
     future: Future[TickResult]
+    #: the event loop's own future of ``submit_awaitable`` (answered in ``_wake``)
+    awaited: asyncio.Future[TickResult] | None = None
 
 
 class TickWriter:
@@ -628,6 +631,26 @@ class TickWriter:
             self._queue.put(_Pending(request, fut))
         return fut
 
+    def submit_awaitable(self, request: TickRequest) -> asyncio.Future[TickResult]:
+        """Submit from the running event loop: its future is answered with the others of
+        the batch, in one call into the loop per batch (``_wake``).
+
+        ``asyncio.wrap_future`` would wake the loop once per tick (a write to its
+        self-pipe, a turn of the loop, two callbacks each way); a batch of fifty ticks
+        then cost fifty wake-ups where one does. Cancelling the awaitable (a client gone)
+        cancels the tick if it is not being written yet, as ``wrap_future`` did.
+        """
+        awaited: asyncio.Future[TickResult] = asyncio.get_running_loop().create_future()
+        pending = _Pending(request, Future(), awaited)
+        awaited.add_done_callback(
+            lambda done: pending.future.cancel() if done.cancelled() else None
+        )
+        with self._lock:
+            if self._closed:
+                raise Unavailable("the server is shutting down; tick again in a moment")
+            self._queue.put(pending)
+        return awaited
+
     def tick(self, request: TickRequest) -> TickResult:
         """Submit and wait (for threads; the web awaits the future instead)."""
         return self.submit(request).result()
@@ -669,6 +692,16 @@ class TickWriter:
                         )
 
     def _write(self, batch: list[_Pending]) -> None:
+        """Write a batch, then answer every awaitable of it (``_wake``), whatever happened."""
+        try:
+            self._write_batch(batch)
+        finally:
+            for p in batch:
+                if not p.future.done():  # a batch that failed unexpectedly (``_run`` logs it)
+                    p.future.set_exception(Unavailable("the tick was not recorded; send it again"))
+            _wake(batch)
+
+    def _write_batch(self, batch: list[_Pending]) -> None:
         live = [p for p in batch if p.future.set_running_or_notify_cancel()]
         if not live:
             return
@@ -707,6 +740,33 @@ class TickWriter:
                 p.future.set_exception(outcome)
             else:
                 p.future.set_result(outcome)
+
+
+def _wake(batch: Sequence[_Pending]) -> None:
+    """Hand the batch's answers to the event loops awaiting them: one call per loop."""
+    waiting: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
+    for p in batch:
+        if p.awaited is not None:
+            waiting.setdefault(p.awaited.get_loop(), []).append(p)
+    for loop, answered in waiting.items():
+        try:
+            loop.call_soon_threadsafe(_answer, answered)
+        except RuntimeError:  # the loop is closed: nobody awaits these any more
+            log.debug("tick writer: %d answers for a closed event loop", len(answered))
+
+
+def _answer(answered: Sequence[_Pending]) -> None:
+    """On the event loop: each awaitable takes its tick's outcome (unless cancelled)."""
+    for p in answered:
+        awaited = p.awaited
+        if awaited is None or awaited.done():
+            continue
+        if p.future.cancelled():
+            awaited.cancel()
+        elif (error := p.future.exception()) is not None:
+            awaited.set_exception(error)
+        else:
+            awaited.set_result(p.future.result())
 
 
 def _bounds(value: Any) -> tuple[float | None, float | None] | None:

@@ -8,9 +8,10 @@ dashboard shows "9 open now" and the tally so far instead (``today_settled``).""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from datetime import datetime
+import threading
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -24,6 +25,7 @@ from marketcare.ledger.db import read
 from marketcare.ledger.models import Obligation, ProblemRow
 from marketcare.ledger.readmodel import MarketInfo, markets
 from marketcare.reports.figures import groups, tally, zone_rates
+from marketcare.reports.scores import ledger_state, touched
 
 
 @dataclass(frozen=True)
@@ -92,54 +94,162 @@ class MarketFigures:
         }
 
 
+@dataclass(frozen=True)
+class Counted:
+    """The dashboard's figures as of ``at``, and up to which moment the clock alone leaves
+    them as they are (``compliance.holds_until``; None: until a write)."""
+
+    figures: tuple[MarketFigures, ...]
+    at: datetime
+    until: datetime | None
+    #: each zone's date at ``at``: today, the week and the month follow from it
+    days: tuple[tuple[str, date], ...]
+    #: the ledger's state they were counted at (``scores.ledger_state``), when known
+    state: tuple[Any, ...] | None = None
+
+    def holds(self, now: datetime) -> bool:
+        """Whether figures counted again at ``now``, over the same ledger, would be these:
+        the clock has not gone back, has not passed ``until``, and every zone is on the
+        same date (a DST fold can bring yesterday back for an hour)."""
+        return (
+            self.at <= now
+            and (self.until is None or now <= self.until)
+            and self.days == _days(now, (z for z, _ in self.days))
+        )
+
+
+def _days(now: datetime, zones: Iterable[str]) -> tuple[tuple[str, date], ...]:
+    return tuple((z, now.astimezone(ZoneInfo(z)).date()) for z in zones)
+
+
+@dataclass
+class Memo:
+    """The last figures counted, kept between requests while they hold.
+
+    A city of a thousand markets costs a grouped query over the week's obligations per
+    request. The figures change only on a write (``scores.ledger_state``, read in the
+    same read transaction as they are) or when the clock crosses a time a rule compares
+    it with (``Counted.holds``): between the two, every request gets the same answer
+    counted once. After a write, only the markets written to are counted again, when the
+    audit chain says exactly which they were (``scores.touched``: one tick, one market);
+    otherwise all of them."""
+
+    _kept: tuple[tuple[MarketInfo, ...], Counted] | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def get(self, infos: tuple[MarketInfo, ...], now: datetime) -> Counted | None:
+        """The figures kept for ``infos`` if they hold at ``now`` (as of their state)."""
+        with self._lock:
+            kept = self._kept
+        if kept is None or kept[0] != infos or not kept[1].holds(now):
+            return None
+        return kept[1]
+
+    def keep(self, infos: tuple[MarketInfo, ...], counted: Counted) -> None:
+        """Keep ``counted`` (read at a known ledger state) for the next requests."""
+        if counted.state is not None:
+            with self._lock:
+                self._kept = (infos, counted)
+
+
 def figures(
     engine: sa.Engine,
     *,
     now: datetime,
     market_ids: list[str],
     infos: Sequence[MarketInfo] | None = None,
+    memo: Memo | None = None,
 ) -> list[MarketFigures]:
     """Compliance today and this week, misses, overdue problems and this month's
     rectification rate, per market; the same rules as the exports.
 
-    One read transaction and, per time zone, one grouped query for the week (today is a
-    column of the grouping, not a query of its own) and one for the month's problems:
-    the page is asked often and by a city of a thousand markets, so nothing here is per
-    market. The groups are judged by ``figures.tally``, as the workbook's summary is.
-    ``infos``: the markets of ``market_ids`` when the caller has just read them.
+    ``infos``: the markets of ``market_ids`` when the caller has just read them;
+    ``memo``: where the figures are kept between requests while they hold (see ``Memo``).
     """
+    return list(counted(engine, now=now, market_ids=market_ids, infos=infos, memo=memo).figures)
+
+
+def counted(
+    engine: sa.Engine,
+    *,
+    now: datetime,
+    market_ids: list[str],
+    infos: Sequence[MarketInfo] | None = None,
+    memo: Memo | None = None,
+) -> Counted:
+    """``figures`` with how long they hold and the ledger state they were read at (None
+    without a ``memo``): the dashboard's ranking keeps this week's scores as long."""
     if infos is None or [m.id for m in infos] != market_ids:
         infos = markets(engine, market_ids)
+    chosen = tuple(infos)
+    with read(engine) as conn:
+        if memo is None:
+            return count(conn, now=now, infos=chosen)
+        state = ledger_state(conn)
+        kept = memo.get(chosen, now)
+        if kept is not None and kept.state == state:
+            return kept
+        changed = None if kept is None or kept.state is None else touched(conn, kept.state, state)
+        if kept is None or changed is None:
+            done = replace(count(conn, now=now, infos=chosen), state=state)
+        else:
+            part = count(conn, now=now, infos=[m for m in chosen if m.id in changed.markets])
+            fresh = {f.market.id: f for f in part.figures}
+            ends = [t for t in (kept.until, part.until) if t is not None]
+            done = Counted(
+                tuple(fresh.get(f.market.id, f) for f in kept.figures),
+                now,
+                min(ends, default=None),
+                kept.days,
+                state,
+            )
+    memo.keep(chosen, done)
+    return done
+
+
+def count(conn: sa.Connection, *, now: datetime, infos: Sequence[MarketInfo]) -> Counted:
+    """Count the figures of ``infos`` as of ``now`` inside a read transaction.
+
+    Per time zone, one grouped query for the week (today is a column of the grouping,
+    not a query of its own; each group's earliest miss time comes with it, for
+    ``Counted.until``) and one for the month's problems: the page is asked often and by
+    a city of a thousand markets, so nothing here is per market. The groups are judged by
+    ``figures.tally``, as the workbook's summary is.
+    """
     counts: dict[tuple[str, bool], Counts] = {}
     rates: dict[str, Rate] = {}
-    with read(engine) as conn:
-        by_zone: dict[str, list[MarketInfo]] = {}
-        for m in infos:
-            by_zone.setdefault(m.zone, []).append(m)
-        for zone, group in by_zone.items():
-            day = now.astimezone(ZoneInfo(zone)).date()
-            week = Period.of("week", day)
-            ids = [m.id for m in group]
-            today = sa.case((Obligation.local_date == day.isoformat(), 1), else_=0).label("today")
-            stmt = groups(as_of=now, by=(Obligation.market_id, today)).where(
-                Obligation.local_date >= week.start.isoformat(),
-                Obligation.local_date < week.end.isoformat(),
-                Obligation.market_id.in_(ids),
-                sa.not_(Obligation.kind.in_(compliance.NOT_COMPLIANCE_KINDS)),
-            )
-            rows = conn.execute(stmt).all()  # one fetch; rows unpacked by position, not name
-            keyed = (
-                ((market, bool(today)), state, past, after_due, n)
-                for market, today, state, past, after_due, n in rows
-            )
-            counts.update(tally(keyed, as_of=now))
-            rates.update(zone_rates(conn, Period.of("month", day), as_of=now, markets=group))
-        problems = conn.execute(
-            sa.select(ProblemRow.market_id, ProblemRow.state, ProblemRow.deadline).where(
-                ProblemRow.state != ProblemState.VERIFIED.value,
-                ProblemRow.market_id.in_([m.id for m in infos]),
-            )
-        ).all()
+    misses: list[datetime] = []
+    day_ends: list[datetime] = []
+    by_zone: dict[str, list[MarketInfo]] = {}
+    for m in infos:
+        by_zone.setdefault(m.zone, []).append(m)
+    for zone, group in by_zone.items():
+        day = now.astimezone(ZoneInfo(zone)).date()
+        week = Period.of("week", day)
+        ids = [m.id for m in group]
+        today = sa.case((Obligation.local_date == day.isoformat(), 1), else_=0).label("today")
+        stmt = groups(as_of=now, by=(Obligation.market_id, today), moments=True).where(
+            Obligation.local_date >= week.start.isoformat(),
+            Obligation.local_date < week.end.isoformat(),
+            Obligation.market_id.in_(ids),
+            sa.not_(Obligation.kind.in_(compliance.NOT_COMPLIANCE_KINDS)),
+        )
+        rows = conn.execute(stmt).all()  # one fetch; rows unpacked by position, not name
+        keyed = (
+            ((market, bool(today)), state, past, after_due, n)
+            for market, today, state, past, after_due, n, _ in rows
+        )
+        counts.update(tally(keyed, as_of=now))
+        misses += (r[6] for r in rows if not r[3])  # the groups not yet past their miss time
+        next_day = datetime.combine(day + timedelta(days=1), time.min, tzinfo=ZoneInfo(zone))
+        day_ends.append(next_day.astimezone(UTC))
+        rates.update(zone_rates(conn, Period.of("month", day), as_of=now, markets=group))
+    problems = conn.execute(
+        sa.select(ProblemRow.market_id, ProblemRow.state, ProblemRow.deadline).where(
+            ProblemRow.state != ProblemState.VERIFIED.value,
+            ProblemRow.market_id.in_([m.id for m in infos]),
+        )
+    ).all()
     open_problems: dict[str, int] = {}
     overdue_problems: dict[str, int] = {}
     for p in problems:
@@ -167,4 +277,11 @@ def figures(
                 rate_due=rate.due,
             )
         )
-    return out
+    # no due time: the dashboard shows no obligation's "overdue", only misses and what is open
+    until = compliance.holds_until(
+        now,
+        miss_times=misses,
+        deadlines=(p.deadline for p in problems),
+        day_ends=day_ends,
+    )
+    return Counted(tuple(out), now, until, _days(now, by_zone))

@@ -340,15 +340,20 @@ class Report:
         )
 
 
-def groups(*, as_of: datetime, by: Sequence[Any]) -> Any:
+def groups(*, as_of: datetime, by: Sequence[Any], moments: bool = False) -> Any:
     """``SELECT *by, state, past, after_due, count(*) … GROUP BY`` over obligations: the
     database says on which side of ``as_of`` each group's times lie, ``tally`` applies the
-    rules. The caller adds the period's and the markets' conditions."""
+    rules. The caller adds the period's and the markets' conditions.
+
+    ``moments``: also each group's earliest miss time (``first_miss``): in a group not
+    yet past it, when the group's category can next change (``compliance.holds_until``),
+    read in the same pass."""
     past = sa.case((Obligation.missed_at <= as_of, 1), else_=0).label("past")
     after_due = sa.case((Obligation.due_at < as_of, 1), else_=0).label("after_due")
-    return sa.select(*by, Obligation.state, past, after_due, sa.func.count().label("n")).group_by(
-        *by, Obligation.state, past, after_due
-    )
+    extra = (sa.func.min(Obligation.missed_at).label("first_miss"),) if moments else ()
+    return sa.select(
+        *by, Obligation.state, past, after_due, sa.func.count().label("n"), *extra
+    ).group_by(*by, Obligation.state, past, after_due)
 
 
 def tally(rows: Iterable[tuple[K, str, Any, Any, int]], *, as_of: datetime) -> dict[K, Counts]:

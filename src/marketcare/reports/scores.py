@@ -10,7 +10,7 @@ The ranking and the movement are ``domain/inspections.rank``.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -124,6 +124,74 @@ def ledger_state(conn: sa.Connection) -> tuple[Any, ...]:
     return head.seq, head.hash, version
 
 
+@dataclass(frozen=True)
+class Touched:
+    """What the events between two states of the ledger wrote to."""
+
+    #: the markets of the obligations and problems written
+    markets: frozenset[str]
+    #: the earliest local date of an obligation written (ISO), None if none was
+    first_day: str | None
+    #: whether a problem may have changed (a problem's event, or a re-inspection's)
+    problems: bool
+
+
+#: beyond this many events since the kept state, counting everything again is cheaper
+TOUCHED_LIMIT = 500
+
+
+def touched(conn: sa.Connection, before: tuple[Any, ...], now: tuple[Any, ...]) -> Touched | None:
+    """What was written between ``before`` and ``now`` (both ``ledger_state``), read from
+    the audit chain in between, if every event there names its obligation or problem.
+
+    None (count everything again) when that cannot be known exactly: another schedule
+    version, a chain that does not continue ``before``'s (a restored backup), an event
+    that names neither (a materialisation, an inspection, an account change), or more
+    than ``TOUCHED_LIMIT`` events."""
+    from marketcare.domain.vocabulary import REINSPECTION
+    from marketcare.ledger.models import Event, Obligation, ProblemRow
+
+    (seq0, hash0, version0), (seq1, hash1, version1) = before, now
+    if version0 != version1 or seq1 < seq0 or seq1 - seq0 > TOUCHED_LIMIT:
+        return None
+    if seq1 == seq0:
+        return Touched(frozenset(), None, False) if hash0 == hash1 else None
+    kept = conn.execute(sa.select(Event.hash).where(Event.seq == seq0)).scalar_one_or_none()
+    if kept != hash0:
+        return None
+    rows = conn.execute(
+        sa.select(
+            Event.obligation_id,
+            Event.problem_id,
+            Obligation.market_id,
+            Obligation.local_date,
+            Obligation.kind,
+            ProblemRow.market_id,
+        )
+        .outerjoin(Obligation, Obligation.id == Event.obligation_id)
+        .outerjoin(ProblemRow, ProblemRow.id == Event.problem_id)
+        .where(Event.seq > seq0, Event.seq <= seq1)
+    ).all()
+    markets: set[str] = set()
+    days: list[str] = []
+    problems = False
+    for obligation, problem, market, day, kind, problem_market in rows:
+        if obligation is None and problem is None:
+            return None
+        if obligation is not None:
+            if market is None:
+                return None
+            markets.add(market)
+            days.append(day)
+            problems = problems or kind == REINSPECTION
+        if problem is not None:
+            if problem_market is None:
+                return None
+            markets.add(problem_market)
+            problems = True
+    return Touched(frozenset(markets), min(days, default=None), problems)
+
+
 @dataclass
 class Memo:
     """Closed periods' figures kept between requests, for one state of the ledger.
@@ -132,13 +200,20 @@ class Memo:
     them again on every request was most of the page's time. A closed period's figures
     are counted as of its end, so they change only when the ledger does (a late
     completion, a problem verified, an inspection recorded): they are kept under
-    ``ledger_state`` read in the same transaction, and the first request that sees
-    another state drops them all. The open period (counted as of now) is never kept.
+    ``ledger_state`` read in the same transaction. The first request that sees another
+    state keeps those that end before every obligation written since (``touched``: a
+    tick of today's work), and drops the rest, or all of them when what was written
+    cannot be read exactly or a problem moved. The open period (counted as of now) is
+    kept only with the dashboard's figures, while they hold (``keep_open``).
     """
 
     size: int = 64
     _state: tuple[Any, ...] | None = None
     _kept: Shared = field(default_factory=dict)
+    #: the open period's figures, with what says whether they still hold at a moment
+    _open: dict[tuple[Period, tuple[str, ...] | None], tuple[Holds, Counted]] = field(
+        default_factory=dict
+    )
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def shared(self, conn: sa.Connection) -> tuple[tuple[Any, ...], Shared]:
@@ -146,9 +221,58 @@ class Memo:
         transaction, holding what is kept for that state."""
         state = ledger_state(conn)
         with self._lock:
-            if state != self._state:
-                self._state, self._kept = state, {}
-            return state, dict(self._kept)
+            before, kept = self._state, dict(self._kept)
+        if state == before:
+            return state, kept
+        # a tick of this week's work changes no closed week: keep those that end before
+        # the earliest day written, when what was written can be read exactly
+        changed = None if before is None else touched(conn, before, state)
+        if changed is None or changed.problems or changed.first_day is None:
+            kept = {}
+        else:
+            day = changed.first_day
+            kept = {k: v for k, v in kept.items() if k[0].end.isoformat() <= day}
+        with self._lock:
+            if self._state == before:
+                self._state, self._kept, self._open = state, kept, {}
+            return state, dict(kept)
+
+    def open_period(
+        self,
+        state: tuple[Any, ...],
+        shared: Shared,
+        period: Period,
+        *,
+        as_of: datetime,
+        markets: Sequence[str] | None = None,
+    ) -> None:
+        """Put the open ``period``'s figures kept by ``keep_open`` into ``shared`` as
+        counted ``as_of``, if the ledger is in that state and they still hold then."""
+        with self._lock:
+            kept = self._open.get((period, None if markets is None else tuple(markets)))
+            if state != self._state or kept is None or not kept[0](as_of):
+                return
+        shared[(period, as_of, None if markets is None else tuple(markets))] = kept[1]
+
+    def keep_open(
+        self,
+        state: tuple[Any, ...],
+        shared: Shared,
+        period: Period,
+        *,
+        as_of: datetime,
+        holds: Holds,
+        markets: Sequence[str] | None = None,
+    ) -> None:
+        """Keep the open ``period``'s figures counted in ``shared`` as of ``as_of`` while
+        ``holds`` says a count at a later moment would give the same (the dashboard's
+        ``Counted.holds``: its week's times, problem deadlines and dates are these
+        figures' too), if the ledger is still in that state."""
+        chosen = None if markets is None else tuple(markets)
+        counted = shared.get((period, as_of, chosen))
+        with self._lock:
+            if state == self._state and counted is not None:
+                self._open[(period, chosen)] = holds, counted
 
     def keep(self, state: tuple[Any, ...], shared: Shared, *, as_of: datetime) -> None:
         """Keep the closed periods counted in ``shared`` (read at ``state``) for the
@@ -160,6 +284,9 @@ class Memo:
                 if key[1] < as_of and len(self._kept) < self.size:
                     self._kept[key] = counted  # counted as of its end, not as of now
 
+
+#: whether figures counted earlier still hold at a moment
+Holds = Callable[[datetime], bool]
 
 #: each market's (on time, due) of a period as of a moment, counted already by the same
 #: rule (the dashboard's week: ``reports.dashboard.figures``)

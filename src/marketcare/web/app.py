@@ -55,6 +55,7 @@ from marketcare.errors import Kind, MarketcareError, Unavailable
 from marketcare.i18n import DEFAULT_LANGUAGE, LANGUAGES, Translator, translator
 from marketcare.ledger import accounts, sessions
 from marketcare.ledger.db import driver_errors, fault_of
+from marketcare.reports.dashboard import Memo as DashboardMemo
 from marketcare.settings import Settings
 from marketcare.web import security
 
@@ -83,6 +84,13 @@ def is_api(request: Request) -> bool:
 def engine_of(request: Request) -> sa.Engine:
     engine: sa.Engine = request.app.state.engine
     return engine
+
+
+def dashboard_memo_of(request: Request) -> DashboardMemo:
+    """The office dashboard's figures kept between requests (one per app: the page and
+    the API share them)."""
+    memo: DashboardMemo = request.app.state.dashboard_memo
+    return memo
 
 
 def settings_of(request: Request) -> Settings:
@@ -478,6 +486,7 @@ def create_app(
     app.state.settings = settings
     app.state.engine = engine
     app.state.clock = clock
+    app.state.dashboard_memo = DashboardMemo()
     #: the daemon serving this app, if any (readiness reads its schedule and role)
     app.state.daemon = daemon
     app.state.templates = Jinja2Templates(directory=str(HERE / "templates"))
@@ -492,6 +501,8 @@ def create_app(
         max_skew=timedelta(minutes=settings.phone_clock_max_skew_minutes),
     )
     session_secret = secret or accounts.app_secret(engine, "sessions", now=clock())
+    # the innermost middleware: a tick of a known API token skips routing (api.TickShortcut)
+    app.add_middleware(api.TickShortcut)
     app.add_middleware(
         SessionMiddleware,
         secret_key=session_secret,

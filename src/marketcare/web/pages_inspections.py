@@ -33,6 +33,7 @@ from marketcare.ledger.db import read
 from marketcare.ledger.versions import active_schedule
 from marketcare.reports import bulletin as bulletins
 from marketcare.reports import scores
+from marketcare.reports.dashboard import Counted
 from marketcare.web.app import (
     SignedIn,
     authorise,
@@ -371,12 +372,15 @@ def ranking_panel(
     now: datetime | None = None,
     markets: list[readmodel.MarketInfo] | None = None,
     week_totals: scores.Totals | None = None,
+    counted: Counted | None = None,
 ) -> dict[str, Any] | None:
     """The ranking and the district's trend for the office dashboard (None: not allowed).
 
     ``markets``: the active markets, when the page has just read them; ``week_totals``:
     each market's (on time, due) this week as of ``now``, when the dashboard has just
-    counted them (``scores.figures_of``)."""
+    counted them (``scores.figures_of``); ``counted``: the dashboard's figures these
+    came from, kept between requests: this week's scores are kept as long as they hold
+    and the ledger is in the same state (``scores.Memo.keep_open``)."""
     if not may_rank(request, who):
         return None
     engine = engine_of(request)
@@ -390,11 +394,16 @@ def ranking_panel(
     memo = memo_of(request)
     with read(engine) as conn:
         state, shared = memo.shared(conn)  # this week once for both; closed weeks kept
+        same = counted is not None and counted.state == state and counted.holds(now)
+        if same:
+            memo.open_period(state, shared, week, as_of=now)
         ranked = scores.ranking(conn, week, as_of=now, shared=shared, totals=week_totals)
         points = scores.trend(
             conn, as_of=now, zone=zone, weeks=TREND_WEEKS, shared=shared, per_market=False
         )[""]
     memo.keep(state, shared, as_of=now)
+    if same and counted is not None:
+        memo.keep_open(state, shared, week, as_of=now, holds=counted.holds)
     names = {m.id: m.name for m in markets}
     return {
         "planned": [

@@ -33,12 +33,13 @@ from marketcare.ledger.db import read
 from marketcare.ledger.models import ProblemRow
 from marketcare.reports import delivery
 from marketcare.reports.dashboard import MarketFigures
-from marketcare.reports.dashboard import figures as dashboard_figures
+from marketcare.reports.dashboard import counted as dashboard_counted
 from marketcare.web.app import (
     SignedIn,
     authorise,
     authorise_market,
     check_csrf,
+    dashboard_memo_of,
     engine_of,
     now_of,
     render,
@@ -121,7 +122,14 @@ def dashboard(request: Request, who: SignedIn, page: str = "") -> Response:
     markets = readmodel.markets(engine)
     zones = {m.id: m.zone for m in markets}
     names = {m.id: m.name for m in markets}
-    every = dashboard_figures(engine, now=now, market_ids=[m.id for m in markets], infos=markets)
+    counted = dashboard_counted(
+        engine,
+        now=now,
+        market_ids=[m.id for m in markets],
+        infos=markets,
+        memo=dashboard_memo_of(request),
+    )
+    every = list(counted.figures)
     figures, pager = page_of(every, page)
     weeks = {Period.of("week", f.market.today(now)) for f in every}
     week_totals = {f.market.id: (f.week_on_time, f.week_due) for f in every}
@@ -154,6 +162,7 @@ def dashboard(request: Request, who: SignedIn, page: str = "") -> Response:
             now=now,
             markets=markets,
             week_totals=week_totals if len(weeks) == 1 else None,
+            counted=counted,
         ),
     )
 

@@ -1,0 +1,173 @@
+"""The office dashboard's figures kept between requests: they are the figures counted
+again, for as long as the ledger is unchanged and the clock has not crossed a time a rule
+compares it with."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+
+import httpx
+import time_machine
+
+from marketcare.domain.compliance import holds_until
+from marketcare.ledger import tick as ledger_tick
+from marketcare.ledger.db import read
+from marketcare.reports import dashboard, scores
+from tests.support.web import Site
+
+ALL = ["lizhong", "xinhua"]
+AT = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)
+TICK = timedelta(microseconds=1)
+
+
+def at(minutes: float) -> datetime:
+    return AT + timedelta(minutes=minutes)
+
+
+def test_figures_hold_until_just_before_a_miss_time_and_up_to_a_deadline() -> None:
+    assert holds_until(AT, miss_times=[at(30), at(90)]) == at(30) - TICK
+    assert holds_until(AT, deadlines=[at(20)], miss_times=[at(30)]) == at(20)
+    assert holds_until(AT, due_times=[at(10)], day_ends=[at(5)]) == at(5) - TICK
+
+
+def test_times_already_crossed_do_not_shorten_how_long_figures_hold() -> None:
+    assert holds_until(AT, miss_times=[AT, at(-5)], deadlines=[at(-1)]) is None
+    assert holds_until(AT, deadlines=[AT]) == AT  # overdue only after its deadline
+
+
+def count_now(site: Site, memo: dashboard.Memo) -> dashboard.Counted:
+    """The dashboard's figures as of the machine's clock (moved by time-machine)."""
+    return dashboard.counted(site.engine, now=datetime.now(UTC), market_ids=ALL, memo=memo)
+
+
+def counted_again(site: Site, now: datetime) -> dashboard.Counted:
+    return dashboard.counted(site.engine, now=now, market_ids=ALL)
+
+
+def test_kept_figures_are_counted_again_once_the_clock_passes_the_next_miss_time(
+    site: Site,
+) -> None:
+    memo = dashboard.Memo()
+    start = site.clock.now()
+    with time_machine.travel(start, tick=False):
+        first = count_now(site, memo)
+    assert first.until is not None and first.until > start
+    assert any(f.open_now for f in first.figures), "the evening's work is still open"
+
+    with time_machine.travel(first.until, tick=False):
+        assert count_now(site, memo) is first  # the same moment as far as any rule goes
+        assert counted_again(site, first.until).figures == first.figures
+
+    after = first.until + TICK
+    with time_machine.travel(after, tick=False):
+        later = count_now(site, memo)
+    assert later is not first
+    assert later.figures == counted_again(site, after).figures
+    assert later.figures != first.figures  # some of the evening's work is missed now
+    assert sum(f.missed_today for f in later.figures) > sum(f.missed_today for f in first.figures)
+
+
+def test_kept_figures_are_not_used_for_an_earlier_moment(site: Site) -> None:
+    memo = dashboard.Memo()
+    first = dashboard.counted(site.engine, now=site.clock.now(), market_ids=ALL, memo=memo)
+    earlier = site.clock.now() - timedelta(hours=1)
+    again = dashboard.counted(site.engine, now=earlier, market_ids=ALL, memo=memo)
+    assert again is not first
+    assert again.figures == counted_again(site, earlier).figures
+
+
+def figure(office: httpx.Client, market: str, name: str) -> object:
+    answer = office.get("/api/v1/dashboard")
+    assert answer.status_code == 200
+    return next(m[name] for m in answer.json() if m["market"] == market)
+
+
+def test_a_tick_is_seen_on_the_next_request_to_the_dashboard(
+    site: Site, office: httpx.Client
+) -> None:
+    before = figure(office, "lizhong", "on_time_today")
+    assert figure(office, "lizhong", "on_time_today") == before  # kept: nothing changed
+    ledger_tick.tick(
+        site.engine,
+        obligation_id=site.obligation("lizhong", "disinfect", "aquatic"),
+        by="mgr_a",
+        now=site.clock.now(),
+        readings={"chlorine": 1000},
+        items=["washed"],
+    )
+    assert figure(office, "lizhong", "on_time_today") == before + 1  # type: ignore[operator]
+    page = office.get("/office").text
+    kept = dashboard.counted(site.engine, now=site.clock.now(), market_ids=ALL)
+    lizhong = next(f for f in kept.figures if f.market.id == "lizhong")
+    assert f"{lizhong.today_on_time}/{lizhong.today_due}" in page
+
+
+def test_the_api_follows_the_clock_across_a_miss_time(site: Site, office: httpx.Client) -> None:
+    before = office.get("/api/v1/dashboard").json()
+    first = counted_again(site, site.clock.now())
+    assert first.until is not None
+    site.clock.at = first.until + TICK
+    after = office.get("/api/v1/dashboard").json()
+    assert after == [f.as_json() for f in counted_again(site, site.clock.now()).figures]
+    assert after != before
+
+
+def tick_lizhong(site: Site) -> None:
+    ledger_tick.tick(
+        site.engine,
+        obligation_id=site.obligation("lizhong", "disinfect", "aquatic"),
+        by="mgr_a",
+        now=site.clock.now(),
+        readings={"chlorine": 1000},
+        items=["washed"],
+    )
+
+
+def by_market(counted: dashboard.Counted) -> dict[str, dashboard.MarketFigures]:
+    return {f.market.id: f for f in counted.figures}
+
+
+def test_after_a_tick_only_the_market_ticked_is_counted_again(site: Site) -> None:
+    memo, now = dashboard.Memo(), site.clock.now()
+    first = by_market(dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo))
+    tick_lizhong(site)
+    second = dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo)
+    assert second.figures == counted_again(site, now).figures
+    assert by_market(second)["xinhua"] is first["xinhua"]  # kept, not counted again
+    assert by_market(second)["lizhong"].today_on_time == first["lizhong"].today_on_time + 1
+
+
+def test_a_write_the_chain_does_not_tie_to_a_market_counts_every_market_again(
+    site: Site,
+) -> None:
+    from marketcare.domain.access import Role
+    from marketcare.ledger import accounts
+
+    memo, now = dashboard.Memo(), site.clock.now()
+    first = by_market(dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo))
+    accounts.add_user(
+        site.engine,
+        accounts.NewUser("li", "李明", Role.OFFICE, "correct horse battery", ()),
+        now=now,
+    )
+    second = dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo)
+    assert second.figures == counted_again(site, now).figures
+    assert all(f is not first[f.market.id] for f in second.figures)
+
+
+def test_closed_weeks_of_the_ranking_are_kept_across_a_tick_of_todays_work(site: Site) -> None:
+    memo, now = scores.Memo(), site.clock.now()
+    with read(site.engine) as conn:
+        state, shared = memo.shared(conn)
+        scores.trend(conn, as_of=now, zone="Asia/Shanghai", weeks=3, shared=shared)
+    memo.keep(state, shared, as_of=now)
+    with read(site.engine) as conn:
+        _, before = memo.shared(conn)
+    assert len(before) == 2  # the two closed weeks
+    tick_lizhong(site)
+    with read(site.engine) as conn:
+        _, after = memo.shared(conn)
+        assert after == before
+        assert [scores._figures(conn, p, a, m, after)[1] for p, a, m in after] == [
+            scores._figures(conn, p, a, m, None)[1] for p, a, m in after
+        ]
