@@ -50,6 +50,14 @@ def pytest_configure(config: pytest.Config) -> None:
         "no_database: touches no database, so it runs once, on the SQLite run; not collected "
         "on a PostgreSQL run (a test so marked that asks for a database fails)",
     )
+    config.addinivalue_line(
+        "markers",
+        "heavy(seconds): a module that takes about SECONDS on a quiet machine; under "
+        "pytest-xdist the heavy modules are handed out first, heaviest first",
+    )
+    if _distributing(config):
+        # xdist would hand the modules out by their number of tests; keep ours (heavy first)
+        config.option.loadscopereorder = False
     if not _distributing(config):
         pg.begin_session()
 
@@ -72,6 +80,7 @@ _OTHER_DATABASE: list[str] = []
 _NO_DATABASE: list[str] = []
 
 
+@pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Leave out what exists only on the other database: deselected with its reason, never
     skipped. A skip says "could not run here"; these have nothing to run on this database,
@@ -94,6 +103,30 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+    items[:] = heaviest_modules_first(items)
+
+
+def heaviest_modules_first(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The modules marked ``heavy`` first, heaviest first; the rest after them, each module's
+    tests and the other modules in the order they came (pytest-randomly's, this hook runs
+    after it).
+
+    Two workers each take a whole module (``--dist loadfile``); a module of a minute and a
+    half handed out last leaves one worker idle for that long at the end of the run. Handing
+    out the longest first (longest-processing-time-first) leaves only the short ones for
+    the end. The weights are a small list of markers, not timings kept on disk: a run
+    depends on nothing but the code.
+    """
+    modules: dict[str, list[pytest.Item]] = {}
+    for item in items:
+        modules.setdefault(item.nodeid.split("::", 1)[0], []).append(item)
+
+    def weight(module: list[pytest.Item]) -> float:
+        marker = module[0].get_closest_marker("heavy")
+        return float(marker.args[0]) if marker is not None else 0.0
+
+    ordered = sorted(modules.values(), key=weight, reverse=True)  # stable: ties keep order
+    return [item for module in ordered for item in module]
 
 
 @pytest.hookimpl(optionalhook=True)

@@ -34,6 +34,9 @@ from .conftest import make_market_yaml, make_schedule_text
 from .support.procs import Proc, cli, command, make_env, start_daemon, wait_until
 from .support.tamper import sqlite_unguarded
 
+pytestmark = pytest.mark.heavy(40)
+
+
 DAY = timedelta(days=1)
 AREAS = (
     "["

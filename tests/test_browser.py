@@ -9,6 +9,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import openpyxl
+import pytest
 import sqlalchemy as sa
 from playwright.sync_api import Browser, Page, expect
 
@@ -25,6 +26,9 @@ from tests.support.web import ALL_PASS, Site
 __all__ = ["browser"]  # the fixture, used by name
 
 zh = translator("zh_CN")
+pytestmark = pytest.mark.heavy(20)
+
+
 RED = "rgb(180, 35, 24)"  # --bad in app.css
 
 

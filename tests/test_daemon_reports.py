@@ -17,7 +17,7 @@ from .conftest import make_market_yaml, make_schedule_text
 from .support.procs import Proc, database, make_env, query, scalar, start_daemon, wait_until
 from .support.smtp import SmtpServer
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.heavy(15)]
 
 DAY = timedelta(days=1)
 OFFICE = ["jianguan@licheng.example.org", "chengguan@licheng.example.org"]
@@ -66,6 +66,7 @@ def test_reports_due_while_down_are_queued_while_smtp_is_down_and_mailed_once(
         smtp_timeout_seconds="10",
         report_interval_seconds="0.25",
         outbox_interval_seconds="0.25",
+        web_enabled="false",  # reports and mail are the scheduler's; four starts sooner
     )
     db = database(env)
 

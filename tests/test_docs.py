@@ -36,6 +36,9 @@ from marketcare.cli import app
 from .support.procs import CLOCKRUN, LIVENESS
 from .support.smtp import SmtpServer
 
+pytestmark = pytest.mark.heavy(15)
+
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 #: Friday 2026-11-27, 20:00 in Quanzhou (UTC+8)

@@ -27,6 +27,9 @@ import pytest
 from .support.procs import ROOT, Proc, cli, make_env, start_daemon, wait_until
 from .support.web import csrf_of
 
+pytestmark = pytest.mark.heavy(30)
+
+
 FULL = os.environ.get("MARKETCARE_SCAN") == "full"
 #: Debian's wapiti runs on the system Python; the wrapper mends its URL exclusions
 WAPITI_PYTHON = "/usr/bin/python3"

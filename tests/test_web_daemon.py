@@ -10,9 +10,12 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from .conftest import make_schedule_text
 from .support.procs import cli, make_env, start_daemon, wait_until
+
+pytestmark = pytest.mark.heavy(20)
 
 
 def write(path: Path, text: str) -> None:

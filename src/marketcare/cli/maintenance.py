@@ -58,10 +58,13 @@ def audit_verify(
     from marketcare.ledger import timestamps
     from marketcare.ledger.db import read
     from marketcare.ledger.verification import examine
-    from marketcare.reports.anchors import read_anchors
 
     s, engine = connect()
-    anchors = [a for path in anchor or [] for a in read_anchors(path)]
+    anchors = []
+    if anchor:  # reading a workbook's anchor loads openpyxl: only when one is given
+        from marketcare.reports.anchors import read_anchors
+
+        anchors = [a for path in anchor for a in read_anchors(path)]
     roots = timestamps.load_roots(s.tsa_certificates) if s.tsa_certificates else None
     with read(engine) as conn:
         result = examine(

@@ -109,12 +109,18 @@ class AdvisoryLock:
                 log.debug("closing the lock connection failed", exc_info=True)
 
 
+def sqlite_lock(path: Path) -> FileLock:
+    """The lock file beside SQLite database ``path``: the scheduler holds it while it runs,
+    and ``backup``/``restore`` take it to know that no daemon is writing."""
+    return FileLock(str(Path(str(path) + ".lock")))
+
+
 class SqliteFileLock:
     """The file lock next to a SQLite database: one scheduler per file."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        self.lock = FileLock(str(Path(str(path) + ".lock")))
+        self.lock = sqlite_lock(path)
 
     @property
     def lock_file(self) -> str:

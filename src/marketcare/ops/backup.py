@@ -21,9 +21,6 @@ from datetime import datetime
 from pathlib import Path
 
 import sqlalchemy as sa
-from alembic.config import Config
-from alembic.script import ScriptDirectory
-from alembic.util.exc import CommandError
 from filelock import Timeout
 from sqlalchemy.engine import make_url
 
@@ -243,15 +240,15 @@ def restore(
     marketcare database or whose audit chain is broken (unless ``force``); nothing is
     changed then. ``confirm`` sees what the backup holds and may still say no.
     """
-    from marketcare.ops.daemon import _lock_for
+    from marketcare.ledger.leader import sqlite_lock
 
     db = sqlite_file(settings.database_url, restoring=True)
     if not candidate.is_file():
         raise NotALedger(f"{candidate}: no such file")
     if candidate.resolve() == db.resolve():
         raise MarketcareError(f"{candidate} is the live database itself; give a backup file")
-    lock = _lock_for(settings)
-    assert lock is not None
+    db.parent.mkdir(parents=True, exist_ok=True)
+    lock = sqlite_lock(db)
     try:
         lock.acquire(timeout=0)
     except Timeout:
@@ -305,6 +302,10 @@ def _migrate(database_url: str) -> tuple[str | None, dict[str, int]]:
 
 def _known_revision(revision: str | None, candidate: Path) -> None:
     """Refuse a backup made by a newer marketcare: these migrations could not read it."""
+    from alembic.config import Config  # only here: a refused file never needs Alembic
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
     cfg = Config()
     cfg.set_main_option("script_location", MIGRATIONS)
     try:

@@ -15,14 +15,12 @@ import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import sqlalchemy as sa
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from filelock import FileLock
 
 from marketcare.clock import now_utc
 from marketcare.domain.schedules import Schedule, digest_of, read_sources
@@ -606,15 +604,6 @@ class Daemon:
 
         run.__name__ = getattr(fn, "__name__", "step")
         return run
-
-
-def _lock_for(settings: Settings) -> FileLock | None:
-    """The SQLite file lock of the scheduler (``backup``/``restore`` take it too)."""
-    path = settings.sqlite_path
-    if path is None:
-        return None
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(Path(str(path) + ".lock")))
 
 
 #: what a daemon may be asked to do, by ``marketcare run --role``
