@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import socket
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import timedelta
@@ -26,7 +27,7 @@ from marketcare.ledger import accounts, evidence
 from marketcare.ledger import problems as rectification
 from marketcare.ledger.models import LoginFailure, WebSession
 from marketcare.settings import Settings
-from marketcare.web import security
+from marketcare.web import api, security
 from marketcare.web.app import WebServer, create_app
 
 from .support.procs import make_env
@@ -470,6 +471,40 @@ def test_operators_manage_tokens_feeds_and_operators_on_the_command_line() -> No
 
 
 # ---------------------------------------------------------------- row 8: metrics, the log
+
+
+def declaring(site: Site, path: str, length: int) -> bytes:
+    """The first line of the answer to a POST that only declares ``length`` bytes (an
+    HTTP client will not send a body shorter than its Content-Length)."""
+    url = httpx.URL(site.base)
+    with socket.create_connection((url.host, url.port), timeout=30) as raw:
+        raw.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {url.host}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{}}".encode()
+        )
+        return raw.recv(4096).split(b"\r\n", 1)[0] + b" "
+
+
+def test_a_body_too_large_to_hold_is_refused_before_the_caller_is_asked_for(
+    site: Site,
+) -> None:
+    """FastAPI reads a JSON or form body whole before it checks who is calling: without a
+    bound, anyone could make the daemon hold gigabytes. Refused with 413 whether the
+    request is anonymous, carries a token (the tick's shortcut) or a session's form, or
+    only declares its size; an ordinary tick still takes the shortcut."""
+    tick = f"/api/v1/obligations/{site.obligation('lizhong', 'disinfect', 'veg')}/completions"
+    big = json.dumps({"token": "x" * (security.HELD_BODY_MAX + 1)}).encode()
+    json_type = {"content-type": "application/json"}
+    with site.client() as anonymous, site.api("mgr_a") as manager:
+        assert anonymous.post(tick, content=big, headers=json_type).status_code == 413
+        assert manager.post(tick, content=big, headers=json_type).status_code == 413
+        form = {"username": "x" * (security.HELD_BODY_MAX + 1), "password": "p"}
+        assert anonymous.post("/login", data=form).status_code == 413
+        assert declaring(site, tick, 10**10).startswith(b"HTTP/1.1 413 ")
+        taken = api.TickShortcut.taken
+        answer = manager.post(tick, json={"token": "bounded-1"})  # no reading: 422
+        assert answer.status_code == 422, answer.text
+        assert api.TickShortcut.taken == taken + 1
 
 
 def test_metrics_are_not_served_on_the_public_listener_by_default(site: Site) -> None:

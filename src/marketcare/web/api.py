@@ -31,7 +31,6 @@ from fastapi.responses import FileResponse, JSONResponse
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 from starlette._exception_handler import wrap_app_handling_exceptions
 from starlette.datastructures import UploadFile
-from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -538,9 +537,10 @@ class TickShortcut:
     the same model (``CompletionIn``), then the same endpoint answers through the same
     middleware outside this one, with the app's own exception handlers (a refused token
     is the same 401). Any other request — another path or method, no bearer token,
-    another content type, a body that does not validate, a body limit — goes to the app
-    with its body given again, so every refusal and error is the route's own, byte for
-    byte (``tests/test_api.py`` compares both ways).
+    another content type, a body that does not validate, a body over
+    ``security.BodyLimit``'s bound (its refusal, raised while the body is read, is given
+    to the route again) — goes to the app with its body given again, so every refusal and
+    error is the route's own, byte for byte (``tests/test_api.py`` compares both ways).
     """
 
     #: ticks answered here, in this process (the tests read it to know which way went)
@@ -563,7 +563,6 @@ class TickShortcut:
             and scope["method"] == "POST"
             and self._handlers is not None
             and not scope.get("root_path")
-            and MAX_BODY_SIZE_SCOPE_KEY not in scope
             else None
         )
         if found is None:

@@ -515,6 +515,8 @@ def create_app(
     # pages travel compressed (a phone on one bar of signal); small JSON answers do not
     app.add_middleware(GZipMiddleware, minimum_size=1400, compresslevel=6)
     app.add_middleware(HeadAsGet)
+    # the outermost: a body too large to hold is refused before anything reads it
+    app.add_middleware(security.BodyLimit)
     _install_error_handlers(app)
     if settings.web_api_docs:
         security.install_docs(app)

@@ -17,6 +17,11 @@ Kept out of ``app`` so the error mapping there and these rules change independen
   ``fastapi-offline`` package ships, served by the daemon itself with an initialiser
   script file, so ``/api/docs`` works offline and under the CSP (no third-party script
   on this origin). ``web_api_docs = false`` turns it off.
+* **Bodies held in memory** (JSON, URL-encoded forms) are refused above ``HELD_BODY_MAX``
+  with 413 before more of them is read (``BodyLimit``): FastAPI reads such a body whole
+  before it asks who is calling, so without a bound anyone could make the daemon hold
+  gigabytes. Multipart bodies (photos, spreadsheets) are not held: Starlette spools
+  each part to disk and the routes bound each part by ``upload_max_bytes``.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
-from starlette.datastructures import MutableHeaders
+from starlette.datastructures import Headers, MutableHeaders
+from starlette.middleware.body_limit import RequestBodyLimitResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CSP = "; ".join(
@@ -77,6 +83,30 @@ NO_STORE = (("Cache-Control", "no-store"),)
 HSTS_HEADER = (("Strict-Transport-Security", HSTS),)
 #: the headers an answer may set itself and keep
 _ANSWERS_OWN = frozenset({"Content-Security-Policy", "Cache-Control"})
+
+
+#: the largest body kept in memory whole; a tick with its note and readings is under
+#: 10 kB, the largest JSON the API takes (a checklist, a problem) a few kB
+HELD_BODY_MAX = 1_000_000
+
+
+class BodyLimit:
+    """ASGI middleware, the outermost: a body to be held in memory that declares or
+    sends more than ``HELD_BODY_MAX`` bytes is answered 413 (JSON ``detail``) as soon
+    as that is known. Starlette's own limiter does the counting; this only chooses
+    which bodies it applies to (multipart ones are streamed to disk, see above)."""
+
+    def __init__(self, app: ASGIApp, limit: int = HELD_BODY_MAX) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or Headers(scope=scope).get("content-type", "").startswith(
+            "multipart/form-data"
+        ):
+            await self.app(scope, receive, send)
+            return
+        await RequestBodyLimitResponder(self.app, self.limit)(scope, receive, send)
 
 
 class SecurityHeaders:
