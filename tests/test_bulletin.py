@@ -22,6 +22,13 @@ pytestmark = pytest.mark.no_database
 TEXT = "周双通报 鲤中第1农贸市场 ↑3 ↓2 → — 95.0% 逾期未整改 堃记水产 𬌗"
 
 
+@pytest.fixture(autouse=True)
+def no_cut_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test cuts from nothing: the process keeps its last cut for the next page, and
+    a bigger page's cut from an earlier test (in any order) would be reused."""
+    monkeypatch.setattr(bulletin, "_last_cut", None)
+
+
 @pytest.fixture
 def without_cjk_fonts(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """A fontconfig that knows no font at all (as on a server without fonts-noto-cjk)."""
