@@ -87,14 +87,7 @@ def test_a_tick_is_seen_on_the_next_request_to_the_dashboard(
 ) -> None:
     before = figure(office, "lizhong", "on_time_today")
     assert figure(office, "lizhong", "on_time_today") == before  # kept: nothing changed
-    ledger_tick.tick(
-        site.engine,
-        obligation_id=site.obligation("lizhong", "disinfect", "aquatic"),
-        by="mgr_a",
-        now=site.clock.now(),
-        readings={"chlorine": 1000},
-        items=["washed"],
-    )
+    tick_lizhong(site)
     assert figure(office, "lizhong", "on_time_today") == before + 1  # type: ignore[operator]
     page = office.get("/office").text
     kept = dashboard.counted(site.engine, now=site.clock.now(), market_ids=ALL)

@@ -380,20 +380,7 @@ def test_a_batch_of_different_obligations_takes_a_few_statements_and_the_rule_of
         requests = _distinct_requests(obligations)
         assert len({r.obligation_id for r in requests}) == len(requests) == 16
         expected = _by_tick(one_by_one, requests)
-        statements: list[str] = []
-
-        def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-            if not statement.startswith("BEGIN"):  # SQLite's BEGIN IMMEDIATE is a statement
-                statements.append(statement[:90])
-
-        writer = ledger_tick.TickWriter(batched, start=False)
-        futures = [writer.submit(r) for r in requests]
-        event.listen(batched, "before_cursor_execute", count)
-        try:
-            writer.start()
-            writer.close()
-        finally:
-            event.remove(batched, "before_cursor_execute", count)
+        futures, statements = _written_in_one_batch(batched, requests)
         got = [_outcome(f) for f in futures]
         assert _described(got) == _described(expected)
         assert sum(isinstance(o, TickRefused) for o in got) == 2
@@ -407,6 +394,28 @@ def test_a_batch_of_different_obligations_takes_a_few_statements_and_the_rule_of
     finally:
         one_by_one.dispose()
         batched.dispose()
+
+
+def _written_in_one_batch(
+    engine: sa.Engine, requests: list[ledger_tick.TickRequest]
+) -> tuple[list[Any], list[str]]:
+    """The requests queued before the writer starts (so they go as one batch), with the
+    statements the batch sent (without SQLite's ``BEGIN IMMEDIATE``)."""
+    statements: list[str] = []
+
+    def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if not statement.startswith("BEGIN"):  # SQLite's BEGIN IMMEDIATE is a statement
+            statements.append(statement[:90])
+
+    writer = ledger_tick.TickWriter(engine, start=False)
+    futures = [writer.submit(r) for r in requests]
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        writer.start()
+        writer.close()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return futures, statements
 
 
 def test_a_nul_in_a_batchs_notes_is_stored_as_ticking_one_by_one_stores_it(
@@ -423,19 +432,7 @@ def test_a_nul_in_a_batchs_notes_is_stored_as_ticking_one_by_one_stores_it(
             for i, ob in enumerate(obligations)
         ]
         expected = _by_tick(one_by_one, requests)
-        statements: list[str] = []
-
-        def count(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
-            statements.append(statement[:40])
-
-        writer = ledger_tick.TickWriter(batched, start=False)
-        futures = [writer.submit(r) for r in requests]
-        event.listen(batched, "before_cursor_execute", count)
-        try:
-            writer.start()
-            writer.close()
-        finally:
-            event.remove(batched, "before_cursor_execute", count)
+        futures, statements = _written_in_one_batch(batched, requests)
         assert _described([_outcome(f) for f in futures]) == _described(expected)
         assert not any(s.startswith("SAVEPOINT") for s in statements)
         assert _rows(batched) == _rows(one_by_one)
