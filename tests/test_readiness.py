@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -198,3 +198,30 @@ def test_readyz_answers_503_naming_failing_writes(ledger: sa.Engine, tmp_path: P
     assert body["checks"]["database"] == "ok", body
     assert body["checks"]["writes"].startswith("writes are failing: ")
     assert any(p.startswith("writes: writes are failing") for p in body["problems"])
+
+
+def test_a_web_server_that_hangs_while_starting_is_reported_with_where_it_hung() -> None:
+    """The start's bound is a liveness check: past it the error names the function the
+    server's thread was in (a hang is told from a slow machine) and the server stops."""
+    import threading
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    from marketcare.errors import MarketcareError
+
+    release = threading.Event()
+
+    @asynccontextmanager
+    async def stuck_in_start_up(app: FastAPI) -> AsyncIterator[None]:
+        release.wait(30)  # blocks the server's loop, as a hang in start-up would
+        yield
+
+    server = WebServer(FastAPI(lifespan=stuck_in_start_up), "127.0.0.1", 0)
+    with pytest.raises(
+        MarketcareError, match=r"did not start in 0 s; it was in .*stuck_in_start_up"
+    ):
+        server.start(timeout=0.3)
+    release.set()
+    server.thread.join(timeout=10)
+    assert not server.thread.is_alive()

@@ -27,7 +27,9 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
+import sys
 import threading
+import traceback
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -558,7 +560,10 @@ class WebServer:
         #: servers that stop with this one (the separate /metrics listener)
         self.companions: list[WebServer] = []
 
-    def start(self, timeout: float = 15.0) -> None:
+    def start(self, timeout: float = 60.0) -> None:
+        """Wait until uvicorn listens. The bound is generous (a loaded machine starts slowly);
+        past it the log gets where the server's thread was, so a hang can be told from a
+        slow start, and the server is told to stop."""
         self.thread.start()
         deadline = now_utc() + timedelta(seconds=timeout)
         while not self.server.started:
@@ -568,7 +573,20 @@ class WebServer:
                     "(is the port in use? set web_port or web_host)"
                 )
             if now_utc() > deadline:
-                raise MarketcareError("the web server did not start in time")
+                frame = sys._current_frames().get(self.thread.ident or 0)
+                stack = list(traceback.extract_stack(frame)) if frame is not None else []
+                log.error(
+                    "the web server's thread after %.0f s of starting:\n%s",
+                    timeout,
+                    "".join(traceback.format_list(stack)) if stack else "(gone)",
+                )
+                self.server.should_exit = True
+                last = " < ".join(
+                    f"{f.name} ({Path(f.filename).name}:{f.lineno})" for f in stack[::-1][:3]
+                )
+                raise MarketcareError(
+                    f"the web server did not start in {timeout:.0f} s; it was in {last or 'nothing'}"
+                )
             threading.Event().wait(0.05)
 
     @property
