@@ -55,7 +55,7 @@ def audit_verify(
 ) -> None:
     """Check the audit record: the event chain, the tables against the events, report
     files, trusted timestamps, the append-only guards, and any --anchor files."""
-    from marketcare.ledger import timestamps
+    from marketcare.ledger import audit, timestamps
     from marketcare.ledger.db import read
     from marketcare.ledger.verification import examine
 
@@ -66,6 +66,9 @@ def audit_verify(
 
         anchors = [a for path in anchor for a in read_anchors(path)]
     roots = timestamps.load_roots(s.tsa_certificates) if s.tsa_certificates else None
+    # events committed but not linked yet (PostgreSQL) are linked first, unless a chainer
+    # holds the head now: then they are counted as pending, not judged
+    audit.chain(engine)
     with read(engine) as conn:
         result = examine(
             conn,
@@ -76,6 +79,20 @@ def audit_verify(
     chain = result.chain
     for line in result.held:
         out.print(f"ok: {line}", markup=False)
+    if chain.pending and chain.oldest_pending is not None:
+        age = max(0.0, (utcnow() - chain.oldest_pending).total_seconds())
+        out.print(
+            f"pending: {chain.pending} events committed but not chained yet (the oldest "
+            f"written {age:.0f} s ago); tamper-evident once chained",
+            markup=False,
+        )
+        if chain.late(utcnow()):
+            err.print(
+                f"warning: an event has waited {age:.0f} s to be chained (more than "
+                f"{audit.PENDING_BOUND.total_seconds():.0f} s): is a daemon running, and "
+                "does its log say why chaining fails?",
+                markup=False,
+            )
     for finding in result.findings:
         if finding.check == "chain":
             err.print(

@@ -174,6 +174,30 @@ class Event(Base):
     hash: Mapped[str] = mapped_column(sa.String(64))
 
 
+class UnchainedEvent(Base):
+    """An event committed but not yet linked to the chain (PostgreSQL's tick batches).
+
+    A batch of ticks inserts its events here, without the chain's head lock, so that
+    writers do not queue on one row from their append to their ``COMMIT``; the chainer
+    (``audit.chain``) moves them into ``events`` in ``id`` order, hashed, many at a
+    time, in its own short transaction. Until then they are pending: counted by
+    ``audit verify``, replayed, but not yet tamper-evident.
+    """
+
+    __tablename__ = "unchained_events"
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    #: when the row was written (the server's clock): how long it has been pending
+    written_at: Mapped[datetime] = mapped_column(server_default=sa.func.now())
+    at: Mapped[datetime]
+    actor: Mapped[str] = mapped_column(sa.String(PERSON_MAX))
+    action: Mapped[str] = mapped_column(sa.String(40))
+    obligation_id: Mapped[int | None] = mapped_column(BigId)
+    problem_id: Mapped[int | None] = mapped_column(BigId)
+    from_state: Mapped[str | None] = mapped_column(sa.String(16))
+    to_state: Mapped[str | None] = mapped_column(sa.String(16))
+    details: Mapped[dict[str, Any]]
+
+
 class AuditHead(Base):
     """The chain's tip (single row, id 1): serialises appends and reveals a removed tail."""
 

@@ -671,8 +671,9 @@ class TickWriter:
     whole (locked past the retries, the commit itself failing) every request of the
     batch gets that exception and nothing of the batch is recorded. ``close`` stops
     taking requests and writes what was taken before returning. The batch's audit
-    events are appended once, after its ticks and in their order (one chain-head update
-    per batch). SAVEPOINTs work on SQLite inside ``BEGIN IMMEDIATE`` (``make_engine``
+    events are appended once, after its ticks and in their order: on SQLite chained in
+    the batch's transaction (one chain-head update per batch), on PostgreSQL unchained,
+    and linked after the commit (``_chain``). SAVEPOINTs work on SQLite inside ``BEGIN IMMEDIATE`` (``make_engine``
     issues the ``BEGIN`` itself, so pysqlite's own transaction handling stays out of the
     way) and on PostgreSQL; ``tests/test_tick_batch.py`` runs on both.
     """
@@ -803,7 +804,8 @@ class TickWriter:
                         )
 
     def _write(self, batch: list[_Pending]) -> None:
-        """Write a batch, then answer every awaitable of it (``_wake``), whatever happened."""
+        """Write a batch, then answer every awaitable of it (``_wake``), whatever happened,
+        then link its events to the audit chain (``_chain``)."""
         try:
             self._write_batch(batch)
         finally:
@@ -811,6 +813,26 @@ class TickWriter:
                 if not p.future.done():  # a batch that failed unexpectedly (``_run`` logs it)
                     p.future.set_exception(Unavailable("the tick was not recorded; send it again"))
             _wake(batch)
+        self._chain()
+
+    def _chain(self) -> None:
+        """PostgreSQL: link the committed events (this batch's and any other writer's) in
+        a transaction of their own, after the answers went out.
+
+        The batch's own transaction never takes the chain's head lock, so three daemons'
+        writers commit side by side (sharing PostgreSQL's group commit) instead of queueing
+        on one row from append to fsync. If another chainer holds the head, this one
+        leaves at once: that one, the next batch, or the leader's backstop links them.
+        """
+        if self.engine.dialect.name != "postgresql":
+            return
+        try:
+            if self._held is None:
+                self._held = self.engine.connect()
+            audit.chain(self._held, look=False)
+        except Exception:  # the events stay pending: the next chainer links them
+            log.warning("tick writer: linking the audit chain failed", exc_info=True)
+            self._drop_held()
 
     def _write_batch(self, batch: list[_Pending]) -> None:
         live = [p for p in batch if p.future.set_running_or_notify_cancel()]
@@ -820,7 +842,7 @@ class TickWriter:
         def in_bulk() -> list[TickResult | Exception]:
             with self._transaction() as conn:
                 outcomes, events = _tick_batch(conn, [p.request for p in live])
-                audit.append(conn, events)
+                audit.append(conn, events, defer=True)
             return outcomes
 
         def one_by_one() -> list[TickResult | Exception]:
@@ -834,7 +856,7 @@ class TickWriter:
                     else:
                         outcomes.append(done[0])
                         events.extend(done[1])
-                audit.append(conn, events)
+                audit.append(conn, events, defer=True)
             return outcomes
 
         try:

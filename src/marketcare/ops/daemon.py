@@ -26,7 +26,7 @@ from marketcare.clock import now_utc
 from marketcare.domain.schedules import Schedule, digest_of, read_sources
 from marketcare.domain.timespec import format_duration
 from marketcare.errors import MarketcareError, SourceError
-from marketcare.ledger import leader
+from marketcare.ledger import audit, leader
 from marketcare.ledger.db import log_failure, make_engine
 from marketcare.ledger.leader import (
     Leadership,
@@ -44,6 +44,8 @@ from marketcare.web.health import PROBE_INTERVAL, Health, StepRecord, probe_writ
 
 log = logging.getLogger("marketcare.daemon")
 
+#: how often the leader links audit events still pending (PostgreSQL; ``step_chain``)
+CHAIN_INTERVAL_SECONDS = 5.0
 #: how often a daemon tries to take the scheduler lead, and the leader renews its heartbeat
 LEADER_TICK_SECONDS = 1.0
 #: how long a stop waits for a running step before the process exits without it
@@ -236,6 +238,12 @@ class Daemon:
             sender=self.settings.smtp_sender,
         )
 
+    def step_chain(self) -> int:
+        """Link events still pending to the audit chain: the backstop of the tick writers,
+        which link after each batch but leave it when another chainer holds the head
+        (or die between their commit and the link)."""
+        return audit.chain(self.engine)
+
     def step_timestamp(self) -> bool:
         """Have the authority witness the chain's head (daily, and after each report)."""
         from marketcare.ops import timestamping
@@ -386,6 +394,13 @@ class Daemon:
             id="notifications",
             next_run_time=datetime.now(UTC),
         )
+        if self.engine.dialect.name == "postgresql":
+            scheduler.add_job(
+                self._guarded(self.step_chain),
+                "interval",
+                seconds=CHAIN_INTERVAL_SECONDS,
+                id="chain",
+            )
         watcher = threading.Thread(target=self._watch, args=(stop,), daemon=True)
         reloader = threading.Thread(
             target=self._reloader, args=(stop, scheduler), name="reloader", daemon=True

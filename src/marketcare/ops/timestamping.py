@@ -76,6 +76,7 @@ def stamp(engine: sa.Engine, settings: Settings, *, now: datetime, reason: str) 
     if not settings.tsa_url or settings.tsa_certificates is None:
         raise MarketcareError("set tsa_url and tsa_certificates to use trusted timestamps")
     roots = timestamps.load_roots(settings.tsa_certificates)
+    audit.chain(engine)  # the head witnessed covers every event committed so far
     with read(engine) as conn:
         head = audit.head(conn)
     token = request_token(

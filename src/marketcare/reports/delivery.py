@@ -185,6 +185,7 @@ def export(
     me = installation.identity(engine, now=now)
     target_dir = exports_folder(exports_dir, me.name)
     tmp = target_dir / f".marketcare-{os.getpid()}-{now.timestamp():.0f}.xlsx.part"
+    audit.chain(engine)  # the anchor the file carries covers every event committed so far
     try:
         with read(engine) as conn:
             report = Report(conn, period, as_of=now, markets=markets)
@@ -651,6 +652,7 @@ class SendResult:
 
 def _claim(engine: sa.Engine, now: datetime) -> Any | None:
     """Take one due message under a lease (see ``outbox``), with its report."""
+    audit.chain(engine)  # the anchor the email carries covers every event committed so far
 
     def step() -> Any | None:
         with write(engine) as conn:

@@ -111,17 +111,17 @@ def _figures(
 
 
 def ledger_state(conn: sa.Connection) -> tuple[Any, ...]:
-    """What every write that can change a figure moves: the audit chain's head (each
-    tick, sweep, materialisation, problem move and inspection appends to it) and the
+    """What every write that can change a figure moves: the audit log's position (each
+    tick, sweep, materialisation, problem move and inspection appends to it, chained or
+    pending) and the
     applied schedule version (the markets, their names, zones and sub-districts)."""
     from marketcare.ledger import audit
     from marketcare.ledger.models import LedgerState
 
-    head = audit.head(conn)
     version = conn.execute(
         sa.select(LedgerState.version_id).where(LedgerState.id == 1)
     ).scalar_one_or_none()
-    return head.seq, head.hash, version
+    return (*audit.position(conn), version)
 
 
 @dataclass(frozen=True)
