@@ -433,6 +433,8 @@ def run(args: argparse.Namespace) -> None:
                     + (f", errors {s['errors']}" if s["errors"] else "")
                 )
         out = report(extras, info, args, version, settings, time.perf_counter() - started)
+        out["chain"] = check_chain(url)
+        log(f"audit chain: {out['chain']}")
         out_path.parent.mkdir(parents=True, exist_ok=True)
         out_path.write_text(json.dumps(out, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
         print(markdown(out))
@@ -453,6 +455,39 @@ def run(args: argparse.Namespace) -> None:
             log(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def check_chain(url: str) -> dict[str, Any]:
+    """After the load: the daemons' tick writers linked their events (the rest is linked
+    here, as ``audit verify`` would), the chain verifies, and each completion has its one
+    event: nothing lost, nothing twice, whatever order the writers committed in."""
+    import sqlalchemy as sa
+
+    from marketcare.ledger import audit
+    from marketcare.ledger.db import make_engine, read
+    from marketcare.ledger.models import Completion, Event
+
+    engine = make_engine(url)
+    try:
+        left = audit.chain(engine, wait=True)
+        with read(engine) as conn:
+            verdict = audit.verify(conn)
+            completions = conn.execute(sa.select(sa.func.count()).select_from(Completion))
+            events = conn.execute(
+                sa.select(
+                    sa.func.count(sa.distinct(Event.details["completion_id"].as_integer()))
+                ).where(Event.action.in_(("completed", "failed_check")))
+            )
+            counts = (int(completions.scalar_one()), int(events.scalar_one()))
+    finally:
+        engine.dispose()
+    if not verdict.ok or verdict.pending or counts[0] != counts[1]:
+        raise SystemExit(f"the audit chain does not hold: {verdict}, completions/events {counts}")
+    return {
+        "events": verdict.checked,
+        "left pending by the daemons": left,
+        "completions": counts[0],
+    }
 
 
 def report(
