@@ -11,7 +11,7 @@ import threading
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, cast
@@ -673,9 +673,10 @@ class TickWriter:
     taking requests and writes what was taken before returning. The batch's audit
     events are appended once, after its ticks and in their order: on SQLite chained in
     the batch's transaction (one chain-head update per batch), on PostgreSQL unchained,
-    and linked after the commit (``_chain``). SAVEPOINTs work on SQLite inside ``BEGIN IMMEDIATE`` (``make_engine``
-    issues the ``BEGIN`` itself, so pysqlite's own transaction handling stays out of the
-    way) and on PostgreSQL; ``tests/test_tick_batch.py`` runs on both.
+    and linked after the commit by its chainer thread (``_chain_loop``). SAVEPOINTs work
+    on SQLite inside ``BEGIN IMMEDIATE`` (``make_engine`` issues the ``BEGIN`` itself, so
+    pysqlite's own transaction handling stays out of the way) and on PostgreSQL;
+    ``tests/test_tick_batch.py`` runs on both.
     """
 
     def __init__(self, engine: sa.Engine, *, max_batch: int = 64, start: bool = True) -> None:
@@ -687,12 +688,24 @@ class TickWriter:
         self._thread = threading.Thread(target=self._run, name="tick-writer", daemon=True)
         #: PostgreSQL: the writer thread's own connection, kept between batches
         self._held: sa.Connection | None = None
+        #: PostgreSQL: the chainer thread, woken after each batch (``_chain_loop``)
+        self._chainer: threading.Thread | None = None
+        if engine.dialect.name == "postgresql":
+            self._chainer = threading.Thread(
+                target=self._chain_loop, name="tick-chainer", daemon=True
+            )
+        self._to_chain = threading.Event()
+        self._chaining_stops = False
+        #: batches written so far (by the writer thread; the chainer compares)
+        self._written = 0
         if start:
             self.start()
 
     def start(self) -> None:
         """Start writing (a writer made with ``start=False`` only queues until then)."""
         self._thread.start()
+        if self._chainer is not None:
+            self._chainer.start()
 
     def submit(self, request: TickRequest) -> Future[TickResult]:
         fut: Future[TickResult] = Future()
@@ -733,8 +746,12 @@ class TickWriter:
                 self._closed = True
                 self._queue.put(None)
             if self._thread.ident is None:  # never started: write what it holds all the same
-                self._thread.start()
+                self.start()
         self._thread.join(timeout)
+        if self._chainer is not None:  # one last round for the last batch's events
+            self._chaining_stops = True
+            self._to_chain.set()
+            self._chainer.join(timeout)
 
     def _run(self) -> None:
         try:
@@ -805,7 +822,7 @@ class TickWriter:
 
     def _write(self, batch: list[_Pending]) -> None:
         """Write a batch, then answer every awaitable of it (``_wake``), whatever happened,
-        then link its events to the audit chain (``_chain``)."""
+        then wake the chainer to link its events (``_chain_loop``)."""
         try:
             self._write_batch(batch)
         finally:
@@ -813,26 +830,46 @@ class TickWriter:
                 if not p.future.done():  # a batch that failed unexpectedly (``_run`` logs it)
                     p.future.set_exception(Unavailable("the tick was not recorded; send it again"))
             _wake(batch)
-        self._chain()
+            self._written += 1
+            self._to_chain.set()
 
-    def _chain(self) -> None:
-        """PostgreSQL: link the committed events (this batch's and any other writer's) in
-        a transaction of their own, after the answers went out.
+    def _chain_loop(self) -> None:
+        """PostgreSQL: link the committed events (this writer's and any other's) to the
+        audit chain, in transactions of their own, on a thread of their own.
 
-        The batch's own transaction never takes the chain's head lock, so three daemons'
-        writers commit side by side (sharing PostgreSQL's group commit) instead of queueing
-        on one row from append to fsync. If another chainer holds the head, this one
-        leaves at once: that one, the next batch, or the leader's backstop links them.
+        A batch's transaction never takes the chain's head lock, so three daemons' writers
+        commit side by side (sharing PostgreSQL's group commit) instead of queueing on one
+        row from append to fsync; and the writer goes on to its next batch while this
+        thread waits for the chaining's fsync. Batches written meanwhile are linked in
+        the next round, together. If another chainer holds the head, this one leaves at
+        once: that one, the next round, or the leader's backstop links them.
         """
-        if self.engine.dialect.name != "postgresql":
-            return
-        try:
-            if self._held is None:
-                self._held = self.engine.connect()
-            audit.chain(self._held, look=False)
-        except Exception:  # the events stay pending: the next chainer links them
-            log.warning("tick writer: linking the audit chain failed", exc_info=True)
-            self._drop_held()
+        conn: sa.Connection | None = None
+        linked_after = 0  # batches written before the last round began
+        while True:
+            self._to_chain.wait()
+            self._to_chain.clear()
+            last, written = self._chaining_stops, self._written
+            if written == linked_after:  # nothing new since the last round
+                if last:
+                    break
+                continue
+            linked_after = written
+            try:
+                if conn is None:
+                    conn = self.engine.connect()
+                audit.chain(conn, look=False)
+            except Exception:  # the events stay pending: the next chainer links them
+                log.warning("tick writer: linking the audit chain failed", exc_info=True)
+                if conn is not None:
+                    with suppress(Exception):
+                        conn.invalidate()
+                        conn.close()
+                    conn = None
+            if last:
+                break
+        if conn is not None:
+            conn.close()
 
     def _write_batch(self, batch: list[_Pending]) -> None:
         live = [p for p in batch if p.future.set_running_or_notify_cancel()]
