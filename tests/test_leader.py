@@ -26,7 +26,16 @@ import pytest
 from marketcare.domain.obligations import expand
 from marketcare.domain.schedules import load_texts
 
-from .support.procs import LIVENESS, Proc, database, make_env, query, start_daemon, wait_until
+from .support.procs import (
+    LIVENESS,
+    Proc,
+    cli,
+    database,
+    make_env,
+    query,
+    start_daemon,
+    wait_until,
+)
 from .support.smtp import SmtpServer
 
 pytestmark = [
@@ -188,4 +197,8 @@ def test_three_daemons_one_scheduler_leader_killed_repeatedly_nothing_twice_noth
     ids = Counter(str(m.message["Message-ID"]) for m in smtp.received)
     assert all(n == 1 for n in ids.values()), ids
     assert len(ids) == expected_reports + expected_notifications
+    # the audit chain: every event of every leader linked once, in one order, intact
+    verify = cli(env, "audit", "verify", "--no-files", cwd=tmp_path, at=fake_now())
+    assert verify.returncode == 0, verify.stderr
+    assert "chain intact" in verify.stdout and "pending" not in verify.stdout
     print(json.dumps({"kills": kills, "takeover_seconds": [round(t, 2) for t in takeovers]}))
