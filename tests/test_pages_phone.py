@@ -18,6 +18,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
+from marketcare.ledger import audit
 from marketcare.ledger.models import Completion, Event, Obligation
 from tests.support.field import NAMES, USERS, evening_schedule
 from tests.support.web import Site, running_site
@@ -318,6 +319,8 @@ def test_a_queued_checklist_sent_through_the_api_keeps_the_phone_time_and_the_ar
     )
     (c,) = completions(site, toilets)
     assert (c.phone_at, c.arrived_at, c.at) == (on_phone, arrived, on_phone)
+    # on PostgreSQL the web's ticks are linked to the chain just after the answer
+    audit.chain(site.engine, wait=True)
     with site.engine.connect() as conn:
         event = conn.execute(
             sa.select(Event).where(Event.obligation_id == toilets, Event.action == "completed")
