@@ -517,13 +517,36 @@ def ranking(
     return Ranking(
         period=period,
         as_of=as_of,
-        markets=rank(list(current.values()), list(before.values())),
+        markets=rank(
+            list(current.values()), places_before=_places(before, keep=shared is not None)
+        ),
         sub_districts=rank(
             sub_districts,
             by_sub_district(before_markets, before) if before else [],
         ),
         info=infos,
     )
+
+
+#: the places of the last periods before ranked, by the identity of their figures (kept
+#: between requests by ``Memo``: a city's thousand markets are not ranked again for each)
+_PLACES: dict[int, tuple[dict[str, Figures], dict[str, int]]] = {}
+
+
+def _places(figures: dict[str, Figures], *, keep: bool) -> dict[str, int]:
+    """Each market's place among ``figures`` (``rank``), worked out once per counted
+    figures when ``keep`` (they are a ``Shared``'s, kept between requests): the dict is
+    kept with its places, so its identity cannot be reused."""
+    hit = _PLACES.get(id(figures))
+    if hit is not None and hit[0] is figures:
+        return hit[1]
+    places = {s.key: s.rank for s in rank(list(figures.values()))}
+    if not keep:
+        return places
+    if len(_PLACES) >= 4:
+        _PLACES.clear()
+    _PLACES[id(figures)] = figures, places
+    return places
 
 
 def closed(period: Period, *, as_of: datetime, markets: Sequence[MarketInfo]) -> bool:
