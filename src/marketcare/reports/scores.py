@@ -13,7 +13,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -82,6 +83,8 @@ def _end_utc(period: Period, zone: str) -> datetime:
     local = datetime.combine(period.end, datetime.min.time()).replace(tzinfo=ZoneInfo(zone))
     return local.astimezone(UTC)
 
+
+T = TypeVar("T")
 
 #: what ranks a period: its markets (``Report.markets``) and each one's figures
 Counted = tuple[list[MarketInfo], dict[str, Figures]]
@@ -528,25 +531,31 @@ def ranking(
     )
 
 
-#: the places of the last periods before ranked, by the identity of their figures (kept
-#: between requests by ``Memo``: a city's thousand markets are not ranked again for each)
-_PLACES: dict[int, tuple[dict[str, Figures], dict[str, int]]] = {}
+#: what was worked out from counted figures kept between requests (``Memo``), by what
+#: and the identity of the figures (kept with it, so the identity cannot be reused): a
+#: city's thousand markets are not ranked or added up again for each request
+_DERIVED: dict[tuple[str, int], tuple[dict[str, Figures], Any]] = {}
+
+
+def _derived(
+    what: str, figures: dict[str, Figures], work: Callable[[list[Figures]], T], *, keep: bool
+) -> T:
+    """``work`` over ``figures``, once per counted figures when ``keep`` (they are a
+    ``Shared``'s)."""
+    hit = _DERIVED.get((what, id(figures)))
+    if hit is not None and hit[0] is figures:
+        return cast(T, hit[1])
+    done = work(list(figures.values()))
+    if keep:
+        if len(_DERIVED) >= 16:
+            _DERIVED.clear()
+        _DERIVED[(what, id(figures))] = figures, done
+    return done
 
 
 def _places(figures: dict[str, Figures], *, keep: bool) -> dict[str, int]:
-    """Each market's place among ``figures`` (``rank``), worked out once per counted
-    figures when ``keep`` (they are a ``Shared``'s, kept between requests): the dict is
-    kept with its places, so its identity cannot be reused."""
-    hit = _PLACES.get(id(figures))
-    if hit is not None and hit[0] is figures:
-        return hit[1]
-    places = {s.key: s.rank for s in rank(list(figures.values()))}
-    if not keep:
-        return places
-    if len(_PLACES) >= 4:
-        _PLACES.clear()
-    _PLACES[id(figures)] = figures, places
-    return places
+    """Each market's place among ``figures`` (``rank``)."""
+    return _derived("places", figures, lambda f: {s.key: s.rank for s in rank(f)}, keep=keep)
 
 
 def closed(period: Period, *, as_of: datetime, markets: Sequence[MarketInfo]) -> bool:
@@ -583,5 +592,6 @@ def trend(
         _, figs = _figures(conn, p, min(as_of, _end_utc(p, zone)), markets, shared)
         for market_id, f in figs.items() if per_market else ():
             out.setdefault(market_id, []).append(TrendPoint(p, f))
-        out.setdefault("", []).append(TrendPoint(p, combine("", list(figs.values()))))
+        whole = _derived("whole", figs, partial(combine, ""), keep=shared is not None)
+        out.setdefault("", []).append(TrendPoint(p, whole))
     return out
