@@ -394,7 +394,7 @@ class Memo:
             report = Report(conn, period, as_of=as_of, markets=wanted)
             if {m.id for m in report.markets} != written & figures.keys():
                 return  # a market came or went: its place in the order is the database's
-            fresh = figures_of(report, totals, zone=infos[0].zone)
+            fresh = figures_of(report, totals, zone=infos[0].zone if infos else None)
             figures = {k: fresh.get(k, f) for k, f in figures.items()}
         shared[(period, as_of, chosen)] = infos, figures
 
