@@ -167,35 +167,53 @@ def touched(conn: sa.Connection, before: tuple[Any, ...], now: tuple[Any, ...]) 
     that names neither (a materialisation, an inspection, an account change), a problem
     whose state before cannot be read from the chain, or more than ``TOUCHED_LIMIT``
     events."""
-    from marketcare.ledger.models import Event, Obligation, ProblemRow
+    from marketcare.ledger.models import Event, Obligation, ProblemRow, UnchainedEvent
 
-    (seq0, hash0, version0), (seq1, hash1, version1) = before, now
-    if version0 != version1 or seq1 < seq0 or seq1 - seq0 > TOUCHED_LIMIT:
+    (seq0, hash0, pending0, version0) = before
+    (seq1, hash1, pending1, version1) = now
+    if version0 != version1 or seq1 < seq0 or pending1 < pending0:
         return None
-    if seq1 == seq0:
+    if seq1 - seq0 + pending1 - pending0 > TOUCHED_LIMIT:
+        return None
+    if seq1 == seq0 and pending1 == pending0:
         return Touched(frozenset(), None) if hash0 == hash1 else None
     kept = conn.execute(sa.select(Event.hash).where(Event.seq == seq0)).scalar_one_or_none()
     if kept != hash0:
         return None
-    rows = conn.execute(
-        sa.select(
-            Event.action,
-            Event.from_state,
-            Event.details,
-            Event.obligation_id,
-            Event.problem_id,
-            Obligation.market_id,
-            Obligation.local_date,
-            ProblemRow.market_id,
-            ProblemRow.state,
-            ProblemRow.deadline,
-            ProblemRow.verified_at,
+
+    def written_in(table: Any, where: Any, order: Any) -> list[Any]:
+        return list(
+            conn.execute(
+                sa.select(
+                    table.action,
+                    table.from_state,
+                    table.details,
+                    table.obligation_id,
+                    table.problem_id,
+                    Obligation.market_id,
+                    Obligation.local_date,
+                    ProblemRow.market_id,
+                    ProblemRow.state,
+                    ProblemRow.deadline,
+                    ProblemRow.verified_at,
+                )
+                .outerjoin(Obligation, Obligation.id == table.obligation_id)
+                .outerjoin(ProblemRow, ProblemRow.id == table.problem_id)
+                .where(where)
+                .order_by(order)
+            ).all()
         )
-        .outerjoin(Obligation, Obligation.id == Event.obligation_id)
-        .outerjoin(ProblemRow, ProblemRow.id == Event.problem_id)
-        .where(Event.seq > seq0, Event.seq <= seq1)
-        .order_by(Event.seq)
-    ).all()
+
+    # the events linked since, then those committed since and not linked yet (PostgreSQL's
+    # ticks: ``audit.position``); an event pending before and linked since is read again,
+    # which only counts its market once more
+    rows = written_in(Event, (Event.seq > seq0) & (Event.seq <= seq1), Event.seq)
+    if pending1 > pending0:
+        rows += written_in(
+            UnchainedEvent,
+            (UnchainedEvent.id > pending0) & (UnchainedEvent.id <= pending1),
+            UnchainedEvent.id,
+        )
     markets: set[str] = set()
     days: list[str] = []
     written: dict[int, _Written] = {}
