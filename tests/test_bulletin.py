@@ -143,6 +143,25 @@ def test_a_pdf_leaves_none_of_its_layout_behind_and_the_collector_as_it_was(
     assert gc.get_freeze_count() == 0  # what was frozen meanwhile is collected as before
 
 
+def test_a_pdf_made_in_a_serving_daemon_leaves_its_settled_heap_frozen(tmp_path: Path) -> None:
+    """The web app freezes its start-up heap so full collections stay short (the tick's
+    p99); the weekly bulletin, made in the same process, must not thaw it."""
+    from marketcare import heap
+
+    def collected_generations_hold(thing: object) -> bool:
+        return any(o is thing for g in range(3) for o in gc.get_objects(g))
+
+    kept: list[object] = [[]]  # alive before the server settles, as its schedule is
+    heap.settle()
+    try:
+        assert not collected_generations_hold(kept)
+        bulletin.render_pdf("<p>周报</p>", tmp_path / "b.pdf", lang="zh-CN")
+        assert not collected_generations_hold(kept)
+    finally:
+        heap.unsettle()
+    assert gc.get_freeze_count() == 0 and collected_generations_hold(kept)
+
+
 def test_without_harfbuzzs_subsetter_there_is_no_cut_and_the_log_says_so(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:

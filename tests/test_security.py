@@ -473,14 +473,14 @@ def test_operators_manage_tokens_feeds_and_operators_on_the_command_line() -> No
 # ---------------------------------------------------------------- row 8: metrics, the log
 
 
-def declaring(site: Site, path: str, length: int) -> bytes:
+def declaring(site: Site, path: str, length: int, kind: str = "application/json") -> bytes:
     """The first line of the answer to a POST that only declares ``length`` bytes (an
     HTTP client will not send a body shorter than its Content-Length)."""
     url = httpx.URL(site.base)
     with socket.create_connection((url.host, url.port), timeout=30) as raw:
         raw.sendall(
             f"POST {path} HTTP/1.1\r\nHost: {url.host}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n{{}}".encode()
+            f"Content-Type: {kind}\r\nContent-Length: {length}\r\n\r\n{{}}".encode()
         )
         return raw.recv(4096).split(b"\r\n", 1)[0] + b" "
 
@@ -505,6 +505,21 @@ def test_a_body_too_large_to_hold_is_refused_before_the_caller_is_asked_for(
         answer = manager.post(tick, json={"token": "bounded-1"})  # no reading: 422
         assert answer.status_code == 422, answer.text
         assert api.TickShortcut.taken == taken + 1
+
+
+def test_a_form_with_files_larger_than_the_form_bound_is_refused_before_it_is_spooled(
+    site: Site,
+) -> None:
+    """Each photo is bounded by ``upload_max_bytes``, but a form may carry a thousand
+    parts, each spooled to disk: the whole form is bounded too, before any of it is
+    written; a form under the bound still reaches its route (here: not signed in)."""
+    multipart = "multipart/form-data; boundary=x"
+    bound = site.settings.upload_form_max_bytes
+    assert declaring(site, "/inspect/lizhong", bound + 1, multipart).startswith(b"HTTP/1.1 413 ")
+    assert declaring(site, "/api/v1/evidence", 10**12, multipart).startswith(b"HTTP/1.1 413 ")
+    with site.client() as anonymous:
+        small = anonymous.post("/inspect/lizhong", files={"photo.a": ("a.jpg", JPEG)})
+        assert small.status_code != 413
 
 
 def test_metrics_are_not_served_on_the_public_listener_by_default(site: Site) -> None:
@@ -579,3 +594,11 @@ def test_settings_refuse_a_malformed_metrics_address() -> None:
     with pytest.raises(SettingsError, match="metrics_token"):
         load_settings(metrics_token="short")
     assert Settings(metrics_listen="127.0.0.1:9108").metrics_address == ("127.0.0.1", 9108)
+
+
+def test_settings_refuse_a_form_bound_that_cannot_hold_one_photo() -> None:
+    from marketcare.errors import SettingsError
+    from marketcare.settings import load_settings
+
+    with pytest.raises(SettingsError, match="upload_form_max_bytes"):
+        load_settings(upload_max_bytes=50_000_000, upload_form_max_bytes=20_000_000)

@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = None
     #: the largest photo accepted with a completion or a rectification
     upload_max_bytes: int = Field(default=10_000_000, ge=10_000, le=100_000_000)
+    #: the largest multipart form in all (an inspection's photos together): its parts are
+    #: spooled to disk, so without a bound one request could fill the disk
+    upload_form_max_bytes: int = Field(default=100_000_000, ge=1_000_000, le=2_000_000_000)
     #: managers see the ranking of every market (红黑榜) and the bulletin, not only their own
     managers_see_ranking: bool = False
     #: how far a phone's clock is trusted for a checklist sent from the offline queue
@@ -119,6 +122,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 "smtp_security is 'none' but a password is set for a remote server; "
                 "use starttls or tls so the password is not sent in clear text"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _form_holds_a_photo(self) -> Settings:
+        if self.upload_form_max_bytes <= self.upload_max_bytes:
+            raise ValueError(
+                f"upload_form_max_bytes ({self.upload_form_max_bytes}) must be larger than "
+                f"upload_max_bytes ({self.upload_max_bytes}): a form carries its photo and "
+                "its fields"
             )
         return self
 

@@ -20,7 +20,6 @@ changed data is a new revision of both. A scheduled bulletin is emailed with bot
 from __future__ import annotations
 
 import functools
-import gc
 import hashlib
 import json
 import logging
@@ -37,6 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from marketcare import heap
 from marketcare.domain.periods import Period
 from marketcare.errors import MarketcareError, NotFound
 from marketcare.files import fsync_path
@@ -529,18 +529,15 @@ def render_pdf(page: str, path: Path, *, lang: str) -> None:
     full collection, a daemon's next report is made on top of them (3 MiB of a district's
     peak). A full collection scans every object of the process (0.2-0.3 s on a loaded
     machine); what lived before the PDF cannot be the PDF's garbage, so it is set aside
-    (frozen) while the PDF's is collected. Freezing only narrows what a collection scans:
-    another thread's objects are collected later, never wrongly.
+    (frozen) while the PDF's is collected (``heap.collecting``, which leaves a serving
+    daemon's settled heap frozen). Freezing only narrows what a collection scans: another
+    thread's objects are collected later, never wrongly.
     """
     html_page = page_class()
-    gc.freeze()
-    try:
+    with heap.collecting():
         with tempfile.TemporaryDirectory(prefix="marketcare-bulletin-font-") as folder:
             page = with_cjk_subset(page, Path(folder), lang=lang)
             html_page(string=page, base_url=str(HERE)).write_pdf(str(path))
-        gc.collect()
-    finally:
-        gc.unfreeze()
 
 
 # ---------------------------------------------------------------- the record

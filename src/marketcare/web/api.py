@@ -12,7 +12,6 @@ odd input (a 20-digit id, the year 9999) a clear 422 rather than a database erro
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import re
@@ -34,7 +33,7 @@ from starlette.datastructures import UploadFile
 from starlette.middleware.exceptions import ExceptionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from marketcare import clock, logs
+from marketcare import clock, heap, logs
 from marketcare.domain import inputs
 from marketcare.domain.access import Action, Principal, Role, may, visible_markets
 from marketcare.domain.periods import Period
@@ -382,15 +381,14 @@ def _settle(engine: sa.Engine) -> None:
     it, and that was the tick endpoint's p99. ``gc.freeze()`` moves what is alive after
     start-up (the schedule, the app, the modules) to a generation the collector skips;
     reference counting still frees those objects, only cycles among them wait for
-    ``gc.unfreeze()`` at shutdown. Parsing here also spares the first tick the parse.
+    ``heap.unsettle()`` at shutdown. Parsing here also spares the first tick the parse.
     """
     try:
         with read(engine) as conn:
             active_schedule(conn)
     except (sa.exc.SQLAlchemyError, MarketcareError):  # a ledger not set up yet: no schedule
         pass
-    gc.collect()
-    gc.freeze()
+    heap.settle()
 
 
 @asynccontextmanager
@@ -405,7 +403,7 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
         if writer is not None:
             app.state.tick_writer = None
             await run_in_threadpool(writer.close)
-        gc.unfreeze()
+        heap.unsettle()
 
 
 router.lifespan_context = _lifespan

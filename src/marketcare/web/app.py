@@ -518,7 +518,7 @@ def create_app(
     app.add_middleware(GZipMiddleware, minimum_size=1400, compresslevel=6)
     app.add_middleware(HeadAsGet)
     # the outermost: a body too large to hold is refused before anything reads it
-    app.add_middleware(security.BodyLimit)
+    app.add_middleware(security.BodyLimit, form_limit=settings.upload_form_max_bytes)
     _install_error_handlers(app)
     if settings.web_api_docs:
         security.install_docs(app)

@@ -21,7 +21,9 @@ Kept out of ``app`` so the error mapping there and these rules change independen
   with 413 before more of them is read (``BodyLimit``): FastAPI reads such a body whole
   before it asks who is calling, so without a bound anyone could make the daemon hold
   gigabytes. Multipart bodies (photos, spreadsheets) are not held: Starlette spools
-  each part to disk and the routes bound each part by ``upload_max_bytes``.
+  each part to disk and the routes bound each part by ``upload_max_bytes``; the whole
+  body is bounded by ``upload_form_max_bytes`` (else a thousand parts could fill the
+  disk), refused the same way.
 """
 
 from __future__ import annotations
@@ -92,21 +94,23 @@ HELD_BODY_MAX = 1_000_000
 
 class BodyLimit:
     """ASGI middleware, the outermost: a body to be held in memory that declares or
-    sends more than ``HELD_BODY_MAX`` bytes is answered 413 (JSON ``detail``) as soon
-    as that is known. Starlette's own limiter does the counting; this only chooses
-    which bodies it applies to (multipart ones are streamed to disk, see above)."""
+    sends more than ``HELD_BODY_MAX`` bytes, or a multipart body (streamed to disk, see
+    above) of more than ``form_limit``, is answered 413 (JSON ``detail``) as soon as
+    that is known. Starlette's own limiter does the counting; this only chooses the
+    bound by the kind of body."""
 
-    def __init__(self, app: ASGIApp, limit: int = HELD_BODY_MAX) -> None:
+    def __init__(self, app: ASGIApp, limit: int = HELD_BODY_MAX, *, form_limit: int) -> None:
         self.app = app
         self.limit = limit
+        self.form_limit = form_limit
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or Headers(scope=scope).get("content-type", "").startswith(
-            "multipart/form-data"
-        ):
+        if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        await RequestBodyLimitResponder(self.app, self.limit)(scope, receive, send)
+        multipart = Headers(scope=scope).get("content-type", "").startswith("multipart/form-data")
+        bound = self.form_limit if multipart else self.limit
+        await RequestBodyLimitResponder(self.app, bound)(scope, receive, send)
 
 
 class SecurityHeaders:
