@@ -149,7 +149,7 @@ class _Pieces:
     same open file and of adjacent offsets are merged into one, so the pages come
     alternately from two descriptors of the file. HarfBuzz reads one contiguous range as
     before. Some 4,700 mappings for the 19 MB collection (the kernel allows 65,530 by
-    default), made and unmade in about 0.1 s, once a cut; when one fails (the limit
+    default), made and unmade in 0.1-0.2 s, once a cut; when one fails (the limit
     reached, or no ``mmap``) the cut maps the file whole, as it did.
     """
 
@@ -158,8 +158,9 @@ class _Pieces:
         if libc is None:
             raise OSError("no mmap")
         self.ffi, self.lib = libc.ffi, libc.lib
-        fds = [os.open(file, os.O_RDONLY), os.open(file, os.O_RDONLY)]
+        fds = [os.open(file, os.O_RDONLY)]
         try:
+            fds.append(os.open(file, os.O_RDONLY))
             self.size = os.fstat(fds[0]).st_size
             page = mmap.PAGESIZE
             # a range reserved first (no access, no memory), then filled page by page
