@@ -162,3 +162,39 @@ def test_an_expansion_over_its_time_budget_is_a_located_error_not_a_hang() -> No
     assert (
         "expanding the schedule took longer than 0 s; check this task's recurrence" in error.message
     )
+
+
+def test_the_time_to_start_the_checking_process_is_not_counted_as_the_edits(
+    tmp_path: Path,
+) -> None:
+    """The limit is the check's own processor time: a fresh fork server (a new interpreter
+    importing the schedule code) or a busy CPU does not make a two-line edit too slow.
+    Run in a new process so that its fork server starts from nothing."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import sys\n"
+        "from datetime import timedelta\n"
+        "from marketcare.domain.schedules import load_texts\n"
+        "from marketcare.ops.validation import check_in_child\n"
+        "from tests.conftest import make_schedule_text, utc\n"
+        "if __name__ == '__main__':\n"
+        "    now = utc(2026, 11, 27, 2, 0)\n"
+        "    v = check_in_child({'a.yaml': make_schedule_text()}, default_timezone='Asia/Shanghai',"
+        " previous=None, start=now, end=now + timedelta(hours=6), timeout=0.25)\n"
+        "    print('ok' if v.ok else v.errors[0].message)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"
