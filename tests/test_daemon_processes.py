@@ -482,6 +482,7 @@ def test_an_edit_that_would_hang_or_take_too_long_never_stops_the_daemon(
         ),
         proc=daemon,
         what="the slow check to be given up",
+        timeout=300,  # 3 s of the child's processor time, at a low priority on a busy machine
     )
     assert "zz-0.yaml" in slow["checks"]["schedule_files"]
     assert slow["checks"]["steps"]["sweep"] == "ok"

@@ -5,11 +5,14 @@ compares it with."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import httpx
 import time_machine
 
 from marketcare.domain.compliance import holds_until
+from marketcare.domain.periods import Period
+from marketcare.ledger import problems
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import read
 from marketcare.reports import dashboard, scores
@@ -164,3 +167,163 @@ def test_closed_weeks_of_the_ranking_are_kept_across_a_tick_of_todays_work(site:
         assert [scores._figures(conn, p, a, m, after)[1] for p, a, m in after] == [
             scores._figures(conn, p, a, m, None)[1] for p, a, m in after
         ]
+
+
+# ---------------------------------------------------------------- the ranking panel's figures
+
+ZONE = ZoneInfo("Asia/Shanghai")
+WEEKS = 3  # this week and two closed ones
+
+
+class Panel:
+    """The office page's ranking panel as a request counts it: the dashboard's figures
+    through its memo, then this week's ranking and the trend through the scores' memo
+    (the steps of ``web.pages_inspections.ranking_panel``)."""
+
+    def __init__(self, site: Site) -> None:
+        self.site, self.figures, self.scores = site, dashboard.Memo(), scores.Memo()
+
+    def request(self, now: datetime) -> tuple[scores.Ranking, list[scores.TrendPoint]]:
+        counted = dashboard.counted(self.site.engine, now=now, market_ids=ALL, memo=self.figures)
+        totals = {f.market.id: (f.week_on_time, f.week_due) for f in counted.figures}
+        week = this_week(now)
+        with read(self.site.engine) as conn:
+            state, shared = self.scores.shared(conn)
+            if counted.state == state and counted.holds(now):
+                self.scores.open_period(conn, state, shared, week, as_of=now, totals=totals)
+            ranked = scores.ranking(conn, week, as_of=now, shared=shared, totals=totals)
+            points = scores.trend(conn, as_of=now, zone=ZONE.key, weeks=WEEKS, shared=shared)
+        self.scores.keep(state, shared, as_of=now)
+        self.scores.keep_open(state, shared, week, as_of=now, holds=counted.holds)
+        return ranked, points[""]
+
+    def closed_weeks(self) -> scores.Shared:
+        """The closed weeks the memo keeps for the ledger as it is now."""
+        with read(self.site.engine) as conn:
+            return self.scores.shared(conn)[1]
+
+
+def this_week(now: datetime) -> Period:
+    return Period.of("week", now.astimezone(ZONE).date())
+
+
+def fresh(site: Site, now: datetime) -> tuple[scores.Ranking, list[scores.TrendPoint]]:
+    """The same ranking and trend counted again from nothing."""
+    with read(site.engine) as conn:
+        ranked = scores.ranking(conn, this_week(now), as_of=now)
+        return ranked, scores.trend(conn, as_of=now, zone=ZONE.key, weeks=WEEKS)[""]
+
+
+def rows(ranked: scores.Ranking) -> dict[str, object]:
+    return {s.key: s.figures for s in ranked.markets}
+
+
+def week_end(weeks_back: int, now: datetime) -> datetime:
+    """The end of the week ``weeks_back`` before this one, as an instant."""
+    end = this_week(now).start - timedelta(days=7 * (weeks_back - 1))
+    return datetime.combine(end, datetime.min.time(), tzinfo=ZONE).astimezone(UTC)
+
+
+def raise_problem(site: Site, *, found: datetime, deadline: datetime) -> int:
+    pid, _ = problems.add(
+        site.engine,
+        problems.NewProblem(
+            market_id="lizhong",
+            category="sanitation",
+            description="水产区排水沟堵塞",
+            found_by="区市场监管",
+            found_at=found,
+            deadline=deadline,
+        ),
+        now=max(found, site.clock.now()),
+    )
+    return pid
+
+
+def test_after_a_tick_the_rankings_other_rows_are_kept_and_it_equals_a_fresh_count(
+    site: Site,
+) -> None:
+    panel, now = Panel(site), site.clock.now()
+    first, _ = panel.request(now)
+    tick_lizhong(site)
+    second, points = panel.request(now)
+    assert (second.markets, points) == (fresh(site, now)[0].markets, fresh(site, now)[1])
+    assert second.sub_districts == fresh(site, now)[0].sub_districts
+    assert rows(second)["xinhua"] is rows(first)["xinhua"]  # kept, not counted again
+    assert rows(second)["lizhong"] != rows(first)["lizhong"]
+
+
+def test_a_problem_due_after_the_closed_weeks_keeps_them_and_counts_its_market_again(
+    site: Site,
+) -> None:
+    panel, now = Panel(site), site.clock.now()
+    first, _ = panel.request(now)
+    before = panel.closed_weeks()
+    assert len(before) == WEEKS - 1
+    raise_problem(site, found=now, deadline=now + timedelta(days=1))
+    second, points = panel.request(now)
+    after = panel.closed_weeks()
+    assert after.keys() == before.keys()
+    assert all(after[k] is before[k] for k in before)
+    assert (second.markets, points) == (fresh(site, now)[0].markets, fresh(site, now)[1])
+    assert rows(second)["xinhua"] is rows(first)["xinhua"]
+
+
+def same(after: scores.Shared, before: scores.Shared) -> set[Period]:
+    """The weeks whose kept figures are the very objects kept before (not counted again)."""
+    return {k[0] for k, v in after.items() if before.get(k) is v}
+
+
+def test_a_problem_due_at_a_closed_weeks_end_keeps_it_and_one_due_just_before_counts_it_again(
+    site: Site,
+) -> None:
+    """The rate counts deadlines in [start, end) and "past deadline" is counted at the
+    end: a deadline at the end itself is the next week's; one a microsecond earlier is
+    that week's, and past it."""
+    end = week_end(1, site.clock.now())  # last week's end, this week's start
+    last_week, panel = this_week(end - TICK), Panel(site)
+    with time_machine.travel(end + TICK, tick=False):  # the week has just closed
+        moment = datetime.now(UTC)
+        _, first = panel.request(moment)
+        before = panel.closed_weeks()
+        assert last_week in {k[0] for k in before}
+
+        raise_problem(site, found=end - timedelta(days=2), deadline=end)
+        assert panel.request(moment) == fresh(site, moment)  # this week counts it
+        assert same(panel.closed_weeks(), before) == {k[0] for k in before}
+
+        raise_problem(site, found=end - timedelta(days=2), deadline=end - TICK)
+        ranked, points = panel.request(moment)
+        assert (ranked, points) == fresh(site, moment)
+        assert same(panel.closed_weeks(), before) == {k[0] for k in before} - {last_week}
+    assert points[-2].period == last_week
+    assert points[-2].figures.rectification_due == first[-2].figures.rectification_due + 1
+    assert points[-2].figures.past_deadline == first[-2].figures.past_deadline + 1
+
+
+def test_a_deadline_moved_keeps_the_closed_weeks_to_which_the_problem_adds_the_same(
+    site: Site,
+) -> None:
+    now = site.clock.now()
+    found = week_end(2, now) - timedelta(days=5)  # in the week before last
+    pid = raise_problem(site, found=found, deadline=now + timedelta(days=7))
+    panel = Panel(site)
+    panel.request(now)
+    weeks = {k[0] for k in panel.closed_weeks()}
+    assert len(weeks) == WEEKS - 1
+
+    def assign(deadline: datetime | None) -> set[Period]:
+        """Move the deadline (None: name someone else only); the weeks kept across it."""
+        before = panel.closed_weeks()
+        problems.assign(
+            site.engine, problem_id=pid, by="区市场监管", to="王秀兰", now=now, deadline=deadline
+        )
+        assert panel.request(now) == fresh(site, now)
+        return same(panel.closed_weeks(), before)
+
+    # due in the week before last now, and past its deadline at the end of both
+    assert assign(found + timedelta(days=1)) == set()
+    assert assign(None) == weeks
+    # still due in that week and past it at both ends: both weeks read the same
+    assert assign(found + timedelta(days=2)) == weeks
+    assert assign(now + timedelta(days=1)) == set()

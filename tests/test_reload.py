@@ -209,3 +209,39 @@ def test_a_daemon_without_the_web_app_runs_its_steps_without_loading_a_web_frame
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert json.loads(done.stdout.strip().splitlines()[-1]) == []
+
+
+def test_the_time_to_start_the_checking_process_is_not_counted_as_the_edits(
+    tmp_path: Path,
+) -> None:
+    """The limit is the check's own processor time: a fresh fork server (a new interpreter
+    importing the schedule code) or a busy CPU does not make a two-line edit too slow.
+    Run in a new process so that its fork server starts from nothing."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "check.py"
+    script.write_text(
+        "import sys\n"
+        "from datetime import timedelta\n"
+        "from marketcare.domain.schedules import load_texts\n"
+        "from marketcare.ops.validation import check_in_child\n"
+        "from tests.conftest import make_schedule_text, utc\n"
+        "if __name__ == '__main__':\n"
+        "    now = utc(2026, 11, 27, 2, 0)\n"
+        "    v = check_in_child({'a.yaml': make_schedule_text()}, default_timezone='Asia/Shanghai',"
+        " previous=None, start=now, end=now + timedelta(hours=6), timeout=0.25)\n"
+        "    print('ok' if v.ok else v.errors[0].message)\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "ok"

@@ -45,10 +45,14 @@ def collecting() -> Iterator[None]:
     """Freeze what is alive, run the block, then collect only the block's garbage.
 
     Without a settled server the frozen set is thawed afterwards, as before. With one,
-    it stays frozen: thawing would undo the server's settling. What was alive when the
-    block began (its caller's data) stays frozen too; reference counting still frees it,
-    and only cycles among those objects wait for the server's shutdown.
+    it stays frozen: thawing would undo the server's settling. So that no garbage is
+    frozen for good, what is not frozen yet is collected first (quick: the server's big
+    set is already out of the way); what was alive when the block began (its caller's
+    data) stays frozen too: reference counting still frees it, and only cycles among
+    those objects wait for the server's shutdown.
     """
+    if _holders:
+        gc.collect()
     gc.freeze()
     try:
         yield

@@ -234,7 +234,7 @@ def _areas_of(task: Task, market: Market) -> list[Area | None]:
 class _Budget:
     """What one expansion may spend before it is refused (see ExpansionTooLarge)."""
 
-    deadline: float | None
+    deadline: float | None  # on ``time.thread_time``
     left: int = MAX_PLANNED
 
     def check(self, schedule: Schedule, task: Task, seconds: float | None) -> None:
@@ -248,7 +248,7 @@ class _Budget:
                     )
                 ]
             )
-        if self.deadline is not None and _time.monotonic() > self.deadline:
+        if self.deadline is not None and _time.thread_time() > self.deadline:
             raise ExpansionTooLarge(
                 [
                     schedule.error_at(
@@ -497,8 +497,9 @@ def expand(
 ) -> list[Planned]:
     """Every obligation whose opening falls in ``[start, end)`` (UTC), in a stable order.
 
-    ``seconds`` bounds the time the expansion may take: past it, ExpansionTooLarge names
-    the task being expanded (a hang is never an answer).
+    ``seconds`` bounds the processor time the expansion may take (this thread's: a
+    loaded machine or the daemon's other threads do not make an edit too large): past
+    it, ExpansionTooLarge names the task being expanded (a hang is never an answer).
     """
     if start.tzinfo is None or end.tzinfo is None:
         raise ValueError("expand() takes aware datetimes")
@@ -524,7 +525,7 @@ def _expanded(
     """What ``expand`` and ``expand_days`` share: the expansion under its time budget,
     in the order the ledger stores."""
     out: list[Planned] = []
-    budget = _Budget(None if seconds is None else _time.monotonic() + seconds)
+    budget = _Budget(None if seconds is None else _time.thread_time() + seconds)
     with _bulk():
         _expand_into(out, schedule, span_of, keep, markets, budget, seconds)
         out.sort(key=_order)

@@ -86,6 +86,15 @@ def verified_by(state: ProblemState | str, verified_at: datetime | None, moment:
     )
 
 
+def past_deadline_at(
+    state: ProblemState | str, *, deadline: datetime, verified_at: datetime | None, moment: datetime
+) -> bool:
+    """Whether a problem was past its deadline at ``moment``, with the state it had then
+    (verified only if verified by ``moment``): what a period's "past deadline" counts."""
+    then = ProblemState.VERIFIED if verified_by(state, verified_at, moment) else ProblemState.OPEN
+    return is_overdue(then, deadline=deadline, now=moment)
+
+
 def not_rectified_in_time(
     state: ProblemState | str,
     *,

@@ -468,7 +468,7 @@ def past_deadline(
 ) -> dict[str, int]:
     """Problems past their deadline per market as of ``as_of`` (``problems.is_overdue``,
     with the state they had then: verified only if verified by ``as_of``)."""
-    from marketcare.domain.problems import is_overdue
+    from marketcare.domain.problems import past_deadline_at
 
     stmt = sa.select(
         ProblemRow.market_id, ProblemRow.state, ProblemRow.deadline, ProblemRow.verified_at
@@ -477,14 +477,7 @@ def past_deadline(
         stmt = stmt.where(ProblemRow.market_id.in_(list(markets)))
     out: dict[str, int] = {}
     for market_id, state, deadline, verified_at in conn.execute(stmt).all():
-        then = (
-            ProblemState.VERIFIED
-            if state == ProblemState.VERIFIED.value
-            and verified_at is not None
-            and verified_at <= as_of
-            else ProblemState.OPEN
-        )
-        if is_overdue(then, deadline=deadline, now=as_of):
+        if past_deadline_at(state, deadline=deadline, verified_at=verified_at, moment=as_of):
             out[market_id] = out.get(market_id, 0) + 1
     return out
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -202,7 +202,7 @@ def add_in(
             audit.NewEvent(
                 at=now,
                 actor=actor or problem.found_by,
-                action="problem_raised",
+                action=RAISED,
                 problem_id=pid,
                 obligation_id=problem.obligation_id,
                 to_state=ProblemState.OPEN.value,
@@ -238,6 +238,13 @@ _ACTIONS = {
     "verify": "problem_verified",
     "reopen": "problem_reopened",
 }
+#: the audit actions of a problem's own writes: its raising, then its moves and
+#: assignments (each move's ``from_state`` is the state the problem left); those that may
+#: move the deadline record the new one as ``details["deadline"]`` (None: not moved)
+RAISED: Final = "problem_raised"
+ASSIGNED: Final = "problem_assigned"
+CHANGES: Final = frozenset({*_ACTIONS.values(), ASSIGNED})
+SETS_DEADLINE: Final = frozenset({RAISED, ASSIGNED, _ACTIONS["reopen"]})
 
 
 def _move(
@@ -554,7 +561,7 @@ def assign(
                     audit.NewEvent(
                         at=now,
                         actor=by,
-                        action="problem_assigned",
+                        action=ASSIGNED,
                         problem_id=row.id,
                         from_state=row.state,
                         to_state=row.state,

@@ -39,7 +39,7 @@ from marketcare.ledger.leader import (
 from marketcare.ledger.materialise import MaterialiseResult, materialise
 from marketcare.ledger.sweep import SweepResult, sweep_all
 from marketcare.ledger.versions import active_schedule, ledger_state
-from marketcare.ops.validation import Verdict, check_in_child
+from marketcare.ops.validation import Verdict, check_in_child, wall_bound
 from marketcare.settings import Settings
 
 log = logging.getLogger("marketcare.daemon")
@@ -415,7 +415,7 @@ class Daemon:
             "materialise": StepRecord(
                 s.materialise_interval_seconds, 3 * s.materialise_interval_seconds + 60
             ),
-            "reload": StepRecord(1.0, s.reload_timeout_seconds + 30),
+            "reload": StepRecord(1.0, wall_bound(s.reload_timeout_seconds) + 30),
             "outbox": StepRecord(s.outbox_interval_seconds, 3 * s.outbox_interval_seconds + 60),
         }
         self.health.steps_since = self.now()

@@ -6,14 +6,22 @@ a time limit and a memory limit and runs at a lower priority; the daemon waits f
 in a thread of its own, watching its stop event, so neither its steps nor a SIGTERM
 ever wait on a pathological edit. What comes back is the loaded schedule (unpickling
 is ten times faster than loading again), or every located error.
+
+The time limit is processor time, the child's own: what an edit costs to check. It
+once was the wall clock from the child's start, so on a loaded machine the start of the
+fork server and a lower-priority child waiting for a CPU counted as the edit's cost, and
+a daemon could refuse a two-line schedule at start-up. The wall clock still bounds a
+child that does not finish (``wall_bound``), generously.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import multiprocessing as mp
 import os
 import resource
+import signal
 import time
 import traceback
 from collections.abc import Callable, Mapping
@@ -29,6 +37,17 @@ from marketcare.errors import ScheduleError, SourceError
 
 #: the most memory (address space) the checking child may use
 CHILD_MEMORY_BYTES = 4 << 30
+#: how long a child may take to start (a fresh fork server imports the schedule code)
+START_BOUND_SECONDS = 120.0
+
+
+def wall_bound(timeout: float) -> float:
+    """The wall-clock time a check of ``timeout`` seconds of processor time may take: the
+    child runs at a lower priority, so a busy machine stretches it; past this it is
+    stopped as if it had used its time."""
+    return 10 * timeout + 60
+
+
 _context: Any = None
 
 
@@ -59,19 +78,24 @@ class Verdict:
         return self.schedule is not None
 
 
-def _limit_child() -> None:
+def _limit_child(seconds: float) -> None:
+    """Lower priority, at most ``CHILD_MEMORY_BYTES``, and the kernel's stop (SIGXCPU)
+    once the process has used ``seconds`` of processor time and a margin for its start,
+    for a loop no budget check reaches."""
     try:
         os.nice(10)
     except OSError:
         pass
-    try:
-        _soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-        cap = (
-            CHILD_MEMORY_BYTES if hard == resource.RLIM_INFINITY else min(hard, CHILD_MEMORY_BYTES)
-        )
-        resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    except (ValueError, OSError):
-        pass
+    for limit, wanted in (
+        (resource.RLIMIT_AS, CHILD_MEMORY_BYTES),
+        (resource.RLIMIT_CPU, math.ceil(seconds + time.process_time()) + 1),
+    ):
+        try:
+            _soft, hard = resource.getrlimit(limit)
+            cap = wanted if hard == resource.RLIM_INFINITY else min(hard, wanted)
+            resource.setrlimit(limit, (cap, hard))
+        except (ValueError, OSError):
+            pass
 
 
 def check_texts(
@@ -106,8 +130,10 @@ def _child(
     end: datetime,
     seconds: float,
 ) -> None:
-    _limit_child()
+    _limit_child(seconds)
+    begun = time.process_time()  # the child's start (its imports) is not the edit's cost
     try:
+        conn.send(("started", None))
         verdict = check_texts(
             texts,
             default_timezone=default_timezone,
@@ -116,7 +142,10 @@ def _child(
             end=end,
             seconds=seconds,
         )
-        conn.send(("verdict", verdict))
+        if time.process_time() - begun > seconds:  # what the budget checks did not catch
+            conn.send(("timeout", None))
+        else:
+            conn.send(("verdict", verdict))
     except MemoryError:
         conn.send(("memory", None))
     except BaseException:  # unforeseen: still a refusal the daemon can report, never a crash
@@ -142,9 +171,9 @@ def check_in_child(
     timeout: float,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> Verdict:
-    """Run :func:`check_texts` in a child process; past ``timeout`` seconds the child is
-    killed and the changed files are named. Returns at once (cancelled) when
-    ``should_stop`` says so."""
+    """Run :func:`check_texts` in a child process; past ``timeout`` seconds of its
+    processor time (or ``wall_bound(timeout)`` of waiting) the child is killed and the
+    changed files are named. Returns at once (cancelled) when ``should_stop`` says so."""
     ctx = _processes()
     receive, send = ctx.Pipe(duplex=False)
     child = ctx.Process(
@@ -173,33 +202,44 @@ def check_in_child(
             seconds=timeout,
         )
     send.close()
+    bound, kind, value = START_BOUND_SECONDS, "unstarted", None
     try:
         while True:
-            if receive.poll(max(0.0, min(0.2, started + timeout - time.monotonic()))):
+            if receive.poll(0.2):
                 try:
                     kind, value = receive.recv()
                 except (EOFError, OSError):
                     kind, value = "died", None
+                if kind == "started":  # the time to start is not the edit's
+                    started, bound = time.monotonic(), wall_bound(timeout)
+                    continue
                 break
             if not child.is_alive() and not receive.poll(0):
-                kind, value = "died", None
+                kind = "died"
                 break
             if should_stop():
                 return Verdict(None, cancelled=True)
-            if time.monotonic() - started > timeout:
-                kind, value = "timeout", None
+            if time.monotonic() - started > bound:
+                kind = "timeout" if kind == "started" else "unstarted"
                 break
     finally:
-        if child.is_alive():
+        if child.is_alive() and kind != "died":  # a dying child is let go to see its end
             child.kill()
         child.join(5)
+        if child.is_alive():
+            child.kill()
+            child.join(5)
         receive.close()
+    if kind == "died" and child.exitcode == -signal.SIGXCPU:  # the kernel's stop, above
+        kind = "timeout"
     if kind == "verdict":
         assert isinstance(value, Verdict)
         return value
     why = {
         "timeout": f"checking the schedule files took longer than {timeout:g} s "
         "(reload_timeout_seconds); simplify the edit of this file",
+        "unstarted": "the process checking the schedule files did not start within "
+        f"{START_BOUND_SECONDS:g} s (is the machine overloaded?)",
         "memory": f"checking the schedule files needed more than {CHILD_MEMORY_BYTES >> 30} GB "
         "of memory; simplify the edit of this file",
         "died": f"the process checking the schedule files stopped (exit code {child.exitcode})",

@@ -429,7 +429,8 @@ class Rectification:
         )
 
 
-def _utc_bounds(period: Period, zone: ZoneInfo) -> tuple[datetime, datetime]:
+def utc_bounds(period: Period, zone: ZoneInfo) -> tuple[datetime, datetime]:
+    """A period's bounds in ``zone`` as instants: a rate counts the deadlines between."""
     start = datetime.combine(period.start, datetime.min.time()).replace(tzinfo=zone)
     end = datetime.combine(period.end, datetime.min.time()).replace(tzinfo=zone)
     return start.astimezone(UTC), end.astimezone(UTC)
@@ -461,7 +462,7 @@ def zone_rates(
     for m in markets:
         zones.setdefault(m.zone, []).append(m.id)
     for zone, ids in zones.items():
-        start, end = _utc_bounds(period, _zone(zone))
+        start, end = utc_bounds(period, _zone(zone))
         out.update(rates(conn, start=start, end=end, as_of=as_of, markets=ids))
     return out
 
@@ -489,7 +490,7 @@ def late_problems(report: Report) -> list[ProblemLine]:
         zones.setdefault(m.zone, []).append(m.id)
     for zone_name, ids in zones.items():
         zone = _zone(zone_name)
-        start, end = _utc_bounds(report.period, zone)
+        start, end = utc_bounds(report.period, zone)
         for chunk in range(0, len(ids), 10_000):  # under SQLite's limit of bound values
             rows = report.conn.execute(
                 sa.select(ProblemRow, AreaRow.name.label("area_name"))

@@ -13,7 +13,8 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar, cast
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
@@ -83,11 +84,14 @@ def _end_utc(period: Period, zone: str) -> datetime:
     return local.astimezone(UTC)
 
 
+T = TypeVar("T")
+
 #: what ranks a period: its markets (``Report.markets``) and each one's figures
 Counted = tuple[list[MarketInfo], dict[str, Figures]]
 #: the figures of periods already counted, by (period, as_of, markets): the dashboard's
 #: ranking and trend both need this week and the one before (see also ``Memo``)
-Shared = dict[tuple[Period, datetime, tuple[str, ...] | None], Counted]
+SharedKey = tuple[Period, datetime, tuple[str, ...] | None]
+Shared = dict[SharedKey, Counted]
 
 
 def _figures(
@@ -124,6 +128,20 @@ def ledger_state(conn: sa.Connection) -> tuple[Any, ...]:
     return head.seq, head.hash, version
 
 
+#: a problem as a period's figures read it: (state, deadline, verified_at)
+Held = tuple[str, datetime, datetime | None]
+
+
+@dataclass(frozen=True)
+class ProblemChange:
+    """A problem written between two states of the ledger, as it was and as it is."""
+
+    market: str
+    #: None: raised since
+    before: Held | None
+    after: Held
+
+
 @dataclass(frozen=True)
 class Touched:
     """What the events between two states of the ledger wrote to."""
@@ -132,8 +150,8 @@ class Touched:
     markets: frozenset[str]
     #: the earliest local date of an obligation written (ISO), None if none was
     first_day: str | None
-    #: whether a problem may have changed (a problem's event, or a re-inspection's)
-    problems: bool
+    #: the problems written, each as it was and as it is
+    problems: tuple[ProblemChange, ...] = ()
 
 
 #: beyond this many events since the kept state, counting everything again is cheaper
@@ -146,36 +164,42 @@ def touched(conn: sa.Connection, before: tuple[Any, ...], now: tuple[Any, ...]) 
 
     None (count everything again) when that cannot be known exactly: another schedule
     version, a chain that does not continue ``before``'s (a restored backup), an event
-    that names neither (a materialisation, an inspection, an account change), or more
-    than ``TOUCHED_LIMIT`` events."""
-    from marketcare.domain.vocabulary import REINSPECTION
+    that names neither (a materialisation, an inspection, an account change), a problem
+    whose state before cannot be read from the chain, or more than ``TOUCHED_LIMIT``
+    events."""
     from marketcare.ledger.models import Event, Obligation, ProblemRow
 
     (seq0, hash0, version0), (seq1, hash1, version1) = before, now
     if version0 != version1 or seq1 < seq0 or seq1 - seq0 > TOUCHED_LIMIT:
         return None
     if seq1 == seq0:
-        return Touched(frozenset(), None, False) if hash0 == hash1 else None
+        return Touched(frozenset(), None) if hash0 == hash1 else None
     kept = conn.execute(sa.select(Event.hash).where(Event.seq == seq0)).scalar_one_or_none()
     if kept != hash0:
         return None
     rows = conn.execute(
         sa.select(
+            Event.action,
+            Event.from_state,
+            Event.details,
             Event.obligation_id,
             Event.problem_id,
             Obligation.market_id,
             Obligation.local_date,
-            Obligation.kind,
             ProblemRow.market_id,
+            ProblemRow.state,
+            ProblemRow.deadline,
+            ProblemRow.verified_at,
         )
         .outerjoin(Obligation, Obligation.id == Event.obligation_id)
         .outerjoin(ProblemRow, ProblemRow.id == Event.problem_id)
         .where(Event.seq > seq0, Event.seq <= seq1)
+        .order_by(Event.seq)
     ).all()
     markets: set[str] = set()
     days: list[str] = []
-    problems = False
-    for obligation, problem, market, day, kind, problem_market in rows:
+    written: dict[int, _Written] = {}
+    for action, from_state, details, obligation, problem, market, day, *row in rows:
         if obligation is None and problem is None:
             return None
         if obligation is not None:
@@ -183,18 +207,118 @@ def touched(conn: sa.Connection, before: tuple[Any, ...], now: tuple[Any, ...]) 
                 return None
             markets.add(market)
             days.append(day)
-            problems = problems or kind == REINSPECTION
         if problem is not None:
-            if problem_market is None:
+            if row[0] is None:
                 return None
-            markets.add(problem_market)
-            problems = True
-    return Touched(frozenset(markets), min(days, default=None), problems)
+            markets.add(row[0])
+            seen = written.setdefault(problem, _Written(row[0], (row[1], row[2], row[3])))
+            if not seen.note(action, from_state, details):
+                return None
+    changes = _problem_changes(conn, written, seq0)
+    if changes is None:
+        return None
+    return Touched(frozenset(markets), min(days, default=None), changes)
+
+
+@dataclass
+class _Written:
+    """One problem's events between two states of the ledger, in order."""
+
+    market: str
+    after: Held
+    raised: bool = False
+    #: the state it had before the first of them (None: not known yet)
+    state: str | None = None
+    #: whether one of them may have moved its deadline
+    moved: bool = False
+
+    def note(self, action: str, from_state: str | None, details: Any) -> bool:
+        """Read one event; False when what the problem was before cannot be told."""
+        from marketcare.domain.problems import ProblemState
+        from marketcare.ledger.problems import CHANGES, RAISED
+
+        if action == RAISED:
+            if self.state is not None:
+                return False
+            self.raised = True
+        elif action in CHANGES and not self.raised:
+            if self.state is None:
+                # a verified problem does not move: a move from it is not understood here
+                if from_state is None or from_state == ProblemState.VERIFIED.value:
+                    return False
+                self.state = from_state
+            self.moved = self.moved or (details or {}).get("deadline") is not None
+        elif not self.raised and self.state is None:
+            return False  # another event naming the problem before any of its own
+        return True
+
+
+def _problem_changes(
+    conn: sa.Connection, written: dict[int, _Written], seq0: int
+) -> tuple[ProblemChange, ...] | None:
+    """Each problem written as it was at ``seq0`` and as it is; its deadline then, where
+    a write since moved it, from the last event before that set one. None: not known."""
+    from marketcare.ledger.models import Event
+    from marketcare.ledger.problems import SETS_DEADLINE
+
+    moved = [pid for pid, w in written.items() if w.moved]
+    deadlines: dict[int, datetime] = {}
+    if moved:
+        for pid, details in conn.execute(
+            sa.select(Event.problem_id, Event.details)
+            .where(
+                Event.problem_id.in_(moved),
+                Event.seq <= seq0,
+                Event.action.in_(SETS_DEADLINE),
+            )
+            .order_by(Event.seq)
+        ).all():
+            if (details or {}).get("deadline") is not None:
+                deadlines[pid] = datetime.fromisoformat(details["deadline"])
+    out = []
+    for pid, w in written.items():
+        if w.raised:
+            out.append(ProblemChange(w.market, None, w.after))
+            continue
+        deadline = deadlines.get(pid) if w.moved else w.after[1]
+        if w.state is None or deadline is None or deadline.tzinfo is None:
+            return None
+        out.append(ProblemChange(w.market, (w.state, deadline, None), w.after))
+    return tuple(out)
+
+
+def _unchanged(key: SharedKey, counted: Counted, change: ProblemChange) -> bool:
+    """Whether ``change`` leaves the figures ``counted`` under ``key`` as they are: the
+    problem adds the same to them before and after, by the rules that count them
+    (``problems.rectification_rate`` over the period's bounds in the market's zone as of
+    the figures' moment, ``problems.past_deadline_at`` at their cutoff; see
+    ``figures_of``)."""
+    from marketcare.domain.problems import past_deadline_at, rectification_rate
+    from marketcare.reports.figures import utc_bounds
+
+    period, as_of, chosen = key
+    infos, _ = counted
+    zone = next((m.zone for m in infos if m.id == change.market), None)
+    if zone is None or (chosen is not None and change.market not in chosen):
+        return True  # not a market of these figures
+    start, end = utc_bounds(period, ZoneInfo(zone))
+    cutoff = min(as_of, _end_utc(period, infos[0].zone))
+
+    def adds(problem: Held | None) -> tuple[Any, bool]:
+        if problem is None:
+            return rectification_rate([], start=start, end=end, as_of=as_of), False
+        state, deadline, verified_at = problem
+        return (
+            rectification_rate([problem], start=start, end=end, as_of=as_of),
+            past_deadline_at(state, deadline=deadline, verified_at=verified_at, moment=cutoff),
+        )
+
+    return adds(change.before) == adds(change.after)
 
 
 @dataclass
 class Memo:
-    """Closed periods' figures kept between requests, for one state of the ledger.
+    """Periods' figures kept between requests, for one state of the ledger.
 
     The dashboard's trend needs eight weeks and its ranking the week before: counting
     them again on every request was most of the page's time. A closed period's figures
@@ -202,17 +326,20 @@ class Memo:
     completion, a problem verified, an inspection recorded): they are kept under
     ``ledger_state`` read in the same transaction. The first request that sees another
     state keeps those that end before every obligation written since (``touched``: a
-    tick of today's work), and drops the rest, or all of them when what was written
-    cannot be read exactly or a problem moved. The open period (counted as of now) is
-    kept only with the dashboard's figures, while they hold (``keep_open``).
+    tick of today's work) and to which no problem written adds anything else than before
+    (``_unchanged``), and drops the rest, or all of them when what was written cannot be
+    read exactly. The open period (counted as of now) is kept only with the dashboard's
+    figures, while they hold (``keep_open``); after a write, only the markets written to
+    are counted again (``open_period``).
     """
 
     size: int = 64
     _state: tuple[Any, ...] | None = None
     _kept: Shared = field(default_factory=dict)
-    #: the open period's figures, with what says whether they still hold at a moment
-    _open: dict[tuple[Period, tuple[str, ...] | None], tuple[Holds, Counted]] = field(
-        default_factory=dict
+    #: the open period's figures, with what says whether they still hold at a moment and
+    #: the markets written to since they were counted
+    _open: dict[tuple[Period, tuple[str, ...] | None], tuple[Holds, Counted, frozenset[str]]] = (
+        field(default_factory=dict)
     )
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -221,38 +348,55 @@ class Memo:
         transaction, holding what is kept for that state."""
         state = ledger_state(conn)
         with self._lock:
-            before, kept = self._state, dict(self._kept)
+            before, kept, opened = self._state, dict(self._kept), dict(self._open)
         if state == before:
             return state, kept
-        # a tick of this week's work changes no closed week: keep those that end before
-        # the earliest day written, when what was written can be read exactly
         changed = None if before is None else touched(conn, before, state)
-        if changed is None or changed.problems or changed.first_day is None:
-            kept = {}
+        if changed is None:
+            kept, opened = {}, {}
         else:
             day = changed.first_day
-            kept = {k: v for k, v in kept.items() if k[0].end.isoformat() <= day}
+            kept = {
+                k: v
+                for k, v in kept.items()
+                if (day is None or k[0].end.isoformat() <= day)
+                and all(_unchanged(k, v, c) for c in changed.problems)
+            }
+            opened = {k: (h, c, m | changed.markets) for k, (h, c, m) in opened.items()}
         with self._lock:
             if self._state == before:
-                self._state, self._kept, self._open = state, kept, {}
+                self._state, self._kept, self._open = state, kept, opened
             return state, dict(kept)
 
     def open_period(
         self,
+        conn: sa.Connection,
         state: tuple[Any, ...],
         shared: Shared,
         period: Period,
         *,
         as_of: datetime,
         markets: Sequence[str] | None = None,
+        totals: Totals | None = None,
     ) -> None:
         """Put the open ``period``'s figures kept by ``keep_open`` into ``shared`` as
-        counted ``as_of``, if the ledger is in that state and they still hold then."""
+        counted ``as_of``, if the ledger is in that state or the markets written to
+        since can be counted again (``totals``: see ``figures_of``), and they still hold
+        then. The ranking of the others is kept; ``rank`` orders them all again."""
+        chosen = None if markets is None else tuple(markets)
         with self._lock:
-            kept = self._open.get((period, None if markets is None else tuple(markets)))
+            kept = self._open.get((period, chosen))
             if state != self._state or kept is None or not kept[0](as_of):
                 return
-        shared[(period, as_of, None if markets is None else tuple(markets))] = kept[1]
+        holds, (infos, figures), written = kept
+        wanted = sorted(written if chosen is None else written & set(chosen))
+        if wanted:
+            report = Report(conn, period, as_of=as_of, markets=wanted)
+            if {m.id for m in report.markets} != written & figures.keys():
+                return  # a market came or went: its place in the order is the database's
+            fresh = figures_of(report, totals, zone=infos[0].zone if infos else None)
+            figures = {k: fresh.get(k, f) for k, f in figures.items()}
+        shared[(period, as_of, chosen)] = infos, figures
 
     def keep_open(
         self,
@@ -272,7 +416,7 @@ class Memo:
         counted = shared.get((period, as_of, chosen))
         with self._lock:
             if state == self._state and counted is not None:
-                self._open[(period, chosen)] = holds, counted
+                self._open[(period, chosen)] = holds, counted, frozenset()
 
     def keep(self, state: tuple[Any, ...], shared: Shared, *, as_of: datetime) -> None:
         """Keep the closed periods counted in ``shared`` (read at ``state``) for the
@@ -293,12 +437,16 @@ Holds = Callable[[datetime], bool]
 Totals = Mapping[str, tuple[int, int]]
 
 
-def figures_of(report: Report, totals: Totals | None = None) -> dict[str, Figures]:
+def figures_of(
+    report: Report, totals: Totals | None = None, *, zone: str | None = None
+) -> dict[str, Figures]:
     """Each market's figures for the report's period, as of the report's moment.
 
     ``totals``: the compliance counts of this period and moment when the caller has
     them (the dashboard counted this week a moment ago); used only if they cover every
-    market of the report, else counted here."""
+    market of the report, else counted here. ``zone``: whose end of the period "past
+    deadline" is counted at (the first market's: of the whole selection, when the report
+    counts some of its markets again)."""
     conn = report.conn
     ids = [m.id for m in report.markets]
     if not ids:
@@ -306,8 +454,7 @@ def figures_of(report: Report, totals: Totals | None = None) -> dict[str, Figure
     if totals is None or any(i not in totals for i in ids):
         totals = {m: (c.on_time, c.due) for m, c in report.market_totals().items()}
     rates = problem_rates(report)
-    zone = report.markets[0].zone
-    cutoff = min(report.as_of, _end_utc(report.period, zone))
+    cutoff = min(report.as_of, _end_utc(report.period, zone or report.markets[0].zone))
     late = inspection_ledger.past_deadline(conn, as_of=cutoff, markets=report.market_filter)
     marks = inspection_ledger.scores(
         conn, start=report.period.start, end=report.period.end, markets=report.market_filter
@@ -373,13 +520,42 @@ def ranking(
     return Ranking(
         period=period,
         as_of=as_of,
-        markets=rank(list(current.values()), list(before.values())),
+        markets=rank(
+            list(current.values()), places_before=_places(before, keep=shared is not None)
+        ),
         sub_districts=rank(
             sub_districts,
             by_sub_district(before_markets, before) if before else [],
         ),
         info=infos,
     )
+
+
+#: what was worked out from counted figures kept between requests (``Memo``), by what
+#: and the identity of the figures (kept with it, so the identity cannot be reused): a
+#: city's thousand markets are not ranked or added up again for each request
+_DERIVED: dict[tuple[str, int], tuple[dict[str, Figures], Any]] = {}
+
+
+def _derived(
+    what: str, figures: dict[str, Figures], work: Callable[[list[Figures]], T], *, keep: bool
+) -> T:
+    """``work`` over ``figures``, once per counted figures when ``keep`` (they are a
+    ``Shared``'s)."""
+    hit = _DERIVED.get((what, id(figures)))
+    if hit is not None and hit[0] is figures:
+        return cast(T, hit[1])
+    done = work(list(figures.values()))
+    if keep:
+        if len(_DERIVED) >= 16:
+            _DERIVED.clear()
+        _DERIVED[(what, id(figures))] = figures, done
+    return done
+
+
+def _places(figures: dict[str, Figures], *, keep: bool) -> dict[str, int]:
+    """Each market's place among ``figures`` (``rank``)."""
+    return _derived("places", figures, lambda f: {s.key: s.rank for s in rank(f)}, keep=keep)
 
 
 def closed(period: Period, *, as_of: datetime, markets: Sequence[MarketInfo]) -> bool:
@@ -416,5 +592,6 @@ def trend(
         _, figs = _figures(conn, p, min(as_of, _end_utc(p, zone)), markets, shared)
         for market_id, f in figs.items() if per_market else ():
             out.setdefault(market_id, []).append(TrendPoint(p, f))
-        out.setdefault("", []).append(TrendPoint(p, combine("", list(figs.values()))))
+        whole = _derived("whole", figs, partial(combine, ""), keep=shared is not None)
+        out.setdefault("", []).append(TrendPoint(p, whole))
     return out

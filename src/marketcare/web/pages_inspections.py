@@ -379,8 +379,9 @@ def ranking_panel(
     ``markets``: the active markets, when the page has just read them; ``week_totals``:
     each market's (on time, due) this week as of ``now``, when the dashboard has just
     counted them (``scores.figures_of``); ``counted``: the dashboard's figures these
-    came from, kept between requests: this week's scores are kept as long as they hold
-    and the ledger is in the same state (``scores.Memo.keep_open``)."""
+    came from, kept between requests: this week's scores are kept as long as they hold,
+    and after a write only the markets written to are counted again
+    (``scores.Memo.open_period``)."""
     if not may_rank(request, who):
         return None
     engine = engine_of(request)
@@ -396,7 +397,7 @@ def ranking_panel(
         state, shared = memo.shared(conn)  # this week once for both; closed weeks kept
         same = counted is not None and counted.state == state and counted.holds(now)
         if same:
-            memo.open_period(state, shared, week, as_of=now)
+            memo.open_period(conn, state, shared, week, as_of=now, totals=week_totals)
         ranked = scores.ranking(conn, week, as_of=now, shared=shared, totals=week_totals)
         points = scores.trend(
             conn, as_of=now, zone=zone, weeks=TREND_WEEKS, shared=shared, per_market=False
