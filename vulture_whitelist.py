@@ -90,3 +90,7 @@ pdf_id
 # Fields of the API's pydantic response models: FastAPI serialises them to JSON, so a field
 # only ever set by keyword looks unused (a published JSON field: never delete one for this).
 counted_at
+
+# WeasyPrint's hook for the user-agent stylesheet: WeasyPrint calls it on the bulletin's
+# page class (reports/bulletin.page_class)
+_ua_stylesheets

@@ -29,6 +29,12 @@ fonts, the C bindings' types) are paid, as they are once in a daemon's life. ``-
 leaves that out (each measurement first in its process, the places recomputed). The peak
 memory is the child's whole life, the untimed report included, for both sides alike.
 
+``--steps`` says where a child's memory goes instead (Linux): the month export's child and
+the bulletin's, each step of the bulletin (``gather``, the workbook, the font's cut, the
+layout, the PDF's writing) with the resident memory after it (anonymous and mapped from
+files, from ``/proc/self/status``) and its own peak (the high-water mark reset before it
+through ``/proc/self/clear_refs``); the children's peaks are then not measured.
+
 ``--kinds`` measures some of them only (a province's month export takes hours on a shared
 machine: its bulletin can still be measured, without a ratio).
 
@@ -217,6 +223,11 @@ def child(kind: str, path: str, out: str) -> None:
     )
 
     kind, _, temperature = kind.partition("+")
+    steps = kind.endswith("/steps")
+    kind = kind.removesuffix("/steps")
+    if steps:
+        _watch_steps()
+        _mark("imported")
     engine = make_engine(f"sqlite:///{path}")
     week = Period.of("week", MONTH + timedelta(days=10))
     month = Period.of("month", MONTH)
@@ -243,11 +254,97 @@ def child(kind: str, path: str, out: str) -> None:
             bulletin.produce(engine, period=month.previous(), exports_dir=before, now=AS_OF)
         else:
             run(month.previous(), week.previous(), before)
+    if steps:
+        _mark("the month's (timed)")
     started = time.perf_counter()
     run(month, week, Path(out))
     seconds = time.perf_counter() - started
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if steps:
+        print(json.dumps({"steps": STEPS}))
+        return
     print(json.dumps({"seconds": seconds, "peak_mib": peak}))
+
+
+#: each step measured by ``--steps``: name, resident MiB before, after, anonymous and
+#: file-mapped MiB after, peak MiB during
+STEPS: list[tuple[str, float, float, float, float, float]] = []
+
+
+def _status() -> dict[str, float]:
+    with open("/proc/self/status", encoding="ascii") as f:
+        return {
+            k: int(v.split()[0]) / 1024
+            for k, _, v in (line.partition(":") for line in f)
+            if k in ("VmRSS", "VmHWM", "RssAnon", "RssFile")
+        }
+
+
+def _mark(label: str) -> None:
+    s = _status()
+    STEPS.append((f"-- {label}", s["VmRSS"], s["VmRSS"], s["RssAnon"], s["RssFile"], s["VmHWM"]))
+
+
+def _watch_steps() -> None:
+    """Wrap the steps of the bulletin and the export to note their memory (``--steps``)."""
+    import weasyprint
+    import weasyprint.document
+
+    from marketcare.reports import bulletin, bulletin_font, delivery
+
+    def watch(owner: Any, name: str, label: str) -> None:
+        step = getattr(owner, name)
+
+        def watched(*args: Any, **kwargs: Any) -> Any:
+            before = _status()["VmRSS"]
+            with open("/proc/self/clear_refs", "w", encoding="ascii") as f:
+                f.write("5")  # the high-water mark from now on: this step's peak
+            try:
+                return step(*args, **kwargs)
+            finally:
+                s = _status()
+                STEPS.append((label, before, s["VmRSS"], s["RssAnon"], s["RssFile"], s["VmHWM"]))
+
+        setattr(owner, name, watched)
+
+    watch(bulletin, "gather", "gather")
+    watch(bulletin, "write_xlsx", "workbook")
+    watch(bulletin_font, "cut", "font cut")
+    watch(weasyprint.HTML, "render", "layout")
+    watch(weasyprint.document.Document, "write_pdf", "PDF writing")
+    watch(delivery, "export", "export")
+
+
+def show_steps(markets: int, path: Path, tmp: Path, *, cold: bool) -> None:
+    """``--steps``: the month export's and the bulletin's children, step by step."""
+    for kind in ("export-month", "bulletin"):
+        out = Path(tempfile.mkdtemp(dir=tmp))
+        shutil.copy(path, out / "ledger.db")
+        done = subprocess.run(
+            [
+                sys.executable,
+                __file__,
+                "--child",
+                f"{kind}/steps" + ("+cold" if cold else ""),
+                str(out / "ledger.db"),
+                str(out),
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        shutil.rmtree(out, ignore_errors=True)
+        steps = json.loads(done.stdout.strip().splitlines()[-1])["steps"]
+        print(f"{markets:>6} markets, {kind}: MiB resident before → after a step (its peak)")
+        for label, before, after, anon, file, peak in steps:
+            if label.startswith("--"):
+                print(f"  {label[3:]}: {after:.1f} MiB resident", flush=True)
+                continue
+            print(
+                f"    {label:<12} {before:6.1f} → {after:6.1f} (peak {peak:6.1f}; "
+                f"anonymous {anon:5.1f}, files {file:5.1f})",
+                flush=True,
+            )
 
 
 def measure(kind: str, path: Path, tmp: Path, *, cold: bool = False) -> dict[str, float]:
@@ -338,6 +435,11 @@ def main(argv: list[str] | None = None) -> None:
         default=",".join(KINDS),
         help=f"the measurements to make, comma-separated (default: {','.join(KINDS)})",
     )
+    parser.add_argument(
+        "--steps",
+        action="store_true",
+        help="where the memory goes: each step of a child (Linux; no ratios)",
+    )
     parser.add_argument("--child", nargs=3, metavar=("KIND", "DB", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -354,6 +456,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     with tempfile.TemporaryDirectory(prefix="marketcare-bulletin-bench-") as tmp:
         for markets in sizes:
+            if args.steps:
+                path = Path(tmp) / f"ledger-{markets}.db"
+                build(path, markets)
+                show_steps(markets, path, Path(tmp), cold=args.cold)
+                continue
             r = run_size(
                 markets, 1 if markets > 5000 else repeat, Path(tmp), cold=args.cold, only=only
             )

@@ -209,6 +209,7 @@ def test_a_backup_taken_while_the_daemon_materialises_and_ticks_arrive_is_consis
         horizon="366d",  # 60 markets × 7 obligations × 366 one-day chunks: seconds of writing
         sweep_interval_seconds="1",
         materialise_interval_seconds="2",
+        web_enabled="false",  # the daemon writes; nothing here asks its web app
     )
     schedule = load_paths([tmp_path / "schedules"], default_timezone="Asia/Shanghai")
     engine = make_engine(f"sqlite:///{site.db}")
@@ -411,7 +412,8 @@ def test_restore_asks_first_and_a_no_changes_nothing(
 
 
 def test_restore_is_refused_while_the_daemon_runs(tmp_path: Path, procs: list[Proc]) -> None:
-    site = make_ledger(tmp_path, markets=2, horizon="3d")
+    # the refusal is the scheduler's lock: the daemon needs no web app to hold it
+    site = make_ledger(tmp_path, markets=2, horizon="3d", web_enabled="false")
     fill_history(site, days=1)
     backup = tmp_path / "backup.db"
     assert site.cli("backup", str(backup)).returncode == 0

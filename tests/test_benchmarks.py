@@ -12,6 +12,7 @@ be added without its smoke run.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -110,3 +111,21 @@ def _takes_tmpdir(script: str, program: str) -> bool:
     if script in OWN_TMPDIR:
         return False
     return "--tmpdir" in (BENCH / program).read_text(encoding="utf-8")
+
+
+def test_the_bulletins_steps_say_where_each_childs_memory_goes() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETCARE_")}
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "bulletin_bench.py"), "--steps", "--markets", "6", "--cold"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    out = done.stdout
+    assert "6 markets, export-month" in out and "6 markets, bulletin" in out
+    for step in ("export", "gather", "workbook", "font cut", "layout", "PDF writing"):
+        assert re.search(rf"^    {step} +\d+\.\d → +\d+\.\d \(peak +\d+\.\d;", out, re.M), step

@@ -57,6 +57,20 @@ def test_the_cut_has_every_character_of_the_page_and_little_else() -> None:
     assert len(data) < 100_000  # the collection is 19 MB
 
 
+def test_the_font_mapped_page_by_page_cuts_as_mapped_whole_and_is_unmapped_after(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    face = bulletin.cjk_face()
+    assert face is not None
+    wanted = {*map(ord, TEXT), *range(0x20, 0x7F)}
+    maps = Path("/proc/self/maps")
+    before = maps.read_text().count(face[0])
+    by_pages = bulletin_font.cut(*face, wanted)
+    assert maps.read_text().count(face[0]) == before  # none of its ~4,700 mappings left
+    monkeypatch.setattr(bulletin_font, "_libc", lambda: None)  # no mmap: the file whole
+    assert bulletin_font.cut(*face, wanted) == by_pages
+
+
 def test_the_page_loads_its_cut_from_a_file_by_the_subset_family(tmp_path: Path) -> None:
     page = bulletin.with_cjk_subset(
         f'<style>{bulletin.FONT_SLOT} html {{ font-family: "{bulletin.SUBSET_FAMILY}"; }}'

@@ -308,8 +308,13 @@ def test_schedule_edits_are_applied_and_a_broken_file_keeps_the_daemon_running(
     markets_file = schedules / "markets.yaml"
     write(schedules / "tasks.yaml", f"tasks:{DISINFECTION}{WASTE}")
     write(markets_file, f"markets:{make_market_yaml('lizhong')}")
+    # no web app: the reload is the scheduler's, and nothing here asks the web app
     env = make_env(
-        tmp_path, horizon="2d", sweep_interval_seconds="1", materialise_interval_seconds="3600"
+        tmp_path,
+        horizon="2d",
+        sweep_interval_seconds="1",
+        materialise_interval_seconds="3600",
+        web_enabled="false",
     )
     db = database(env)
 
@@ -561,7 +566,8 @@ def test_a_second_daemon_on_the_same_database_refuses_to_start(
     tmp_path: Path, procs: list[Proc]
 ) -> None:
     write(tmp_path / "schedules" / "test.yaml", make_schedule_text())
-    env = make_env(tmp_path)
+    # the lock is the scheduler's: neither daemon needs the web app to prove it
+    env = make_env(tmp_path, web_enabled="false")
     first = start_daemon(env, cwd=tmp_path)
     procs.append(first)
     wait_until(lambda: logged(first, "daemon running"), proc=first, what="the daemon to start")

@@ -309,6 +309,30 @@ def test_the_bulletin_pdf_prints_in_chinese_with_no_row_split_across_pages(
     assert image.stat().st_size > 10_000  # drawn glyphs, not an empty page
 
 
+def test_the_bulletins_own_user_agent_sheet_lays_the_page_out_as_weasyprints_whole_one(
+    long_bulletin: Produced, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from weasyprint import HTML
+
+    # every part of the template: the markets between the two lists' ends left out, the
+    # overdue list cut short, its header repeated on the next pages
+    monkeypatch.setattr(bulletin, "PDF_ALL_MARKETS", 1)
+    monkeypatch.setattr(bulletin, "PDF_ENDS", 1)
+    monkeypatch.setattr(bulletin, "PDF_OVERDUE", 30)
+    week = Period.of("week", long_bulletin.now.date())
+    with read(long_bulletin.engine) as conn:
+        b = bulletin.gather(conn, week, as_of=long_bulletin.now)
+    page = bulletin.with_cjk_subset(bulletin.html(b, language="zh_CN"), tmp_path)
+    images = {}
+    for name, html_page in (("whole", HTML), ("own", bulletin.page_class())):
+        pdf = tmp_path / f"{name}.pdf"
+        html_page(string=page, base_url=str(bulletin.HERE)).write_pdf(str(pdf))
+        subprocess.run(["pdftoppm", "-r", "40", "-png", str(pdf), str(tmp_path / name)], check=True)
+        images[name] = [p.read_bytes() for p in sorted(tmp_path.glob(f"{name}-*.png"))]
+    assert len(images["own"]) >= 2
+    assert images["own"] == images["whole"]  # the same pixels on every page
+
+
 def test_the_bulletin_workbook_opens_in_libreoffice(
     long_bulletin: Produced, tmp_path: Path
 ) -> None:

@@ -12,9 +12,9 @@ import sqlalchemy as sa
 
 from marketcare.ledger import leader
 from marketcare.ledger.db import make_engine, migrate
+from marketcare.ledger.health import Health, StepRecord, probe_writes, readiness
 from marketcare.settings import Settings
 from marketcare.web.app import WebServer, create_app
-from marketcare.web.health import Health, StepRecord, probe_writes, readiness
 
 from .conftest import database_url, utc
 

@@ -6,7 +6,10 @@ it does when it runs); the log is what the operator reads.
 
 from __future__ import annotations
 
+import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -23,6 +26,7 @@ from marketcare.ops.validation import check_in_child
 from marketcare.settings import load_settings
 
 from .conftest import DISINFECTION, WASTE, database_url, make_market_yaml, make_schedule_text, utc
+from .support.procs import make_env
 
 NOW = utc(2026, 11, 27, 2, 0)  # Friday 10:00 in Quanzhou
 
@@ -162,6 +166,49 @@ def test_an_expansion_over_its_time_budget_is_a_located_error_not_a_hang() -> No
     assert (
         "expanding the schedule took longer than 0 s; check this task's recurrence" in error.message
     )
+
+
+#: a daemon without the web app, through its start and each of its steps, then the web
+#: frameworks it loaded (none expected); run in a fresh interpreter
+WITHOUT_WEB = """
+import json, sys, threading, time
+from marketcare.settings import load_settings
+from marketcare.ops.daemon import build
+
+daemon = build(load_settings())
+stop = threading.Event()
+runner = threading.Thread(target=daemon.run, args=(stop,))
+runner.start()
+deadline = time.monotonic() + 120
+while daemon._scheduler is None or not daemon._scheduler.running:
+    assert runner.is_alive() and time.monotonic() < deadline, "the daemon did not start"
+    time.sleep(0.05)
+for step in (daemon.step_materialise, daemon.step_sweep, daemon.step_reports,
+             daemon.step_outbox, daemon.step_notifications):
+    step()
+stop.set()
+runner.join(60)
+print(json.dumps([m for m in ("fastapi", "starlette", "uvicorn", "jinja2") if m in sys.modules]))
+"""
+
+
+def test_a_daemon_without_the_web_app_runs_its_steps_without_loading_a_web_framework(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "schedules").mkdir()
+    write(tmp_path, make_schedule_text())
+    env = make_env(tmp_path, web_enabled="false", horizon="1d")
+    done = subprocess.run(
+        [sys.executable, "-c", WITHOUT_WEB],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == []
 
 
 def test_the_time_to_start_the_checking_process_is_not_counted_as_the_edits(

@@ -438,6 +438,8 @@ def migrate(engine: sa.Engine) -> None:
     application's role may not change the schema: a pending migration is then refused
     with what to do, not a traceback.
     """
+    if _at_head(engine):
+        return  # most starts: nothing to upgrade, and no need to load Alembic to know it
     from alembic import command
 
     try:
@@ -450,6 +452,19 @@ def migrate(engine: sa.Engine) -> None:
             "`marketcare init` once with the owner role's URL (docs/operations.md, "
             "Append-only history)"
         ) from None
+
+
+def _at_head(engine: sa.Engine) -> bool:
+    """Whether the schema is at this version's one newest revision already; False when
+    unsure (no version table yet, several heads, a revision this version does not know)."""
+    heads = head_revisions()
+    if not heads:
+        return False
+    with engine.connect() as conn:
+        if not sa.inspect(conn).has_table("alembic_version"):
+            return False
+        current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
+    return tuple(current) == heads
 
 
 def current_revision(engine: sa.Engine) -> str | None:

@@ -28,6 +28,7 @@ from marketcare.domain.timespec import format_duration
 from marketcare.errors import MarketcareError, SourceError
 from marketcare.ledger import audit, leader
 from marketcare.ledger.db import log_failure, make_engine
+from marketcare.ledger.health import PROBE_INTERVAL, SWEEP_SECONDS, Health, StepRecord, probe_writes
 from marketcare.ledger.leader import (
     Leadership,
     SqliteFileLock,
@@ -40,7 +41,6 @@ from marketcare.ledger.sweep import SweepResult, sweep_all
 from marketcare.ledger.versions import active_schedule, ledger_state
 from marketcare.ops.validation import Verdict, check_in_child, wall_bound
 from marketcare.settings import Settings
-from marketcare.web.health import PROBE_INTERVAL, Health, StepRecord, probe_writes
 
 log = logging.getLogger("marketcare.daemon")
 
@@ -206,8 +206,6 @@ class Daemon:
         return result
 
     def step_sweep(self) -> SweepResult:
-        from marketcare.web.health import SWEEP_SECONDS
-
         now = self.now()
         with SWEEP_SECONDS.time():
             result = sweep_all(self.engine, now=now)
