@@ -33,7 +33,7 @@ from marketcare.domain.obligations import (
 from marketcare.domain.phonetime import ClockTrust, TimeBasis, Timing, judge
 from marketcare.errors import Conflict, Kind, NotFound, TickRefused, Unavailable
 from marketcare.ledger import audit
-from marketcare.ledger.db import as_arrays, retrying, unnest_insert, write
+from marketcare.ledger.db import as_arrays, log_failure, retrying, unnest_insert, write
 from marketcare.ledger.models import (
     AreaRow,
     Completion,
@@ -859,8 +859,9 @@ class TickWriter:
                 if conn is None:
                     conn = self.engine.connect()
                 audit.chain(conn, look=False)
-            except Exception:  # the events stay pending: the next chainer links them
-                log.warning("tick writer: linking the audit chain failed", exc_info=True)
+            except Exception as exc:  # the events stay pending: the next chainer links them
+                # a database restarting is one line, as everywhere; a bug keeps its traceback
+                log_failure(log, "tick writer: linking the audit chain failed", exc)
                 if conn is not None:
                     with suppress(Exception):
                         conn.invalidate()
