@@ -311,9 +311,10 @@ def schema_problem(engine: sa.Engine) -> str | None:
     revision than this version's), or None when it is ready."""
     shown = engine.url.render_as_string(hide_password=True)
     with engine.connect() as conn:
-        if not sa.inspect(conn).has_table("alembic_version"):
-            return f"the database {shown} is not initialised: run `marketcare init`"
-        current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+        recorded = _recorded_revisions(conn)
+    if recorded is None:
+        return f"the database {shown} is not initialised: run `marketcare init`"
+    current = recorded[0] if recorded else None
     heads = head_revisions()
     if not heads:
         from alembic.script import ScriptDirectory
@@ -461,10 +462,14 @@ def _at_head(engine: sa.Engine) -> bool:
     if not heads:
         return False
     with engine.connect() as conn:
-        if not sa.inspect(conn).has_table("alembic_version"):
-            return False
-        current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars().all()
-    return tuple(current) == heads
+        return _recorded_revisions(conn) == heads
+
+
+def _recorded_revisions(conn: sa.Connection) -> tuple[str, ...] | None:
+    """The revisions the ledger's version table records; None before ``init`` made it."""
+    if not sa.inspect(conn).has_table("alembic_version"):
+        return None
+    return tuple(conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalars())
 
 
 def current_revision(engine: sa.Engine) -> str | None:
