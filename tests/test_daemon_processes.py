@@ -46,7 +46,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.heavy(90)]
 DAY = timedelta(days=1)
 #: the SIGKILL test's ticks: one every TICK_PACE seconds, every COMMAND_EVERY-th a command
 TICK_PACE = 0.2
-COMMAND_EVERY = 25
+COMMAND_EVERY = 50
 SIX_AREAS = (
     "["
     + ", ".join(
