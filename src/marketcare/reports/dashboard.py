@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -63,9 +64,10 @@ class MarketFigures:
     def rectification_rate(self) -> float | None:
         return Rate(self.rate_verified, self.rate_due).value
 
-    @property
+    @cached_property
     def attention(self) -> tuple[int, int, int, float]:
-        """Where the market comes in a large district's pages (``compliance.attention``)."""
+        """Where the market comes in a large district's pages (``compliance.attention``);
+        worked out once per figures, which are kept between requests."""
         return compliance.attention(
             overdue_problems=self.overdue_problems,
             missed_today=self.missed_today,
@@ -95,6 +97,20 @@ class MarketFigures:
 
 
 @dataclass(frozen=True)
+class Overdue:
+    """A problem past its deadline (``problems.is_overdue``), as the dashboard lists it."""
+
+    id: int
+    market_id: str
+    area_id: str | None
+    category: str
+    description: str
+    deadline: datetime
+    state: str
+    assigned_to: str | None
+
+
+@dataclass(frozen=True)
 class Counted:
     """The dashboard's figures as of ``at``, and up to which moment the clock alone leaves
     them as they are (``compliance.holds_until``; None: until a write)."""
@@ -106,6 +122,9 @@ class Counted:
     days: tuple[tuple[str, date], ...]
     #: the ledger's state they were counted at (``scores.ledger_state``), when known
     state: tuple[Any, ...] | None = None
+    #: the problems of these markets past their deadline, by deadline then id: they
+    #: change at the same moments as the overdue counts, so they hold as long
+    overdue: tuple[Overdue, ...] = ()
 
     def holds(self, now: datetime) -> bool:
         """Whether figures counted again at ``now``, over the same ledger, would be these:
@@ -202,6 +221,7 @@ def counted(
                 min(ends, default=None),
                 kept.days,
                 state,
+                _overdue_merged(kept.overdue, part.overdue, changed.markets),
             )
     memo.keep(chosen, done)
     return done
@@ -245,17 +265,28 @@ def count(conn: sa.Connection, *, now: datetime, infos: Sequence[MarketInfo]) ->
         day_ends.append(next_day.astimezone(UTC))
         rates.update(zone_rates(conn, Period.of("month", day), as_of=now, markets=group))
     problems = conn.execute(
-        sa.select(ProblemRow.market_id, ProblemRow.state, ProblemRow.deadline).where(
+        sa.select(
+            ProblemRow.id,
+            ProblemRow.market_id,
+            ProblemRow.area_id,
+            ProblemRow.category,
+            ProblemRow.description,
+            ProblemRow.deadline,
+            ProblemRow.state,
+            ProblemRow.assigned_to,
+        ).where(
             ProblemRow.state != ProblemState.VERIFIED.value,
             ProblemRow.market_id.in_([m.id for m in infos]),
         )
     ).all()
     open_problems: dict[str, int] = {}
     overdue_problems: dict[str, int] = {}
+    overdue: list[Overdue] = []
     for p in problems:
         open_problems[p.market_id] = open_problems.get(p.market_id, 0) + 1
         if is_overdue(p.state, deadline=p.deadline, now=now):
             overdue_problems[p.market_id] = overdue_problems.get(p.market_id, 0) + 1
+            overdue.append(Overdue(*p))
     out: list[MarketFigures] = []
     for m in infos:
         today_counts = counts.get((m.id, True), Counts())
@@ -284,4 +315,22 @@ def count(conn: sa.Connection, *, now: datetime, infos: Sequence[MarketInfo]) ->
         deadlines=(p.deadline for p in problems),
         day_ends=day_ends,
     )
-    return Counted(tuple(out), now, until, _days(now, by_zone))
+    overdue.sort(key=_by_deadline)
+    return Counted(tuple(out), now, until, _days(now, by_zone), overdue=tuple(overdue))
+
+
+def _by_deadline(p: Overdue) -> tuple[datetime, int]:
+    return p.deadline, p.id
+
+
+def _overdue_merged(
+    kept: tuple[Overdue, ...], part: tuple[Overdue, ...], markets: frozenset[str]
+) -> tuple[Overdue, ...]:
+    """The kept list with the markets in ``markets`` counted again (``part``); the kept
+    tuple itself when they are as they were (a tick leaves the list as it is, and what
+    was rendered from it can be used again)."""
+    if tuple(p for p in kept if p.market_id in markets) == part:
+        return kept
+    merged = [p for p in kept if p.market_id not in markets] + list(part)
+    merged.sort(key=_by_deadline)
+    return tuple(merged)

@@ -508,11 +508,15 @@ def ranking(
     report: Report | None = None,
     shared: Shared | None = None,
     totals: Totals | None = None,
+    markets_up_to: int | None = None,
 ) -> Ranking:
     """Rank markets and sub-districts for ``period``. The movement is against the places
     the period before's bulletin kept (``ledger/standings``) or, where none were kept by
     ``as_of``, against the period before ranked again as it stood at its end. ``shared``:
-    see ``Shared``; ``totals``: see ``figures_of``."""
+    see ``Shared``; ``totals``: see ``figures_of``; ``markets_up_to``: rank the
+    markets only if there are at most that many, else leave ``markets`` empty (a city's
+    dashboard shows the sub-districts' bars: ordering a thousand markets it does not
+    show was a fifth of its page)."""
     from marketcare.ledger import standings
     from marketcare.reports.delivery import scope_of
 
@@ -524,26 +528,37 @@ def ranking(
     kept = standings.places(conn, period=before_period, scope=scope_of(markets), as_of=as_of)
     infos = {m.id: m for m in chosen}
     sub_districts = by_sub_district(chosen, current)
+    rank_markets = markets_up_to is None or len(current) <= markets_up_to
     if kept is not None:
         return Ranking(
             period=period,
             as_of=as_of,
-            markets=rank(list(current.values()), places_before=kept.markets),
+            markets=rank(list(current.values()), places_before=kept.markets)
+            if rank_markets
+            else [],
             sub_districts=rank(sub_districts, places_before=kept.sub_districts),
             info=infos,
         )
     zone = chosen[0].zone if chosen else "UTC"
     before_as_of = min(as_of, _end_utc(before_period, zone))
     before_markets, before = _figures(conn, before_period, before_as_of, markets, shared)
+    keep = shared is not None
     return Ranking(
         period=period,
         as_of=as_of,
-        markets=rank(
-            list(current.values()), places_before=_places(before, keep=shared is not None)
-        ),
+        markets=rank(list(current.values()), places_before=_places(before, keep=keep))
+        if rank_markets
+        else [],
         sub_districts=rank(
             sub_districts,
-            by_sub_district(before_markets, before) if before else [],
+            _derived(
+                "sub-districts",
+                before,
+                lambda _: by_sub_district(before_markets, before),
+                keep=keep,
+            )
+            if before
+            else [],
         ),
         info=infos,
     )

@@ -398,7 +398,14 @@ def ranking_panel(
         same = counted is not None and counted.state == state and counted.holds(now)
         if same:
             memo.open_period(conn, state, shared, week, as_of=now, totals=week_totals)
-        ranked = scores.ranking(conn, week, as_of=now, shared=shared, totals=week_totals)
+        ranked = scores.ranking(
+            conn,
+            week,
+            as_of=now,
+            shared=shared,
+            totals=week_totals,
+            markets_up_to=MARKETS_PER_PAGE,  # beyond, the panel shows the sub-districts
+        )
         points = scores.trend(
             conn, as_of=now, zone=zone, weeks=TREND_WEEKS, shared=shared, per_market=False
         )[""]
@@ -416,7 +423,7 @@ def ranking_panel(
             [(ranked.info[s.key].name, s.figures.inspection_score) for s in ranked.markets],
             title=t.tr("Inspection score"),
         )
-        if len(ranked.markets) <= MARKETS_PER_PAGE
+        if len(ranked.info) <= MARKETS_PER_PAGE
         else bar_chart(
             [(s.key, s.figures.inspection_score) for s in ranked.sub_districts],
             title=t.tr("Inspection score by sub-district"),

@@ -20,6 +20,7 @@ from zoneinfo import ZoneInfo
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
+from markupsafe import Markup
 
 from marketcare.domain.access import Action, Principal, Role, may
 from marketcare.domain.compliance import percent
@@ -34,6 +35,7 @@ from marketcare.ledger.models import ProblemRow
 from marketcare.reports import delivery
 from marketcare.reports.dashboard import MarketFigures
 from marketcare.reports.dashboard import counted as dashboard_counted
+from marketcare.web import fragments
 from marketcare.web.app import (
     SignedIn,
     authorise,
@@ -131,30 +133,38 @@ def dashboard(request: Request, who: SignedIn, page: str = "") -> Response:
     )
     every = list(counted.figures)
     figures, pager = page_of(every, page)
-    weeks = {Period.of("week", f.market.today(now)) for f in every}
+    weeks = {Period.of("week", day) for _, day in counted.days}
     week_totals = {f.market.id: (f.week_on_time, f.week_due) for f in every}
-    overdue = [
-        {
-            "id": p.id,
-            "market": p.market_id,
-            "market_name": names.get(p.market_id, p.market_id),
-            "area": p.area_id,
-            "category": p.category,
-            "description": p.description,
-            "deadline": _local(p.deadline, zones.get(p.market_id, "UTC")),
-            "state": p.state,
-            "assigned_to": p.assigned_to,
-        }
-        for p in problem_ledger.listing(engine, now=now, overdue=True)
-        if p.market_id in zones
-    ]
+    t = translator_of(request)
+
+    def overdue() -> Markup:
+        return Markup(
+            fragments.macros(request, t).overdue(
+                [
+                    {
+                        "id": p.id,
+                        "market": p.market_id,
+                        "market_name": names.get(p.market_id, p.market_id),
+                        "area": p.area_id,
+                        "category": p.category,
+                        "description": p.description,
+                        "deadline": _local(p.deadline, zones.get(p.market_id, "UTC")),
+                        "state": p.state,
+                        "assigned_to": p.assigned_to,
+                    }
+                    for p in counted.overdue
+                ]
+            )
+        )
+
+    shown = fragments.columns(request, t, figures)
     return render(
         request,
         "office.html",
-        figures=figures,
+        columns=shown,
+        rows=fragments.rows(shown),
         pager=pager,
-        overdue=overdue,
-        pct=pct,
+        overdue=fragments.overdue_list(request, t, counted.overdue, overdue),
         flashes=_flashes(request),
         inspections=ranking_panel(
             request,
