@@ -5,6 +5,7 @@ compares it with."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -18,7 +19,8 @@ from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import read
 from marketcare.ledger.models import AuditHead, UnchainedEvent
 from marketcare.reports import dashboard, scores
-from tests.support.web import Site
+from marketcare.web.app import WebServer, create_app
+from tests.support.web import Site, sign_in
 
 ALL = ["lizhong", "xinhua"]
 AT = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)
@@ -362,3 +364,107 @@ def test_a_deadline_moved_keeps_the_closed_weeks_to_which_the_problem_adds_the_s
     # still due in that week and past it at both ends: both weeks read the same
     assert assign(found + timedelta(days=2)) == weeks
     assert assign(now + timedelta(days=1)) == set()
+
+
+# ---------------------------------------------------------------- the page's overdue list
+
+
+def overdue_ids(counted: dashboard.Counted) -> list[int]:
+    return [p.id for p in counted.overdue]
+
+
+def test_the_overdue_list_is_kept_across_a_tick_and_counted_again_after_a_problem_write(
+    site: Site,
+) -> None:
+    memo, now = dashboard.Memo(), site.clock.now()
+    late = raise_problem(site, found=now - timedelta(days=3), deadline=now - timedelta(days=1))
+    first = dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo)
+    assert late in overdue_ids(first)
+
+    tick_lizhong(site)
+    second = dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo)
+    assert second is not first
+    assert second.overdue is first.overdue  # kept: the tick changed no problem
+    assert second.overdue == counted_again(site, now).overdue
+
+    problems.assign(site.engine, problem_id=late, by="office", to="市场管理员 王", now=now)
+    third = dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo)
+    assert third.overdue == counted_again(site, now).overdue
+    assert [p.assigned_to for p in third.overdue if p.id == late] == ["市场管理员 王"]
+
+    later = raise_problem(site, found=now - timedelta(days=2), deadline=now - timedelta(hours=2))
+    fourth = dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo)
+    assert fourth.overdue == counted_again(site, now).overdue
+    assert overdue_ids(fourth) == [late, later]  # by deadline
+
+
+def test_a_problem_joins_the_kept_overdue_list_once_the_clock_passes_its_deadline(
+    site: Site,
+) -> None:
+    memo, now = dashboard.Memo(), site.clock.now()
+    soon = raise_problem(site, found=now, deadline=now + timedelta(hours=1))
+    first = dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo)
+    assert soon not in overdue_ids(first)
+    assert first.until is not None and first.until <= now + timedelta(hours=1)
+    after = now + timedelta(hours=1) + TICK
+    later = dashboard.counted(site.engine, now=after, market_ids=ALL, memo=memo)
+    assert soon in overdue_ids(later)
+    assert later.overdue == counted_again(site, after).overdue
+
+
+# ---------------------------------------------------------------- the page, kept and afresh
+
+
+def forget_everything_kept(app: Any) -> None:
+    """The app's memos and rendered fragments dropped: the next page is counted and
+    rendered from nothing."""
+    app.state.dashboard_memo = dashboard.Memo()
+    app.state.scores_memo = None
+    app.state.fragments = None
+    scores._DERIVED.clear()
+
+
+def test_the_office_page_after_writes_is_byte_for_byte_the_page_counted_afresh(
+    site: Site,
+) -> None:
+    app = create_app(site.settings, site.engine, clock=site.clock.now)
+    server = WebServer(app, "127.0.0.1", 0)  # an app of its own, whose memos the test drops
+    server.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as office:
+            sign_in(office, "office")
+
+            def kept_then_afresh() -> str:
+                kept = office.get("/office")
+                forget_everything_kept(app)
+                afresh = office.get("/office")
+                assert kept.status_code == afresh.status_code == 200
+                assert kept.content == afresh.content
+                return kept.text
+
+            kept_then_afresh()
+            now = site.clock.now()
+            late = raise_problem(
+                site, found=now - timedelta(days=3), deadline=now - timedelta(hours=5)
+            )
+            assert f'data-problem="{late}"' in kept_then_afresh()
+            tick_lizhong(site)
+            kept_then_afresh()
+            problems.assign(site.engine, problem_id=late, by="office", to="市场管理员 王", now=now)
+            assert "市场管理员 王" in kept_then_afresh()
+            soon = raise_problem(site, found=now, deadline=now + timedelta(minutes=30))
+            assert f'data-problem="{soon}"' not in kept_then_afresh()
+            site.clock.advance(minutes=31)  # past its deadline, and past some miss times
+            assert f'data-problem="{soon}"' in kept_then_afresh()
+            office.get("/office")  # counted and rendered for the next ones to use
+            ledger_tick.tick(
+                site.engine,
+                obligation_id=site.obligation("xinhua", "disinfect", "meat"),
+                by="mgr_b",
+                now=site.clock.now(),
+                readings={"chlorine": 1000},
+                items=["washed"],
+            )
+            kept_then_afresh()
+    finally:
+        server.stop()
