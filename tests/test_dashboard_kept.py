@@ -290,6 +290,40 @@ def test_after_a_tick_the_rankings_other_rows_are_kept_and_it_equals_a_fresh_cou
     assert rows(second)["lizhong"] != rows(first)["lizhong"]
 
 
+def test_a_tick_and_a_problem_in_one_market_between_two_requests_equal_a_fresh_count(
+    site: Site,
+) -> None:
+    """A market ticked only takes its compliance from the dashboard's week and keeps its
+    other figures; one whose problems were written to as well is counted again."""
+    panel, now = Panel(site), site.clock.now()
+    first, _ = panel.request(now)
+    tick_lizhong(site)
+    second, _ = panel.request(now)
+    assert rows(second)["lizhong"] != rows(first)["lizhong"]
+    assert rows(second) == rows(fresh(site, now)[0])
+    tick_lizhong_veg(site)
+    raise_problem(site, found=now - timedelta(days=2), deadline=now - timedelta(days=1))
+    third, points = panel.request(now)
+    again = fresh(site, now)
+    assert (third.markets, third.sub_districts, points) == (
+        again[0].markets,
+        again[0].sub_districts,
+        again[1],
+    )
+    assert rows(third)["xinhua"] is rows(first)["xinhua"]
+
+
+def tick_lizhong_veg(site: Site) -> None:
+    ledger_tick.tick(
+        site.engine,
+        obligation_id=site.obligation("lizhong", "disinfect", "veg"),
+        by="mgr_a",
+        now=site.clock.now(),
+        readings={"chlorine": 500},
+        items=["washed"],
+    )
+
+
 def test_a_problem_due_after_the_closed_weeks_keeps_them_and_counts_its_market_again(
     site: Site,
 ) -> None:

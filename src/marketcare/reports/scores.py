@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -354,11 +354,9 @@ class Memo:
     size: int = 64
     _state: tuple[Any, ...] | None = None
     _kept: Shared = field(default_factory=dict)
-    #: the open period's figures, with what says whether they still hold at a moment and
-    #: the markets written to since they were counted
-    _open: dict[tuple[Period, tuple[str, ...] | None], tuple[Holds, Counted, frozenset[str]]] = (
-        field(default_factory=dict)
-    )
+    #: the open period's figures, with what says whether they still hold at a moment, the
+    #: markets written to since they were counted and those of them whose problems were
+    _open: dict[tuple[Period, tuple[str, ...] | None], Opened] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def shared(self, conn: sa.Connection) -> tuple[tuple[Any, ...], Shared]:
@@ -380,7 +378,10 @@ class Memo:
                 if (day is None or k[0].end.isoformat() <= day)
                 and all(_unchanged(k, v, c) for c in changed.problems)
             }
-            opened = {k: (h, c, m | changed.markets) for k, (h, c, m) in opened.items()}
+            problems = frozenset(c.market for c in changed.problems)
+            opened = {
+                k: (h, c, m | changed.markets, p | problems) for k, (h, c, m, p) in opened.items()
+            }
         with self._lock:
             if self._state == before:
                 self._state, self._kept, self._open = state, kept, opened
@@ -400,20 +401,37 @@ class Memo:
         """Put the open ``period``'s figures kept by ``keep_open`` into ``shared`` as
         counted ``as_of``, if the ledger is in that state or the markets written to
         since can be counted again (``totals``: see ``figures_of``), and they still hold
-        then. The ranking of the others is kept; ``rank`` orders them all again."""
+        then. The ranking of the others is kept; ``rank`` orders them all again.
+
+        A market of the ranking written to by its obligations only (ticks, misses) takes
+        its compliance from ``totals`` and keeps the rest: its inspections and problems
+        are as they were, and so is its place among the markets with obligations (an
+        obligation is added or withdrawn only by a write whose event names none, which
+        counts everything again, or with a problem's event). The others are counted
+        again, in a few queries for all of them."""
         chosen = None if markets is None else tuple(markets)
         with self._lock:
             kept = self._open.get((period, chosen))
             if state != self._state or kept is None or not kept[0](as_of):
                 return
-        holds, (infos, figures), written = kept
-        wanted = sorted(written if chosen is None else written & set(chosen))
+        holds, (infos, figures), written, by_problems = kept
+        if chosen is not None:
+            written = written & set(chosen)
+        compliance_only = {
+            k for k in written - by_problems if k in figures and totals is not None and k in totals
+        }
+        wanted = sorted(written - compliance_only)
         if wanted:
             report = Report(conn, period, as_of=as_of, markets=wanted)
-            if {m.id for m in report.markets} != written & figures.keys():
+            if {m.id for m in report.markets} != set(wanted) & figures.keys():
                 return  # a market came or went: its place in the order is the database's
             fresh = figures_of(report, totals, zone=infos[0].zone if infos else None)
             figures = {k: fresh.get(k, f) for k, f in figures.items()}
+        if compliance_only and totals is not None:
+            figures = {
+                k: replace(f, on_time=totals[k][0], due=totals[k][1]) if k in compliance_only else f
+                for k, f in figures.items()
+            }
         shared[(period, as_of, chosen)] = infos, figures
 
     def keep_open(
@@ -434,7 +452,7 @@ class Memo:
         counted = shared.get((period, as_of, chosen))
         with self._lock:
             if state == self._state and counted is not None:
-                self._open[(period, chosen)] = holds, counted, frozenset()
+                self._open[(period, chosen)] = holds, counted, frozenset(), frozenset()
 
     def keep(self, state: tuple[Any, ...], shared: Shared, *, as_of: datetime) -> None:
         """Keep the closed periods counted in ``shared`` (read at ``state``) for the
@@ -449,6 +467,9 @@ class Memo:
 
 #: whether figures counted earlier still hold at a moment
 Holds = Callable[[datetime], bool]
+#: an open period's kept figures: whether they hold, the figures, the markets written to
+#: since, and those of them whose problems were written to
+Opened = tuple[Holds, Counted, frozenset[str], frozenset[str]]
 
 #: each market's (on time, due) of a period as of a moment, counted already by the same
 #: rule (the dashboard's week: ``reports.dashboard.figures``)
