@@ -225,7 +225,7 @@ class Panel:
         totals = {f.market.id: (f.week_on_time, f.week_due) for f in counted.figures}
         week = this_week(now)
         with read(self.site.engine) as conn:
-            state, shared = self.scores.shared(conn)
+            state, shared = self.scores.shared(conn, known=counted.written)
             if counted.state == state and counted.holds(now):
                 self.scores.open_period(conn, state, shared, week, as_of=now, totals=totals)
             ranked = scores.ranking(conn, week, as_of=now, shared=shared, totals=totals)

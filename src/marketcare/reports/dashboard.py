@@ -26,7 +26,7 @@ from marketcare.ledger.db import read
 from marketcare.ledger.models import Obligation, ProblemRow
 from marketcare.ledger.readmodel import MarketInfo, markets
 from marketcare.reports.figures import groups, tally, zone_rates
-from marketcare.reports.scores import ledger_state, touched
+from marketcare.reports.scores import Written, ledger_state, touched
 
 
 @dataclass(frozen=True)
@@ -125,6 +125,9 @@ class Counted:
     #: the problems of these markets past their deadline, by deadline then id: they
     #: change at the same moments as the overdue counts, so they hold as long
     overdue: tuple[Overdue, ...] = ()
+    #: what was written between the state of the figures these were counted from and
+    #: ``state`` (``scores.touched``), for the ranking's memo to read once, not again
+    written: Written | None = None
 
     def holds(self, now: datetime) -> bool:
         """Whether figures counted again at ``now``, over the same ledger, would be these:
@@ -209,8 +212,9 @@ def counted(
         if kept is not None and kept.state == state:
             return kept
         changed = None if kept is None or kept.state is None else touched(conn, kept.state, state)
+        written = None if kept is None or kept.state is None else (kept.state, state, changed)
         if kept is None or changed is None:
-            done = replace(count(conn, now=now, infos=chosen), state=state)
+            done = replace(count(conn, now=now, infos=chosen), state=state, written=written)
         else:
             part = count(conn, now=now, infos=[m for m in chosen if m.id in changed.markets])
             fresh = {f.market.id: f for f in part.figures}
@@ -222,6 +226,7 @@ def counted(
                 kept.days,
                 state,
                 _overdue_merged(kept.overdue, part.overdue, changed.markets),
+                written,
             )
     memo.keep(chosen, done)
     return done

@@ -157,6 +157,9 @@ class Touched:
 #: beyond this many events since the kept state, counting everything again is cheaper
 TOUCHED_LIMIT = 500
 
+#: ``touched(conn, before, now)`` read already: (before, now, what it said)
+Written = tuple[tuple[Any, ...], tuple[Any, ...], Touched | None]
+
 
 def touched(conn: sa.Connection, before: tuple[Any, ...], now: tuple[Any, ...]) -> Touched | None:
     """What was written between ``before`` and ``now`` (both ``ledger_state``), read from
@@ -359,15 +362,24 @@ class Memo:
     _open: dict[tuple[Period, tuple[str, ...] | None], Opened] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def shared(self, conn: sa.Connection) -> tuple[tuple[Any, ...], Shared]:
+    def shared(
+        self, conn: sa.Connection, *, known: Written | None = None
+    ) -> tuple[tuple[Any, ...], Shared]:
         """The ledger's state as ``conn`` sees it and a ``Shared`` for one read
-        transaction, holding what is kept for that state."""
+        transaction, holding what is kept for that state. ``known``: what was written
+        between two states, read already (the dashboard's figures read it a moment ago):
+        used if they are the kept state and this one."""
         state = ledger_state(conn)
         with self._lock:
             before, kept, opened = self._state, dict(self._kept), dict(self._open)
         if state == before:
             return state, kept
-        changed = None if before is None else touched(conn, before, state)
+        if before is None:
+            changed = None
+        elif known is not None and known[0] == before and known[1] == state:
+            changed = known[2]
+        else:
+            changed = touched(conn, before, state)
         if changed is None:
             kept, opened = {}, {}
         else:

@@ -394,7 +394,8 @@ def ranking_panel(
     week = Period.of("week", _zone_today(request, zone))
     memo = memo_of(request)
     with read(engine) as conn:
-        state, shared = memo.shared(conn)  # this week once for both; closed weeks kept
+        # this week once for both; closed weeks kept
+        state, shared = memo.shared(conn, known=None if counted is None else counted.written)
         same = counted is not None and counted.state == state and counted.holds(now)
         if same:
             memo.open_period(conn, state, shared, week, as_of=now, totals=week_totals)
