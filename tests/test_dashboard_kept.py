@@ -14,13 +14,15 @@ import time_machine
 
 from marketcare.domain.compliance import holds_until
 from marketcare.domain.periods import Period
+from marketcare.domain.schedules import load_texts
 from marketcare.ledger import problems
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import read
+from marketcare.ledger.materialise import materialise
 from marketcare.ledger.models import AuditHead, UnchainedEvent
 from marketcare.reports import dashboard, scores
 from marketcare.web.app import WebServer, create_app
-from tests.support.web import Site, sign_in
+from tests.support.web import SCHEDULE, Site, sign_in
 
 ALL = ["lizhong", "xinhua"]
 AT = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)
@@ -500,5 +502,12 @@ def test_the_office_page_after_writes_is_byte_for_byte_the_page_counted_afresh(
                 items=["washed"],
             )
             kept_then_afresh()
+            renamed = load_texts(
+                {"schedules/site.yaml": SCHEDULE.replace("鲤中农贸市场", "鲤中市场")},
+                default_timezone="Asia/Shanghai",
+            )  # another schedule version: the markets are read again
+            materialise(site.engine, renamed, now=site.clock.now(), horizon=timedelta(days=2))
+            page = kept_then_afresh()
+            assert "鲤中市场" in page and "鲤中农贸市场" not in page
     finally:
         server.stop()

@@ -24,7 +24,7 @@ from marketcare.domain.periods import Period
 from marketcare.domain.problems import ProblemState, Rate, is_overdue
 from marketcare.ledger.db import read
 from marketcare.ledger.models import Obligation, ProblemRow
-from marketcare.ledger.readmodel import MarketInfo, markets
+from marketcare.ledger.readmodel import MarketInfo, markets, markets_in
 from marketcare.reports.figures import groups, tally, zone_rates
 from marketcare.reports.scores import Written, ledger_state, touched
 
@@ -157,21 +157,34 @@ class Memo:
     otherwise all of them."""
 
     _kept: tuple[tuple[MarketInfo, ...], Counted] | None = None
+    #: whether the kept figures are every active market's
+    _every: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, infos: tuple[MarketInfo, ...], now: datetime) -> Counted | None:
         """The figures kept for ``infos`` if they hold at ``now`` (as of their state)."""
         with self._lock:
             kept = self._kept
-        if kept is None or kept[0] != infos or not kept[1].holds(now):
+        if kept is None or (kept[0] is not infos and kept[0] != infos):
             return None
-        return kept[1]
+        return kept[1] if kept[1].holds(now) else None
 
-    def keep(self, infos: tuple[MarketInfo, ...], counted: Counted) -> None:
-        """Keep ``counted`` (read at a known ledger state) for the next requests."""
+    def every_market(self, state: tuple[Any, ...]) -> tuple[MarketInfo, ...] | None:
+        """Every active market, as kept, if the ledger at ``state`` has the schedule
+        version they were read at (the markets, their names, zones and sub-districts
+        change only with it: ``scores.ledger_state``'s last part)."""
+        with self._lock:
+            kept, every = self._kept, self._every
+        if kept is None or not every or kept[1].state is None or kept[1].state[-1] != state[-1]:
+            return None
+        return kept[0]
+
+    def keep(self, infos: tuple[MarketInfo, ...], counted: Counted, *, every: bool = False) -> None:
+        """Keep ``counted`` (read at a known ledger state) for the next requests;
+        ``every``: ``infos`` are every active market."""
         if counted.state is not None:
             with self._lock:
-                self._kept = (infos, counted)
+                self._kept, self._every = (infos, counted), every
 
 
 def figures(
@@ -195,19 +208,26 @@ def counted(
     engine: sa.Engine,
     *,
     now: datetime,
-    market_ids: list[str],
+    market_ids: list[str] | None,
     infos: Sequence[MarketInfo] | None = None,
     memo: Memo | None = None,
 ) -> Counted:
     """``figures`` with how long they hold and the ledger state they were read at (None
-    without a ``memo``): the dashboard's ranking keeps this week's scores as long."""
-    if infos is None or [m.id for m in infos] != market_ids:
+    without a ``memo``): the dashboard's ranking keeps this week's scores as long.
+
+    ``market_ids`` None: every active market (``Counted.figures`` name them), read
+    again only when the schedule version is not the kept figures' (the office page)."""
+    if market_ids is not None and (infos is None or [m.id for m in infos] != market_ids):
         infos = markets(engine, market_ids)
-    chosen = tuple(infos)
     with read(engine) as conn:
         if memo is None:
+            chosen = tuple(markets_in(conn) if infos is None else infos)
             return count(conn, now=now, infos=chosen)
         state = ledger_state(conn)
+        if market_ids is not None:
+            chosen = tuple(infos or ())
+        else:
+            chosen = memo.every_market(state) or tuple(markets_in(conn))
         kept = memo.get(chosen, now)
         if kept is not None and kept.state == state:
             return kept
@@ -228,7 +248,7 @@ def counted(
                 _overdue_merged(kept.overdue, part.overdue, changed.markets),
                 written,
             )
-    memo.keep(chosen, done)
+    memo.keep(chosen, done, every=market_ids is None)
     return done
 
 

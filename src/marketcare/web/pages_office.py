@@ -121,23 +121,18 @@ def dashboard(request: Request, who: SignedIn, page: str = "") -> Response:
     time), and the problems past their deadline across them."""
     authorise(who, Action.DASHBOARD)
     engine, now = engine_of(request), now_of(request)
-    markets = readmodel.markets(engine)
-    zones = {m.id: m.zone for m in markets}
-    names = {m.id: m.name for m in markets}
-    counted = dashboard_counted(
-        engine,
-        now=now,
-        market_ids=[m.id for m in markets],
-        infos=markets,
-        memo=dashboard_memo_of(request),
-    )
+    # every active market, read again only when another schedule version is applied
+    counted = dashboard_counted(engine, now=now, market_ids=None, memo=dashboard_memo_of(request))
     every = list(counted.figures)
+    markets = [f.market for f in every]
     figures, pager = page_of(every, page)
     weeks = {Period.of("week", day) for _, day in counted.days}
     week_totals = {f.market.id: (f.week_on_time, f.week_due) for f in every}
     t = translator_of(request)
 
     def overdue() -> Markup:
+        zones = {m.id: m.zone for m in markets}
+        names = {m.id: m.name for m in markets}
         return Markup(
             fragments.macros(request, t).overdue(
                 [
