@@ -191,14 +191,15 @@ def figures(
     engine: sa.Engine,
     *,
     now: datetime,
-    market_ids: list[str],
+    market_ids: list[str] | None,
     infos: Sequence[MarketInfo] | None = None,
     memo: Memo | None = None,
 ) -> list[MarketFigures]:
     """Compliance today and this week, misses, overdue problems and this month's
     rectification rate, per market; the same rules as the exports.
 
-    ``infos``: the markets of ``market_ids`` when the caller has just read them;
+    ``market_ids`` None: every active market (see ``counted``); ``infos``: the markets
+    of ``market_ids`` when the caller has just read them;
     ``memo``: where the figures are kept between requests while they hold (see ``Memo``).
     """
     return list(counted(engine, now=now, market_ids=market_ids, infos=infos, memo=memo).figures)
