@@ -85,21 +85,23 @@ class Column:
 
 
 def macros(request: Request, t: Translator) -> Any:
-    """``_office_market.html``'s macros in the page's language."""
+    """``_office_market.html``'s macros in the page's language (made once per
+    translator: ``i18n.translator`` keeps one per language)."""
     templates: Jinja2Templates = request.app.state.templates
-    template = templates.env.get_template("_office_market.html")
-    return template.make_module({"_": t.tr, "pct": percent})
+
+    def make() -> Any:
+        template = templates.env.get_template("_office_market.html")
+        return template.make_module({"_": t.tr, "pct": percent})
+
+    return fragments_of(request).get("macros", t.language, t, make)
 
 
 def columns(request: Request, t: Translator, figures: list[MarketFigures]) -> list[Column]:
     """Each market's card and cells, rendered once per counted ``MarketFigures``."""
     kept = fragments_of(request)
-    module: list[Any] = []  # made on the first market not rendered yet
 
     def column(f: MarketFigures) -> Column:
-        if not module:
-            module.append(macros(request, t))
-        m = module[0]
+        m = macros(request, t)
         return Column(
             Markup(m.card(f)), Markup(m.head(f)), tuple(Markup(m.cell(f, row)) for row in ROWS)
         )
