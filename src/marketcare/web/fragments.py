@@ -101,17 +101,15 @@ def columns(request: Request, t: Translator, figures: list[MarketFigures]) -> li
     kept = fragments_of(request)
 
     def column(f: MarketFigures) -> Column:
-        m = macros(request, t)
-        return Column(
-            Markup(m.card(f)), Markup(m.head(f)), tuple(Markup(m.cell(f, row)) for row in ROWS)
-        )
+        m = macros(request, t)  # autoescaped macros: each call is Markup already
+        return Column(m.card(f), m.head(f), tuple(m.cell(f, row) for row in ROWS))
 
     return [kept.get("column", t.language, f, partial(column, f)) for f in figures]
 
 
 def rows(shown: list[Column]) -> list[Markup]:
     """The table's rows of cells, one per ``ROWS``, across the markets shown."""
-    return [Markup("").join(c.cells[i] for c in shown) for i in range(len(ROWS))]
+    return [Markup().join(c.cells[i] for c in shown) for i in range(len(ROWS))]
 
 
 def overdue_list(

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
@@ -133,7 +133,8 @@ def dashboard(request: Request, who: SignedIn, page: str = "") -> Response:
     def overdue() -> Markup:
         zones = {m.id: m.zone for m in markets}
         names = {m.id: m.name for m in markets}
-        return Markup(
+        return cast(  # an autoescaped macro's answer is Markup already
+            Markup,
             fragments.macros(request, t).overdue(
                 [
                     {
@@ -149,7 +150,7 @@ def dashboard(request: Request, who: SignedIn, page: str = "") -> Response:
                     }
                     for p in counted.overdue
                 ]
-            )
+            ),
         )
 
     shown = fragments.columns(request, t, figures)
