@@ -210,23 +210,22 @@ def build(path: Path, markets: int, seed: int = 1) -> None:
 
 def child(kind: str, path: str, out: str) -> None:
     """One measurement, in this (child) process."""
-    # what a running daemon has loaded already: the time is the work, not Python's imports
-    import openpyxl.chart  # noqa: F401
-    import weasyprint  # noqa: F401
-
-    from marketcare.domain.periods import Period
-    from marketcare.ledger.db import make_engine, read
-    from marketcare.reports import (
-        bulletin,
-        delivery,
-        workbook,  # noqa: F401
-    )
-
     kind, _, temperature = kind.partition("+")
     steps = kind.endswith("/steps")
     kind = kind.removesuffix("/steps")
+    # what a running daemon has loaded for this kind already, and only that: the time is
+    # the work, not Python's imports, and neither side pays for the other's libraries
+    # (WeasyPrint and the fonts' bindings are the bulletin's, not the export's)
+    from marketcare.domain.periods import Period
+    from marketcare.ledger.db import make_engine, read
+    from marketcare.reports import delivery, workbook  # noqa: F401
+
+    if not kind.startswith("export"):
+        from marketcare.reports import bulletin
+
+        bulletin.page_class()  # WeasyPrint, as the bulletin's PDF imports it
     if steps:
-        _watch_steps()
+        _watch_steps(kind)
         _mark("imported")
     engine = make_engine(f"sqlite:///{path}")
     week = Period.of("week", MONTH + timedelta(days=10))
@@ -238,8 +237,12 @@ def child(kind: str, path: str, out: str) -> None:
         elif kind == "export-month":
             delivery.export(engine, period=period, exports_dir=out, now=AS_OF)
         elif kind == "bulletin":
+            from marketcare.reports import bulletin
+
             bulletin.produce(engine, period=period, exports_dir=out, now=AS_OF)
         elif kind == "data":
+            from marketcare.reports import bulletin
+
             with read(engine) as conn:
                 bulletin.gather(conn, period, as_of=AS_OF)
         else:
@@ -251,6 +254,8 @@ def child(kind: str, path: str, out: str) -> None:
         # paid; the bulletin "data" run reads the places that bulletin kept
         before = Path(out) / "before"
         if kind == "data":
+            from marketcare.reports import bulletin
+
             bulletin.produce(engine, period=month.previous(), exports_dir=before, now=AS_OF)
         else:
             run(month.previous(), week.previous(), before)
@@ -285,12 +290,9 @@ def _mark(label: str) -> None:
     STEPS.append((f"-- {label}", s["VmRSS"], s["VmRSS"], s["RssAnon"], s["RssFile"], s["VmHWM"]))
 
 
-def _watch_steps() -> None:
-    """Wrap the steps of the bulletin and the export to note their memory (``--steps``)."""
-    import weasyprint
-    import weasyprint.document
-
-    from marketcare.reports import bulletin, bulletin_font, delivery
+def _watch_steps(kind: str) -> None:
+    """Wrap the steps of the bulletin or the export to note their memory (``--steps``)."""
+    from marketcare.reports import delivery
 
     def watch(owner: Any, name: str, label: str) -> None:
         step = getattr(owner, name)
@@ -307,12 +309,19 @@ def _watch_steps() -> None:
 
         setattr(owner, name, watched)
 
+    watch(delivery, "export", "export")
+    if kind.startswith("export"):
+        return
+    import weasyprint
+    import weasyprint.document
+
+    from marketcare.reports import bulletin, bulletin_font
+
     watch(bulletin, "gather", "gather")
     watch(bulletin, "write_xlsx", "workbook")
     watch(bulletin_font, "cut", "font cut")
     watch(weasyprint.HTML, "render", "layout")
     watch(weasyprint.document.Document, "write_pdf", "PDF writing")
-    watch(delivery, "export", "export")
 
 
 def show_steps(markets: int, path: Path, tmp: Path, *, cold: bool) -> None:
