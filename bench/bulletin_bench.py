@@ -10,8 +10,10 @@ For each size a SQLite ledger is built once with bulk SQL (not measured): a mont
 obligations (each market's waste clearance and the disinfection of two areas, every day,
 with seeded outcomes), two inspections per market with their scores, and problems, some
 past their deadline. Then, each in its own child process (``getrusage`` gives its peak
-RSS; the modules a running daemon has loaded are imported before the clock starts),
-interleaved round by round, median of ``--repeat``:
+RSS), interleaved round by round, median of ``--repeat``. Before the clock starts a child
+imports what the product imports for its kind, and only that: the export's child the
+exporter and its workbook (openpyxl), the bulletin's the bulletin and WeasyPrint as the
+bulletin imports it, so neither side pays for the other's libraries:
 
 * **export (week)** and **export (month)** — ``delivery.export`` of one week and of the
   month: the existing workbook of that data (the baselines; the month's is the export
