@@ -59,7 +59,7 @@ def _forward(module: str, name: str) -> Any:
     def forwarded(*args: Any, **kwargs: Any) -> Any:
         return getattr(_real(module), name)(*args, **kwargs)
 
-    forwarded.__name__ = forwarded.__qualname__ = name
+    forwarded.__name__ = name
     return forwarded
 
 
