@@ -254,3 +254,32 @@ def test_the_font_tools_weasyprint_imported_deferred_are_the_real_ones_at_their_
         timeout=300,
     )
     assert done.stdout.strip() == "ok"
+
+
+FONT_TOOL_USED_AT_IMPORT = """
+import logging, sys
+logging.basicConfig(format="%(message)s")
+from marketcare.reports import bulletin_weasyprint
+bulletin_weasyprint.DEFERRED["fontTools.ttLib"] = ()  # WeasyPrint imports TTFont from it
+weasyprint = bulletin_weasyprint.load()
+import weasyprint.pdf.fonts as pdf_fonts, fontTools.ttLib
+assert pdf_fonts.TTFont is fontTools.ttLib.TTFont and weasyprint.HTML
+print("ok")
+"""
+
+
+def test_a_weasyprint_that_uses_a_deferred_module_as_it_imports_is_imported_whole_and_says_so() -> (
+    None
+):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FONT_TOOL_USED_AT_IMPORT],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert done.stdout.strip() == "ok"
+    assert "WeasyPrint imported with its font tools: fontTools.ttLib is deferred" in done.stderr

@@ -46,10 +46,14 @@ class _Deferred(types.ModuleType):
         return getattr(_real(self.__name__), attribute)
 
 
+class _TooEarly(ImportError):
+    """WeasyPrint used a deferred module as it imported (a version unlike this one)."""
+
+
 def _real(name: str) -> types.ModuleType:
     module = sys.modules.get(name)
     if isinstance(module, _Deferred):  # WeasyPrint is still importing: not yet
-        raise ImportError(f"{name} is deferred while WeasyPrint imports")
+        raise _TooEarly(f"{name} is deferred while WeasyPrint imports")
     return importlib.import_module(name)
 
 
@@ -79,9 +83,9 @@ def load() -> types.ModuleType:
         sys.modules.update(stand_ins)
         try:
             return importlib.import_module("weasyprint")
-        except ImportError:
+        except _TooEarly as early:
             # a WeasyPrint that uses one of them as it imports: imported as it is
-            logger.warning("WeasyPrint needs fontTools at its import: imported whole")
+            logger.warning("WeasyPrint imported with its font tools: %s", early)
             for name in [n for n in sys.modules if n.partition(".")[0] == "weasyprint"]:
                 del sys.modules[name]
             _drop(stand_ins)
