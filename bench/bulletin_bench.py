@@ -10,8 +10,10 @@ For each size a SQLite ledger is built once with bulk SQL (not measured): a mont
 obligations (each market's waste clearance and the disinfection of two areas, every day,
 with seeded outcomes), two inspections per market with their scores, and problems, some
 past their deadline. Then, each in its own child process (``getrusage`` gives its peak
-RSS; the modules a running daemon has loaded are imported before the clock starts),
-interleaved round by round, median of ``--repeat``:
+RSS), interleaved round by round, median of ``--repeat``. Before the clock starts a child
+imports what the product imports for its kind, and only that: the export's child the
+exporter and its workbook (openpyxl), the bulletin's the bulletin and WeasyPrint as the
+bulletin imports it, so neither side pays for the other's libraries:
 
 * **export (week)** and **export (month)** — ``delivery.export`` of one week and of the
   month: the existing workbook of that data (the baselines; the month's is the export
@@ -210,23 +212,22 @@ def build(path: Path, markets: int, seed: int = 1) -> None:
 
 def child(kind: str, path: str, out: str) -> None:
     """One measurement, in this (child) process."""
-    # what a running daemon has loaded already: the time is the work, not Python's imports
-    import openpyxl.chart  # noqa: F401
-    import weasyprint  # noqa: F401
-
-    from marketcare.domain.periods import Period
-    from marketcare.ledger.db import make_engine, read
-    from marketcare.reports import (
-        bulletin,
-        delivery,
-        workbook,  # noqa: F401
-    )
-
     kind, _, temperature = kind.partition("+")
     steps = kind.endswith("/steps")
     kind = kind.removesuffix("/steps")
+    # what a running daemon has loaded for this kind already, and only that: the time is
+    # the work, not Python's imports, and neither side pays for the other's libraries
+    # (WeasyPrint and the fonts' bindings are the bulletin's, not the export's)
+    from marketcare.domain.periods import Period
+    from marketcare.ledger.db import make_engine, read
+    from marketcare.reports import delivery, workbook  # noqa: F401
+
+    if not kind.startswith("export"):
+        from marketcare.reports import bulletin
+
+        bulletin.page_class()  # WeasyPrint, as the bulletin's PDF imports it
     if steps:
-        _watch_steps()
+        _watch_steps(kind)
         _mark("imported")
     engine = make_engine(f"sqlite:///{path}")
     week = Period.of("week", MONTH + timedelta(days=10))
@@ -238,8 +239,12 @@ def child(kind: str, path: str, out: str) -> None:
         elif kind == "export-month":
             delivery.export(engine, period=period, exports_dir=out, now=AS_OF)
         elif kind == "bulletin":
+            from marketcare.reports import bulletin
+
             bulletin.produce(engine, period=period, exports_dir=out, now=AS_OF)
         elif kind == "data":
+            from marketcare.reports import bulletin
+
             with read(engine) as conn:
                 bulletin.gather(conn, period, as_of=AS_OF)
         else:
@@ -251,6 +256,8 @@ def child(kind: str, path: str, out: str) -> None:
         # paid; the bulletin "data" run reads the places that bulletin kept
         before = Path(out) / "before"
         if kind == "data":
+            from marketcare.reports import bulletin
+
             bulletin.produce(engine, period=month.previous(), exports_dir=before, now=AS_OF)
         else:
             run(month.previous(), week.previous(), before)
@@ -285,12 +292,9 @@ def _mark(label: str) -> None:
     STEPS.append((f"-- {label}", s["VmRSS"], s["VmRSS"], s["RssAnon"], s["RssFile"], s["VmHWM"]))
 
 
-def _watch_steps() -> None:
-    """Wrap the steps of the bulletin and the export to note their memory (``--steps``)."""
-    import weasyprint
-    import weasyprint.document
-
-    from marketcare.reports import bulletin, bulletin_font, delivery
+def _watch_steps(kind: str) -> None:
+    """Wrap the steps of the bulletin or the export to note their memory (``--steps``)."""
+    from marketcare.reports import delivery
 
     def watch(owner: Any, name: str, label: str) -> None:
         step = getattr(owner, name)
@@ -307,12 +311,19 @@ def _watch_steps() -> None:
 
         setattr(owner, name, watched)
 
+    watch(delivery, "export", "export")
+    if kind.startswith("export"):
+        return
+    import weasyprint
+    import weasyprint.document
+
+    from marketcare.reports import bulletin, bulletin_font
+
     watch(bulletin, "gather", "gather")
     watch(bulletin, "write_xlsx", "workbook")
     watch(bulletin_font, "cut", "font cut")
     watch(weasyprint.HTML, "render", "layout")
     watch(weasyprint.document.Document, "write_pdf", "PDF writing")
-    watch(delivery, "export", "export")
 
 
 def show_steps(markets: int, path: Path, tmp: Path, *, cold: bool) -> None:

@@ -188,3 +188,98 @@ def test_without_harfbuzzs_subsetter_there_is_no_cut_and_the_log_says_so(
         bulletin_font._harfbuzz.cache_clear()
     (warning,) = [r.getMessage() for r in caplog.records]
     assert "libharfbuzz-subset is missing" in warning
+
+
+PDF_WITHOUT_FONT_TOOLS = """
+import json, sys, tempfile
+from pathlib import Path
+from marketcare.reports import bulletin
+with tempfile.TemporaryDirectory() as folder:
+    bulletin.render_pdf(sys.argv[1], Path(folder) / "b.pdf", lang="zh-CN")
+    made = (Path(folder) / "b.pdf").read_bytes().startswith(b"%PDF")
+deferred = ["fontTools.subset", "fontTools.ttLib.woff2", "fontTools.varLib.instancer"]
+print(json.dumps({"made": made, "loaded": [m for m in [*deferred, "uharfbuzz"] if m in sys.modules]}))
+"""
+
+
+def test_a_bulletins_pdf_is_made_without_importing_fonttools_subsetter_instancer_or_woff2() -> None:
+    """They are 10 MiB of a bulletin's process the export does not pay (and a second
+    HarfBuzz, uharfbuzz, under the subsetter): WeasyPrint imports them for fonts the page
+    never has. A fresh process, as a daemon's first bulletin."""
+    import json
+    import subprocess
+    import sys
+
+    page = (
+        f'<html lang="zh-CN"><style>{bulletin.FONT_SLOT} html {{ font-family: '
+        f'"{bulletin.SUBSET_FAMILY}"; }}</style><table><tr><td>{TEXT}</td></tr></table>'
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", PDF_WITHOUT_FONT_TOOLS, page],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert json.loads(done.stdout) == {"made": True, "loaded": []}
+
+
+FONT_TOOLS_AT_FIRST_USE = """
+import sys
+from marketcare.reports import bulletin, bulletin_weasyprint
+bulletin.page_class()
+import weasyprint.pdf.fonts as pdf_fonts, weasyprint.text.fonts as text_fonts
+assert not any(isinstance(m, bulletin_weasyprint._Deferred) for m in sys.modules.values())
+import fontTools.subset, fontTools.ttLib.woff2, fontTools.varLib.instancer as instancer
+assert pdf_fonts.subset.Subsetter is fontTools.subset.Subsetter
+assert text_fonts.woff2.decompress is fontTools.ttLib.woff2.decompress
+instancer.instantiateVariableFont = lambda font, axes, static: (font, axes, static)
+assert pdf_fonts.instantiateVariableFont("font", {"wght": 400}, static=True) == (
+    "font", {"wght": 400}, True)
+print("ok")
+"""
+
+
+def test_the_font_tools_weasyprint_imported_deferred_are_the_real_ones_at_their_first_use() -> None:
+    """A PDF that needs one (a variable font, a WOFF2 font, no HarfBuzz subsetter) gets
+    it then; nothing of the stand-ins is left where another import would find it."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FONT_TOOLS_AT_FIRST_USE],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert done.stdout.strip() == "ok"
+
+
+FONT_TOOL_USED_AT_IMPORT = """
+import logging, sys
+logging.basicConfig(format="%(message)s")
+from marketcare.reports import bulletin_weasyprint
+bulletin_weasyprint.DEFERRED["fontTools.ttLib"] = ()  # WeasyPrint imports TTFont from it
+weasyprint = bulletin_weasyprint.load()
+import weasyprint.pdf.fonts as pdf_fonts, fontTools.ttLib
+assert pdf_fonts.TTFont is fontTools.ttLib.TTFont and weasyprint.HTML
+print("ok")
+"""
+
+
+def test_a_weasyprint_that_uses_a_deferred_module_as_it_imports_is_imported_whole_and_says_so() -> (
+    None
+):
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-c", FONT_TOOL_USED_AT_IMPORT],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    assert done.stdout.strip() == "ok"
+    assert "WeasyPrint imported with its font tools: fontTools.ttLib is deferred" in done.stderr

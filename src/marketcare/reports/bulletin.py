@@ -44,7 +44,7 @@ from marketcare.i18n import Translator, translator
 from marketcare.ledger import standings
 from marketcare.ledger.db import read, retrying, write
 from marketcare.ledger.models import ReportRecord
-from marketcare.reports import bulletin_font
+from marketcare.reports import bulletin_font, bulletin_weasyprint
 from marketcare.reports.figures import ProblemLine, Report, late_problems
 from marketcare.reports.scores import Ranking, closed, ranking
 
@@ -506,11 +506,11 @@ def page_class() -> Any:
     ``_ua_stylesheets`` is WeasyPrint's hook for its subclasses (its ``HTML`` and forms
     use it); a version without it lays the page out under its whole sheet, as before.
     """
-    from weasyprint import CSS, HTML
+    weasyprint = bulletin_weasyprint.load()
+    sheet = weasyprint.CSS(filename=str(UA_SHEET))
+    html_class: Any = weasyprint.HTML
 
-    sheet = CSS(filename=str(UA_SHEET))
-
-    class BulletinPage(HTML):  # type: ignore[misc]  # WeasyPrint has no type hints
+    class BulletinPage(html_class):  # type: ignore[misc]  # WeasyPrint has no type hints
         def _ua_stylesheets(self, forms: bool = False) -> list[Any]:
             return [sheet]
 
