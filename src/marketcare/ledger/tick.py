@@ -311,8 +311,11 @@ def _pg_write_batch() -> str:
     The moves (each a compare-and-swap on the state and ``state_changed_at`` that were
     judged, the rows locked first in id order, so writers never deadlock), the
     completions with their ids, and the events, unchained (``audit.append(defer=True)``).
-    Its result casts a text to an integer when fewer rows moved than were judged, an
-    error that undoes the whole statement; the writer then ticks the batch one by one.
+    The events take their ids (the chain's order, ``audit``) only once every move is
+    done, each of its rows locked (their ``WHERE`` waits for ``moved``), as an append
+    is its transaction's last write. The result casts a text to an integer when fewer
+    rows moved than were judged, an error that undoes the whole statement; the writer
+    then ticks the batch one by one.
     Before this, the batch's transaction held its rows from ``BEGIN`` over six round
     trips and the writer's Python work (judging, events, JSON) between them.
     """
@@ -342,6 +345,7 @@ def _pg_write_batch() -> str:
     INSERT INTO {done.name} ({names(records)}) SELECT * FROM {_pg_unnest("c_", records)}
 ), pending AS (
     INSERT INTO {audit.UNCHAINED.name} ({names(events)}) SELECT * FROM {_pg_unnest("e_", events)}
+    WHERE (SELECT count(*) FROM moved) = %(moving)s
 )
 SELECT CAST(CASE WHEN count(*) = %(moving)s THEN '0'
     ELSE 'a tick batch lost its compare-and-swap: ' || count(*) END AS INTEGER) FROM moved"""
