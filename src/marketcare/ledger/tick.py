@@ -747,10 +747,11 @@ class TickWriter:
     taking requests and writes what was taken before returning. The batch's audit
     events are appended once, after its ticks and in their order: on SQLite chained in
     the batch's transaction (one chain-head update per batch), on PostgreSQL unchained,
-    and linked after the commit by its chainer thread (``_chain_loop``). SAVEPOINTs work
-    on SQLite inside ``BEGIN IMMEDIATE`` (``make_engine`` issues the ``BEGIN`` itself, so
-    pysqlite's own transaction handling stays out of the way) and on PostgreSQL;
-    ``tests/test_tick_batch.py`` runs on both.
+    and linked after the commit by its chainer thread (``_chain_loop``). On PostgreSQL a
+    batch is judged before its transaction, which is one statement (``_pg_tick_batch``).
+    SAVEPOINTs (a batch tick by tick) work on SQLite inside ``BEGIN IMMEDIATE``
+    (``make_engine`` issues the ``BEGIN`` itself, so pysqlite's own transaction handling
+    stays out of the way) and on PostgreSQL; ``tests/test_tick_batch.py`` runs on both.
     """
 
     def __init__(self, engine: sa.Engine, *, max_batch: int = 64, start: bool = True) -> None:
