@@ -345,9 +345,9 @@ def _pg_write_batch() -> str:
     INSERT INTO {done.name} ({names(records)}) SELECT * FROM {_pg_unnest("c_", records)}
 ), pending AS (
     INSERT INTO {audit.UNCHAINED.name} ({names(events)}) SELECT * FROM {_pg_unnest("e_", events)}
-    WHERE (SELECT count(*) FROM moved) = %(moving)s
+    WHERE (SELECT count(*) FROM moved) = CAST(%(moving)s AS BIGINT)
 )
-SELECT CAST(CASE WHEN count(*) = %(moving)s THEN '0'
+SELECT CAST(CASE WHEN count(*) = CAST(%(moving)s AS BIGINT) THEN '0'
     ELSE 'a tick batch lost its compare-and-swap: ' || count(*) END AS INTEGER) FROM moved"""
 
 
