@@ -10,9 +10,10 @@ import httpx
 import pytest
 import sqlalchemy as sa
 
-from marketcare.ledger import leader
+from marketcare.ledger import audit, leader
 from marketcare.ledger.db import make_engine, migrate
 from marketcare.ledger.health import Health, StepRecord, probe_writes, readiness
+from marketcare.ledger.models import UnchainedEvent
 from marketcare.settings import Settings
 from marketcare.web.app import WebServer, create_app
 
@@ -140,6 +141,20 @@ def test_no_leader_heartbeat_and_no_schedule_are_named() -> None:
     )
 
 
+def test_audit_events_left_unlinked_past_the_bound_make_every_daemon_not_ready() -> None:
+    """On PostgreSQL ticks are linked to the audit chain after their commit: events that
+    wait longer than ``PENDING_BOUND`` mean no chainer is working, and the ledger is
+    taking writes that are not tamper-evident yet: a follower says so too."""
+    waiting = audit.Waiting(3, audit.PENDING_BOUND + 30 * S)
+    for leading in (True, False):
+        ready, checks, problems = decide(healthy(), leading=leading, chain=waiting)
+        assert not ready
+        assert checks["audit_chain"].startswith("3 audit events have waited 90 s to be linked")
+        assert problems == [f"audit_chain: {checks['audit_chain']}"]
+    ready, checks, _ = decide(healthy(), chain=audit.Waiting(40, 5 * S))
+    assert ready and checks["audit_chain"] == "ok"
+
+
 # ---------------------------------------------------------------- a real failing write
 
 
@@ -225,3 +240,28 @@ def test_a_web_server_that_hangs_while_starting_is_reported_with_where_it_hung()
     release.set()
     server.thread.join(timeout=10)
     assert not server.thread.is_alive()
+
+
+@pytest.mark.postgresql_only("only PostgreSQL links the chain after the commit")
+def test_readyz_names_audit_events_that_no_chainer_has_linked(
+    ledger: sa.Engine, tmp_path: Path
+) -> None:
+    settings = Settings(database_url=str(ledger.url), schedules_dir=tmp_path, web_port=0)
+    leader.heartbeat(ledger, "host:1", now=NOW, since=NOW)
+    server = WebServer(create_app(settings, ledger, clock=lambda: NOW), "127.0.0.1", 0)
+    server.start()
+    try:
+        event = {"at": NOW, "actor": "林秀英", "action": "tick", "details": {}}
+        with ledger.begin() as conn:
+            conn.execute(sa.insert(UnchainedEvent), [event, event])
+        fresh = httpx.get(f"http://127.0.0.1:{server.port}/readyz", timeout=30).json()
+        with ledger.begin() as conn:  # no chainer runs here: the two grow old
+            conn.execute(
+                sa.update(UnchainedEvent).values(written_at=sa.func.now() - timedelta(minutes=3))
+            )
+        late = httpx.get(f"http://127.0.0.1:{server.port}/readyz", timeout=30)
+    finally:
+        server.stop()
+    assert fresh["checks"]["audit_chain"] == "ok", fresh
+    assert late.status_code == 503
+    assert late.json()["checks"]["audit_chain"].startswith("2 audit events have waited 3 min")

@@ -473,14 +473,17 @@ def test_operators_manage_tokens_feeds_and_operators_on_the_command_line() -> No
 # ---------------------------------------------------------------- row 8: metrics, the log
 
 
-def declaring(site: Site, path: str, length: int, kind: str = "application/json") -> bytes:
+def declaring(
+    site: Site, path: str, length: int, kind: str = "application/json", *, token: str = ""
+) -> bytes:
     """The first line of the answer to a POST that only declares ``length`` bytes (an
     HTTP client will not send a body shorter than its Content-Length)."""
+    bearer = f"Authorization: Bearer {token}\r\n" if token else ""
     url = httpx.URL(site.base)
     with socket.create_connection((url.host, url.port), timeout=30) as raw:
         raw.sendall(
             f"POST {path} HTTP/1.1\r\nHost: {url.host}\r\n"
-            f"Content-Type: {kind}\r\nContent-Length: {length}\r\n\r\n{{}}".encode()
+            f"Content-Type: {kind}\r\nContent-Length: {length}\r\n{bearer}\r\n{{}}".encode()
         )
         return raw.recv(4096).split(b"\r\n", 1)[0] + b" "
 
@@ -516,7 +519,10 @@ def test_a_form_with_files_larger_than_the_form_bound_is_refused_before_it_is_sp
     multipart = "multipart/form-data; boundary=x"
     bound = site.settings.upload_form_max_bytes
     assert declaring(site, "/inspect/lizhong", bound + 1, multipart).startswith(b"HTTP/1.1 413 ")
-    assert declaring(site, "/api/v1/evidence", 10**12, multipart).startswith(b"HTTP/1.1 413 ")
+    upload = declaring(site, "/api/v1/evidence", 10**12, multipart, token=site.tokens["mgr_a"])
+    assert upload.startswith(b"HTTP/1.1 413 ")
+    # an anonymous one is told who may upload, without a byte of it read
+    assert declaring(site, "/api/v1/evidence", 10**12, multipart).startswith(b"HTTP/1.1 401 ")
     with site.client() as anonymous:
         small = anonymous.post("/inspect/lizhong", files={"photo.a": ("a.jpg", JPEG)})
         assert small.status_code != 413
@@ -602,3 +608,32 @@ def test_settings_refuse_a_form_bound_that_cannot_hold_one_photo() -> None:
 
     with pytest.raises(SettingsError, match="upload_form_max_bytes"):
         load_settings(upload_max_bytes=50_000_000, upload_form_max_bytes=20_000_000)
+
+
+def test_a_refusal_made_by_the_web_framework_is_a_page_for_a_browser_and_json_for_the_api(
+    site: Site,
+) -> None:
+    """An address that does not exist, a method a route does not take, a form too large
+    to hold: a browser shows the site's own error page (not a line of JSON), and the API
+    answers with its usual ``detail``."""
+    big_form = {"username": "x" * (security.HELD_BODY_MAX + 1), "password": "p"}
+    with site.client() as browser:
+        for answer, status in (
+            (browser.get("/no-such-page"), 404),
+            (browser.delete("/login"), 405),
+            (browser.post("/login", data=big_form), 413),
+        ):
+            assert answer.status_code == status
+            assert answer.headers["content-type"].startswith("text/html"), answer.text
+            assert "<main" in answer.text and 'role="alert"' in answer.text
+            assert answer.headers["x-content-type-options"] == "nosniff"
+        too_large = browser.post("/login", data=big_form).text
+        assert "1 MB" in too_large
+    with site.api("mgr_a") as c:
+        missing = c.get("/api/v1/no-such-thing")
+        assert missing.status_code == 404 and missing.json()["detail"]
+        big = json.dumps({"token": "x" * (security.HELD_BODY_MAX + 1)}).encode()
+        tick = f"/api/v1/obligations/{site.obligation('lizhong', 'disinfect', 'veg')}/completions"
+        refused = c.post(tick, content=big, headers={"content-type": "application/json"})
+        assert refused.status_code == 413 and "1 MB" in refused.json()["detail"]
+        assert refused.headers["x-content-type-options"] == "nosniff"

@@ -164,6 +164,33 @@ CHAIN_BATCH = 5000
 PENDING_BOUND = timedelta(minutes=1)
 
 
+@dataclass(frozen=True)
+class Waiting:
+    """The events committed but not linked yet, as ``/readyz`` reports them."""
+
+    count: int
+    #: how long the oldest has waited, by the database server's clock alone (the web
+    #: app's clock may be another, a test's frozen one for instance)
+    oldest: timedelta
+
+    @property
+    def late(self) -> bool:
+        """Past ``PENDING_BOUND`` no chainer is linking them: the leader's chaining step
+        links every daemon's pending events every few seconds."""
+        return self.oldest > PENDING_BOUND
+
+
+def waiting(conn: sa.Connection) -> Waiting | None:
+    """The pending events on PostgreSQL (one short query of a table that stays nearly
+    empty); None on SQLite, where nothing is ever pending."""
+    if conn.dialect.name != "postgresql":
+        return None
+    count, oldest = conn.execute(
+        sa.select(sa.func.count(), sa.func.now() - sa.func.min(_UNCHAINED.c.written_at))
+    ).one()
+    return Waiting(int(count), oldest if isinstance(oldest, timedelta) else timedelta(0))
+
+
 def _link(seq: int, prev: str, batch: Iterable[Any]) -> list[dict[str, Any]]:
     """The chain's rule of order: each event, in the order given, takes the next sequence
     number and hashes over the one before it. Inline appends and the chainer both come

@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from prometheus_client import CollectorRegistry, Histogram
 
 from marketcare.files import probe_folder
+from marketcare.ledger.audit import Waiting
 from marketcare.ledger.probe import probe_write
 
 #: this process's own measurements (the daemon observes them)
@@ -127,6 +128,7 @@ def readiness(
     leader_holder: str | None,
     health: Health | None,
     leading: bool,
+    chain: Waiting | None = None,
 ) -> tuple[bool, dict[str, Any], list[str]]:
     """Decide readiness from what is known: (ready, checks for the answer, problems).
 
@@ -150,6 +152,16 @@ def readiness(
         None if leader_holder else "no leader heartbeat",
         ok=leader_holder or "",
     )
+    if chain is not None:
+        note(
+            "audit_chain",
+            (
+                f"{chain.count} audit events have waited {_ago(chain.oldest.total_seconds())} "
+                "to be linked to the chain (a chainer is failing: see the daemons' logs)"
+            )
+            if chain.late
+            else None,
+        )
     if health is not None:
         if health.checks_files:
             note("schedule_files", health.schedule_problem)

@@ -45,6 +45,7 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from fastapi.staticfiles import StaticFiles
 from fastapi.templating import Jinja2Templates
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as FrameworkRefusal
 from starlette.middleware.sessions import SessionMiddleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -374,9 +375,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         target = request.url.path + (f"?{request.url.query}" if request.url.query else "")
         return RedirectResponse(f"/login?next={quote(target)}", status_code=303)
 
-    @app.exception_handler(HTTPException)
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        response = _error_response(request, exc.status_code, str(exc.detail))
+    # Starlette's class, FastAPI's is a subclass: the framework's own refusals (an
+    # address no route has, a method a route does not take, a body over the bound of
+    # ``security.BodyLimit``) are answered like ours, a page to a browser, JSON to the API
+    @app.exception_handler(FrameworkRefusal)
+    async def http_error(request: Request, exc: FrameworkRefusal) -> Response:
+        message = str(exc.detail)
+        if exc.status_code == 413:
+            message = security.too_large(request.scope)
+        response = _error_response(request, exc.status_code, message)
         for k, v in (exc.headers or {}).items():
             response.headers[k] = v
         return response

@@ -33,7 +33,7 @@ from prometheus_client.registry import Collector
 
 from marketcare import logs
 from marketcare.domain.obligations import State
-from marketcare.ledger import leader
+from marketcare.ledger import audit, leader
 from marketcare.ledger.db import read
 from marketcare.ledger.health import PROBE_INTERVAL, PROCESS, Health, probe_writes, readiness
 from marketcare.ledger.models import (
@@ -186,11 +186,13 @@ def readyz(request: Request) -> Response:
     database: str | None = None
     version = None
     known = None
+    chain = None
     try:
         with read(engine) as conn:
             version = conn.execute(
                 sa.select(LedgerState.version_id).where(LedgerState.id == 1)
             ).scalar_one_or_none()
+            chain = audit.waiting(conn)
         known = leader.known(engine, now=now)
     except sa.exc.SQLAlchemyError as exc:
         database = type(exc).__name__
@@ -204,6 +206,7 @@ def readyz(request: Request) -> Response:
         leader_holder=known["holder"] if known else None,
         health=health,
         leading=bool(getattr(daemon, "leading", False)),
+        chain=chain,
     )
     body: dict[str, Any] = {"status": "ready" if ready else "not ready", "checks": checks}
     if problems:

@@ -37,7 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.datastructures import Headers, MutableHeaders
-from starlette.middleware.body_limit import RequestBodyLimitResponder
+from starlette.middleware.body_limit import MAX_BODY_SIZE_SCOPE_KEY, RequestBodyLimitResponder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 CSP = "; ".join(
@@ -92,11 +92,26 @@ _ANSWERS_OWN = frozenset({"Content-Security-Policy", "Cache-Control"})
 HELD_BODY_MAX = 1_000_000
 
 
+class _Responder(RequestBodyLimitResponder):
+    """Starlette's limiter, except that the app's answer goes out as the app made it.
+    Starlette replaces any answer to a body *declared* too large with a line of plain
+    text: no page for a browser, no JSON ``detail``, none of the security headers (added
+    inside this middleware). Here a body over the bound is still refused as soon as the
+    app reads it (``receive_with_limit``, which the app's error handler answers 413 in its
+    own way); an answer given without reading it (a redirect to sign in, a route's own
+    refusal) holds nothing of it and stands."""
+
+    async def send_with_limit(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.response_started = True
+        await self.send(message)
+
+
 class BodyLimit:
     """ASGI middleware, the outermost: a body to be held in memory that declares or
     sends more than ``HELD_BODY_MAX`` bytes, or a multipart body (streamed to disk, see
-    above) of more than ``form_limit``, is answered 413 (JSON ``detail``) as soon as
-    that is known. Starlette's own limiter does the counting; this only chooses the
+    above) of more than ``form_limit``, is answered 413 as soon as that is known (by the
+    app's error handler: a page to a browser, JSON to the API, naming the bound). Starlette's own limiter does the counting; this only chooses the
     bound by the kind of body."""
 
     def __init__(self, app: ASGIApp, limit: int = HELD_BODY_MAX, *, form_limit: int) -> None:
@@ -110,7 +125,16 @@ class BodyLimit:
             return
         multipart = Headers(scope=scope).get("content-type", "").startswith("multipart/form-data")
         bound = self.form_limit if multipart else self.limit
-        await RequestBodyLimitResponder(self.app, bound)(scope, receive, send)
+        await _Responder(self.app, bound)(scope, receive, send)
+
+
+def too_large(scope: Scope) -> str:
+    """What a refused body is told: the bound it passed (the one ``BodyLimit`` chose for
+    its kind), so that a manager whose photo form was refused knows what would pass."""
+    bound = scope.get(MAX_BODY_SIZE_SCOPE_KEY)
+    if not isinstance(bound, int):
+        return "the request is larger than this site accepts"
+    return f"the request is larger than this site accepts ({bound / 1_000_000:g} MB at most)"
 
 
 class SecurityHeaders:
