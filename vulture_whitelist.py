@@ -47,6 +47,8 @@ first_used_at
 # Starlette and uvicorn read these attributes of objects they own.
 _.lifespan_context
 _.should_exit
+_.send_with_limit  # web/security._Responder overrides Starlette's body limiter's
+_.response_started  # ... and sets the flag that limiter reads
 
 # openpyxl: workbook properties, print and chart settings are attributes it reads when
 # saving; ``_values_to_row`` overrides its streaming writer's method.

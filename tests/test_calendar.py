@@ -5,13 +5,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-import httpx
 import sqlalchemy as sa
 from icalendar import Calendar
 
 from marketcare.ledger.models import Obligation
 
-from .support.web import Site
+from .support.web import Site, get
 
 
 def feed_url(site: Site, user: str, market: str) -> str:
@@ -25,7 +24,7 @@ def feed_url(site: Site, user: str, market: str) -> str:
 def test_feed_lists_the_markets_obligations_as_events(site: Site) -> None:
     url = feed_url(site, "mgr_a", "lizhong")
     assert url.startswith("/calendar/lizhong/") and url.endswith(".ics")
-    r = httpx.get(site.base + url)  # no sign-in: the phone's calendar has none
+    r = get(site.base + url)  # no sign-in: the phone's calendar has none
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("text/calendar")
     cal = Calendar.from_ical(r.content)
@@ -49,7 +48,7 @@ def test_feed_shows_a_completed_obligation_as_done(site: Site) -> None:
     ob = site.obligation("xinhua", "waste")
     with site.api("mgr_b") as c:
         assert c.post(f"/api/v1/obligations/{ob}/completions", json={}).status_code == 201
-    cal = Calendar.from_ical(httpx.get(site.base + feed_url(site, "office", "xinhua")).content)
+    cal = Calendar.from_ical(get(site.base + feed_url(site, "office", "xinhua")).content)
     event = next(e for e in cal.walk("VEVENT") if str(e["UID"]) == f"obligation-{ob}@marketcare")
     assert str(event["X-MARKETCARE-STATE"]) == "done"
 
@@ -57,23 +56,23 @@ def test_feed_shows_a_completed_obligation_as_done(site: Site) -> None:
 def test_each_user_has_their_own_address_for_the_market(site: Site) -> None:
     mine, office = feed_url(site, "mgr_a", "lizhong"), feed_url(site, "office", "lizhong")
     assert mine != office
-    assert httpx.get(site.base + mine).content.count(b"BEGIN:VEVENT") == (
-        httpx.get(site.base + office).content.count(b"BEGIN:VEVENT")
+    assert get(site.base + mine).content.count(b"BEGIN:VEVENT") == (
+        get(site.base + office).content.count(b"BEGIN:VEVENT")
     )
 
 
 def test_wrong_key_is_404(site: Site) -> None:
     url = feed_url(site, "mgr_a", "lizhong")
     wrong = url[: -len(".ics") - 1] + ("0" if url[-5] != "0" else "1") + ".ics"
-    assert httpx.get(site.base + wrong).status_code == 404
-    assert httpx.get(site.base + "/calendar/lizhong/not-a-key.ics").status_code == 404
-    assert httpx.get(site.base + "/calendar/lizhong/密钥.ics").status_code == 404
+    assert get(site.base + wrong).status_code == 404
+    assert get(site.base + "/calendar/lizhong/not-a-key.ics").status_code == 404
+    assert get(site.base + "/calendar/lizhong/密钥.ics").status_code == 404
 
 
 def test_another_markets_key_does_not_open_this_market(site: Site) -> None:
     xinhua = feed_url(site, "mgr_b", "xinhua")
     key = xinhua.rsplit("/", 1)[1]
-    assert httpx.get(f"{site.base}/calendar/lizhong/{key}").status_code == 404
+    assert get(f"{site.base}/calendar/lizhong/{key}").status_code == 404
 
 
 def test_only_users_who_may_view_the_market_get_its_address(site: Site) -> None:

@@ -5,6 +5,7 @@ compares it with."""
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
@@ -13,12 +14,15 @@ import time_machine
 
 from marketcare.domain.compliance import holds_until
 from marketcare.domain.periods import Period
+from marketcare.domain.schedules import load_texts
 from marketcare.ledger import problems
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import read
+from marketcare.ledger.materialise import materialise
 from marketcare.ledger.models import AuditHead, UnchainedEvent
 from marketcare.reports import dashboard, scores
-from tests.support.web import Site
+from marketcare.web.app import WebServer, create_app
+from tests.support.web import SCHEDULE, Site, sign_in
 
 ALL = ["lizhong", "xinhua"]
 AT = datetime(2026, 11, 25, 11, 0, tzinfo=UTC)
@@ -223,7 +227,7 @@ class Panel:
         totals = {f.market.id: (f.week_on_time, f.week_due) for f in counted.figures}
         week = this_week(now)
         with read(self.site.engine) as conn:
-            state, shared = self.scores.shared(conn)
+            state, shared = self.scores.shared(conn, known=counted.written)
             if counted.state == state and counted.holds(now):
                 self.scores.open_period(conn, state, shared, week, as_of=now, totals=totals)
             ranked = scores.ranking(conn, week, as_of=now, shared=shared, totals=totals)
@@ -286,6 +290,40 @@ def test_after_a_tick_the_rankings_other_rows_are_kept_and_it_equals_a_fresh_cou
     assert second.sub_districts == fresh(site, now)[0].sub_districts
     assert rows(second)["xinhua"] is rows(first)["xinhua"]  # kept, not counted again
     assert rows(second)["lizhong"] != rows(first)["lizhong"]
+
+
+def test_a_tick_and_a_problem_in_one_market_between_two_requests_equal_a_fresh_count(
+    site: Site,
+) -> None:
+    """A market ticked only takes its compliance from the dashboard's week and keeps its
+    other figures; one whose problems were written to as well is counted again."""
+    panel, now = Panel(site), site.clock.now()
+    first, _ = panel.request(now)
+    tick_lizhong(site)
+    second, _ = panel.request(now)
+    assert rows(second)["lizhong"] != rows(first)["lizhong"]
+    assert rows(second) == rows(fresh(site, now)[0])
+    tick_lizhong_veg(site)
+    raise_problem(site, found=now - timedelta(days=2), deadline=now - timedelta(days=1))
+    third, points = panel.request(now)
+    again = fresh(site, now)
+    assert (third.markets, third.sub_districts, points) == (
+        again[0].markets,
+        again[0].sub_districts,
+        again[1],
+    )
+    assert rows(third)["xinhua"] is rows(first)["xinhua"]
+
+
+def tick_lizhong_veg(site: Site) -> None:
+    ledger_tick.tick(
+        site.engine,
+        obligation_id=site.obligation("lizhong", "disinfect", "veg"),
+        by="mgr_a",
+        now=site.clock.now(),
+        readings={"chlorine": 500},
+        items=["washed"],
+    )
 
 
 def test_a_problem_due_after_the_closed_weeks_keeps_them_and_counts_its_market_again(
@@ -362,3 +400,114 @@ def test_a_deadline_moved_keeps_the_closed_weeks_to_which_the_problem_adds_the_s
     # still due in that week and past it at both ends: both weeks read the same
     assert assign(found + timedelta(days=2)) == weeks
     assert assign(now + timedelta(days=1)) == set()
+
+
+# ---------------------------------------------------------------- the page's overdue list
+
+
+def overdue_ids(counted: dashboard.Counted) -> list[int]:
+    return [p.id for p in counted.overdue]
+
+
+def test_the_overdue_list_is_kept_across_a_tick_and_counted_again_after_a_problem_write(
+    site: Site,
+) -> None:
+    memo, now = dashboard.Memo(), site.clock.now()
+    late = raise_problem(site, found=now - timedelta(days=3), deadline=now - timedelta(days=1))
+    first = dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo)
+    assert late in overdue_ids(first)
+
+    tick_lizhong(site)
+    second = dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo)
+    assert second is not first
+    assert second.overdue is first.overdue  # kept: the tick changed no problem
+    assert second.overdue == counted_again(site, now).overdue
+
+    problems.assign(site.engine, problem_id=late, by="office", to="市场管理员 王", now=now)
+    third = dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo)
+    assert third.overdue == counted_again(site, now).overdue
+    assert [p.assigned_to for p in third.overdue if p.id == late] == ["市场管理员 王"]
+
+    later = raise_problem(site, found=now - timedelta(days=2), deadline=now - timedelta(hours=2))
+    fourth = dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo)
+    assert fourth.overdue == counted_again(site, now).overdue
+    assert overdue_ids(fourth) == [late, later]  # by deadline
+
+
+def test_a_problem_joins_the_kept_overdue_list_once_the_clock_passes_its_deadline(
+    site: Site,
+) -> None:
+    memo, now = dashboard.Memo(), site.clock.now()
+    soon = raise_problem(site, found=now, deadline=now + timedelta(hours=1))
+    first = dashboard.counted(site.engine, now=now, market_ids=ALL, memo=memo)
+    assert soon not in overdue_ids(first)
+    assert first.until is not None and first.until <= now + timedelta(hours=1)
+    after = now + timedelta(hours=1) + TICK
+    later = dashboard.counted(site.engine, now=after, market_ids=ALL, memo=memo)
+    assert soon in overdue_ids(later)
+    assert later.overdue == counted_again(site, after).overdue
+
+
+# ---------------------------------------------------------------- the page, kept and afresh
+
+
+def forget_everything_kept(app: Any) -> None:
+    """The app's memos and rendered fragments dropped: the next page is counted and
+    rendered from nothing."""
+    app.state.dashboard_memo = dashboard.Memo()
+    app.state.scores_memo = None
+    app.state.fragments = None
+    scores._DERIVED.clear()
+
+
+def test_the_office_page_after_writes_is_byte_for_byte_the_page_counted_afresh(
+    site: Site,
+) -> None:
+    app = create_app(site.settings, site.engine, clock=site.clock.now)
+    server = WebServer(app, "127.0.0.1", 0)  # an app of its own, whose memos the test drops
+    server.start()
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{server.port}", timeout=30) as office:
+            sign_in(office, "office")
+
+            def kept_then_afresh() -> str:
+                kept = office.get("/office")
+                forget_everything_kept(app)
+                afresh = office.get("/office")
+                assert kept.status_code == afresh.status_code == 200
+                assert kept.content == afresh.content
+                return kept.text
+
+            kept_then_afresh()
+            now = site.clock.now()
+            late = raise_problem(
+                site, found=now - timedelta(days=3), deadline=now - timedelta(hours=5)
+            )
+            assert f'data-problem="{late}"' in kept_then_afresh()
+            tick_lizhong(site)
+            kept_then_afresh()
+            problems.assign(site.engine, problem_id=late, by="office", to="市场管理员 王", now=now)
+            assert "市场管理员 王" in kept_then_afresh()
+            soon = raise_problem(site, found=now, deadline=now + timedelta(minutes=30))
+            assert f'data-problem="{soon}"' not in kept_then_afresh()
+            site.clock.advance(minutes=31)  # past its deadline, and past some miss times
+            assert f'data-problem="{soon}"' in kept_then_afresh()
+            office.get("/office")  # counted and rendered for the next ones to use
+            ledger_tick.tick(
+                site.engine,
+                obligation_id=site.obligation("xinhua", "disinfect", "meat"),
+                by="mgr_b",
+                now=site.clock.now(),
+                readings={"chlorine": 1000},
+                items=["washed"],
+            )
+            kept_then_afresh()
+            renamed = load_texts(
+                {"schedules/site.yaml": SCHEDULE.replace("鲤中农贸市场", "鲤中市场")},
+                default_timezone="Asia/Shanghai",
+            )  # another schedule version: the markets are read again
+            materialise(site.engine, renamed, now=site.clock.now(), horizon=timedelta(days=2))
+            page = kept_then_afresh()
+            assert "鲤中市场" in page and "鲤中农贸市场" not in page
+    finally:
+        server.stop()

@@ -40,6 +40,7 @@ from marketcare.reports.figures import Report
 from marketcare.reports.workbook import display_width, sheet_title, write_workbook
 
 from .conftest import DISINFECTION, WASTE, make_schedule, utc
+from .support import templates
 
 pytestmark = pytest.mark.heavy(12)
 
@@ -184,8 +185,14 @@ def build_ledger(engine: sa.Engine) -> Ledger:
 
 
 @pytest.fixture
-def book(engine: sa.Engine) -> Ledger:
-    return build_ledger(engine)
+def book(tmp_path: Path) -> Iterator[Ledger]:
+    """A copy of the week's ledger, built once per run: building it (a week of three
+    markets ticked one by one) cost each test more than everything else it did."""
+    engine, ticks = templates.copy_of(
+        "exports-week", lambda built: build_ledger(built).ticks, tmp_path / "book"
+    )
+    yield Ledger(engine, ticks)
+    engine.dispose()
 
 
 def export(
@@ -826,10 +833,19 @@ def placeholders(text: str) -> set[str]:
     return names | set(re.findall(r"&[A-Z]", text))
 
 
+@pytest.fixture(scope="module")
+def used_msgids() -> dict[str, str]:
+    """The code's message ids, extracted once for every language's test (reading every
+    module and template is most of their time; nothing here changes them)."""
+    return code_msgids()
+
+
 @pytest.mark.parametrize("language", i18n.LANGUAGES)
-def test_every_message_the_code_uses_is_translated(language: str) -> None:
+def test_every_message_the_code_uses_is_translated(
+    language: str, used_msgids: dict[str, str]
+) -> None:
     catalog = i18n.read_catalog(language)
-    used = code_msgids()
+    used = used_msgids
     assert len(used) > 50
     missing = {m: where for m, where in used.items() if m not in catalog}
     assert not missing, f"add to {i18n.catalog_path(language)}: {missing}"

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, time, timedelta
+from functools import cached_property
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -23,9 +24,9 @@ from marketcare.domain.periods import Period
 from marketcare.domain.problems import ProblemState, Rate, is_overdue
 from marketcare.ledger.db import read
 from marketcare.ledger.models import Obligation, ProblemRow
-from marketcare.ledger.readmodel import MarketInfo, markets
+from marketcare.ledger.readmodel import MarketInfo, markets, markets_in
 from marketcare.reports.figures import groups, tally, zone_rates
-from marketcare.reports.scores import ledger_state, touched
+from marketcare.reports.scores import Written, ledger_state, touched
 
 
 @dataclass(frozen=True)
@@ -63,9 +64,10 @@ class MarketFigures:
     def rectification_rate(self) -> float | None:
         return Rate(self.rate_verified, self.rate_due).value
 
-    @property
+    @cached_property
     def attention(self) -> tuple[int, int, int, float]:
-        """Where the market comes in a large district's pages (``compliance.attention``)."""
+        """Where the market comes in a large district's pages (``compliance.attention``);
+        worked out once per figures, which are kept between requests."""
         return compliance.attention(
             overdue_problems=self.overdue_problems,
             missed_today=self.missed_today,
@@ -95,6 +97,20 @@ class MarketFigures:
 
 
 @dataclass(frozen=True)
+class Overdue:
+    """A problem past its deadline (``problems.is_overdue``), as the dashboard lists it."""
+
+    id: int
+    market_id: str
+    area_id: str | None
+    category: str
+    description: str
+    deadline: datetime
+    state: str
+    assigned_to: str | None
+
+
+@dataclass(frozen=True)
 class Counted:
     """The dashboard's figures as of ``at``, and up to which moment the clock alone leaves
     them as they are (``compliance.holds_until``; None: until a write)."""
@@ -106,6 +122,12 @@ class Counted:
     days: tuple[tuple[str, date], ...]
     #: the ledger's state they were counted at (``scores.ledger_state``), when known
     state: tuple[Any, ...] | None = None
+    #: the problems of these markets past their deadline, by deadline then id: they
+    #: change at the same moments as the overdue counts, so they hold as long
+    overdue: tuple[Overdue, ...] = ()
+    #: what was written between the state of the figures these were counted from and
+    #: ``state`` (``scores.touched``), for the ranking's memo to read once, not again
+    written: Written | None = None
 
     def holds(self, now: datetime) -> bool:
         """Whether figures counted again at ``now``, over the same ledger, would be these:
@@ -135,35 +157,49 @@ class Memo:
     otherwise all of them."""
 
     _kept: tuple[tuple[MarketInfo, ...], Counted] | None = None
+    #: whether the kept figures are every active market's
+    _every: bool = False
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def get(self, infos: tuple[MarketInfo, ...], now: datetime) -> Counted | None:
         """The figures kept for ``infos`` if they hold at ``now`` (as of their state)."""
         with self._lock:
             kept = self._kept
-        if kept is None or kept[0] != infos or not kept[1].holds(now):
+        if kept is None or (kept[0] is not infos and kept[0] != infos):
             return None
-        return kept[1]
+        return kept[1] if kept[1].holds(now) else None
 
-    def keep(self, infos: tuple[MarketInfo, ...], counted: Counted) -> None:
-        """Keep ``counted`` (read at a known ledger state) for the next requests."""
+    def every_market(self, state: tuple[Any, ...]) -> tuple[MarketInfo, ...] | None:
+        """Every active market, as kept, if the ledger at ``state`` has the schedule
+        version they were read at (the markets, their names, zones and sub-districts
+        change only with it: ``scores.ledger_state``'s last part)."""
+        with self._lock:
+            kept, every = self._kept, self._every
+        if kept is None or not every or kept[1].state is None or kept[1].state[-1] != state[-1]:
+            return None
+        return kept[0]
+
+    def keep(self, infos: tuple[MarketInfo, ...], counted: Counted, *, every: bool = False) -> None:
+        """Keep ``counted`` (read at a known ledger state) for the next requests;
+        ``every``: ``infos`` are every active market."""
         if counted.state is not None:
             with self._lock:
-                self._kept = (infos, counted)
+                self._kept, self._every = (infos, counted), every
 
 
 def figures(
     engine: sa.Engine,
     *,
     now: datetime,
-    market_ids: list[str],
+    market_ids: list[str] | None,
     infos: Sequence[MarketInfo] | None = None,
     memo: Memo | None = None,
 ) -> list[MarketFigures]:
     """Compliance today and this week, misses, overdue problems and this month's
     rectification rate, per market; the same rules as the exports.
 
-    ``infos``: the markets of ``market_ids`` when the caller has just read them;
+    ``market_ids`` None: every active market (see ``counted``); ``infos``: the markets
+    of ``market_ids`` when the caller has just read them;
     ``memo``: where the figures are kept between requests while they hold (see ``Memo``).
     """
     return list(counted(engine, now=now, market_ids=market_ids, infos=infos, memo=memo).figures)
@@ -173,25 +209,33 @@ def counted(
     engine: sa.Engine,
     *,
     now: datetime,
-    market_ids: list[str],
+    market_ids: list[str] | None,
     infos: Sequence[MarketInfo] | None = None,
     memo: Memo | None = None,
 ) -> Counted:
     """``figures`` with how long they hold and the ledger state they were read at (None
-    without a ``memo``): the dashboard's ranking keeps this week's scores as long."""
-    if infos is None or [m.id for m in infos] != market_ids:
+    without a ``memo``): the dashboard's ranking keeps this week's scores as long.
+
+    ``market_ids`` None: every active market (``Counted.figures`` name them), read
+    again only when the schedule version is not the kept figures' (the office page)."""
+    if market_ids is not None and (infos is None or [m.id for m in infos] != market_ids):
         infos = markets(engine, market_ids)
-    chosen = tuple(infos)
     with read(engine) as conn:
         if memo is None:
+            chosen = tuple(markets_in(conn) if infos is None else infos)
             return count(conn, now=now, infos=chosen)
         state = ledger_state(conn)
+        if market_ids is not None:
+            chosen = tuple(infos or ())
+        else:
+            chosen = memo.every_market(state) or tuple(markets_in(conn))
         kept = memo.get(chosen, now)
         if kept is not None and kept.state == state:
             return kept
         changed = None if kept is None or kept.state is None else touched(conn, kept.state, state)
+        written = None if kept is None or kept.state is None else (kept.state, state, changed)
         if kept is None or changed is None:
-            done = replace(count(conn, now=now, infos=chosen), state=state)
+            done = replace(count(conn, now=now, infos=chosen), state=state, written=written)
         else:
             part = count(conn, now=now, infos=[m for m in chosen if m.id in changed.markets])
             fresh = {f.market.id: f for f in part.figures}
@@ -202,8 +246,10 @@ def counted(
                 min(ends, default=None),
                 kept.days,
                 state,
+                _overdue_merged(kept.overdue, part.overdue, changed.markets),
+                written,
             )
-    memo.keep(chosen, done)
+    memo.keep(chosen, done, every=market_ids is None)
     return done
 
 
@@ -245,17 +291,28 @@ def count(conn: sa.Connection, *, now: datetime, infos: Sequence[MarketInfo]) ->
         day_ends.append(next_day.astimezone(UTC))
         rates.update(zone_rates(conn, Period.of("month", day), as_of=now, markets=group))
     problems = conn.execute(
-        sa.select(ProblemRow.market_id, ProblemRow.state, ProblemRow.deadline).where(
+        sa.select(
+            ProblemRow.id,
+            ProblemRow.market_id,
+            ProblemRow.area_id,
+            ProblemRow.category,
+            ProblemRow.description,
+            ProblemRow.deadline,
+            ProblemRow.state,
+            ProblemRow.assigned_to,
+        ).where(
             ProblemRow.state != ProblemState.VERIFIED.value,
             ProblemRow.market_id.in_([m.id for m in infos]),
         )
     ).all()
     open_problems: dict[str, int] = {}
     overdue_problems: dict[str, int] = {}
+    overdue: list[Overdue] = []
     for p in problems:
         open_problems[p.market_id] = open_problems.get(p.market_id, 0) + 1
         if is_overdue(p.state, deadline=p.deadline, now=now):
             overdue_problems[p.market_id] = overdue_problems.get(p.market_id, 0) + 1
+            overdue.append(Overdue(*p))
     out: list[MarketFigures] = []
     for m in infos:
         today_counts = counts.get((m.id, True), Counts())
@@ -284,4 +341,22 @@ def count(conn: sa.Connection, *, now: datetime, infos: Sequence[MarketInfo]) ->
         deadlines=(p.deadline for p in problems),
         day_ends=day_ends,
     )
-    return Counted(tuple(out), now, until, _days(now, by_zone))
+    overdue.sort(key=_by_deadline)
+    return Counted(tuple(out), now, until, _days(now, by_zone), overdue=tuple(overdue))
+
+
+def _by_deadline(p: Overdue) -> tuple[datetime, int]:
+    return p.deadline, p.id
+
+
+def _overdue_merged(
+    kept: tuple[Overdue, ...], part: tuple[Overdue, ...], markets: frozenset[str]
+) -> tuple[Overdue, ...]:
+    """The kept list with the markets in ``markets`` counted again (``part``); the kept
+    tuple itself when they are as they were (a tick leaves the list as it is, and what
+    was rendered from it can be used again)."""
+    if tuple(p for p in kept if p.market_id in markets) == part:
+        return kept
+    merged = [p for p in kept if p.market_id not in markets] + list(part)
+    merged.sort(key=_by_deadline)
+    return tuple(merged)

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import Any, TypeVar, cast
@@ -156,6 +156,9 @@ class Touched:
 
 #: beyond this many events since the kept state, counting everything again is cheaper
 TOUCHED_LIMIT = 500
+
+#: ``touched(conn, before, now)`` read already: (before, now, what it said)
+Written = tuple[tuple[Any, ...], tuple[Any, ...], Touched | None]
 
 
 def touched(conn: sa.Connection, before: tuple[Any, ...], now: tuple[Any, ...]) -> Touched | None:
@@ -354,22 +357,29 @@ class Memo:
     size: int = 64
     _state: tuple[Any, ...] | None = None
     _kept: Shared = field(default_factory=dict)
-    #: the open period's figures, with what says whether they still hold at a moment and
-    #: the markets written to since they were counted
-    _open: dict[tuple[Period, tuple[str, ...] | None], tuple[Holds, Counted, frozenset[str]]] = (
-        field(default_factory=dict)
-    )
+    #: the open period's figures, with what says whether they still hold at a moment, the
+    #: markets written to since they were counted and those of them whose problems were
+    _open: dict[tuple[Period, tuple[str, ...] | None], Opened] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def shared(self, conn: sa.Connection) -> tuple[tuple[Any, ...], Shared]:
+    def shared(
+        self, conn: sa.Connection, *, known: Written | None = None
+    ) -> tuple[tuple[Any, ...], Shared]:
         """The ledger's state as ``conn`` sees it and a ``Shared`` for one read
-        transaction, holding what is kept for that state."""
+        transaction, holding what is kept for that state. ``known``: what was written
+        between two states, read already (the dashboard's figures read it a moment ago):
+        used if they are the kept state and this one."""
         state = ledger_state(conn)
         with self._lock:
             before, kept, opened = self._state, dict(self._kept), dict(self._open)
         if state == before:
             return state, kept
-        changed = None if before is None else touched(conn, before, state)
+        if before is None:
+            changed = None
+        elif known is not None and known[0] == before and known[1] == state:
+            changed = known[2]
+        else:
+            changed = touched(conn, before, state)
         if changed is None:
             kept, opened = {}, {}
         else:
@@ -380,7 +390,10 @@ class Memo:
                 if (day is None or k[0].end.isoformat() <= day)
                 and all(_unchanged(k, v, c) for c in changed.problems)
             }
-            opened = {k: (h, c, m | changed.markets) for k, (h, c, m) in opened.items()}
+            problems = frozenset(c.market for c in changed.problems)
+            opened = {
+                k: (h, c, m | changed.markets, p | problems) for k, (h, c, m, p) in opened.items()
+            }
         with self._lock:
             if self._state == before:
                 self._state, self._kept, self._open = state, kept, opened
@@ -400,20 +413,37 @@ class Memo:
         """Put the open ``period``'s figures kept by ``keep_open`` into ``shared`` as
         counted ``as_of``, if the ledger is in that state or the markets written to
         since can be counted again (``totals``: see ``figures_of``), and they still hold
-        then. The ranking of the others is kept; ``rank`` orders them all again."""
+        then. The ranking of the others is kept; ``rank`` orders them all again.
+
+        A market of the ranking written to by its obligations only (ticks, misses) takes
+        its compliance from ``totals`` and keeps the rest: its inspections and problems
+        are as they were, and so is its place among the markets with obligations (an
+        obligation is added or withdrawn only by a write whose event names none, which
+        counts everything again, or with a problem's event). The others are counted
+        again, in a few queries for all of them."""
         chosen = None if markets is None else tuple(markets)
         with self._lock:
             kept = self._open.get((period, chosen))
             if state != self._state or kept is None or not kept[0](as_of):
                 return
-        holds, (infos, figures), written = kept
-        wanted = sorted(written if chosen is None else written & set(chosen))
+        holds, (infos, figures), written, by_problems = kept
+        if chosen is not None:
+            written = written & set(chosen)
+        compliance_only = {
+            k for k in written - by_problems if k in figures and totals is not None and k in totals
+        }
+        wanted = sorted(written - compliance_only)
         if wanted:
             report = Report(conn, period, as_of=as_of, markets=wanted)
-            if {m.id for m in report.markets} != written & figures.keys():
+            if {m.id for m in report.markets} != set(wanted) & figures.keys():
                 return  # a market came or went: its place in the order is the database's
             fresh = figures_of(report, totals, zone=infos[0].zone if infos else None)
             figures = {k: fresh.get(k, f) for k, f in figures.items()}
+        if compliance_only and totals is not None:
+            figures = {
+                k: replace(f, on_time=totals[k][0], due=totals[k][1]) if k in compliance_only else f
+                for k, f in figures.items()
+            }
         shared[(period, as_of, chosen)] = infos, figures
 
     def keep_open(
@@ -434,7 +464,7 @@ class Memo:
         counted = shared.get((period, as_of, chosen))
         with self._lock:
             if state == self._state and counted is not None:
-                self._open[(period, chosen)] = holds, counted, frozenset()
+                self._open[(period, chosen)] = holds, counted, frozenset(), frozenset()
 
     def keep(self, state: tuple[Any, ...], shared: Shared, *, as_of: datetime) -> None:
         """Keep the closed periods counted in ``shared`` (read at ``state``) for the
@@ -449,6 +479,9 @@ class Memo:
 
 #: whether figures counted earlier still hold at a moment
 Holds = Callable[[datetime], bool]
+#: an open period's kept figures: whether they hold, the figures, the markets written to
+#: since, and those of them whose problems were written to
+Opened = tuple[Holds, Counted, frozenset[str], frozenset[str]]
 
 #: each market's (on time, due) of a period as of a moment, counted already by the same
 #: rule (the dashboard's week: ``reports.dashboard.figures``)
@@ -508,11 +541,15 @@ def ranking(
     report: Report | None = None,
     shared: Shared | None = None,
     totals: Totals | None = None,
+    markets_up_to: int | None = None,
 ) -> Ranking:
     """Rank markets and sub-districts for ``period``. The movement is against the places
     the period before's bulletin kept (``ledger/standings``) or, where none were kept by
     ``as_of``, against the period before ranked again as it stood at its end. ``shared``:
-    see ``Shared``; ``totals``: see ``figures_of``."""
+    see ``Shared``; ``totals``: see ``figures_of``; ``markets_up_to``: rank the
+    markets only if there are at most that many, else leave ``markets`` empty (a city's
+    dashboard shows the sub-districts' bars: ordering a thousand markets it does not
+    show was a fifth of its page)."""
     from marketcare.ledger import standings
     from marketcare.reports.delivery import scope_of
 
@@ -524,26 +561,37 @@ def ranking(
     kept = standings.places(conn, period=before_period, scope=scope_of(markets), as_of=as_of)
     infos = {m.id: m for m in chosen}
     sub_districts = by_sub_district(chosen, current)
+    rank_markets = markets_up_to is None or len(current) <= markets_up_to
     if kept is not None:
         return Ranking(
             period=period,
             as_of=as_of,
-            markets=rank(list(current.values()), places_before=kept.markets),
+            markets=rank(list(current.values()), places_before=kept.markets)
+            if rank_markets
+            else [],
             sub_districts=rank(sub_districts, places_before=kept.sub_districts),
             info=infos,
         )
     zone = chosen[0].zone if chosen else "UTC"
     before_as_of = min(as_of, _end_utc(before_period, zone))
     before_markets, before = _figures(conn, before_period, before_as_of, markets, shared)
+    keep = shared is not None
     return Ranking(
         period=period,
         as_of=as_of,
-        markets=rank(
-            list(current.values()), places_before=_places(before, keep=shared is not None)
-        ),
+        markets=rank(list(current.values()), places_before=_places(before, keep=keep))
+        if rank_markets
+        else [],
         sub_districts=rank(
             sub_districts,
-            by_sub_district(before_markets, before) if before else [],
+            _derived(
+                "sub-districts",
+                before,
+                lambda _: by_sub_district(before_markets, before),
+                keep=keep,
+            )
+            if before
+            else [],
         ),
         info=infos,
     )

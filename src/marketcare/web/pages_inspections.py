@@ -23,8 +23,14 @@ from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
 from marketcare.domain.access import Action, Principal, may
-from marketcare.domain.inspections import InspectionTemplate, plan_windows, window_states
+from marketcare.domain.inspections import (
+    InspectionTemplate,
+    PlannedWindow,
+    plan_windows,
+    window_states,
+)
 from marketcare.domain.periods import Period
+from marketcare.domain.schedules import Schedule
 from marketcare.errors import MarketcareError
 from marketcare.i18n import Translator
 from marketcare.ledger import evidence, readmodel
@@ -108,10 +114,31 @@ def planned_this_week(request: Request, markets: list[readmodel.MarketInfo]) -> 
         done = inspection_ledger.done_in(
             conn, start=week.start - timedelta(days=31), end=week.end + timedelta(days=1)
         )
-    windows = []
-    for plan in schedule.inspection_plans if schedule else ():
-        windows += plan_windows(plan, [m.id for m in markets], start=week.start, end=week.end)
+    windows = _windows(schedule, [m.id for m in markets], week) if schedule else ()
     return window_states(windows, done, today=today)
+
+
+_WINDOWS_LOCK = threading.Lock()
+#: the plans' windows by (the schedule's identity, the week, the markets), with the
+#: schedule (``versions.schedule_of_version`` keeps one object per version)
+_WINDOWS: dict[tuple[int, date, tuple[str, ...]], tuple[Schedule, tuple[PlannedWindow, ...]]] = {}
+
+
+def _windows(schedule: Schedule, ids: list[str], week: Period) -> tuple[PlannedWindow, ...]:
+    """The week's planned windows of ``ids`` (``plan_windows``), expanded once per
+    schedule version and week: the dashboard asks on every request."""
+    key = (id(schedule), week.start, tuple(ids))
+    hit = _WINDOWS.get(key)
+    if hit is not None and hit[0] is schedule:
+        return hit[1]
+    windows: list[PlannedWindow] = []
+    for plan in schedule.inspection_plans:
+        windows += plan_windows(plan, ids, start=week.start, end=week.end)
+    with _WINDOWS_LOCK:
+        if len(_WINDOWS) >= 16:
+            _WINDOWS.clear()
+        _WINDOWS[key] = (schedule, tuple(windows))
+    return tuple(windows)
 
 
 @router.get("/inspect")
@@ -394,11 +421,19 @@ def ranking_panel(
     week = Period.of("week", _zone_today(request, zone))
     memo = memo_of(request)
     with read(engine) as conn:
-        state, shared = memo.shared(conn)  # this week once for both; closed weeks kept
+        # this week once for both; closed weeks kept
+        state, shared = memo.shared(conn, known=None if counted is None else counted.written)
         same = counted is not None and counted.state == state and counted.holds(now)
         if same:
             memo.open_period(conn, state, shared, week, as_of=now, totals=week_totals)
-        ranked = scores.ranking(conn, week, as_of=now, shared=shared, totals=week_totals)
+        ranked = scores.ranking(
+            conn,
+            week,
+            as_of=now,
+            shared=shared,
+            totals=week_totals,
+            markets_up_to=MARKETS_PER_PAGE,  # beyond, the panel shows the sub-districts
+        )
         points = scores.trend(
             conn, as_of=now, zone=zone, weeks=TREND_WEEKS, shared=shared, per_market=False
         )[""]
@@ -416,7 +451,7 @@ def ranking_panel(
             [(ranked.info[s.key].name, s.figures.inspection_score) for s in ranked.markets],
             title=t.tr("Inspection score"),
         )
-        if len(ranked.markets) <= MARKETS_PER_PAGE
+        if len(ranked.info) <= MARKETS_PER_PAGE
         else bar_chart(
             [(s.key, s.figures.inspection_score) for s in ranked.sub_districts],
             title=t.tr("Inspection score by sub-district"),

@@ -13,13 +13,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 from urllib.parse import quote
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
+from markupsafe import Markup
 
 from marketcare.domain.access import Action, Principal, Role, may
 from marketcare.domain.compliance import percent
@@ -34,6 +35,7 @@ from marketcare.ledger.models import ProblemRow
 from marketcare.reports import delivery
 from marketcare.reports.dashboard import MarketFigures
 from marketcare.reports.dashboard import counted as dashboard_counted
+from marketcare.web import fragments
 from marketcare.web.app import (
     SignedIn,
     authorise,
@@ -119,42 +121,46 @@ def dashboard(request: Request, who: SignedIn, page: str = "") -> Response:
     time), and the problems past their deadline across them."""
     authorise(who, Action.DASHBOARD)
     engine, now = engine_of(request), now_of(request)
-    markets = readmodel.markets(engine)
-    zones = {m.id: m.zone for m in markets}
-    names = {m.id: m.name for m in markets}
-    counted = dashboard_counted(
-        engine,
-        now=now,
-        market_ids=[m.id for m in markets],
-        infos=markets,
-        memo=dashboard_memo_of(request),
-    )
+    # every active market, read again only when another schedule version is applied
+    counted = dashboard_counted(engine, now=now, market_ids=None, memo=dashboard_memo_of(request))
     every = list(counted.figures)
+    markets = [f.market for f in every]
     figures, pager = page_of(every, page)
-    weeks = {Period.of("week", f.market.today(now)) for f in every}
+    weeks = {Period.of("week", day) for _, day in counted.days}
     week_totals = {f.market.id: (f.week_on_time, f.week_due) for f in every}
-    overdue = [
-        {
-            "id": p.id,
-            "market": p.market_id,
-            "market_name": names.get(p.market_id, p.market_id),
-            "area": p.area_id,
-            "category": p.category,
-            "description": p.description,
-            "deadline": _local(p.deadline, zones.get(p.market_id, "UTC")),
-            "state": p.state,
-            "assigned_to": p.assigned_to,
-        }
-        for p in problem_ledger.listing(engine, now=now, overdue=True)
-        if p.market_id in zones
-    ]
+    t = translator_of(request)
+
+    def overdue() -> Markup:
+        zones = {m.id: m.zone for m in markets}
+        names = {m.id: m.name for m in markets}
+        return cast(  # an autoescaped macro's answer is Markup already
+            Markup,
+            fragments.macros(request, t).overdue(
+                [
+                    {
+                        "id": p.id,
+                        "market": p.market_id,
+                        "market_name": names.get(p.market_id, p.market_id),
+                        "area": p.area_id,
+                        "category": p.category,
+                        "description": p.description,
+                        "deadline": _local(p.deadline, zones.get(p.market_id, "UTC")),
+                        "state": p.state,
+                        "assigned_to": p.assigned_to,
+                    }
+                    for p in counted.overdue
+                ]
+            ),
+        )
+
+    shown = fragments.columns(request, t, figures)
     return render(
         request,
         "office.html",
-        figures=figures,
+        columns=shown,
+        rows=fragments.rows(shown),
         pager=pager,
-        overdue=overdue,
-        pct=pct,
+        overdue=fragments.overdue_list(request, t, counted.overdue, overdue),
         flashes=_flashes(request),
         inspections=ranking_panel(
             request,
