@@ -5,6 +5,7 @@ Timeouts are liveness bounds (see tests/support/procs.py), never performance che
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -35,6 +36,7 @@ from .support.procs import (
     scalar,
     start,
     start_daemon,
+    start_ticker,
     wait_until,
     watermark,
 )
@@ -42,6 +44,9 @@ from .support.procs import (
 pytestmark = [pytest.mark.slow, pytest.mark.heavy(90)]
 
 DAY = timedelta(days=1)
+#: the SIGKILL test's ticks: one every TICK_PACE seconds, every COMMAND_EVERY-th a command
+TICK_PACE = 0.2
+COMMAND_EVERY = 50
 SIX_AREAS = (
     "["
     + ", ".join(
@@ -158,16 +163,30 @@ def test_sigkill_at_random_moments_while_materialising_and_ticking_loses_and_dou
     assert len(open_ids) == 2 * 40 * 7
     rng.shuffle(open_ids)
 
-    ticks: list[tuple[int, str, int, str, str]] = []
+    # the concurrent writer: one process ticking through the ledger's own code (what the
+    # command calls), and every COMMAND_EVERY-th tick a `marketcare tick` command, so the
+    # command's path is crossed too; paced, so that ticks land throughout the kills
+    # without a tick process after another keeping a core busy
+    writer = start_ticker(env, cwd=tmp_path)
+    procs.append(writer)
+    commands: list[tuple[int, str, int, str, str]] = []
+    sent: dict[str, int] = {}  # token: obligation, of the ticks handed to the writer
     stop_ticking = threading.Event()
 
     def ticker() -> None:
+        pipe = writer.popen.stdin
+        assert pipe is not None
         for i, oid in enumerate(open_ids):
-            if stop_ticking.is_set():
+            if stop_ticking.wait(TICK_PACE):
                 return
             token = f"crash-test-{i}"
-            r = cli(env, "tick", str(oid), "--by", "林秀英", "--token", token, cwd=tmp_path)
-            ticks.append((oid, token, r.returncode, r.stdout, r.stderr))
+            if i % COMMAND_EVERY == 0:
+                r = cli(env, "tick", str(oid), "--by", "林秀英", "--token", token, cwd=tmp_path)
+                commands.append((oid, token, r.returncode, r.stdout, r.stderr))
+            else:
+                sent[token] = oid
+                pipe.write(f"{oid} {token}\n".encode())
+                pipe.flush()
 
     thread = threading.Thread(target=ticker, daemon=True)
     thread.start()
@@ -203,6 +222,10 @@ def test_sigkill_at_random_moments_while_materialising_and_ticking_loses_and_dou
     finally:
         stop_ticking.set()
         thread.join(timeout=120)
+        with contextlib.suppress(BrokenPipeError):  # a writer that died is reported below
+            assert writer.popen.stdin is not None
+            writer.popen.stdin.close()
+    assert writer.wait() == 0, writer.stderr()[-3000:]
     # the kills did hit the materialiser half-way through its chunks
     assert interrupted >= 3, f"only {interrupted} kills interrupted materialising"
 
@@ -224,11 +247,18 @@ def test_sigkill_at_random_moments_while_materialising_and_ticking_loses_and_dou
     assert not expected - set(keys), f"missing: {sorted(expected - set(keys))[:5]}"
     assert not set(keys) - expected, f"extra: {sorted(set(keys) - expected)[:5]}"
 
-    assert len(ticks) >= 10, "too few ticks arrived while the daemon was being killed"
-    for oid, _token, rc, out, err in ticks:
+    answers = [json.loads(line) for line in writer.stdout().splitlines()]
+    assert len(answers) == len(sent)
+    assert {a["token"]: a["obligation"] for a in answers} == sent, "a tick went unanswered"
+    for answer in answers:
+        assert answer["changed"] and "recorded" in answer["message"], answer
+    assert len(commands) >= 2, "too few `marketcare tick` commands among the ticks"
+    for oid, _token, rc, out, err in commands:
         assert rc == 0 and "recorded" in out, (oid, rc, out, err)
         assert "Traceback" not in err
-    acknowledged = {token: oid for oid, token, rc, out, _ in ticks if rc == 0 and "recorded" in out}
+    acknowledged = {token: oid for oid, token, rc, out, _ in commands if rc == 0}
+    acknowledged.update(sent)
+    assert len(acknowledged) >= 10, "too few ticks arrived while the daemon was being killed"
     per_token = dict(query(db, "SELECT token, count(*) FROM completions GROUP BY token"))
     assert {t: per_token.get(t, 0) for t in acknowledged} == dict.fromkeys(acknowledged, 1)
     assert set(per_token) == set(acknowledged)

@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 ROOT = Path(__file__).resolve().parents[2]
 CLOCKRUN = Path(__file__).with_name("clockrun.py")
+TICKER = Path(__file__).with_name("ticker.py")
 #: how long anything that should happen may take before a test gives up on it
 LIVENESS = 60.0
 
@@ -98,10 +99,32 @@ def start(
     name: str = "proc",
 ) -> Proc:
     """Start a command in the background; its output goes to files in ``cwd``."""
+    return _spawn(command(args, at=at), env, cwd=cwd, name=name)
+
+
+def start_ticker(env: dict[str, str], *, cwd: Path, name: str = "ticker") -> Proc:
+    """One long-lived writer of ticks (tests/support/ticker.py) in the background.
+
+    Write ``OBLIGATION_ID TOKEN`` lines to ``proc.popen.stdin`` (flushing each); close it
+    and wait for the process to end; ``proc.stdout()`` then holds one JSON line per tick.
+    """
+    return _spawn([sys.executable, str(TICKER)], env, cwd=cwd, name=name, stdin=True)
+
+
+def _spawn(
+    argv: list[str], env: dict[str, str], *, cwd: Path, name: str, stdin: bool = False
+) -> Proc:
     out = cwd / f"{name}.stdout"
     err = cwd / f"{name}.stderr"
     with out.open("wb") as fo, err.open("wb") as fe:
-        popen = subprocess.Popen(command(args, at=at), env=env, cwd=cwd, stdout=fo, stderr=fe)
+        popen = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.PIPE if stdin else None,
+            stdout=fo,
+            stderr=fe,
+        )
     return Proc(popen, out, err, name)
 
 
