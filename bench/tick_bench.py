@@ -114,12 +114,18 @@ def serve_marketcare(args: argparse.Namespace) -> None:
         print(f"experiment applied in the server: {name}", file=sys.stderr, flush=True)
     app = create_app(settings, engine, clock=lambda: clock)
     inner, tokens = app, args.threads
+    batches = count_batches(engine)
 
     async def served(scope: Any, receive: Any, send: Any) -> None:
         """The app, and ``GET /_bench/gc`` (the full collections so far) beside it."""
         if scope["type"] == "http" and scope["path"] == "/_bench/gc":
             response = await bare_app.gc_stats(Request(scope, receive))
             await response(scope, receive, send)
+            return
+        if scope["type"] == "http" and scope["path"] == "/_bench/writer":
+            from starlette.responses import JSONResponse
+
+            await JSONResponse({"batches": batches[0]})(scope, receive, send)
             return
         if tokens:  # anyio's default is 40 worker threads for sync endpoints
             import anyio.to_thread
@@ -128,6 +134,27 @@ def serve_marketcare(args: argparse.Namespace) -> None:
         await inner(scope, receive, send)
 
     uvicorn.run(served, port=args.port, **UVICORN)
+
+
+def count_batches(engine: Any) -> list[int]:
+    """The tick writer's batches so far, counted where every revision's writer reads a
+    batch's earlier tokens (``token IN (…)``, once per batch), for ``GET /_bench/writer``."""
+    import threading
+
+    from sqlalchemy import event
+
+    batches = [0]
+
+    def seen(_conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+        if (
+            statement.startswith("SELECT completions.id")
+            and "completions.token IN" in statement
+            and threading.current_thread().name == "tick-writer"
+        ):
+            batches[0] += 1
+
+    event.listen(engine, "before_cursor_execute", seen)
+    return batches
 
 
 def app_alone(args: argparse.Namespace) -> None:

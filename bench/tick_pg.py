@@ -217,6 +217,11 @@ class Sampler:
         self.url, self.period = url, 1 / hz
         self.waits: Counter[str] = Counter()
         self.lock_queries: Counter[str] = Counter()
+        #: write transactions open (an xid taken, not yet ended), by whose: a tick
+        #: writer's batch, a chainer's round (its statements name the chain's tables)
+        self.writing: Counter[str] = Counter()
+        #: what a backend idle in a transaction ran last (whose transaction it is)
+        self.idle_after: Counter[str] = Counter()
         self.samples = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -235,16 +240,23 @@ class Sampler:
         with psycopg.connect(self.url, autocommit=True) as conn:
             while not self.stop.wait(self.period):
                 rows = conn.execute(
-                    "SELECT state, wait_event_type, wait_event, left(query, 90)"
+                    "SELECT state, wait_event_type, wait_event, left(query, 90),"
+                    " backend_xid IS NOT NULL"
                     " FROM pg_stat_activity WHERE backend_type = 'client backend'"
                     " AND pid <> pg_backend_pid() AND datname = current_database()"
                 ).fetchall()
                 self.samples += 1
-                for state, wtype, wait, query in rows:
+                for state, wtype, wait, query, xid in rows:
+                    if xid and state in ("active", "idle in transaction"):
+                        chaining = "audit_head" in query or query.startswith(
+                            "SELECT unchained_events."
+                        )
+                        self.writing["chainer" if chaining else "writer"] += 1
                     if state == "active":
                         key = f"active: {wtype}:{wait}" if wtype else "active: on CPU"
                     elif state == "idle in transaction":
                         key = "idle in transaction (the client works inside a transaction)"
+                        self.idle_after[" ".join(query.split())[:60]] += 1
                     else:
                         continue
                     self.waits[key] += 1
@@ -259,6 +271,10 @@ class Sampler:
                 k: round(v / n, 2) for k, v in sorted(self.waits.items(), key=lambda kv: -kv[1])
             },
             "statements waiting on a lock (samples)": dict(self.lock_queries.most_common(5)),
+            "idle in transaction after (samples)": dict(self.idle_after.most_common(4)),
+            "write transactions open per sample": {
+                k: round(self.writing[k] / n, 3) for k in ("writer", "chainer")
+            },
         }
 
 
@@ -302,6 +318,7 @@ async def load_group(
 
     try:
         await _phase(post, name, rnd, managers, args.warmup, synthetic)
+        batches0 = None if synthetic else writer_batches(servers)
         before = db_counters(url)
         srv0 = sum(cpu_seconds(s.proc.pid) for s in servers)
         pg0, own0 = pg_cpu(pg_root), time.process_time()
@@ -312,17 +329,36 @@ async def load_group(
         pg1 = pg_cpu(pg_root)
         db_cpu = sum(v - pg0.get(pid, 0.0) for pid, v in pg1.items())
         after = db_counters(url)
+        batches = None if batches0 is None else writer_batches(servers) - batches0
     finally:
         for c in conns:
             c.close()
     n = phase.requests
-    extra = {
+    extra: dict[str, Any] = {
         "postgres_cpu_ms_per_request": round(db_cpu / n * 1000, 2),
         "xids_per_request": round((after["xids"] - before["xids"]) / n, 3),
         "wal_bytes_per_request": round((after["wal_bytes"] - before["wal_bytes"]) / n),
         "pg_stat_activity": sampler.summary(),
     }
+    # Little's law: the writers' write transactions open on average, times the phase's
+    # length, over its batches (a bare request is a transaction of its own)
+    seconds = n / phase.throughput if phase.throughput else 0.0
+    open_ = extra["pg_stat_activity"]["write transactions open per sample"]["writer"]
+    per = batches if batches is not None else n
+    extra["ticks_per_batch"] = round(n / batches, 2) if batches else None
+    extra["writer_ms_in_transaction_per_batch"] = (
+        round(open_ * seconds / per * 1000, 2) if per else None
+    )
     return phase, extra
+
+
+def writer_batches(servers: list[Server]) -> int:
+    """The tick writers' batches so far, summed over ``servers`` (``GET /_bench/writer``)."""
+    import httpx
+
+    return sum(
+        int(httpx.get(f"{s.base}/_bench/writer", timeout=60).json()["batches"]) for s in servers
+    )
 
 
 # ---------------------------------------------------------------- main
@@ -333,6 +369,8 @@ EXTRA_KEYS = (
     "postgres_cpu_ms_per_request",
     "xids_per_request",
     "wal_bytes_per_request",
+    "writer_ms_in_transaction_per_batch",
+    "ticks_per_batch",
 )
 
 
@@ -501,8 +539,9 @@ def report(
     names = list(dict.fromkeys(r["server"] for r in rows))
     med = {
         s: {
-            k: float(statistics.median(r[k] for r in rows if r["server"] == s))
+            k: float(statistics.median(values)) if values else None
             for k in KEYS + EXTRA_KEYS
+            for values in [[r[k] for r in rows if r["server"] == s and r.get(k) is not None]]
         }
         for s in names
     }
@@ -510,7 +549,9 @@ def report(
     mc1, mcn, b1, bn = "marketcare x1", f"marketcare x{n}", "bare x1", f"bare x{n}"
 
     def ratio(a: str, b: str, k: str) -> float:
-        return round(med[a][k] / med[b][k], 3)
+        x, y = med[a][k], med[b][k]
+        assert x is not None and y is not None
+        return round(x / y, 3)
 
     return {
         "command": " ".join(["bench/tick_bench.py", *sys.argv[1:]]),
@@ -574,14 +615,19 @@ def markdown(out: dict[str, Any]) -> str:
     lines += [
         "",
         "| median over rounds | p50 | p99 | throughput | server CPU / req | postgres CPU / req "
-        "| xids / req |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| xids / req | ticks / batch | writer in a write transaction / batch |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
+
+    def opt(value: float | None, form: str) -> str:
+        return "" if value is None else format(value, form)
+
     for s, m in med.items():
         lines.append(
             f"| {s} | {m['p50_ms']:.1f} ms | {m['p99_ms']:.1f} ms | {m['throughput_rps']:.0f}/s "
             f"| {m['server_cpu_ms_per_request']:.2f} ms | {m['postgres_cpu_ms_per_request']:.2f} ms "
-            f"| {m['xids_per_request']:.3f} |"
+            f"| {m['xids_per_request']:.3f} | {opt(m.get('ticks_per_batch'), '.1f')} "
+            f"| {opt(m.get('writer_ms_in_transaction_per_batch'), '.2f')} ms |"
         )
     lines += [""] + [f"* {k}: **{v:.2f}**" for k, v in out["ratios"].items()]
     lines += ["", "pg_stat_activity, client backends per sample (round 1):", ""]
@@ -591,6 +637,14 @@ def markdown(out: dict[str, Any]) -> str:
         act = p["pg_stat_activity"]
         top = ", ".join(f"{k} {v}" for k, v in list(act["backends per sample"].items())[:6])
         lines.append(f"* {p['server']} ({act['samples']} samples): {top}")
+        writing = act.get("write transactions open per sample", {})
+        if writing:
+            lines.append(
+                "  * write transactions open per sample: "
+                + ", ".join(f"{k} {v}" for k, v in writing.items())
+            )
+        for q, c in act.get("idle in transaction after (samples)", {}).items():
+            lines.append(f"  * idle in transaction after ({c} samples): `{q}`")
         for q, c in act["statements waiting on a lock (samples)"].items():
             lines.append(f"  * waiting on a lock ({c} samples): `{q}`")
     return "\n".join(lines)

@@ -131,6 +131,25 @@ _UNCHAINED_COLUMNS = (
 )  # fmt: skip
 #: PostgreSQL: a deferred batch's events, unchained, in one statement
 _INSERT_UNCHAINED = unnest_insert(_UNCHAINED, _UNCHAINED_COLUMNS)
+#: the same, for a statement of the caller's own that inserts them (``tick``'s batch)
+UNCHAINED = _UNCHAINED
+UNCHAINED_COLUMNS = _UNCHAINED_COLUMNS
+
+
+def unchained_arrays(conn: sa.Connection, events: Iterable[NewEvent]) -> dict[str, list[Any]]:
+    """PostgreSQL: the parameters of a deferred append, one array per column of
+    ``UNCHAINED_COLUMNS``, as they are stored (``_as_stored``).
+
+    Built without a statement, so a tick batch builds them before its write begins and
+    sends them inside it with the rest of its writes (``tick._TickSql.write_batch``).
+    """
+    rows = [
+        {name: getattr(e, name) for name in _UNCHAINED_COLUMNS}
+        for e in (_as_stored(e) for e in events)
+    ]
+    return as_arrays(conn, _UNCHAINED, rows, _UNCHAINED_COLUMNS)
+
+
 #: PostgreSQL: pending events linked: removed from ``unchained_events``, the head moved and
 #: the events inserted chained, in one statement
 _LINK_PENDING = _APPEND_EVENTS.add_cte(
@@ -213,12 +232,11 @@ def append(conn: sa.Connection, events: Iterable[NewEvent], *, defer: bool = Fal
     if not batch:
         return 0
     postgresql = conn.dialect.name == "postgresql"
+    if defer and postgresql:
+        conn.execute(_INSERT_UNCHAINED, unchained_arrays(conn, batch))
+        return len(batch)
     if postgresql:
         batch = [_as_stored(e) for e in batch]
-    if defer and postgresql:
-        rows = [{name: getattr(e, name) for name in _UNCHAINED_COLUMNS} for e in batch]
-        conn.execute(_INSERT_UNCHAINED, as_arrays(conn, _UNCHAINED, rows, _UNCHAINED_COLUMNS))
-        return len(batch)
     head = _lock_head(conn)
     if head is None and postgresql:
         # no head row to lock yet (the ledger's first event): on PostgreSQL two writers

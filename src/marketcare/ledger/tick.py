@@ -33,7 +33,7 @@ from marketcare.domain.obligations import (
 from marketcare.domain.phonetime import ClockTrust, TimeBasis, Timing, judge
 from marketcare.errors import Conflict, Kind, NotFound, TickRefused, Unavailable
 from marketcare.ledger import audit
-from marketcare.ledger.db import as_arrays, log_failure, retrying, unnest_insert, write
+from marketcare.ledger.db import as_arrays, log_failure, retrying, write
 from marketcare.ledger.models import (
     AreaRow,
     Completion,
@@ -274,57 +274,93 @@ class _TickSql:
     recorded = sa.select(_COMPLETIONS.c.by, _COMPLETIONS.c.token, _COMPLETIONS.c.id).where(
         _COMPLETIONS.c.token.in_(sa.bindparam("tokens", expanding=True))
     )
-    #: PostgreSQL: the completions and their ids in one ``INSERT … SELECT FROM unnest(…)
-    #: RETURNING``; the ids come back matched by sender and token, in whatever order
+    #: PostgreSQL: a batch's obligations read before its write, unlocked (the write's
+    #: compare-and-swap on state and ``state_changed_at`` holds them to what was judged)
+    seen = sa.select(_OBLIGATIONS, area_kind).where(
+        _OBLIGATIONS.c.id.in_(sa.bindparam("ob_ids", expanding=True))
+    )
+    #: PostgreSQL: ids for a batch's completions, taken before its write, so that the
+    #: events and answers that name them are built before it too
+    completion_ids = sa.text(
+        "SELECT nextval(pg_get_serial_sequence('completions', 'id')) FROM generate_series(1, :n)"
+    )
     record_columns = (
         "obligation_id", "token", "by", "at", "outcome", "readings", "items", "failures",
         "note", "evidence", "phone_at", "phone_sent_at", "arrived_at", "time_basis",
     )  # fmt: skip
-    records_returning = unnest_insert(_COMPLETIONS, record_columns).returning(
-        _COMPLETIONS.c.by, _COMPLETIONS.c.token, _COMPLETIONS.c.id
-    )
-    #: PostgreSQL: every move of a batch in one ``UPDATE … FROM unnest(arrays)``, each row
-    #: still a compare-and-swap on its state (the rowcount counts those that moved). An
-    #: executemany is a Bind/Execute per row, each handled by SQLAlchemy and psycopg; this
-    #: is one statement of five array parameters, compiled once whatever the batch's size
-    #: (a VALUES list would be compiled again for every size)
-    _moving = (
-        sa.func.unnest(
-            *(
-                sa.cast(sa.bindparam(name), postgresql.ARRAY(column.type))
-                for name, column in (
-                    ("ob_ids", _OBLIGATIONS.c.id),
-                    ("from_states", _OBLIGATIONS.c.state),
-                    ("to_states", _OBLIGATIONS.c.state),
-                    ("changed_ats", _OBLIGATIONS.c.state_changed_at),
-                    ("done_ats", _OBLIGATIONS.c.completed_at),
-                )
-            )
-        )
-        .table_valued("ob_id", "from_state", "to_state", "changed_at", "done_at")
-        .render_derived(name="moves")
-    )
-    moves = (
-        sa.update(_OBLIGATIONS)
-        .where(_OBLIGATIONS.c.id == _moving.c.ob_id, _OBLIGATIONS.c.state == _moving.c.from_state)
-        .values(
-            state=_moving.c.to_state,
-            state_changed_at=_moving.c.changed_at,
-            completed_at=_moving.c.done_at,
-        )
-    )
 
-    @staticmethod
-    def moves_of(accepted: Sequence[_Accepted]) -> dict[str, list[Any]]:
-        """The parameters of ``moves``: one array per column, a row per accepted tick."""
-        rows = [a.move for a in accepted]
-        return {
-            "ob_ids": [m["ob_id"] for m in rows],
-            "from_states": [m["from_state"] for m in rows],
-            "to_states": [m["to_state"] for m in rows],
-            "changed_ats": [m["changed_at"] for m in rows],
-            "done_ats": [m["done_at"] for m in rows],
-        }
+
+#: the dialect the PostgreSQL statement's text is compiled for (an untyped constructor)
+_PG_DIALECT: sa.Dialect = postgresql.dialect()  # type: ignore[no-untyped-call]
+
+
+def _pg_unnest(prefix: str, columns: Sequence[tuple[str, sa.Column[Any]]]) -> str:
+    """``unnest(CAST(%(prefix_name)b AS type[]), …)``: a row per array element.
+
+    The arrays go in binary (``%(…)b``): in text form psycopg quotes every element of a
+    text array with a regular expression, a match per ``"`` of the JSON texts (readings,
+    items, event details), which was most of the writer's own CPU per batch.
+    """
+    dialect = _PG_DIALECT
+    arrays = ", ".join(
+        f"CAST(%({prefix}{name})b AS {postgresql.ARRAY(column.type).compile(dialect=dialect)})"
+        for name, column in columns
+    )
+    return f"unnest({arrays})"
+
+
+def _pg_write_batch() -> str:
+    """PostgreSQL: every write of a batch of ticks in one statement, run on its own
+    (autocommit: the statement is the transaction).
+
+    The moves (each a compare-and-swap on the state and ``state_changed_at`` that were
+    judged, the rows locked first in id order, so writers never deadlock), the
+    completions with their ids, and the events, unchained (``audit.append(defer=True)``).
+    The events take their ids (the chain's order, ``audit``) only once every move is
+    done, each of its rows locked (their ``WHERE`` waits for ``moved``), as an append
+    is its transaction's last write. The result casts a text to an integer when fewer
+    rows moved than were judged, an error that undoes the whole statement; the writer
+    then ticks the batch one by one.
+    Before this, the batch's transaction held its rows from ``BEGIN`` over six round
+    trips and the writer's Python work (judging, events, JSON) between them.
+    """
+    quote = _PG_DIALECT.identifier_preparer.quote
+    ob, done = _OBLIGATIONS, _COMPLETIONS
+    moves = (
+        ("ob_id", ob.c.id), ("from_state", ob.c.state), ("seen_at", ob.c.state_changed_at),
+        ("to_state", ob.c.state), ("changed_at", ob.c.state_changed_at),
+        ("done_at", ob.c.completed_at),
+    )  # fmt: skip
+    records = [(name, done.c[name]) for name in ("id", *_TickSql.record_columns)]
+    events = [(name, audit.UNCHAINED.c[name]) for name in audit.UNCHAINED_COLUMNS]
+
+    def names(columns: Sequence[tuple[str, Any]]) -> str:
+        return ", ".join(quote(name) for name, _ in columns)
+
+    # the names are the tables' own, compiled once at import, never input (bandit B608
+    # accepted); every value goes as a parameter
+    sql = f"""WITH locked AS MATERIALIZED (
+    SELECT id FROM {ob.name} WHERE id = ANY(CAST(%(m_ob_id)b AS BIGINT[])) ORDER BY id FOR UPDATE
+), moved AS (
+    UPDATE {ob.name} AS o
+    SET state = m.to_state, state_changed_at = m.changed_at, completed_at = m.done_at
+    FROM {_pg_unnest("m_", moves)} AS m({names(moves)})
+    WHERE o.id = m.ob_id AND o.state = m.from_state AND o.state_changed_at = m.seen_at
+      AND o.id IN (SELECT id FROM locked)
+    RETURNING o.id
+), recorded AS (
+    INSERT INTO {done.name} ({names(records)}) SELECT * FROM {_pg_unnest("c_", records)}
+), pending AS (
+    INSERT INTO {audit.UNCHAINED.name} ({names(events)}) SELECT * FROM {_pg_unnest("e_", events)}
+    WHERE (SELECT count(*) FROM moved) = CAST(%(moving)s AS BIGINT)
+)
+SELECT CAST(CASE WHEN count(*) = CAST(%(moving)s AS BIGINT) THEN '0'
+    ELSE 'a tick batch lost its compare-and-swap: ' || count(*) END AS INTEGER) FROM moved"""  # nosec B608
+    return sql
+
+
+#: PostgreSQL: the one statement of a batch's writes (``_pg_write_batch``), built once
+_PG_WRITE_BATCH = _pg_write_batch()
 
 
 def _in_scope(request: TickRequest, found: Any) -> Any:
@@ -541,27 +577,22 @@ class _OneByOne(Exception):
     """The batch cannot be written in bulk: write it tick by tick (``_tick_in_savepoint``)."""
 
 
-def _tick_batch(
-    conn: sa.Connection, requests: Sequence[TickRequest]
-) -> tuple[list[TickResult | Exception], list[audit.NewEvent]]:
-    """A batch of ticks in a few statements, whatever its size: its obligations (locked)
-    and earlier submissions of its tokens in one read each, each tick judged by
-    ``_judge`` (the one rule), then every move in one executemany and every completion
-    in another (then their ids, by token).
+def _judge_batch(
+    conn: sa.Connection, requests: Sequence[TickRequest], obligations: sa.Select[Any]
+) -> list[TickResult | _Accepted | Exception]:
+    """Each tick of a batch judged by ``_judge`` (the one rule) over two reads for the
+    whole batch: its obligations (``obligations``: locked, or not) and the earlier
+    submissions of its tokens.
 
-    On PostgreSQL each statement is a round trip that the writer thread waits for (and
-    gives up the GIL for); a tick at a time with its SAVEPOINT was about six of them.
-    A refusal needs no SAVEPOINT here: the rule refuses before anything is written. What
-    this cannot judge alone — one obligation or token twice in the batch, a move that
-    lost its compare-and-swap, a token that another process inserted meanwhile —
-    raises ``_OneByOne``: the transaction is rolled back and the batch is written tick
-    by tick instead, by the same rule.
+    A refusal needs no SAVEPOINT: the rule refuses before anything is written. What this
+    cannot judge alone — one obligation or token twice in the batch, a value the
+    database refused — raises ``_OneByOne``.
     """
     ids = [r.obligation_id for r in requests]
     tokens = [r.token for r in requests]
     if len(set(ids)) != len(ids) or len({(r.by, r.token) for r in requests}) != len(tokens):
         raise _OneByOne()
-    obs = {r.id: r for r in conn.execute(_TickSql.obligations, {"ob_ids": ids})}
+    obs = {r.id: r for r in conn.execute(obligations, {"ob_ids": ids})}
     priors = {(r.by, r.token): r for r in conn.execute(_TickSql.priors, {"tokens": tokens})}
     outcomes: list[TickResult | _Accepted | Exception] = []
     for request in requests:
@@ -577,24 +608,42 @@ def _tick_batch(
             raise  # the connection or the database itself: the whole batch is in doubt
         except Exception as exc:  # refused (TickRefused, NotFound, ...) or a bad value
             outcomes.append(exc)
+    return outcomes
+
+
+def _answered(
+    outcomes: Sequence[TickResult | _Accepted | Exception], ids_of: Mapping[tuple[str, str], int]
+) -> tuple[list[TickResult | Exception], list[audit.NewEvent]]:
+    """The answers of a judged batch whose completions are ``ids_of`` (by sender and
+    token), and its events in order."""
+    results: list[TickResult | Exception] = []
+    events: list[audit.NewEvent] = []
+    for o in outcomes:
+        if isinstance(o, _Accepted):
+            result, made = _recorded(o, ids_of[(o.request.by, o.request.token)])
+            results.append(result)
+            events.extend(made)
+        else:
+            results.append(o)
+    return results, events
+
+
+def _tick_batch(
+    conn: sa.Connection, requests: Sequence[TickRequest]
+) -> tuple[list[TickResult | Exception], list[audit.NewEvent]]:
+    """SQLite: a batch of ticks in a few statements, whatever its size, inside the
+    caller's write transaction: the batch judged (``_judge_batch``, its obligations
+    locked), then every move in one executemany and every completion in another (then
+    their ids, by token).
+
+    A move that lost its compare-and-swap or a token that another process inserted
+    meanwhile raises ``_OneByOne``: the transaction is rolled back and the batch is
+    written tick by tick instead, by the same rule.
+    """
+    outcomes = _judge_batch(conn, requests, _TickSql.obligations)
     accepted = [o for o in outcomes if isinstance(o, _Accepted)]
     ids_of: dict[tuple[str, str], int] = {}
-    if accepted and conn.dialect.name == "postgresql":
-        # a statement per step, not per tick: each is a round trip the writer waits for
-        moved = conn.execute(_TickSql.moves, _TickSql.moves_of(accepted)).rowcount
-        if moved != len(accepted):
-            raise _OneByOne()
-        try:
-            inserted = conn.execute(
-                _TickSql.records_returning,
-                as_arrays(
-                    conn, _COMPLETIONS, [a.record for a in accepted], _TickSql.record_columns
-                ),
-            )
-            ids_of = {(r.by, r.token): r.id for r in inserted}
-        except (sa.exc.IntegrityError, sa.exc.DataError):
-            raise _OneByOne() from None
-    elif accepted:
+    if accepted:
         moved = conn.execute(_TickSql.move, [a.move for a in accepted]).rowcount
         if moved != len(accepted):
             raise _OneByOne()
@@ -606,16 +655,49 @@ def _tick_batch(
         ids_of = {
             (r.by, r.token): r.id for r in conn.execute(_TickSql.recorded, {"tokens": tokens})
         }
-    results: list[TickResult | Exception] = []
-    events: list[audit.NewEvent] = []
-    for o in outcomes:
-        if isinstance(o, _Accepted):
-            result, made = _recorded(o, ids_of[(o.request.by, o.request.token)])
-            results.append(result)
-            events.extend(made)
-        else:
-            results.append(o)
-    return results, events
+    return _answered(outcomes, ids_of)
+
+
+def _pg_tick_batch(
+    conn: sa.Connection, requests: Sequence[TickRequest]
+) -> list[TickResult | Exception]:
+    """PostgreSQL: a batch of ticks judged and built before any transaction, then written
+    in one statement that is its own transaction (``_PG_WRITE_BATCH``).
+
+    ``conn`` is in autocommit. The reads (the obligations, unlocked; earlier tokens; ids
+    for the completions) each see what was committed when they ran; every answer, row,
+    event and array parameter is built from them before the write, so the rows are
+    locked only while the server runs the write and its commit, never while this thread
+    waits for the GIL or works in Python. What was judged holds when the write succeeds:
+    each move is a compare-and-swap on the obligation's state and ``state_changed_at``
+    (which every move of an obligation sets), and a token inserted meanwhile breaks the
+    unique constraint; either undoes the whole statement and raises ``_OneByOne``, and
+    the batch is ticked one by one under locks, by the same rule. An answer that changes
+    nothing (already done, refused) is as true as the read it was judged on.
+    """
+    outcomes = _judge_batch(conn, requests, _TickSql.seen)
+    accepted = [o for o in outcomes if isinstance(o, _Accepted)]
+    if not accepted:
+        return _answered(outcomes, {})[0]
+    ids = conn.execute(_TickSql.completion_ids, {"n": len(accepted)}).scalars().all()
+    ids_of = {(a.request.by, a.request.token): i for a, i in zip(accepted, ids, strict=True)}
+    results, events = _answered(outcomes, ids_of)
+    records = [{"id": i, **a.record} for a, i in zip(accepted, ids, strict=True)]
+    moves = [{**a.move, "seen_at": a.ob.state_changed_at} for a in accepted]
+    params: dict[str, Any] = {"moving": len(accepted)}
+    for name in ("ob_id", "from_state", "seen_at", "to_state", "changed_at", "done_at"):
+        params[f"m_{name}"] = [m[name] for m in moves]
+    for name, values in as_arrays(
+        conn, _COMPLETIONS, records, ("id", *_TickSql.record_columns)
+    ).items():
+        params[f"c_{name}"] = values
+    for name, values in audit.unchained_arrays(conn, events).items():
+        params[f"e_{name}"] = values
+    try:
+        conn.exec_driver_sql(_PG_WRITE_BATCH, params)
+    except (sa.exc.IntegrityError, sa.exc.DataError):
+        raise _OneByOne() from None  # a compare-and-swap lost, a token taken: nothing written
+    return results
 
 
 def _tick_in_savepoint(
@@ -673,10 +755,11 @@ class TickWriter:
     taking requests and writes what was taken before returning. The batch's audit
     events are appended once, after its ticks and in their order: on SQLite chained in
     the batch's transaction (one chain-head update per batch), on PostgreSQL unchained,
-    and linked after the commit by its chainer thread (``_chain_loop``). SAVEPOINTs work
-    on SQLite inside ``BEGIN IMMEDIATE`` (``make_engine`` issues the ``BEGIN`` itself, so
-    pysqlite's own transaction handling stays out of the way) and on PostgreSQL;
-    ``tests/test_tick_batch.py`` runs on both.
+    and linked after the commit by its chainer thread (``_chain_loop``). On PostgreSQL a
+    batch is judged before its transaction, which is one statement (``_pg_tick_batch``).
+    SAVEPOINTs (a batch tick by tick) work on SQLite inside ``BEGIN IMMEDIATE``
+    (``make_engine`` issues the ``BEGIN`` itself, so pysqlite's own transaction handling
+    stays out of the way) and on PostgreSQL; ``tests/test_tick_batch.py`` runs on both.
     """
 
     def __init__(self, engine: sa.Engine, *, max_batch: int = 64, start: bool = True) -> None:
@@ -760,27 +843,26 @@ class TickWriter:
             self._drop_held()
 
     @contextmanager
-    def _transaction(self) -> Iterator[sa.Connection]:
-        """One batch's write transaction.
+    def _autocommit(self) -> Iterator[sa.Connection]:
+        """PostgreSQL: the writer thread's own connection, in autocommit, for a batch.
 
-        On PostgreSQL the thread keeps one connection for its life rather than taking
-        one from the pool per batch: a checkout runs ``pool_pre_ping`` (a round trip)
-        and the return a reset, both per batch, and the writer is the only user of it
-        anyway. Any failure drops the connection (a restarted server, a transaction in
-        doubt); the batch's retry (``retrying``) and every later batch take a new one.
+        The thread keeps it for its life rather than taking one from the pool per batch:
+        a checkout runs ``pool_pre_ping`` (a round trip) and the return a reset, both per
+        batch, and the writer is the only user of it anyway. In autocommit each statement
+        is its own transaction: the batch's reads lock nothing, and its one write
+        (``_pg_tick_batch``) holds its rows only while the server runs it. Any failure but
+        ``_OneByOne`` (the statement undone, the connection sound) drops the connection
+        (a restarted server, a statement in doubt); the batch's retry (``retrying``) and
+        every later batch take a new one.
         """
-        if self.engine.dialect.name != "postgresql":
-            with write(self.engine) as conn:
-                yield conn
-            return
         if self._held is None:
-            self._held = self.engine.connect()
+            self._held = self.engine.connect().execution_options(isolation_level="AUTOCOMMIT")
         conn = self._held
         try:
-            with conn.begin():
+            with conn.begin():  # sends nothing: autocommit
                 yield conn
         except _OneByOne:
-            raise  # rolled back, and the connection is sound: the batch goes tick by tick
+            raise
         except BaseException:
             self._drop_held()
             raise
@@ -877,18 +959,23 @@ class TickWriter:
         if not live:
             return
 
+        requests = [p.request for p in live]
+
         def in_bulk() -> list[TickResult | Exception]:
-            with self._transaction() as conn:
-                outcomes, events = _tick_batch(conn, [p.request for p in live])
+            if self.engine.dialect.name == "postgresql":
+                with self._autocommit() as conn:
+                    return _pg_tick_batch(conn, requests)
+            with write(self.engine) as conn:
+                outcomes, events = _tick_batch(conn, requests)
                 audit.append(conn, events, defer=True)
             return outcomes
 
         def one_by_one() -> list[TickResult | Exception]:
             outcomes: list[TickResult | Exception] = []
             events: list[audit.NewEvent] = []
-            with self._transaction() as conn:
-                for p in live:
-                    done = _tick_in_savepoint(conn, p.request)
+            with write(self.engine) as conn:
+                for request in requests:
+                    done = _tick_in_savepoint(conn, request)
                     if isinstance(done, Exception):
                         outcomes.append(done)
                     else:
