@@ -87,12 +87,15 @@ def sign_in(page: Page, base: str, user: str, password: str = PASSWORD) -> None:
 
 
 def screenshot(page: Page, name: str) -> Path:
-    """Keep a full-page picture as ``<name>-<width>.png`` for a person to look at."""
+    """Keep a full-page picture as ``<name>-<width>.jpg`` for a person to look at.
+
+    JPEG, not PNG: Chromium encodes a long page as PNG in about 0.2 s, a fifth of the
+    suite's widest browser test (32 pages); a picture to look at needs no lossless copy."""
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     width = page.viewport_size["width"] if page.viewport_size else 0
     safe = re.sub(r"[^a-z0-9_-]+", "-", name.lower())
-    path = SCREENSHOTS / f"{safe}-{width}.png"
-    page.screenshot(path=str(path), full_page=True)
+    path = SCREENSHOTS / f"{safe}-{width}.jpg"
+    page.screenshot(path=str(path), full_page=True, type="jpeg", quality=70)
     return path
 
 
