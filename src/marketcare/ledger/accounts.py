@@ -12,6 +12,7 @@ the security log, naming who made it.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import re
@@ -55,8 +56,15 @@ TOKEN_PREFIX = "mc_"  # nosec B105
 CLI = "(cli)"
 
 _hasher = PasswordHasher()
-#: verified against when the user does not exist, so timing does not reveal names
-_DUMMY_HASH = _hasher.hash("not a password of anyone")
+
+
+@functools.cache
+def _dummy_hash() -> str:
+    """Verified against when the user does not exist, so timing does not reveal names.
+
+    Made at the first sign-in, not at import: a hash costs 0.1 s of CPU, which every
+    process that imports this module (each CLI command, each daemon) paid before."""
+    return _hasher.hash("not a password of anyone")
 
 
 class AccountError(BadInput):
@@ -429,7 +437,10 @@ def attempt_sign_in(
         logs.security("signin_slowed", level=30, user=name, client=address, delay=verdict.delay)
     ok = False
     try:
-        ok = _hasher.verify(row.password_hash if row else _DUMMY_HASH, password) and row is not None
+        ok = (
+            _hasher.verify(row.password_hash if row else _dummy_hash(), password)
+            and row is not None
+        )
     except (VerifyMismatchError, VerificationError, InvalidHashError):
         ok = False
     if not ok or row is None or row.disabled:
