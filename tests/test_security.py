@@ -6,6 +6,8 @@ and the security log says what happened."""
 
 from __future__ import annotations
 
+import hashlib
+
 import json
 import logging
 import re
@@ -360,6 +362,31 @@ def test_a_photo_the_market_already_keeps_may_be_attached_again_by_its_people(
         )
         assert elsewhere.status_code == 422
 
+
+def test_a_photo_named_after_another_markets_photo_is_not_a_way_to_it(
+    site: Site, mgr_b: httpx.Client
+) -> None:
+    """Was: the markets keeping a photo were found by its hash anywhere in a record's
+    evidence, the file name the phone sent included. A manager who reported a problem of
+    their own market with a photo named after another market's hash then read that
+    market's photo (200) and could attach it to their own records."""
+    problem = {"category": "order", "description": "占道", "deadline": "2026-12-01"}
+    with site.api("mgr_a") as a:
+        theirs = upload(a)
+        made = a.post("/api/v1/markets/lizhong/problems", json={**problem, "photos": [theirs]})
+        assert made.status_code == 201, made.text
+    reported = mgr_b.post(
+        "/m/xinhua/problems",
+        data={**problem, "deadline": "2026-12-01"},
+        files={"photo": (f"{theirs}.jpg", JPEG + b"decoy", "image/jpeg")},
+    )
+    assert reported.status_code == 303, reported.text
+    decoy = hashlib.sha256(JPEG + b"decoy").hexdigest()
+    assert mgr_b.get(f"/evidence/{decoy}").status_code == 200
+    assert mgr_b.get(f"/evidence/{theirs}").status_code == 404
+    with site.api("mgr_b") as b:
+        again = b.post("/api/v1/markets/xinhua/problems", json={**problem, "photos": [theirs]})
+        assert again.status_code == 422, again.text
 
 # ---------------------------------------------------------------- row 6: calendar feeds
 

@@ -141,25 +141,35 @@ def record_upload(engine: sa.Engine, digest: str, user_id: int, *, now: datetime
 
 
 def markets_holding(conn: sa.Connection, digest: str) -> set[str]:
-    """The markets with a completion or a problem that keeps the file ``digest``."""
+    """The markets with a completion or a problem that keeps the file ``digest``.
+
+    The text search only narrows the rows to read: a record's evidence also holds the
+    name the phone gave the file, so a photo named after another market's hash would
+    match it. Only a record whose evidence keeps ``digest`` as its ``sha256`` counts.
+    """
     if not is_digest(digest):
         return set()
     pattern = f"%{digest}%"
-    found = set(
-        conn.execute(
-            sa.select(Obligation.market_id)
-            .join(Completion, Completion.obligation_id == Obligation.id)
-            .where(sa.cast(Completion.evidence, sa.Text).like(pattern))
-        ).scalars()
+    rows = conn.execute(
+        sa.select(Obligation.market_id, Completion.evidence)
+        .join(Completion, Completion.obligation_id == Obligation.id)
+        .where(sa.cast(Completion.evidence, sa.Text).like(pattern))
+    ).all()
+    rows += conn.execute(
+        sa.select(ProblemRow.market_id, ProblemRow.evidence).where(
+            sa.cast(ProblemRow.evidence, sa.Text).like(pattern)
+        )
+    ).all()
+    return {market for market, kept in rows if keeps(kept, digest)}
+
+
+def keeps(kept: Any, digest: str) -> bool:
+    """Whether a record's evidence, as stored (``{"items": [file, …]}``), keeps the file
+    ``digest``."""
+    items = kept.get("items") if isinstance(kept, dict) else None
+    return isinstance(items, list) and any(
+        isinstance(i, dict) and i.get("sha256") == digest for i in items
     )
-    found |= set(
-        conn.execute(
-            sa.select(ProblemRow.market_id).where(
-                sa.cast(ProblemRow.evidence, sa.Text).like(pattern)
-            )
-        ).scalars()
-    )
-    return found
 
 
 def attachable(
