@@ -7,7 +7,6 @@ and the security log says what happened."""
 from __future__ import annotations
 
 import hashlib
-
 import json
 import logging
 import re
@@ -387,6 +386,7 @@ def test_a_photo_named_after_another_markets_photo_is_not_a_way_to_it(
     with site.api("mgr_b") as b:
         again = b.post("/api/v1/markets/xinhua/problems", json={**problem, "photos": [theirs]})
         assert again.status_code == 422, again.text
+
 
 # ---------------------------------------------------------------- row 6: calendar feeds
 

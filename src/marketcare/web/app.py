@@ -38,6 +38,7 @@ from urllib.parse import quote, urlsplit
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
@@ -51,6 +52,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from marketcare import logs
 from marketcare.clock import now_utc
+from marketcare.domain import inputs
 from marketcare.domain.access import Action, Principal, may
 from marketcare.domain.phonetime import ClockTrust
 from marketcare.domain.signin import Lifetime
@@ -193,6 +195,11 @@ async def signed_in(request: Request) -> Principal:
 
 #: a route parameter ``who: SignedIn`` is the caller (401 / sign-in redirect when none)
 SignedIn = Annotated[Principal, Depends(signed_in)]
+
+#: a record's id in a page's address (``/o/{id}``, ``/p/{id}``, ``/i/{id}``): a number the
+#: ledger can hold, as the API's ``RecordId``. A larger one is bad input (400 on a page),
+#: never handed to the database, where it overflowed the column's type: a 500.
+PageRecordId = Annotated[int, PathParam(ge=1, le=inputs.ID_MAX)]
 
 
 def authorise(who: Principal, action: Action, market: str | None = None) -> None:
