@@ -12,6 +12,7 @@ import logging
 import re
 import socket
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -109,6 +110,35 @@ def test_the_owners_phone_signs_in_behind_an_address_that_is_guessing(site: Site
         with from_address(site, "100.64.7.7") as stranger:
             assert try_password(stranger, "huang", PASSWORD).status_code == 429
         assert try_password(phone, "huang", PASSWORD).status_code == 303
+
+
+def test_guesses_sent_all_at_once_are_throttled_as_one_after_another(site: Site) -> None:
+    """Was: the failures were counted before the attempt was written down, so thirty wrong
+    passwords sent in parallel were all judged on the failures before them: thirty
+    guesses (401) where the limit is five, the rest 429."""
+    fresh_user(site, "qian")
+    guessers = [from_address(site, "203.0.113.99") for _ in range(30)]
+    tokens = [csrf_of(g) for g in guessers]
+
+    def guess(i: int) -> int:
+        form = {"username": "qian", "password": f"guess {i}", "csrf_token": tokens[i]}
+        return guessers[i].post("/login", data=form).status_code
+
+    with ThreadPoolExecutor(len(guessers)) as pool:
+        answers = sorted(pool.map(guess, range(len(guessers))))
+    for g in guessers:
+        g.close()
+    assert answers.count(401) <= signin.PAIR_LIMIT, answers
+    assert set(answers) <= {401, 429}
+    with site.engine.connect() as conn:
+        kept = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(LoginFailure)
+            .where(LoginFailure.username == "qian")
+        ).scalar_one()
+    assert kept == answers.count(401)  # a refused attempt is not a failure
+    with from_address(site, "198.51.100.8") as owner:
+        assert try_password(owner, "qian", PASSWORD).status_code == 303
 
 
 # ---------------------------------------------------------------- row 2: sessions
