@@ -150,17 +150,19 @@ def markets_holding(conn: sa.Connection, digest: str) -> set[str]:
     if not is_digest(digest):
         return set()
     pattern = f"%{digest}%"
-    rows = conn.execute(
-        sa.select(Obligation.market_id, Completion.evidence)
-        .join(Completion, Completion.obligation_id == Obligation.id)
-        .where(sa.cast(Completion.evidence, sa.Text).like(pattern))
-    ).all()
-    rows += conn.execute(
-        sa.select(ProblemRow.market_id, ProblemRow.evidence).where(
-            sa.cast(ProblemRow.evidence, sa.Text).like(pattern)
-        )
-    ).all()
-    return {market for market, kept in rows if keeps(kept, digest)}
+    rows = [
+        *conn.execute(
+            sa.select(Obligation.market_id, Completion.evidence)
+            .join(Completion, Completion.obligation_id == Obligation.id)
+            .where(sa.cast(Completion.evidence, sa.Text).like(pattern))
+        ),
+        *conn.execute(
+            sa.select(ProblemRow.market_id, ProblemRow.evidence).where(
+                sa.cast(ProblemRow.evidence, sa.Text).like(pattern)
+            )
+        ),
+    ]
+    return {str(market) for market, kept in rows if keeps(kept, digest)}
 
 
 def keeps(kept: Any, digest: str) -> bool:
