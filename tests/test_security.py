@@ -6,6 +6,7 @@ and the security log says what happened."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
@@ -159,6 +160,32 @@ def test_a_copied_cookie_stops_working_when_its_owner_signs_out(site: Site) -> N
                 "/api/v1/me/language", json={"language": "en"}, headers={"X-CSRF-Token": csrf}
             )
             assert write.status_code == 401
+
+
+def session_csrf(client: httpx.Client) -> str:
+    """The CSRF token the session cookie holds (Starlette's cookie: signed, not secret)."""
+    payload = client.cookies["marketcare_session"].split(".")[0]
+    return str(json.loads(base64.b64decode(payload + "=" * (-len(payload) % 4)))["csrf"])
+
+
+def test_no_page_carries_the_csrf_token_byte_for_byte(site: Site, mgr_a: httpx.Client) -> None:
+    """Was: every page carried the session's CSRF token as it is. Pages travel
+    gzip-compressed and some echo what their address says (a date, the page to go to
+    next): a secret repeated in every compressed answer beside text an attacker chooses
+    can be read off the answers' sizes (BREACH). Each page now carries it masked afresh;
+    every masking of it is the token, for forms and scripts alike."""
+    secret = session_csrf(mgr_a)
+    pages = [mgr_a.get(p) for p in ("/account", "/account", "/exports/download?date=x")]
+    given = [re.search(r'name="csrf-token" content="([^"]+)"', p.text) for p in pages]
+    tokens = [m.group(1) for m in given if m is not None]
+    assert len(set(tokens)) == len(pages)
+    assert not any(secret in p.text for p in pages)
+    for token in (*tokens, secret):  # a page kept from before the masking still works
+        mgr_a.headers["X-CSRF-Token"] = token
+        assert mgr_a.put("/api/v1/me/language", json={"language": "en"}).status_code == 200
+    for wrong in (tokens[0][:-2] + "AA", tokens[0][1:], "A" * len(tokens[0]), ""):
+        mgr_a.headers["X-CSRF-Token"] = wrong
+        assert mgr_a.put("/api/v1/me/language", json={"language": "en"}).status_code == 403
 
 
 def test_the_account_page_lists_devices_and_signs_out_everywhere(site: Site) -> None:
