@@ -12,6 +12,8 @@ import json
 import logging
 import re
 import socket
+import struct
+import zlib
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
@@ -443,6 +445,54 @@ def test_a_photo_named_after_another_markets_photo_is_not_a_way_to_it(
     with site.api("mgr_b") as b:
         again = b.post("/api/v1/markets/xinhua/problems", json={**problem, "photos": [theirs]})
         assert again.status_code == 422, again.text
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """The start of a PNG whose header declares ``width`` × ``height`` pixels."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    crc = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + header + crc
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A JPEG's first segments: JFIF, then a frame of ``width`` × ``height`` pixels."""
+    frame = struct.pack(">BHHB", 8, height, width, 3) + bytes(9)
+    return (
+        b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+        + b"\xff\xc0"
+        + struct.pack(">H", 2 + len(frame))
+        + frame
+    )
+
+
+def test_an_image_declaring_more_pixels_than_any_camera_is_refused(
+    site: Site, mgr_a: httpx.Client
+) -> None:
+    """Was: a 60 kB PNG declaring 100,000 × 100,000 pixels (a decompression bomb: 40 GB
+    once decoded) was kept and shown to every phone that opened the record. The server
+    never decodes a photo; it reads the size its header declares."""
+    bombs = [
+        ("bomb.png", png_declaring(100_000, 100_000) + bytes(60_000)),
+        ("bomb.jpg", jpeg_declaring(60_000, 60_000) + bytes(1_000)),
+    ]
+    photos = [
+        ("ok.png", png_declaring(4_000, 3_000) + bytes(1_000)),
+        ("ok.jpg", jpeg_declaring(16_320, 12_240) + bytes(1_000)),  # the largest phone camera
+    ]
+    with site.api("mgr_a") as a:
+        for name, data in bombs:
+            refused = a.post("/api/v1/evidence", files={"file": (name, data, "image/png")})
+            assert refused.status_code == 415, refused.text
+            assert "pixels" in refused.json()["detail"]
+        for name, data in photos:
+            kept = a.post("/api/v1/evidence", files={"file": (name, data, "image/png")})
+            assert kept.status_code == 201, kept.text
+    problem = {"category": "order", "description": "占道", "deadline": "2026-12-01"}
+    page = mgr_a.post("/m/lizhong/problems", data=problem, files={"photo": bombs[0]})
+    assert page.status_code == 400
+    assert (
+        list(site.settings.evidence_dir.glob(hashlib.sha256(bombs[0][1]).hexdigest() + "*")) == []
+    )
 
 
 # ---------------------------------------------------------------- row 6: calendar feeds
