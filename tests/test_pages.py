@@ -461,3 +461,52 @@ def test_an_obligation_past_its_due_time_shows_as_overdue_on_the_board(
         page.text.index('class="board-overdue"') : page.text.index('class="board-open"')
     ]
     assert f'href="/o/{site.obligation("lizhong", "waste")}"' in overdue
+
+
+def test_an_address_or_a_date_no_record_can_have_is_refused_not_a_server_error(
+    site: Site, mgr_a: httpx.Client, office: httpx.Client
+) -> None:
+    """Was: an id past 64 bits in a page's address (the API bounds its own) reached the
+    database and a date in year 1 or 9999 reached the period arithmetic: 500, the
+    traceback in the log and the browser's connection dropped."""
+    problem = ledger_problems.NewProblem(
+        market_id="lizhong",
+        category="order",
+        description="占道",
+        found_by="office",
+        found_at=site.clock.now(),
+        deadline=site.clock.now() + timedelta(days=2),
+    )
+    pid, _ = ledger_problems.add(site.engine, problem, now=site.clock.now())
+    answers: dict[str, int] = {}
+
+    def status(client: httpx.Client, method: str, path: str, **kwargs: Any) -> int:
+        try:
+            return client.request(method, path, **kwargs).status_code
+        except httpx.TransportError:  # the server dropped the connection
+            return 0
+
+    for n in (2**63, 2**70, 0):
+        for path in (f"/o/{n}", f"/p/{n}", f"/i/{n}"):
+            answers[f"GET {path}"] = status(mgr_a, "GET", path)
+        for path in (f"/o/{n}", f"/p/{n}/rectify"):
+            answers[f"POST {path}"] = status(mgr_a, "POST", path, data={"note": "x"})
+        for path in (f"/p/{n}/assign", f"/p/{n}/verify", f"/p/{n}/reopen"):
+            answers[f"POST {path}"] = status(office, "POST", path, data={"note": "x"})
+    for day in ("0001-01-01", "9999-12-31"):
+        for path in (
+            f"/office/ranking?date={day}",
+            f"/office/ranking?period=month&date={day}",
+            f"/bulletin/download?date={day}&format=xlsx",
+            f"/exports/download?period=day&date={day}&market=all",
+            f"/exports/download?period=month&date={day}&market=all",
+        ):
+            answers[f"GET {path}"] = status(office, "GET", path)
+        for path, data in (
+            ("/m/lizhong/problems", {"category": "order", "description": "x", "deadline": day}),
+            (f"/p/{pid}/assign", {"assigned_to": "老王", "deadline": day}),
+            (f"/p/{pid}/reopen", {"note": "没修好", "deadline": day}),
+        ):
+            answers[f"POST {path} {day}"] = status(office, "POST", path, data=data)
+    assert {k: v for k, v in answers.items() if v not in (400, 404)} == {}
+    assert [p.state for p in problems(site) if p.id == pid] == ["open"]

@@ -506,3 +506,18 @@ def test_reinspections_closed_by_an_older_release_get_their_completion_on_upgrad
         obs[failed]: ("李娜", {"passed": False}, "done", later),
     }
     command.upgrade(config, "head")  # nothing twice
+
+
+def test_a_date_at_the_ends_of_the_calendar_is_told_out_of_range_not_raised() -> None:
+    """Was: the end of 9999-12-31 west of UTC (a deadline) and the first hours of year 1
+    east of it overflowed: a traceback in the spreadsheet import and the command line."""
+    from zoneinfo import ZoneInfo
+
+    west, east = ZoneInfo("America/New_York"), ZoneInfo("Asia/Shanghai")
+    for value, zone, end_of_day in (
+        ("9999-12-31", west, True),
+        (date.max, west, True),
+        ("0001-01-01", east, False),
+    ):
+        when, error = ledger_problems.parse_when(value, zone, end_of_day=end_of_day, default=None)
+        assert when is None and error is not None and "out of range" in error, value

@@ -6,11 +6,16 @@ and the security log says what happened."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import logging
 import re
 import socket
+import struct
+import zlib
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing, contextmanager
 from datetime import timedelta
 from pathlib import Path
@@ -110,6 +115,35 @@ def test_the_owners_phone_signs_in_behind_an_address_that_is_guessing(site: Site
         assert try_password(phone, "huang", PASSWORD).status_code == 303
 
 
+def test_guesses_sent_all_at_once_are_throttled_as_one_after_another(site: Site) -> None:
+    """Was: the failures were counted before the attempt was written down, so thirty wrong
+    passwords sent in parallel were all judged on the failures before them: thirty
+    guesses (401) where the limit is five, the rest 429."""
+    fresh_user(site, "qian")
+    guessers = [from_address(site, "203.0.113.99") for _ in range(30)]
+    tokens = [csrf_of(g) for g in guessers]
+
+    def guess(i: int) -> int:
+        form = {"username": "qian", "password": f"guess {i}", "csrf_token": tokens[i]}
+        return guessers[i].post("/login", data=form).status_code
+
+    with ThreadPoolExecutor(len(guessers)) as pool:
+        answers = sorted(pool.map(guess, range(len(guessers))))
+    for g in guessers:
+        g.close()
+    assert answers.count(401) <= signin.PAIR_LIMIT, answers
+    assert set(answers) <= {401, 429}
+    with site.engine.connect() as conn:
+        kept = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(LoginFailure)
+            .where(LoginFailure.username == "qian")
+        ).scalar_one()
+    assert kept == answers.count(401)  # a refused attempt is not a failure
+    with from_address(site, "198.51.100.8") as owner:
+        assert try_password(owner, "qian", PASSWORD).status_code == 303
+
+
 # ---------------------------------------------------------------- row 2: sessions
 
 
@@ -128,6 +162,32 @@ def test_a_copied_cookie_stops_working_when_its_owner_signs_out(site: Site) -> N
                 "/api/v1/me/language", json={"language": "en"}, headers={"X-CSRF-Token": csrf}
             )
             assert write.status_code == 401
+
+
+def session_csrf(client: httpx.Client) -> str:
+    """The CSRF token the session cookie holds (Starlette's cookie: signed, not secret)."""
+    payload = client.cookies["marketcare_session"].split(".")[0]
+    return str(json.loads(base64.b64decode(payload + "=" * (-len(payload) % 4)))["csrf"])
+
+
+def test_no_page_carries_the_csrf_token_byte_for_byte(site: Site, mgr_a: httpx.Client) -> None:
+    """Was: every page carried the session's CSRF token as it is. Pages travel
+    gzip-compressed and some echo what their address says (a date, the page to go to
+    next): a secret repeated in every compressed answer beside text an attacker chooses
+    can be read off the answers' sizes (BREACH). Each page now carries it masked afresh;
+    every masking of it is the token, for forms and scripts alike."""
+    secret = session_csrf(mgr_a)
+    pages = [mgr_a.get(p) for p in ("/account", "/account", "/exports/download?date=x")]
+    given = [re.search(r'name="csrf-token" content="([^"]+)"', p.text) for p in pages]
+    tokens = [m.group(1) for m in given if m is not None]
+    assert len(set(tokens)) == len(pages)
+    assert not any(secret in p.text for p in pages)
+    for token in (*tokens, secret):  # a page kept from before the masking still works
+        mgr_a.headers["X-CSRF-Token"] = token
+        assert mgr_a.put("/api/v1/me/language", json={"language": "en"}).status_code == 200
+    for wrong in (tokens[0][:-2] + "AA", tokens[0][1:], "A" * len(tokens[0]), ""):
+        mgr_a.headers["X-CSRF-Token"] = wrong
+        assert mgr_a.put("/api/v1/me/language", json={"language": "en"}).status_code == 403
 
 
 def test_the_account_page_lists_devices_and_signs_out_everywhere(site: Site) -> None:
@@ -359,6 +419,80 @@ def test_a_photo_the_market_already_keeps_may_be_attached_again_by_its_people(
             "/api/v1/markets/xinhua/problems", json={**problem, "photos": [digest]}
         )
         assert elsewhere.status_code == 422
+
+
+def test_a_photo_named_after_another_markets_photo_is_not_a_way_to_it(
+    site: Site, mgr_b: httpx.Client
+) -> None:
+    """Was: the markets keeping a photo were found by its hash anywhere in a record's
+    evidence, the file name the phone sent included. A manager who reported a problem of
+    their own market with a photo named after another market's hash then read that
+    market's photo (200) and could attach it to their own records."""
+    problem = {"category": "order", "description": "占道", "deadline": "2026-12-01"}
+    with site.api("mgr_a") as a:
+        theirs = upload(a)
+        made = a.post("/api/v1/markets/lizhong/problems", json={**problem, "photos": [theirs]})
+        assert made.status_code == 201, made.text
+    reported = mgr_b.post(
+        "/m/xinhua/problems",
+        data={**problem, "deadline": "2026-12-01"},
+        files={"photo": (f"{theirs}.jpg", JPEG + b"decoy", "image/jpeg")},
+    )
+    assert reported.status_code == 303, reported.text
+    decoy = hashlib.sha256(JPEG + b"decoy").hexdigest()
+    assert mgr_b.get(f"/evidence/{decoy}").status_code == 200
+    assert mgr_b.get(f"/evidence/{theirs}").status_code == 404
+    with site.api("mgr_b") as b:
+        again = b.post("/api/v1/markets/xinhua/problems", json={**problem, "photos": [theirs]})
+        assert again.status_code == 422, again.text
+
+
+def png_declaring(width: int, height: int) -> bytes:
+    """The start of a PNG whose header declares ``width`` × ``height`` pixels."""
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    crc = struct.pack(">I", zlib.crc32(b"IHDR" + header))
+    return b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + b"IHDR" + header + crc
+
+
+def jpeg_declaring(width: int, height: int) -> bytes:
+    """A JPEG's first segments: JFIF, then a frame of ``width`` × ``height`` pixels."""
+    frame = struct.pack(">BHHB", 8, height, width, 3) + bytes(9)
+    return (
+        b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01\x01\x00\x00\x01\x00\x01\x00\x00"
+        + b"\xff\xc0"
+        + struct.pack(">H", 2 + len(frame))
+        + frame
+    )
+
+
+def test_an_image_declaring_more_pixels_than_any_camera_is_refused(
+    site: Site, mgr_a: httpx.Client
+) -> None:
+    """Was: a 60 kB PNG declaring 100,000 × 100,000 pixels (a decompression bomb: 40 GB
+    once decoded) was kept and shown to every phone that opened the record. The server
+    never decodes a photo; it reads the size its header declares."""
+    bombs = [
+        ("bomb.png", png_declaring(100_000, 100_000) + bytes(60_000)),
+        ("bomb.jpg", jpeg_declaring(60_000, 60_000) + bytes(1_000)),
+    ]
+    photos = [
+        ("ok.png", png_declaring(4_000, 3_000) + bytes(1_000)),
+        ("ok.jpg", jpeg_declaring(16_320, 12_240) + bytes(1_000)),  # the largest phone camera
+    ]
+    with site.api("mgr_a") as a:
+        for name, data in bombs:
+            refused = a.post("/api/v1/evidence", files={"file": (name, data, "image/png")})
+            assert refused.status_code == 415, refused.text
+            assert "pixels" in refused.json()["detail"]
+        for name, data in photos:
+            kept = a.post("/api/v1/evidence", files={"file": (name, data, "image/png")})
+            assert kept.status_code == 201, kept.text
+    problem = {"category": "order", "description": "占道", "deadline": "2026-12-01"}
+    page = mgr_a.post("/m/lizhong/problems", data=problem, files={"photo": bombs[0]})
+    assert page.status_code == 400
+    assert (
+        list(site.settings.evidence_dir.glob(hashlib.sha256(bombs[0][1]).hexdigest() + "*")) == []
+    )
 
 
 # ---------------------------------------------------------------- row 6: calendar feeds

@@ -380,6 +380,30 @@ def _failure_times(conn: sa.Connection, *where: Any) -> list[datetime]:
     return list(conn.execute(sa.select(LoginFailure.at).where(*where)).scalars())
 
 
+def _count_attempt(engine: sa.Engine, name: str, key: str, now: datetime) -> int:
+    """Write a sign-in attempt down as a failure (until its password proves right)."""
+
+    def step() -> int:
+        with write(engine) as conn:
+            return int(
+                conn.execute(
+                    sa.insert(LoginFailure)
+                    .values(username=name, client=key, at=now)
+                    .returning(LoginFailure.id)
+                ).scalar_one()
+            )
+
+    return retrying(step, what="count sign-in attempt")
+
+
+def _forget_attempt(engine: sa.Engine, attempt: int) -> None:
+    def step() -> None:
+        with write(engine) as conn:
+            conn.execute(sa.delete(LoginFailure).where(LoginFailure.id == attempt))
+
+    retrying(step, what="forget sign-in attempt")
+
+
 def attempt_sign_in(
     engine: sa.Engine,
     username: str,
@@ -398,20 +422,34 @@ def attempt_sign_in(
     address = client[:64]
     key = f"d:{device}"[:64] if device else address
     since = now - signin.WINDOW
+    # The attempt is written down as a failure *before* the failures are counted, and
+    # stays one unless the password is right: attempts sent at the same moment each see
+    # the others (the last of them to count sees them all), so a burst of guesses in
+    # parallel is throttled as the same guesses one after another would be. Counted
+    # after it, without it, every parallel guess was judged on the failures before the
+    # burst: thirty at once were thirty guesses where the limit is five.
+    attempt = _count_attempt(engine, name, key, now)
+    others = LoginFailure.id != attempt
     with read(engine) as conn:
         pair = _failure_times(
-            conn, LoginFailure.at > since, LoginFailure.username == name, LoginFailure.client == key
+            conn,
+            others,
+            LoginFailure.at > since,
+            LoginFailure.username == name,
+            LoginFailure.client == key,
         )
         from_address = (
             []
             if device
-            else _failure_times(conn, LoginFailure.at > since, LoginFailure.client == address)
+            else _failure_times(
+                conn, others, LoginFailure.at > since, LoginFailure.client == address
+            )
         )
         name_failures = int(
             conn.execute(
                 sa.select(sa.func.count())
                 .select_from(LoginFailure)
-                .where(LoginFailure.at > since, LoginFailure.username == name)
+                .where(others, LoginFailure.at > since, LoginFailure.username == name)
             ).scalar_one()
         )
         row = conn.execute(sa.select(User).where(User.username == name)).one_or_none()
@@ -423,6 +461,7 @@ def attempt_sign_in(
         now=now,
     )
     if verdict.refused is not None:
+        _forget_attempt(engine, attempt)  # refused unheard: not a guess
         logs.security(
             "signin_throttled",
             level=30,
@@ -446,9 +485,8 @@ def attempt_sign_in(
     if not ok or row is None or row.disabled:
         reason = "unknown user" if row is None else "disabled" if ok else "wrong password"
 
-        def record() -> None:
+        def record() -> None:  # the attempt's row is the failure
             with write(engine) as conn:
-                conn.execute(sa.insert(LoginFailure).values(username=name, client=key, at=now))
                 # keep the table small: failures older than the window no longer count
                 conn.execute(sa.delete(LoginFailure).where(LoginFailure.at < since))
 

@@ -60,6 +60,49 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
+#: the most pixels a photo may have: a phone camera's largest is about 200 million
+#: (16,320 × 12,240); more is a decompression bomb, not evidence
+MAX_PIXELS = 250_000_000
+
+
+def pixels(data: bytes, kind: str) -> tuple[int, int] | None:
+    """A photo's width and height as its header declares them, without decoding it;
+    None when the header does not say (HEIC, a PDF, a truncated file)."""
+    try:
+        if kind == "png" and data[12:16] == b"IHDR":
+            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        if kind == "webp":
+            chunk = data[12:16]
+            if chunk == b"VP8X":
+                width = 1 + int.from_bytes(data[24:27], "little")
+                return width, 1 + int.from_bytes(data[27:30], "little")
+            if chunk == b"VP8L":
+                bits = int.from_bytes(data[21:25], "little")
+                return 1 + (bits & 0x3FFF), 1 + ((bits >> 14) & 0x3FFF)
+            if chunk == b"VP8 ":
+                width = int.from_bytes(data[26:28], "little") & 0x3FFF
+                return width, int.from_bytes(data[28:30], "little") & 0x3FFF
+        if kind == "jpeg":
+            at = 2
+            while at + 9 < len(data):
+                if data[at] != 0xFF:
+                    return None
+                marker = data[at + 1]
+                if marker == 0xFF:  # a fill byte before the marker
+                    at += 1
+                    continue
+                if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+                    at += 2
+                    continue
+                if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # a frame
+                    height = int.from_bytes(data[at + 5 : at + 7], "big")
+                    return int.from_bytes(data[at + 7 : at + 9], "big"), height
+                at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    except IndexError:
+        return None
+    return None
+
+
 def store_bytes(
     name: str, data: bytes, evidence_dir: Path, *, max_bytes: int = MAX_BYTES
 ) -> dict[str, Any]:
@@ -75,6 +118,14 @@ def store_bytes(
     if kind is None:
         raise EvidenceRejected(
             label, "not a photo; send a JPEG, PNG, WebP or HEIC image (or a PDF)"
+        )
+    size = pixels(data, kind)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        # kept as sent, it would be decoded by every phone that shows the record
+        raise EvidenceRejected(
+            label,
+            f"the image says it is {size[0]} × {size[1]} pixels, more than any camera "
+            f"takes (at most {MAX_PIXELS // 1_000_000} million); send the photo as taken",
         )
     digest = hashlib.sha256(data).hexdigest()
     evidence_dir.mkdir(parents=True, exist_ok=True)
@@ -141,25 +192,37 @@ def record_upload(engine: sa.Engine, digest: str, user_id: int, *, now: datetime
 
 
 def markets_holding(conn: sa.Connection, digest: str) -> set[str]:
-    """The markets with a completion or a problem that keeps the file ``digest``."""
+    """The markets with a completion or a problem that keeps the file ``digest``.
+
+    The text search only narrows the rows to read: a record's evidence also holds the
+    name the phone gave the file, so a photo named after another market's hash would
+    match it. Only a record whose evidence keeps ``digest`` as its ``sha256`` counts.
+    """
     if not is_digest(digest):
         return set()
     pattern = f"%{digest}%"
-    found = set(
-        conn.execute(
-            sa.select(Obligation.market_id)
+    rows = [
+        *conn.execute(
+            sa.select(Obligation.market_id, Completion.evidence)
             .join(Completion, Completion.obligation_id == Obligation.id)
             .where(sa.cast(Completion.evidence, sa.Text).like(pattern))
-        ).scalars()
-    )
-    found |= set(
-        conn.execute(
-            sa.select(ProblemRow.market_id).where(
+        ),
+        *conn.execute(
+            sa.select(ProblemRow.market_id, ProblemRow.evidence).where(
                 sa.cast(ProblemRow.evidence, sa.Text).like(pattern)
             )
-        ).scalars()
+        ),
+    ]
+    return {str(market) for market, kept in rows if keeps(kept, digest)}
+
+
+def keeps(kept: Any, digest: str) -> bool:
+    """Whether a record's evidence, as stored (``{"items": [file, …]}``), keeps the file
+    ``digest``."""
+    items = kept.get("items") if isinstance(kept, dict) else None
+    return isinstance(items, list) and any(
+        isinstance(i, dict) and i.get("sha256") == digest for i in items
     )
-    return found
 
 
 def attachable(

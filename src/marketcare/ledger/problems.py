@@ -867,23 +867,30 @@ def parse_when(
             return None, "empty; give a date such as 2026-12-05 or 2026-12-05 17:00"
         return default, None
     local: datetime
+    whole_day = False
     if isinstance(value, datetime):
         local = value
     elif isinstance(value, date):
         local = datetime.combine(value, time())
-        if end_of_day:
-            local += timedelta(days=1, seconds=-1)
+        whole_day = True
     else:
         text = str(value).strip().replace("/", "-")
         try:
             local = datetime.fromisoformat(text)
         except ValueError:
             return None, f"{str(value)!r} is not a date; write 2026-12-05 or 2026-12-05 17:00"
-        if len(text) <= 10 and end_of_day:
+        whole_day = len(text) <= 10
+    try:
+        if whole_day and end_of_day:
             local += timedelta(days=1, seconds=-1)
-    if local.tzinfo is None:
-        local = local.replace(tzinfo=zone, fold=0)
-    return local.astimezone(UTC), None
+        if local.tzinfo is None:
+            local = local.replace(tzinfo=zone, fold=0)
+        return local.astimezone(UTC), None
+    except OverflowError:  # the end of 9999-12-31, the first hours of year 1 in UTC
+        return None, (
+            f"{str(value)!r} is out of range; give a date between "
+            f"{inputs.FIRST_YEAR} and {inputs.LAST_YEAR}"
+        )
 
 
 # ---------------------------------------------------------------- problems raised by obligations

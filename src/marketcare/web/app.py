@@ -16,7 +16,8 @@ Security decisions, written down once:
 * Response headers (CSP, framing, caching, HSTS) and the device cookie of the sign-in
   throttle are ``security``'s.
 * CSRF: every write authenticated by the cookie must carry the session's token, as the
-  form field ``csrf_token`` or the header ``X-CSRF-Token``. Writes with an API token
+  form field ``csrf_token`` or the header ``X-CSRF-Token``; pages carry it masked afresh
+  for each answer (``csrf_token``: compressed pages, BREACH). Writes with an API token
   (``Authorization: Bearer …``) carry no cookie and need none.
 * A refused market-scoped read or write answers 404, the same as a missing record, so
   ids of other markets reveal nothing.
@@ -24,6 +25,8 @@ Security decisions, written down once:
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import logging
 import secrets
@@ -38,6 +41,7 @@ from urllib.parse import quote, urlsplit
 
 import sqlalchemy as sa
 from fastapi import Depends, FastAPI, HTTPException, Request
+from fastapi import Path as PathParam
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.gzip import GZipMiddleware
@@ -51,6 +55,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from marketcare import logs
 from marketcare.clock import now_utc
+from marketcare.domain import inputs
 from marketcare.domain.access import Action, Principal, may
 from marketcare.domain.phonetime import ClockTrust
 from marketcare.domain.signin import Lifetime
@@ -194,6 +199,11 @@ async def signed_in(request: Request) -> Principal:
 #: a route parameter ``who: SignedIn`` is the caller (401 / sign-in redirect when none)
 SignedIn = Annotated[Principal, Depends(signed_in)]
 
+#: a record's id in a page's address (``/o/{id}``, ``/p/{id}``, ``/i/{id}``): a number the
+#: ledger can hold, as the API's ``RecordId``. A larger one is bad input (400 on a page),
+#: never handed to the database, where it overflowed the column's type: a 500.
+PageRecordId = Annotated[int, PathParam(ge=1, le=inputs.ID_MAX)]
+
 
 def authorise(who: Principal, action: Action, market: str | None = None) -> None:
     """Refuse unless ``who`` may take ``action`` (in ``market``).
@@ -229,12 +239,36 @@ def authorise_market(who: Principal, action: Action, market: str | None) -> str:
 
 
 def csrf_token(request: Request) -> str:
-    """The session's CSRF token (made on first use)."""
+    """The session's CSRF token (made on first use) as a page carries it: masked afresh
+    for each answer, a random pad followed by the token XORed with it.
+
+    Pages travel gzip-compressed and some echo what their address says (a date, the page
+    to go to next). A secret repeated byte for byte in every compressed answer, beside
+    text an attacker chooses, can be read off the answers' sizes (BREACH); masked, it is
+    never the same bytes twice. ``check_csrf`` takes any masking of it (and the token
+    itself, as pages rendered before the masking carried it).
+    """
     token = request.session.get("csrf")
     if not isinstance(token, str):
         token = secrets.token_urlsafe(32)
         request.session["csrf"] = token
-    return token
+    plain = token.encode()
+    pad = secrets.token_bytes(len(plain))
+    masked = pad + bytes(a ^ b for a, b in zip(pad, plain, strict=True))
+    return base64.urlsafe_b64encode(masked).decode().rstrip("=")
+
+
+def _unmasked(given: bytes) -> bytes:
+    """The token a page's masked CSRF token holds (``csrf_token``); ``given`` as it is
+    when it is no masking (the token itself, or a wrong one)."""
+    try:
+        data = base64.urlsafe_b64decode(given + b"=" * (-len(given) % 4))
+    except (ValueError, binascii.Error):
+        return given
+    half = len(data) // 2
+    if not data or len(data) % 2:
+        return given
+    return bytes(a ^ b for a, b in zip(data[:half], data[half:], strict=True))
 
 
 async def check_csrf(request: Request) -> None:
@@ -257,10 +291,14 @@ async def check_csrf(request: Request) -> None:
                 value = raw.decode("utf-8", "replace")
             given = value if isinstance(value, str) else None
     # compared as bytes: compare_digest refuses str with non-ASCII characters (a 500 before)
+    sent = b"" if given is None else given.encode("utf-8", "replace")
     if (
         not isinstance(expected, str)
         or given is None
-        or not hmac.compare_digest(expected.encode(), given.encode("utf-8", "replace"))
+        or not (
+            hmac.compare_digest(expected.encode(), _unmasked(sent))
+            or hmac.compare_digest(expected.encode(), sent)
+        )
     ):
         logs.security(
             "csrf_refused",

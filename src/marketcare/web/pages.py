@@ -23,6 +23,7 @@ from fastapi.responses import FileResponse, PlainTextResponse, RedirectResponse,
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 
+from marketcare.domain import inputs
 from marketcare.domain.access import Action, Principal, Role, may, visible_markets
 from marketcare.domain.obligations import (
     State,
@@ -49,6 +50,7 @@ from marketcare.ledger.tick import tick as record_tick
 from marketcare.ledger.versions import active_schedule
 from marketcare.web.app import (
     HERE,
+    PageRecordId,
     SignedIn,
     authorise,
     authorise_market,
@@ -304,7 +306,7 @@ def _result(request: Request, view: readmodel.ObligationView, done: int) -> tupl
 
 @router.get("/o/{obligation_id}")
 def obligation_page(
-    request: Request, obligation_id: int, who: SignedIn, done: int | None = None
+    request: Request, obligation_id: PageRecordId, who: SignedIn, done: int | None = None
 ) -> Response:
     return _page(
         request, "obligation.html", **_obligation_context(request, who, obligation_id, done)
@@ -321,7 +323,7 @@ def _parse_number(raw: str) -> float | None:
 
 
 @router.post("/o/{obligation_id}")
-async def tick_form(request: Request, obligation_id: int, who: SignedIn) -> Response:
+async def tick_form(request: Request, obligation_id: PageRecordId, who: SignedIn) -> Response:
     """Record a checklist filled in on the phone; the form's token makes a resubmit harmless."""
     ctx = await run_in_threadpool(_obligation_context, request, who, obligation_id)
     authorise(who, Action.TICK, ctx["market"].id)
@@ -520,7 +522,11 @@ async def report_problem(request: Request, market: str, who: SignedIn) -> Respon
     deadline, problem = problem_ledger.parse_when(
         _text(form, "deadline"), ZoneInfo(info.zone), end_of_day=True, default=None
     )
-    if problem is not None or deadline is None:
+    if (
+        problem is not None
+        or deadline is None
+        or not inputs.FIRST_YEAR <= deadline.year <= inputs.LAST_YEAR  # as the API
+    ):
         errors["deadline"] = t.tr("Give the deadline as a date, such as 2026-12-05.")
     elif deadline <= now:
         errors["deadline"] = t.tr("The deadline must be in the future.")
@@ -606,12 +612,12 @@ def _problem_context(request: Request, who: Principal, problem_id: int) -> dict[
 
 
 @router.get("/p/{problem_id}")
-def problem_page(request: Request, problem_id: int, who: SignedIn) -> Response:
+def problem_page(request: Request, problem_id: PageRecordId, who: SignedIn) -> Response:
     return _page(request, "problem.html", **_problem_context(request, who, problem_id))
 
 
 @router.post("/p/{problem_id}/rectify")
-async def rectify_form(request: Request, problem_id: int, who: SignedIn) -> Response:
+async def rectify_form(request: Request, problem_id: PageRecordId, who: SignedIn) -> Response:
     """The market says the problem is fixed, with what was done and (ideally) a photo."""
     ctx = await run_in_threadpool(_problem_context, request, who, problem_id)
     authorise(who, Action.RECTIFY, ctx["market"].id)

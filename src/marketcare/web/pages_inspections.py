@@ -22,6 +22,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from starlette.datastructures import UploadFile
 
+from marketcare.domain import inputs
 from marketcare.domain.access import Action, Principal, may
 from marketcare.domain.inspections import (
     InspectionTemplate,
@@ -41,6 +42,7 @@ from marketcare.reports import bulletin as bulletins
 from marketcare.reports import scores
 from marketcare.reports.dashboard import Counted
 from marketcare.web.app import (
+    PageRecordId,
     SignedIn,
     authorise,
     check_csrf,
@@ -312,7 +314,7 @@ async def submit(request: Request, market: str, who: SignedIn) -> Response:
 
 
 @router.get("/i/{inspection_id}")
-def inspection_page(request: Request, inspection_id: int, who: SignedIn) -> Response:
+def inspection_page(request: Request, inspection_id: PageRecordId, who: SignedIn) -> Response:
     """One inspection: the score, each item, the problems its failures raised."""
     view = inspection_ledger.one(engine_of(request), inspection_id)
     authorise(who, Action.VIEW_INSPECTIONS, view.row.market_id)
@@ -474,6 +476,7 @@ def ranking_page(
         when = date.fromisoformat(day) if day else _zone_today(request, zone)
     except ValueError:
         raise HTTPException(status_code=400, detail="date: write it as 2026-11-23") from None
+    inputs.check_date(when, "date")
     chosen = Period.of("month" if period == "month" else "week", when)
     with read(engine) as conn:
         ranked = scores.ranking(conn, chosen, as_of=now_of(request))
@@ -506,6 +509,7 @@ def bulletin_download(
         when = date.fromisoformat(day) if day else _zone_today(request, zone)
     except ValueError:
         raise HTTPException(status_code=400, detail="date: write it as 2026-11-23") from None
+    inputs.check_date(when, "date")
     if fmt not in ("pdf", "xlsx"):
         raise HTTPException(status_code=400, detail="format: pdf or xlsx")
     result = bulletins.produce(

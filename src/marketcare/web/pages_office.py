@@ -22,6 +22,7 @@ from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 from markupsafe import Markup
 
+from marketcare.domain import inputs
 from marketcare.domain.access import Action, Principal, Role, may
 from marketcare.domain.compliance import percent
 from marketcare.domain.periods import KINDS, Period, PeriodKind
@@ -37,6 +38,7 @@ from marketcare.reports.dashboard import MarketFigures
 from marketcare.reports.dashboard import counted as dashboard_counted
 from marketcare.web import fragments
 from marketcare.web.app import (
+    PageRecordId,
     SignedIn,
     authorise,
     authorise_market,
@@ -232,6 +234,7 @@ def _deadline(value: str, market: str, request: Request) -> datetime | None:
     when, error = problem_ledger.parse_when(value, zone, end_of_day=True, default=None)
     if when is None:
         raise BadInput(f"deadline: {error}", "deadline")
+    inputs.check_date(when.date(), "deadline")  # as the API
     return when
 
 
@@ -263,7 +266,7 @@ def _move(
 @router.post("/p/{problem_id}/assign")
 def assign(
     request: Request,
-    problem_id: int,
+    problem_id: PageRecordId,
     who: SignedIn,
     assigned_to: str = Form(""),
     deadline: str = Form(""),
@@ -293,7 +296,9 @@ def assign(
 
 
 @router.post("/p/{problem_id}/verify")
-def verify(request: Request, problem_id: int, who: SignedIn, note: str = Form("")) -> Response:
+def verify(
+    request: Request, problem_id: PageRecordId, who: SignedIn, note: str = Form("")
+) -> Response:
     _problem_market(request, who, Action.VERIFY, problem_id)
     t = translator_of(request)
 
@@ -320,7 +325,7 @@ def verify(request: Request, problem_id: int, who: SignedIn, note: str = Form(""
 @router.post("/p/{problem_id}/reopen")
 def reopen(
     request: Request,
-    problem_id: int,
+    problem_id: PageRecordId,
     who: SignedIn,
     note: str = Form(""),
     deadline: str = Form(""),
@@ -450,7 +455,8 @@ def _parse_day(value: str) -> date:
     text = value.strip().replace("/", "-")
     if not text:
         raise ValueError("empty")
-    return date.fromisoformat(text)
+    # a day of year 1 or 9999 overflowed the period's arithmetic (a 500): bad input
+    return inputs.check_date(date.fromisoformat(text), "date")
 
 
 # ---------------------------------------------------------------- the outbox
