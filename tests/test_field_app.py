@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, expect
 
 from marketcare.i18n import translator
 from marketcare.ledger import problems as ledger_problems
@@ -258,6 +258,83 @@ def test_an_expired_sign_in_keeps_the_queue_until_the_manager_signs_in_again(
             page.locator("form[action='/login'] button[type=submit]").tap()
         expect(sent(page, drains)).to_contain_text(zh.tr("Recorded, on time."), timeout=30_000)
     assert [c.by for c in completions_of(site, drains)] == ["mgr_d"]
+
+
+def test_a_slow_answer_a_server_error_and_no_network_lose_nothing_and_say_why_it_waits(
+    site: Site, browser: Browser
+) -> None:
+    """A checklist kept while the one before is still being sent (a slow network) goes
+    out when that answer comes, not at the next "online" or tap; a 503 and a missing
+    network are shown on the waiting line and the queue sends again by itself."""
+    cooked = obligation_id(site, "xinhua", "disinfect", "cooked")
+    veg = obligation_id(site, "xinhua", "disinfect", "veg")
+    poultry = obligation_id(site, "xinhua", "disinfect", "poultry")
+    toilets = obligation_id(site, "xinhua", "toilets")
+    held: list[Route] = []
+    refused: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    def unavailable(route: Route) -> None:
+        refused.append(route)
+        route.fulfill(
+            status=503, headers={"Retry-After": "1"}, json={"detail": "database unavailable"}
+        )
+
+    def checklist(page: Page, oid: int, reading: str) -> None:
+        row = task(page, oid)
+        if row.locator("details").get_attribute("open") is None:
+            row.locator("summary").tap()
+        row.locator("label.check").tap()
+        row.locator("input[name=reading_chlorine]").fill(reading)
+        row.locator("button.primary").tap()
+
+    waiting = zh.tr("Waiting to send ({n})")
+    with context(browser, phone=True) as ctx:
+        set_phone_clock(ctx, site.clock.now())
+        page = ctx.new_page()
+        sign_in(page, site.base, "mgr_c")
+        page.route(f"**/api/v1/obligations/{cooked}/completions", hold)
+        with page.expect_request(f"**/api/v1/obligations/{cooked}/completions"):
+            checklist(page, cooked, "500")  # sent, and its answer does not come yet
+        checklist(page, veg, "500")  # kept while the round is still sending the first
+        expect(page.locator("#queue-text")).to_contain_text(waiting.format(n=2))
+        (first,) = held
+        first.continue_()
+        expect(sent(page, cooked)).to_contain_text(zh.tr("Recorded, on time."))
+        expect(sent(page, veg)).to_contain_text(zh.tr("Recorded, on time."))
+
+        page.route(f"**/api/v1/obligations/{poultry}/completions", unavailable)
+        checklist(page, poultry, "1000")
+        line = page.locator("#queue-text")
+        expect(line).to_contain_text(waiting.format(n=1))
+        expect(line).to_contain_text("503")
+        expect(page.locator("#queue-list")).to_contain_text(
+            zh.tr(
+                "The server could not take it just now ({status}): nothing was recorded yet;"
+                " it is sent again by itself."
+            ).format(status=503)
+        )
+        screenshot(page, "board-server-unavailable")
+        assert completions_of(site, poultry) == []
+        page.unroute(f"**/api/v1/obligations/{poultry}/completions")
+        expect(sent(page, poultry)).to_contain_text(zh.tr("Recorded, on time."), timeout=30_000)
+
+        ctx.set_offline(True)
+        task(page, toilets).locator("button.tick").tap()
+        expect(line).to_contain_text(  # once its 5 s to undo are over
+            zh.tr("No network: it is sent when the network is back."), timeout=20_000
+        )
+        ctx.set_offline(False)
+        expect(sent(page, toilets)).to_contain_text(zh.tr("Recorded, on time."), timeout=30_000)
+        expect(line).to_have_text("")
+
+    assert len(refused) >= 1
+    for oid in (cooked, veg, poultry, toilets):
+        assert [c.by for c in completions_of(site, oid)] == ["mgr_c"], oid
+    ids = [completions_of(site, oid)[0].id for oid in (cooked, veg, poultry, toilets)]
+    assert ids == sorted(ids)  # in the order they were made
 
 
 def test_an_out_of_range_reading_waits_for_the_managers_confirmation(

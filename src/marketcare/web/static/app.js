@@ -19,6 +19,7 @@
   var user = null;
   var dbPromise = null;
   var flushing = false;
+  var again = false; // a send asked for while a round was running: run another after it
   var retryTimer = null;
   var failures = 0;
   var csrf = null;
@@ -151,7 +152,9 @@
       if (queue.length && needsSignIn) {
         text.textContent = say("signin", { n: queue.length });
       } else if (queue.length) {
-        text.textContent = say("waiting", { n: queue.length }) + (flushing ? " · " + say("sending") : "");
+        // why the first one still waits (the round stops there): the server, or no network
+        var why = queue.slice().sort(function (a, b) { return a.seq - b.seq; })[0].error;
+        text.textContent = say("waiting", { n: queue.length }) + (flushing ? " · " + say("sending") : why ? " · " + why : "");
       } else {
         text.textContent = "";
       }
@@ -281,6 +284,12 @@
     return r.status === 429 || r.status >= 500;
   }
 
+  function later(item, r) {
+    // a 5xx or 429: nothing was recorded; the row says why it still waits
+    item.error = say("unavailable", { status: r.status });
+    return update(item).then(function () { return "later"; });
+  }
+
   function detail(r) {
     return r.json().then(function (j) { return j.detail || String(r.status); }, function () { return String(r.status); });
   }
@@ -291,7 +300,7 @@
     form.append("file", item.photo, item.photo_name || "photo.jpg");
     return post("/api/v1/evidence", form, true).then(function (r) {
       if (signedOut(r)) { return "signin"; }
-      if (transient(r)) { return "later"; }
+      if (transient(r)) { return later(item, r); }
       if (r.ok) {
         return r.json().then(function (j) { item.photo_sha = j.sha256; return update(item).then(function () { return "ok"; }); });
       }
@@ -343,7 +352,7 @@
         form.append("file", p.blob, p.name || "photo.jpg");
         return post("/api/v1/evidence", form, true).then(function (r) {
           if (signedOut(r)) { return "signin"; }
-          if (transient(r)) { return "later"; }
+          if (transient(r)) { return later(item, r); }
           if (r.ok) {
             return r.json().then(function (j) { p.sha = j.sha256; p.blob = null; return update(item).then(function () { return "ok"; }); });
           }
@@ -371,7 +380,7 @@
       };
       return post("/api/v1/markets/" + encodeURIComponent(item.market) + "/inspections", body, false).then(function (r) {
         if (signedOut(r)) { return "signin"; }
-        if (transient(r)) { return "later"; }
+        if (transient(r)) { return later(item, r); }
         if (r.ok) {
           return r.json().then(function (j) {
             var score = j.score === null || j.score === undefined ? "—" : Number(j.score).toFixed(1);
@@ -470,7 +479,7 @@
       };
       return post("/api/v1/obligations/" + item.obligation_id + "/completions", body, false).then(function (r) {
         if (signedOut(r)) { return "signin"; }
-        if (transient(r)) { return "later"; }
+        if (transient(r)) { return later(item, r); }
         if (r.ok) {
           return r.json().then(function (j) {
             var said = outcomeText(j, item);
@@ -487,8 +496,15 @@
   }
 
   function flush() {
-    if (flushing || !user) { return Promise.resolve(); }
+    if (!user) { return Promise.resolve(); }
+    if (flushing) {
+      // the round running now read the queue before this was kept (a slow answer):
+      // it runs again when it ends, so nothing waits for the next "online" or a tap
+      again = true;
+      return Promise.resolve();
+    }
     flushing = true;
+    again = false;
     clearTimeout(retryTimer);
     var stop = null;
     return waiting().then(function (queue) {
@@ -516,12 +532,18 @@
             if (result === "later") { stop = "later"; }
             if (result === "done") { failures = 0; }
             return showQueue();
-          }, function () { stop = "later"; });
+          }, function () {
+            // no answer at all: the phone has no network, or the server is down
+            stop = "later";
+            item.error = say(navigator.onLine ? "unreachable" : "no_network");
+            return update(item);
+          });
         });
       });
       return chain;
     }).then(function () {
       flushing = false;
+      if (again && stop !== "signin" && stop !== "hold") { return flush(); }
       if (stop === "later") {
         failures += 1;
         retryTimer = setTimeout(flush, Math.min(60000, 2000 * Math.pow(2, failures)));
