@@ -432,6 +432,7 @@ def pages_of(site: Site) -> dict[str, list[tuple[str, str]]]:
             ("problem", f"/p/{pid}"),
             ("account", "/account"),
             ("offline", "/offline"),
+            ("market-inspections", "/m/haibin/inspections"),
         ],
         "office": [
             ("office", "/office"),
@@ -439,8 +440,10 @@ def pages_of(site: Site) -> dict[str, list[tuple[str, str]]]:
             ("office-problem", f"/p/{pid}"),
             ("exports", "/exports"),
             ("outbox", "/office/outbox"),
+            ("inspect", "/inspect"),
+            ("ranking", "/office/ranking"),
         ],
-        "operator": [("users", "/admin/users")],
+        "operator": [("users", "/admin/users"), ("tokens", "/admin/tokens")],
     }
 
 
