@@ -342,6 +342,7 @@ def test_an_out_of_range_reading_waits_for_the_managers_confirmation(
 ) -> None:
     veg = obligation_id(site, "haibin", "disinfect", "veg")
     cooked = obligation_id(site, "haibin", "disinfect", "cooked")
+    poultry = obligation_id(site, "haibin", "disinfect", "poultry")
     with context(browser, phone=True) as ctx:
         set_phone_clock(ctx, site.clock.now())
         page = ctx.new_page()
@@ -375,12 +376,39 @@ def test_an_out_of_range_reading_waits_for_the_managers_confirmation(
         expect(sent(page, cooked)).to_contain_text(
             zh.tr("Recorded as FAILED: redo the work and record it again.")
         )
+
+        # a failed reading recorded by the server whose answer never reaches the phone:
+        # sent again (the same token), it is still shown as FAILED, with its form to redo
+        def answer_lost(route: Route) -> None:
+            route.fetch()
+            route.abort()
+
+        page.route(f"**/api/v1/obligations/{poultry}/completions", answer_lost)
+        row = task(page, poultry)
+        if row.locator("details").get_attribute("open") is None:
+            row.locator("summary").tap()
+        row.locator("label.check").tap()
+        row.locator("input[name=reading_chlorine]").fill("100")
+        row.locator("button.primary").tap()
+        row.locator(".confirm button", has_text=zh.tr("Record as failed")).tap()
+        expect(page.locator("#queue-text")).to_contain_text(
+            zh.tr("The server did not answer: it is sent again by itself.")
+        )
+        page.unroute(f"**/api/v1/obligations/{poultry}/completions")
+        page.locator("#queue-send").tap()
+        expect(sent(page, poultry)).to_contain_text(
+            zh.tr("Recorded as FAILED: redo the work and record it again.")
+        )
+        expect(row).not_to_have_class(re.compile("sent-ok"))
+
         page.reload()
         badge = task(page, cooked).locator(".badge")
         expect(badge).to_have_text(zh.tr("Redo by {time}").format(time="20:30"))
         expect(page.locator('[data-section="overdue"]')).not_to_contain_text("熟食区")
+        expect(task(page, poultry).locator("button.primary")).to_be_enabled()
     assert [c.outcome for c in completions_of(site, veg)] == ["done"]
     assert [c.outcome for c in completions_of(site, cooked)] == ["failed"]
+    assert [c.outcome for c in completions_of(site, poultry)] == ["failed"]
 
 
 # ---------------------------------------------------------------- every page: axe, tap targets

@@ -319,8 +319,11 @@
       if (j.done_by_name || j.done_by) {
         return ["other", say("done_by_other", { name: j.done_by_name || j.done_by, time: hhmm(j.done_at) })];
       }
-      if (j.completion_id) { return ["ok", say("same")]; }
-      return ["other", j.message];
+      if (!j.completion_id) { return ["other", j.message]; }
+      // the same submission sent again (the answer to the first send was lost): it was
+      // recorded then; say what it recorded, so a FAILED check is not shown as done
+      if (j.state !== "failed" && j.state !== "late") { return ["ok", say("same")]; }
+      parts.push(say("same"));
     }
     var kind = "ok";
     if (j.state === "failed") {
