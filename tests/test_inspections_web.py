@@ -161,6 +161,8 @@ def test_an_inspection_made_without_a_network_is_kept_on_the_phone_and_sent_late
 ) -> None:
     photo = tmp_path / "bin.jpg"
     photo.write_bytes(JPEG)
+    too_large = tmp_path / "bin-original.jpg"  # not shrunk on the phone (not decodable)
+    too_large.write_bytes(JPEG + b"\x00" * site.settings.upload_max_bytes)
     with context(browser, phone=True) as ctx:
         officer = ctx.new_page()
         sign_in(officer, site.base, "office")
@@ -168,11 +170,22 @@ def test_an_inspection_made_without_a_network_is_kept_on_the_phone_and_sent_late
         ctx.set_offline(True)
         for item in ("floors", "garbage", "damage"):
             answer(officer, item, "pass")
-        answer(officer, "bins", "fail", photo=photo)
+        answer(officer, "bins", "fail", photo=too_large)
         officer.locator("form.sheet button[type=submit]").tap()
         expect(officer.locator("#result")).to_be_visible()  # saved on this phone
         assert inspection_ledger.listing(site.engine, markets=["xinhua"]) == []
-        ctx.set_offline(False)  # the network is back: the queue sends it, photo first
+        ctx.set_offline(False)  # the network is back: the photo is refused, then the sheet
+        # refused for its missing photo: the officer reads why, and the sheet comes back
+        # as it was filled in, to send again with another photo
+        result = officer.locator("#result")
+        expect(result).to_contain_text("10 MB", timeout=30_000)
+        expect(result).to_have_class(re.compile("error"))
+        expect(officer.locator("form.sheet")).to_be_visible()
+        expect(officer.locator(".item[data-item='floors'] input.pass")).to_be_checked()
+        screenshot(officer, "inspect-refused")
+        assert inspection_ledger.listing(site.engine, markets=["xinhua"]) == []
+        officer.locator("input[name='photo.bins']").set_input_files(str(photo))
+        officer.locator("form.sheet button[type=submit]").tap()
         officer.wait_for_url(re.compile(r"/i/\d+$"), timeout=60_000)
         expect(officer.locator(".score")).to_have_text("90.0")
     (recorded,) = inspection_ledger.listing(site.engine, markets=["xinhua"])

@@ -213,9 +213,12 @@
         result.textContent = mineLog.text;
         result.className = "flash " + ({ ok: "ok", late: "warn", other: "warn" }[mineLog.kind] || "error");
         result.removeAttribute("data-seq");
-        var form = document.querySelector("form[data-checklist]");
+        // failed or refused: the form comes back as it was filled in, to correct and send
+        // again (an inspection's answers are kept: no sheet to fill in from the start)
+        var form = document.querySelector("form[data-checklist], form[data-inspection]");
         if (form && (mineLog.kind === "failed" || mineLog.kind === "bad")) {
           form.hidden = false;
+          form.dataset.kept = "";
           form.querySelectorAll("button").forEach(function (b) { b.disabled = false; });
         }
       }
@@ -453,10 +456,13 @@
     form.dataset.kept = "1";  // a double tap keeps one inspection
     var buttons = form.querySelectorAll("button");
     buttons.forEach(function (b) { b.disabled = true; });
-    inspectionEntry(form).then(keep).then(function () {
+    inspectionEntry(form).then(keep).then(function (seq) {
       var p = document.createElement("p");
       p.className = "flash ok";
       p.id = "result";
+      p.dataset.seq = String(seq);  // the refusal, if it comes, replaces this (markBoard)
+      var old = document.getElementById("result");
+      if (old) { old.remove(); }
       p.setAttribute("role", "alert");
       p.textContent = say("kept");
       form.parentNode.insertBefore(p, form);
