@@ -157,8 +157,10 @@ def test_the_evening_round_of_ten_tasks_takes_few_taps_and_no_page_load(
 
 
 def test_offline_ticks_are_kept_then_sent_once_with_both_times_and_a_colleagues_tick_is_reported(
-    site: Site, browser: Browser
+    site: Site, browser: Browser, tmp_path: Path
 ) -> None:
+    too_large = tmp_path / "meat.heic"  # a HEIC is not shrunk on the phone
+    too_large.write_bytes(b"\x00" * (site.settings.upload_max_bytes + 1))
     waste = obligation_id(site, "xinhua", "waste")
     aquatic = obligation_id(site, "xinhua", "disinfect", "aquatic")
     meat = obligation_id(site, "xinhua", "disinfect", "meat")
@@ -181,7 +183,19 @@ def test_offline_ticks_are_kept_then_sent_once_with_both_times_and_a_colleagues_
             row.locator("summary").tap()
         row.locator("label.check").tap()
         row.locator("input[name=reading_chlorine]").fill("950")
-        row.locator("input[type=file]").set_input_files(str(PHOTO))
+        photo_box = row.locator("input[type=file]")
+        photo_box.set_input_files(str(too_large))  # refused at once, nothing kept
+        row.locator("button.primary").tap()
+        expect(photo_box).to_have_js_property(
+            "validationMessage",
+            zh.tr("The photo is larger than {limit} MB; take it again at a lower size.").format(
+                limit=10
+            ),
+        )
+        expect(page.locator("#queue-text")).to_contain_text(
+            zh.tr("Waiting to send ({n})").format(n=2)
+        )
+        photo_box.set_input_files(str(PHOTO))
         row.locator("button.primary").tap()
         waiting = page.locator("#queue-text")
         expect(waiting).to_contain_text(zh.tr("Waiting to send ({n})").format(n=3))

@@ -24,6 +24,7 @@ import sqlalchemy as sa
 from playwright.sync_api import Browser, Page, expect
 
 from marketcare.domain.periods import Period
+from marketcare.i18n import translator
 from marketcare.domain.schedules import load_texts
 from marketcare.ledger import inspections as inspection_ledger
 from marketcare.ledger import problems as problem_ledger
@@ -39,6 +40,7 @@ from .test_exports import soffice
 
 __all__ = ["browser"]  # the fixture, used by name
 
+zh = translator("zh_CN")
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 200
 
 
@@ -161,8 +163,10 @@ def test_an_inspection_made_without_a_network_is_kept_on_the_phone_and_sent_late
 ) -> None:
     photo = tmp_path / "bin.jpg"
     photo.write_bytes(JPEG)
-    too_large = tmp_path / "bin-original.jpg"  # not shrunk on the phone (not decodable)
-    too_large.write_bytes(JPEG + b"\x00" * site.settings.upload_max_bytes)
+    too_large = tmp_path / "bin.heic"  # a HEIC is not shrunk on the phone
+    too_large.write_bytes(b"\x00" * (site.settings.upload_max_bytes + 1))
+    broken = tmp_path / "bin-broken.jpg"  # not a photo: the server refuses it
+    broken.write_bytes(b"not a photo at all")
     with context(browser, phone=True) as ctx:
         officer = ctx.new_page()
         sign_in(officer, site.base, "office")
@@ -172,13 +176,24 @@ def test_an_inspection_made_without_a_network_is_kept_on_the_phone_and_sent_late
             answer(officer, item, "pass")
         answer(officer, "bins", "fail", photo=too_large)
         officer.locator("form.sheet button[type=submit]").tap()
+        # a photo over upload_max_bytes is refused at once, on its field, nothing kept
+        photo_box = officer.locator("input[name='photo.bins']")
+        expect(photo_box).to_have_js_property(
+            "validationMessage",
+            zh.tr("The photo is larger than {limit} MB; take it again at a lower size.").format(
+                limit=10
+            ),
+        )
+        expect(officer.locator("#result")).to_have_count(0)
+        photo_box.set_input_files(str(broken))
+        officer.locator("form.sheet button[type=submit]").tap()
         expect(officer.locator("#result")).to_be_visible()  # saved on this phone
         assert inspection_ledger.listing(site.engine, markets=["xinhua"]) == []
         ctx.set_offline(False)  # the network is back: the photo is refused, then the sheet
         # refused for its missing photo: the officer reads why, and the sheet comes back
         # as it was filled in, to send again with another photo
         result = officer.locator("#result")
-        expect(result).to_contain_text("10 MB", timeout=30_000)
+        expect(result).to_contain_text("not a photo", timeout=30_000)
         expect(result).to_have_class(re.compile("error"))
         expect(officer.locator("form.sheet")).to_be_visible()
         expect(officer.locator(".item[data-item='floors'] input.pass")).to_be_checked()

@@ -456,7 +456,18 @@
     form.dataset.kept = "1";  // a double tap keeps one inspection
     var buttons = form.querySelectorAll("button");
     buttons.forEach(function (b) { b.disabled = true; });
-    inspectionEntry(form).then(keep).then(function (seq) {
+    inspectionEntry(form).then(function (entry) {
+      var big = entry.photos.filter(function (ph) {
+        return tooLarge(form.querySelector('input[type=file][name="photo.' + ph.item + '"]'), ph.blob);
+      });
+      if (big.length) {
+        form.dataset.kept = "";
+        buttons.forEach(function (b) { b.disabled = false; });
+        return "too large";
+      }
+      return keep(entry);
+    }).then(function (seq) {
+      if (seq === "too large") { return seq; }
       var p = document.createElement("p");
       p.className = "flash ok";
       p.id = "result";
@@ -468,7 +479,7 @@
       form.parentNode.insertBefore(p, form);
       form.hidden = true;
       return showQueue();
-    }).then(flush, function () {
+    }).then(function (kept) { if (kept !== "too large") { flush(); } }, function () {
       buttons.forEach(function (b) { b.disabled = false; });
       form.dataset.plain = "1";
       form.submit();
@@ -622,6 +633,20 @@
     return db().then(function (d) { return d.add("queue", entry); });
   }
 
+  function tooLarge(input, blob) {
+    // a photo the server would refuse for its size (a HEIC or a PDF is not shrunk): said
+    // now, on its field, while it can be taken again, not after the queue has sent it
+    var max = Number(meta("mc-upload-max") || 0);
+    if (!input || !blob || !max || blob.size <= max) { return false; }
+    input.setCustomValidity(say("photo_too_large", { limit: String(Math.round(max / 1e5) / 10) }));
+    input.reportValidity();
+    if (!input.dataset.sizeWatched) {
+      input.dataset.sizeWatched = "1";
+      input.addEventListener("change", function () { input.setCustomValidity(""); });
+    }
+    return true;
+  }
+
   // ------------------------------------------------------------ confirmation and checks
 
   function complete(form) {
@@ -714,7 +739,14 @@
     form.dataset.confirmed = "";
     var buttons = form.querySelectorAll("button");
     buttons.forEach(function (b) { b.disabled = true; });
-    entryOf(form, 0).then(keep).then(function (seq) {
+    entryOf(form, 0).then(function (entry) {
+      if (tooLarge(form.querySelector("input[type=file][name=photo]"), entry.photo)) {
+        buttons.forEach(function (b) { b.disabled = false; });
+        return "too large";
+      }
+      return keep(entry);
+    }).then(function (seq) {
+      if (seq === "too large") { return seq; }
       var li = form.closest("li.task");
       if (li) {
         li.classList.add("queued");
@@ -735,7 +767,7 @@
         form.hidden = true;
       }
       return showQueue();
-    }).then(flush, function () {
+    }).then(function (kept) { if (kept !== "too large") { flush(); } }, function () {
       // IndexedDB unavailable (a private window): the plain form post still works
       buttons.forEach(function (b) { b.disabled = false; });
       form.dataset.plain = "1";
