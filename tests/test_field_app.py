@@ -176,8 +176,18 @@ def test_offline_ticks_are_kept_then_sent_once_with_both_times_and_a_colleagues_
         row = task(page, aquatic)
         row.locator("summary").tap()
         row.locator("label.check").tap()
-        row.locator("input[name=reading_chlorine]").fill("1000")
+        row.locator("input[name=reading_chlorine]").fill("500")  # under 900–1200
         row.locator("button.primary").tap()
+        row.locator(".confirm button", has_text=zh.tr("Record as failed")).tap()
+        # kept as FAILED: the row says so and stays open to the redo, without a network
+        expect(sent(page, aquatic)).to_contain_text("500 ∉ 900–1200 mg/L")
+        expect(row.locator("button.primary")).to_be_enabled()
+        row.locator("summary").tap()
+        row.locator("input[name=reading_chlorine]").fill("1000")  # the work done again
+        row.locator("button.primary").tap()
+        expect(sent(page, aquatic)).to_have_text(
+            zh.tr("Saved on this phone; it is sent as soon as there is a network.")
+        )
         row = task(page, meat)
         if row.locator("details").get_attribute("open") is None:
             row.locator("summary").tap()
@@ -193,12 +203,12 @@ def test_offline_ticks_are_kept_then_sent_once_with_both_times_and_a_colleagues_
             ),
         )
         expect(page.locator("#queue-text")).to_contain_text(
-            zh.tr("Waiting to send ({n})").format(n=2)
+            zh.tr("Waiting to send ({n})").format(n=3)  # the garbage, aquatic twice
         )
         photo_box.set_input_files(str(PHOTO))
         row.locator("button.primary").tap()
         waiting = page.locator("#queue-text")
-        expect(waiting).to_contain_text(zh.tr("Waiting to send ({n})").format(n=3))
+        expect(waiting).to_contain_text(zh.tr("Waiting to send ({n})").format(n=4))
         expect(page.locator("#queue-list")).to_contain_text(zh.tr("photo waiting"))
         screenshot(page, "board-offline-waiting")
         assert serious(Axe().run(page).response["violations"]) == []  # rows marked waiting
@@ -206,7 +216,7 @@ def test_offline_ticks_are_kept_then_sent_once_with_both_times_and_a_colleagues_
         # the app opened again without a network: the board and the queue are still there
         page.reload()
         expect(page.locator(".board")).to_be_visible()
-        expect(waiting).to_contain_text(zh.tr("Waiting to send ({n})").format(n=3))
+        expect(waiting).to_contain_text(zh.tr("Waiting to send ({n})").format(n=4))
         expect(page.locator("#offline-note")).to_be_visible()
         assert completions_of(site, aquatic) == []
         screenshot(page, "board-offline-reopened")
@@ -229,8 +239,11 @@ def test_offline_ticks_are_kept_then_sent_once_with_both_times_and_a_colleagues_
         screenshot(page, "board-offline-sent")
 
     arrived = start + timedelta(minutes=30)
+    failed, _redone = completions_of(site, aquatic)  # in the order they were made
+    assert (failed.outcome, failed.time_basis, failed.arrived_at) == ("failed", "phone", arrived)
+    assert state_of(site, aquatic) == "done"
     for oid in (aquatic, meat):
-        (c,) = completions_of(site, oid)
+        c = completions_of(site, oid)[-1]
         assert (c.by, c.outcome, c.time_basis, c.arrived_at) == ("mgr_b", "done", "phone", arrived)
         assert start <= c.phone_at <= start + timedelta(minutes=3) and c.at == c.phone_at
     (photo_kept,) = completions_of(site, meat)

@@ -191,11 +191,17 @@
     // each task the phone has sent or still holds says so on its row; the latest wins
     var states = {};
     log.slice().sort(function (a, b) { return a.seq - b.seq; }).forEach(function (it) { states[it.obligation_id] = it; });
-    queue.forEach(function (it) { states[it.obligation_id] = { kind: "waiting", text: say("kept") }; });
+    queue.forEach(function (it) {
+      // a check kept as FAILED leaves its form open: the work is redone and recorded
+      // again without waiting for the network (both are sent, in order)
+      states[it.obligation_id] = it.failed_text
+        ? { kind: "waiting", text: say("kept_failed", { what: it.failed_text }), redo: true }
+        : { kind: "waiting", text: say("kept") };
+    });
     document.querySelectorAll(".board li.task").forEach(function (li) {
       var found = states[li.dataset.id];
       if (!found || li.classList.contains("pending")) { return; }
-      var settled = found.kind !== "failed" && found.kind !== "bad";
+      var settled = found.kind !== "failed" && found.kind !== "bad" && !found.redo;
       li.classList.toggle("queued", found.kind === "waiting");
       li.classList.toggle("sent-ok", found.kind !== "waiting" && settled);
       li.querySelectorAll("form button").forEach(function (b) { b.disabled = settled; });
@@ -739,7 +745,9 @@
     form.dataset.confirmed = "";
     var buttons = form.querySelectorAll("button");
     buttons.forEach(function (b) { b.disabled = true; });
+    var keptText = say("kept");
     entryOf(form, 0).then(function (entry) {
+      if (entry.failed_text) { keptText = say("kept_failed", { what: entry.failed_text }); }
       if (tooLarge(form.querySelector("input[type=file][name=photo]"), entry.photo)) {
         buttons.forEach(function (b) { b.disabled = false; });
         return "too large";
@@ -752,7 +760,7 @@
         li.classList.add("queued");
         var details = li.querySelector("details");
         if (details) { details.open = false; }
-        addNote(li, say("kept"), "waiting");
+        addNote(li, keptText, "waiting");
         offerNext(li);
       } else {
         var p = document.createElement("p");
@@ -762,7 +770,7 @@
         var old = document.getElementById("result");
         if (old) { old.remove(); }
         p.setAttribute("role", "alert");
-        p.textContent = say("kept");
+        p.textContent = keptText;
         form.parentNode.insertBefore(p, form);
         form.hidden = true;
       }
