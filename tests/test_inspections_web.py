@@ -24,8 +24,8 @@ import sqlalchemy as sa
 from playwright.sync_api import Browser, Page, expect
 
 from marketcare.domain.periods import Period
-from marketcare.i18n import translator
 from marketcare.domain.schedules import load_texts
+from marketcare.i18n import translator
 from marketcare.ledger import inspections as inspection_ledger
 from marketcare.ledger import problems as problem_ledger
 from marketcare.ledger.db import make_engine, migrate, read
