@@ -170,8 +170,19 @@ def test_an_inspection_made_without_a_network_is_kept_on_the_phone_and_sent_late
     with context(browser, phone=True) as ctx:
         officer = ctx.new_page()
         sign_in(officer, site.base, "office")
-        officer.goto(f"{site.base}/inspect/xinhua")
+        officer.goto(f"{site.base}/inspect")
+        officer.evaluate("navigator.serviceWorker.ready.then(() => true)")
+        officer.reload()
+        officer.wait_for_function("navigator.serviceWorker.controller !== null")
+        officer.goto(f"{site.base}/inspect/xinhua")  # opened once with a network: kept
+        officer.goto(f"{site.base}/exports")
         ctx.set_offline(True)
+        # in the back room: a page never kept is the app's own page, leading to the sheets
+        officer.goto(f"{site.base}/office/ranking")
+        expect(officer.locator("h1")).to_have_text(zh.tr("No network"))
+        officer.locator("a.button[href='/inspect']").tap()
+        officer.locator("a.row[data-market='xinhua']").tap()
+        officer.wait_for_url("**/inspect/xinhua")
         for item in ("floors", "garbage", "damage"):
             answer(officer, item, "pass")
         answer(officer, "bins", "fail", photo=too_large)

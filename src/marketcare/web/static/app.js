@@ -875,10 +875,12 @@
   }
 
   function keepChecklists() {
-    // the checklists of today's tasks not yet open, kept by the service worker
+    // the checklists of today's tasks not yet open, and the officer's sheets of the
+    // markets planned this week, kept by the service worker
     if (!navigator.onLine || !navigator.serviceWorker || !navigator.serviceWorker.controller) { return; }
     var links = Array.prototype.map.call(
-      document.querySelectorAll('.board [data-section="soon"] li.task a[href^="/o/"], .board [data-section="later"] li.task a[href^="/o/"], .board li.task .row-link'),
+      document.querySelectorAll('.board [data-section="soon"] li.task a[href^="/o/"], .board [data-section="later"] li.task a[href^="/o/"], .board li.task .row-link, ' +
+        '.inspect-markets a.row.open[data-market], .inspect-markets a.row.overdue[data-market]'),
       function (a) { return a.getAttribute("href"); });
     var i = 0;
     (function next() {

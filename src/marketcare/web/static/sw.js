@@ -8,7 +8,7 @@
  */
 "use strict";
 
-var VERSION = "mc-2";
+var VERSION = "mc-3";
 var SHELL = "mc-shell-" + VERSION;
 var PAGES = "mc-pages"; // not versioned: a new app version keeps the day's pages
 var KEEP_MS = 24 * 60 * 60 * 1000; // a page copy is served offline for 24 hours
@@ -40,9 +40,11 @@ self.addEventListener("activate", function (event) {
   );
 });
 
-/** Pages kept for offline use: the board, a checklist, history and problems. */
+/** Pages kept for offline use: the board, a checklist, history and problems; the
+ * officer's list of markets and a market's scoring sheet (back rooms have no network). */
 function keptPage(path) {
-  return path === "/" || /^\/m\/[^/]+(\/(history|problems))?$/.test(path) || /^\/o\/\d+$/.test(path);
+  return path === "/" || /^\/m\/[^/]+(\/(history|problems))?$/.test(path) || /^\/o\/\d+$/.test(path) ||
+    /^\/inspect(\/[^/]+)?$/.test(path);
 }
 
 function stamped(response) {
@@ -140,6 +142,13 @@ self.addEventListener("fetch", function (event) {
   }
   if (keptPage(url.pathname) && !url.search) {
     event.respondWith(page(event, url));
+    return;
+  }
+  if (request.mode === "navigate") {
+    // any other page: offline, the app's own page saying so, never the browser's error
+    event.respondWith(fetch(request).catch(function () {
+      return caches.match("/offline").then(function (fallback) { return fallback || Response.error(); });
+    }));
   }
 });
 
