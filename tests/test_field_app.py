@@ -238,6 +238,24 @@ def test_offline_ticks_are_kept_then_sent_once_with_both_times_and_a_colleagues_
         expect(page.locator("#queue-list")).to_contain_text("王芳")
         screenshot(page, "board-offline-sent")
 
+        # a network that answers too slowly: the kept copy, which says it is one
+        held: list[Route] = []
+
+        def hold(route: Route) -> None:
+            held.append(route)
+
+        ctx.route("**/m/xinhua", hold)  # the service worker's fetch of the board
+        page.reload()
+        expect(page.locator("#offline-note")).to_have_text(
+            zh.tr(
+                "The network is slow: this is the copy kept at {time}."
+                " Open the page again to see the latest."
+            ).format(time="19:00")  # the last board loaded, before the round
+        )
+        for route in held:
+            route.continue_()
+        ctx.unroute("**/m/xinhua")
+
     arrived = start + timedelta(minutes=30)
     failed, _redone = completions_of(site, aquatic)  # in the order they were made
     assert (failed.outcome, failed.time_basis, failed.arrived_at) == ("failed", "phone", arrived)

@@ -243,13 +243,28 @@
     note.dataset.kind = kind;
   }
 
+  var servedCopy = false; // the service worker answered this page from its copy
+
   function offlineNote() {
     var note = document.getElementById("offline-note");
     if (!note) { return; }
-    if (navigator.onLine) { note.hidden = true; return; }
+    if (navigator.onLine && !servedCopy) { note.hidden = true; return; }
     var kept = document.querySelector(".board");
-    note.textContent = say("offline_copy", { time: kept ? kept.dataset.rendered || "" : "" });
+    var time = kept ? kept.dataset.rendered || "" : "";
+    // online but slow (no answer in 4 s): the copy is shown, and the page says so
+    note.textContent = navigator.onLine ? say("slow_copy", { time: time }) : say("offline_copy", { time: time });
     note.hidden = false;
+  }
+
+  function askIfCopy() {
+    if (!navigator.serviceWorker || !navigator.serviceWorker.controller || !document.getElementById("offline-note")) { return; }
+    navigator.serviceWorker.addEventListener("message", function (event) {
+      if (event.data && event.data.type === "copy" && event.data.path === location.pathname) {
+        servedCopy = event.data.copy;
+        offlineNote();
+      }
+    });
+    navigator.serviceWorker.controller.postMessage({ type: "copy?", path: location.pathname });
   }
 
   // ------------------------------------------------------------ sending, in order, once
@@ -920,6 +935,7 @@
       });
     }
     offlineNote();
+    askIfCopy();
     if ("serviceWorker" in navigator) {
       navigator.serviceWorker.register("/sw.js", { scope: "/" }).then(function () {
         if (document.readyState === "complete") { setTimeout(keepChecklists, 1500); }

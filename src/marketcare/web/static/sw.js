@@ -106,14 +106,18 @@ function page(event, url) {
   };
   return Promise.race([network.catch(function () { return null; }), slow]).then(function (first) {
     clearTimeout(timer);
-    if (first) { return first; }
+    if (first) { delete servedCopies[path]; return first; }
     // no answer yet (or no network): the kept copy if there is one, else keep waiting
     return fromCache(event.request, path).then(function (copy) {
-      if (copy) { return copy; }
+      if (copy) { servedCopies[path] = Date.now(); return copy; }
       return network.catch(offline);
     });
   });
 }
+
+/** The pages answered from a copy (a slow or no network), by path: the page asks, and
+ * says so ("this is the copy kept at 19:00"), also while the phone thinks it is online. */
+var servedCopies = {};
 
 self.addEventListener("fetch", function (event) {
   var request = event.request;
@@ -156,5 +160,10 @@ self.addEventListener("message", function (event) {
   // the page asks to forget the kept pages (another user signed in, or signed out)
   if (event.data && event.data.type === "forget-pages") {
     event.waitUntil(caches.delete(PAGES));
+  }
+  // the page asks whether it is a kept copy (served in the last 30 s)
+  if (event.data && event.data.type === "copy?" && event.source) {
+    var at = servedCopies[event.data.path];
+    event.source.postMessage({ type: "copy", path: event.data.path, copy: Boolean(at && Date.now() - at < 30000) });
   }
 });
