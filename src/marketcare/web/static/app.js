@@ -130,6 +130,14 @@
     });
   }
 
+  function held5s(item) {
+    // a one-tap tick waits its 5 s to undo; a hold further ahead than that means the
+    // phone's clock was put back since (set right when the network came): not held, or
+    // the queue would wait for hours with nothing to tap
+    var left = (item.hold_until || 0) - Date.now();
+    return left > 0 && left <= UNDO_MS;
+  }
+
   function update(item) {
     return db().then(function (d) { return d.put("queue", item); });
   }
@@ -158,7 +166,7 @@
       } else {
         text.textContent = "";
       }
-      var held = queue.every(function (it) { return it.hold_until && it.hold_until > Date.now(); });
+      var held = queue.every(held5s);
       send.hidden = !queue.length || needsSignIn || held;
       signin.hidden = !needsSignIn;
       text.parentNode.hidden = !text.textContent && send.hidden && signin.hidden;
@@ -560,7 +568,7 @@
       queue.forEach(function (item) {
         chain = chain.then(function () {
           if (stop) { return; }
-          if (item.hold_until && item.hold_until > Date.now()) {
+          if (held5s(item)) {
             stop = "hold";
             retryTimer = setTimeout(flush, item.hold_until - Date.now() + 50);
             return;
