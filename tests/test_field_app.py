@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, expect
+from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, expect
 
 from marketcare.i18n import translator
 from marketcare.ledger import problems as ledger_problems
@@ -157,8 +157,10 @@ def test_the_evening_round_of_ten_tasks_takes_few_taps_and_no_page_load(
 
 
 def test_offline_ticks_are_kept_then_sent_once_with_both_times_and_a_colleagues_tick_is_reported(
-    site: Site, browser: Browser
+    site: Site, browser: Browser, tmp_path: Path
 ) -> None:
+    too_large = tmp_path / "meat.heic"  # a HEIC is not shrunk on the phone
+    too_large.write_bytes(b"\x00" * (site.settings.upload_max_bytes + 1))
     waste = obligation_id(site, "xinhua", "waste")
     aquatic = obligation_id(site, "xinhua", "disinfect", "aquatic")
     meat = obligation_id(site, "xinhua", "disinfect", "meat")
@@ -174,24 +176,47 @@ def test_offline_ticks_are_kept_then_sent_once_with_both_times_and_a_colleagues_
         row = task(page, aquatic)
         row.locator("summary").tap()
         row.locator("label.check").tap()
-        row.locator("input[name=reading_chlorine]").fill("1000")
+        row.locator("input[name=reading_chlorine]").fill("500")  # under 900–1200
         row.locator("button.primary").tap()
+        row.locator(".confirm button", has_text=zh.tr("Record as failed")).tap()
+        # kept as FAILED: the row says so and stays open to the redo, without a network
+        expect(sent(page, aquatic)).to_contain_text("500 ∉ 900–1200 mg/L")
+        expect(row.locator("button.primary")).to_be_enabled()
+        row.locator("summary").tap()
+        row.locator("input[name=reading_chlorine]").fill("1000")  # the work done again
+        row.locator("button.primary").tap()
+        expect(sent(page, aquatic)).to_have_text(
+            zh.tr("Saved on this phone; it is sent as soon as there is a network.")
+        )
         row = task(page, meat)
         if row.locator("details").get_attribute("open") is None:
             row.locator("summary").tap()
         row.locator("label.check").tap()
         row.locator("input[name=reading_chlorine]").fill("950")
-        row.locator("input[type=file]").set_input_files(str(PHOTO))
+        photo_box = row.locator("input[type=file]")
+        photo_box.set_input_files(str(too_large))  # refused at once, nothing kept
+        row.locator("button.primary").tap()
+        expect(photo_box).to_have_js_property(
+            "validationMessage",
+            zh.tr("The photo is larger than {limit} MB; take it again at a lower size.").format(
+                limit=10
+            ),
+        )
+        expect(page.locator("#queue-text")).to_contain_text(
+            zh.tr("Waiting to send ({n})").format(n=3)  # the garbage, aquatic twice
+        )
+        photo_box.set_input_files(str(PHOTO))
         row.locator("button.primary").tap()
         waiting = page.locator("#queue-text")
-        expect(waiting).to_contain_text(zh.tr("Waiting to send ({n})").format(n=3))
+        expect(waiting).to_contain_text(zh.tr("Waiting to send ({n})").format(n=4))
         expect(page.locator("#queue-list")).to_contain_text(zh.tr("photo waiting"))
         screenshot(page, "board-offline-waiting")
+        assert serious(Axe().run(page).response["violations"]) == []  # rows marked waiting
 
         # the app opened again without a network: the board and the queue are still there
         page.reload()
         expect(page.locator(".board")).to_be_visible()
-        expect(waiting).to_contain_text(zh.tr("Waiting to send ({n})").format(n=3))
+        expect(waiting).to_contain_text(zh.tr("Waiting to send ({n})").format(n=4))
         expect(page.locator("#offline-note")).to_be_visible()
         assert completions_of(site, aquatic) == []
         screenshot(page, "board-offline-reopened")
@@ -213,9 +238,30 @@ def test_offline_ticks_are_kept_then_sent_once_with_both_times_and_a_colleagues_
         expect(page.locator("#queue-list")).to_contain_text("王芳")
         screenshot(page, "board-offline-sent")
 
+        # a network that answers too slowly: the kept copy, which says it is one
+        held: list[Route] = []
+
+        def hold(route: Route) -> None:
+            held.append(route)
+
+        ctx.route("**/m/xinhua", hold)  # the service worker's fetch of the board
+        page.reload()
+        expect(page.locator("#offline-note")).to_have_text(
+            zh.tr(
+                "The network is slow: this is the copy kept at {time}."
+                " Open the page again to see the latest."
+            ).format(time="19:00")  # the last board loaded, before the round
+        )
+        for route in held:
+            route.continue_()
+        ctx.unroute("**/m/xinhua")
+
     arrived = start + timedelta(minutes=30)
+    failed, _redone = completions_of(site, aquatic)  # in the order they were made
+    assert (failed.outcome, failed.time_basis, failed.arrived_at) == ("failed", "phone", arrived)
+    assert state_of(site, aquatic) == "done"
     for oid in (aquatic, meat):
-        (c,) = completions_of(site, oid)
+        c = completions_of(site, oid)[-1]
         assert (c.by, c.outcome, c.time_basis, c.arrived_at) == ("mgr_b", "done", "phone", arrived)
         assert start <= c.phone_at <= start + timedelta(minutes=3) and c.at == c.phone_at
     (photo_kept,) = completions_of(site, meat)
@@ -260,11 +306,93 @@ def test_an_expired_sign_in_keeps_the_queue_until_the_manager_signs_in_again(
     assert [c.by for c in completions_of(site, drains)] == ["mgr_d"]
 
 
+def test_a_slow_answer_a_server_error_and_no_network_lose_nothing_and_say_why_it_waits(
+    site: Site, browser: Browser
+) -> None:
+    """A checklist kept while the one before is still being sent (a slow network) goes
+    out when that answer comes, not at the next "online" or tap; a 503 and a missing
+    network are shown on the waiting line and the queue sends again by itself; a phone
+    clock put back does not hold a one-tap tick for hours."""
+    cooked = obligation_id(site, "xinhua", "disinfect", "cooked")
+    veg = obligation_id(site, "xinhua", "disinfect", "veg")
+    poultry = obligation_id(site, "xinhua", "disinfect", "poultry")
+    toilets = obligation_id(site, "xinhua", "toilets")
+    held: list[Route] = []
+    refused: list[Route] = []
+
+    def hold(route: Route) -> None:
+        held.append(route)
+
+    def unavailable(route: Route) -> None:
+        refused.append(route)
+        route.fulfill(
+            status=503, headers={"Retry-After": "1"}, json={"detail": "database unavailable"}
+        )
+
+    def checklist(page: Page, oid: int, reading: str) -> None:
+        row = task(page, oid)
+        if row.locator("details").get_attribute("open") is None:
+            row.locator("summary").tap()
+        row.locator("label.check").tap()
+        row.locator("input[name=reading_chlorine]").fill(reading)
+        row.locator("button.primary").tap()
+
+    waiting = zh.tr("Waiting to send ({n})")
+    with context(browser, phone=True) as ctx:
+        set_phone_clock(ctx, site.clock.now())
+        page = ctx.new_page()
+        sign_in(page, site.base, "mgr_c")
+        page.route(f"**/api/v1/obligations/{cooked}/completions", hold)
+        with page.expect_request(f"**/api/v1/obligations/{cooked}/completions"):
+            checklist(page, cooked, "500")  # sent, and its answer does not come yet
+        checklist(page, veg, "500")  # kept while the round is still sending the first
+        expect(page.locator("#queue-text")).to_contain_text(waiting.format(n=2))
+        (first,) = held
+        first.continue_()
+        expect(sent(page, cooked)).to_contain_text(zh.tr("Recorded, on time."))
+        expect(sent(page, veg)).to_contain_text(zh.tr("Recorded, on time."))
+
+        page.route(f"**/api/v1/obligations/{poultry}/completions", unavailable)
+        checklist(page, poultry, "1000")
+        line = page.locator("#queue-text")
+        expect(line).to_contain_text(waiting.format(n=1))
+        expect(line).to_contain_text("503")
+        expect(page.locator("#queue-list")).to_contain_text(
+            zh.tr(
+                "The server could not take it just now ({status}): nothing was recorded yet;"
+                " it is sent again by itself."
+            ).format(status=503)
+        )
+        screenshot(page, "board-server-unavailable")
+        assert completions_of(site, poultry) == []
+        page.unroute(f"**/api/v1/obligations/{poultry}/completions")
+        expect(sent(page, poultry)).to_contain_text(zh.tr("Recorded, on time."), timeout=30_000)
+
+        ctx.set_offline(True)
+        task(page, toilets).locator("button.tick").tap()
+        # the phone's clock is put back three hours (set right) during the 5 s to undo:
+        # the tick is not held for three hours
+        ctx.clock.set_system_time(site.clock.now() - timedelta(hours=3))
+        expect(line).to_contain_text(  # once its 5 s to undo are over
+            zh.tr("No network: it is sent when the network is back."), timeout=20_000
+        )
+        ctx.set_offline(False)
+        expect(sent(page, toilets)).to_contain_text(zh.tr("Recorded, on time."), timeout=30_000)
+        expect(line).to_have_text("")
+
+    assert len(refused) >= 1
+    for oid in (cooked, veg, poultry, toilets):
+        assert [c.by for c in completions_of(site, oid)] == ["mgr_c"], oid
+    ids = [completions_of(site, oid)[0].id for oid in (cooked, veg, poultry, toilets)]
+    assert ids == sorted(ids)  # in the order they were made
+
+
 def test_an_out_of_range_reading_waits_for_the_managers_confirmation(
     site: Site, browser: Browser
 ) -> None:
     veg = obligation_id(site, "haibin", "disinfect", "veg")
     cooked = obligation_id(site, "haibin", "disinfect", "cooked")
+    poultry = obligation_id(site, "haibin", "disinfect", "poultry")
     with context(browser, phone=True) as ctx:
         set_phone_clock(ctx, site.clock.now())
         page = ctx.new_page()
@@ -298,12 +426,39 @@ def test_an_out_of_range_reading_waits_for_the_managers_confirmation(
         expect(sent(page, cooked)).to_contain_text(
             zh.tr("Recorded as FAILED: redo the work and record it again.")
         )
+
+        # a failed reading recorded by the server whose answer never reaches the phone:
+        # sent again (the same token), it is still shown as FAILED, with its form to redo
+        def answer_lost(route: Route) -> None:
+            route.fetch()
+            route.abort()
+
+        page.route(f"**/api/v1/obligations/{poultry}/completions", answer_lost)
+        row = task(page, poultry)
+        if row.locator("details").get_attribute("open") is None:
+            row.locator("summary").tap()
+        row.locator("label.check").tap()
+        row.locator("input[name=reading_chlorine]").fill("100")
+        row.locator("button.primary").tap()
+        row.locator(".confirm button", has_text=zh.tr("Record as failed")).tap()
+        expect(page.locator("#queue-text")).to_contain_text(
+            zh.tr("The server did not answer: it is sent again by itself.")
+        )
+        page.unroute(f"**/api/v1/obligations/{poultry}/completions")
+        page.locator("#queue-send").tap()
+        expect(sent(page, poultry)).to_contain_text(
+            zh.tr("Recorded as FAILED: redo the work and record it again.")
+        )
+        expect(row).not_to_have_class(re.compile("sent-ok"))
+
         page.reload()
         badge = task(page, cooked).locator(".badge")
         expect(badge).to_have_text(zh.tr("Redo by {time}").format(time="20:30"))
         expect(page.locator('[data-section="overdue"]')).not_to_contain_text("熟食区")
+        expect(task(page, poultry).locator("button.primary")).to_be_enabled()
     assert [c.outcome for c in completions_of(site, veg)] == ["done"]
     assert [c.outcome for c in completions_of(site, cooked)] == ["failed"]
+    assert [c.outcome for c in completions_of(site, poultry)] == ["failed"]
 
 
 # ---------------------------------------------------------------- every page: axe, tap targets
@@ -355,6 +510,7 @@ def pages_of(site: Site) -> dict[str, list[tuple[str, str]]]:
             ("problem", f"/p/{pid}"),
             ("account", "/account"),
             ("offline", "/offline"),
+            ("market-inspections", "/m/haibin/inspections"),
         ],
         "office": [
             ("office", "/office"),
@@ -362,9 +518,20 @@ def pages_of(site: Site) -> dict[str, list[tuple[str, str]]]:
             ("office-problem", f"/p/{pid}"),
             ("exports", "/exports"),
             ("outbox", "/office/outbox"),
+            ("inspect", "/inspect"),
+            ("ranking", "/office/ranking"),
         ],
-        "operator": [("users", "/admin/users")],
+        "operator": [("users", "/admin/users"), ("tokens", "/admin/tokens")],
     }
+
+
+def serious(violations: list[dict[str, Any]]) -> list[str]:
+    """axe's serious and critical findings, each with the first few elements at fault."""
+    return [
+        f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:3]}"
+        for v in violations
+        if v["impact"] in ("serious", "critical")
+    ]
 
 
 def test_every_manager_and_office_page_passes_axe_and_a_managers_targets_are_44_px(
@@ -384,12 +551,7 @@ def test_every_manager_and_office_page_passes_axe_and_a_managers_targets_are_44_
                 for opened in page.locator("details.task").all()[:1]:
                     opened.evaluate("d => d.open = true")
                 screenshot(page, name)
-                found = axe.run(page).response["violations"]
-                bad = [
-                    f"{v['id']} ({v['impact']}): {[n['target'] for n in v['nodes']][:3]}"
-                    for v in found
-                    if v["impact"] in ("serious", "critical")
-                ]
+                bad = serious(axe.run(page).response["violations"])
                 if bad:
                     violations[name] = bad
                 if user.startswith("mgr") or name == "login":

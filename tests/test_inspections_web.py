@@ -25,6 +25,7 @@ from playwright.sync_api import Browser, Page, expect
 
 from marketcare.domain.periods import Period
 from marketcare.domain.schedules import load_texts
+from marketcare.i18n import translator
 from marketcare.ledger import inspections as inspection_ledger
 from marketcare.ledger import problems as problem_ledger
 from marketcare.ledger.db import make_engine, migrate, read
@@ -39,6 +40,7 @@ from .test_exports import soffice
 
 __all__ = ["browser"]  # the fixture, used by name
 
+zh = translator("zh_CN")
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00" * 200
 
 
@@ -161,18 +163,55 @@ def test_an_inspection_made_without_a_network_is_kept_on_the_phone_and_sent_late
 ) -> None:
     photo = tmp_path / "bin.jpg"
     photo.write_bytes(JPEG)
+    too_large = tmp_path / "bin.heic"  # a HEIC is not shrunk on the phone
+    too_large.write_bytes(b"\x00" * (site.settings.upload_max_bytes + 1))
+    broken = tmp_path / "bin-broken.jpg"  # not a photo: the server refuses it
+    broken.write_bytes(b"not a photo at all")
     with context(browser, phone=True) as ctx:
         officer = ctx.new_page()
         sign_in(officer, site.base, "office")
-        officer.goto(f"{site.base}/inspect/xinhua")
+        officer.goto(f"{site.base}/inspect")
+        officer.evaluate("navigator.serviceWorker.ready.then(() => true)")
+        officer.reload()
+        officer.wait_for_function("navigator.serviceWorker.controller !== null")
+        officer.goto(f"{site.base}/inspect/xinhua")  # opened once with a network: kept
+        officer.goto(f"{site.base}/exports")
         ctx.set_offline(True)
+        # in the back room: a page never kept is the app's own page, leading to the sheets
+        officer.goto(f"{site.base}/office/ranking")
+        expect(officer.locator("h1")).to_have_text(zh.tr("No network"))
+        officer.locator("a.button[href='/inspect']").tap()
+        officer.locator("a.row[data-market='xinhua']").tap()
+        officer.wait_for_url("**/inspect/xinhua")
         for item in ("floors", "garbage", "damage"):
             answer(officer, item, "pass")
-        answer(officer, "bins", "fail", photo=photo)
+        answer(officer, "bins", "fail", photo=too_large)
+        officer.locator("form.sheet button[type=submit]").tap()
+        # a photo over upload_max_bytes is refused at once, on its field, nothing kept
+        photo_box = officer.locator("input[name='photo.bins']")
+        expect(photo_box).to_have_js_property(
+            "validationMessage",
+            zh.tr("The photo is larger than {limit} MB; take it again at a lower size.").format(
+                limit=10
+            ),
+        )
+        expect(officer.locator("#result")).to_have_count(0)
+        photo_box.set_input_files(str(broken))
         officer.locator("form.sheet button[type=submit]").tap()
         expect(officer.locator("#result")).to_be_visible()  # saved on this phone
         assert inspection_ledger.listing(site.engine, markets=["xinhua"]) == []
-        ctx.set_offline(False)  # the network is back: the queue sends it, photo first
+        ctx.set_offline(False)  # the network is back: the photo is refused, then the sheet
+        # refused for its missing photo: the officer reads why, and the sheet comes back
+        # as it was filled in, to send again with another photo
+        result = officer.locator("#result")
+        expect(result).to_contain_text("not a photo", timeout=30_000)
+        expect(result).to_have_class(re.compile("error"))
+        expect(officer.locator("form.sheet")).to_be_visible()
+        expect(officer.locator(".item[data-item='floors'] input.pass")).to_be_checked()
+        screenshot(officer, "inspect-refused")
+        assert inspection_ledger.listing(site.engine, markets=["xinhua"]) == []
+        officer.locator("input[name='photo.bins']").set_input_files(str(photo))
+        officer.locator("form.sheet button[type=submit]").tap()
         officer.wait_for_url(re.compile(r"/i/\d+$"), timeout=60_000)
         expect(officer.locator(".score")).to_have_text("90.0")
     (recorded,) = inspection_ledger.listing(site.engine, markets=["xinhua"])

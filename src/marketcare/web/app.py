@@ -341,6 +341,8 @@ def render(request: Request, template: str, status_code: int = 200, **context: A
         "now": now_of(request),
         "Action": Action,
         "may": may,
+        # the phone refuses a photo over it at once (static/app.js), not after sending it
+        "upload_max_bytes": settings_of(request).upload_max_bytes,
     }
     base.update(context)
     return templates.TemplateResponse(request, template, base, status_code=status_code)

@@ -19,6 +19,7 @@
   var user = null;
   var dbPromise = null;
   var flushing = false;
+  var again = false; // a send asked for while a round was running: run another after it
   var retryTimer = null;
   var failures = 0;
   var csrf = null;
@@ -129,6 +130,14 @@
     });
   }
 
+  function held5s(item) {
+    // a one-tap tick waits its 5 s to undo; a hold further ahead than that means the
+    // phone's clock was put back since (set right when the network came): not held, or
+    // the queue would wait for hours with nothing to tap
+    var left = (item.hold_until || 0) - Date.now();
+    return left > 0 && left <= UNDO_MS;
+  }
+
   function update(item) {
     return db().then(function (d) { return d.put("queue", item); });
   }
@@ -151,11 +160,13 @@
       if (queue.length && needsSignIn) {
         text.textContent = say("signin", { n: queue.length });
       } else if (queue.length) {
-        text.textContent = say("waiting", { n: queue.length }) + (flushing ? " · " + say("sending") : "");
+        // why the first one still waits (the round stops there): the server, or no network
+        var why = queue.slice().sort(function (a, b) { return a.seq - b.seq; })[0].error;
+        text.textContent = say("waiting", { n: queue.length }) + (flushing ? " · " + say("sending") : why ? " · " + why : "");
       } else {
         text.textContent = "";
       }
-      var held = queue.every(function (it) { return it.hold_until && it.hold_until > Date.now(); });
+      var held = queue.every(held5s);
       send.hidden = !queue.length || needsSignIn || held;
       signin.hidden = !needsSignIn;
       text.parentNode.hidden = !text.textContent && send.hidden && signin.hidden;
@@ -188,11 +199,17 @@
     // each task the phone has sent or still holds says so on its row; the latest wins
     var states = {};
     log.slice().sort(function (a, b) { return a.seq - b.seq; }).forEach(function (it) { states[it.obligation_id] = it; });
-    queue.forEach(function (it) { states[it.obligation_id] = { kind: "waiting", text: say("kept") }; });
+    queue.forEach(function (it) {
+      // a check kept as FAILED leaves its form open: the work is redone and recorded
+      // again without waiting for the network (both are sent, in order)
+      states[it.obligation_id] = it.failed_text
+        ? { kind: "waiting", text: say("kept_failed", { what: it.failed_text }), redo: true }
+        : { kind: "waiting", text: say("kept") };
+    });
     document.querySelectorAll(".board li.task").forEach(function (li) {
       var found = states[li.dataset.id];
       if (!found || li.classList.contains("pending")) { return; }
-      var settled = found.kind !== "failed" && found.kind !== "bad";
+      var settled = found.kind !== "failed" && found.kind !== "bad" && !found.redo;
       li.classList.toggle("queued", found.kind === "waiting");
       li.classList.toggle("sent-ok", found.kind !== "waiting" && settled);
       li.querySelectorAll("form button").forEach(function (b) { b.disabled = settled; });
@@ -210,9 +227,12 @@
         result.textContent = mineLog.text;
         result.className = "flash " + ({ ok: "ok", late: "warn", other: "warn" }[mineLog.kind] || "error");
         result.removeAttribute("data-seq");
-        var form = document.querySelector("form[data-checklist]");
+        // failed or refused: the form comes back as it was filled in, to correct and send
+        // again (an inspection's answers are kept: no sheet to fill in from the start)
+        var form = document.querySelector("form[data-checklist], form[data-inspection]");
         if (form && (mineLog.kind === "failed" || mineLog.kind === "bad")) {
           form.hidden = false;
+          form.dataset.kept = "";
           form.querySelectorAll("button").forEach(function (b) { b.disabled = false; });
         }
       }
@@ -231,13 +251,28 @@
     note.dataset.kind = kind;
   }
 
+  var servedCopy = false; // the service worker answered this page from its copy
+
   function offlineNote() {
     var note = document.getElementById("offline-note");
     if (!note) { return; }
-    if (navigator.onLine) { note.hidden = true; return; }
+    if (navigator.onLine && !servedCopy) { note.hidden = true; return; }
     var kept = document.querySelector(".board");
-    note.textContent = say("offline_copy", { time: kept ? kept.dataset.rendered || "" : "" });
+    var time = kept ? kept.dataset.rendered || "" : "";
+    // online but slow (no answer in 4 s): the copy is shown, and the page says so
+    note.textContent = navigator.onLine ? say("slow_copy", { time: time }) : say("offline_copy", { time: time });
     note.hidden = false;
+  }
+
+  function askIfCopy() {
+    if (!navigator.serviceWorker || !navigator.serviceWorker.controller || !document.getElementById("offline-note")) { return; }
+    navigator.serviceWorker.addEventListener("message", function (event) {
+      if (event.data && event.data.type === "copy" && event.data.path === location.pathname) {
+        servedCopy = event.data.copy;
+        offlineNote();
+      }
+    });
+    navigator.serviceWorker.controller.postMessage({ type: "copy?", path: location.pathname });
   }
 
   // ------------------------------------------------------------ sending, in order, once
@@ -281,6 +316,12 @@
     return r.status === 429 || r.status >= 500;
   }
 
+  function later(item, r) {
+    // a 5xx or 429: nothing was recorded; the row says why it still waits
+    item.error = say("unavailable", { status: r.status });
+    return update(item).then(function () { return "later"; });
+  }
+
   function detail(r) {
     return r.json().then(function (j) { return j.detail || String(r.status); }, function () { return String(r.status); });
   }
@@ -291,7 +332,7 @@
     form.append("file", item.photo, item.photo_name || "photo.jpg");
     return post("/api/v1/evidence", form, true).then(function (r) {
       if (signedOut(r)) { return "signin"; }
-      if (transient(r)) { return "later"; }
+      if (transient(r)) { return later(item, r); }
       if (r.ok) {
         return r.json().then(function (j) { item.photo_sha = j.sha256; return update(item).then(function () { return "ok"; }); });
       }
@@ -310,8 +351,11 @@
       if (j.done_by_name || j.done_by) {
         return ["other", say("done_by_other", { name: j.done_by_name || j.done_by, time: hhmm(j.done_at) })];
       }
-      if (j.completion_id) { return ["ok", say("same")]; }
-      return ["other", j.message];
+      if (!j.completion_id) { return ["other", j.message]; }
+      // the same submission sent again (the answer to the first send was lost): it was
+      // recorded then; say what it recorded, so a FAILED check is not shown as done
+      if (j.state !== "failed" && j.state !== "late") { return ["ok", say("same")]; }
+      parts.push(say("same"));
     }
     var kind = "ok";
     if (j.state === "failed") {
@@ -343,7 +387,7 @@
         form.append("file", p.blob, p.name || "photo.jpg");
         return post("/api/v1/evidence", form, true).then(function (r) {
           if (signedOut(r)) { return "signin"; }
-          if (transient(r)) { return "later"; }
+          if (transient(r)) { return later(item, r); }
           if (r.ok) {
             return r.json().then(function (j) { p.sha = j.sha256; p.blob = null; return update(item).then(function () { return "ok"; }); });
           }
@@ -371,7 +415,7 @@
       };
       return post("/api/v1/markets/" + encodeURIComponent(item.market) + "/inspections", body, false).then(function (r) {
         if (signedOut(r)) { return "signin"; }
-        if (transient(r)) { return "later"; }
+        if (transient(r)) { return later(item, r); }
         if (r.ok) {
           return r.json().then(function (j) {
             var score = j.score === null || j.score === undefined ? "—" : Number(j.score).toFixed(1);
@@ -441,16 +485,30 @@
     form.dataset.kept = "1";  // a double tap keeps one inspection
     var buttons = form.querySelectorAll("button");
     buttons.forEach(function (b) { b.disabled = true; });
-    inspectionEntry(form).then(keep).then(function () {
+    inspectionEntry(form).then(function (entry) {
+      var big = entry.photos.filter(function (ph) {
+        return tooLarge(form.querySelector('input[type=file][name="photo.' + ph.item + '"]'), ph.blob);
+      });
+      if (big.length) {
+        form.dataset.kept = "";
+        buttons.forEach(function (b) { b.disabled = false; });
+        return "too large";
+      }
+      return keep(entry);
+    }).then(function (seq) {
+      if (seq === "too large") { return seq; }
       var p = document.createElement("p");
       p.className = "flash ok";
       p.id = "result";
+      p.dataset.seq = String(seq);  // the refusal, if it comes, replaces this (markBoard)
+      var old = document.getElementById("result");
+      if (old) { old.remove(); }
       p.setAttribute("role", "alert");
       p.textContent = say("kept");
       form.parentNode.insertBefore(p, form);
       form.hidden = true;
       return showQueue();
-    }).then(flush, function () {
+    }).then(function (kept) { if (kept !== "too large") { flush(); } }, function () {
       buttons.forEach(function (b) { b.disabled = false; });
       form.dataset.plain = "1";
       form.submit();
@@ -470,7 +528,7 @@
       };
       return post("/api/v1/obligations/" + item.obligation_id + "/completions", body, false).then(function (r) {
         if (signedOut(r)) { return "signin"; }
-        if (transient(r)) { return "later"; }
+        if (transient(r)) { return later(item, r); }
         if (r.ok) {
           return r.json().then(function (j) {
             var said = outcomeText(j, item);
@@ -487,8 +545,15 @@
   }
 
   function flush() {
-    if (flushing || !user) { return Promise.resolve(); }
+    if (!user) { return Promise.resolve(); }
+    if (flushing) {
+      // the round running now read the queue before this was kept (a slow answer):
+      // it runs again when it ends, so nothing waits for the next "online" or a tap
+      again = true;
+      return Promise.resolve();
+    }
     flushing = true;
+    again = false;
     clearTimeout(retryTimer);
     var stop = null;
     return waiting().then(function (queue) {
@@ -503,7 +568,7 @@
       queue.forEach(function (item) {
         chain = chain.then(function () {
           if (stop) { return; }
-          if (item.hold_until && item.hold_until > Date.now()) {
+          if (held5s(item)) {
             stop = "hold";
             retryTimer = setTimeout(flush, item.hold_until - Date.now() + 50);
             return;
@@ -516,12 +581,18 @@
             if (result === "later") { stop = "later"; }
             if (result === "done") { failures = 0; }
             return showQueue();
-          }, function () { stop = "later"; });
+          }, function () {
+            // no answer at all: the phone has no network, or the server is down
+            stop = "later";
+            item.error = say(navigator.onLine ? "unreachable" : "no_network");
+            return update(item);
+          });
         });
       });
       return chain;
     }).then(function () {
       flushing = false;
+      if (again && stop !== "signin" && stop !== "hold") { return flush(); }
       if (stop === "later") {
         failures += 1;
         retryTimer = setTimeout(flush, Math.min(60000, 2000 * Math.pow(2, failures)));
@@ -589,6 +660,20 @@
 
   function keep(entry) {
     return db().then(function (d) { return d.add("queue", entry); });
+  }
+
+  function tooLarge(input, blob) {
+    // a photo the server would refuse for its size (a HEIC or a PDF is not shrunk): said
+    // now, on its field, while it can be taken again, not after the queue has sent it
+    var max = Number(meta("mc-upload-max") || 0);
+    if (!input || !blob || !max || blob.size <= max) { return false; }
+    input.setCustomValidity(say("photo_too_large", { limit: String(Math.round(max / 1e5) / 10) }));
+    input.reportValidity();
+    if (!input.dataset.sizeWatched) {
+      input.dataset.sizeWatched = "1";
+      input.addEventListener("change", function () { input.setCustomValidity(""); });
+    }
+    return true;
   }
 
   // ------------------------------------------------------------ confirmation and checks
@@ -683,13 +768,22 @@
     form.dataset.confirmed = "";
     var buttons = form.querySelectorAll("button");
     buttons.forEach(function (b) { b.disabled = true; });
-    entryOf(form, 0).then(keep).then(function (seq) {
+    var keptText = say("kept");
+    entryOf(form, 0).then(function (entry) {
+      if (entry.failed_text) { keptText = say("kept_failed", { what: entry.failed_text }); }
+      if (tooLarge(form.querySelector("input[type=file][name=photo]"), entry.photo)) {
+        buttons.forEach(function (b) { b.disabled = false; });
+        return "too large";
+      }
+      return keep(entry);
+    }).then(function (seq) {
+      if (seq === "too large") { return seq; }
       var li = form.closest("li.task");
       if (li) {
         li.classList.add("queued");
         var details = li.querySelector("details");
         if (details) { details.open = false; }
-        addNote(li, say("kept"), "waiting");
+        addNote(li, keptText, "waiting");
         offerNext(li);
       } else {
         var p = document.createElement("p");
@@ -699,12 +793,12 @@
         var old = document.getElementById("result");
         if (old) { old.remove(); }
         p.setAttribute("role", "alert");
-        p.textContent = say("kept");
+        p.textContent = keptText;
         form.parentNode.insertBefore(p, form);
         form.hidden = true;
       }
       return showQueue();
-    }).then(flush, function () {
+    }).then(function (kept) { if (kept !== "too large") { flush(); } }, function () {
       // IndexedDB unavailable (a private window): the plain form post still works
       buttons.forEach(function (b) { b.disabled = false; });
       form.dataset.plain = "1";
@@ -804,10 +898,12 @@
   }
 
   function keepChecklists() {
-    // the checklists of today's tasks not yet open, kept by the service worker
+    // the checklists of today's tasks not yet open, and the officer's sheets of the
+    // markets planned this week, kept by the service worker
     if (!navigator.onLine || !navigator.serviceWorker || !navigator.serviceWorker.controller) { return; }
     var links = Array.prototype.map.call(
-      document.querySelectorAll('.board [data-section="soon"] li.task a[href^="/o/"], .board [data-section="later"] li.task a[href^="/o/"], .board li.task .row-link'),
+      document.querySelectorAll('.board [data-section="soon"] li.task a[href^="/o/"], .board [data-section="later"] li.task a[href^="/o/"], .board li.task .row-link, ' +
+        '.inspect-markets a.row.open[data-market], .inspect-markets a.row.overdue[data-market]'),
       function (a) { return a.getAttribute("href"); });
     var i = 0;
     (function next() {
@@ -847,6 +943,7 @@
       });
     }
     offlineNote();
+    askIfCopy();
     if ("serviceWorker" in navigator) {
       navigator.serviceWorker.register("/sw.js", { scope: "/" }).then(function () {
         if (document.readyState === "complete") { setTimeout(keepChecklists, 1500); }

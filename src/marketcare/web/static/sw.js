@@ -8,7 +8,7 @@
  */
 "use strict";
 
-var VERSION = "mc-2";
+var VERSION = "mc-3";
 var SHELL = "mc-shell-" + VERSION;
 var PAGES = "mc-pages"; // not versioned: a new app version keeps the day's pages
 var KEEP_MS = 24 * 60 * 60 * 1000; // a page copy is served offline for 24 hours
@@ -40,9 +40,11 @@ self.addEventListener("activate", function (event) {
   );
 });
 
-/** Pages kept for offline use: the board, a checklist, history and problems. */
+/** Pages kept for offline use: the board, a checklist, history and problems; the
+ * officer's list of markets and a market's scoring sheet (back rooms have no network). */
 function keptPage(path) {
-  return path === "/" || /^\/m\/[^/]+(\/(history|problems))?$/.test(path) || /^\/o\/\d+$/.test(path);
+  return path === "/" || /^\/m\/[^/]+(\/(history|problems))?$/.test(path) || /^\/o\/\d+$/.test(path) ||
+    /^\/inspect(\/[^/]+)?$/.test(path);
 }
 
 function stamped(response) {
@@ -104,14 +106,18 @@ function page(event, url) {
   };
   return Promise.race([network.catch(function () { return null; }), slow]).then(function (first) {
     clearTimeout(timer);
-    if (first) { return first; }
+    if (first) { delete servedCopies[path]; return first; }
     // no answer yet (or no network): the kept copy if there is one, else keep waiting
     return fromCache(event.request, path).then(function (copy) {
-      if (copy) { return copy; }
+      if (copy) { servedCopies[path] = Date.now(); return copy; }
       return network.catch(offline);
     });
   });
 }
+
+/** The pages answered from a copy (a slow or no network), by path: the page asks, and
+ * says so ("this is the copy kept at 19:00"), also while the phone thinks it is online. */
+var servedCopies = {};
 
 self.addEventListener("fetch", function (event) {
   var request = event.request;
@@ -140,6 +146,13 @@ self.addEventListener("fetch", function (event) {
   }
   if (keptPage(url.pathname) && !url.search) {
     event.respondWith(page(event, url));
+    return;
+  }
+  if (request.mode === "navigate") {
+    // any other page: offline, the app's own page saying so, never the browser's error
+    event.respondWith(fetch(request).catch(function () {
+      return caches.match("/offline").then(function (fallback) { return fallback || Response.error(); });
+    }));
   }
 });
 
@@ -147,5 +160,10 @@ self.addEventListener("message", function (event) {
   // the page asks to forget the kept pages (another user signed in, or signed out)
   if (event.data && event.data.type === "forget-pages") {
     event.waitUntil(caches.delete(PAGES));
+  }
+  // the page asks whether it is a kept copy (served in the last 30 s)
+  if (event.data && event.data.type === "copy?" && event.source) {
+    var at = servedCopies[event.data.path];
+    event.source.postMessage({ type: "copy", path: event.data.path, copy: Boolean(at && Date.now() - at < 30000) });
   }
 });
