@@ -434,7 +434,8 @@ class Recurrence(_Strict):
         if rule.count is not None:
             found = rule.build(self.dtstart).between(lo, hi, inc=True)
         else:
-            found = rule.build(self.dtstart, until=hi).between(lo, hi, inc=True)
+            moved = rec.start_near(rule, self.dtstart, lo)
+            found = rule.build(self.dtstart, until=hi, moved=moved).between(lo, hi, inc=True)
         days, times = self.exclusions
         season = self.season
         out = {

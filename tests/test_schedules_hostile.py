@@ -1,0 +1,119 @@
+"""Schedules as operators really write them, and as nobody should: what is said and done."""
+
+from __future__ import annotations
+
+from datetime import date, datetime, timedelta
+
+import pytest
+from dateutil import rrule as du
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from marketcare.domain import recurrence as rec
+from marketcare.domain.obligations import expand_days
+from marketcare.domain.recurrence import parse_rule, start_near
+from marketcare.domain.schedules import load_texts
+
+#: nothing here touches a database
+pytestmark = pytest.mark.no_database
+
+TZ = "Asia/Shanghai"
+MARKET = """markets:
+  - id: lizhong
+    name: 鲤中农贸市场
+    sub_district: 鲤中
+    hours: { daily: "05:30-18:30" }
+"""
+
+RULES = [
+    "FREQ=HOURLY;INTERVAL=5;BYMINUTE=15",
+    "FREQ=HOURLY;BYHOUR=6,12;BYDAY=MO,FR",
+    "FREQ=DAILY;INTERVAL=10",
+    "FREQ=DAILY;BYHOUR=9,15;BYMINUTE=30",
+    "FREQ=WEEKLY;INTERVAL=2;BYDAY=MO,TH;WKST=MO",
+    "FREQ=WEEKLY;INTERVAL=3;BYDAY=SU;WKST=SU",
+    "FREQ=WEEKLY;BYDAY=MO,TU,WE;BYSETPOS=-1",
+    "FREQ=MONTHLY;INTERVAL=2",
+    "FREQ=MONTHLY;BYDAY=MO;BYSETPOS=2",
+    "FREQ=MONTHLY;INTERVAL=5;BYMONTHDAY=-1,15",
+    "FREQ=YEARLY;INTERVAL=3",
+    "FREQ=YEARLY;BYWEEKNO=20;BYDAY=TU",
+]
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    text=st.sampled_from(RULES),
+    start=st.datetimes(min_value=datetime(1900, 1, 1), max_value=datetime(2030, 12, 31)),
+    year=st.integers(2020, 2032),
+)
+def test_moving_a_rules_start_near_the_year_asked_keeps_every_occurrence(
+    text: str, start: datetime, year: int
+) -> None:
+    rule = parse_rule(text)
+    start = start.replace(second=0, microsecond=0)
+    lo, hi = datetime(year, 1, 1), datetime(year + 1, 1, 1)
+    slow = rule.build(start, until=hi).between(lo, hi, inc=True)
+    moved = start_near(rule, start, lo)
+    fast = rule.build(start, until=hi, moved=moved).between(lo, hi, inc=True)
+    assert fast == slow
+    assert moved <= lo or moved == start
+
+
+@pytest.mark.parametrize("text", [r for r in RULES if "INTERVAL=5;BYMONTHDAY" not in r])
+def test_a_start_in_year_one_is_evaluated_from_a_period_or_two_before_the_year_asked(
+    text: str,
+) -> None:
+    rule = parse_rule(text)
+    lo = datetime(2027, 1, 1)
+    moved = start_near(rule, datetime(1, 1, 1, 6, 0), lo)
+    longest = {du.HOURLY: timedelta(hours=1), du.DAILY: timedelta(days=1)}.get(
+        rule.freq, timedelta(days=7 if rule.freq == du.WEEKLY else 366)
+    )
+    assert lo - 2 * rule.interval * longest <= moved <= lo
+
+
+def test_a_rule_with_count_keeps_its_own_start() -> None:
+    rule = parse_rule("FREQ=DAILY;COUNT=10")
+    assert start_near(rule, datetime(2000, 1, 1), datetime(2027, 1, 1)) == datetime(2000, 1, 1)
+
+
+def test_a_pest_control_cycle_anchored_long_ago_plans_what_a_recent_anchor_plans() -> None:
+    def plan(anchor: str) -> list[str]:
+        task = f"""tasks:
+  - id: pest
+    kind: pest_control
+    name: 灭四害
+    scope: market
+    recurrence: {{ every_days: 10, anchor: {anchor} }}
+    opens: "08:00"
+    due: +1d
+    contractor: 洁安
+"""
+        schedule = load_texts({"s.yaml": MARKET + task}, default_timezone=TZ)
+        return [p.occurrence.isoformat() for p in expand_days(schedule, date(2027, 1, 1), 40)]
+
+    # 1901-01-01 and 2026-12-21 are 46,010 days apart, a multiple of 10
+    assert plan("1901-01-01") == plan("2026-12-21")
+    assert plan("2026-12-21")[:2] == ["2027-01-10T00:00:00", "2027-01-20T00:00:00"]
+
+
+def test_an_hourly_rule_started_in_year_one_plans_its_24_rounds_of_a_day() -> None:
+    rec._year_cache.clear()
+    schedule = load_texts(
+        {
+            "s.yaml": MARKET
+            + """tasks:
+  - id: rounds
+    kind: deep_cleaning
+    name: 巡查
+    scope: market
+    recurrence: "DTSTART:00010101T000000 FREQ=HOURLY;BYMINUTE=0"
+    opens: "00:00"
+    due: +1h
+"""
+        },
+        default_timezone=TZ,
+    )
+    planned = expand_days(schedule, date(2027, 1, 1), 1)
+    assert len(planned) == 24
