@@ -209,6 +209,24 @@ inspections:
     assert [(s.state, s.inspection_id) for s in states] == [("done", 7), ("open", None)]
 
 
+def test_a_planned_round_keeps_to_its_season_and_skips_its_except_dates() -> None:
+    plan = """
+inspections:
+  - id: summer
+    template: sheet
+    recurrence: {days: mon, season: apr-oct, except: [2026-10-12], extra: [2026-12-02]}
+    within: 2d
+"""
+    (p,) = make_sheet_schedule(plan).inspection_plans
+    windows = rules.plan_windows(p, ["lizhong"], start=date(2026, 10, 1), end=date(2027, 1, 1))
+    assert [w.start for w in windows] == [
+        date(2026, 10, 5),
+        date(2026, 10, 19),  # not 10-12
+        date(2026, 10, 26),  # the last Monday of the season: nothing in November
+        date(2026, 12, 2),
+    ]
+
+
 def test_ranking_orders_by_score_then_compliance_and_shows_the_movement() -> None:
     this_week = [
         Figures("a", scores=(90.0,), on_time=9, due=10),

@@ -294,10 +294,11 @@ def plan_windows(
 ) -> list[PlannedWindow]:
     """The windows of ``plan`` that overlap ``[start, end)``, per market."""
     days = max(1, round(plan.within / timedelta(days=1)))
-    rule = plan.recurrence.compile()
     first = datetime.combine(start - timedelta(days=days), datetime.min.time())
     last = datetime.combine(end, datetime.min.time())
-    dates = [d.date() for d in rule.between(first, last, inc=False) if d.date() < end]
+    # the recurrence with its season, except and extra, as a task's (not the bare rule)
+    found = plan.recurrence.occurrences(first, last)
+    dates = sorted({d.date() for d in found if first < d and d.date() < end})
     chosen = market_ids if plan.markets == "all" else [m for m in market_ids if m in plan.markets]
     out: list[PlannedWindow] = []
     for d in dates:

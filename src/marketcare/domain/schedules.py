@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from dateutil import rrule as du_rrule
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -459,12 +458,6 @@ class Recurrence(_Strict):
         """True when the recurrence has an occurrence on ``day``."""
         lo, hi = rec.day_span(day)
         return bool(self.occurrences(lo, hi - timedelta(microseconds=1)))
-
-    def compile(self) -> du_rrule.rrule:
-        """The bare dateutil rule (without season, exception and extra dates)."""
-        if self.parsed is None:
-            raise ValueError("rest_days has no rule of its own")
-        return self.parsed.build(self.dtstart)
 
 
 def _rest_shorthand(value: object) -> object:
