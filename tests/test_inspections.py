@@ -113,6 +113,62 @@ def test_item_ids_are_unique_in_a_sheet_and_modes_are_not_mixed() -> None:
     assert any("mix of weight and deduct" in e for e in errors_of(mixed))
 
 
+def test_a_cap_at_or_above_the_pass_mark_is_refused_since_a_critical_failure_would_pass() -> None:
+    (error,) = errors_of(SHEET.replace("cap: 59", "cap: 80"))
+    assert error.startswith("inspections.yaml:3:5:")
+    assert "cap 80 is not below pass_mark 80: a failed critical: cap item ('garbage') would" in error
+    assert error.endswith("write a cap below pass_mark")
+
+
+def test_a_sheet_out_of_ten_is_told_its_default_marks_are_out_of_100() -> None:
+    sheet = """
+inspection_templates:
+  - id: small
+    name: 小表
+    total: 10
+    sections:
+      - id: s
+        name: s
+        items:
+          - {id: a, name: a, deduct: 5, critical: cap}
+          - {id: b, name: b, deduct: 5}
+"""
+    (error,) = errors_of(sheet)
+    assert "pass_mark 60 (by default) is above total 10; write a pass_mark of at most 10" in error
+    assert "cap 59 (by default) is above total 10" in error
+    fixed = sheet.replace("total: 10", "total: 10\n    pass_mark: 6\n    cap: 5")
+    load_texts(
+        {"test.yaml": make_schedule_text(), "inspections.yaml": fixed},
+        default_timezone="Asia/Shanghai",
+    )
+
+
+def test_deductions_too_small_to_fail_anyone_are_refused() -> None:
+    sheet = """
+inspection_templates:
+  - id: lenient
+    name: 宽松表
+    pass_mark: 60
+    sections:
+      - id: s
+        name: s
+        items:
+          - {id: a, name: a, deduct: 10}
+          - {id: b, name: b, deduct: 20}
+"""
+    (error,) = errors_of(sheet)
+    assert "the deductions of all items add up to 30, so a market failing every item" in error
+    assert "still scores 70 of 100 and passes (pass_mark 60); raise the deductions" in error
+    # a critical item can still fail the inspection: nothing to say
+    load_texts(
+        {
+            "test.yaml": make_schedule_text(),
+            "inspections.yaml": sheet.replace("deduct: 20}", "deduct: 20, critical: fail}"),
+        },
+        default_timezone="Asia/Shanghai",
+    )
+
+
 def test_a_plan_names_a_known_sheet_and_known_markets() -> None:
     plan = """
 inspections:

@@ -146,13 +146,52 @@ class InspectionTemplate(_Strict):
                 "mix of weight and deduct items: a template scores by points earned (weight) "
                 "or by deductions (deduct), not both"
             )
-        if self.pass_mark > self.total:
-            raise ValueError(f"pass_mark {self.pass_mark:g} is above total {self.total:g}")
-        if self.cap > self.total:
-            raise ValueError(f"cap {self.cap:g} is above total {self.total:g}")
         if self.deadline <= timedelta(0):
             raise ValueError("deadline: a rectification deadline is longer than 0")
+        problems = self._points_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def _points_problems(self) -> list[str]:
+        """Marks that cannot mean what was written: above the total, a cap that fails
+        nothing, deductions that cannot fail anyone. Said all at once, each with the
+        default named when it was not written (a sheet out of 10 keeps 60 and 59 unless
+        told otherwise)."""
+
+        def shown(name: str) -> str:
+            value: float = getattr(self, name)
+            if name in self.model_fields_set:
+                return f"{name} {value:g}"
+            return f"{name} {value:g} (by default)"
+
+        problems: list[str] = []
+        cap_items = [i.id for _, i in self.items() if i.critical == Critical.CAP]
+        if self.pass_mark > self.total:
+            problems.append(
+                f"{shown('pass_mark')} is above total {self.total:g}; write a pass_mark "
+                f"of at most {self.total:g}"
+            )
+        if self.cap > self.total and (cap_items or "cap" in self.model_fields_set):
+            problems.append(
+                f"{shown('cap')} is above total {self.total:g}; write a cap below pass_mark"
+            )
+        if cap_items and self.pass_mark <= self.total and self.cap >= self.pass_mark:
+            problems.append(
+                f"{shown('cap')} is not below {shown('pass_mark')}: a failed critical: cap "
+                f"item ({cap_items[0]!r}) would still pass; write a cap below pass_mark"
+            )
+        critical = any(i.critical is not None for _, i in self.items())
+        if self.scoring == "deduct" and not critical and self.pass_mark <= self.total:
+            deductions = sum(i.points for _, i in self.items())
+            if self.total - deductions >= self.pass_mark:
+                problems.append(
+                    f"the deductions of all items add up to {deductions:g}, so a market "
+                    f"failing every item still scores {self.total - deductions:g} of "
+                    f"{self.total:g} and passes ({shown('pass_mark')}); raise the deductions "
+                    "or pass_mark"
+                )
+        return problems
 
     @property
     def scoring(self) -> Literal["weight", "deduct"]:
