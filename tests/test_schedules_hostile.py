@@ -13,6 +13,7 @@ from marketcare.domain import recurrence as rec
 from marketcare.domain.obligations import expand_days
 from marketcare.domain.recurrence import parse_rule, start_near
 from marketcare.domain.schedules import load_texts
+from marketcare.errors import ScheduleError
 
 #: nothing here touches a database
 pytestmark = pytest.mark.no_database
@@ -117,3 +118,68 @@ def test_an_hourly_rule_started_in_year_one_plans_its_24_rounds_of_a_day() -> No
     )
     planned = expand_days(schedule, date(2027, 1, 1), 1)
     assert len(planned) == 24
+
+
+def errors_of(texts: dict[str, str]) -> list[str]:
+    with pytest.raises(ScheduleError) as info:
+        load_texts(texts, default_timezone=TZ)
+    return [str(e) for e in info.value.errors]
+
+
+def task_with(**fields: str) -> str:
+    task = {"opens": '"06:00"', "due": "+1h", "grace": "30m", **fields}
+    lines = "".join(f"    {k}: {v}\n" for k, v in task.items())
+    return f"""tasks:
+  - id: wash
+    kind: disinfection
+    name: 冲洗
+    scope: market
+    recurrence: daily
+{lines}"""
+
+
+@pytest.mark.parametrize(
+    ("field", "typed", "written"),
+    [
+        ("opens", '"０６：００"', "06:00"),
+        ("opens", '"06：00"', "06:00"),
+        ("opens", "closing＋30m", "closing+30m"),
+        ("due", '"＋1h"', "+1h"),
+        ("grace", "３０ｍ", "30m"),
+    ],
+)
+def test_a_time_typed_in_full_width_is_refused_with_the_half_width_text_to_write(
+    field: str, typed: str, written: str
+) -> None:
+    (error,) = errors_of({"s.yaml": MARKET + task_with(**{field: typed})})
+    assert error.startswith("s.yaml:1")
+    assert f"tasks[0].{field}: bad " in error
+    assert f"write '{written}' (half-width characters, not '" in error
+
+
+@pytest.mark.parametrize("hours", ["０５：３０－１８：３０", "05:30～18:30", "05:30—18:30", "05:30至18:30"])
+def test_opening_hours_typed_with_chinese_punctuation_say_what_to_write(hours: str) -> None:
+    text = MARKET.replace('"05:30-18:30"', f'"{hours}"')
+    (error,) = errors_of({"s.yaml": text})
+    assert error.startswith("s.yaml:5:")
+    assert "write '05:30-18:30' (half-width characters, not '" in error
+
+
+def test_a_half_width_text_that_would_still_be_wrong_is_not_offered() -> None:
+    text = MARKET.replace('"05:30-18:30"', '"05:30：18:30"')  # a colon where the dash goes
+    (error,) = errors_of({"s.yaml": text})
+    assert "write them as HH:MM-HH:MM" in error
+    assert "'：' is not a half-width character: write digits, ':', '+' and '-' in half-width" in error
+    assert "05:30:18:30" not in error
+
+
+def test_an_escalation_step_typed_in_full_width_says_what_to_write() -> None:
+    text = """people:
+  - { id: lin, name: 林秀英, role: manager, email: lin@example.org }
+escalation:
+  - id: hygiene
+    steps:
+      - { at: "due＋1h", notify: [lin] }
+"""
+    (error,) = errors_of({"s.yaml": text})
+    assert "write 'due+1h' (half-width characters, not '＋')" in error
