@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from dateutil import rrule as du
@@ -12,7 +13,7 @@ from hypothesis import strategies as st
 from marketcare.domain import recurrence as rec
 from marketcare.domain.obligations import expand_days
 from marketcare.domain.recurrence import parse_rule, start_near
-from marketcare.domain.schedules import load_texts
+from marketcare.domain.schedules import load_paths, load_texts
 from marketcare.errors import ScheduleError
 
 #: nothing here touches a database
@@ -183,3 +184,21 @@ escalation:
 """
     (error,) = errors_of({"s.yaml": text})
     assert "write 'due+1h' (half-width characters, not '＋')" in error
+
+
+def test_hidden_files_that_editors_and_copies_leave_beside_a_schedule_are_not_read(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "markets.yaml").write_text(MARKET, encoding="utf-8")
+    (tmp_path / ".#markets.yaml").symlink_to("operator@host.4242:1764650000")  # Emacs's lock
+    (tmp_path / "._markets.yaml").write_bytes(b"\x00\x05\x16\x07\x00\x02Mac OS X\xff\xfe")
+    (tmp_path / ".markets.yaml.swp").write_bytes(b"b0VIM 9.0\xff")
+    schedule = load_paths([tmp_path], default_timezone=TZ)
+    assert list(schedule.sources) == [str(tmp_path / "markets.yaml")]
+    assert [m.id for m in schedule.markets] == ["lizhong"]
+
+
+def test_a_hidden_file_named_on_its_own_is_read_all_the_same(tmp_path: Path) -> None:
+    hidden = tmp_path / ".draft.yaml"
+    hidden.write_text(MARKET, encoding="utf-8")
+    assert [m.id for m in load_paths([hidden], default_timezone=TZ).markets] == ["lizhong"]

@@ -1077,12 +1077,22 @@ def _zone(name: str) -> ZoneInfo:
 # ---------------------------------------------------------------- loading
 
 
+def files_in(directory: Path) -> list[Path]:
+    """The schedule files of a directory: ``*.yaml`` and ``*.yml``, in name order, but not
+    hidden ones, which editors and file copies leave beside a file (Emacs's lock
+    ``.#tasks.yaml``, a dangling link; macOS's ``._tasks.yaml``, binary): they are
+    nobody's schedule."""
+    found = [*directory.glob("*.yaml"), *directory.glob("*.yml")]
+    return sorted(f for f in found if not f.name.startswith("."))
+
+
 def schedule_files(paths: Iterable[Path]) -> list[tuple[Path, str]]:
-    """Expand directories into their ``*.yaml``/``*.yml`` files, with stable display names."""
+    """Expand directories into their schedule files (:func:`files_in`), with stable display
+    names; a file named on its own is read whatever its name."""
     found: list[tuple[Path, str]] = []
     for p in paths:
         if p.is_dir():
-            for f in sorted([*p.glob("*.yaml"), *p.glob("*.yml")]):
+            for f in files_in(p):
                 found.append((f, str(f)))
         else:
             found.append((p, str(p)))

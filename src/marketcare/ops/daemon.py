@@ -23,7 +23,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from marketcare.clock import now_utc
-from marketcare.domain.schedules import Schedule, digest_of, read_sources
+from marketcare.domain.schedules import Schedule, digest_of, files_in, read_sources
 from marketcare.domain.timespec import format_duration
 from marketcare.errors import MarketcareError, SourceError
 from marketcare.ledger import audit, leader
@@ -311,7 +311,7 @@ class Daemon:
     def _schedule_signature(self) -> tuple[tuple[str, float, int], ...]:
         out = []
         directory = self.settings.schedules_dir
-        for p in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        for p in files_in(directory):
             try:
                 st = p.stat()
             except OSError:
