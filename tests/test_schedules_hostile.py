@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import threading
 from datetime import date, datetime, timedelta
 from pathlib import Path
 
@@ -158,7 +160,9 @@ def test_a_time_typed_in_full_width_is_refused_with_the_half_width_text_to_write
     assert f"write '{written}' (half-width characters, not '" in error
 
 
-@pytest.mark.parametrize("hours", ["０５：３０－１８：３０", "05:30～18:30", "05:30—18:30", "05:30至18:30"])
+@pytest.mark.parametrize(
+    "hours", ["０５：３０－１８：３０", "05:30～18:30", "05:30—18:30", "05:30至18:30"]
+)
 def test_opening_hours_typed_with_chinese_punctuation_say_what_to_write(hours: str) -> None:
     text = MARKET.replace('"05:30-18:30"', f'"{hours}"')
     (error,) = errors_of({"s.yaml": text})
@@ -170,7 +174,9 @@ def test_a_half_width_text_that_would_still_be_wrong_is_not_offered() -> None:
     text = MARKET.replace('"05:30-18:30"', '"05:30：18:30"')  # a colon where the dash goes
     (error,) = errors_of({"s.yaml": text})
     assert "write them as HH:MM-HH:MM" in error
-    assert "'：' is not a half-width character: write digits, ':', '+' and '-' in half-width" in error
+    assert (
+        "'：' is not a half-width character: write digits, ':', '+' and '-' in half-width" in error
+    )
     assert "05:30:18:30" not in error
 
 
@@ -202,3 +208,60 @@ def test_a_hidden_file_named_on_its_own_is_read_all_the_same(tmp_path: Path) -> 
     hidden = tmp_path / ".draft.yaml"
     hidden.write_text(MARKET, encoding="utf-8")
     assert [m.id for m in load_paths([hidden], default_timezone=TZ).markets] == ["lizhong"]
+
+
+def test_a_named_pipe_among_the_schedules_is_refused_without_being_opened(tmp_path: Path) -> None:
+    (tmp_path / "markets.yaml").write_text(MARKET, encoding="utf-8")
+    fifo = tmp_path / "tasks.yaml"
+    os.mkfifo(fifo)
+
+    def writer() -> None:  # unblocks a reader that opened it (the defect) with a valid text
+        with open(fifo, "w", encoding="utf-8") as f:
+            f.write("tasks: []\n")
+
+    feeding = threading.Thread(target=writer, daemon=True)
+    feeding.start()
+    try:
+        (error,) = errors_of_paths([tmp_path])
+    finally:
+        release = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)
+        feeding.join()
+        os.close(release)
+    assert error == (
+        f"{fifo}:1:1: a named pipe (FIFO), not a file: a schedule is a plain file (remove it, "
+        "or put the file itself here)"
+    )
+
+
+def test_a_link_to_an_endless_device_is_refused_not_read(tmp_path: Path) -> None:
+    (tmp_path / "markets.yaml").write_text(MARKET, encoding="utf-8")
+    (tmp_path / "zero.yaml").symlink_to("/dev/zero")
+    (error,) = errors_of_paths([tmp_path])
+    assert error.endswith(
+        "zero.yaml:1:1: a device, not a file: a schedule is a plain file "
+        "(remove it, or put the file itself here)"
+    )
+
+
+def test_a_file_that_grew_past_the_limit_after_its_size_was_taken_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    big = tmp_path / "markets.yaml"
+    big.write_text(MARKET + "#" * 1_100_000 + "\n", encoding="utf-8")
+    real_stat = Path.stat
+
+    def as_it_was_a_moment_ago(self: Path, **kwargs: object) -> os.stat_result:
+        info = real_stat(self, **kwargs)  # type: ignore[arg-type]
+        if self == big:
+            return os.stat_result((info.st_mode, *info[1:6], 100, *info[7:]))
+        return info
+
+    monkeypatch.setattr(Path, "stat", as_it_was_a_moment_ago)
+    (error,) = errors_of_paths([tmp_path])
+    assert "file is over 1 MB; a schedule file may be at most 1 MB" in error
+
+
+def errors_of_paths(paths: list[Path]) -> list[str]:
+    with pytest.raises(ScheduleError) as info:
+        load_paths(paths, default_timezone=TZ)
+    return [str(e) for e in info.value.errors]

@@ -8,6 +8,8 @@ encoding, duplicate keys and alias bombs.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -68,22 +70,60 @@ def read_text(path: Path, *, display: str | None = None) -> str:
     """Read a schedule file as UTF-8, refusing oversized and mis-encoded files clearly."""
     name = display or str(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as exc:
         raise _fail(name, 1, 1, f"cannot read file: {exc.strerror or exc}") from None
-    if size > MAX_FILE_BYTES:
+    if not stat.S_ISREG(info.st_mode):
+        # a FIFO would block the reader (the daemon's, too) forever, /dev/zero never end
         raise _fail(
             name,
             1,
             1,
-            f"file is {size / 1_000_000:.1f} MB; a schedule file may be at most "
-            f"{MAX_FILE_BYTES // 1_000_000} MB (split it into several files)",
+            f"{_what(info.st_mode)}, not a file: a schedule is a plain file (remove it, or put "
+            "the file itself here)",
         )
+    too_large = _fail(
+        name,
+        1,
+        1,
+        f"file is {info.st_size / 1_000_000:.1f} MB; a schedule file may be at most "
+        f"{MAX_FILE_BYTES // 1_000_000} MB (split it into several files)",
+    )
+    if info.st_size > MAX_FILE_BYTES:
+        raise too_large
     try:
-        raw = path.read_bytes()
+        # non-blocking, should the name have become a FIFO since; at most the limit and a
+        # byte, should the file have grown since (an editor writing it)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise _fail(name, 1, 1, "not a file: a schedule is a plain file")
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise _fail(name, 1, 1, f"cannot read file: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise _fail(
+            name,
+            1,
+            1,
+            f"file is over {MAX_FILE_BYTES // 1_000_000} MB; a schedule file may be at most "
+            f"{MAX_FILE_BYTES // 1_000_000} MB (split it into several files)",
+        )
     return decode(raw, name)
+
+
+def _what(mode: int) -> str:
+    """What a path that is not a file is, in words."""
+    for test, words in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return words
+    return "something"
 
 
 def decode(raw: bytes, name: str) -> str:
