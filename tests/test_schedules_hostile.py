@@ -265,3 +265,21 @@ def errors_of_paths(paths: list[Path]) -> list[str]:
     with pytest.raises(ScheduleError) as info:
         load_paths(paths, default_timezone=TZ)
     return [str(e) for e in info.value.errors]
+
+
+@pytest.mark.parametrize(
+    ("written", "said"),
+    [
+        ("no", "got the boolean false (YAML reads an unquoted yes, no, on, off, true or false so)"),
+        ("on", "got the boolean true (YAML reads an unquoted"),
+        ("12345", "got the number 12345; write the text in quotes, as it is meant"),
+        ("2027-02-06", "got the date 2027-02-06; write the text in quotes"),
+    ],
+)
+def test_an_unquoted_word_yaml_reads_as_another_type_is_explained_where_text_is_expected(
+    written: str, said: str
+) -> None:
+    text = MARKET.replace("sub_district: 鲤中", f"sub_district: {written}")
+    (error,) = errors_of({"s.yaml": text})
+    assert error.startswith("s.yaml:4:19: markets[0].sub_district: expected text, ")
+    assert said in error

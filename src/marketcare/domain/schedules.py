@@ -1369,6 +1369,8 @@ def _located_errors(
             close = difflib.get_close_matches(str(err["input"]), options, n=1)
             if close:
                 msg += f"; did you mean {close[0]!r}?"
+        elif kind == "string_type" and isinstance(err["input"], (bool, int, float, dt.date)):
+            msg = _unquoted(err["input"])
         elif kind == "string_pattern_mismatch":
             msg = (
                 f"{err['input']!r} is not a valid id: use lower-case letters, digits, "
@@ -1380,6 +1382,18 @@ def _located_errors(
     for e in out:
         unique.setdefault((e.line, e.column, e.message), e)
     return list(unique.values())
+
+
+def _unquoted(value: bool | int | float | dt.date) -> str:
+    """Why an unquoted word or number is not text: YAML 1.1 reads ``no``, ``on``, ``yes``
+    as booleans, ``12345`` and ``1e3`` as numbers, ``2026-01-01`` as a date."""
+    if isinstance(value, bool):
+        return (
+            f"expected text, got the boolean {str(value).lower()} (YAML reads an unquoted "
+            "yes, no, on, off, true or false so); write the word in quotes, e.g. 'no'"
+        )
+    what = "date" if isinstance(value, dt.date) else "number"
+    return f"expected text, got the {what} {value}; write the text in quotes, as it is meant"
 
 
 def _clean_loc(loc: tuple[int | str, ...]) -> tuple[str | int, ...]:
