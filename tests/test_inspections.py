@@ -116,7 +116,9 @@ def test_item_ids_are_unique_in_a_sheet_and_modes_are_not_mixed() -> None:
 def test_a_cap_at_or_above_the_pass_mark_is_refused_since_a_critical_failure_would_pass() -> None:
     (error,) = errors_of(SHEET.replace("cap: 59", "cap: 80"))
     assert error.startswith("inspections.yaml:3:5:")
-    assert "cap 80 is not below pass_mark 80: a failed critical: cap item ('garbage') would" in error
+    assert (
+        "cap 80 is not below pass_mark 80: a failed critical: cap item ('garbage') would" in error
+    )
     assert error.endswith("write a cap below pass_mark")
 
 

@@ -935,7 +935,9 @@ def parse_step_at(value: object, anchors: tuple[str, ...]) -> StepAt:
     m = _AT.match(value) if isinstance(value, str) else None
     if m is None or m.group(1) not in anchors:
         forms = ", ".join(f"{a}, {a}-30m, {a}+1h" for a in anchors)
-        raise ValueError(f"bad time {value!r}: write {forms}{width_hint(value, lambda v: parse_step_at(v, anchors))}")
+        raise ValueError(
+            f"bad time {value!r}: write {forms}{width_hint(value, lambda v: parse_step_at(v, anchors))}"
+        )
     offset = parse_duration(m.group(3)) if m.group(3) else timedelta(0)
     return StepAt(m.group(1), -offset if m.group(2) == "-" else offset)  # type: ignore[arg-type]
 
