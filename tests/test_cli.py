@@ -279,6 +279,20 @@ def test_plan_refuses_a_schedules_folder_that_does_not_exist(env: dict[str, str]
     assert "--schedules: no-such-folder: no such file or directory" in r.output
 
 
+def test_plan_past_its_most_obligations_stops_and_says_to_plan_fewer_days_or_markets(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import marketcare.cli.schedules as schedules_cli
+
+    monkeypatch.setattr(schedules_cli, "PLAN_MOST", 10)  # a million, in a test's terms
+    r = invoke("plan", "--from", "2026-12-01", "--days", "30", "--json")
+    ended_itself(r)
+    assert r.exit_code == 1
+    assert "obligations in one go; plan fewer --days or --market" in r.output
+    assert "more than 10 obligations" in r.output and ".yaml:" in r.output
+    assert invoke("plan", "--from", "2026-12-01", "--days", "1").exit_code == 0
+
+
 # ---------------------------------------------------------------- status
 
 
