@@ -51,10 +51,13 @@ def init(
     from marketcare.ledger.materialise import materialise
     from marketcare.ledger.sweep import sweep_all
 
+    s = cli_settings()
+    # the files first: a wrong schedule is refused before a database, a migration or an
+    # operator is made (bad input changes nothing)
+    schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
     s, engine = connect(create=True)
     migrate(engine)
     first_operator(engine, operator)
-    schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
     now = utcnow()
     result = materialise(engine, schedule, now=now, horizon=s.horizon)
     swept = sweep_all(engine, now=now)
