@@ -285,6 +285,26 @@ inspections:
     ]
 
 
+@pytest.mark.parametrize(
+    ("recurrence", "said"),
+    [
+        ("rest_days", "rest_days follows an area's rest, and a plan is for whole markets"),
+        ("{every_hours: 2}", "a window starts on a day; give days, not times of day"),
+        ('"FREQ=DAILY;BYHOUR=9,15"', "a window starts on a day; give days, not times of day"),
+    ],
+)
+def test_a_plan_whose_recurrence_has_no_days_of_its_own_is_refused(
+    recurrence: str, said: str
+) -> None:
+    plan = f"""
+inspections:
+  - {{id: rounds, template: sheet, recurrence: {recurrence}, within: 7d}}
+"""
+    (error,) = errors_of(SHEET + plan)
+    assert error.startswith("inspections.yaml:29:5: inspections[0]: recurrence: ")
+    assert said in error
+
+
 def test_ranking_orders_by_score_then_compliance_and_shows_the_movement() -> None:
     this_week = [
         Figures("a", scores=(90.0,), on_time=9, due=10),

@@ -294,6 +294,17 @@ class InspectionPlan(_Strict):
     def _window(self) -> InspectionPlan:
         if self.within < timedelta(days=1):
             raise ValueError("within: the window of an unannounced inspection is a day or more")
+        if self.recurrence.rest_days:
+            # it has no days of its own: the plan would never have a window
+            raise ValueError(
+                "recurrence: rest_days follows an area's rest, and a plan is for whole "
+                "markets; give the days its windows start, e.g. {monthly_days: [1, 16]}"
+            )
+        if self.recurrence.timed or self.recurrence.every_hours is not None:
+            raise ValueError(
+                "recurrence: a window starts on a day; give days, not times of day "
+                "(every_hours, BYHOUR, FREQ=HOURLY)"
+            )
         return self
 
 
