@@ -283,3 +283,27 @@ def test_an_unquoted_word_yaml_reads_as_another_type_is_explained_where_text_is_
     (error,) = errors_of({"s.yaml": text})
     assert error.startswith("s.yaml:4:19: markets[0].sub_district: expected text, ")
     assert said in error
+
+
+def test_a_date_given_twice_once_quoted_is_a_duplicate_key_not_a_silent_override() -> None:
+    text = (
+        MARKET
+        + """    special_hours:
+      2027-02-05: "05:30-14:00"
+      "2027-02-05": closed
+"""
+    )
+    assert errors_of({"s.yaml": text}) == ["s.yaml:8:7: duplicate key '2027-02-05'"]
+
+
+def test_a_date_that_does_not_exist_is_said_once() -> None:
+    text = (
+        MARKET
+        + """    special_hours:
+      2027-02-30: "05:30-14:00"
+"""
+    )
+    assert errors_of({"s.yaml": text}) == [
+        "s.yaml:7:19: markets[0].special_hours.2027-02-30: 2027-02-30 is not a date: "
+        "February 2027 has 28 days, not 30"
+    ]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import stat
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -284,6 +285,7 @@ def _build(
             except yaml.MarkedYAMLError as exc:
                 raise _from_marked(exc, located.file) from None
             result: dict[Any, Any] = {}
+            seen: set[str] = set()
             for key_node, value_node in node.value:
                 if not isinstance(key_node, yaml.ScalarNode):
                     line, column = _pos(key_node)
@@ -292,9 +294,12 @@ def _build(
                 if isinstance(key, (list, dict)):
                     line, column = _pos(key_node)
                     raise _fail(located.file, line, column, "a mapping key must be a plain value")
-                if key in result:
+                # 2027-02-05 (a date) and "2027-02-05" (text) are one key once validated
+                same = key.isoformat() if isinstance(key, (date, datetime)) else str(key)
+                if key in result or same in seen:
                     line, column = _pos(key_node)
-                    raise _fail(located.file, line, column, f"duplicate key {key!r}")
+                    raise _fail(located.file, line, column, f"duplicate key {same!r}")
+                seen.add(same)
                 kpath = (*path, key if isinstance(key, int) else str(key))
                 located.keys[kpath] = _pos(key_node)
                 result[key] = _build(value_node, kpath, located, loader, budget, active)
