@@ -16,7 +16,7 @@ from marketcare.domain import recurrence as rec
 from marketcare.domain.obligations import expand_days
 from marketcare.domain.recurrence import parse_rule, start_near
 from marketcare.domain.schedules import load_paths, load_texts
-from marketcare.errors import ScheduleError
+from marketcare.errors import ScheduleError, SourceError
 
 #: nothing here touches a database
 pytestmark = pytest.mark.no_database
@@ -296,14 +296,7 @@ def test_a_date_given_twice_once_quoted_is_a_duplicate_key_not_a_silent_override
     assert errors_of({"s.yaml": text}) == ["s.yaml:8:7: duplicate key '2027-02-05'"]
 
 
-def test_a_date_that_does_not_exist_is_said_once() -> None:
-    text = (
-        MARKET
-        + """    special_hours:
-      2027-02-30: "05:30-14:00"
-"""
-    )
-    assert errors_of({"s.yaml": text}) == [
-        "s.yaml:7:19: markets[0].special_hours.2027-02-30: 2027-02-30 is not a date: "
-        "February 2027 has 28 days, not 30"
-    ]
+def test_one_problem_found_by_two_checks_is_listed_once() -> None:
+    found = SourceError("s.yaml", 7, 19, "2027-02-30 is not a date")
+    other = SourceError("s.yaml", 5, 12, "bad hours")
+    assert ScheduleError([found, other, found]).errors == [other, found]
