@@ -102,7 +102,7 @@ def test_a_pest_control_cycle_anchored_long_ago_plans_what_a_recent_anchor_plans
     assert plan("2026-12-21")[:2] == ["2027-01-10T00:00:00", "2027-01-20T00:00:00"]
 
 
-def test_an_hourly_rule_started_in_year_one_plans_its_24_rounds_of_a_day() -> None:
+def test_an_hourly_rule_started_in_1900_plans_its_24_rounds_of_a_day() -> None:
     rec._year_cache.clear()
     schedule = load_texts(
         {
@@ -112,7 +112,7 @@ def test_an_hourly_rule_started_in_year_one_plans_its_24_rounds_of_a_day() -> No
     kind: deep_cleaning
     name: 巡查
     scope: market
-    recurrence: "DTSTART:00010101T000000 FREQ=HOURLY;BYMINUTE=0"
+    recurrence: "DTSTART:19000101T000000 FREQ=HOURLY;BYMINUTE=0"
     opens: "00:00"
     due: +1h
 """
@@ -300,3 +300,22 @@ def test_one_problem_found_by_two_checks_is_listed_once() -> None:
     found = SourceError("s.yaml", 7, 19, "2027-02-30 is not a date")
     other = SourceError("s.yaml", 5, 12, "bad hours")
     assert ScheduleError([found, other, found]).errors == [other, found]
+
+
+@pytest.mark.parametrize(
+    ("recurrence", "said"),
+    [
+        ("{ every_days: 10, anchor: 0206-01-05 }", "anchor 0206-01-05 is before 1900"),
+        (
+            '"DTSTART:00010101T000000 FREQ=HOURLY;BYMONTH=1;BYMONTHDAY=1;BYHOUR=0;COUNT=10000"',
+            "DTSTART 0001-01-01 is before 1900",
+        ),
+    ],
+)
+def test_a_cycle_started_before_1900_is_a_typo_refused_with_an_example(
+    recurrence: str, said: str
+) -> None:
+    text = MARKET + task_with(recurrence=recurrence).replace("    recurrence: daily\n", "")
+    (error,) = errors_of({"s.yaml": text})
+    assert ": tasks[0].recurrence: " in error
+    assert error.endswith(f"{said}; a cycle starts on a date of this era, e.g. 2026-01-05")

@@ -342,6 +342,14 @@ class Recurrence(_Strict):
                 "extra dates add whole days; a rule that gives times of day cannot take them"
             )
         start = self.dtstart
+        if start.year < EARLIEST_START:
+            # a typo (0206 for 2026); it would also be walked from there: a COUNT rule
+            # cannot move its start, and 2,000 years of days take seconds every year asked
+            given = "anchor" if self.anchor is not None else "DTSTART"
+            raise ValueError(
+                f"{given} {start.year:04d}-{start.month:02d}-{start.day:02d} is before "
+                f"{EARLIEST_START}; a cycle starts on a date of this era, e.g. 2026-01-05"
+            )
         if not self._fires_within_ten_years(rule, start):
             where = f" in its season {self.season}" if self.season is not None else ""
             raise ValueError(
@@ -459,6 +467,10 @@ class Recurrence(_Strict):
         """True when the recurrence has an occurrence on ``day``."""
         lo, hi = rec.day_span(day)
         return bool(self.occurrences(lo, hi - timedelta(microseconds=1)))
+
+
+#: the earliest year a recurrence may start (its anchor or DTSTART)
+EARLIEST_START = 1900
 
 
 def _rest_shorthand(value: object) -> object:
