@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from marketcare.domain import recurrence as rec
+from marketcare.domain import yamlsource
 from marketcare.domain.obligations import expand_days
 from marketcare.domain.recurrence import parse_rule, start_near
 from marketcare.domain.schedules import load_paths, load_texts
@@ -319,3 +320,17 @@ def test_a_cycle_started_before_1900_is_a_typo_refused_with_an_example(
     (error,) = errors_of({"s.yaml": text})
     assert ": tasks[0].recurrence: " in error
     assert error.endswith(f"{said}; a cycle starts on a date of this era, e.g. 2026-01-05")
+
+
+def test_files_that_each_keep_within_the_alias_limit_are_refused_together_past_the_total(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(yamlsource, "MAX_TOTAL_NODES", 1_000)  # 2,000,000 in a test's terms
+    bomb = "x: &a [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]\ny: [" + ", ".join(["*a"] * 40) + "]\n"
+    texts = {f"f{n}.yaml": bomb for n in range(5)}  # 450 values each, within 200,000
+    (error,) = errors_of(texts)  # the third file reaches it; the rest are not read
+    assert error.startswith("f2.yaml:1:")
+    assert error.endswith(
+        ": the schedule files together expand to more than 1000 values (aliases used as a "
+        "bomb?); this file is where the limit was reached"
+    )

@@ -47,7 +47,7 @@ from marketcare.domain.timespec import (
     width_hint,
 )
 from marketcare.domain.vocabulary import WEEKDAYS, AreaKind, TaskKind
-from marketcare.domain.yamlsource import Located, YamlSourceError, parse, read_text
+from marketcare.domain.yamlsource import Allowance, Located, YamlSourceError, parse, read_text
 from marketcare.errors import ScheduleError, SourceError
 
 if TYPE_CHECKING:
@@ -1147,11 +1147,14 @@ def load_texts(texts: Mapping[str, str], *, default_timezone: str) -> Schedule:
     parsed: list[tuple[Located, ScheduleFile]] = []
     checked: list[inspections.InspectionFile] = []
     raw: list[Located] = []
+    allowance = Allowance()  # what all the files may expand to together
     for name in sorted(texts):
         try:
-            located = parse(texts[name], name)
+            located = parse(texts[name], name, allowance)
         except YamlSourceError as exc:
             errors.append(exc.error)
+            if allowance.left < 0:  # the rest would each be refused the same way
+                raise ScheduleError(errors) from None
             continue
         if not isinstance(located.data, dict):
             errors.append(

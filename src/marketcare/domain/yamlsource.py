@@ -21,6 +21,8 @@ from marketcare.errors import SourceError
 
 MAX_FILE_BYTES = 1_000_000
 MAX_NODES = 200_000
+#: the values all the files of one schedule may expand to together
+MAX_TOTAL_NODES = 2_000_000
 
 Path_ = tuple[str | int, ...]
 
@@ -58,9 +60,21 @@ _PLAIN_TAGS = frozenset(
 )
 
 
-class _Budget:
+class Allowance:
+    """The values all the files of one schedule may expand to together: each file keeps
+    within MAX_NODES, but a thousand files just under it would still fill the memory of
+    ``check`` and ``plan`` (the daemon checks in a child with a memory limit, they do
+    not)."""
+
     def __init__(self) -> None:
+        self.total = MAX_TOTAL_NODES
+        self.left = self.total
+
+
+class _Budget:
+    def __init__(self, allowance: Allowance | None = None) -> None:
         self.left = MAX_NODES
+        self.allowance = allowance or Allowance()
 
 
 def _pos(node: yaml.Node) -> tuple[int, int]:
@@ -155,13 +169,14 @@ def _fail(name: str, line: int, column: int, message: str) -> YamlSourceError:
     return YamlSourceError(SourceError(name, line, column, message))
 
 
-def parse(text: str, name: str) -> Located:
-    """Parse one YAML document into plain data and its positions."""
+def parse(text: str, name: str, allowance: Allowance | None = None) -> Located:
+    """Parse one YAML document into plain data and its positions; ``allowance`` is what
+    the files of one schedule share (see Allowance)."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         raise _fail(name, 1, 1, f"text is larger than {MAX_FILE_BYTES // 1_000_000} MB")
     if "\x00" in text:
         raise _fail(name, *_offset_pos(text, text.index("\x00")), "file contains a NUL byte")
-    fast = _parse_fast(text, name)
+    fast = _parse_fast(text, name, allowance)
     if fast is not None:
         return fast
     try:
@@ -188,7 +203,7 @@ def parse(text: str, name: str) -> Located:
         return located
     located.values[()] = _pos(node)
     try:
-        located.data = _build(node, (), located, loader, _Budget(), set())
+        located.data = _build(node, (), located, loader, _Budget(allowance), set())
     except RecursionError:
         raise _fail(name, 1, 1, "YAML is nested too deeply") from None
     if located.data is None:  # "---" or "~" alone: an empty document, like an empty file
@@ -196,7 +211,7 @@ def parse(text: str, name: str) -> Located:
     return located
 
 
-def _parse_fast(text: str, name: str) -> Located | None:
+def _parse_fast(text: str, name: str, allowance: Allowance | None) -> Located | None:
     """Parse with libyaml when it is there (about 3x faster); None means "use the pure
     Python parser", which also words every syntax error best."""
     cloader = getattr(yaml, "CSafeLoader", None)
@@ -216,7 +231,7 @@ def _parse_fast(text: str, name: str) -> Located | None:
         return located
     located.values[()] = _pos(node)
     try:
-        located.data = _build(node, (), located, loader, _Budget(), set())
+        located.data = _build(node, (), located, loader, _Budget(allowance), set())
     except RecursionError:
         raise _fail(name, 1, 1, "YAML is nested too deeply") from None
     if located.data is None:
@@ -249,6 +264,16 @@ def _build(
     active: set[int],
 ) -> Any:
     budget.left -= 1
+    budget.allowance.left -= 1
+    if budget.allowance.left < 0:
+        line, column = _pos(node)
+        raise _fail(
+            located.file,
+            line,
+            column,
+            f"the schedule files together expand to more than {budget.allowance.total} "
+            "values (aliases used as a bomb?); this file is where the limit was reached",
+        )
     if budget.left < 0:
         line, column = _pos(node)
         raise _fail(
