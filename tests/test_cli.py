@@ -279,6 +279,32 @@ def test_plan_refuses_a_schedules_folder_that_does_not_exist(env: dict[str, str]
     assert "--schedules: no-such-folder: no such file or directory" in r.output
 
 
+def test_init_with_a_wrong_schedule_makes_no_operator_and_changes_nothing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "schedules" / "tasks.yaml").write_text("tasks:\n\t- id: x\n", encoding="utf-8")
+    r = invoke("init", at=MIDNIGHT)
+    ended_itself(r)
+    assert r.exit_code == 1
+    assert "tasks.yaml:2:1: invalid YAML: a tab character here" in r.output
+    assert "password" not in r.output
+    assert query(database(env), "SELECT count(*) FROM users") == [(0,)]
+
+
+def test_plan_past_its_most_obligations_stops_and_says_to_plan_fewer_days_or_markets(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import marketcare.cli.schedules as schedules_cli
+
+    monkeypatch.setattr(schedules_cli, "PLAN_MOST", 10)  # a million, in a test's terms
+    r = invoke("plan", "--from", "2026-12-01", "--days", "30", "--json")
+    ended_itself(r)
+    assert r.exit_code == 1
+    assert "obligations in one go; plan fewer --days or --market" in r.output
+    assert "more than 10 obligations" in r.output and ".yaml:" in r.output
+    assert invoke("plan", "--from", "2026-12-01", "--days", "1").exit_code == 0
+
+
 # ---------------------------------------------------------------- status
 
 

@@ -113,6 +113,64 @@ def test_item_ids_are_unique_in_a_sheet_and_modes_are_not_mixed() -> None:
     assert any("mix of weight and deduct" in e for e in errors_of(mixed))
 
 
+def test_a_cap_at_or_above_the_pass_mark_is_refused_since_a_critical_failure_would_pass() -> None:
+    (error,) = errors_of(SHEET.replace("cap: 59", "cap: 80"))
+    assert error.startswith("inspections.yaml:3:5:")
+    assert (
+        "cap 80 is not below pass_mark 80: a failed critical: cap item ('garbage') would" in error
+    )
+    assert error.endswith("write a cap below pass_mark")
+
+
+def test_a_sheet_out_of_ten_is_told_its_default_marks_are_out_of_100() -> None:
+    sheet = """
+inspection_templates:
+  - id: small
+    name: 小表
+    total: 10
+    sections:
+      - id: s
+        name: s
+        items:
+          - {id: a, name: a, deduct: 5, critical: cap}
+          - {id: b, name: b, deduct: 5}
+"""
+    (error,) = errors_of(sheet)
+    assert "pass_mark 60 (by default) is above total 10; write a pass_mark of at most 10" in error
+    assert "cap 59 (by default) is above total 10" in error
+    fixed = sheet.replace("total: 10", "total: 10\n    pass_mark: 6\n    cap: 5")
+    load_texts(
+        {"test.yaml": make_schedule_text(), "inspections.yaml": fixed},
+        default_timezone="Asia/Shanghai",
+    )
+
+
+def test_deductions_too_small_to_fail_anyone_are_refused() -> None:
+    sheet = """
+inspection_templates:
+  - id: lenient
+    name: 宽松表
+    pass_mark: 60
+    sections:
+      - id: s
+        name: s
+        items:
+          - {id: a, name: a, deduct: 10}
+          - {id: b, name: b, deduct: 20}
+"""
+    (error,) = errors_of(sheet)
+    assert "the deductions of all items add up to 30, so a market failing every item" in error
+    assert "still scores 70 of 100 and passes (pass_mark 60); raise the deductions" in error
+    # a critical item can still fail the inspection: nothing to say
+    load_texts(
+        {
+            "test.yaml": make_schedule_text(),
+            "inspections.yaml": sheet.replace("deduct: 20}", "deduct: 20, critical: fail}"),
+        },
+        default_timezone="Asia/Shanghai",
+    )
+
+
 def test_a_plan_names_a_known_sheet_and_known_markets() -> None:
     plan = """
 inspections:
@@ -207,6 +265,44 @@ inspections:
         windows, [(7, "lizhong", "sheet", date(2026, 11, 5))], today=date(2026, 11, 18)
     )
     assert [(s.state, s.inspection_id) for s in states] == [("done", 7), ("open", None)]
+
+
+def test_a_planned_round_keeps_to_its_season_and_skips_its_except_dates() -> None:
+    plan = """
+inspections:
+  - id: summer
+    template: sheet
+    recurrence: {days: mon, season: apr-oct, except: [2026-10-12], extra: [2026-12-02]}
+    within: 2d
+"""
+    (p,) = make_sheet_schedule(plan).inspection_plans
+    windows = rules.plan_windows(p, ["lizhong"], start=date(2026, 10, 1), end=date(2027, 1, 1))
+    assert [w.start for w in windows] == [
+        date(2026, 10, 5),
+        date(2026, 10, 19),  # not 10-12
+        date(2026, 10, 26),  # the last Monday of the season: nothing in November
+        date(2026, 12, 2),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("recurrence", "said"),
+    [
+        ("rest_days", "rest_days follows an area's rest, and a plan is for whole markets"),
+        ("{every_hours: 2}", "a window starts on a day; give days, not times of day"),
+        ('"FREQ=DAILY;BYHOUR=9,15"', "a window starts on a day; give days, not times of day"),
+    ],
+)
+def test_a_plan_whose_recurrence_has_no_days_of_its_own_is_refused(
+    recurrence: str, said: str
+) -> None:
+    plan = f"""
+inspections:
+  - {{id: rounds, template: sheet, recurrence: {recurrence}, within: 7d}}
+"""
+    (error,) = errors_of(SHEET + plan)
+    assert error.startswith("inspections.yaml:29:5: inspections[0]: recurrence: ")
+    assert said in error
 
 
 def test_ranking_orders_by_score_then_compliance_and_shows_the_movement() -> None:

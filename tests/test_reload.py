@@ -13,6 +13,7 @@ import sys
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -123,6 +124,63 @@ def test_putting_the_running_files_back_after_a_broken_edit_is_valid_again_too(
     assert not daemon.step_reload()  # nothing new to take: the running schedule again
     assert daemon.health.schedule_problem is None
     assert any(m.startswith("schedule valid again (version ") for m in messages(caplog))
+
+
+def _withdrawn(daemon: Daemon) -> int:
+    with daemon.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text("SELECT count(*) FROM events WHERE action = 'withdrawn'")
+            ).scalar_one()
+        )
+
+
+def test_a_file_truncated_then_written_by_an_editor_is_read_once_written_never_empty(
+    daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    edited = make_schedule_text(make_market_yaml() + make_market_yaml("haibin"))
+    (tmp_path / "schedules" / "s.yaml").write_text("", encoding="utf-8")  # truncated...
+    looked = Daemon._schedule_signature
+
+    def finish_the_save_after_the_first_look(self: Daemon) -> tuple[tuple[str, float, int], ...]:
+        seen = looked(self)
+        if seen and seen[0][2] == 0:
+            write(tmp_path, edited)  # ...then written, as an editor saves
+        return seen
+
+    monkeypatch.setattr(Daemon, "_schedule_signature", finish_the_save_after_the_first_look)
+    daemon.settle_seconds = 0.05
+    with time_machine.travel(NOW, tick=False):
+        assert daemon.step_reload()
+    assert daemon.schedule is not None
+    assert sorted(m.id for m in daemon.schedule.markets) == ["haibin", "lizhong"]
+    assert _withdrawn(daemon) == 0  # the empty file was never run
+
+
+def test_a_file_replaced_while_it_is_read_is_read_again_before_it_is_run(
+    daemon: Daemon, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import marketcare.ops.daemon as daemon_module
+
+    edited = make_schedule_text(make_market_yaml() + make_market_yaml("haibin"))
+    write(tmp_path, "markets: []\n")  # half of a copy made in place
+    reads: list[dict[str, str]] = []
+    real_read = daemon_module.read_sources
+
+    def read_while_the_copy_finishes(paths: list[Path]) -> tuple[dict[str, str], list[Any]]:
+        texts, unreadable = real_read(paths)
+        reads.append(texts)
+        if len(reads) == 1:
+            write(tmp_path, edited)
+        return texts, unreadable
+
+    monkeypatch.setattr(daemon_module, "read_sources", read_while_the_copy_finishes)
+    daemon.settle_seconds = 0
+    with time_machine.travel(NOW, tick=False):
+        assert daemon.step_reload()
+    assert len(reads) == 2
+    assert daemon.schedule is not None and len(daemon.schedule.markets) == 2
+    assert _withdrawn(daemon) == 0
 
 
 def test_a_check_past_its_time_limit_is_stopped_and_names_the_changed_files() -> None:

@@ -105,7 +105,7 @@ class ScheduleError(BadInput):
     """The schedules could not be loaded; carries every problem found, not just the first."""
 
     def __init__(self, errors: list[SourceError]) -> None:
-        self.errors = sorted(errors)
+        self.errors = sorted(set(errors))  # one problem found by two checks is said once
         super().__init__("\n".join(str(e) for e in self.errors))
 
 

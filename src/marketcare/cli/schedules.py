@@ -51,10 +51,13 @@ def init(
     from marketcare.ledger.materialise import materialise
     from marketcare.ledger.sweep import sweep_all
 
+    s = cli_settings()
+    # the files first: a wrong schedule is refused before a database, a migration or an
+    # operator is made (bad input changes nothing)
+    schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
     s, engine = connect(create=True)
     migrate(engine)
     first_operator(engine, operator)
-    schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
     now = utcnow()
     result = materialise(engine, schedule, now=now, horizon=s.horizon)
     swept = sweep_all(engine, now=now)
@@ -97,6 +100,11 @@ def check(
 
 
 # ------------------------------------------------------------------------------ plan
+
+
+#: the most obligations ``plan`` lists at once (about 150 bytes each in memory, and a
+#: line each: a million is more than anyone reads, and still fits a small machine)
+PLAN_MOST = 1_000_000
 
 
 def _planned_json(p: Planned, schedule: Schedule) -> dict[str, Any]:
@@ -167,7 +175,13 @@ def plan(
                 "market",
             )
     first = parse_date(from_, "--from") or local_today(s)
-    planned = expand_days(schedule, first, days, markets=market)
+    bounds: dict[str, Any] = {
+        # what the daemon allows an edit, and no more than a table or a file can hold
+        "seconds": s.reload_timeout_seconds,
+        "most": PLAN_MOST,
+        "advice": "plan fewer --days or --market",
+    }
+    planned = expand_days(schedule, first, days, markets=market, **bounds)
     if not diff:
         if as_json:
             out.print(
@@ -186,7 +200,7 @@ def plan(
                 loaded = active_schedule(conn)
     if loaded is None and schedules:  # nothing applied yet: compare with the live files
         loaded = load_paths([s.schedules_dir], default_timezone=s.timezone)
-    before = expand_days(loaded, first, days, markets=market) if loaded else []
+    before = expand_days(loaded, first, days, markets=market, **bounds) if loaded else []
     changes = compare(before, planned, loaded, schedule)
     ref = loaded or schedule
     if as_json:

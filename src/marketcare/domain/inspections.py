@@ -146,13 +146,52 @@ class InspectionTemplate(_Strict):
                 "mix of weight and deduct items: a template scores by points earned (weight) "
                 "or by deductions (deduct), not both"
             )
-        if self.pass_mark > self.total:
-            raise ValueError(f"pass_mark {self.pass_mark:g} is above total {self.total:g}")
-        if self.cap > self.total:
-            raise ValueError(f"cap {self.cap:g} is above total {self.total:g}")
         if self.deadline <= timedelta(0):
             raise ValueError("deadline: a rectification deadline is longer than 0")
+        problems = self._points_problems()
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
+
+    def _points_problems(self) -> list[str]:
+        """Marks that cannot mean what was written: above the total, a cap that fails
+        nothing, deductions that cannot fail anyone. Said all at once, each with the
+        default named when it was not written (a sheet out of 10 keeps 60 and 59 unless
+        told otherwise)."""
+
+        def shown(name: str) -> str:
+            value: float = getattr(self, name)
+            if name in self.model_fields_set:
+                return f"{name} {value:g}"
+            return f"{name} {value:g} (by default)"
+
+        problems: list[str] = []
+        cap_items = [i.id for _, i in self.items() if i.critical == Critical.CAP]
+        if self.pass_mark > self.total:
+            problems.append(
+                f"{shown('pass_mark')} is above total {self.total:g}; write a pass_mark "
+                f"of at most {self.total:g}"
+            )
+        if self.cap > self.total and (cap_items or "cap" in self.model_fields_set):
+            problems.append(
+                f"{shown('cap')} is above total {self.total:g}; write a cap below pass_mark"
+            )
+        if cap_items and self.pass_mark <= self.total and self.cap >= self.pass_mark:
+            problems.append(
+                f"{shown('cap')} is not below {shown('pass_mark')}: a failed critical: cap "
+                f"item ({cap_items[0]!r}) would still pass; write a cap below pass_mark"
+            )
+        critical = any(i.critical is not None for _, i in self.items())
+        if self.scoring == "deduct" and not critical and self.pass_mark <= self.total:
+            deductions = sum(i.points for _, i in self.items())
+            if self.total - deductions >= self.pass_mark:
+                problems.append(
+                    f"the deductions of all items add up to {deductions:g}, so a market "
+                    f"failing every item still scores {self.total - deductions:g} of "
+                    f"{self.total:g} and passes ({shown('pass_mark')}); raise the deductions "
+                    "or pass_mark"
+                )
+        return problems
 
     @property
     def scoring(self) -> Literal["weight", "deduct"]:
@@ -255,6 +294,17 @@ class InspectionPlan(_Strict):
     def _window(self) -> InspectionPlan:
         if self.within < timedelta(days=1):
             raise ValueError("within: the window of an unannounced inspection is a day or more")
+        if self.recurrence.rest_days:
+            # it has no days of its own: the plan would never have a window
+            raise ValueError(
+                "recurrence: rest_days follows an area's rest, and a plan is for whole "
+                "markets; give the days its windows start, e.g. {monthly_days: [1, 16]}"
+            )
+        if self.recurrence.timed or self.recurrence.every_hours is not None:
+            raise ValueError(
+                "recurrence: a window starts on a day; give days, not times of day "
+                "(every_hours, BYHOUR, FREQ=HOURLY)"
+            )
         return self
 
 
@@ -294,10 +344,11 @@ def plan_windows(
 ) -> list[PlannedWindow]:
     """The windows of ``plan`` that overlap ``[start, end)``, per market."""
     days = max(1, round(plan.within / timedelta(days=1)))
-    rule = plan.recurrence.compile()
     first = datetime.combine(start - timedelta(days=days), datetime.min.time())
     last = datetime.combine(end, datetime.min.time())
-    dates = [d.date() for d in rule.between(first, last, inc=False) if d.date() < end]
+    # the recurrence with its season, except and extra, as a task's (not the bare rule)
+    found = plan.recurrence.occurrences(first, last)
+    dates = sorted({d.date() for d in found if first < d and d.date() < end})
     chosen = market_ids if plan.markets == "all" else [m for m in market_ids if m in plan.markets]
     out: list[PlannedWindow] = []
     for d in dates:

@@ -26,7 +26,7 @@ import math
 import time as _time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
 from typing import NamedTuple, Protocol, TypeVar
@@ -236,6 +236,12 @@ class _Budget:
 
     deadline: float | None  # on ``time.thread_time``
     left: int = MAX_PLANNED
+    #: what to do about too many obligations, said with the refusal
+    advice: str = "check its recurrence and markets"
+    limit: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.limit = self.left
 
     def check(self, schedule: Schedule, task: Task, seconds: float | None) -> None:
         if self.left < 0:
@@ -243,8 +249,8 @@ class _Budget:
                 [
                     schedule.error_at(
                         task.id,
-                        f"task {task.id!r}: the schedule makes more than {MAX_PLANNED:,} "
-                        "obligations in one go; check its recurrence and markets",
+                        f"task {task.id!r}: the schedule makes more than {self.limit:,} "
+                        f"obligations in one go; {self.advice}",
                     )
                 ]
             )
@@ -521,11 +527,14 @@ def _expanded(
     keep: Callable[[date, datetime], bool],
     markets: Sequence[str] | None,
     seconds: float | None,
+    budget: _Budget | None = None,
 ) -> list[Planned]:
     """What ``expand`` and ``expand_days`` share: the expansion under its time budget,
     in the order the ledger stores."""
     out: list[Planned] = []
-    budget = _Budget(None if seconds is None else _time.thread_time() + seconds)
+    budget = budget or _Budget(None)
+    if seconds is not None:
+        budget.deadline = _time.thread_time() + seconds
     with _bulk():
         _expand_into(out, schedule, span_of, keep, markets, budget, seconds)
         out.sort(key=_order)
@@ -539,11 +548,13 @@ def expand_days(
     *,
     markets: Sequence[str] | None = None,
     seconds: float | None = None,
+    most: int = MAX_PLANNED,
+    advice: str | None = None,
 ) -> list[Planned]:
     """Every obligation of the trading days ``first`` … ``first + days - 1``: the day an
     obligation belongs to is its occurrence's local date, so a night market's session
     after midnight and a 24-hour market's day up to its boundary count for the day they
-    opened."""
+    opened. Past ``most`` obligations, ExpansionTooLarge says ``advice``."""
     lo = datetime.combine(first, _MIDNIGHT)
     hi = lo + timedelta(days=days)
     last = hi - timedelta(microseconds=1)
@@ -555,7 +566,8 @@ def expand_days(
     def keep(day: date, _opens_at: datetime) -> bool:
         return first <= day < end
 
-    return _expanded(schedule, span_of, keep, markets, seconds)
+    budget = _Budget(None, most) if advice is None else _Budget(None, most, advice)
+    return _expanded(schedule, span_of, keep, markets, seconds, budget)
 
 
 # ---------------------------------------------------------------- the state machine

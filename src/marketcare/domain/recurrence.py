@@ -120,9 +120,12 @@ class ParsedRule:
             or (self.dtstart is not None and self.dtstart.time() != time(0))
         )
 
-    def build(self, dtstart: datetime, *, until: datetime | None = None) -> du.rrule:
+    def build(
+        self, dtstart: datetime, *, until: datetime | None = None, moved: datetime | None = None
+    ) -> du.rrule:
         """The dateutil rule starting at ``dtstart`` (the rule's own DTSTART wins); with
-        ``until``, one that stops there, so that evaluating it is bounded work."""
+        ``until``, one that stops there, so that evaluating it is bounded work; with
+        ``moved``, one that starts there instead (see :func:`start_near`)."""
         kwargs: dict[str, object] = {_NUMERIC[n][0]: v for n, v in self.by}
         if self.byday:
             kwargs["byweekday"] = [du.weekday(d, n or None) for d, n in self.byday]
@@ -133,12 +136,44 @@ class ParsedRule:
             end, count = (until if end is None else min(end, until)), None
         return du.rrule(
             self.freq,  # type: ignore[arg-type]
-            dtstart=self.dtstart or dtstart,
+            dtstart=moved or self.dtstart or dtstart,
             interval=self.interval,
             count=count,
             until=end,
             **kwargs,  # type: ignore[arg-type]
         )
+
+
+def start_near(rule: ParsedRule, dtstart: datetime, lo: datetime) -> datetime:
+    """A start later than ``dtstart`` that gives ``rule`` the same occurrences from ``lo``
+    on, so that evaluating a year does not walk from a distant start (an anchor in 1900,
+    a ``DTSTART:00010101`` typed by mistake: two thousand years of hours, a minute of
+    work for each year asked). The start moves by whole periods of the rule (INTERVAL
+    times its FREQ), which keeps every part the start decides (weekday, day of month,
+    time of day, which weeks count), and stays a period before ``lo``. A rule with COUNT
+    counts from its start, so it keeps it; so do months from a 29th-31st and years from
+    29 February, which not every period has."""
+    if rule.count is not None or dtstart >= lo:
+        return dtstart
+    step = {
+        du.HOURLY: timedelta(hours=1),
+        du.DAILY: timedelta(days=1),
+        du.WEEKLY: timedelta(weeks=1),
+    }
+    if rule.freq in step:
+        period = step[rule.freq] * rule.interval
+        periods = (lo - dtstart) // period - 1
+        return dtstart + period * periods if periods > 0 else dtstart
+    if rule.freq == du.MONTHLY and dtstart.day <= 28:
+        months = ((lo.year - dtstart.year) * 12 + lo.month - dtstart.month) // rule.interval - 1
+        if months <= 0:
+            return dtstart
+        total = dtstart.month - 1 + months * rule.interval
+        return dtstart.replace(year=dtstart.year + total // 12, month=total % 12 + 1)
+    if rule.freq == du.YEARLY and (dtstart.month, dtstart.day) != (2, 29):
+        years = (lo.year - dtstart.year) // rule.interval - 1
+        return dtstart.replace(year=dtstart.year + years * rule.interval) if years > 0 else dtstart
+    return dtstart
 
 
 def _suggest(word: str, options: tuple[str, ...] | list[str]) -> str:

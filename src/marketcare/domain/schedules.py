@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 from zoneinfo import ZoneInfo
 
-from dateutil import rrule as du_rrule
 from pydantic import (
     BaseModel,
     BeforeValidator,
@@ -45,9 +44,10 @@ from marketcare.domain.timespec import (
     parse_duration,
     parse_hours,
     parse_timespec,
+    width_hint,
 )
 from marketcare.domain.vocabulary import WEEKDAYS, AreaKind, TaskKind
-from marketcare.domain.yamlsource import Located, YamlSourceError, parse, read_text
+from marketcare.domain.yamlsource import Allowance, Located, YamlSourceError, parse, read_text
 from marketcare.errors import ScheduleError, SourceError
 
 if TYPE_CHECKING:
@@ -342,6 +342,14 @@ class Recurrence(_Strict):
                 "extra dates add whole days; a rule that gives times of day cannot take them"
             )
         start = self.dtstart
+        if start.year < EARLIEST_START:
+            # a typo (0206 for 2026); it would also be walked from there: a COUNT rule
+            # cannot move its start, and 2,000 years of days take seconds every year asked
+            given = "anchor" if self.anchor is not None else "DTSTART"
+            raise ValueError(
+                f"{given} {start.year:04d}-{start.month:02d}-{start.day:02d} is before "
+                f"{EARLIEST_START}; a cycle starts on a date of this era, e.g. 2026-01-05"
+            )
         if not self._fires_within_ten_years(rule, start):
             where = f" in its season {self.season}" if self.season is not None else ""
             raise ValueError(
@@ -434,7 +442,8 @@ class Recurrence(_Strict):
         if rule.count is not None:
             found = rule.build(self.dtstart).between(lo, hi, inc=True)
         else:
-            found = rule.build(self.dtstart, until=hi).between(lo, hi, inc=True)
+            moved = rec.start_near(rule, self.dtstart, lo)
+            found = rule.build(self.dtstart, until=hi, moved=moved).between(lo, hi, inc=True)
         days, times = self.exclusions
         season = self.season
         out = {
@@ -459,11 +468,9 @@ class Recurrence(_Strict):
         lo, hi = rec.day_span(day)
         return bool(self.occurrences(lo, hi - timedelta(microseconds=1)))
 
-    def compile(self) -> du_rrule.rrule:
-        """The bare dateutil rule (without season, exception and extra dates)."""
-        if self.parsed is None:
-            raise ValueError("rest_days has no rule of its own")
-        return self.parsed.build(self.dtstart)
+
+#: the earliest year a recurrence may start (its anchor or DTSTART)
+EARLIEST_START = 1900
 
 
 def _rest_shorthand(value: object) -> object:
@@ -940,7 +947,9 @@ def parse_step_at(value: object, anchors: tuple[str, ...]) -> StepAt:
     m = _AT.match(value) if isinstance(value, str) else None
     if m is None or m.group(1) not in anchors:
         forms = ", ".join(f"{a}, {a}-30m, {a}+1h" for a in anchors)
-        raise ValueError(f"bad time {value!r}: write {forms}")
+        raise ValueError(
+            f"bad time {value!r}: write {forms}{width_hint(value, lambda v: parse_step_at(v, anchors))}"
+        )
     offset = parse_duration(m.group(3)) if m.group(3) else timedelta(0)
     return StepAt(m.group(1), -offset if m.group(2) == "-" else offset)  # type: ignore[arg-type]
 
@@ -1082,12 +1091,22 @@ def _zone(name: str) -> ZoneInfo:
 # ---------------------------------------------------------------- loading
 
 
+def files_in(directory: Path) -> list[Path]:
+    """The schedule files of a directory: ``*.yaml`` and ``*.yml``, in name order, but not
+    hidden ones, which editors and file copies leave beside a file (Emacs's lock
+    ``.#tasks.yaml``, a dangling link; macOS's ``._tasks.yaml``, binary): they are
+    nobody's schedule."""
+    found = [*directory.glob("*.yaml"), *directory.glob("*.yml")]
+    return sorted(f for f in found if not f.name.startswith("."))
+
+
 def schedule_files(paths: Iterable[Path]) -> list[tuple[Path, str]]:
-    """Expand directories into their ``*.yaml``/``*.yml`` files, with stable display names."""
+    """Expand directories into their schedule files (:func:`files_in`), with stable display
+    names; a file named on its own is read whatever its name."""
     found: list[tuple[Path, str]] = []
     for p in paths:
         if p.is_dir():
-            for f in sorted([*p.glob("*.yaml"), *p.glob("*.yml")]):
+            for f in files_in(p):
                 found.append((f, str(f)))
         else:
             found.append((p, str(p)))
@@ -1128,11 +1147,14 @@ def load_texts(texts: Mapping[str, str], *, default_timezone: str) -> Schedule:
     parsed: list[tuple[Located, ScheduleFile]] = []
     checked: list[inspections.InspectionFile] = []
     raw: list[Located] = []
+    allowance = Allowance()  # what all the files may expand to together
     for name in sorted(texts):
         try:
-            located = parse(texts[name], name)
+            located = parse(texts[name], name, allowance)
         except YamlSourceError as exc:
             errors.append(exc.error)
+            if allowance.left < 0:  # the rest would each be refused the same way
+                raise ScheduleError(errors) from None
             continue
         if not isinstance(located.data, dict):
             errors.append(
@@ -1364,6 +1386,8 @@ def _located_errors(
             close = difflib.get_close_matches(str(err["input"]), options, n=1)
             if close:
                 msg += f"; did you mean {close[0]!r}?"
+        elif kind == "string_type" and isinstance(err["input"], (bool, int, float, dt.date)):
+            msg = _unquoted(err["input"])
         elif kind == "string_pattern_mismatch":
             msg = (
                 f"{err['input']!r} is not a valid id: use lower-case letters, digits, "
@@ -1375,6 +1399,18 @@ def _located_errors(
     for e in out:
         unique.setdefault((e.line, e.column, e.message), e)
     return list(unique.values())
+
+
+def _unquoted(value: bool | int | float | dt.date) -> str:
+    """Why an unquoted word or number is not text: YAML 1.1 reads ``no``, ``on``, ``yes``
+    as booleans, ``12345`` and ``1e3`` as numbers, ``2026-01-01`` as a date."""
+    if isinstance(value, bool):
+        return (
+            f"expected text, got the boolean {str(value).lower()} (YAML reads an unquoted "
+            "yes, no, on, off, true or false so); write the word in quotes, e.g. 'no'"
+        )
+    what = "date" if isinstance(value, dt.date) else "number"
+    return f"expected text, got the {what} {value}; write the text in quotes, as it is meant"
 
 
 def _clean_loc(loc: tuple[int | str, ...]) -> tuple[str | int, ...]:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import re
+import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from typing import Literal
@@ -25,6 +27,30 @@ _UNITS = {
 _PART = re.compile(r"\s*(\d{1,5})\s*([a-z]+)")
 
 
+#: how a Chinese text writes the dash of a span of hours (05:30～18:30, 05:30至18:30)
+_SPAN_DASHES = str.maketrans(dict.fromkeys("~～〜—–－至到", "-"))
+
+
+def width_hint(text: object, parser: Callable[[str], object] | None = None) -> str:
+    """How to fix a time typed with a Chinese input method (``０６：００``, ``05:30～18:30``),
+    said after the message: the full-width colon looks like the one expected. The text
+    in half-width is offered only when ``parser`` takes it."""
+    if not isinstance(text, str):
+        return ""
+    odd = next((c for c in text if not c.isascii()), None)
+    if odd is None:
+        return ""
+    plain = unicodedata.normalize("NFKC", text.translate(_SPAN_DASHES)).translate(_SPAN_DASHES)
+    if plain.isascii() and parser is not None:
+        try:
+            parser(plain)
+        except ValueError:
+            pass
+        else:
+            return f"; write {plain!r} (half-width characters, not {odd!r})"
+    return f"; {odd!r} is not a half-width character: write digits, ':', '+' and '-' in half-width"
+
+
 def parse_duration(text: object) -> timedelta:
     """Parse ``30m``, ``1h30m``, ``2d``, ``90 minutes`` or ``0`` into a timedelta."""
     if isinstance(text, bool):
@@ -40,13 +66,17 @@ def parse_duration(text: object) -> timedelta:
     while pos < len(s):
         m = _PART.match(s, pos)
         if not m or m.group(2) not in _UNITS:
-            raise ValueError(f"bad duration {text!r}: write it like 30m, 1h30m, 2h or 7d")
+            raise ValueError(
+                f"bad duration {text!r}: write it like 30m, 1h30m, 2h or 7d{width_hint(text, parse_duration)}"
+            )
         minutes += int(m.group(1)) * _UNITS[m.group(2)]
         pos = m.end()
         while pos < len(s) and s[pos] in " ,":
             pos += 1
     if pos == 0:
-        raise ValueError(f"bad duration {text!r}: write it like 30m, 1h30m, 2h or 7d")
+        raise ValueError(
+            f"bad duration {text!r}: write it like 30m, 1h30m, 2h or 7d{width_hint(text, parse_duration)}"
+        )
     if minutes > 366 * 1440:
         raise ValueError(f"duration {text!r} is longer than a year")
     return timedelta(minutes=minutes)
@@ -67,7 +97,9 @@ def parse_clock(text: str) -> tuple[time, bool]:
     """Parse ``HH:MM``; ``24:00`` is midnight at the end of the day (second value True)."""
     m = _CLOCK.match(text.strip())
     if not m:
-        raise ValueError(f"bad time {text!r}: write it as HH:MM, e.g. 05:30 or 18:00")
+        raise ValueError(
+            f"bad time {text!r}: write it as HH:MM, e.g. 05:30 or 18:00{width_hint(text, parse_clock)}"
+        )
     hour, minute = int(m.group(1)), int(m.group(2))
     if hour == 24:
         if minute:
@@ -105,7 +137,9 @@ def parse_hours(text: object, *, day_boundary: int = 0) -> Hours | None:
     if s in ROUND_THE_CLOCK:
         return Hours(day_boundary, day_boundary + 1440)
     if "-" not in s:
-        raise ValueError(f"bad hours {text!r}: write them as HH:MM-HH:MM, '24h' or 'closed'")
+        raise ValueError(
+            f"bad hours {text!r}: write them as HH:MM-HH:MM, '24h' or 'closed'{width_hint(text, parse_hours)}"
+        )
     left, right = (p.strip() for p in s.split("-", 1))
     o, o24 = parse_clock(left)
     c, c24 = parse_clock(right)
@@ -179,6 +213,7 @@ def parse_timespec(text: object) -> TimeSpec:
     raise ValueError(
         f"bad time {text!r}: write a clock time (21:00), or relative to the market's hours "
         "(closing, closing+30m, '30 minutes after closing', '1h before opening')"
+        + width_hint(text, parse_due)  # opens and due: a due may be +duration
     )
 
 

@@ -8,7 +8,10 @@ encoding, duplicate keys and alias bombs.
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass, field
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,8 @@ from marketcare.errors import SourceError
 
 MAX_FILE_BYTES = 1_000_000
 MAX_NODES = 200_000
+#: the values all the files of one schedule may expand to together
+MAX_TOTAL_NODES = 2_000_000
 
 Path_ = tuple[str | int, ...]
 
@@ -55,9 +60,21 @@ _PLAIN_TAGS = frozenset(
 )
 
 
-class _Budget:
+class Allowance:
+    """The values all the files of one schedule may expand to together: each file keeps
+    within MAX_NODES, but a thousand files just under it would still fill the memory of
+    ``check`` and ``plan`` (the daemon checks in a child with a memory limit, they do
+    not)."""
+
     def __init__(self) -> None:
+        self.total = MAX_TOTAL_NODES
+        self.left = self.total
+
+
+class _Budget:
+    def __init__(self, allowance: Allowance | None = None) -> None:
         self.left = MAX_NODES
+        self.allowance = allowance or Allowance()
 
 
 def _pos(node: yaml.Node) -> tuple[int, int]:
@@ -68,22 +85,60 @@ def read_text(path: Path, *, display: str | None = None) -> str:
     """Read a schedule file as UTF-8, refusing oversized and mis-encoded files clearly."""
     name = display or str(path)
     try:
-        size = path.stat().st_size
+        info = path.stat()
     except OSError as exc:
         raise _fail(name, 1, 1, f"cannot read file: {exc.strerror or exc}") from None
-    if size > MAX_FILE_BYTES:
+    if not stat.S_ISREG(info.st_mode):
+        # a FIFO would block the reader (the daemon's, too) forever, /dev/zero never end
         raise _fail(
             name,
             1,
             1,
-            f"file is {size / 1_000_000:.1f} MB; a schedule file may be at most "
-            f"{MAX_FILE_BYTES // 1_000_000} MB (split it into several files)",
+            f"{_what(info.st_mode)}, not a file: a schedule is a plain file (remove it, or put "
+            "the file itself here)",
         )
+    too_large = _fail(
+        name,
+        1,
+        1,
+        f"file is {info.st_size / 1_000_000:.1f} MB; a schedule file may be at most "
+        f"{MAX_FILE_BYTES // 1_000_000} MB (split it into several files)",
+    )
+    if info.st_size > MAX_FILE_BYTES:
+        raise too_large
     try:
-        raw = path.read_bytes()
+        # non-blocking, should the name have become a FIFO since; at most the limit and a
+        # byte, should the file have grown since (an editor writing it)
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        with os.fdopen(fd, "rb") as f:
+            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+                raise _fail(name, 1, 1, "not a file: a schedule is a plain file")
+            raw = f.read(MAX_FILE_BYTES + 1)
     except OSError as exc:
         raise _fail(name, 1, 1, f"cannot read file: {exc.strerror or exc}") from None
+    if len(raw) > MAX_FILE_BYTES:
+        raise _fail(
+            name,
+            1,
+            1,
+            f"file is over {MAX_FILE_BYTES // 1_000_000} MB; a schedule file may be at most "
+            f"{MAX_FILE_BYTES // 1_000_000} MB (split it into several files)",
+        )
     return decode(raw, name)
+
+
+def _what(mode: int) -> str:
+    """What a path that is not a file is, in words."""
+    for test, words in (
+        (stat.S_ISDIR, "a directory"),
+        (stat.S_ISFIFO, "a named pipe (FIFO)"),
+        (stat.S_ISCHR, "a device"),
+        (stat.S_ISBLK, "a device"),
+        (stat.S_ISSOCK, "a socket"),
+    ):
+        if test(mode):
+            return words
+    return "something"
 
 
 def decode(raw: bytes, name: str) -> str:
@@ -114,13 +169,14 @@ def _fail(name: str, line: int, column: int, message: str) -> YamlSourceError:
     return YamlSourceError(SourceError(name, line, column, message))
 
 
-def parse(text: str, name: str) -> Located:
-    """Parse one YAML document into plain data and its positions."""
+def parse(text: str, name: str, allowance: Allowance | None = None) -> Located:
+    """Parse one YAML document into plain data and its positions; ``allowance`` is what
+    the files of one schedule share (see Allowance)."""
     if len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
         raise _fail(name, 1, 1, f"text is larger than {MAX_FILE_BYTES // 1_000_000} MB")
     if "\x00" in text:
         raise _fail(name, *_offset_pos(text, text.index("\x00")), "file contains a NUL byte")
-    fast = _parse_fast(text, name)
+    fast = _parse_fast(text, name, allowance)
     if fast is not None:
         return fast
     try:
@@ -147,7 +203,7 @@ def parse(text: str, name: str) -> Located:
         return located
     located.values[()] = _pos(node)
     try:
-        located.data = _build(node, (), located, loader, _Budget(), set())
+        located.data = _build(node, (), located, loader, _Budget(allowance), set())
     except RecursionError:
         raise _fail(name, 1, 1, "YAML is nested too deeply") from None
     if located.data is None:  # "---" or "~" alone: an empty document, like an empty file
@@ -155,7 +211,7 @@ def parse(text: str, name: str) -> Located:
     return located
 
 
-def _parse_fast(text: str, name: str) -> Located | None:
+def _parse_fast(text: str, name: str, allowance: Allowance | None) -> Located | None:
     """Parse with libyaml when it is there (about 3x faster); None means "use the pure
     Python parser", which also words every syntax error best."""
     cloader = getattr(yaml, "CSafeLoader", None)
@@ -175,7 +231,7 @@ def _parse_fast(text: str, name: str) -> Located | None:
         return located
     located.values[()] = _pos(node)
     try:
-        located.data = _build(node, (), located, loader, _Budget(), set())
+        located.data = _build(node, (), located, loader, _Budget(allowance), set())
     except RecursionError:
         raise _fail(name, 1, 1, "YAML is nested too deeply") from None
     if located.data is None:
@@ -208,6 +264,16 @@ def _build(
     active: set[int],
 ) -> Any:
     budget.left -= 1
+    budget.allowance.left -= 1
+    if budget.allowance.left < 0:
+        line, column = _pos(node)
+        raise _fail(
+            located.file,
+            line,
+            column,
+            f"the schedule files together expand to more than {budget.allowance.total} "
+            "values (aliases used as a bomb?); this file is where the limit was reached",
+        )
     if budget.left < 0:
         line, column = _pos(node)
         raise _fail(
@@ -244,6 +310,7 @@ def _build(
             except yaml.MarkedYAMLError as exc:
                 raise _from_marked(exc, located.file) from None
             result: dict[Any, Any] = {}
+            seen: set[str] = set()
             for key_node, value_node in node.value:
                 if not isinstance(key_node, yaml.ScalarNode):
                     line, column = _pos(key_node)
@@ -252,9 +319,12 @@ def _build(
                 if isinstance(key, (list, dict)):
                     line, column = _pos(key_node)
                     raise _fail(located.file, line, column, "a mapping key must be a plain value")
-                if key in result:
+                # 2027-02-05 (a date) and "2027-02-05" (text) are one key once validated
+                same = key.isoformat() if isinstance(key, (date, datetime)) else str(key)
+                if key in result or same in seen:
                     line, column = _pos(key_node)
-                    raise _fail(located.file, line, column, f"duplicate key {key!r}")
+                    raise _fail(located.file, line, column, f"duplicate key {same!r}")
+                seen.add(same)
                 kpath = (*path, key if isinstance(key, int) else str(key))
                 located.keys[kpath] = _pos(key_node)
                 result[key] = _build(value_node, kpath, located, loader, budget, active)

@@ -23,7 +23,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from marketcare.clock import now_utc
-from marketcare.domain.schedules import Schedule, digest_of, read_sources
+from marketcare.domain.schedules import Schedule, digest_of, files_in, read_sources
 from marketcare.domain.timespec import format_duration
 from marketcare.errors import MarketcareError, SourceError
 from marketcare.ledger import audit, leader
@@ -62,6 +62,14 @@ class Daemon:
     engine: sa.Engine
     schedule: Schedule | None = None
     _files_signature: tuple[tuple[str, float, int], ...] = ()
+    #: how long the schedule files must stay unchanged before an edit is read: an editor
+    #: that truncates a file and then writes it, or a copy written in place, shows a
+    #: shorter (even empty, hence valid) file for a moment, which must never be run
+    settle_seconds: float = 1.0
+    #: the files' signature and when this daemon first saw it (time.monotonic)
+    _seen: tuple[tuple[tuple[str, float, int], ...], float] | None = None
+    #: True when the last look found the files still being written: look again
+    _unsettled: bool = False
     stopping: threading.Event = field(default_factory=threading.Event)
     #: what this daemon does (``run --role``): all: the scheduler (when leader) and the web
     #: app; scheduler: no web app; web: no scheduler. Not a user's role (domain/access.py)
@@ -97,8 +105,12 @@ class Daemon:
 
     def check_files(self) -> Verdict | None:
         """A verdict on the files when they differ from the running schedule and from the
-        last refused edit; None when there is nothing new to take."""
-        texts, unreadable = read_sources([self.settings.schedules_dir])
+        last refused edit; None when there is nothing new to take (or the files are still
+        being written: then ``_unsettled`` is set, to look again)."""
+        settled = self._read_settled()
+        if settled is None:
+            return None
+        texts, unreadable = settled
         digest = digest_of(texts, self.settings.timezone)
         if unreadable:
             self._refuse(unreadable, digest)
@@ -133,6 +145,25 @@ class Daemon:
             self._refuse(verdict.errors, digest)
             return None
         return verdict
+
+    def _read_settled(self) -> tuple[dict[str, str], list[SourceError]] | None:
+        """The files' texts once they have stayed unchanged for ``settle_seconds`` and did
+        not change while they were read; None (``_unsettled``) while they keep changing."""
+        self._unsettled = False
+        deadline = time.monotonic() + 10 * self.settle_seconds + 1
+        while True:
+            before = self._schedule_signature()
+            now = time.monotonic()
+            if self._seen is None or self._seen[0] != before:
+                self._seen = (before, now)
+            if now - self._seen[1] >= self.settle_seconds:
+                texts, unreadable = read_sources([self.settings.schedules_dir])
+                if self._schedule_signature() == before:
+                    return texts, unreadable
+                self._seen = None  # replaced while it was read: wait for it to settle
+            if now >= deadline or self.stopping.wait(min(0.2, self.settle_seconds or 0.2)):
+                self._unsettled = True
+                return None
 
     def take(self, verdict: Verdict) -> bool:
         """Run the schedule of a good verdict: log what it changes, materialise it."""
@@ -280,7 +311,7 @@ class Daemon:
     def _schedule_signature(self) -> tuple[tuple[str, float, int], ...]:
         out = []
         directory = self.settings.schedules_dir
-        for p in sorted([*directory.glob("*.yaml"), *directory.glob("*.yml")]):
+        for p in files_in(directory):
             try:
                 st = p.stat()
             except OSError:
@@ -540,7 +571,7 @@ class Daemon:
                 continue
             try:
                 signature = self._schedule_signature()
-                if signature != self._files_signature:
+                if signature != self._files_signature or self._unsettled:
                     self._files_signature = signature
                     verdict = self.check_files()
                     if verdict is not None:
