@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -303,3 +305,42 @@ def test_the_time_to_start_the_checking_process_is_not_counted_as_the_edits(
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "ok"
+
+
+def test_a_daemon_starting_on_files_nobody_is_writing_reads_them_without_waiting(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    folder = tmp_path / "schedules"
+    written = (NOW - timedelta(minutes=5)).timestamp()
+    for path in [*folder.iterdir(), folder]:
+        os.utime(path, (written, written))
+    waits: list[float | None] = []
+
+    class Watched(threading.Event):
+        def wait(self, timeout: float | None = None) -> bool:
+            waits.append(timeout)
+            return super().wait(timeout)
+
+    with time_machine.travel(NOW, tick=False):
+        started = Daemon(settings=daemon.settings, engine=daemon.engine, stopping=Watched())
+        started.settle_seconds = 2
+        assert started.step_reload()
+    assert started.schedule is not None
+    assert waits == []  # read at once: the files were last written five minutes ago
+
+
+def test_a_file_just_removed_from_the_folder_is_waited_for_however_old_the_others_are(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    folder = tmp_path / "schedules"
+    written = (NOW - timedelta(minutes=5)).timestamp()
+    (folder / "s.yaml").touch()
+    os.utime(folder / "s.yaml", (written, written))
+    (folder / "extra.yaml").write_text("markets: []\n", encoding="utf-8")
+    (folder / "extra.yaml").unlink()  # the folder's own time is now: an entry went
+    os.utime(folder, ((NOW - timedelta(seconds=0.1)).timestamp(),) * 2)
+    with time_machine.travel(NOW, tick=False):
+        fresh = Daemon(settings=daemon.settings, engine=daemon.engine)
+        assert not fresh._untouched_for_a_while(fresh._schedule_signature())
+        os.utime(folder, (written, written))
+        assert fresh._untouched_for_a_while(fresh._schedule_signature())

@@ -156,7 +156,7 @@ class Daemon:
             now = time.monotonic()
             if self._seen is None or self._seen[0] != before:
                 self._seen = (before, now)
-            if now - self._seen[1] >= self.settle_seconds:
+            if now - self._seen[1] >= self.settle_seconds or self._untouched_for_a_while(before):
                 texts, unreadable = read_sources([self.settings.schedules_dir])
                 if self._schedule_signature() == before:
                     return texts, unreadable
@@ -164,6 +164,20 @@ class Daemon:
             if now >= deadline or self.stopping.wait(min(0.2, self.settle_seconds or 0.2)):
                 self._unsettled = True
                 return None
+
+    def _untouched_for_a_while(self, signature: tuple[tuple[str, float, int], ...]) -> bool:
+        """Whether the folder and its files were last written ``settle_seconds`` ago or more,
+        by their own times: a daemon that starts on files nobody is writing reads them at
+        once instead of first watching them for that long (every start waited a second).
+        The folder's own time moves when a file is added, removed or renamed into it, so a
+        file deleted to be written again is still waited for; a time in the future (a
+        skewed clock) is waited for too."""
+        try:
+            newest = self.settings.schedules_dir.stat().st_mtime
+        except OSError:
+            return False
+        newest = max([newest, *(mtime for _, mtime, _ in signature)])
+        return time.time() - newest >= self.settle_seconds
 
     def take(self, verdict: Verdict) -> bool:
         """Run the schedule of a good verdict: log what it changes, materialise it."""
