@@ -356,6 +356,21 @@ def test_an_exports_folder_that_is_a_file_is_unavailable_exit_75(
     assert "is a file, not a folder" in done.output
 
 
+@pytest.mark.parametrize("command", [["status"], ["init"], ["demo", "--days", "1"]])
+def test_a_database_url_naming_a_file_that_is_no_database_is_one_line_and_leaves_it_alone(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    wrong = tmp_path / "problems.xlsx"
+    wrong.write_bytes(b"PK\x03\x04 a spreadsheet, not a ledger" * 100)
+    before = wrong.read_bytes()
+    monkeypatch.setenv("MARKETCARE_DATABASE_URL", f"sqlite:///{wrong}")
+    done = invoke(*command)
+    assert done.exit_code == 75, done.output
+    assert "not a SQLite database" in done.output and "database_url" in done.output
+    assert "internal error" not in done.output and "Traceback" not in done.output
+    assert wrong.read_bytes() == before
+
+
 # ---------------------------------------------------------------- email addresses
 
 
