@@ -371,6 +371,33 @@ def test_a_database_url_naming_a_file_that_is_no_database_is_one_line_and_leaves
     assert wrong.read_bytes() == before
 
 
+def test_init_from_a_schedules_folder_without_files_is_refused_and_changes_nothing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "schedules" / "markets.yaml").rename(tmp_path / "markets.yaml")
+    (tmp_path / "schedules" / "tasks.yaml").rename(tmp_path / "tasks.yaml")
+    fresh = invoke("init")
+    assert fresh.exit_code == 1, fresh.output
+    assert "schedules:1:1: no schedule files (*.yaml, *.yml) in this folder" in fresh.output
+    assert not (tmp_path / "var").exists()  # no database made, no operator printed
+    assert invoke("check").exit_code == 1
+
+    for name in ("markets.yaml", "tasks.yaml"):
+        (tmp_path / name).rename(tmp_path / "schedules" / name)
+    assert invoke("init").exit_code == 0
+    ahead = "SELECT count(*) FROM obligations WHERE state IN ('upcoming', 'open')"
+    versions, before = (
+        scalar(database(env), "SELECT count(*) FROM schedule_versions"),
+        scalar(database(env), ahead),
+    )
+    for name in ("markets.yaml", "tasks.yaml"):  # moved away while the office edits them
+        (tmp_path / "schedules" / name).rename(tmp_path / name)
+    again = invoke("init")
+    assert again.exit_code == 1, again.output
+    assert scalar(database(env), "SELECT count(*) FROM schedule_versions") == versions
+    assert scalar(database(env), ahead) == before > 0
+
+
 # ---------------------------------------------------------------- email addresses
 
 

@@ -16,6 +16,7 @@ from marketcare.cli.common import (
     connect,
     fmt_local,
     handled,
+    ledger_engine,
     local_today,
     out,
     parse_date,
@@ -51,10 +52,12 @@ def init(
     from marketcare.ledger.materialise import materialise
     from marketcare.ledger.sweep import sweep_all
 
-    s, engine = connect(create=True)
+    s = cli_settings()
+    # the files first: a refused schedule leaves no database behind, nor a changed one
+    schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
+    engine = ledger_engine(s, create=True)
     migrate(engine)
     first_operator(engine, operator)
-    schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
     now = utcnow()
     result = materialise(engine, schedule, now=now, horizon=s.horizon)
     swept = sweep_all(engine, now=now)
