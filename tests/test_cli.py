@@ -376,6 +376,33 @@ def test_a_bad_setting_exits_2_naming_the_setting(
     ended_itself(r)
 
 
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('horizon = "2d\nweb_port = 1\n', "Illegal character"),
+        ('horizon = "3x"\n', "setting 'horizon' (MARKETCARE_HORIZON or horizon in "),
+        ("horizon = '\u6708'\n".encode("gbk"), "cannot read the settings file "),
+    ],
+    ids=["malformed", "bad-value", "not-utf8"],
+)
+def test_a_bad_settings_file_is_named_by_the_error_wherever_it_is(
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    text: str | bytes,
+    says: str,
+) -> None:
+    config = tmp_path / "etc" / "marketcare.toml"
+    config.parent.mkdir()
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
+    monkeypatch.setenv("MARKETCARE_CONFIG", str(config))
+    r = invoke("status")
+    assert r.exit_code == 2, r.output
+    assert says in r.stderr and str(config) in r.stderr
+    assert "config/marketcare.toml" not in r.stderr
+    ended_itself(r)
+
+
 # ---------------------------------------------------------------- demo and audit
 
 
