@@ -719,13 +719,18 @@ def import_xlsx(
         wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises many kinds for a file that is not a workbook
         raise BadInput(
-            f"{path}: not an Excel .xlsx workbook ({type(exc).__name__}: {exc})"
+            f"{path}: not an Excel .xlsx workbook: {_what_file_is(data, exc)}; open it in "
+            "Excel, WPS or LibreOffice and save it as an Excel Workbook (.xlsx)"
         ) from None
+    if not wb.worksheets:
+        raise BadInput(f"{path}: the workbook has no sheet of cells (only charts)")
     ws = wb.worksheets[0]
     rows = ws.iter_rows()
     header_cells = next(rows, None)
     if header_cells is None:
-        raise BadInput(f"{path}: the first sheet is empty; row 1 must hold the column headers")
+        raise BadInput(
+            f"{path}: the first sheet ({ws.title!r}) is empty; row 1 must hold the column headers"
+        )
     header = tuple(c.value for c in header_cells)
     columns: dict[str, int] = {}
     for idx, title in enumerate(header):
@@ -735,7 +740,11 @@ def import_xlsx(
     missing = [k for k in REQUIRED if k not in columns]
     if missing:
         names = "; ".join(f"{k} ({' / '.join(HEADERS[k][1:])})" for k in missing)
-        raise BadInput(f"{path}: row 1: missing column(s): {names}")
+        found = ", ".join(repr(_text(t)) for t in header if _text(t)) or "nothing"
+        raise BadInput(
+            f"{path}: the first sheet ({ws.title!r}), row 1: missing column(s): {names}; "
+            f"row 1 holds {found[:300]}"
+        )
     errors: list[str] = []
     bad_rows = 0
     good: list[tuple[int, NewProblem]] = []
@@ -812,6 +821,21 @@ def import_xlsx(
 
     retrying(step, what="import problems")
     return result
+
+
+def _what_file_is(data: bytes, exc: Exception) -> str:
+    """What a file openpyxl cannot read seems to be, so the office knows what to do with it."""
+    if not data.strip():
+        return "the file is empty"
+    if data.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):  # an OLE2 compound file
+        return "it is an Excel 97-2003 workbook (.xls), or a workbook locked by a password"
+    if data.startswith(b"PK"):
+        if b"opendocument.spreadsheet" in data[:200]:  # the ODF's first, stored entry
+            return "it is an OpenDocument spreadsheet (.ods)"
+        return f"it is a zip archive without a workbook in it ({type(exc).__name__})"
+    if b"\x00" not in data[:4096]:
+        return "it is text (a .csv file?)"
+    return f"it cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
 
 
 def _column_order(message: str) -> tuple[int, str]:
