@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from openpyxl import Workbook
+from openpyxl import Workbook, load_workbook
 
 from marketcare.domain.problems import ProblemState, rectification_rate
 from marketcare.errors import MarketcareError
@@ -284,6 +284,26 @@ def test_a_file_that_is_not_a_workbook_is_refused_clearly(ready: sa.Engine, tmp_
     bogus.write_text("not a workbook")
     with pytest.raises(MarketcareError, match="not an Excel .xlsx workbook"):
         ledger_problems.import_xlsx(ready, bogus, now=NOW)
+
+
+def test_an_empty_cell_of_merged_cells_or_a_formula_without_its_result_says_so(
+    ready: sa.Engine, tmp_path: Path
+) -> None:
+    row = ["lizhong", None, "卫生", "地面积水", "2026-11-26", "张伟", "2026-11-30"]
+    sheet = write_sheet(tmp_path / "督查.xlsx", [row, [None, *row[1:]], [*row[:6], "=TODAY()+3"]])
+    wb = load_workbook(sheet)
+    assert wb.active is not None
+    wb.active.merge_cells("A2:A3")  # the office's way of writing one market for two rows
+    wb.save(sheet)  # saved by a program: the formula's result is not kept
+    with pytest.raises(MarketcareError) as refused:
+        ledger_problems.import_xlsx(ready, sheet, now=NOW)
+    errors = refused.value.errors  # type: ignore[attr-defined]
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("row 3, column A (市场): say which market")
+    assert "part of the merged cells A2:A3, whose value is in A2 only: unmerge" in errors[0]
+    assert errors[1].startswith("row 4, column G (整改期限): empty")
+    assert "the formula =TODAY()+3 but the file keeps no result of it" in errors[1]
+    assert ledger_problems.listing(ready, now=NOW) == []
 
 
 def _ods() -> bytes:

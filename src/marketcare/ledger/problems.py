@@ -748,6 +748,7 @@ def import_xlsx(
     errors: list[str] = []
     bad_rows = 0
     good: list[tuple[int, NewProblem]] = []
+    blanks = _Blanks(data)
     with read(engine) as conn:
         zones = {
             r.id: r.timezone
@@ -795,11 +796,13 @@ def import_xlsx(
                 deadline=deadline,
                 source_key=f"import:{file_key}:{number}",
             )
-            row_errors = [f"{where(f)}: {m}" for f, m in unreadable.items()]
-            row_errors += [
-                f"{where(f)}: {m}"
-                for f, m in validate(conn, problem, now=now)
-                if f not in unreadable
+            found = list(unreadable.items())
+            found += [(f, m) for f, m in validate(conn, problem, now=now) if f not in unreadable]
+            row_errors = [
+                f"{where(f)}: {m}" + blanks.why(number, columns[f] + 1)
+                if f in columns and _text(cell(f)) == ""
+                else f"{where(f)}: {m}"
+                for f, m in found
             ]
             if row_errors:
                 errors.extend(sorted(row_errors, key=_column_order))
@@ -821,6 +824,45 @@ def import_xlsx(
 
     retrying(step, what="import problems")
     return result
+
+
+class _Blanks:
+    """Why a cell of the first sheet reads empty when the office sees a value in it: part
+    of merged cells (the value is kept in the first cell only), or a formula whose result
+    the file does not keep (written by a program, never saved by Excel). Asked only about
+    a required cell found empty, it reads the workbook again, whole, at the first question.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._sheet: Any = None
+
+    def why(self, row: int, column: int) -> str:
+        from openpyxl import load_workbook
+        from openpyxl.utils import get_column_letter
+
+        if self._sheet is None:
+            try:
+                self._sheet = load_workbook(io.BytesIO(self._data)).worksheets[0]
+            except Exception:  # read once already: an explanation is not worth failing for
+                self._sheet = False
+        if self._sheet is False:
+            return ""
+        coordinate = f"{get_column_letter(column)}{row}"
+        for merged in self._sheet.merged_cells.ranges:
+            if coordinate in merged:
+                return (
+                    f" (the cell is part of the merged cells {merged.coord}, whose value is "
+                    f"in {merged.coord.split(':')[0]} only: unmerge them and fill in every row)"
+                )
+        cell = self._sheet.cell(row=row, column=column)
+        if cell.data_type == "f":
+            formula = str(getattr(cell.value, "text", cell.value))[:100]
+            return (
+                f" (the cell holds the formula {formula} but the file keeps no result of it: "
+                "open and save the file in Excel or WPS, or type the value)"
+            )
+        return ""
 
 
 def _what_file_is(data: bytes, exc: Exception) -> str:
