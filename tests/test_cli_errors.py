@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import time_machine
 from typer.testing import CliRunner, Result
 
@@ -27,7 +30,17 @@ from marketcare.reports import delivery
 from marketcare.settings import Settings
 
 from .conftest import DISINFECTION, WASTE, make_market_yaml, utc
-from .support.procs import ROOT, cli, command, database, make_env, query, scalar
+from .support.procs import (
+    ROOT,
+    cli,
+    command,
+    database,
+    make_env,
+    query,
+    scalar,
+    start,
+    wait_until,
+)
 from .support.smtp import SmtpServer
 
 MARKETS = "markets:" + make_market_yaml("lizhong") + make_market_yaml("haibin")
@@ -398,6 +411,35 @@ def test_init_from_a_schedules_folder_without_files_is_refused_and_changes_nothi
     assert scalar(database(env), ahead) == before > 0
 
 
+def _completions_so_far(db: str) -> int:
+    try:
+        return int(scalar(db, "SELECT count(*) FROM completions") or 0)
+    except sa.exc.OperationalError:  # the tables are still being made
+        return 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_demo_removes_the_database_it_began_and_says_so(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGTERM (``timeout``, a service manager) is an interruption like Ctrl-C: half a
+    history would stay behind, and the next demo would refuse the database it began."""
+    env = make_env(tmp_path, database_url=f"sqlite:///{tmp_path / 'demo.db'}")
+    shutil.copytree(ROOT / "schedules", tmp_path / "schedules")
+    demo = start(env, "demo", "--days", "366", cwd=tmp_path, name="demo")
+    wait_until(lambda: _completions_so_far(database(env)), proc=demo, what="history written")
+    demo.popen.send_signal(sig)
+    assert demo.wait() == 130, demo.stderr()
+    assert f"interrupted: the unfinished demo database {tmp_path / 'demo.db'} was removed" in (
+        demo.stderr()
+    )
+    assert "Traceback" not in demo.stderr()
+    assert not list(tmp_path.glob("demo.db*"))
+    again = cli(env, "demo", "--days", "1", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+
+
+# ---------------------------------------------------------------- email addresses
 # ---------------------------------------------------------------- email addresses
 
 

@@ -169,6 +169,7 @@ def handled(fn: F) -> F:
         except MarketcareError as exc:
             raise fail(exc) from None
         except KeyboardInterrupt:
+            err.print("interrupted: the command stopped before its end")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as exc:
             meaning = fault_meaning(exc)

@@ -11,9 +11,10 @@ import typer
 from rich.table import Table
 
 from marketcare.cli.common import (
+    EXIT_INTERRUPTED,
     app,
     cli_settings,
-    connect,
+    err,
     fmt_local,
     handled,
     ledger_engine,
@@ -295,20 +296,37 @@ def demo_cmd(
     from marketcare.ledger import demo
     from marketcare.ledger.db import migrate
 
-    s, engine = connect(create=True)
-    migrate(engine)
+    s = cli_settings()
     schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
-    with progress_bar("simulating") as progress:
-        result = demo.fill(
-            engine,
-            schedule,
-            days=days,
-            seed=seed,
-            now=utcnow(),
-            horizon=s.horizon,
-            progress=progress,
-            evidence_dir=s.evidence_dir,
-        )
+    path = s.sqlite_path
+    made_here = path is not None and not path.exists()
+    engine = ledger_engine(s, create=True)
+    try:
+        migrate(engine)
+        with progress_bar("simulating") as progress:
+            result = demo.fill(
+                engine,
+                schedule,
+                days=days,
+                seed=seed,
+                now=utcnow(),
+                horizon=s.horizon,
+                progress=progress,
+                evidence_dir=s.evidence_dir,
+            )
+    except KeyboardInterrupt:
+        # half a history would be refused by the next demo ("already has obligations")
+        engine.dispose()
+        if made_here and path is not None:
+            for made in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                made.unlink(missing_ok=True)
+            err.print(f"interrupted: the unfinished demo database {path} was removed")
+        else:
+            err.print(
+                "interrupted: the database holds part of the demo history; empty it, or "
+                "use a new database, before running demo again"
+            )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     out.print(
         f"{days} days of history: {result.obligations} obligations — {result.done} on time, "
         f"{result.late} late, {result.failed} failed readings ({result.redone} redone), "
