@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import shutil
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -15,6 +17,7 @@ from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import make_engine, migrate, read
 from marketcare.ledger.models import Event, ReportRecord
 from marketcare.reports import delivery
+from marketcare.reports.anchors import read_anchors
 from marketcare.web.health import LedgerCollector
 
 from .conftest import database_url, utc
@@ -128,6 +131,49 @@ def test_verify_report_refuses_an_altered_workbook(history: History, tmp_path: P
     assert code == 1
     assert "NOT GENUINE" in output and "matches none of the recorded revisions" in output
     assert "Traceback" not in output
+
+
+def _inflated(report: Path, to: Path, part: str, size: int) -> Path:
+    """The report with one part that inflates to ``size`` bytes of blanks (a zip bomb:
+    a few hundred kB on disk)."""
+    with zipfile.ZipFile(report) as original, zipfile.ZipFile(to, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in original.namelist():
+            if name != part:
+                z.writestr(name, original.read(name))
+        with z.open(part, "w") as inflating:
+            for _ in range(size >> 20):
+                inflating.write(b" " * (1 << 20))
+    return to
+
+
+def test_a_workbook_that_inflates_to_hundreds_of_megabytes_is_read_in_bounded_memory(
+    history: History, tmp_path: Path
+) -> None:
+    bomb = _inflated(history.report.path, tmp_path / "收到.xlsx", "xl/worksheets/zz.xml", 300 << 20)
+    assert bomb.stat().st_size < 5 << 20
+    tracemalloc.start()
+    try:
+        anchors = read_anchors(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    head = history.report.anchor
+    assert head is not None
+    found = {(a.seq, a.hash, a.source.split(", ")[-1]) for a in anchors}
+    assert found == {
+        (head.seq, head.hash, "document property"),
+        (head.seq, head.hash, "summary sheet footer"),
+    }
+    assert peak < 50 << 20, f"{peak / 2**20:.0f} MiB to read a {bomb.stat().st_size} B file"
+
+
+def test_a_workbook_whose_properties_inflate_is_refused_without_reading_them_whole(
+    history: History, tmp_path: Path
+) -> None:
+    bomb = _inflated(history.report.path, tmp_path / "收到.xlsx", "docProps/custom.xml", 64 << 20)
+    code, output = verify_report(tmp_path, bomb)
+    assert code == 1, output
+    assert "its part docProps/custom.xml is larger than 1,000,000 bytes" in output
 
 
 def test_verify_report_refuses_a_workbook_from_another_ledger(

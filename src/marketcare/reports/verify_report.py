@@ -32,7 +32,7 @@ from marketcare.errors import MarketcareError
 from marketcare.ledger import audit
 from marketcare.ledger.db import read
 from marketcare.ledger.models import Installation, ReportRecord
-from marketcare.reports.anchors import read_anchors
+from marketcare.reports.anchors import ZIP_FAULTS, read_anchors, read_part
 
 
 @dataclass
@@ -56,8 +56,8 @@ class ReportCheck:
 def properties(data: bytes) -> dict[str, str]:
     """The workbook's custom document properties (``marketcare.*``)."""
     try:
-        custom = zipfile.ZipFile(BytesIO(data)).read("docProps/custom.xml").decode()
-    except (zipfile.BadZipFile, KeyError):
+        custom = read_part(zipfile.ZipFile(BytesIO(data)), "docProps/custom.xml", "the file")
+    except ZIP_FAULTS:
         return {}
     found = re.findall(r'<property[^>]*name="([^"]+)"[^>]*>\s*<vt:lpwstr[^>]*>([^<]*)<', custom)
     return {html.unescape(k): html.unescape(v) for k, v in found}
