@@ -306,6 +306,27 @@ def test_an_empty_cell_of_merged_cells_or_a_formula_without_its_result_says_so(
     assert ledger_problems.listing(ready, now=NOW) == []
 
 
+def test_a_spreadsheet_that_inflates_a_thousandfold_is_refused_before_it_is_read(
+    ready: sa.Engine, tmp_path: Path
+) -> None:
+    """1 MB on disk, 1 GB of XML once inflated: openpyxl would hold it all in memory."""
+    clean = write_sheet(
+        tmp_path / "clean.xlsx", [["lizhong", None, "卫生", "积水", None, "张伟", "2026-11-30"]]
+    )
+    bomb = tmp_path / "督查.xlsx"
+    with zipfile.ZipFile(clean) as original, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in original.namelist():
+            if name != "docProps/core.xml":
+                z.writestr(name, original.read(name))
+        with z.open("docProps/core.xml", "w") as inflating:
+            for _ in range(64):
+                inflating.write(b" " * (1 << 20))
+    with pytest.raises(MarketcareError) as refused:
+        ledger_problems.import_xlsx(ready, bomb, now=NOW)
+    assert "its part docProps/core.xml would inflate from " in refused.value.message
+    assert ledger_problems.listing(ready, now=NOW) == []
+
+
 def _ods() -> bytes:
     """The start of an OpenDocument spreadsheet: its first entry, stored, names the type."""
     buffer = io.BytesIO()

@@ -167,13 +167,17 @@ def test_a_workbook_that_inflates_to_hundreds_of_megabytes_is_read_in_bounded_me
     assert peak < 50 << 20, f"{peak / 2**20:.0f} MiB to read a {bomb.stat().st_size} B file"
 
 
-def test_a_workbook_whose_properties_inflate_is_refused_without_reading_them_whole(
-    history: History, tmp_path: Path
+@pytest.mark.parametrize(
+    "part", ["docProps/custom.xml", "docProps/core.xml", "xl/worksheets/sheet1.xml"]
+)
+def test_a_received_workbook_with_a_part_that_inflates_a_thousandfold_is_refused_unread(
+    history: History, tmp_path: Path, part: str
 ) -> None:
-    bomb = _inflated(history.report.path, tmp_path / "收到.xlsx", "docProps/custom.xml", 64 << 20)
+    bomb = _inflated(history.report.path, tmp_path / "收到.xlsx", part, 64 << 20)
     code, output = verify_report(tmp_path, bomb)
     assert code == 1, output
-    assert "its part docProps/custom.xml is larger than 1,000,000 bytes" in output
+    assert f"its part {part} would inflate from " in output and "refused unread" in output
+    assert "Traceback" not in output
 
 
 def test_verify_report_refuses_a_workbook_from_another_ledger(

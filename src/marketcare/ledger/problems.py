@@ -40,6 +40,7 @@ from marketcare.domain.problems import (
 from marketcare.domain.schedules import Schedule
 from marketcare.domain.vocabulary import REINSPECTION
 from marketcare.errors import BadInput, Conflict, NotFound
+from marketcare.files import refuse_zip_bomb
 from marketcare.ledger import audit, evidence
 from marketcare.ledger.db import dialect_insert, read, retrying, write
 from marketcare.ledger.models import (
@@ -715,6 +716,7 @@ def import_xlsx(
         raise BadInput(f"{path}: no such file (or not a file)", "file")
     data = path.read_bytes()
     file_key = hashlib.sha256(data).hexdigest()[:16]
+    refuse_zip_bomb(data, str(path))
     try:
         wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises many kinds for a file that is not a workbook

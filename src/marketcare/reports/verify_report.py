@@ -29,6 +29,7 @@ import sqlalchemy as sa
 from marketcare.domain.compliance import percent
 from marketcare.domain.periods import Period, from_key
 from marketcare.errors import MarketcareError
+from marketcare.files import refuse_zip_bomb
 from marketcare.ledger import audit
 from marketcare.ledger.db import read
 from marketcare.ledger.models import Installation, ReportRecord
@@ -71,6 +72,7 @@ def check(engine: sa.Engine, path: Path, *, now: datetime) -> ReportCheck:
         raise MarketcareError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if not data.startswith(b"PK"):
         raise MarketcareError(f"{path}: not an .xlsx workbook")
+    refuse_zip_bomb(data, str(path))
     result = ReportCheck(path, hashlib.sha256(data).hexdigest())
     props = properties(data)
     with read(engine) as conn:
