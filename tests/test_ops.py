@@ -58,12 +58,16 @@ def test_not_ready_until_a_scheduler_leader_is_known(site: Site) -> None:
         assert after.status_code == 200, after.text
         # PostgreSQL also says whether the audit chain keeps up (docs/operations.md)
         chain = {"audit_chain": "ok"} if site.engine.dialect.name == "postgresql" else {}
-        assert after.json()["checks"] == {
-            "database": "ok",
-            "schedule": "ok",
-            "scheduler_leader": "host:1",
-            "writes": "ok",
-        } | chain
+        assert (
+            after.json()["checks"]
+            == {
+                "database": "ok",
+                "schedule": "ok",
+                "scheduler_leader": "host:1",
+                "writes": "ok",
+            }
+            | chain
+        )
         site.clock.advance(minutes=5)  # the leader stopped beating
         try:
             assert c.get("/readyz").status_code == 503
