@@ -798,13 +798,13 @@ def import_xlsx(
                 deadline=deadline,
                 source_key=f"import:{file_key}:{number}",
             )
-            found = list(unreadable.items())
-            found += [(f, m) for f, m in validate(conn, problem, now=now) if f not in unreadable]
+            faults = list(unreadable.items())
+            faults += [(f, m) for f, m in validate(conn, problem, now=now) if f not in unreadable]
             row_errors = [
                 f"{where(f)}: {m}" + blanks.why(number, columns[f] + 1)
                 if f in columns and _text(cell(f)) == ""
                 else f"{where(f)}: {m}"
-                for f, m in found
+                for f, m in faults
             ]
             if row_errors:
                 errors.extend(sorted(row_errors, key=_column_order))
