@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 import time_machine
+import typer.main
 from typer.testing import CliRunner, Result
 
 from marketcare.cli import app
@@ -401,6 +404,36 @@ def test_a_bad_settings_file_is_named_by_the_error_wherever_it_is(
     assert says in r.stderr and str(config) in r.stderr
     assert "config/marketcare.toml" not in r.stderr
     ended_itself(r)
+
+
+def _leaf_commands() -> list[tuple[str, Any]]:
+    found, todo = [], [("marketcare", typer.main.get_command(app))]
+    while todo:
+        name, command = todo.pop()
+        if hasattr(command, "commands"):
+            todo += [(f"{name} {sub}", c) for sub, c in command.commands.items()]
+        else:
+            found.append((name, command))
+    return sorted(found, key=lambda found: found[0])
+
+
+@pytest.mark.parametrize(("name", "command"), _leaf_commands(), ids=lambda v: str(v))
+def test_every_commands_help_ends_with_an_example_of_itself_with_real_options(
+    name: str, command: Any
+) -> None:
+    """A newcomer's first question after what a command does: how it is written."""
+    epilog = command.epilog or ""
+    assert epilog.startswith("Example: "), f"{name} --help shows no example"
+    words = shlex.split(epilog.removeprefix("Example: "))
+    while "=" in words[0] and not words[0].startswith("-"):
+        words = words[1:]  # MARKETCARE_…=… before the command
+    assert " ".join(words[: len(name.split())]) == name, epilog
+    known = {opt for p in command.params for opt in [*p.opts, *p.secondary_opts]}
+    for word in words[len(name.split()) :]:
+        if word.startswith("-"):
+            assert word.split("=", 1)[0] in known, f"{name} has no option {word}"
+    shown = runner.invoke(app, [*name.split()[1:], "--help"], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0 and epilog in shown.output
 
 
 # ---------------------------------------------------------------- demo and audit

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 # ------------------------------------------------------------------------------ init
 
 
-@app.command()
+@app.command(epilog="Example: marketcare init --operator admin")
 @handled
 def init(
     operator: Annotated[
@@ -74,7 +74,7 @@ def init(
 # ------------------------------------------------------------------------------ check
 
 
-@app.command()
+@app.command(epilog="Example: marketcare check schedules/tasks.yaml")
 @handled
 def check(
     paths: Annotated[
@@ -118,7 +118,7 @@ def _planned_json(p: Planned, schedule: Schedule) -> dict[str, Any]:
     }
 
 
-@app.command()
+@app.command(epilog="Example: marketcare plan --from 2026-12-01 --days 7 --market lizhong")
 @handled
 def plan(
     from_: Annotated[
@@ -283,7 +283,10 @@ def _moved_table(moved: list[Moved], schedule: Schedule) -> None:
 # ------------------------------------------------------------------------------ demo
 
 
-@app.command(name="demo")
+@app.command(
+    name="demo",
+    epilog="Example: MARKETCARE_DATABASE_URL=sqlite:///var/demo.db marketcare demo --days 14",
+)
 @handled
 def demo_cmd(
     days: Annotated[int, typer.Option(min=1, max=366, help="Days of history that end today.")] = 14,
@@ -339,7 +342,7 @@ def demo_cmd(
 # ------------------------------------------------------------------------------ run
 
 
-@app.command()
+@app.command(epilog="Example: marketcare run --port 8000")
 @handled
 def run(
     host: Annotated[

@@ -86,7 +86,9 @@ def first_operator(engine: sa.Engine, username: str) -> None:
     )
 
 
-@users_app.command("add")
+@users_app.command(
+    "add", epilog="Example: marketcare users add wang --role manager --market lizhong"
+)
 @handled
 def users_add(
     username: Annotated[str, typer.Argument(help="Sign-in name: a-z 0-9 . _ -")],
@@ -119,7 +121,7 @@ def users_add(
     out.print(f"user {username.lower()!r} ({role.value}{where}) created")
 
 
-@users_app.command("passwd")
+@users_app.command("passwd", epilog="Example: marketcare users passwd wang")
 @handled
 def users_passwd(
     username: str,
@@ -147,7 +149,7 @@ def users_passwd(
     )
 
 
-@users_app.command("disable")
+@users_app.command("disable", epilog="Example: marketcare users disable wang")
 @handled
 def users_disable(
     username: str,
@@ -161,7 +163,7 @@ def users_disable(
     out.print(f"user {username!r} {'enabled' if enable else 'disabled'}", markup=False)
 
 
-@users_app.command("list")
+@users_app.command("list", epilog="Example: marketcare users list --json")
 @handled
 def users_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -199,7 +201,7 @@ def users_list(
     out.print(table)
 
 
-@users_app.command("token")
+@users_app.command("token", epilog="Example: marketcare users token wang --name 数据平台")
 @handled
 def users_token(
     username: str,
@@ -217,7 +219,7 @@ def users_token(
     )
 
 
-@users_app.command("tokens")
+@users_app.command("tokens", epilog="Example: marketcare users tokens wang")
 @handled
 def users_tokens(
     username: Annotated[
@@ -253,7 +255,7 @@ def users_tokens(
     out.print(table)
 
 
-@users_app.command("revoke-token")
+@users_app.command("revoke-token", epilog="Example: marketcare users revoke-token wang 3")
 @handled
 def users_revoke_token(
     username: str,
@@ -269,7 +271,7 @@ def users_revoke_token(
     out.print(f"token {token_id} of {username.lower()!r} revoked", markup=False)
 
 
-@users_app.command("rotate-feed")
+@users_app.command("rotate-feed", epilog="Example: marketcare users rotate-feed wang")
 @handled
 def users_rotate_feed(username: str) -> None:
     """Give a user new calendar feed addresses; the old ones answer 404 from now on."""
