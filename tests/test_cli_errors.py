@@ -227,6 +227,8 @@ def test_a_problem_token_reused_for_another_problem_is_refused(ready: dict[str, 
         (["tick", "1180591620717411303424", "--by", "x"], 2, "less than or equal"),
         (["tick", "0", "--by", "x"], 2, "obligation_id"),
         (["outbox", "--resend", "99999999999999999999999"], 2, "--resend"),
+        (["run", "--port", "70000"], 2, "'--port': Input should be less than or equal to 65535"),
+        (["run", "--port", "-1"], 2, "'--port': Input should be greater than or equal to 0"),
         (["export", "--period", "day", "--date", "9999-12-31"], 1, "between 2000 and 2100"),
         (["status", "--date", "2026-02-30"], 1, "is not a date"),
         (["pest", "--month", "9999-12"], 1, "--month"),
@@ -307,6 +309,23 @@ def test_a_value_longer_than_its_limit_is_refused_the_same_on_every_database(
     assert done.exit_code == 1, done.output
     assert "at most" in done.output and "characters" in done.output
     assert state_of(ready, oid) == "open"
+
+
+def test_an_error_of_the_shared_rules_names_the_options_as_typed(ready: dict[str, str]) -> None:
+    """The rules name fields as the API does (``found_by``); a command names its options."""
+    oid = obligation(ready, "lizhong", "veg")
+    blank = invoke("tick", str(oid), "--by", " ", "--reading", "chlorine=500")
+    assert blank.exit_code == 1, blank.output
+    assert blank.output.startswith("error: --by: ")
+    added = invoke(
+        "problems", "add", "--market", "lizhong", "--category", "leak", "--description", "",
+        "--found-by", "", "--within", "3d",
+    )  # fmt: skip
+    assert added.exit_code == 1, added.output
+    message = added.output.strip()
+    assert message.startswith("error: --category: 'leak' is not one of"), message
+    assert "; --description: " in message and "; --found-by: " in message
+    assert "found_by" not in message and state_of(ready, oid) == "open"
 
 
 # ---------------------------------------------------------------- export --out

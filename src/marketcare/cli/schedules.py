@@ -349,7 +349,10 @@ def run(
         str | None, typer.Option(help="Address the web app listens on (setting web_host)")
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="Port of the web app (setting web_port; 0 picks a free one)")
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Port of the web app (setting web_port; 0 picks a free one)"
+        ),
     ] = None,
     web: Annotated[
         bool | None, typer.Option("--web/--no-web", help="Serve the web app (setting web_enabled)")
