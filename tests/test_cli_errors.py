@@ -633,6 +633,13 @@ def test_make_run_installs_the_runtime_only_and_make_test_the_test_tools(tmp_pat
     assert "-e '.[test]'" in planned("unit-sqlite")
 
 
+def test_the_bulletin_logs_its_own_lines_not_weasyprints_steps(ready: dict[str, str]) -> None:
+    done = invoke("bulletin", "--period", "week")
+    assert done.exit_code == 0, done.output
+    assert "bulletin written" in done.stderr
+    assert "weasyprint" not in done.stderr and "fontTools" not in done.stderr
+
+
 def test_uvicorns_coloured_copy_of_a_message_stays_out_of_the_log() -> None:
     record = logging.LogRecord("uvicorn.error", logging.INFO, "", 0, "Started", (), None)
     record.color_message = "\x1b[32mStarted\x1b[0m"
