@@ -591,6 +591,26 @@ def test_users_add_without_a_terminal_says_how_to_give_the_password(
     assert "GetPassWarning" not in done.stderr and "Aborted" not in done.stderr
 
 
+@pytest.mark.parametrize("decoding", ["utf-8", "utf-8:surrogateescape"])
+def test_a_password_piped_in_that_is_not_utf8_is_refused_and_makes_no_user(
+    ready: dict[str, str], tmp_path: Path, decoding: str
+) -> None:
+    """A C locale reads stdin leniently (bytes kept as surrogates): no hash can be made of
+    that, and it must be said, whichever way the bytes arrive."""
+    done = subprocess.run(
+        command(["users", "add", "wang", "--role", "office", "--password-stdin"]),
+        env={**ready, "PYTHONIOENCODING": decoding},
+        cwd=tmp_path,
+        input=b"\xff\xfe-a-long-password\n",
+        capture_output=True,
+        check=False,
+    )
+    stderr = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 1, stderr
+    assert "--password-stdin: the password is not UTF-8 text" in stderr
+    assert scalar(database(ready), "SELECT count(*) FROM users WHERE username = 'wang'") == 0
+
+
 @pytest.mark.parametrize(
     ("language", "header", "state"), [("en", "Due by", "Open"), ("zh_CN", "截止时间", "进行中")]
 )

@@ -24,6 +24,7 @@ from marketcare.cli.common import (
     utcnow,
     words,
 )
+from marketcare.domain.inputs import undecodable
 from marketcare.errors import BadInput
 
 if TYPE_CHECKING:
@@ -50,9 +51,12 @@ def _read_password(from_stdin: bool) -> str:
     on the terminal (without one, asking would only fail: say how to give it instead)."""
     if from_stdin:
         try:
-            return sys.stdin.readline().rstrip("\r\n")
+            given = sys.stdin.readline().rstrip("\r\n")
         except UnicodeDecodeError:
-            raise BadInput("--password-stdin: the password is not UTF-8 text", "password") from None
+            given = "\udcff"  # a strict decoder refused it; a lenient one keeps surrogates
+        if undecodable(given):
+            raise BadInput("--password-stdin: the password is not UTF-8 text", "password")
+        return given
     if not sys.stdin.isatty():
         raise BadInput(
             "password: no terminal to ask it on; pipe it in with --password-stdin "
@@ -63,6 +67,8 @@ def _read_password(from_stdin: bool) -> str:
     again: str = typer.prompt("Repeat the password", hide_input=True)
     if first != again:
         raise BadInput("the two passwords differ; nothing changed", "password")
+    if undecodable(first):
+        raise BadInput("the password is not UTF-8 text; nothing changed", "password")
     return first
 
 
