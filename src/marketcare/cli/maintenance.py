@@ -222,7 +222,13 @@ def restore_cmd(
             out.print(f"audit chain: ok, {found.chain.checked} events intact", markup=False)
         else:
             err.print(f"audit chain: TAMPERED: {found.chain.reason} (--force)", markup=False)
-        return yes or typer.confirm(f"Replace {db} with this backup?", default=False)
+        if yes:
+            return True
+        try:
+            return typer.confirm(f"Replace {db} with this backup?", default=False)
+        except typer.Abort:  # no answer: standard input ended (a script, cron)
+            err.print("no answer (standard input ended); give --yes to restore without asking")
+            return False
 
     result = backups.restore(s, path, now=utcnow(), force=force, confirm=confirm)
     kept = f"; the database it replaced is kept as {result.kept}" if result.kept else ""
