@@ -364,19 +364,6 @@ def test_a_backup_never_overwrites_an_existing_file(
     assert backup.read_bytes() == before
 
 
-def test_a_backup_into_a_folder_that_does_not_exist_is_refused_and_makes_none(
-    history: tuple[Ledger, Path], tmp_path: Path
-) -> None:
-    """A mistyped path or a backup disk not mounted: the copy must not land in a new
-    folder on the wrong disk, as if all were well."""
-    mine, _ = copy_of(history, tmp_path)
-    unmounted = tmp_path / "mnt" / "usb"
-    made = mine.cli("backup", str(unmounted / "marketcare.db"))
-    assert made.returncode == 1, made.stdout
-    assert f"the folder {unmounted} does not exist" in made.stderr
-    assert not (tmp_path / "mnt").exists()
-
-
 # ---------------------------------------------------------------- restore
 
 

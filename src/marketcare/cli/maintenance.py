@@ -19,7 +19,7 @@ from marketcare.cli.common import (
     styled,
     utcnow,
 )
-from marketcare.errors import BadInput, Refused
+from marketcare.errors import Refused
 
 if TYPE_CHECKING:
     pass
@@ -170,9 +170,6 @@ def backup_cmd(
     target = path or backups.default_path(db, now)
     if target.is_dir():
         target = target / backups.default_path(db, now).name
-    elif path is not None and not path.parent.is_dir():
-        # a mistyped path, or a backup disk not mounted: never a new folder on the wrong disk
-        raise BadInput(f"{path}: the folder {path.parent} does not exist", "path")
     with progress_bar("copying", unit="pages") as progress:
         found = backups.backup(db, target, step_pages=step_pages, progress=progress)
     out.print(
