@@ -379,6 +379,18 @@ def test_a_bad_setting_exits_2_naming_the_setting(
     ended_itself(r)
 
 
+@pytest.mark.parametrize(("where", "value"), [("env", ""), ("env", "  "), ("option", "")])
+def test_an_empty_web_host_is_refused_not_taken_as_every_address(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, where: str, value: str
+) -> None:
+    if where == "env":
+        monkeypatch.setenv("MARKETCARE_WEB_HOST", value)
+    r = invoke("run", *(["--host", value] if where == "option" else []))
+    assert r.exit_code == 2, r.output
+    assert "setting 'web_host'" in r.stderr and "0.0.0.0" in r.stderr
+    ended_itself(r)
+
+
 @pytest.mark.parametrize(
     ("text", "says"),
     [

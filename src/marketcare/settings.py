@@ -135,6 +135,18 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("web_host")
+    @classmethod
+    def _web_host(cls, value: str) -> str:
+        # an empty host is every address to the server: a blank line in an environment
+        # file would put the app, without TLS, on every network the machine is on
+        if not value.strip():
+            raise ValueError(
+                "empty; write 127.0.0.1 (this machine only, the default) or 0.0.0.0 "
+                "(every address, behind a firewall and a TLS proxy)"
+            )
+        return value.strip()
+
     @field_validator("metrics_listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
