@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from marketcare.cli import app
+from marketcare.errors import MarketcareError
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import make_engine, migrate, read
 from marketcare.ledger.models import Event, ReportRecord
@@ -165,6 +166,18 @@ def test_a_workbook_that_inflates_to_hundreds_of_megabytes_is_read_in_bounded_me
         (head.seq, head.hash, "summary sheet footer"),
     }
     assert peak < 50 << 20, f"{peak / 2**20:.0f} MiB to read a {bomb.stat().st_size} B file"
+
+
+def test_an_anchor_file_larger_than_any_email_is_refused_before_it_is_parsed(
+    tmp_path: Path,
+) -> None:
+    """The email parser holds some ten times the text: 1 GB given as an .eml took 12 GB."""
+    huge = tmp_path / "周报.eml"
+    with huge.open("wb") as f:
+        f.write(b"From: office@example.org\r\n\r\n")
+        f.truncate(100_000_001)
+    with pytest.raises(MarketcareError, match=r"more than any email \(100 MB\)"):
+        read_anchors(huge)
 
 
 @pytest.mark.parametrize(

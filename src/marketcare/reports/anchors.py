@@ -47,6 +47,11 @@ def read_anchors(path: Path) -> list[Anchor]:
         raise MarketcareError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if data.startswith(b"PK"):
         found = _from_workbook(data, path.name)
+    elif len(data) > MAX_EMAIL_BYTES:  # parsing takes some ten times the text in memory
+        raise MarketcareError(
+            f"{path}: neither an .xlsx workbook nor a report email (.eml): "
+            f"{len(data) / 1e6:,.0f} MB, more than any email ({MAX_EMAIL_BYTES // 1_000_000} MB)"
+        )
     else:
         found = _from_email(data, path.name)
     unique = list(dict.fromkeys(found))
@@ -58,6 +63,8 @@ def read_anchors(path: Path) -> list[Anchor]:
     return unique
 
 
+#: the largest saved email read (mail servers take 25 to 50 MB; a report's is far less)
+MAX_EMAIL_BYTES = 100_000_000
 #: what reading a damaged or hostile zip raises (besides OSError)
 ZIP_FAULTS = (zipfile.BadZipFile, KeyError, zlib.error, EOFError, NotImplementedError, RuntimeError)
 #: the most of a workbook's document properties read (marketcare writes a few hundred bytes)
