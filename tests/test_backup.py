@@ -392,8 +392,9 @@ def test_restore_brings_the_ledger_back_exactly(
     assert verify.returncode == 0, verify.stderr
 
 
+@pytest.mark.parametrize("answer", ["n\n", ""], ids=["no", "no-answer"])
 def test_restore_asks_first_and_a_no_changes_nothing(
-    history: tuple[Ledger, Path], tmp_path: Path
+    history: tuple[Ledger, Path], tmp_path: Path, answer: str
 ) -> None:
     mine, backup = copy_of(history, tmp_path)
     change(mine)
@@ -402,7 +403,7 @@ def test_restore_asks_first_and_a_no_changes_nothing(
         command(["restore", str(backup)]),
         env=mine.env,
         cwd=tmp_path,
-        input="n\n",
+        input=answer,
         capture_output=True,
         text=True,
         encoding="utf-8",
@@ -410,7 +411,10 @@ def test_restore_asks_first_and_a_no_changes_nothing(
     )
     assert answered.returncode == 1
     assert "Replace" in answered.stdout
-    assert "Traceback" not in answered.stderr
+    assert "Traceback" not in answered.stderr and "Aborted" not in answered.stderr
+    assert "error: restore cancelled; nothing was changed" in answered.stderr
+    if not answer:  # a script or cron without --yes: say what it lacks
+        assert "give --yes to restore without asking" in answered.stderr
     assert table_sums(mine.db) == live
     assert kept_files(mine) == []
 

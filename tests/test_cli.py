@@ -13,13 +13,16 @@ from __future__ import annotations
 import json
 import logging
 import re
+import shlex
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 import time_machine
+import typer.main
 from typer.testing import CliRunner, Result
 
 from marketcare.cli import app
@@ -400,6 +403,75 @@ def test_a_bad_setting_exits_2_naming_the_setting(
     assert f"setting '{name}'" in r.stderr and f"MARKETCARE_{name.upper()}" in r.stderr
     assert value in r.stderr
     ended_itself(r)
+
+
+@pytest.mark.parametrize(("where", "value"), [("env", ""), ("env", "  "), ("option", "")])
+def test_an_empty_web_host_is_refused_not_taken_as_every_address(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, where: str, value: str
+) -> None:
+    if where == "env":
+        monkeypatch.setenv("MARKETCARE_WEB_HOST", value)
+    r = invoke("run", *(["--host", value] if where == "option" else []))
+    assert r.exit_code == 2, r.output
+    assert "setting 'web_host'" in r.stderr and "0.0.0.0" in r.stderr
+    ended_itself(r)
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        ('horizon = "2d\nweb_port = 1\n', "Illegal character"),
+        ('horizon = "3x"\n', "setting 'horizon' (MARKETCARE_HORIZON or horizon in "),
+        ("horizon = '\u6708'\n".encode("gbk"), "cannot read the settings file "),
+    ],
+    ids=["malformed", "bad-value", "not-utf8"],
+)
+def test_a_bad_settings_file_is_named_by_the_error_wherever_it_is(
+    env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    text: str | bytes,
+    says: str,
+) -> None:
+    config = tmp_path / "etc" / "marketcare.toml"
+    config.parent.mkdir()
+    config.write_bytes(text if isinstance(text, bytes) else text.encode())
+    monkeypatch.setenv("MARKETCARE_CONFIG", str(config))
+    r = invoke("status")
+    assert r.exit_code == 2, r.output
+    assert says in r.stderr and str(config) in r.stderr
+    assert "config/marketcare.toml" not in r.stderr
+    ended_itself(r)
+
+
+def _leaf_commands() -> list[tuple[str, Any]]:
+    found, todo = [], [("marketcare", typer.main.get_command(app))]
+    while todo:
+        name, command = todo.pop()
+        if hasattr(command, "commands"):
+            todo += [(f"{name} {sub}", c) for sub, c in command.commands.items()]
+        else:
+            found.append((name, command))
+    return sorted(found, key=lambda found: found[0])
+
+
+@pytest.mark.parametrize(("name", "command"), _leaf_commands(), ids=lambda v: str(v))
+def test_every_commands_help_ends_with_an_example_of_itself_with_real_options(
+    name: str, command: Any
+) -> None:
+    """A newcomer's first question after what a command does: how it is written."""
+    epilog = command.epilog or ""
+    assert epilog.startswith("Example: "), f"{name} --help shows no example"
+    words = shlex.split(epilog.removeprefix("Example: "))
+    while "=" in words[0] and not words[0].startswith("-"):
+        words = words[1:]  # MARKETCARE_…=… before the command
+    assert " ".join(words[: len(name.split())]) == name, epilog
+    known = {opt for p in command.params for opt in [*p.opts, *p.secondary_opts]}
+    for word in words[len(name.split()) :]:
+        if word.startswith("-"):
+            assert word.split("=", 1)[0] in known, f"{name} has no option {word}"
+    shown = runner.invoke(app, [*name.split()[1:], "--help"], env={"COLUMNS": "300"})
+    assert shown.exit_code == 0 and epilog in shown.output
 
 
 # ---------------------------------------------------------------- demo and audit

@@ -10,6 +10,8 @@ import json
 import logging
 import os
 import re
+import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -17,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 import time_machine
 from typer.testing import CliRunner, Result
 
@@ -27,7 +30,17 @@ from marketcare.reports import delivery
 from marketcare.settings import Settings
 
 from .conftest import DISINFECTION, WASTE, make_market_yaml, utc
-from .support.procs import ROOT, cli, command, database, make_env, query, scalar
+from .support.procs import (
+    ROOT,
+    cli,
+    command,
+    database,
+    make_env,
+    query,
+    scalar,
+    start,
+    wait_until,
+)
 from .support.smtp import SmtpServer
 
 MARKETS = "markets:" + make_market_yaml("lizhong") + make_market_yaml("haibin")
@@ -214,6 +227,8 @@ def test_a_problem_token_reused_for_another_problem_is_refused(ready: dict[str, 
         (["tick", "1180591620717411303424", "--by", "x"], 2, "less than or equal"),
         (["tick", "0", "--by", "x"], 2, "obligation_id"),
         (["outbox", "--resend", "99999999999999999999999"], 2, "--resend"),
+        (["run", "--port", "70000"], 2, "'--port': Input should be less than or equal to 65535"),
+        (["run", "--port", "-1"], 2, "'--port': Input should be greater than or equal to 0"),
         (["export", "--period", "day", "--date", "9999-12-31"], 1, "between 2000 and 2100"),
         (["status", "--date", "2026-02-30"], 1, "is not a date"),
         (["pest", "--month", "9999-12"], 1, "--month"),
@@ -296,6 +311,23 @@ def test_a_value_longer_than_its_limit_is_refused_the_same_on_every_database(
     assert state_of(ready, oid) == "open"
 
 
+def test_an_error_of_the_shared_rules_names_the_options_as_typed(ready: dict[str, str]) -> None:
+    """The rules name fields as the API does (``found_by``); a command names its options."""
+    oid = obligation(ready, "lizhong", "veg")
+    blank = invoke("tick", str(oid), "--by", " ", "--reading", "chlorine=500")
+    assert blank.exit_code == 1, blank.output
+    assert blank.output.startswith("error: --by: ")
+    added = invoke(
+        "problems", "add", "--market", "lizhong", "--category", "leak", "--description", "",
+        "--found-by", "", "--within", "3d",
+    )  # fmt: skip
+    assert added.exit_code == 1, added.output
+    message = added.output.strip()
+    assert message.startswith("error: --category: 'leak' is not one of"), message
+    assert "; --description: " in message and "; --found-by: " in message
+    assert "found_by" not in message and state_of(ready, oid) == "open"
+
+
 # ---------------------------------------------------------------- export --out
 
 
@@ -356,6 +388,77 @@ def test_an_exports_folder_that_is_a_file_is_unavailable_exit_75(
     assert "is a file, not a folder" in done.output
 
 
+@pytest.mark.parametrize("command", [["status"], ["init"], ["demo", "--days", "1"]])
+def test_a_database_url_naming_a_file_that_is_no_database_is_one_line_and_leaves_it_alone(
+    env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: list[str]
+) -> None:
+    wrong = tmp_path / "problems.xlsx"
+    wrong.write_bytes(b"PK\x03\x04 a spreadsheet, not a ledger" * 100)
+    before = wrong.read_bytes()
+    monkeypatch.setenv("MARKETCARE_DATABASE_URL", f"sqlite:///{wrong}")
+    done = invoke(*command)
+    assert done.exit_code == 75, done.output
+    assert "not a SQLite database" in done.output and "database_url" in done.output
+    assert "internal error" not in done.output and "Traceback" not in done.output
+    assert wrong.read_bytes() == before
+
+
+def test_init_from_a_schedules_folder_without_files_is_refused_and_changes_nothing(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    (tmp_path / "schedules" / "markets.yaml").rename(tmp_path / "markets.yaml")
+    (tmp_path / "schedules" / "tasks.yaml").rename(tmp_path / "tasks.yaml")
+    fresh = invoke("init")
+    assert fresh.exit_code == 1, fresh.output
+    assert "schedules:1:1: no schedule files (*.yaml, *.yml) in this folder" in fresh.output
+    assert not (tmp_path / "var").exists()  # no database made, no operator printed
+    assert invoke("check").exit_code == 1
+
+    for name in ("markets.yaml", "tasks.yaml"):
+        (tmp_path / name).rename(tmp_path / "schedules" / name)
+    assert invoke("init").exit_code == 0
+    ahead = "SELECT count(*) FROM obligations WHERE state IN ('upcoming', 'open')"
+    versions, before = (
+        scalar(database(env), "SELECT count(*) FROM schedule_versions"),
+        scalar(database(env), ahead),
+    )
+    for name in ("markets.yaml", "tasks.yaml"):  # moved away while the office edits them
+        (tmp_path / "schedules" / name).rename(tmp_path / name)
+    again = invoke("init")
+    assert again.exit_code == 1, again.output
+    assert scalar(database(env), "SELECT count(*) FROM schedule_versions") == versions
+    assert scalar(database(env), ahead) == before > 0
+
+
+def _completions_so_far(db: str) -> int:
+    try:
+        return int(scalar(db, "SELECT count(*) FROM completions") or 0)
+    except sa.exc.OperationalError:  # the tables are still being made
+        return 0
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_an_interrupted_demo_removes_the_database_it_began_and_says_so(
+    tmp_path: Path, sig: signal.Signals
+) -> None:
+    """SIGTERM (``timeout``, a service manager) is an interruption like Ctrl-C: half a
+    history would stay behind, and the next demo would refuse the database it began."""
+    env = make_env(tmp_path, database_url=f"sqlite:///{tmp_path / 'demo.db'}")
+    shutil.copytree(ROOT / "schedules", tmp_path / "schedules")
+    demo = start(env, "demo", "--days", "366", cwd=tmp_path, name="demo")
+    wait_until(lambda: _completions_so_far(database(env)), proc=demo, what="history written")
+    demo.popen.send_signal(sig)
+    assert demo.wait() == 130, demo.stderr()
+    assert f"interrupted: the unfinished demo database {tmp_path / 'demo.db'} was removed" in (
+        demo.stderr()
+    )
+    assert "Traceback" not in demo.stderr()
+    assert not list(tmp_path.glob("demo.db*"))
+    again = cli(env, "demo", "--days", "1", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+
+
+# ---------------------------------------------------------------- email addresses
 # ---------------------------------------------------------------- email addresses
 
 
@@ -488,6 +591,26 @@ def test_users_add_without_a_terminal_says_how_to_give_the_password(
     assert "GetPassWarning" not in done.stderr and "Aborted" not in done.stderr
 
 
+@pytest.mark.parametrize("decoding", ["utf-8", "utf-8:surrogateescape"])
+def test_a_password_piped_in_that_is_not_utf8_is_refused_and_makes_no_user(
+    ready: dict[str, str], tmp_path: Path, decoding: str
+) -> None:
+    """A C locale reads stdin leniently (bytes kept as surrogates): no hash can be made of
+    that, and it must be said, whichever way the bytes arrive."""
+    done = subprocess.run(
+        command(["users", "add", "wang", "--role", "office", "--password-stdin"]),
+        env={**ready, "PYTHONIOENCODING": decoding},
+        cwd=tmp_path,
+        input=b"\xff\xfe-a-long-password\n",
+        capture_output=True,
+        check=False,
+    )
+    stderr = done.stderr.decode("utf-8", "replace")
+    assert done.returncode == 1, stderr
+    assert "--password-stdin: the password is not UTF-8 text" in stderr
+    assert scalar(database(ready), "SELECT count(*) FROM users WHERE username = 'wang'") == 0
+
+
 @pytest.mark.parametrize(
     ("language", "header", "state"), [("en", "Due by", "Open"), ("zh_CN", "截止时间", "进行中")]
 )
@@ -528,6 +651,13 @@ def test_make_run_installs_the_runtime_only_and_make_test_the_test_tools(tmp_pat
     run = planned("run")
     assert "pip install" in run and "-e ." in run and "[test]" not in run
     assert "-e '.[test]'" in planned("unit-sqlite")
+
+
+def test_the_bulletin_logs_its_own_lines_not_weasyprints_steps(ready: dict[str, str]) -> None:
+    done = invoke("bulletin", "--period", "week")
+    assert done.exit_code == 0, done.output
+    assert "bulletin written" in done.stderr
+    assert "weasyprint" not in done.stderr and "fontTools" not in done.stderr
 
 
 def test_uvicorns_coloured_copy_of_a_message_stays_out_of_the_log() -> None:

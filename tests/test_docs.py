@@ -110,6 +110,23 @@ def test_the_documents_have_examples_and_each_one_not_run_says_why() -> None:
         assert example.not_run is None or len(example.not_run) > 10, example.where
 
 
+def test_every_code_block_of_the_documents_is_closed_on_a_line_of_its_own() -> None:
+    """A closing fence with text after it opens a block instead (the text is read as its
+    language), and the rest of the page is shown as code."""
+    for document in DOCUMENTS:
+        lines = document.read_text(encoding="utf-8").splitlines()
+        fences = [
+            (n, line.strip()) for n, line in enumerate(lines, 1) if line.lstrip().startswith("```")
+        ]
+        opened = False
+        for n, fence in fences:
+            where = f"{document.relative_to(ROOT)}:{n}"
+            assert opened or " " not in fence[3:].strip(), f"{where}: text after a fence: {fence}"
+            assert not opened or fence == "```", f"{where}: a block closed by {fence!r}"
+            opened = not opened
+        assert not opened, f"{document.relative_to(ROOT)}: a code block is never closed"
+
+
 @pytest.mark.parametrize("example", ALL, ids=[e.where for e in ALL])
 def test_every_command_in_an_example_names_real_commands_and_options(example: Example) -> None:
     root = typer.main.get_command(app)

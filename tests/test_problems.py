@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from datetime import date, timedelta
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from openpyxl import Workbook
+from openpyxl import Workbook, load_workbook
 
 from marketcare.domain.problems import ProblemState, rectification_rate
 from marketcare.errors import MarketcareError
@@ -282,6 +284,95 @@ def test_a_file_that_is_not_a_workbook_is_refused_clearly(ready: sa.Engine, tmp_
     bogus.write_text("not a workbook")
     with pytest.raises(MarketcareError, match="not an Excel .xlsx workbook"):
         ledger_problems.import_xlsx(ready, bogus, now=NOW)
+
+
+def test_an_empty_cell_of_merged_cells_or_a_formula_without_its_result_says_so(
+    ready: sa.Engine, tmp_path: Path
+) -> None:
+    row = ["lizhong", None, "卫生", "地面积水", "2026-11-26", "张伟", "2026-11-30"]
+    sheet = write_sheet(tmp_path / "督查.xlsx", [row, [None, *row[1:]], [*row[:6], "=TODAY()+3"]])
+    wb = load_workbook(sheet)
+    assert wb.active is not None
+    wb.active.merge_cells("A2:A3")  # the office's way of writing one market for two rows
+    wb.save(sheet)  # saved by a program: the formula's result is not kept
+    with pytest.raises(MarketcareError) as refused:
+        ledger_problems.import_xlsx(ready, sheet, now=NOW)
+    errors = refused.value.errors  # type: ignore[attr-defined]
+    assert len(errors) == 2, errors
+    assert errors[0].startswith("row 3, column A (市场): say which market")
+    assert "part of the merged cells A2:A3, whose value is in A2 only: unmerge" in errors[0]
+    assert errors[1].startswith("row 4, column G (整改期限): empty")
+    assert "the formula =TODAY()+3 but the file keeps no result of it" in errors[1]
+    assert ledger_problems.listing(ready, now=NOW) == []
+
+
+def test_a_spreadsheet_that_inflates_a_thousandfold_is_refused_before_it_is_read(
+    ready: sa.Engine, tmp_path: Path
+) -> None:
+    """1 MB on disk, 1 GB of XML once inflated: openpyxl would hold it all in memory."""
+    clean = write_sheet(
+        tmp_path / "clean.xlsx", [["lizhong", None, "卫生", "积水", None, "张伟", "2026-11-30"]]
+    )
+    bomb = tmp_path / "督查.xlsx"
+    with zipfile.ZipFile(clean) as original, zipfile.ZipFile(bomb, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in original.namelist():
+            if name != "docProps/core.xml":
+                z.writestr(name, original.read(name))
+        with z.open("docProps/core.xml", "w") as inflating:
+            for _ in range(64):
+                inflating.write(b" " * (1 << 20))
+    with pytest.raises(MarketcareError) as refused:
+        ledger_problems.import_xlsx(ready, bomb, now=NOW)
+    assert "its part docProps/core.xml would inflate from " in refused.value.message
+    assert ledger_problems.listing(ready, now=NOW) == []
+
+
+def _ods() -> bytes:
+    """The start of an OpenDocument spreadsheet: its first entry, stored, names the type."""
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as z:
+        z.writestr("mimetype", "application/vnd.oasis.opendocument.spreadsheet")
+        z.writestr("content.xml", "<office:document-content/>")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("content", "kind"),
+    [
+        (b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1" + bytes(600), "Excel 97-2003 workbook (.xls)"),
+        (_ods(), "OpenDocument spreadsheet (.ods)"),
+        ("市场,类别,问题描述\nlizhong,卫生,积水\n".encode("gbk"), "text (a .csv file?)"),
+        (b"", "the file is empty"),
+    ],
+    ids=["xls", "ods", "csv", "empty"],
+)
+def test_a_spreadsheet_of_another_format_is_named_with_how_to_make_an_xlsx_of_it(
+    ready: sa.Engine, tmp_path: Path, content: bytes, kind: str
+) -> None:
+    other = tmp_path / "督查.xlsx"  # the name says .xlsx; the bytes say what it is
+    other.write_bytes(content)
+    with pytest.raises(MarketcareError) as refused:
+        ledger_problems.import_xlsx(ready, other, now=NOW)
+    assert kind in refused.value.message
+    assert "save it as an Excel Workbook (.xlsx)" in refused.value.message
+    assert ledger_problems.listing(ready, now=NOW) == []
+
+
+def test_a_sheet_without_the_columns_names_the_sheet_and_what_its_first_row_holds(
+    ready: sa.Engine, tmp_path: Path
+) -> None:
+    wb = Workbook()
+    notes = wb.active
+    assert notes is not None
+    notes.title = "填表说明"
+    notes.append(["请在第二张表填写"])
+    wb.create_sheet("问题").append(["市场", "类别", "问题描述", "发现人", "整改期限"])
+    wb.save(tmp_path / "督查.xlsx")
+    with pytest.raises(MarketcareError) as refused:
+        ledger_problems.import_xlsx(ready, tmp_path / "督查.xlsx", now=NOW)
+    message = refused.value.message
+    assert "the first sheet ('填表说明'), row 1: missing column(s): market" in message
+    assert "row 1 holds '请在第二张表填写'" in message
 
 
 def test_a_missed_obligation_raises_one_problem_when_its_task_asks_for_it(

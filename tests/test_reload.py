@@ -185,6 +185,22 @@ def test_a_file_replaced_while_it_is_read_is_read_again_before_it_is_run(
     assert _withdrawn(daemon) == 0
 
 
+def test_a_schedules_folder_emptied_under_the_daemon_keeps_the_last_good_schedule(
+    daemon: Daemon, tmp_path: Path
+) -> None:
+    running = daemon.schedule
+    with daemon.engine.connect() as conn:
+        ahead = conn.execute(sa.text("SELECT count(*) FROM obligations")).scalar_one()
+    (tmp_path / "schedules" / "s.yaml").rename(tmp_path / "s.yaml.bak")  # moved away by hand
+    assert not daemon.step_reload()
+    assert daemon.schedule is running
+    problem = daemon.health.schedule_problem
+    assert problem is not None and "no schedule files (*.yaml, *.yml)" in problem
+    daemon.step_materialise()
+    with daemon.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT count(*) FROM obligations")).scalar_one() == ahead
+
+
 def test_a_check_past_its_time_limit_is_stopped_and_names_the_changed_files() -> None:
     before = load_texts({"a.yaml": make_schedule_text()}, default_timezone="Asia/Shanghai")
     texts = {"a.yaml": make_schedule_text(make_market_yaml() + make_market_yaml("haibin"))}

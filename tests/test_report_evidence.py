@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import shutil
+import tracemalloc
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -11,10 +13,12 @@ import sqlalchemy as sa
 from typer.testing import CliRunner
 
 from marketcare.cli import app
+from marketcare.errors import MarketcareError
 from marketcare.ledger import tick as ledger_tick
 from marketcare.ledger.db import make_engine, migrate, read
 from marketcare.ledger.models import Event, ReportRecord
 from marketcare.reports import delivery
+from marketcare.reports.anchors import read_anchors
 from marketcare.web.health import LedgerCollector
 
 from .conftest import database_url, utc
@@ -127,6 +131,65 @@ def test_verify_report_refuses_an_altered_workbook(history: History, tmp_path: P
     code, output = verify_report(tmp_path, altered)
     assert code == 1
     assert "NOT GENUINE" in output and "matches none of the recorded revisions" in output
+    assert "Traceback" not in output
+
+
+def _inflated(report: Path, to: Path, part: str, size: int) -> Path:
+    """The report with one part that inflates to ``size`` bytes of blanks (a zip bomb:
+    a few hundred kB on disk)."""
+    with zipfile.ZipFile(report) as original, zipfile.ZipFile(to, "w", zipfile.ZIP_DEFLATED) as z:
+        for name in original.namelist():
+            if name != part:
+                z.writestr(name, original.read(name))
+        with z.open(part, "w") as inflating:
+            for _ in range(size >> 20):
+                inflating.write(b" " * (1 << 20))
+    return to
+
+
+def test_a_workbook_that_inflates_to_hundreds_of_megabytes_is_read_in_bounded_memory(
+    history: History, tmp_path: Path
+) -> None:
+    bomb = _inflated(history.report.path, tmp_path / "收到.xlsx", "xl/worksheets/zz.xml", 300 << 20)
+    assert bomb.stat().st_size < 5 << 20
+    tracemalloc.start()
+    try:
+        anchors = read_anchors(bomb)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    head = history.report.anchor
+    assert head is not None
+    found = {(a.seq, a.hash, a.source.split(", ")[-1]) for a in anchors}
+    assert found == {
+        (head.seq, head.hash, "document property"),
+        (head.seq, head.hash, "summary sheet footer"),
+    }
+    assert peak < 50 << 20, f"{peak / 2**20:.0f} MiB to read a {bomb.stat().st_size} B file"
+
+
+def test_an_anchor_file_larger_than_any_email_is_refused_before_it_is_parsed(
+    tmp_path: Path,
+) -> None:
+    """The email parser holds some ten times the text: 1 GB given as an .eml took 12 GB."""
+    huge = tmp_path / "周报.eml"
+    with huge.open("wb") as f:
+        f.write(b"From: office@example.org\r\n\r\n")
+        f.truncate(100_000_001)
+    with pytest.raises(MarketcareError, match=r"more than any email \(100 MB\)"):
+        read_anchors(huge)
+
+
+@pytest.mark.parametrize(
+    "part", ["docProps/custom.xml", "docProps/core.xml", "xl/worksheets/sheet1.xml"]
+)
+def test_a_received_workbook_with_a_part_that_inflates_a_thousandfold_is_refused_unread(
+    history: History, tmp_path: Path, part: str
+) -> None:
+    bomb = _inflated(history.report.path, tmp_path / "收到.xlsx", part, 64 << 20)
+    code, output = verify_report(tmp_path, bomb)
+    assert code == 1, output
+    assert f"its part {part} would inflate from " in output and "refused unread" in output
     assert "Traceback" not in output
 
 

@@ -35,6 +35,7 @@ from marketcare.settings import Settings
 from marketcare.web import api, security
 from marketcare.web.app import WebServer, create_app
 
+from .conftest import make_schedule_text
 from .support.procs import make_env
 from .support.web import PASSWORD, Site, csrf_of, sign_in
 
@@ -565,6 +566,7 @@ def cli_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
             monkeypatch.setenv(key, value)
     monkeypatch.chdir(tmp_path)
     (tmp_path / "schedules").mkdir()
+    (tmp_path / "schedules" / "s.yaml").write_text(make_schedule_text(), encoding="utf-8")
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
     assert invoke("init").exit_code == 0

@@ -94,5 +94,6 @@ def setup(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("apscheduler", "watchfiles", "alembic"):
+    # libraries that log their own steps at INFO (WeasyPrint: a dozen lines a PDF)
+    for noisy in ("apscheduler", "watchfiles", "alembic", "weasyprint", "fontTools"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))

@@ -135,6 +135,18 @@ class Settings(BaseSettings):
             )
         return self
 
+    @field_validator("web_host")
+    @classmethod
+    def _web_host(cls, value: str) -> str:
+        # an empty host is every address to the server: a blank line in an environment
+        # file would put the app, without TLS, on every network the machine is on
+        if not value.strip():
+            raise ValueError(
+                "empty; write 127.0.0.1 (this machine only, the default) or 0.0.0.0 "
+                "(every address, behind a firewall and a TLS proxy)"
+            )
+        return value.strip()
+
     @field_validator("metrics_listen")
     @classmethod
     def _listen(cls, value: str | None) -> str | None:
@@ -201,7 +213,7 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = Path(os.environ.get("MARKETCARE_CONFIG", CONFIG_FILE))
+        path = config_file()
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         if path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
@@ -223,6 +235,11 @@ class Settings(BaseSettings):
         return None
 
 
+def config_file() -> Path:
+    """The settings file: ``config/marketcare.toml``, or the one ``MARKETCARE_CONFIG`` names."""
+    return Path(os.environ.get("MARKETCARE_CONFIG", CONFIG_FILE))
+
+
 def load_settings(**overrides: object) -> Settings:
     """Build the settings or fail with a message that names each wrong setting."""
     try:
@@ -235,8 +252,8 @@ def load_settings(**overrides: object) -> Settings:
             if err["type"] == "extra_forbidden":
                 msg = "unknown setting"
             lines.append(
-                f"setting {name!r} (MARKETCARE_{name.upper()} or {name} in {CONFIG_FILE}): {msg}"
+                f"setting {name!r} (MARKETCARE_{name.upper()} or {name} in {config_file()}): {msg}"
             )
         raise SettingsError("\n".join(lines)) from None
-    except Exception as exc:  # a malformed TOML file
-        raise SettingsError(f"cannot read settings: {exc}") from None
+    except Exception as exc:  # a malformed TOML file (bad syntax, not UTF-8)
+        raise SettingsError(f"cannot read the settings file {config_file()}: {exc}") from None

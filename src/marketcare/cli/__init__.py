@@ -20,7 +20,7 @@ from marketcare.cli import (  # noqa: F401
     users,
     work,
 )
-from marketcare.cli.common import EXIT_INTERNAL, app
+from marketcare.cli.common import EXIT_INTERNAL, EXIT_INTERRUPTED, app
 
 
 def main() -> None:
@@ -30,10 +30,14 @@ def main() -> None:
     traceback goes to a file whose name that line gives, for a bug report, and nowhere
     else (not through the log handler either, which would print it on stderr).
     """
+    _stop_on_sigterm()
     try:
         app()
     except SystemExit:
         raise
+    except KeyboardInterrupt:  # before or after a command's own handling (``handled``)
+        sys.stderr.write("interrupted\n")
+        sys.exit(EXIT_INTERRUPTED)
     except Exception as exc:  # a bug: say so in one line, keep the details in a file
         if os.environ.get("MARKETCARE_DEBUG"):
             raise
@@ -44,6 +48,18 @@ def main() -> None:
             f"internal error: {summary} ({where}set MARKETCARE_DEBUG=1 to print them)\n"
         )
         sys.exit(EXIT_INTERNAL)
+
+
+def _stop_on_sigterm() -> None:
+    """Make SIGTERM (a service manager, ``timeout``, ``kill``) stop a command as Ctrl-C
+    does: its cleanups run (a backup's ``.partial`` file is removed, a transaction rolled
+    back) and it exits 130, instead of dying where it stands. ``run`` installs its own."""
+    import signal
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _keep_details() -> str | None:

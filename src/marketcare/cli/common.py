@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import enum
 import functools
+import inspect
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -167,8 +169,11 @@ def handled(fn: F) -> F:
         except typer.Exit:
             raise
         except MarketcareError as exc:
+            if not isinstance(exc, ScheduleError):
+                exc.args = (_as_typed(fn, exc.message), *exc.args[1:])
             raise fail(exc) from None
         except KeyboardInterrupt:
+            err.print("interrupted: the command stopped before its end")
             raise typer.Exit(EXIT_INTERRUPTED) from None
         except Exception as exc:
             meaning = fault_meaning(exc)
@@ -177,6 +182,22 @@ def handled(fn: F) -> F:
             raise fail(meaning) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+#: ``found_by: …`` at the start of a message or after ``; ``: a field as the domain names it
+_FIELD = re.compile(r"(^|; )([a-z][a-z_]*):")
+
+
+def _as_typed(fn: Callable[..., Any], message: str) -> str:
+    """A message of the shared rules names a field as the domain does (``found_by: say
+    who found it``); on the command line, name the option the user typed (``--found-by``)."""
+    parameters = inspect.signature(fn).parameters
+
+    def option(m: re.Match[str]) -> str:
+        name = m.group(2)
+        return m.group(1) + (_option_name(fn, name) if name in parameters else name) + ":"
+
+    return _FIELD.sub(option, message)
 
 
 def _refuse_undecodable(fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:

@@ -33,7 +33,7 @@ class BulletinPeriod(enum.StrEnum):
     month = "month"
 
 
-@app.command()
+@app.command(epilog="Example: marketcare bulletin --period week --date 2026-11-27")
 @handled
 def bulletin(
     period: Annotated[
@@ -75,7 +75,7 @@ def bulletin(
     out.print(str(result.pdf))
 
 
-@app.command()
+@app.command(epilog="Example: marketcare ranking --period month --json")
 @handled
 def ranking(
     period: Annotated[

@@ -32,7 +32,7 @@ audit_app = typer.Typer(help="Check the tamper-evident event log.", no_args_is_h
 app.add_typer(audit_app, name="audit")
 
 
-@audit_app.command("verify")
+@audit_app.command("verify", epilog="Example: marketcare audit verify --anchor 周报.eml")
 @handled
 def audit_verify(
     anchor: Annotated[
@@ -106,7 +106,10 @@ def audit_verify(
         raise typer.Exit(1)
 
 
-@audit_app.command("timestamp")
+@audit_app.command(
+    "timestamp",
+    epilog="Example: MARKETCARE_TSA_URL=https://tsa.example.org MARKETCARE_TSA_CERTIFICATES=tsa.pem marketcare audit timestamp",
+)
 @handled
 def audit_timestamp() -> None:
     """Have the configured time-stamping authority witness the chain's head now."""
@@ -139,7 +142,7 @@ def _counts_table(counts: dict[str, int]) -> Table:
     return table
 
 
-@app.command(name="backup")
+@app.command(name="backup", epilog="Example: marketcare backup /mnt/backup/")
 @handled
 def backup_cmd(
     path: Annotated[
@@ -186,7 +189,9 @@ def backup_cmd(
     out.print(f"audit chain: ok, {found.chain.checked} events intact", markup=False)
 
 
-@app.command(name="restore")
+@app.command(
+    name="restore", epilog="Example: marketcare restore var/backups/marketcare-20261127T120000Z.db"
+)
 @handled
 def restore_cmd(
     path: Annotated[Path, typer.Argument(help="A file written by marketcare backup.")],
@@ -214,7 +219,13 @@ def restore_cmd(
             out.print(f"audit chain: ok, {found.chain.checked} events intact", markup=False)
         else:
             err.print(f"audit chain: TAMPERED: {found.chain.reason} (--force)", markup=False)
-        return yes or typer.confirm(f"Replace {db} with this backup?", default=False)
+        if yes:
+            return True
+        try:
+            return typer.confirm(f"Replace {db} with this backup?", default=False)
+        except typer.Abort:  # no answer: standard input ended (a script, cron)
+            err.print("no answer (standard input ended); give --yes to restore without asking")
+            return False
 
     result = backups.restore(s, path, now=utcnow(), force=force, confirm=confirm)
     kept = f"; the database it replaced is kept as {result.kept}" if result.kept else ""
@@ -224,7 +235,10 @@ def restore_cmd(
 # ------------------------------------------------------------------------------ PostgreSQL
 
 
-@app.command(name="migrate-sqlite-to-postgres")
+@app.command(
+    name="migrate-sqlite-to-postgres",
+    epilog="Example: marketcare migrate-sqlite-to-postgres --to postgresql+psycopg://marketcare@/marketcare",
+)
 @handled
 def migrate_sqlite_to_postgres(
     to: Annotated[

@@ -75,7 +75,10 @@ def _market_zone(engine: sa.Engine, market_id: str, default: str) -> str:
     return zone or default
 
 
-@problems_app.command("add")
+@problems_app.command(
+    "add",
+    epilog="Example: marketcare problems add --market lizhong --area aquatic --category repair --description 水槽渗漏 --found-by 张伟 --within 3d",
+)
 @handled
 def problems_add(
     market: Annotated[str, typer.Option(help="The market's id.")],
@@ -135,7 +138,7 @@ def problems_add(
     out.print(f"problem {pid} {verb}; deadline {fmt_local(due, zone)}")
 
 
-@problems_app.command("list")
+@problems_app.command("list", epilog="Example: marketcare problems list --market lizhong --overdue")
 @handled
 def problems_list(
     market: Annotated[list[str] | None, typer.Option(help="Only this market (repeatable).")] = None,
@@ -220,7 +223,10 @@ def problems_list(
     out.print(table)
 
 
-@problems_app.command("rectify")
+@problems_app.command(
+    "rectify",
+    epilog="Example: marketcare problems rectify 7 --by 林秀英 --note 已更换水管 --evidence after.jpg",
+)
 @handled
 def problems_rectify(
     problem_id: Annotated[int, typer.Argument(min=1, max=ID_MAX, help="The problem's id.")],
@@ -241,7 +247,7 @@ def problems_rectify(
     out.print(f"problem {problem_id} rectified; re-inspection is obligation {ob}")
 
 
-@problems_app.command("verify")
+@problems_app.command("verify", epilog="Example: marketcare problems verify 7 --by 张伟")
 @handled
 def problems_verify(
     problem_id: Annotated[int, typer.Argument(min=1, max=ID_MAX, help="The problem's id.")],
@@ -256,7 +262,9 @@ def problems_verify(
     out.print(f"problem {problem_id} verified")
 
 
-@problems_app.command("reopen")
+@problems_app.command(
+    "reopen", epilog="Example: marketcare problems reopen 7 --by 张伟 --note 仍有渗漏"
+)
 @handled
 def problems_reopen(
     problem_id: Annotated[int, typer.Argument(min=1, max=ID_MAX, help="The problem's id.")],
@@ -283,7 +291,7 @@ def problems_reopen(
     out.print(f"problem {problem_id} reopened")
 
 
-@problems_app.command("rate")
+@problems_app.command("rate", epilog="Example: marketcare problems rate --period month")
 @handled
 def problems_rate(
     period: Annotated[PeriodChoice, typer.Option(help="The period.")] = PeriodChoice.week,
@@ -338,7 +346,7 @@ def problems_rate(
     out.print(table)
 
 
-@problems_app.command("import")
+@problems_app.command("import", epilog="Example: marketcare problems import 督查.xlsx --skip-bad")
 @handled
 def problems_import(
     file: Annotated[
@@ -368,7 +376,7 @@ def problems_import(
 # ------------------------------------------------------------------------------ pest control
 
 
-@app.command()
+@app.command(epilog="Example: marketcare pest --month 2026-11")
 @handled
 def pest(
     month: Annotated[

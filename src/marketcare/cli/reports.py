@@ -42,7 +42,7 @@ if TYPE_CHECKING:
 # ------------------------------------------------------------------------------ export
 
 
-@app.command()
+@app.command(epilog="Example: marketcare export --period week --market lizhong --out 周报.xlsx")
 @handled
 def export(
     period: Annotated[PeriodChoice, typer.Option(help="The period the report covers.")],
@@ -131,7 +131,7 @@ def export(
             raise typer.Exit(1)
 
 
-@app.command(name="verify-report")
+@app.command(name="verify-report", epilog="Example: marketcare verify-report 周报.xlsx")
 @handled
 def verify_report(
     path: Annotated[Path, typer.Argument(help="A report workbook (.xlsx) as received.")],
@@ -304,7 +304,10 @@ _NOTIFICATIONS = _Queue(
 )
 
 
-@app.command(name="outbox")
+@app.command(
+    name="outbox",
+    epilog="Example: marketcare outbox --state failed --json",
+)
 @handled
 def outbox_cmd(
     state: Annotated[
@@ -322,7 +325,7 @@ def outbox_cmd(
     _queue_command(_OUTBOX, delivery.outbox, delivery.resend, state, resend, as_json)
 
 
-@app.command(name="notifications")
+@app.command(name="notifications", epilog="Example: marketcare notifications --state failed --json")
 @handled
 def notifications_cmd(
     state: Annotated[

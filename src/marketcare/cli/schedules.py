@@ -11,11 +11,13 @@ import typer
 from rich.table import Table
 
 from marketcare.cli.common import (
+    EXIT_INTERRUPTED,
     app,
     cli_settings,
-    connect,
+    err,
     fmt_local,
     handled,
+    ledger_engine,
     local_today,
     out,
     parse_date,
@@ -33,7 +35,7 @@ if TYPE_CHECKING:
 # ------------------------------------------------------------------------------ init
 
 
-@app.command()
+@app.command(epilog="Example: marketcare init --operator admin")
 @handled
 def init(
     operator: Annotated[
@@ -52,10 +54,9 @@ def init(
     from marketcare.ledger.sweep import sweep_all
 
     s = cli_settings()
-    # the files first: a wrong schedule is refused before a database, a migration or an
-    # operator is made (bad input changes nothing)
+    # the files first: a refused schedule leaves no database behind, nor a changed one
     schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
-    s, engine = connect(create=True)
+    engine = ledger_engine(s, create=True)
     migrate(engine)
     first_operator(engine, operator)
     now = utcnow()
@@ -73,7 +74,7 @@ def init(
 # ------------------------------------------------------------------------------ check
 
 
-@app.command()
+@app.command(epilog="Example: marketcare check schedules/tasks.yaml")
 @handled
 def check(
     paths: Annotated[
@@ -122,7 +123,7 @@ def _planned_json(p: Planned, schedule: Schedule) -> dict[str, Any]:
     }
 
 
-@app.command()
+@app.command(epilog="Example: marketcare plan --from 2026-12-01 --days 7 --market lizhong")
 @handled
 def plan(
     from_: Annotated[
@@ -293,7 +294,10 @@ def _moved_table(moved: list[Moved], schedule: Schedule) -> None:
 # ------------------------------------------------------------------------------ demo
 
 
-@app.command(name="demo")
+@app.command(
+    name="demo",
+    epilog="Example: MARKETCARE_DATABASE_URL=sqlite:///var/demo.db marketcare demo --days 14",
+)
 @handled
 def demo_cmd(
     days: Annotated[int, typer.Option(min=1, max=366, help="Days of history that end today.")] = 14,
@@ -306,20 +310,37 @@ def demo_cmd(
     from marketcare.ledger import demo
     from marketcare.ledger.db import migrate
 
-    s, engine = connect(create=True)
-    migrate(engine)
+    s = cli_settings()
     schedule = load_paths([s.schedules_dir], default_timezone=s.timezone)
-    with progress_bar("simulating") as progress:
-        result = demo.fill(
-            engine,
-            schedule,
-            days=days,
-            seed=seed,
-            now=utcnow(),
-            horizon=s.horizon,
-            progress=progress,
-            evidence_dir=s.evidence_dir,
-        )
+    path = s.sqlite_path
+    made_here = path is not None and not path.exists()
+    engine = ledger_engine(s, create=True)
+    try:
+        migrate(engine)
+        with progress_bar("simulating") as progress:
+            result = demo.fill(
+                engine,
+                schedule,
+                days=days,
+                seed=seed,
+                now=utcnow(),
+                horizon=s.horizon,
+                progress=progress,
+                evidence_dir=s.evidence_dir,
+            )
+    except KeyboardInterrupt:
+        # half a history would be refused by the next demo ("already has obligations")
+        engine.dispose()
+        if made_here and path is not None:
+            for made in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+                made.unlink(missing_ok=True)
+            err.print(f"interrupted: the unfinished demo database {path} was removed")
+        else:
+            err.print(
+                "interrupted: the database holds part of the demo history; empty it, or "
+                "use a new database, before running demo again"
+            )
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     out.print(
         f"{days} days of history: {result.obligations} obligations — {result.done} on time, "
         f"{result.late} late, {result.failed} failed readings ({result.redone} redone), "
@@ -332,14 +353,17 @@ def demo_cmd(
 # ------------------------------------------------------------------------------ run
 
 
-@app.command()
+@app.command(epilog="Example: marketcare run --port 8000")
 @handled
 def run(
     host: Annotated[
         str | None, typer.Option(help="Address the web app listens on (setting web_host)")
     ] = None,
     port: Annotated[
-        int | None, typer.Option(help="Port of the web app (setting web_port; 0 picks a free one)")
+        int | None,
+        typer.Option(
+            min=0, max=65535, help="Port of the web app (setting web_port; 0 picks a free one)"
+        ),
     ] = None,
     web: Annotated[
         bool | None, typer.Option("--web/--no-web", help="Serve the web app (setting web_enabled)")

@@ -24,6 +24,7 @@ from marketcare.cli.common import (
     utcnow,
     words,
 )
+from marketcare.domain.inputs import undecodable
 from marketcare.errors import BadInput
 
 if TYPE_CHECKING:
@@ -50,9 +51,12 @@ def _read_password(from_stdin: bool) -> str:
     on the terminal (without one, asking would only fail: say how to give it instead)."""
     if from_stdin:
         try:
-            return sys.stdin.readline().rstrip("\r\n")
+            given = sys.stdin.readline().rstrip("\r\n")
         except UnicodeDecodeError:
-            raise BadInput("--password-stdin: the password is not UTF-8 text", "password") from None
+            given = "\udcff"  # a strict decoder refused it; a lenient one keeps surrogates
+        if undecodable(given):
+            raise BadInput("--password-stdin: the password is not UTF-8 text", "password")
+        return given
     if not sys.stdin.isatty():
         raise BadInput(
             "password: no terminal to ask it on; pipe it in with --password-stdin "
@@ -63,6 +67,8 @@ def _read_password(from_stdin: bool) -> str:
     again: str = typer.prompt("Repeat the password", hide_input=True)
     if first != again:
         raise BadInput("the two passwords differ; nothing changed", "password")
+    if undecodable(first):
+        raise BadInput("the password is not UTF-8 text; nothing changed", "password")
     return first
 
 
@@ -86,7 +92,9 @@ def first_operator(engine: sa.Engine, username: str) -> None:
     )
 
 
-@users_app.command("add")
+@users_app.command(
+    "add", epilog="Example: marketcare users add wang --role manager --market lizhong"
+)
 @handled
 def users_add(
     username: Annotated[str, typer.Argument(help="Sign-in name: a-z 0-9 . _ -")],
@@ -119,7 +127,7 @@ def users_add(
     out.print(f"user {username.lower()!r} ({role.value}{where}) created")
 
 
-@users_app.command("passwd")
+@users_app.command("passwd", epilog="Example: marketcare users passwd wang")
 @handled
 def users_passwd(
     username: str,
@@ -147,7 +155,7 @@ def users_passwd(
     )
 
 
-@users_app.command("disable")
+@users_app.command("disable", epilog="Example: marketcare users disable wang")
 @handled
 def users_disable(
     username: str,
@@ -161,7 +169,7 @@ def users_disable(
     out.print(f"user {username!r} {'enabled' if enable else 'disabled'}", markup=False)
 
 
-@users_app.command("list")
+@users_app.command("list", epilog="Example: marketcare users list --json")
 @handled
 def users_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
@@ -199,7 +207,7 @@ def users_list(
     out.print(table)
 
 
-@users_app.command("token")
+@users_app.command("token", epilog="Example: marketcare users token wang --name 数据平台")
 @handled
 def users_token(
     username: str,
@@ -217,7 +225,7 @@ def users_token(
     )
 
 
-@users_app.command("tokens")
+@users_app.command("tokens", epilog="Example: marketcare users tokens wang")
 @handled
 def users_tokens(
     username: Annotated[
@@ -253,7 +261,7 @@ def users_tokens(
     out.print(table)
 
 
-@users_app.command("revoke-token")
+@users_app.command("revoke-token", epilog="Example: marketcare users revoke-token wang 3")
 @handled
 def users_revoke_token(
     username: str,
@@ -269,7 +277,7 @@ def users_revoke_token(
     out.print(f"token {token_id} of {username.lower()!r} revoked", markup=False)
 
 
-@users_app.command("rotate-feed")
+@users_app.command("rotate-feed", epilog="Example: marketcare users rotate-feed wang")
 @handled
 def users_rotate_feed(username: str) -> None:
     """Give a user new calendar feed addresses; the old ones answer 404 from now on."""

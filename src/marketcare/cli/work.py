@@ -31,7 +31,7 @@ from marketcare.errors import BadInput
 # ------------------------------------------------------------------------------ status
 
 
-@app.command()
+@app.command(epilog="Example: marketcare status --market lizhong --date 2026-11-27")
 @handled
 def status(
     date_: Annotated[
@@ -124,7 +124,7 @@ def _texts(pairs: list[str]) -> dict[str, str]:
     return values
 
 
-@app.command()
+@app.command(epilog="Example: marketcare tick 42 --by 林秀英 --reading chlorine=500")
 @handled
 def tick(
     obligation_id: Annotated[

@@ -1115,14 +1115,25 @@ def schedule_files(paths: Iterable[Path]) -> list[tuple[Path, str]]:
 
 def read_sources(paths: Iterable[Path]) -> tuple[dict[str, str], list[SourceError]]:
     """The texts of the schedule files (by display name), and the files that cannot be
-    read (too large, not UTF-8). Reading is bounded: each file is at most 1 MB."""
+    read (too large, not UTF-8) or a folder that holds none. Reading is bounded: each
+    file is at most 1 MB."""
     texts: dict[str, str] = {}
     errors: list[SourceError] = []
+    paths = list(paths)
     for path, name in schedule_files(paths):
         try:
             texts[name] = read_text(path, display=name)
         except YamlSourceError as exc:
             errors.append(exc.error)
+    # a folder without a schedule file (emptied, moved, the wrong one) would be read as a
+    # schedule of no markets: taken, it would cancel every obligation still ahead
+    errors += [
+        SourceError(
+            str(p), 1, 1, "no schedule files (*.yaml, *.yml) in this folder; is it the right one?"
+        )
+        for p in paths
+        if p.is_dir() and not any(p.glob("*.yaml")) and not any(p.glob("*.yml"))
+    ]
     return texts, errors
 
 

@@ -227,8 +227,10 @@ _SQLITE_FAULTS = {
     6: ("the database is busy (locked by another writer); try again", 5),  # SQLITE_LOCKED
     8: ("the database is read-only", 60),  # SQLITE_READONLY
     10: ("the database's disk failed to read or write", 60),  # SQLITE_IOERR
+    11: ("the database file is damaged: restore a backup (marketcare restore)", 60),  # CORRUPT
     13: ("the database's disk is full", 60),  # SQLITE_FULL
     14: ("the database file cannot be opened", 60),  # SQLITE_CANTOPEN
+    26: ("the file is not a SQLite database: check the setting database_url", 60),  # NOTADB
 }
 #: PostgreSQL's SQLSTATE classes and codes that mean the server, not the request
 _PG_FAULTS = {

@@ -40,6 +40,7 @@ from marketcare.domain.problems import (
 from marketcare.domain.schedules import Schedule
 from marketcare.domain.vocabulary import REINSPECTION
 from marketcare.errors import BadInput, Conflict, NotFound
+from marketcare.files import refuse_zip_bomb
 from marketcare.ledger import audit, evidence
 from marketcare.ledger.db import dialect_insert, read, retrying, write
 from marketcare.ledger.models import (
@@ -715,17 +716,23 @@ def import_xlsx(
         raise BadInput(f"{path}: no such file (or not a file)", "file")
     data = path.read_bytes()
     file_key = hashlib.sha256(data).hexdigest()[:16]
+    refuse_zip_bomb(data, str(path))
     try:
         wb = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
     except Exception as exc:  # openpyxl raises many kinds for a file that is not a workbook
         raise BadInput(
-            f"{path}: not an Excel .xlsx workbook ({type(exc).__name__}: {exc})"
+            f"{path}: not an Excel .xlsx workbook: {_what_file_is(data, exc)}; open it in "
+            "Excel, WPS or LibreOffice and save it as an Excel Workbook (.xlsx)"
         ) from None
+    if not wb.worksheets:
+        raise BadInput(f"{path}: the workbook has no sheet of cells (only charts)")
     ws = wb.worksheets[0]
     rows = ws.iter_rows()
     header_cells = next(rows, None)
     if header_cells is None:
-        raise BadInput(f"{path}: the first sheet is empty; row 1 must hold the column headers")
+        raise BadInput(
+            f"{path}: the first sheet ({ws.title!r}) is empty; row 1 must hold the column headers"
+        )
     header = tuple(c.value for c in header_cells)
     columns: dict[str, int] = {}
     for idx, title in enumerate(header):
@@ -735,10 +742,15 @@ def import_xlsx(
     missing = [k for k in REQUIRED if k not in columns]
     if missing:
         names = "; ".join(f"{k} ({' / '.join(HEADERS[k][1:])})" for k in missing)
-        raise BadInput(f"{path}: row 1: missing column(s): {names}")
+        found = ", ".join(repr(_text(t)) for t in header if _text(t)) or "nothing"
+        raise BadInput(
+            f"{path}: the first sheet ({ws.title!r}), row 1: missing column(s): {names}; "
+            f"row 1 holds {found[:300]}"
+        )
     errors: list[str] = []
     bad_rows = 0
     good: list[tuple[int, NewProblem]] = []
+    blanks = _Blanks(data)
     with read(engine) as conn:
         zones = {
             r.id: r.timezone
@@ -786,11 +798,13 @@ def import_xlsx(
                 deadline=deadline,
                 source_key=f"import:{file_key}:{number}",
             )
-            row_errors = [f"{where(f)}: {m}" for f, m in unreadable.items()]
-            row_errors += [
-                f"{where(f)}: {m}"
-                for f, m in validate(conn, problem, now=now)
-                if f not in unreadable
+            faults = list(unreadable.items())
+            faults += [(f, m) for f, m in validate(conn, problem, now=now) if f not in unreadable]
+            row_errors = [
+                f"{where(f)}: {m}" + blanks.why(number, columns[f] + 1)
+                if f in columns and _text(cell(f)) == ""
+                else f"{where(f)}: {m}"
+                for f, m in faults
             ]
             if row_errors:
                 errors.extend(sorted(row_errors, key=_column_order))
@@ -812,6 +826,60 @@ def import_xlsx(
 
     retrying(step, what="import problems")
     return result
+
+
+class _Blanks:
+    """Why a cell of the first sheet reads empty when the office sees a value in it: part
+    of merged cells (the value is kept in the first cell only), or a formula whose result
+    the file does not keep (written by a program, never saved by Excel). Asked only about
+    a required cell found empty, it reads the workbook again, whole, at the first question.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._sheet: Any = None
+
+    def why(self, row: int, column: int) -> str:
+        from openpyxl import load_workbook
+        from openpyxl.utils import get_column_letter
+
+        if self._sheet is None:
+            try:
+                self._sheet = load_workbook(io.BytesIO(self._data)).worksheets[0]
+            except Exception:  # read once already: an explanation is not worth failing for
+                self._sheet = False
+        if self._sheet is False:
+            return ""
+        coordinate = f"{get_column_letter(column)}{row}"
+        for merged in self._sheet.merged_cells.ranges:
+            if coordinate in merged:
+                return (
+                    f" (the cell is part of the merged cells {merged.coord}, whose value is "
+                    f"in {merged.coord.split(':')[0]} only: unmerge them and fill in every row)"
+                )
+        cell = self._sheet.cell(row=row, column=column)
+        if cell.data_type == "f":
+            formula = str(getattr(cell.value, "text", cell.value))[:100]
+            return (
+                f" (the cell holds the formula {formula} but the file keeps no result of it: "
+                "open and save the file in Excel or WPS, or type the value)"
+            )
+        return ""
+
+
+def _what_file_is(data: bytes, exc: Exception) -> str:
+    """What a file openpyxl cannot read seems to be, so the office knows what to do with it."""
+    if not data.strip():
+        return "the file is empty"
+    if data.startswith(b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"):  # an OLE2 compound file
+        return "it is an Excel 97-2003 workbook (.xls), or a workbook locked by a password"
+    if data.startswith(b"PK"):
+        if b"opendocument.spreadsheet" in data[:200]:  # the ODF's first, stored entry
+            return "it is an OpenDocument spreadsheet (.ods)"
+        return f"it is a zip archive without a workbook in it ({type(exc).__name__})"
+    if b"\x00" not in data[:4096]:
+        return "it is text (a .csv file?)"
+    return f"it cannot be read ({type(exc).__name__}: {str(exc)[:200]})"
 
 
 def _column_order(message: str) -> tuple[int, str]:

@@ -11,9 +11,12 @@ gives its body line.
 
 from __future__ import annotations
 
+import codecs
 import html
 import re
 import zipfile
+import zlib
+from collections.abc import Iterator
 from email import policy
 from email.message import EmailMessage
 from email.parser import BytesParser
@@ -44,6 +47,11 @@ def read_anchors(path: Path) -> list[Anchor]:
         raise MarketcareError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if data.startswith(b"PK"):
         found = _from_workbook(data, path.name)
+    elif len(data) > MAX_EMAIL_BYTES:  # parsing takes some ten times the text in memory
+        raise MarketcareError(
+            f"{path}: neither an .xlsx workbook nor a report email (.eml): "
+            f"{len(data) / 1e6:,.0f} MB, more than any email ({MAX_EMAIL_BYTES // 1_000_000} MB)"
+        )
     else:
         found = _from_email(data, path.name)
     unique = list(dict.fromkeys(found))
@@ -55,26 +63,70 @@ def read_anchors(path: Path) -> list[Anchor]:
     return unique
 
 
+#: the largest saved email read (mail servers take 25 to 50 MB; a report's is far less)
+MAX_EMAIL_BYTES = 100_000_000
+#: what reading a damaged or hostile zip raises (besides OSError)
+ZIP_FAULTS = (zipfile.BadZipFile, KeyError, zlib.error, EOFError, NotImplementedError, RuntimeError)
+#: the most of a workbook's document properties read (marketcare writes a few hundred bytes)
+MAX_PROPERTIES_BYTES = 1_000_000
+#: a worksheet is read in pieces of this size ...
+_CHUNK = 1 << 20
+#: ... keeping this much text between two, so that a footer cut by a read is still found
+_OVERLAP = 8192
+_FOOTER_PART = re.compile(r"<oddFooter>([^<]*)</oddFooter>")
+
+
+def read_part(book: zipfile.ZipFile, part: str, name: str) -> str:
+    """A small part of a workbook as text, never reading more of it than
+    ``MAX_PROPERTIES_BYTES``: a file from outside may inflate a part to gigabytes."""
+    with book.open(part) as f:
+        data = f.read(MAX_PROPERTIES_BYTES + 1)
+    if len(data) > MAX_PROPERTIES_BYTES:
+        raise MarketcareError(
+            f"{name}: its part {part} is larger than {MAX_PROPERTIES_BYTES:,} bytes; "
+            "not a marketcare report"
+        )
+    return data.decode("utf-8", "replace")
+
+
+def _footers(book: zipfile.ZipFile, part: str) -> Iterator[str]:
+    """The printed footers of a worksheet, read in pieces: memory stays bounded however
+    large the sheet inflates."""
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    kept = ""
+    with book.open(part) as f:
+        while True:
+            chunk = f.read(_CHUNK)
+            text = kept + decoder.decode(chunk, final=not chunk)
+            end = 0
+            for m in _FOOTER_PART.finditer(text):
+                yield m.group(1)
+                end = m.end()
+            if not chunk:
+                return
+            kept = text[max(end, len(text) - _OVERLAP) :]
+
+
 def _from_workbook(data: bytes, name: str) -> list[Anchor]:
+    out: list[Anchor] = []
     try:
         book = zipfile.ZipFile(BytesIO(data))
-        parts = {n: book.read(n).decode("utf-8", "replace") for n in book.namelist()}
-    except (zipfile.BadZipFile, KeyError) as exc:
+        names = book.namelist()
+        custom = (
+            read_part(book, "docProps/custom.xml", name) if "docProps/custom.xml" in names else ""
+        )
+        for value in re.findall(
+            rf'<property[^>]*name="{re.escape(ANCHOR_PROPERTY)}"[^>]*>\s*<vt:lpwstr[^>]*>([^<]*)<',
+            custom,
+        ):
+            if m := _PLAIN.match(html.unescape(value)):
+                out.append(Anchor(int(m.group(1)), m.group(2), f"{name}, document property"))
+        for part in sorted(n for n in names if n.startswith("xl/worksheets/")):
+            for footer in _footers(book, part):
+                for m in _FOOTER.finditer(html.unescape(footer)):
+                    out.append(Anchor(int(m.group(1)), m.group(2), f"{name}, summary sheet footer"))
+    except ZIP_FAULTS as exc:
         raise MarketcareError(f"{name}: not an .xlsx workbook ({exc})") from None
-    out: list[Anchor] = []
-    custom = parts.get("docProps/custom.xml", "")
-    for value in re.findall(
-        rf'<property[^>]*name="{re.escape(ANCHOR_PROPERTY)}"[^>]*>\s*<vt:lpwstr[^>]*>([^<]*)<',
-        custom,
-    ):
-        if m := _PLAIN.match(html.unescape(value)):
-            out.append(Anchor(int(m.group(1)), m.group(2), f"{name}, document property"))
-    for part, text in sorted(parts.items()):
-        if not part.startswith("xl/worksheets/"):
-            continue
-        for footer in re.findall(r"<oddFooter>([^<]*)</oddFooter>", text):
-            for m in _FOOTER.finditer(html.unescape(footer)):
-                out.append(Anchor(int(m.group(1)), m.group(2), f"{name}, summary sheet footer"))
     return out
 
 

@@ -29,10 +29,11 @@ import sqlalchemy as sa
 from marketcare.domain.compliance import percent
 from marketcare.domain.periods import Period, from_key
 from marketcare.errors import MarketcareError
+from marketcare.files import refuse_zip_bomb
 from marketcare.ledger import audit
 from marketcare.ledger.db import read
 from marketcare.ledger.models import Installation, ReportRecord
-from marketcare.reports.anchors import read_anchors
+from marketcare.reports.anchors import ZIP_FAULTS, read_anchors, read_part
 
 
 @dataclass
@@ -56,8 +57,8 @@ class ReportCheck:
 def properties(data: bytes) -> dict[str, str]:
     """The workbook's custom document properties (``marketcare.*``)."""
     try:
-        custom = zipfile.ZipFile(BytesIO(data)).read("docProps/custom.xml").decode()
-    except (zipfile.BadZipFile, KeyError):
+        custom = read_part(zipfile.ZipFile(BytesIO(data)), "docProps/custom.xml", "the file")
+    except ZIP_FAULTS:
         return {}
     found = re.findall(r'<property[^>]*name="([^"]+)"[^>]*>\s*<vt:lpwstr[^>]*>([^<]*)<', custom)
     return {html.unescape(k): html.unescape(v) for k, v in found}
@@ -71,6 +72,7 @@ def check(engine: sa.Engine, path: Path, *, now: datetime) -> ReportCheck:
         raise MarketcareError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     if not data.startswith(b"PK"):
         raise MarketcareError(f"{path}: not an .xlsx workbook")
+    refuse_zip_bomb(data, str(path))
     result = ReportCheck(path, hashlib.sha256(data).hexdigest())
     props = properties(data)
     with read(engine) as conn:
