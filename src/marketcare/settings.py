@@ -66,6 +66,8 @@ class Settings(BaseSettings):
     notify_interval_seconds: float = Field(default=30.0, gt=0, le=3600)
     #: the longest the daemon lets a child process check an edited schedule
     reload_timeout_seconds: float = Field(default=120.0, gt=0, le=3600)
+    #: how long the schedule files must stay unchanged before the daemon reads an edit
+    reload_settle_seconds: float = Field(default=1.0, ge=0, le=60)
 
     #: the web app and JSON API that ``marketcare run`` serves
     web_enabled: bool = True

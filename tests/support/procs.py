@@ -48,6 +48,9 @@ def make_env(tmp_path: Path, **settings: str) -> dict[str, str]:
         MARKETCARE_SCHEDULES_DIR=str(tmp_path / "schedules"),
         MARKETCARE_LOG_FORMAT="json",
         MARKETCARE_WEB_PORT="0",  # a free port: daemons of parallel tests never collide
+        # files a test has just written are read after a tenth of a second, not a second
+        # (tests/test_reload.py proves the settling itself)
+        MARKETCARE_RELOAD_SETTLE_SECONDS="0.1",
         PYTHONUNBUFFERED="1",
         PYTHONIOENCODING="utf-8",
         COLUMNS="200",

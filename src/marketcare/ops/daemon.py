@@ -65,7 +65,8 @@ class Daemon:
     #: how long the schedule files must stay unchanged before an edit is read: an editor
     #: that truncates a file and then writes it, or a copy written in place, shows a
     #: shorter (even empty, hence valid) file for a moment, which must never be run
-    settle_seconds: float = 1.0
+    #: (``reload_settle_seconds`` unless set here)
+    settle_seconds: float | None = None
     #: the files' signature and when this daemon first saw it (time.monotonic)
     _seen: tuple[tuple[tuple[str, float, int], ...], float] | None = None
     #: True when the last look found the files still being written: look again
@@ -146,22 +147,27 @@ class Daemon:
             return None
         return verdict
 
+    def _settle(self) -> float:
+        given = self.settle_seconds
+        return self.settings.reload_settle_seconds if given is None else given
+
     def _read_settled(self) -> tuple[dict[str, str], list[SourceError]] | None:
         """The files' texts once they have stayed unchanged for ``settle_seconds`` and did
         not change while they were read; None (``_unsettled``) while they keep changing."""
         self._unsettled = False
-        deadline = time.monotonic() + 10 * self.settle_seconds + 1
+        settle = self._settle()
+        deadline = time.monotonic() + 10 * settle + 1
         while True:
             before = self._schedule_signature()
             now = time.monotonic()
             if self._seen is None or self._seen[0] != before:
                 self._seen = (before, now)
-            if now - self._seen[1] >= self.settle_seconds or self._untouched_for_a_while(before):
+            if now - self._seen[1] >= settle or self._untouched_for_a_while(before):
                 texts, unreadable = read_sources([self.settings.schedules_dir])
                 if self._schedule_signature() == before:
                     return texts, unreadable
                 self._seen = None  # replaced while it was read: wait for it to settle
-            if now >= deadline or self.stopping.wait(min(0.2, self.settle_seconds or 0.2)):
+            if now >= deadline or self.stopping.wait(min(0.2, settle or 0.2)):
                 self._unsettled = True
                 return None
 
@@ -177,7 +183,7 @@ class Daemon:
         except OSError:
             return False
         newest = max([newest, *(mtime for _, mtime, _ in signature)])
-        return time.time() - newest >= self.settle_seconds
+        return time.time() - newest >= self._settle()
 
     def take(self, verdict: Verdict) -> bool:
         """Run the schedule of a good verdict: log what it changes, materialise it."""
