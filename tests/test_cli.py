@@ -294,6 +294,19 @@ def test_init_with_a_wrong_schedule_makes_no_operator_and_changes_nothing(
     assert query(database(env), "SELECT count(*) FROM users") == [(0,)]
 
 
+def test_check_refuses_what_the_daemon_would_refuse_as_too_slow_to_expand(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MARKETCARE_HORIZON", "366d")
+    monkeypatch.setenv("MARKETCARE_RELOAD_TIMEOUT_SECONDS", "0.000001")
+    r = invoke("check")
+    ended_itself(r)
+    assert r.exit_code == 1
+    assert ".yaml:" in r.output and "ok:" not in r.output
+    monkeypatch.setenv("MARKETCARE_RELOAD_TIMEOUT_SECONDS", "120")
+    assert invoke("check").exit_code == 0
+
+
 def test_plan_past_its_most_obligations_stops_and_says_to_plan_fewer_days_or_markets(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -83,6 +83,7 @@ def check(
     ] = None,
 ) -> None:
     """Validate schedule files: exit 0 when valid, 1 with every error on stderr."""
+    from marketcare.domain.obligations import expand
     from marketcare.domain.schedules import load_paths
 
     s = cli_settings()
@@ -91,6 +92,11 @@ def check(
         if not p.exists():
             raise BadInput(f"{p}: no such file or directory", "paths")
     schedule = load_paths(targets, default_timezone=s.timezone)
+    # what the daemon then does with the files: expand its horizon within the processor
+    # time it allows an edit (reload_timeout_seconds), so that `check` refuses, naming
+    # the task, what the daemon would refuse as too slow, instead of saying ok to it
+    now = utcnow()
+    expand(schedule, now, now + s.horizon, seconds=s.reload_timeout_seconds)
     areas = sum(len(m.areas) for m in schedule.markets)
     m2 = sum(a.m2 for m in schedule.markets for a in m.areas)
     out.print(
