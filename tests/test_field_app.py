@@ -416,13 +416,16 @@ def test_an_out_of_range_reading_waits_for_the_managers_confirmation(
         row.locator("button.primary").tap()
         expect(sent(page, veg)).to_contain_text(zh.tr("Recorded, on time."))
 
-        row = task(page, cooked)
-        if row.locator("details").get_attribute("open") is None:
-            row.locator("summary").tap()
-        row.locator("label.check").tap()
-        row.locator("input[name=reading_chlorine]").fill("300")
-        row.locator("button.primary").tap()
-        row.locator(".confirm button", has_text=zh.tr("Record as failed")).tap()
+        def record_as_failed(obligation: int, chlorine: str) -> None:
+            row = task(page, obligation)
+            if row.locator("details").get_attribute("open") is None:
+                row.locator("summary").tap()
+            row.locator("label.check").tap()
+            row.locator("input[name=reading_chlorine]").fill(chlorine)
+            row.locator("button.primary").tap()
+            row.locator(".confirm button", has_text=zh.tr("Record as failed")).tap()
+
+        record_as_failed(cooked, "300")
         expect(sent(page, cooked)).to_contain_text(
             zh.tr("Recorded as FAILED: redo the work and record it again.")
         )
@@ -434,13 +437,7 @@ def test_an_out_of_range_reading_waits_for_the_managers_confirmation(
             route.abort()
 
         page.route(f"**/api/v1/obligations/{poultry}/completions", answer_lost)
-        row = task(page, poultry)
-        if row.locator("details").get_attribute("open") is None:
-            row.locator("summary").tap()
-        row.locator("label.check").tap()
-        row.locator("input[name=reading_chlorine]").fill("100")
-        row.locator("button.primary").tap()
-        row.locator(".confirm button", has_text=zh.tr("Record as failed")).tap()
+        record_as_failed(poultry, "100")
         expect(page.locator("#queue-text")).to_contain_text(
             zh.tr("The server did not answer: it is sent again by itself.")
         )
@@ -449,7 +446,7 @@ def test_an_out_of_range_reading_waits_for_the_managers_confirmation(
         expect(sent(page, poultry)).to_contain_text(
             zh.tr("Recorded as FAILED: redo the work and record it again.")
         )
-        expect(row).not_to_have_class(re.compile("sent-ok"))
+        expect(task(page, poultry)).not_to_have_class(re.compile("sent-ok"))
 
         page.reload()
         badge = task(page, cooked).locator(".badge")

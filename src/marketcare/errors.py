@@ -10,7 +10,9 @@ decide how to answer. The policy is written down in docs/cli.md and docs/web.md.
 from __future__ import annotations
 
 import enum
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Self
 
 
 class Kind(enum.StrEnum):
@@ -39,11 +41,31 @@ class MarketcareError(Exception):
 
     kind: Kind = Kind.BAD_INPUT
 
-    def __init__(self, message: str, field: str | None = None, *, kind: Kind | None = None):
+    def __init__(
+        self,
+        message: str,
+        field: str | None = None,
+        *,
+        kind: Kind | None = None,
+        by_field: Sequence[tuple[str, str]] = (),
+    ):
         super().__init__(message)
         self.field = field
+        #: (field, message) of each input at fault, where several are: the message joins
+        #: them as ``field: message; …``, and a caller that names inputs its own way (the
+        #: CLI names options as typed) builds its own from these, never from the text
+        self.by_field = tuple(by_field)
         if kind is not None:
             self.kind = kind
+
+    @classmethod
+    def of_fields(cls, by_field: Sequence[tuple[str, str]]) -> Self:
+        """One error for several inputs at fault, the first one's field as ``field``."""
+        return cls(
+            "; ".join(f"{f}: {m}" for f, m in by_field),
+            by_field[0][0] if by_field else None,
+            by_field=by_field,
+        )
 
     @property
     def message(self) -> str:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import enum
 import functools
 import inspect
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -170,7 +169,7 @@ def handled(fn: F) -> F:
             raise
         except MarketcareError as exc:
             if not isinstance(exc, ScheduleError):
-                exc.args = (_as_typed(fn, exc.message), *exc.args[1:])
+                exc.args = (_as_typed(fn, exc), *exc.args[1:])
             raise fail(exc) from None
         except KeyboardInterrupt:
             err.print("interrupted: the command stopped before its end")
@@ -184,20 +183,21 @@ def handled(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-#: ``found_by: …`` at the start of a message or after ``; ``: a field as the domain names it
-_FIELD = re.compile(r"(^|; )([a-z][a-z_]*):")
-
-
-def _as_typed(fn: Callable[..., Any], message: str) -> str:
+def _as_typed(fn: Callable[..., Any], exc: MarketcareError) -> str:
     """A message of the shared rules names a field as the domain does (``found_by: say
-    who found it``); on the command line, name the option the user typed (``--found-by``)."""
+    who found it``); on the command line, name the option the user typed (``--found-by``).
+    Built from the error's fields as data, never by reading its text for names."""
     parameters = inspect.signature(fn).parameters
 
-    def option(m: re.Match[str]) -> str:
-        name = m.group(2)
-        return m.group(1) + (_option_name(fn, name) if name in parameters else name) + ":"
+    def typed(name: str) -> str:
+        return _option_name(fn, name) if name in parameters else name
 
-    return _FIELD.sub(option, message)
+    if exc.by_field:
+        return "; ".join(f"{typed(f)}: {m}" for f, m in exc.by_field)
+    message, field = exc.message, exc.field
+    if field and message.startswith(f"{field}: "):
+        return f"{typed(field)}: {message[len(field) + 2 :]}"
+    return message
 
 
 def _refuse_undecodable(fn: Callable[..., Any], kwargs: dict[str, Any]) -> None:

@@ -57,6 +57,7 @@ class InspectionRefused(BadInput):
         super().__init__(
             "; ".join(f"{f}: {m}" for f, m in self.errors),
             self.errors[0][0] if self.errors else None,
+            by_field=self.errors,
         )
 
 

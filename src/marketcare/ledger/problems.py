@@ -148,7 +148,7 @@ def add_in(
 ) -> tuple[int, bool]:
     errors = validate(conn, problem, now=now)
     if errors:
-        raise BadInput("; ".join(f"{f}: {m}" for f, m in errors), errors[0][0])
+        raise BadInput.of_fields(errors)
     if problem.source_key is not None:
         existing = conn.execute(
             sa.select(
