@@ -164,6 +164,18 @@ def active_schedule(conn: sa.Connection) -> Schedule | None:
     return schedule_of_version(conn, state.version_id)
 
 
+def active_schedule_if(conn: sa.Connection, digest: str) -> Schedule | None:
+    """The schedule the ledger was last materialised with when its digest is ``digest``;
+    None otherwise, without reading the version's texts."""
+    state = ledger_state(conn)
+    if state is None or state.version_id is None:
+        return None
+    applied = conn.execute(
+        sa.select(ScheduleVersion.digest).where(ScheduleVersion.id == state.version_id)
+    ).scalar_one_or_none()
+    return schedule_of_version(conn, state.version_id) if applied == digest else None
+
+
 def ledger_state(conn: sa.Connection, *, lock: bool = False) -> sa.Row[Any] | None:
     stmt = sa.select(LedgerState).where(LedgerState.id == 1)
     if lock:
