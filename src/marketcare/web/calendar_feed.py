@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import Response
-from icalendar import Calendar, Event
 
 from marketcare import logs
 from marketcare.domain.obligations import State, state_by_clock
@@ -27,6 +26,9 @@ from marketcare.ledger.db import read
 from marketcare.ledger.models import AreaRow, Obligation
 from marketcare.ledger.versions import schedule_of_version
 from marketcare.web.app import engine_of, now_of
+
+if TYPE_CHECKING:
+    from icalendar import Event
 
 router = APIRouter(include_in_schema=False)
 
@@ -58,6 +60,10 @@ def feed(engine: sa.Engine, market_id: str, *, now: datetime) -> bytes:
         schedules: dict[int, Schedule] = {
             v: schedule_of_version(conn, v) for v in {r.version_id for r in rows}
         }
+    # imported here: icalendar costs every web app's start 0.1 s of CPU, for a feed that
+    # phones fetch now and then
+    from icalendar import Calendar
+
     cal = Calendar()
     cal.add("prodid", "-//marketcare//calendar feed//EN")
     cal.add("version", "2.0")
@@ -76,6 +82,8 @@ def _event(
     task = schedule.task_by_id.get(r.task_id)
     name = task.name if task is not None else r.task_id
     area = area_names.get(r.area_id, r.area_id) if r.area_id else None
+    from icalendar import Event
+
     state = state_by_clock(State(r.state), opens_at=r.opens_at, missed_at=r.missed_at, now=now)
     ev = Event()
     ev.add("uid", f"obligation-{r.id}@marketcare")
