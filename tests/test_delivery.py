@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 from datetime import date, timedelta
 from pathlib import Path
@@ -267,6 +268,11 @@ reports:
 """
     )
     (tmp_path / "schedules" / "s.yaml").write_text(text, encoding="utf-8")
+    # written an hour before the moved clock's start: read at once, as at any start on files
+    # nobody is writing (at the real time, in that clock's future, they waited a second)
+    written = utc(2026, 11, 23, 11, 0).timestamp()
+    for path in (tmp_path / "schedules" / "s.yaml", tmp_path / "schedules"):
+        os.utime(path, (written, written))
     settings = Settings(
         database_url=database_url(tmp_path, migrated=True),
         schedules_dir=tmp_path / "schedules",
