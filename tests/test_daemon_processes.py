@@ -26,7 +26,6 @@ from click.testing import Result
 from typer.testing import CliRunner
 
 from marketcare.cli import app
-
 from marketcare.domain.obligations import expand
 from marketcare.domain.schedules import Schedule, load_paths
 from marketcare.ledger import materialise as ledger_materialise
