@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,11 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
+import time_machine
+from click.testing import Result
+from typer.testing import CliRunner
 
+from marketcare.cli import app
 from marketcare.domain.obligations import expand
 from marketcare.domain.schedules import Schedule, load_paths
 from marketcare.ledger import materialise as ledger_materialise
@@ -120,6 +126,42 @@ def logged(proc: Proc, msg: str) -> bool:
     return any(r.get("msg") == msg for r in log_records(proc))
 
 
+def cli_here(env: dict[str, str], *args: str, cwd: Path, at: datetime | None = None) -> Result:
+    """``marketcare ARGS`` run to its end in this process, as tests/test_cli.py runs the
+    commands (typer's CliRunner), with the settings of ``env`` and under a clock moved to
+    ``at`` (ticking, as tests/support/clockrun.py moves it) when given.
+
+    For a command a test needs done or answered while the daemon runs, not one whose being
+    a process of its own the test checks (those go through ``cli``): a process per command
+    costs about a second of a core in imports, taken from the daemon under test.
+    """
+    settings: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MARKETCARE_")}
+    settings.update({k: v for k, v in env.items() if k.startswith("MARKETCARE_")})
+    settings["COLUMNS"] = env.get("COLUMNS")
+    root = logging.getLogger()  # the command points logging at the runner's stderr
+    handlers, level = root.handlers[:], root.level
+    moved = time_machine.travel(at, tick=True) if at is not None else contextlib.nullcontext()
+    try:
+        with contextlib.chdir(cwd), moved:
+            return CliRunner().invoke(app, list(args), env=settings)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+
+
+def ran(result: Result) -> str:
+    """What a command run by ``cli_here`` said, for an assertion's message."""
+    return f"exit {result.exit_code}; {result.output[-3000:]}; {result.exception!r}"
+
+
+@pytest.fixture
+def http() -> Iterator[httpx.Client]:
+    """One HTTP client for a test's requests: ``httpx.get`` builds a client, and its TLS
+    context, per request (about 10 ms of CPU), hundreds of times while /readyz is polled."""
+    with httpx.Client(timeout=30) as client:
+        yield client
+
+
 # ---------------------------------------------------------------- crashes
 
 
@@ -146,13 +188,13 @@ def test_sigkill_at_random_moments_while_materialising_and_ticking_loses_and_dou
     schedule = load(env)
 
     # a ledger that starts a day ago, so today's windows are open at the real now
-    init = cli(
+    init = cli_here(
         {**env, "MARKETCARE_HORIZON": "1d"},
         "init",
         cwd=tmp_path,
         at=datetime.now(UTC) - DAY,
     )
-    assert init.returncode == 0, init.stderr
+    assert init.exit_code == 0, ran(init)
     start_mark = first_watermark(db)
     now = datetime.now(UTC)
     open_ids = [
@@ -268,8 +310,8 @@ def test_sigkill_at_random_moments_while_materialising_and_ticking_loses_and_dou
     rows = dict(query(db, "SELECT token, obligation_id FROM completions"))
     assert rows == acknowledged
 
-    verify = cli(env, "audit", "verify", cwd=tmp_path)
-    assert verify.returncode == 0, verify.stderr
+    verify = cli_here(env, "audit", "verify", cwd=tmp_path)
+    assert verify.exit_code == 0, ran(verify)
 
 
 # ---------------------------------------------------------------- downtime
@@ -423,8 +465,8 @@ def test_schedule_edits_are_applied_and_a_broken_file_keeps_the_daemon_running(
             assert "unknown key 'aeras'" in located[0]
             assert bad_line[col - 1 :].startswith("aeras")
         assert daemon.alive()
-        status = cli(env, "status", "--json", cwd=tmp_path)
-        assert status.returncode == 0, status.stderr
+        status = cli_here(env, "status", "--json", cwd=tmp_path)
+        assert status.exit_code == 0, ran(status)
         assert isinstance(json.loads(status.stdout), list)
         assert snapshot() == good
 
@@ -457,7 +499,7 @@ def heavy_markets(prefix: str) -> str:
 
 
 def test_an_edit_that_would_hang_or_take_too_long_never_stops_the_daemon(
-    tmp_path: Path, procs: list[Proc]
+    tmp_path: Path, procs: list[Proc], http: httpx.Client
 ) -> None:
     schedules = tmp_path / "schedules"
     tasks_file = schedules / "tasks.yaml"
@@ -483,7 +525,7 @@ def test_an_edit_that_would_hang_or_take_too_long_never_stops_the_daemon(
     )
 
     def readyz() -> dict[str, Any]:
-        answer = httpx.get(f"{url}readyz", timeout=30)
+        answer = http.get(f"{url}readyz")
         body: dict[str, Any] = answer.json()
         body["code"] = answer.status_code
         return body
@@ -536,8 +578,8 @@ def test_an_edit_that_would_hang_or_take_too_long_never_stops_the_daemon(
     assert slow["checks"]["steps"]["sweep"] == "ok"
     assert slow["checks"]["writes"] == "ok"
     assert daemon.alive()
-    status = cli(env, "status", "--json", cwd=tmp_path)
-    assert status.returncode == 0, status.stderr
+    status = cli_here(env, "status", "--json", cwd=tmp_path)
+    assert status.exit_code == 0, ran(status)
     assert set(query(db, "SELECT natural_key, opens_at, due_at FROM obligations")) == good
 
     # a stop while such a check runs: the daemon ends at once, with the child

@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
+from collections.abc import Iterator
 from datetime import date, timedelta
 from pathlib import Path
 
@@ -23,6 +25,7 @@ from marketcare.reports.mail import SmtpConfig
 
 from .conftest import database_url, make_market_yaml, make_schedule, make_schedule_text, utc
 from .support.smtp import SmtpServer
+from .support.templates import copy_of
 
 NOW = utc(2026, 11, 27, 2, 0)  # Friday 10:00 in Shanghai
 WEEK = Period.of("week", date(2026, 11, 23))
@@ -62,14 +65,23 @@ def make_history(engine: sa.Engine) -> None:
     ledger_sweep.sweep_all(engine, now=utc(2026, 11, 30, 0, 0))
 
 
+@pytest.fixture
+def week(tmp_path: Path) -> Iterator[sa.Engine]:
+    """A ledger of its own holding the week ``make_history`` makes: the week is built once
+    per run and copied for each test (tests/support/templates.py), not built again by each."""
+    engine, _ = copy_of("test_delivery: the week of 2026-11-23", make_history, tmp_path)
+    yield engine
+    engine.dispose()
+
+
 def export_week(engine: sa.Engine, tmp_path: Path, now=NOW) -> delivery.ExportResult:  # type: ignore[no-untyped-def]
     return delivery.export(engine, period=WEEK, exports_dir=tmp_path / "exports", now=now)
 
 
 def test_an_export_is_recorded_with_its_sha256_and_a_stable_name(
-    engine: sa.Engine, tmp_path: Path
+    week: sa.Engine, tmp_path: Path
 ) -> None:
-    make_history(engine)
+    engine = week
     result = export_week(engine, tmp_path)
     assert result.path.name == "marketcare_week_2026-W48.xlsx"
     assert result.created and result.revision == 1
@@ -78,9 +90,9 @@ def test_an_export_is_recorded_with_its_sha256_and_a_stable_name(
 
 
 def test_exporting_the_same_closed_period_again_reuses_the_recorded_file(
-    engine: sa.Engine, tmp_path: Path
+    week: sa.Engine, tmp_path: Path
 ) -> None:
-    make_history(engine)
+    engine = week
     first = export_week(engine, tmp_path)
     again = export_week(engine, tmp_path, now=NOW + timedelta(hours=3))
     assert not again.created and again.path == first.path and again.sha256 == first.sha256
@@ -89,9 +101,9 @@ def test_exporting_the_same_closed_period_again_reuses_the_recorded_file(
 
 
 def test_a_late_correction_becomes_a_new_revision_and_never_overwrites(
-    engine: sa.Engine, tmp_path: Path
+    week: sa.Engine, tmp_path: Path
 ) -> None:
-    make_history(engine)
+    engine = week
     first = export_week(engine, tmp_path)
     before = first.path.read_bytes()
     with read(engine) as conn:
@@ -114,9 +126,9 @@ def test_a_period_with_no_data_still_produces_a_report(engine: sa.Engine, tmp_pa
 
 
 def test_the_email_carries_the_file_byte_for_byte_with_a_chinese_name(
-    engine: sa.Engine, tmp_path: Path, smtp: SmtpServer
+    week: sa.Engine, tmp_path: Path, smtp: SmtpServer
 ) -> None:
-    make_history(engine)
+    engine = week
     result = export_week(engine, tmp_path)
     delivery.enqueue(
         engine, result.report_id, OFFICE, now=NOW, sender="marketcare@licheng.example.org"
@@ -138,9 +150,9 @@ def test_the_email_carries_the_file_byte_for_byte_with_a_chinese_name(
 
 
 def test_every_report_arrives_exactly_once_per_recipient_after_the_server_comes_back(
-    engine: sa.Engine, tmp_path: Path, smtp: SmtpServer
+    week: sa.Engine, tmp_path: Path, smtp: SmtpServer
 ) -> None:
-    make_history(engine)
+    engine = week
     result = export_week(engine, tmp_path)
     delivery.enqueue(
         engine, result.report_id, OFFICE, now=NOW, sender="marketcare@licheng.example.org"
@@ -162,12 +174,12 @@ def test_every_report_arrives_exactly_once_per_recipient_after_the_server_comes_
 
 
 def test_a_refused_login_is_a_clear_permanent_failure_and_loses_nothing(
-    engine: sa.Engine, tmp_path: Path
+    week: sa.Engine, tmp_path: Path
 ) -> None:
     server = SmtpServer(user="office", password="right")
     server.start()
     try:
-        make_history(engine)
+        engine = week
         result = export_week(engine, tmp_path)
         delivery.enqueue(
             engine, result.report_id, OFFICE[:1], now=NOW, sender="marketcare@licheng.example.org"
@@ -190,9 +202,9 @@ def test_a_refused_login_is_a_clear_permanent_failure_and_loses_nothing(
 
 
 def test_a_crash_between_sending_and_recording_resends_with_the_same_message_id(
-    engine: sa.Engine, tmp_path: Path, smtp: SmtpServer
+    week: sa.Engine, tmp_path: Path, smtp: SmtpServer
 ) -> None:
-    make_history(engine)
+    engine = week
     result = export_week(engine, tmp_path)
     delivery.enqueue(
         engine, result.report_id, OFFICE[:1], now=NOW, sender="marketcare@licheng.example.org"
@@ -267,6 +279,11 @@ reports:
 """
     )
     (tmp_path / "schedules" / "s.yaml").write_text(text, encoding="utf-8")
+    # written an hour before the moved clock's start: read at once, as at any start on files
+    # nobody is writing (at the real time, in that clock's future, they waited a second)
+    written = utc(2026, 11, 23, 11, 0).timestamp()
+    for path in (tmp_path / "schedules" / "s.yaml", tmp_path / "schedules"):
+        os.utime(path, (written, written))
     settings = Settings(
         database_url=database_url(tmp_path, migrated=True),
         schedules_dir=tmp_path / "schedules",
@@ -297,7 +314,7 @@ reports:
 
 
 def test_the_outbox_command_lists_a_failed_email_with_its_reason_and_queues_it_again(
-    engine: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    week: sa.Engine, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from typer.testing import CliRunner
 
@@ -306,7 +323,7 @@ def test_the_outbox_command_lists_a_failed_email_with_its_reason_and_queues_it_a
     server = SmtpServer(user="office", password="right")
     server.start()
     try:
-        make_history(engine)
+        engine = week
         result = export_week(engine, tmp_path)
         delivery.enqueue(engine, result.report_id, OFFICE[:1], now=NOW, sender="mc@example.org")
         delivery.send_due(engine, config(server, user="office", password="wrong"), now=NOW)

@@ -6,6 +6,7 @@ the gap; a local time that happens twice in autumn means its first occurrence.
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -40,8 +41,8 @@ NIGHT_TASK = """
 
 def drive(tmp_path: Path, name: str, start: datetime, end: datetime) -> sa.Engine:
     """Run the daemon's materialise and sweep steps every 30 simulated minutes."""
-    schedules = tmp_path / name
-    schedules.mkdir()
+    schedules = tmp_path / name / "schedules"  # the ledger's files beside it, not in it
+    schedules.mkdir(parents=True)
     (schedules / "london.yaml").write_text(
         make_schedule_text(
             make_market_yaml("borough", timezone="Europe/London", hours='{daily: "06:00-18:00"}'),
@@ -49,6 +50,12 @@ def drive(tmp_path: Path, name: str, start: datetime, end: datetime) -> sa.Engin
         ),
         encoding="utf-8",
     )
+    # files last written an hour before the daemon starts: read at once, as at a start on
+    # files nobody is writing (written at the real now, in the moved clock's future, they
+    # were waited for as if an editor were still saving them: a second per test)
+    written = (start - timedelta(hours=1)).timestamp()
+    for path in (schedules / "london.yaml", schedules):
+        os.utime(path, (written, written))
     url = database_url(tmp_path / name, migrated=True)
     settings = load_settings(
         database_url=url, schedules_dir=schedules, horizon="1d", timezone="Europe/London"

@@ -82,7 +82,10 @@ class Hook:
                 pass
 
         self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        # ``stop`` waits until the loop looks at its flag: every half second by default,
+        # which each test using the hook waited at its end, and the ladder test mid-way too
+        serve = self.server.serve_forever
+        threading.Thread(target=serve, kwargs={"poll_interval": 0.02}, daemon=True).start()
 
     def stop(self) -> None:
         if self.server is not None:

@@ -50,7 +50,11 @@ def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
     engine = make_engine(url)
     migrate(engine)
     with time_machine.travel(NOW, tick=False):
-        d = Daemon(settings=settings, engine=engine)
+        # files a test has just written are read after a tenth of a second, not the
+        # default second, as in tests/support/procs.py: the tests that prove the settling
+        # set their own, and none here waits on the default (the clock is moved back, so
+        # every file looks freshly written and each reload waited the whole second)
+        d = Daemon(settings=settings, engine=engine, settle_seconds=0.1)
         assert d.step_reload()
         yield d
     engine.dispose()
