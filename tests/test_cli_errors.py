@@ -37,6 +37,7 @@ from .support.procs import (
     database,
     make_env,
     query,
+    run_cli,
     scalar,
     start,
     wait_until,
@@ -155,7 +156,7 @@ def test_a_command_run_from_the_wrong_folder_creates_no_database_there(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     settings = {k: v for k, v in ready.items() if k != "MARKETCARE_DATABASE_URL"}
-    done = cli(settings, "export", "--period", "day", cwd=elsewhere)
+    done = run_cli(settings, "export", "--period", "day", cwd=elsewhere)
     assert done.returncode == 1
     assert "no database at var/marketcare.db" in done.stderr
     assert list(elsewhere.iterdir()) == []
@@ -454,7 +455,7 @@ def test_an_interrupted_demo_removes_the_database_it_began_and_says_so(
     )
     assert "Traceback" not in demo.stderr()
     assert not list(tmp_path.glob("demo.db*"))
-    again = cli(env, "demo", "--days", "1", cwd=tmp_path)
+    again = run_cli(env, "demo", "--days", "1", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
 
 

@@ -120,11 +120,13 @@ def run_cli(
     What only a process shows stays with ``cli``/``start``: signals and exit on SIGTERM,
     a lock held by another process, the bytes of the arguments, standard input's
     encoding or its lack of a terminal, a table written to a pipe, the installed script.
-    Each command run here is also run as a real process somewhere in the suite:
-    ``backup``, ``restore`` and ``audit verify`` in tests/test_docs.py (docs/operations.md),
-    ``migrate-sqlite-to-postgres`` in tests/test_pgmigrate.py (refused while a daemon's
-    lock is held), ``init`` in tests/test_web_daemon.py (before a daemon), ``users`` in
-    tests/test_cli_errors.py, ``demo`` and ``status`` in tests/test_docs.py.
+    Each command run here also runs as a real process somewhere in the suite: ``init``
+    (the installation each document starts from), ``backup``, ``audit verify``, ``demo``,
+    ``status`` and ``export`` among the documents' examples in tests/test_docs.py;
+    ``backup`` again in tests/test_backup.py (taken while a daemon writes) and ``restore``
+    there (its standard input ends unanswered); ``migrate-sqlite-to-postgres`` in
+    tests/test_pgmigrate.py (refused while another process holds the daemon's lock);
+    ``users add`` in tests/test_cli_errors.py (no terminal, bytes piped in).
     """
     import logging
     import traceback
