@@ -29,7 +29,7 @@ from marketcare.ledger.db import alembic_config, make_engine
 from marketcare.reports import delivery
 from marketcare.settings import Settings
 
-from .conftest import DISINFECTION, WASTE, make_market_yaml, utc
+from .conftest import DISINFECTION, WASTE, database_url, make_market_yaml, utc
 from .support.procs import (
     ROOT,
     cli,
@@ -78,8 +78,12 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 @pytest.fixture
-def ready(env: dict[str, str]) -> dict[str, str]:
-    """The same, initialised at 19:00."""
+def ready(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
+    """The same, initialised at 19:00, on a ledger already at the newest revision (on
+    SQLite a copy of the run's migrated template, as tests/test_cli.py's ``env``): running
+    every migration again cost each test more than its own commands. ``init`` from no
+    database at all stays proved here, by the tests that ask for ``env`` and run it."""
+    database_url(tmp_path, migrated=True)
     done = invoke("init", at=EVENING)
     assert done.exit_code == 0, done.output
     return env
@@ -431,9 +435,13 @@ def test_init_from_a_schedules_folder_without_files_is_refused_and_changes_nothi
     assert scalar(database(env), ahead) == before > 0
 
 
-def _completions_so_far(db: str) -> int:
+def _history_begun(db: str) -> int:
+    """Obligations written: the first day of history is in, with the watermark that the
+    next demo would refuse ("already has obligations"). From here the demo has the rest of
+    its 366 days to materialise and to complete (seconds); waiting for its first
+    completion meant waiting for all 366 days to be materialised first."""
     try:
-        return int(scalar(db, "SELECT count(*) FROM completions") or 0)
+        return int(scalar(db, "SELECT count(*) FROM obligations") or 0)
     except sa.exc.OperationalError:  # the tables are still being made
         return 0
 
@@ -447,7 +455,7 @@ def test_an_interrupted_demo_removes_the_database_it_began_and_says_so(
     env = make_env(tmp_path, database_url=f"sqlite:///{tmp_path / 'demo.db'}")
     shutil.copytree(ROOT / "schedules", tmp_path / "schedules")
     demo = start(env, "demo", "--days", "366", cwd=tmp_path, name="demo")
-    wait_until(lambda: _completions_so_far(database(env)), proc=demo, what="history written")
+    wait_until(lambda: _history_begun(database(env)), proc=demo, what="history written")
     demo.popen.send_signal(sig)
     assert demo.wait() == 130, demo.stderr()
     assert f"interrupted: the unfinished demo database {tmp_path / 'demo.db'} was removed" in (
