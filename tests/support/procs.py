@@ -130,6 +130,7 @@ def run_cli(
     """
     import logging
     import traceback
+    from contextlib import nullcontext
 
     import time_machine
     from typer.testing import CliRunner
@@ -145,14 +146,11 @@ def run_cli(
     before = Path.cwd()
     os.chdir(cwd)
     try:
-        runner = CliRunner()
-        if at is None:
-            result = runner.invoke(app, list(args), input=input, env=changes, prog_name="marketcare")
-        else:
-            with time_machine.travel(at, tick=True):
-                result = runner.invoke(
-                    app, list(args), input=input, env=changes, prog_name="marketcare"
-                )
+        clock = time_machine.travel(at, tick=True) if at is not None else nullcontext()
+        with clock:
+            result = CliRunner().invoke(
+                app, list(args), input=input, env=changes, prog_name="marketcare"
+            )
     finally:
         os.chdir(before)
         root.handlers[:] = handlers
