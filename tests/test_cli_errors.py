@@ -6,6 +6,7 @@ processes where the exit code, the terminal or the bytes of the arguments are th
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -29,7 +30,8 @@ from marketcare.ledger.db import alembic_config, make_engine
 from marketcare.reports import delivery
 from marketcare.settings import Settings
 
-from .conftest import DISINFECTION, WASTE, database_url, make_market_yaml, utc
+from .conftest import DISINFECTION, WASTE, make_market_yaml, utc
+from .support import pg
 from .support.procs import (
     ROOT,
     cli,
@@ -63,14 +65,14 @@ def keep_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Settings for in-process and subprocess runs, two markets, no database yet."""
-    values = make_env(tmp_path)
+def _settle(folder: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Settings for the commands of ``folder`` (in ``os.environ``, ``folder`` the current
+    one) and its two markets' schedules."""
+    values = make_env(folder)
     for key in [k for k in values if k.startswith("MARKETCARE_")] + ["COLUMNS"]:
         monkeypatch.setenv(key, values[key])
-    monkeypatch.chdir(tmp_path)
-    schedules = tmp_path / "schedules"
+    monkeypatch.chdir(folder)
+    schedules = folder / "schedules"
     schedules.mkdir()
     (schedules / "markets.yaml").write_text(MARKETS, encoding="utf-8")
     (schedules / "tasks.yaml").write_text(TASKS, encoding="utf-8")
@@ -78,14 +80,38 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 @pytest.fixture
-def ready(env: dict[str, str], tmp_path: Path) -> dict[str, str]:
-    """The same, initialised at 19:00, on a ledger already at the newest revision (on
-    SQLite a copy of the run's migrated template, as tests/test_cli.py's ``env``): running
-    every migration again cost each test more than its own commands. ``init`` from no
-    database at all stays proved here, by the tests that ask for ``env`` and run it."""
-    database_url(tmp_path, migrated=True)
-    done = invoke("init", at=EVENING)
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Settings for in-process and subprocess runs, two markets, no database yet."""
+    return _settle(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def initialised(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The URL of one ledger of these two markets, initialised at 19:00, for the module.
+
+    ``init`` migrates, makes the first operator (an Argon2 hash: a third of a second of
+    processor time) and materialises: the same work, to the same rows, for every test that
+    starts from it, so each copies this one (``ready``).
+    """
+    folder = tmp_path_factory.mktemp("initialised")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        url = database(_settle(folder, monkeypatch))
+        done = invoke("init", at=EVENING)
+    root.handlers[:] = handlers
+    root.setLevel(level)
     assert done.exit_code == 0, done.output
+    gc.collect()  # the command's engine, and any connection it kept to what is copied
+    return url
+
+
+@pytest.fixture
+def ready(env: dict[str, str], initialised: str) -> dict[str, str]:
+    """The same, initialised at 19:00: a copy of the module's ``initialised`` ledger.
+    ``init`` itself, from no database at all, stays proved by the tests that ask for
+    ``env`` and run it."""
+    pg.restore(database(env), initialised)
     return env
 
 
