@@ -1,7 +1,8 @@
 """The command's error policy (docs/cli.md, "Errors and exit codes") and its papercuts.
 
-In-process (typer's CliRunner, time_machine for ``now``) where only the answer matters; real
-processes where the exit code, the terminal or the bytes of the arguments are the point.
+In-process (a CliRunner over the app's command, time_machine for ``now``) where only the
+answer matters; real processes where the exit code, the terminal or the bytes of the
+arguments are the point.
 """
 
 from __future__ import annotations
@@ -22,10 +23,10 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import time_machine
-from typer.testing import CliRunner, Result
+from click.testing import CliRunner, Result
 
 from marketcare import logs
-from marketcare.cli import app, main
+from marketcare.cli import main
 from marketcare.ledger.db import alembic_config, make_engine
 from marketcare.reports import delivery
 from marketcare.settings import Settings
@@ -35,6 +36,7 @@ from .support import pg
 from .support.procs import (
     ROOT,
     cli,
+    cli_command,
     command,
     database,
     make_env,
@@ -117,7 +119,7 @@ def ready(env: dict[str, str], initialised: str) -> dict[str, str]:
 
 def invoke(*args: str, at: datetime = EVENING) -> Result:
     with time_machine.travel(at, tick=False):
-        return runner.invoke(app, list(args))
+        return runner.invoke(cli_command(), list(args))
 
 
 def obligation(env: dict[str, str], market: str, area: str) -> int:
@@ -580,9 +582,9 @@ def test_an_internal_error_is_one_line_exit_70_with_its_details_in_a_file(
 
 def test_help_has_a_short_option_and_the_command_a_version_and_completion() -> None:
     for args in (["-h"], ["tick", "-h"], ["problems", "add", "-h"], ["users", "-h"]):
-        done = runner.invoke(app, args)
+        done = runner.invoke(cli_command(), args)
         assert done.exit_code == 0 and "Usage" in done.output, args
-    assert "--install-completion" in runner.invoke(app, ["--help"]).output
+    assert "--install-completion" in runner.invoke(cli_command(), ["--help"]).output
     completed = subprocess.run(
         [str(Path(sys.executable).with_name("marketcare"))],
         env={**os.environ, "_MARKETCARE_COMPLETE": "complete_bash", "COMP_WORDS": "marketcare st",
@@ -592,7 +594,7 @@ def test_help_has_a_short_option_and_the_command_a_version_and_completion() -> N
         check=False,
     )  # fmt: skip
     assert completed.stdout.split() == ["status"], completed.stderr
-    version = runner.invoke(app, ["--version"])
+    version = runner.invoke(cli_command(), ["--version"])
     assert version.exit_code == 0 and re.fullmatch(r"marketcare \d+\.\d+\.\d+\S*\n", version.output)
 
 
