@@ -159,7 +159,7 @@ def run_cli(
     failure = result.exception
     if failure is not None and not isinstance(failure, SystemExit):
         code = 130 if isinstance(failure, KeyboardInterrupt) else 70
-        stderr += "internal error (main would exit 70):\n" + "".join(
+        stderr += f"an exception escaped the command (main would exit {code}):\n" + "".join(
             traceback.format_exception(failure)
         )
     return subprocess.CompletedProcess(
