@@ -1,10 +1,12 @@
-"""``marketcare backup`` and ``restore`` as an operator runs them: real processes, real files.
+"""``marketcare backup`` and ``restore`` as an operator runs them: real files, a real daemon.
 
-The backup is taken while a real daemon materialises and ticks are written at the same
-time; restore is checked to bring the ledger back row for row (counts and checksums of
-every table), and to refuse, leaving the live database alone, whatever should not be put
-in its place. Timeouts are liveness bounds (tests/support/procs.py), never performance
-checks.
+The backup is taken, by a real process, while a real daemon materialises and ticks are
+written at the same time; restore is checked to bring the ledger back row for row (counts
+and checksums of every table), and to refuse, leaving the live database alone, whatever
+should not be put in its place, a running daemon's database included. A restore whose
+standard input ends (a script, cron) is a real process too; the other commands run in
+this process (``run_cli``): what they answer and do is the point there, not their
+process. Timeouts are liveness bounds (tests/support/procs.py), never performance checks.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from marketcare.ledger.db import make_engine, migrate
 from marketcare.ops.pgmigrate import TableSum, sums
 
 from .conftest import make_market_yaml, make_schedule_text
-from .support.procs import Proc, cli, command, make_env, start_daemon, wait_until
+from .support.procs import Proc, cli, command, make_env, run_cli, start_daemon, wait_until
 from .support.tamper import sqlite_unguarded
 
 pytestmark = pytest.mark.heavy(40)
@@ -81,6 +83,11 @@ class Ledger:
     db: Path
 
     def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``marketcare ARGS`` in this installation, in this process (``run_cli``)."""
+        return run_cli(self.env, *args, cwd=self.folder)
+
+    def process(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``marketcare ARGS`` in this installation, as a process of its own."""
         return cli(self.env, *args, cwd=self.folder)
 
 
@@ -259,7 +266,7 @@ def test_a_backup_taken_while_the_daemon_materialises_and_ticks_arrive_is_consis
         watermark_before = _watermark(site.db)
         started = time.monotonic()
         target = tmp_path / "backups" / "during.db"
-        made = site.cli("backup", str(target), "--step-pages", "16")
+        made = site.process("backup", str(target), "--step-pages", "16")
         finished = time.monotonic()
         watermark_after = _watermark(site.db)
         # the ticker kept going through the backup (each tick waits its turn to write)
@@ -399,16 +406,19 @@ def test_restore_asks_first_and_a_no_changes_nothing(
     mine, backup = copy_of(history, tmp_path)
     change(mine)
     live = table_sums(mine.db)
-    answered = subprocess.run(
-        command(["restore", str(backup)]),
-        env=mine.env,
-        cwd=tmp_path,
-        input=answer,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        check=False,
-    )
+    if answer:  # someone at the prompt says no
+        answered = run_cli(mine.env, "restore", str(backup), cwd=tmp_path, input=answer)
+    else:  # a script or cron: the process's standard input ends with no answer
+        answered = subprocess.run(
+            command(["restore", str(backup)]),
+            env=mine.env,
+            cwd=tmp_path,
+            input=answer,
+            capture_output=True,
+            text=True,
+            encoding="utf-8",
+            check=False,
+        )
     assert answered.returncode == 1
     assert "Replace" in answered.stdout
     assert "Traceback" not in answered.stderr and "Aborted" not in answered.stderr
@@ -522,11 +532,11 @@ def test_a_tampered_backup_is_restored_with_force_and_the_damage_is_shown(
 
 def test_on_postgresql_backup_and_restore_point_to_pg_dump_and_pg_restore(tmp_path: Path) -> None:
     env = make_env(tmp_path, database_url="postgresql+psycopg://marketcare@db.example/marketcare")
-    backup = cli(env, "backup", cwd=tmp_path)
+    backup = run_cli(env, "backup", cwd=tmp_path)
     assert backup.returncode == 1
     assert "the database is PostgreSQL" in backup.stderr
     assert "pg_dump -Fc" in backup.stderr and "docs/operations.md" in backup.stderr
-    restore = cli(env, "restore", str(tmp_path / "marketcare.dump"), "--yes", cwd=tmp_path)
+    restore = run_cli(env, "restore", str(tmp_path / "marketcare.dump"), "--yes", cwd=tmp_path)
     assert restore.returncode == 1
     assert "pg_restore" in restore.stderr and "docs/operations.md" in restore.stderr
     assert "Traceback" not in backup.stderr + restore.stderr

@@ -1,11 +1,13 @@
 """The command's error policy (docs/cli.md, "Errors and exit codes") and its papercuts.
 
-In-process (typer's CliRunner, time_machine for ``now``) where only the answer matters; real
-processes where the exit code, the terminal or the bytes of the arguments are the point.
+In-process (a CliRunner over the app's command, time_machine for ``now``) where only the
+answer matters; real processes where the exit code, the terminal or the bytes of the
+arguments are the point.
 """
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import os
@@ -21,22 +23,25 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 import time_machine
-from typer.testing import CliRunner, Result
+from click.testing import CliRunner, Result
 
 from marketcare import logs
-from marketcare.cli import app, main
+from marketcare.cli import main
 from marketcare.ledger.db import alembic_config, make_engine
 from marketcare.reports import delivery
 from marketcare.settings import Settings
 
 from .conftest import DISINFECTION, WASTE, make_market_yaml, utc
+from .support import pg
 from .support.procs import (
     ROOT,
     cli,
+    cli_command,
     command,
     database,
     make_env,
     query,
+    run_cli,
     scalar,
     start,
     wait_until,
@@ -62,14 +67,14 @@ def keep_logging() -> Iterator[None]:
     root.setLevel(level)
 
 
-@pytest.fixture
-def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Settings for in-process and subprocess runs, two markets, no database yet."""
-    values = make_env(tmp_path)
+def _settle(folder: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Settings for the commands of ``folder`` (in ``os.environ``, ``folder`` the current
+    one) and its two markets' schedules."""
+    values = make_env(folder)
     for key in [k for k in values if k.startswith("MARKETCARE_")] + ["COLUMNS"]:
         monkeypatch.setenv(key, values[key])
-    monkeypatch.chdir(tmp_path)
-    schedules = tmp_path / "schedules"
+    monkeypatch.chdir(folder)
+    schedules = folder / "schedules"
     schedules.mkdir()
     (schedules / "markets.yaml").write_text(MARKETS, encoding="utf-8")
     (schedules / "tasks.yaml").write_text(TASKS, encoding="utf-8")
@@ -77,16 +82,44 @@ def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
 
 
 @pytest.fixture
-def ready(env: dict[str, str]) -> dict[str, str]:
-    """The same, initialised at 19:00."""
-    done = invoke("init", at=EVENING)
+def env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Settings for in-process and subprocess runs, two markets, no database yet."""
+    return _settle(tmp_path, monkeypatch)
+
+
+@pytest.fixture(scope="module")
+def initialised(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The URL of one ledger of these two markets, initialised at 19:00, for the module.
+
+    ``init`` migrates, makes the first operator (an Argon2 hash: a third of a second of
+    processor time) and materialises: the same work, to the same rows, for every test that
+    starts from it, so each copies this one (``ready``).
+    """
+    folder = tmp_path_factory.mktemp("initialised")
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        url = database(_settle(folder, monkeypatch))
+        done = invoke("init", at=EVENING)
+    root.handlers[:] = handlers
+    root.setLevel(level)
     assert done.exit_code == 0, done.output
+    gc.collect()  # the command's engine, and any connection it kept to what is copied
+    return url
+
+
+@pytest.fixture
+def ready(env: dict[str, str], initialised: str) -> dict[str, str]:
+    """The same, initialised at 19:00: a copy of the module's ``initialised`` ledger.
+    ``init`` itself, from no database at all, stays proved by the tests that ask for
+    ``env`` and run it."""
+    pg.restore(database(env), initialised)
     return env
 
 
 def invoke(*args: str, at: datetime = EVENING) -> Result:
     with time_machine.travel(at, tick=False):
-        return runner.invoke(app, list(args))
+        return runner.invoke(cli_command(), list(args))
 
 
 def obligation(env: dict[str, str], market: str, area: str) -> int:
@@ -155,7 +188,7 @@ def test_a_command_run_from_the_wrong_folder_creates_no_database_there(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     settings = {k: v for k, v in ready.items() if k != "MARKETCARE_DATABASE_URL"}
-    done = cli(settings, "export", "--period", "day", cwd=elsewhere)
+    done = run_cli(settings, "export", "--period", "day", cwd=elsewhere)
     assert done.returncode == 1
     assert "no database at var/marketcare.db" in done.stderr
     assert list(elsewhere.iterdir()) == []
@@ -430,9 +463,13 @@ def test_init_from_a_schedules_folder_without_files_is_refused_and_changes_nothi
     assert scalar(database(env), ahead) == before > 0
 
 
-def _completions_so_far(db: str) -> int:
+def _history_begun(db: str) -> int:
+    """Obligations written: the first day of history is in, with the watermark that the
+    next demo would refuse ("already has obligations"). From here the demo has the rest of
+    its 366 days to materialise and to complete (seconds); waiting for its first
+    completion meant waiting for all 366 days to be materialised first."""
     try:
-        return int(scalar(db, "SELECT count(*) FROM completions") or 0)
+        return int(scalar(db, "SELECT count(*) FROM obligations") or 0)
     except sa.exc.OperationalError:  # the tables are still being made
         return 0
 
@@ -446,7 +483,7 @@ def test_an_interrupted_demo_removes_the_database_it_began_and_says_so(
     env = make_env(tmp_path, database_url=f"sqlite:///{tmp_path / 'demo.db'}")
     shutil.copytree(ROOT / "schedules", tmp_path / "schedules")
     demo = start(env, "demo", "--days", "366", cwd=tmp_path, name="demo")
-    wait_until(lambda: _completions_so_far(database(env)), proc=demo, what="history written")
+    wait_until(lambda: _history_begun(database(env)), proc=demo, what="history written")
     demo.popen.send_signal(sig)
     assert demo.wait() == 130, demo.stderr()
     assert f"interrupted: the unfinished demo database {tmp_path / 'demo.db'} was removed" in (
@@ -454,7 +491,7 @@ def test_an_interrupted_demo_removes_the_database_it_began_and_says_so(
     )
     assert "Traceback" not in demo.stderr()
     assert not list(tmp_path.glob("demo.db*"))
-    again = cli(env, "demo", "--days", "1", cwd=tmp_path)
+    again = run_cli(env, "demo", "--days", "1", cwd=tmp_path)
     assert again.returncode == 0, again.stderr
 
 
@@ -545,9 +582,9 @@ def test_an_internal_error_is_one_line_exit_70_with_its_details_in_a_file(
 
 def test_help_has_a_short_option_and_the_command_a_version_and_completion() -> None:
     for args in (["-h"], ["tick", "-h"], ["problems", "add", "-h"], ["users", "-h"]):
-        done = runner.invoke(app, args)
+        done = runner.invoke(cli_command(), args)
         assert done.exit_code == 0 and "Usage" in done.output, args
-    assert "--install-completion" in runner.invoke(app, ["--help"]).output
+    assert "--install-completion" in runner.invoke(cli_command(), ["--help"]).output
     completed = subprocess.run(
         [str(Path(sys.executable).with_name("marketcare"))],
         env={**os.environ, "_MARKETCARE_COMPLETE": "complete_bash", "COMP_WORDS": "marketcare st",
@@ -557,7 +594,7 @@ def test_help_has_a_short_option_and_the_command_a_version_and_completion() -> N
         check=False,
     )  # fmt: skip
     assert completed.stdout.split() == ["status"], completed.stderr
-    version = runner.invoke(app, ["--version"])
+    version = runner.invoke(cli_command(), ["--version"])
     assert version.exit_code == 0 and re.fullmatch(r"marketcare \d+\.\d+\.\d+\S*\n", version.output)
 
 

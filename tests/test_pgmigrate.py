@@ -4,6 +4,9 @@ A district's simulated history moves from SQLite to PostgreSQL; every table must
 with the same rows (counts and checksums read back independently), the audit chain must
 verify there, and the daemon must carry on on the new database. A target that already
 holds rows is refused and left as it was.
+
+The command runs in this process (``run_cli``), except where a daemon's lock must be held
+by another process than the command's.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ from marketcare.settings import load_settings
 
 from .conftest import ROOT
 from .support import pg
-from .support.procs import cli, make_env
+from .support.procs import cli, make_env, run_cli
 
 NewDatabase = Callable[[Path], str]
 
@@ -142,7 +145,9 @@ def test_a_district_moves_to_postgresql_with_equal_counts_and_checksums_and_runs
     target = new_database(tmp_path / "target")
     env = make_env(tmp_path, database_url=source)
 
-    moved = cli(env, "migrate-sqlite-to-postgres", "--to", target, "--batch", "100", cwd=tmp_path)
+    moved = run_cli(
+        env, "migrate-sqlite-to-postgres", "--to", target, "--batch", "100", cwd=tmp_path
+    )
     assert moved.returncode == 0, moved.stderr
     assert "MISMATCH" not in moved.stdout
     assert "audit chain ok" in moved.stdout
@@ -198,7 +203,7 @@ def test_a_district_moves_to_postgresql_with_equal_counts_and_checksums_and_runs
     finally:
         pg_engine.dispose()
 
-    status = cli(make_env(tmp_path, database_url=target), "status", cwd=tmp_path)
+    status = run_cli(make_env(tmp_path, database_url=target), "status", cwd=tmp_path)
     assert status.returncode == 0, status.stderr
     assert "鲤中农贸市场" in status.stdout  # the table names markets
 
@@ -209,7 +214,7 @@ def test_a_target_that_already_has_rows_is_refused_and_left_as_it_was(
     source = make_district(district, tmp_path)
     target = new_database(tmp_path / "target")
     env = make_env(tmp_path, database_url=source)
-    first = cli(env, "migrate-sqlite-to-postgres", "--to", target, cwd=tmp_path)
+    first = run_cli(env, "migrate-sqlite-to-postgres", "--to", target, cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     # the source moves on; the target keeps what it got
     engine = make_engine(source)
@@ -223,7 +228,7 @@ def test_a_target_that_already_has_rows_is_refused_and_left_as_it_was(
         engine.dispose()
     held = sums_of(target)
 
-    again = cli(env, "migrate-sqlite-to-postgres", "--to", target, cwd=tmp_path)
+    again = run_cli(env, "migrate-sqlite-to-postgres", "--to", target, cwd=tmp_path)
     assert again.returncode == 1
     assert "the target database is not empty" in again.stderr
     assert f"obligations: {held['obligations'].rows}" in again.stderr
@@ -238,7 +243,9 @@ def test_the_move_is_refused_while_a_daemon_runs_on_the_source_and_for_wrong_url
     target = new_database(tmp_path / "target")
     env = make_env(tmp_path, database_url=source)
 
-    lock = SqliteFileLock(tmp_path / "var" / "marketcare.db")  # what a running daemon holds
+    # what a running daemon holds, held here by another process than the command's (the
+    # command is a process of its own, as beside a daemon)
+    lock = SqliteFileLock(tmp_path / "var" / "marketcare.db")
     assert lock.try_acquire()
     try:
         busy = cli(env, "migrate-sqlite-to-postgres", "--to", target, cwd=tmp_path)
@@ -247,10 +254,10 @@ def test_the_move_is_refused_while_a_daemon_runs_on_the_source_and_for_wrong_url
     assert busy.returncode == 1
     assert "a marketcare daemon is running" in busy.stderr and "stop it first" in busy.stderr
 
-    not_pg = cli(env, "migrate-sqlite-to-postgres", "--to", source, cwd=tmp_path)
+    not_pg = run_cli(env, "migrate-sqlite-to-postgres", "--to", source, cwd=tmp_path)
     assert not_pg.returncode == 1
     assert "--to must be a PostgreSQL URL" in not_pg.stderr
-    not_sqlite = cli(
+    not_sqlite = run_cli(
         env, "migrate-sqlite-to-postgres", "--from", target, "--to", target, cwd=tmp_path
     )
     assert not_sqlite.returncode == 1
@@ -259,5 +266,5 @@ def test_the_move_is_refused_while_a_daemon_runs_on_the_source_and_for_wrong_url
         assert "Traceback" not in result.stderr
 
     # nothing reached the target: it is still empty, and the move then works
-    moved = cli(env, "migrate-sqlite-to-postgres", "--to", target, cwd=tmp_path)
+    moved = run_cli(env, "migrate-sqlite-to-postgres", "--to", target, cwd=tmp_path)
     assert moved.returncode == 0, moved.stderr

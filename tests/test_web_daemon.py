@@ -1,19 +1,23 @@
 """The daemon serves the web app: ``marketcare init`` makes the first operator, users are
-made with ``marketcare users``, and a real ``marketcare run`` answers over HTTP."""
+made with ``marketcare users``, and a real ``marketcare run`` answers over HTTP.
+
+``init`` and ``users`` run in this process (``run_cli``): what they answer and write is the
+point here. As processes: ``marketcare init`` in tests/test_docs.py (the installation every
+document starts from), ``users add`` in tests/test_cli_errors.py (no terminal, piped bytes).
+"""
 
 from __future__ import annotations
 
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import pytest
 
 from .conftest import make_schedule_text
-from .support.procs import cli, make_env, start_daemon, wait_until
+from .support.procs import make_env, run_cli, start_daemon, wait_until
 
 pytestmark = pytest.mark.heavy(20)
 
@@ -33,17 +37,17 @@ def listening_url(stderr: str) -> str | None:
 def test_init_makes_one_operator_and_says_the_password_once(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     write(tmp_path / "schedules" / "s.yaml", make_schedule_text())
-    first = cli(env, "init", cwd=tmp_path)
+    first = run_cli(env, "init", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     assert re.search(r"made the first operator 'admin' with password \S{12,}", first.stdout)
-    again = cli(env, "init", cwd=tmp_path)
+    again = run_cli(env, "init", cwd=tmp_path)
     assert again.returncode == 0 and "first operator" not in again.stdout
 
 
 def test_users_are_made_listed_and_disabled_from_the_command_line(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     write(tmp_path / "schedules" / "s.yaml", make_schedule_text())
-    assert cli(env, "init", cwd=tmp_path).returncode == 0
+    assert run_cli(env, "init", cwd=tmp_path).returncode == 0
     made = _cli_input(
         env, tmp_path, "users", "add", "wang", "--role", "manager", "--market", "lizhong"
     )
@@ -53,30 +57,21 @@ def test_users_are_made_listed_and_disabled_from_the_command_line(tmp_path: Path
     )
     assert bad.returncode == 1 and "unknown market 'nowhere'" in bad.stderr
     assert "Traceback" not in bad.stderr
-    listed = json.loads(cli(env, "users", "list", "--json", cwd=tmp_path).stdout)
+    listed = json.loads(run_cli(env, "users", "list", "--json", cwd=tmp_path).stdout)
     assert {u["username"]: u["markets"] for u in listed} == {"admin": [], "wang": ["lizhong"]}
-    assert cli(env, "users", "disable", "wang", cwd=tmp_path).returncode == 0
-    listed = json.loads(cli(env, "users", "list", "--json", cwd=tmp_path).stdout)
+    assert run_cli(env, "users", "disable", "wang", cwd=tmp_path).returncode == 0
+    listed = json.loads(run_cli(env, "users", "list", "--json", cwd=tmp_path).stdout)
     assert [u["disabled"] for u in listed if u["username"] == "wang"] == [True]
 
 
 def _cli_input(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "marketcare.cli", *args, "--password-stdin"],
-        env=env,
-        cwd=cwd,
-        input="a long enough password\n",
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
+    return run_cli(env, *args, "--password-stdin", cwd=cwd, input="a long enough password\n")
 
 
 def test_the_running_daemon_serves_the_web_app_and_stops_cleanly(tmp_path: Path) -> None:
     env = make_env(tmp_path)
     write(tmp_path / "schedules" / "s.yaml", make_schedule_text())
-    init = cli(env, "init", cwd=tmp_path)
+    init = run_cli(env, "init", cwd=tmp_path)
     password = re.search(r"with password (\S+)", init.stdout)
     assert password is not None
     daemon = start_daemon(env, cwd=tmp_path)

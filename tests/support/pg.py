@@ -271,7 +271,9 @@ class Databases:
     by_folder: dict[Path, str] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
     prefix: str = field(default_factory=lambda: f"mc_t{os.getpid()}_")
-    templates_ready: bool = False
+    #: the templates made so far: each on first use (a module that only asks for empty
+    #: databases, as tests/test_pgmigrate.py on the SQLite run, never pays for migrating)
+    templates_ready: set[str] = field(default_factory=set)
 
     def _admin(self) -> sa.Engine:
         return sa.create_engine(
@@ -281,23 +283,23 @@ class Databases:
     def url_of(self, name: str) -> str:
         return self.admin_url.set(database=name).render_as_string(hide_password=False)
 
-    def _make_templates(self) -> None:
+    def _make_template(self, name: str) -> None:
         from marketcare.ledger.db import make_engine, migrate
 
         admin = self._admin()
         try:
             with admin.connect() as conn:
-                for name in (EMPTY_TEMPLATE, MIGRATED_TEMPLATE):
-                    conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                    conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE template0')
+                conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                conn.exec_driver_sql(f'CREATE DATABASE "{name}" TEMPLATE template0')
         finally:
             admin.dispose()
-        engine = make_engine(self.url_of(MIGRATED_TEMPLATE))
-        try:
-            migrate(engine)
-        finally:
-            engine.dispose()
-        self.templates_ready = True
+        if name == MIGRATED_TEMPLATE:
+            engine = make_engine(self.url_of(name))
+            try:
+                migrate(engine)
+            finally:
+                engine.dispose()
+        self.templates_ready.add(name)
 
     def fresh(self, folder: Path, *, migrated: bool) -> str:
         """The URL of the database that belongs to ``folder``; created on first use.
@@ -309,10 +311,10 @@ class Databases:
         with self.lock:
             if key in self.by_folder:
                 return self.by_folder[key]
-            if not self.templates_ready:
-                self._make_templates()
-            name = f"{self.prefix}{next(self.counter)}"
             template = MIGRATED_TEMPLATE if migrated else EMPTY_TEMPLATE
+            if template not in self.templates_ready:
+                self._make_template(template)
+            name = f"{self.prefix}{next(self.counter)}"
             admin = self._admin()
             try:
                 with admin.connect() as conn:

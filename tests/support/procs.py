@@ -1,4 +1,5 @@
-"""Real processes against a real database: the daemon, CLI commands, polling the ledger.
+"""Real processes against a real database: the daemon, CLI commands, polling the ledger;
+and CLI commands run in this process (``run_cli``) where the process is not the point.
 
 The database is the test's own (``tests/support/pg.py``): a SQLite file in the test's
 folder, or a fresh PostgreSQL database when the suite runs on PostgreSQL.
@@ -9,6 +10,7 @@ all), never a performance assertion: they are generous on purpose.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import signal
@@ -21,6 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
+import click
 import sqlalchemy as sa
 
 from .pg import database_url
@@ -81,7 +84,9 @@ def cli(
     at: datetime | None = None,
     timeout: float = LIVENESS,
 ) -> subprocess.CompletedProcess[str]:
-    """Run one command to its end; stdout and stderr are captured as text."""
+    """Run one command to its end in a process of its own; stdout and stderr are captured
+    as text. Where the process is not what a test asserts, ``run_cli`` answers the same
+    without starting one."""
     return subprocess.run(
         command(args, at=at),
         env=env,
@@ -92,6 +97,85 @@ def cli(
         timeout=timeout,
         check=False,
     )
+
+
+def run_cli(
+    env: dict[str, str],
+    *args: str,
+    cwd: Path,
+    at: datetime | None = None,
+    input: str | None = None,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``marketcare ARGS`` in this process, as ``cli`` would run it in a new one.
+
+    For a test that asserts what a command answers (its exit code, its stdout and stderr
+    text, what it did to the files and the database), not that it is a process: a process
+    costs 0.5-1.2 s of CPU, mostly imports this process has made already. The command
+    sees ``env`` as its whole environment (``os.environ`` is set to it for the call, then
+    given back), ``cwd`` as its folder, ``input`` on its standard input (none: it ends at
+    once) and, given ``at``, a clock moved there that keeps ticking (as ``command`` moves
+    a process's). What ``main`` does around ``app`` is done here too: a bug (an exception
+    ``handled`` leaves) is exit 70, an interruption exit 130, with the traceback on stderr
+    so that the failing test shows it; the root logger's handlers (the command installs
+    its own) are given back.
+
+    What only a process shows stays with ``cli``/``start``: signals and exit on SIGTERM,
+    a lock held by another process, the bytes of the arguments, standard input's
+    encoding or its lack of a terminal, a table written to a pipe, the installed script.
+    Each command run here also runs as a real process somewhere in the suite: ``init``
+    (the installation each document starts from), ``backup``, ``audit verify``, ``demo``,
+    ``status`` and ``export`` among the documents' examples in tests/test_docs.py;
+    ``backup`` again in tests/test_backup.py (taken while a daemon writes) and ``restore``
+    there (its standard input ends unanswered); ``migrate-sqlite-to-postgres`` in
+    tests/test_pgmigrate.py (refused while another process holds the daemon's lock);
+    ``users add`` in tests/test_cli_errors.py (no terminal, bytes piped in).
+    """
+    import logging
+    import traceback
+    from contextlib import nullcontext
+
+    import time_machine
+    from click.testing import CliRunner
+
+    if at is not None and at.tzinfo is None:
+        raise ValueError("give an aware instant")
+    changes: dict[str, str | None] = {k: None for k in os.environ if k not in env}
+    changes.update({k: v for k, v in env.items() if os.environ.get(k) != v})
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    before = Path.cwd()
+    os.chdir(cwd)
+    try:
+        clock = time_machine.travel(at, tick=True) if at is not None else nullcontext()
+        with clock:
+            result = CliRunner().invoke(
+                cli_command(), list(args), input=input, env=changes, prog_name="marketcare"
+            )
+    finally:
+        os.chdir(before)
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    code, stderr = result.exit_code, result.stderr
+    failure = result.exception
+    if failure is not None and not isinstance(failure, SystemExit):
+        code = 130 if isinstance(failure, KeyboardInterrupt) else 70
+        stderr += f"an exception escaped the command (main would exit {code}):\n" + "".join(
+            traceback.format_exception(failure)
+        )
+    return subprocess.CompletedProcess(
+        ["marketcare", *args], code, stdout=result.stdout, stderr=stderr
+    )
+
+
+@functools.cache
+def cli_command() -> click.Command:
+    """The click command ``app()`` runs, built from the Typer app once: building it costs
+    20 ms of processor time, which ``app()`` and typer's CliRunner pay at every call."""
+    import typer.main
+
+    from marketcare.cli import app
+
+    return typer.main.get_command(app)
 
 
 def start(
