@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import random
 import signal
@@ -21,11 +20,7 @@ from typing import Any
 import httpx
 import pytest
 import sqlalchemy as sa
-import time_machine
-from click.testing import Result
-from typer.testing import CliRunner
 
-from marketcare.cli import app
 from marketcare.domain.obligations import expand
 from marketcare.domain.schedules import Schedule, load_paths
 from marketcare.ledger import materialise as ledger_materialise
@@ -42,6 +37,7 @@ from .support.procs import (
     make_env,
     parse_utc,
     query,
+    run_cli,
     scalar,
     start,
     start_daemon,
@@ -126,34 +122,6 @@ def logged(proc: Proc, msg: str) -> bool:
     return any(r.get("msg") == msg for r in log_records(proc))
 
 
-def cli_here(env: dict[str, str], *args: str, cwd: Path, at: datetime | None = None) -> Result:
-    """``marketcare ARGS`` run to its end in this process, as tests/test_cli.py runs the
-    commands (typer's CliRunner), with the settings of ``env`` and under a clock moved to
-    ``at`` (ticking, as tests/support/clockrun.py moves it) when given.
-
-    For a command a test needs done or answered while the daemon runs, not one whose being
-    a process of its own the test checks (those go through ``cli``): a process per command
-    costs about a second of a core in imports, taken from the daemon under test.
-    """
-    settings: dict[str, str | None] = {k: None for k in os.environ if k.startswith("MARKETCARE_")}
-    settings.update({k: v for k, v in env.items() if k.startswith("MARKETCARE_")})
-    settings["COLUMNS"] = env.get("COLUMNS")
-    root = logging.getLogger()  # the command points logging at the runner's stderr
-    handlers, level = root.handlers[:], root.level
-    moved = time_machine.travel(at, tick=True) if at is not None else contextlib.nullcontext()
-    try:
-        with contextlib.chdir(cwd), moved:
-            return CliRunner().invoke(app, list(args), env=settings)
-    finally:
-        root.handlers[:] = handlers
-        root.setLevel(level)
-
-
-def ran(result: Result) -> str:
-    """What a command run by ``cli_here`` said, for an assertion's message."""
-    return f"exit {result.exit_code}; {result.output[-3000:]}; {result.exception!r}"
-
-
 @pytest.fixture
 def http() -> Iterator[httpx.Client]:
     """One HTTP client for a test's requests: ``httpx.get`` builds a client, and its TLS
@@ -188,13 +156,13 @@ def test_sigkill_at_random_moments_while_materialising_and_ticking_loses_and_dou
     schedule = load(env)
 
     # a ledger that starts a day ago, so today's windows are open at the real now
-    init = cli_here(
+    init = run_cli(
         {**env, "MARKETCARE_HORIZON": "1d"},
         "init",
         cwd=tmp_path,
         at=datetime.now(UTC) - DAY,
     )
-    assert init.exit_code == 0, ran(init)
+    assert init.returncode == 0, init.stdout + init.stderr
     start_mark = first_watermark(db)
     now = datetime.now(UTC)
     open_ids = [
@@ -310,8 +278,8 @@ def test_sigkill_at_random_moments_while_materialising_and_ticking_loses_and_dou
     rows = dict(query(db, "SELECT token, obligation_id FROM completions"))
     assert rows == acknowledged
 
-    verify = cli_here(env, "audit", "verify", cwd=tmp_path)
-    assert verify.exit_code == 0, ran(verify)
+    verify = run_cli(env, "audit", "verify", cwd=tmp_path)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
 
 
 # ---------------------------------------------------------------- downtime
@@ -465,8 +433,8 @@ def test_schedule_edits_are_applied_and_a_broken_file_keeps_the_daemon_running(
             assert "unknown key 'aeras'" in located[0]
             assert bad_line[col - 1 :].startswith("aeras")
         assert daemon.alive()
-        status = cli_here(env, "status", "--json", cwd=tmp_path)
-        assert status.exit_code == 0, ran(status)
+        status = run_cli(env, "status", "--json", cwd=tmp_path)
+        assert status.returncode == 0, status.stdout + status.stderr
         assert isinstance(json.loads(status.stdout), list)
         assert snapshot() == good
 
@@ -578,8 +546,8 @@ def test_an_edit_that_would_hang_or_take_too_long_never_stops_the_daemon(
     assert slow["checks"]["steps"]["sweep"] == "ok"
     assert slow["checks"]["writes"] == "ok"
     assert daemon.alive()
-    status = cli_here(env, "status", "--json", cwd=tmp_path)
-    assert status.exit_code == 0, ran(status)
+    status = run_cli(env, "status", "--json", cwd=tmp_path)
+    assert status.returncode == 0, status.stdout + status.stderr
     assert set(query(db, "SELECT natural_key, opens_at, due_at FROM obligations")) == good
 
     # a stop while such a check runs: the daemon ends at once, with the child
