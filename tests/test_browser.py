@@ -7,11 +7,11 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import openpyxl
 import pytest
 import sqlalchemy as sa
-from playwright.sync_api import Browser, Page, expect
 
 from marketcare.domain.periods import Period
 from marketcare.i18n import translator
@@ -20,8 +20,11 @@ from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import sweep as ledger_sweep
 from marketcare.ledger.models import ProblemRow
 from marketcare.reports import delivery
-from tests.support.browser import browser, context, screenshot, scroll_width, sign_in
+from tests.support.browser import browser, context, expect, screenshot, scroll_width, sign_in
 from tests.support.web import ALL_PASS, Site
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 __all__ = ["browser"]  # the fixture, used by name
 
