@@ -14,15 +14,16 @@ import tempfile
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-import sqlalchemy as sa
-
-from marketcare.domain.schedules import Schedule, load_texts
-from marketcare.ledger.db import make_engine
 
 from .support import pg
+
+if TYPE_CHECKING:
+    import sqlalchemy as sa
+
+    from marketcare.domain.schedules import Schedule
 
 #: the fixtures several modules share (procs, smtp, site, signed-in clients…)
 pytest_plugins = ["tests.support.fixtures"]
@@ -188,6 +189,8 @@ def _release_databases(request: pytest.FixtureRequest, tmp_path: Path) -> Iterat
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[sa.Engine]:
     """A ledger at the newest revision: a copy of the run's migrated template."""
+    from marketcare.ledger.db import make_engine
+
     eng = make_engine(database_url(tmp_path, migrated=True))
     yield eng
     eng.dispose()
@@ -246,6 +249,8 @@ def make_schedule_text(markets: str | None = None, tasks: str | None = None) -> 
 def make_schedule(
     markets: str | None = None, tasks: str | None = None, *, zone: str = "Asia/Shanghai"
 ) -> Schedule:
+    from marketcare.domain.schedules import load_texts
+
     return load_texts({"test.yaml": make_schedule_text(markets, tasks)}, default_timezone=zone)
 
 

@@ -7,11 +7,11 @@ from __future__ import annotations
 import re
 from datetime import timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import openpyxl
 import pytest
 import sqlalchemy as sa
-from playwright.sync_api import Browser, Page, expect
 
 from marketcare.domain.periods import Period
 from marketcare.i18n import translator
@@ -20,8 +20,11 @@ from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger import sweep as ledger_sweep
 from marketcare.ledger.models import ProblemRow
 from marketcare.reports import delivery
-from tests.support.browser import browser, context, screenshot, scroll_width, sign_in
+from tests.support.browser import browser, context, expect, screenshot, scroll_width, sign_in
 from tests.support.web import ALL_PASS, Site
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 __all__ = ["browser"]  # the fixture, used by name
 
@@ -276,10 +279,16 @@ def test_no_page_scrolls_sideways_on_a_phone_and_each_is_kept_at_both_widths(
     ledger_sweep.sweep_all(site.engine, now=site.clock.now())
     too_wide: dict[str, int] = {}
     seen: list[str] = []
-    for user, pages in pages_by_user(site).items():
-        for phone in (True, False):
-            with context(browser, phone=phone) as ctx:
-                page = ctx.new_page()
+    by_user = pages_by_user(site)
+    for phone in (True, False):
+        # one profile and one tab per width, the users in turn, each signing in afresh
+        # (the previous one's cookies cleared): a profile of its own for each user and
+        # width cost Chromium a new renderer, its fonts and the service worker's
+        # install eight times instead of twice, a quarter of this test's CPU
+        with context(browser, phone=phone) as ctx:
+            page = ctx.new_page()
+            for user, pages in by_user.items():
+                ctx.clear_cookies()
                 if user:
                     sign_in(page, site.base, user)
                 for name, path in pages:

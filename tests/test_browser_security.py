@@ -7,12 +7,14 @@ from __future__ import annotations
 import http.server
 import threading
 from datetime import timedelta
-
-from playwright.sync_api import Browser, ConsoleMessage, Page
+from typing import TYPE_CHECKING
 
 from marketcare.ledger import problems as rectification
 from tests.support.browser import browser, context, sign_in
 from tests.support.web import Site
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, ConsoleMessage, Page
 
 __all__ = ["browser"]  # the fixture, used by name
 

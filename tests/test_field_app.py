@@ -14,19 +14,20 @@ import re
 from collections.abc import Iterator
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 import sqlalchemy as sa
-from axe_playwright_python.sync_playwright import Axe
-from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route, expect
 
 from marketcare.i18n import translator
 from marketcare.ledger import problems as ledger_problems
 from marketcare.ledger.models import Completion, Obligation
-from tests.support.browser import browser, context, screenshot, sign_in
+from tests.support.browser import browser, context, expect, screenshot, sign_in
 from tests.support.field import AREAS, NAMES, QUICK, USERS, evening_schedule
 from tests.support.web import Site, running_site
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route
 
 __all__ = ["browser"]  # the fixture, used by name
 
@@ -159,6 +160,8 @@ def test_the_evening_round_of_ten_tasks_takes_few_taps_and_no_page_load(
 def test_offline_ticks_are_kept_then_sent_once_with_both_times_and_a_colleagues_tick_is_reported(
     site: Site, browser: Browser, tmp_path: Path
 ) -> None:
+    from axe_playwright_python.sync_playwright import Axe  # its browser test's alone
+
     too_large = tmp_path / "meat.heic"  # a HEIC is not shrunk on the phone
     too_large.write_bytes(b"\x00" * (site.settings.upload_max_bytes + 1))
     waste = obligation_id(site, "xinhua", "waste")
@@ -534,6 +537,8 @@ def serious(violations: list[dict[str, Any]]) -> list[str]:
 def test_every_manager_and_office_page_passes_axe_and_a_managers_targets_are_44_px(
     site: Site, browser: Browser
 ) -> None:
+    from axe_playwright_python.sync_playwright import Axe  # its browser test's alone
+
     axe = Axe()
     violations: dict[str, list[str]] = {}
     small: dict[str, list[str]] = {}

@@ -17,11 +17,11 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import openpyxl
 import pytest
 import sqlalchemy as sa
-from playwright.sync_api import Browser, Page, expect
 
 from marketcare.domain.periods import Period
 from marketcare.domain.schedules import load_texts
@@ -32,11 +32,14 @@ from marketcare.ledger.db import make_engine, migrate, read
 from marketcare.ledger.materialise import materialise
 from marketcare.ledger.models import InspectionResult, ProblemRow, ReportRecord
 from marketcare.reports import bulletin
-from tests.support.browser import browser, context, screenshot, scroll_width, sign_in
+from tests.support.browser import browser, context, expect, screenshot, scroll_width, sign_in
 from tests.support.web import ALL_PASS, SCHEDULE, START, Site, running_site
 
 from .conftest import database_url
 from .test_exports import soffice
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, Page
 
 __all__ = ["browser"]  # the fixture, used by name
 

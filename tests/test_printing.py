@@ -15,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
-import pdfplumber
 import pytest
 
 from marketcare.domain.periods import Period
@@ -45,6 +44,8 @@ class Printed:
 
 @pytest.fixture(scope="module")
 def printed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Printed]:
+    import pdfplumber  # only this fixture reads a PDF: no other worker need import it
+
     folder = tmp_path_factory.mktemp("printed")
     engine = make_engine(database_url(folder, migrated=True))
     migrate(engine)

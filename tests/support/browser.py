@@ -3,6 +3,10 @@ helpers the browser tests share: phone and desktop contexts, signing in through 
 form, full-page screenshots kept as test artifacts.
 
 A missing Chromium fails the tests with what to run; it never skips them.
+
+Playwright is imported by the fixture and helpers that drive it, not when a test module is
+collected: every pytest-xdist worker collects every module, and only the one running a
+browser test needs it (``expect`` below is Playwright's, imported on first use).
 """
 
 from __future__ import annotations
@@ -12,12 +16,22 @@ import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
-from playwright.sync_api import Browser, BrowserContext, Page, sync_playwright
 
 from tests.support.web import PASSWORD
+
+if TYPE_CHECKING:
+    from playwright.sync_api import Browser, BrowserContext, Page, expect
+else:
+
+    def expect(actual: Any, message: str | None = None) -> Any:
+        """Playwright's ``expect`` (assertions that wait), imported when first used."""
+        from playwright.sync_api import expect as playwright_expect
+
+        return playwright_expect(actual, message)
+
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = [
@@ -52,6 +66,8 @@ def browser() -> Iterator[Browser]:
             + ": run `make system-deps` (it installs Debian's chromium package)",
             pytrace=False,
         )
+    from playwright.sync_api import sync_playwright
+
     pw = sync_playwright().start()
     try:
         chromium = pw.chromium.launch(executable_path=CHROMIUM, args=ARGS, headless=True)

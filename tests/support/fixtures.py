@@ -10,19 +10,25 @@ as a plugin, so every test sees them by name, as before).
   clock and sessions, whatever the tests before it did (``Site.keep`` and ``Site.reset``).
 * ``mgr_a``, ``mgr_b``, ``office``, ``operator``: clients of ``site`` signed in as that
   user (signed in once per module, on first use; their cookies reset with the site).
+
+Every pytest process loads this module, the one that only hands the tests out to
+pytest-xdist's workers too: the web app and the SMTP server are imported by the fixtures
+that start them (a test module that uses them imports them anyway), not here.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
 import pytest
 
-from .procs import Proc
-from .smtp import SmtpServer
-from .web import Site, running_site
+if TYPE_CHECKING:
+    import httpx
+
+    from .procs import Proc
+    from .smtp import SmtpServer
+    from .web import Site
 
 
 @pytest.fixture
@@ -38,6 +44,8 @@ def procs() -> Iterator[list[Proc]]:
 @pytest.fixture
 def smtp() -> Iterator[SmtpServer]:
     """A real SMTP server, listening."""
+    from .smtp import SmtpServer
+
     server = SmtpServer()
     server.start()
     yield server
@@ -47,6 +55,8 @@ def smtp() -> Iterator[SmtpServer]:
 @pytest.fixture
 def smtp_down() -> Iterator[SmtpServer]:
     """An SMTP server on a port of its own that is not listening until the test starts it."""
+    from .smtp import SmtpServer
+
     server = SmtpServer()
     yield server
     server.stop()
@@ -58,6 +68,8 @@ def site(
 ) -> Iterator[Site]:
     """One running site per module, with the module's ``SITE_SETTINGS``, its state kept
     for ``reset``."""
+    from .web import running_site
+
     settings: dict[str, Any] = getattr(request.module, "SITE_SETTINGS", {})
     folder = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
     with running_site(folder, **settings) as s:
