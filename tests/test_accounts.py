@@ -17,6 +17,8 @@ from marketcare.ledger.models import ApiToken, Event, LoginFailure, User
 
 from .conftest import make_market_yaml, make_schedule
 
+pytestmark = pytest.mark.heavy(12)
+
 NOW = datetime(2026, 11, 23, 11, 0, tzinfo=UTC)
 PW = "a long enough password"
 

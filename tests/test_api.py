@@ -28,6 +28,8 @@ from marketcare.web import api, api_inspections
 
 from .support.web import ALL_PASS, PASSWORD, USERS, Site, get, http, running_site, sign_in
 
+pytestmark = pytest.mark.heavy(11)
+
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(range(256)) * 4
 UPLOAD_LIMIT = 20_000
 SITE_SETTINGS = {"upload_max_bytes": UPLOAD_LIMIT}

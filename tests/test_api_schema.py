@@ -27,7 +27,7 @@ from .support.web import Site
 if TYPE_CHECKING:
     from schemathesis import GenerationMode
 
-pytestmark = pytest.mark.heavy(35)
+pytestmark = pytest.mark.heavy(20)
 
 USERS = ("office", "mgr_a")
 

@@ -33,10 +33,10 @@ from marketcare.ledger.db import make_engine, migrate
 from marketcare.ops.pgmigrate import TableSum, sums
 
 from .conftest import make_market_yaml, make_schedule_text
-from .support.procs import Proc, cli, command, make_env, run_cli, start_daemon, wait_until
+from .support.procs import Proc, cli, make_env, run_cli, start_daemon, wait_until
 from .support.tamper import sqlite_unguarded
 
-pytestmark = pytest.mark.heavy(40)
+pytestmark = pytest.mark.heavy(8)
 
 
 DAY = timedelta(days=1)
@@ -409,16 +409,7 @@ def test_restore_asks_first_and_a_no_changes_nothing(
     if answer:  # someone at the prompt says no
         answered = run_cli(mine.env, "restore", str(backup), cwd=tmp_path, input=answer)
     else:  # a script or cron: the process's standard input ends with no answer
-        answered = subprocess.run(
-            command(["restore", str(backup)]),
-            env=mine.env,
-            cwd=tmp_path,
-            input=answer,
-            capture_output=True,
-            text=True,
-            encoding="utf-8",
-            check=False,
-        )
+        answered = cli(mine.env, "restore", str(backup), cwd=tmp_path, input=answer)
     assert answered.returncode == 1
     assert "Replace" in answered.stdout
     assert "Traceback" not in answered.stderr and "Aborted" not in answered.stderr

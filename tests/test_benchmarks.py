@@ -44,7 +44,7 @@ COMMANDS: dict[str, list[str]] = {"tick_pg.py": ["tick_bench.py", "--postgresql"
 #: scripts that are parts of the benchmarks above, not benchmarks of their own
 HELPERS = {"bare_app.py", "board_server.py", "generate.py"}
 
-pytestmark = [pytest.mark.no_database, pytest.mark.slow, pytest.mark.heavy(60)]
+pytestmark = [pytest.mark.no_database, pytest.mark.slow, pytest.mark.heavy(65)]
 
 
 def test_every_script_in_bench_is_a_listed_benchmark_or_a_helper() -> None:

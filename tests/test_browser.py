@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["browser"]  # the fixture, used by name
 
 zh = translator("zh_CN")
-pytestmark = pytest.mark.heavy(20)
+pytestmark = pytest.mark.heavy(25)
 
 
 RED = "rgb(180, 35, 24)"  # --bad in app.css

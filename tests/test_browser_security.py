@@ -9,9 +9,13 @@ import threading
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
+import pytest
+
 from marketcare.ledger import problems as rectification
 from tests.support.browser import browser, context, sign_in
 from tests.support.web import Site
+
+pytestmark = pytest.mark.heavy(11)
 
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, ConsoleMessage, Page

@@ -33,9 +33,6 @@ from .conftest import DISINFECTION, WASTE, database_url, make_market_yaml, utc
 from .support.procs import cli, database, make_env, query, scalar
 from .support.tamper import unguarded
 
-pytestmark = pytest.mark.heavy(12)
-
-
 #: three market-wide rounds through the day, so that at 15:00 one is missed, one is open
 #: past its due time and one is open and not yet due
 ROUNDS = """

@@ -48,6 +48,8 @@ from .support.procs import (
 )
 from .support.smtp import SmtpServer
 
+pytestmark = pytest.mark.heavy(15)
+
 MARKETS = "markets:" + make_market_yaml("lizhong") + make_market_yaml("haibin")
 TASKS = f"tasks:{DISINFECTION}{WASTE}"
 #: Friday 2026-11-27, 19:00 in Quanzhou: the markets closed at 18:30, disinfection is open

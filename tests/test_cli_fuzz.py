@@ -29,6 +29,8 @@ from marketcare.cli import app
 from .conftest import DISINFECTION, WASTE, make_market_yaml, utc
 from .support.procs import make_env
 
+pytestmark = pytest.mark.heavy(12)
+
 EVENING = utc(2026, 11, 27, 11, 0)
 #: commands left out: ``run`` starts the daemon (its bad options are in test_cli_errors)
 LEFT_OUT = {"run"}

@@ -46,7 +46,7 @@ from .support.procs import (
     watermark,
 )
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy(90)]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy(70)]
 
 DAY = timedelta(days=1)
 #: the SIGKILL test's ticks: one every TICK_PACE seconds, every COMMAND_EVERY-th a command

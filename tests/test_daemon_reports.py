@@ -17,7 +17,7 @@ from .conftest import make_market_yaml, make_schedule_text
 from .support.procs import Proc, database, make_env, query, scalar, start_daemon, wait_until
 from .support.smtp import SmtpServer
 
-pytestmark = [pytest.mark.slow, pytest.mark.heavy(15)]
+pytestmark = [pytest.mark.slow, pytest.mark.heavy(10)]
 
 DAY = timedelta(days=1)
 OFFICE = ["jianguan@licheng.example.org", "chengguan@licheng.example.org"]

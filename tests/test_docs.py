@@ -36,7 +36,7 @@ from marketcare.cli import app
 from .support.procs import CLOCKRUN, LIVENESS
 from .support.smtp import SmtpServer
 
-pytestmark = pytest.mark.heavy(15)
+pytestmark = pytest.mark.heavy(45)
 
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -22,9 +22,6 @@ from marketcare.settings import load_settings
 
 from .conftest import database_url, make_market_yaml, make_schedule_text, utc
 
-pytestmark = pytest.mark.heavy(10)
-
-
 STEP = timedelta(minutes=30)
 NIGHT_TASK = """
   - id: night-wash

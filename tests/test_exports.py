@@ -41,9 +41,6 @@ from marketcare.reports.workbook import display_width, sheet_title, write_workbo
 from .conftest import DISINFECTION, WASTE, make_schedule, utc
 from .support import templates
 
-pytestmark = pytest.mark.heavy(12)
-
-
 ZONE = ZoneInfo("Asia/Shanghai")
 WEEK = Period.of("week", date(2026, 11, 23))  # Monday 23 to Sunday 29 November 2026
 START = datetime(2026, 11, 23, tzinfo=ZONE).astimezone(UTC)

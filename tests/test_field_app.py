@@ -26,6 +26,8 @@ from tests.support.browser import browser, context, expect, screenshot, sign_in
 from tests.support.field import AREAS, NAMES, QUICK, USERS, evening_schedule
 from tests.support.web import Site, running_site
 
+pytestmark = pytest.mark.heavy(50)
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, BrowserContext, Locator, Page, Route
 

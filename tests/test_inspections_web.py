@@ -38,6 +38,8 @@ from tests.support.web import ALL_PASS, SCHEDULE, START, Site, running_site
 from .conftest import database_url
 from .test_exports import soffice
 
+pytestmark = pytest.mark.heavy(15)
+
 if TYPE_CHECKING:
     from playwright.sync_api import Browser, Page
 

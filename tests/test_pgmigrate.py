@@ -40,9 +40,6 @@ from .support.procs import cli, make_env, run_cli
 NewDatabase = Callable[[Path], str]
 
 
-pytestmark = pytest.mark.heavy(15)
-
-
 @pytest.fixture(scope="module")
 def new_database() -> Iterator[NewDatabase]:
     """Hands out an empty PostgreSQL database per folder: the suite's server when it runs

@@ -27,7 +27,7 @@ import pytest
 from .support.procs import ROOT, Proc, cli, make_env, start_daemon, wait_until
 from .support.web import csrf_of
 
-pytestmark = pytest.mark.heavy(30)
+pytestmark = pytest.mark.heavy(20)
 
 
 FULL = os.environ.get("MARKETCARE_SCAN") == "full"

@@ -32,7 +32,7 @@ from marketcare.domain.yamlsource import YamlSourceError, decode
 from marketcare.errors import ScheduleError
 
 #: nothing here touches a database: it runs once, on the SQLite run (see conftest.py)
-pytestmark = [pytest.mark.no_database, pytest.mark.heavy(15)]
+pytestmark = [pytest.mark.no_database, pytest.mark.heavy(9)]
 
 TZ = "Asia/Shanghai"
 SAMPLE = Path(__file__).resolve().parents[1] / "schedules"

@@ -39,6 +39,8 @@ from .conftest import make_schedule_text
 from .support.procs import make_env
 from .support.web import PASSWORD, Site, csrf_of, sign_in
 
+pytestmark = pytest.mark.heavy(12)
+
 ROOT = Path(__file__).resolve().parents[1]
 JPEG = b"\xff\xd8\xff\xe0" + b"\x00\x10JFIF" + bytes(range(256)) * 2
 

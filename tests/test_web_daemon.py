@@ -14,12 +14,9 @@ import subprocess
 from pathlib import Path
 
 import httpx
-import pytest
 
 from .conftest import make_schedule_text
 from .support.procs import make_env, run_cli, start_daemon, wait_until
-
-pytestmark = pytest.mark.heavy(20)
 
 
 def write(path: Path, text: str) -> None:

@@ -83,14 +83,16 @@ def cli(
     cwd: Path,
     at: datetime | None = None,
     timeout: float = LIVENESS,
+    input: str | None = None,
 ) -> subprocess.CompletedProcess[str]:
     """Run one command to its end in a process of its own; stdout and stderr are captured
-    as text. Where the process is not what a test asserts, ``run_cli`` answers the same
-    without starting one."""
+    as text, ``input`` (given) is its standard input through a pipe. Where the process is
+    not what a test asserts, ``run_cli`` answers the same without starting one."""
     return subprocess.run(
         command(args, at=at),
         env=env,
         cwd=cwd,
+        input=input,
         capture_output=True,
         text=True,
         encoding="utf-8",
