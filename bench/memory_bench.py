@@ -104,7 +104,7 @@ def environment(folder: Path, src: Path, port: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETCARE_")}
     env.update(
         PYTHONPATH=str(src),
-        MARKETCARE_CONFIG=str(folder / "no-config.toml"),
+        MARKETCARE_CONFIG="",  # no settings file
         MARKETCARE_DATABASE_URL=f"sqlite:///{folder / 'var' / 'marketcare.db'}",
         MARKETCARE_SCHEDULES_DIR=str(folder / "schedules"),
         MARKETCARE_EXPORTS_DIR=str(folder / "exports"),

@@ -86,7 +86,7 @@ def main() -> int:
         (folder / "bare.py").write_text(BARE, encoding="utf-8")
         env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETCARE_")}
         env.update(
-            MARKETCARE_CONFIG=str(folder / "no-config.toml"),
+            MARKETCARE_CONFIG="",  # no settings file
             MARKETCARE_DATABASE_URL=f"sqlite:///{folder / 'ledger.db'}",
             MARKETCARE_SCHEDULES_DIR=str(folder / "schedules"),
             MARKETCARE_LOG_LEVEL="WARNING",

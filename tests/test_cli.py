@@ -415,6 +415,31 @@ def test_a_bad_setting_exits_2_naming_the_setting(
     ended_itself(r)
 
 
+def test_a_settings_file_named_but_missing_is_refused_before_anything_is_made(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # a typo in MARKETCARE_CONFIG left every setting at its default (another database)
+    missing = tmp_path / "etc" / "marketcare.tmol"
+    monkeypatch.setenv("MARKETCARE_CONFIG", str(missing))
+    monkeypatch.setenv("MARKETCARE_DATABASE_URL", f"sqlite:///{tmp_path / 'fresh.db'}")
+    r = invoke("init")
+    assert r.exit_code == 2, r.output
+    assert "MARKETCARE_CONFIG" in r.stderr and str(missing) in r.stderr
+    assert not (tmp_path / "fresh.db").exists()
+    ended_itself(r)
+
+
+def test_an_empty_marketcare_config_means_no_settings_file(
+    env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "config" / "marketcare.toml").write_text('horizon = "3x"\n', encoding="utf-8")
+    monkeypatch.setenv("MARKETCARE_CONFIG", "")  # the folder's config/marketcare.toml is not read
+    assert invoke("check").exit_code == 0
+    monkeypatch.delenv("MARKETCARE_CONFIG")
+    assert invoke("check").exit_code == 2  # the default file is read when the variable is unset
+
+
 @pytest.mark.parametrize(("where", "value"), [("env", ""), ("env", "  "), ("option", "")])
 def test_an_empty_web_host_is_refused_not_taken_as_every_address(
     env: dict[str, str], monkeypatch: pytest.MonkeyPatch, where: str, value: str

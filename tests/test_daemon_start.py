@@ -25,7 +25,7 @@ NOT_CHECKED = "schedule files as the ledger last applied them; not checked again
 
 @pytest.fixture
 def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
-    monkeypatch.setenv("MARKETCARE_CONFIG", str(tmp_path / "no-such-config.toml"))
+    monkeypatch.setenv("MARKETCARE_CONFIG", "")  # no settings file
     (tmp_path / "schedules").mkdir()
     write(tmp_path, make_schedule_text())
     yield load_settings(

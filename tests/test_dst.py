@@ -87,7 +87,7 @@ def missed_events(engine: sa.Engine) -> Counter[int]:
 
 @pytest.fixture(autouse=True)
 def no_config_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MARKETCARE_CONFIG", str(tmp_path / "no-such-config.toml"))
+    monkeypatch.setenv("MARKETCARE_CONFIG", "")  # no settings file
     for key in ("DATABASE_URL", "SCHEDULES_DIR", "HORIZON", "TIMEZONE"):
         monkeypatch.delenv(f"MARKETCARE_{key}", raising=False)
 

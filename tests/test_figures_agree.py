@@ -258,7 +258,7 @@ def from_status_json(month: Month) -> Tally:
     rows: list[Any] = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MARKETCARE_DATABASE_URL", str(month.engine.url.render_as_string(False)))
-        mp.setenv("MARKETCARE_CONFIG", str(month.folder / "no-such-config.toml"))
+        mp.setenv("MARKETCARE_CONFIG", "")  # no settings file
         mp.setenv("MARKETCARE_SCHEDULES_DIR", str(month.folder / "schedules"))
         for day in MONTH.days():
             with time_machine.travel(NOW, tick=False):

@@ -36,7 +36,7 @@ NOW = utc(2026, 11, 27, 2, 0)  # Friday 10:00 in Quanzhou
 
 @pytest.fixture
 def daemon(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Daemon]:
-    monkeypatch.setenv("MARKETCARE_CONFIG", str(tmp_path / "no-such-config.toml"))
+    monkeypatch.setenv("MARKETCARE_CONFIG", "")  # no settings file
     (tmp_path / "schedules").mkdir()
     write(tmp_path, make_schedule_text())
     url = database_url(tmp_path)

@@ -215,10 +215,17 @@ class Settings(BaseSettings):
         dotenv_settings: PydanticBaseSettingsSource,
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
-        path = config_file()
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
-        if path.is_file():
+        path = config_file()
+        if path is not None and path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
+        elif path is not None and os.environ.get("MARKETCARE_CONFIG"):
+            # a file named on purpose and not there (a typo, a volume not mounted) would
+            # otherwise leave every setting at its default: another database, say
+            raise SettingsError(
+                f"setting MARKETCARE_CONFIG names {path}, which is not a file; "
+                "fix the path, or set it empty to use no settings file"
+            )
         return tuple(sources)
 
     @property
@@ -237,15 +244,22 @@ class Settings(BaseSettings):
         return None
 
 
-def config_file() -> Path:
-    """The settings file: ``config/marketcare.toml``, or the one ``MARKETCARE_CONFIG`` names."""
-    return Path(os.environ.get("MARKETCARE_CONFIG", CONFIG_FILE))
+def config_file() -> Path | None:
+    """The settings file: ``config/marketcare.toml`` (optional), or the one
+    ``MARKETCARE_CONFIG`` names (it must exist); None when ``MARKETCARE_CONFIG`` is set
+    empty, for no settings file at all."""
+    named = os.environ.get("MARKETCARE_CONFIG")
+    if named is None:
+        return CONFIG_FILE
+    return Path(named) if named else None
 
 
 def load_settings(**overrides: object) -> Settings:
     """Build the settings or fail with a message that names each wrong setting."""
     try:
         return Settings(**overrides)  # type: ignore[arg-type]
+    except SettingsError:
+        raise
     except ValidationError as exc:
         lines = []
         for err in exc.errors(include_url=False):
@@ -253,9 +267,8 @@ def load_settings(**overrides: object) -> Settings:
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown setting"
-            lines.append(
-                f"setting {name!r} (MARKETCARE_{name.upper()} or {name} in {config_file()}): {msg}"
-            )
+            where = f" or {name} in {config_file()}" if config_file() is not None else ""
+            lines.append(f"setting {name!r} (MARKETCARE_{name.upper()}{where}): {msg}")
         raise SettingsError("\n".join(lines)) from None
     except Exception as exc:  # a malformed TOML file (bad syntax, not UTF-8)
         raise SettingsError(f"cannot read the settings file {config_file()}: {exc}") from None

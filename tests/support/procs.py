@@ -46,7 +46,7 @@ def make_env(tmp_path: Path, **settings: str) -> dict[str, str]:
     """
     env = {k: v for k, v in os.environ.items() if not k.startswith("MARKETCARE_")}
     env.update(
-        MARKETCARE_CONFIG=str(tmp_path / "no-such-config.toml"),
+        MARKETCARE_CONFIG="",  # no settings file (a file it names must exist)
         MARKETCARE_DATABASE_URL=database_url(tmp_path),
         MARKETCARE_SCHEDULES_DIR=str(tmp_path / "schedules"),
         MARKETCARE_LOG_FORMAT="json",
