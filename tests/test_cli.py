@@ -436,6 +436,11 @@ def test_an_empty_marketcare_config_means_no_settings_file(
     (tmp_path / "config" / "marketcare.toml").write_text('horizon = "3x"\n', encoding="utf-8")
     monkeypatch.setenv("MARKETCARE_CONFIG", "")  # the folder's config/marketcare.toml is not read
     assert invoke("check").exit_code == 0
+    monkeypatch.setenv("MARKETCARE_HORIZON", "3x")  # and no error points at a file
+    refused = invoke("check")
+    assert refused.exit_code == 2
+    assert "setting 'horizon' (MARKETCARE_HORIZON): bad duration" in refused.stderr
+    monkeypatch.delenv("MARKETCARE_HORIZON")
     monkeypatch.delenv("MARKETCARE_CONFIG")
     assert invoke("check").exit_code == 2  # the default file is read when the variable is unset
 

@@ -4,7 +4,6 @@ exactly the texts the ledger last applied (a restart on unchanged files)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,11 +23,13 @@ NOT_CHECKED = "schedule files as the ledger last applied them; not checked again
 
 
 @pytest.fixture
-def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settings]:
+def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """A schedules folder and its migrated ledger (each start below opens its own engine
+    on it, as a new process does)."""
     monkeypatch.setenv("MARKETCARE_CONFIG", "")  # no settings file
     (tmp_path / "schedules").mkdir()
     write(tmp_path, make_schedule_text())
-    yield load_settings(
+    settings = load_settings(
         database_url=database_url(tmp_path),
         schedules_dir=tmp_path / "schedules",
         exports_dir=tmp_path / "exports",
@@ -36,15 +37,12 @@ def settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Settin
         horizon="1d",
         reload_settle_seconds=0,
     )
-
-
-@pytest.fixture
-def engine(settings: Settings) -> Iterator[sa.Engine]:
-    """The migrated ledger (each start below opens its own engine on it)."""
     engine = make_engine(settings.database_url)
-    migrate(engine)
-    yield engine
-    engine.dispose()
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()
+    return settings
 
 
 def write(folder: Path, text: str) -> None:
@@ -67,7 +65,7 @@ def start(settings: Settings, caplog: pytest.LogCaptureFixture) -> list[str]:
 
 
 def test_a_restart_on_unchanged_files_takes_the_ledgers_schedule_without_a_check_process(
-    settings: Settings, engine: sa.Engine, caplog: pytest.LogCaptureFixture
+    settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     first = start(settings, caplog)
     assert CHECKED in first and NOT_CHECKED not in first  # a new ledger: checked
@@ -77,7 +75,7 @@ def test_a_restart_on_unchanged_files_takes_the_ledgers_schedule_without_a_check
 
 
 def test_files_edited_while_the_daemon_was_down_are_checked_at_its_start(
-    settings: Settings, engine: sa.Engine, caplog: pytest.LogCaptureFixture, tmp_path: Path
+    settings: Settings, caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     start(settings, caplog)
     more = make_market_yaml("xinhua", hours='{daily: "06:00-18:00"}')
@@ -87,11 +85,15 @@ def test_files_edited_while_the_daemon_was_down_are_checked_at_its_start(
 
 
 def test_a_ledger_version_this_code_cannot_read_is_checked_like_an_edit(
-    settings: Settings, engine: sa.Engine, caplog: pytest.LogCaptureFixture
+    settings: Settings, caplog: pytest.LogCaptureFixture
 ) -> None:
     start(settings, caplog)
     # the stored texts no longer load (as a form refused since they were stored would)
-    with engine.begin() as conn:
-        conn.execute(sa.update(ScheduleVersion).values(sources={"s.yaml": "markets: ["}))
+    engine = make_engine(settings.database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(sa.update(ScheduleVersion).values(sources={"s.yaml": "markets: ["}))
+    finally:
+        engine.dispose()
     again = start(settings, caplog)
     assert CHECKED in again and NOT_CHECKED not in again

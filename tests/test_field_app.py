@@ -93,6 +93,18 @@ def sent(page: Page, oid: int) -> Locator:
     return task(page, oid).locator(".sent-note")
 
 
+def send_checklist(page: Page, oid: int, chlorine: str) -> Locator:
+    """Open the task's checklist (unless open), tick it, write the chlorine reading and
+    send; the task's row."""
+    row = task(page, oid)
+    if row.locator("details").get_attribute("open") is None:
+        row.locator("summary").tap()
+    row.locator("label.check").tap()
+    row.locator("input[name=reading_chlorine]").fill(chlorine)
+    row.locator("button.primary").tap()
+    return row
+
+
 # ---------------------------------------------------------------- one tap per task
 
 
@@ -178,11 +190,7 @@ def test_offline_ticks_are_kept_then_sent_once_with_both_times_and_a_colleagues_
 
         ctx.set_offline(True)
         task(page, waste).locator("button.tick").tap()
-        row = task(page, aquatic)
-        row.locator("summary").tap()
-        row.locator("label.check").tap()
-        row.locator("input[name=reading_chlorine]").fill("500")  # under 900–1200
-        row.locator("button.primary").tap()
+        row = send_checklist(page, aquatic, "500")  # under 900–1200
         row.locator(".confirm button", has_text=zh.tr("Record as failed")).tap()
         # kept as FAILED: the row says so and stays open to the redo, without a network
         expect(sent(page, aquatic)).to_contain_text("500 ∉ 900–1200 mg/L")
@@ -334,14 +342,6 @@ def test_a_slow_answer_a_server_error_and_no_network_lose_nothing_and_say_why_it
             status=503, headers={"Retry-After": "1"}, json={"detail": "database unavailable"}
         )
 
-    def checklist(page: Page, oid: int, reading: str) -> None:
-        row = task(page, oid)
-        if row.locator("details").get_attribute("open") is None:
-            row.locator("summary").tap()
-        row.locator("label.check").tap()
-        row.locator("input[name=reading_chlorine]").fill(reading)
-        row.locator("button.primary").tap()
-
     waiting = zh.tr("Waiting to send ({n})")
     with context(browser, phone=True) as ctx:
         set_phone_clock(ctx, site.clock.now())
@@ -349,8 +349,8 @@ def test_a_slow_answer_a_server_error_and_no_network_lose_nothing_and_say_why_it
         sign_in(page, site.base, "mgr_c")
         page.route(f"**/api/v1/obligations/{cooked}/completions", hold)
         with page.expect_request(f"**/api/v1/obligations/{cooked}/completions"):
-            checklist(page, cooked, "500")  # sent, and its answer does not come yet
-        checklist(page, veg, "500")  # kept while the round is still sending the first
+            send_checklist(page, cooked, "500")  # sent, and its answer does not come yet
+        send_checklist(page, veg, "500")  # kept while the round is still sending the first
         expect(page.locator("#queue-text")).to_contain_text(waiting.format(n=2))
         (first,) = held
         first.continue_()
@@ -358,7 +358,7 @@ def test_a_slow_answer_a_server_error_and_no_network_lose_nothing_and_say_why_it
         expect(sent(page, veg)).to_contain_text(zh.tr("Recorded, on time."))
 
         page.route(f"**/api/v1/obligations/{poultry}/completions", unavailable)
-        checklist(page, poultry, "1000")
+        send_checklist(page, poultry, "1000")
         line = page.locator("#queue-text")
         expect(line).to_contain_text(waiting.format(n=1))
         expect(line).to_contain_text("503")
@@ -422,12 +422,7 @@ def test_an_out_of_range_reading_waits_for_the_managers_confirmation(
         expect(sent(page, veg)).to_contain_text(zh.tr("Recorded, on time."))
 
         def record_as_failed(obligation: int, chlorine: str) -> None:
-            row = task(page, obligation)
-            if row.locator("details").get_attribute("open") is None:
-                row.locator("summary").tap()
-            row.locator("label.check").tap()
-            row.locator("input[name=reading_chlorine]").fill(chlorine)
-            row.locator("button.primary").tap()
+            row = send_checklist(page, obligation, chlorine)
             row.locator(".confirm button", has_text=zh.tr("Record as failed")).tap()
 
         record_as_failed(cooked, "300")

@@ -217,9 +217,11 @@ class Settings(BaseSettings):
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         path = config_file()
-        if path is not None and path.is_file():
+        if path is None:  # MARKETCARE_CONFIG set empty: no settings file
+            return tuple(sources)
+        if path.is_file():
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=path))
-        elif path is not None and os.environ.get("MARKETCARE_CONFIG"):
+        elif "MARKETCARE_CONFIG" in os.environ:
             # a file named on purpose and not there (a typo, a volume not mounted) would
             # otherwise leave every setting at its default: another database, say
             raise SettingsError(
@@ -261,13 +263,14 @@ def load_settings(**overrides: object) -> Settings:
     except SettingsError:
         raise
     except ValidationError as exc:
+        path = config_file()
         lines = []
         for err in exc.errors(include_url=False):
             name = ".".join(str(p) for p in err["loc"]) or "settings"
             msg = err["msg"].removeprefix("Value error, ")
             if err["type"] == "extra_forbidden":
                 msg = "unknown setting"
-            where = f" or {name} in {config_file()}" if config_file() is not None else ""
+            where = f" or {name} in {path}" if path is not None else ""
             lines.append(f"setting {name!r} (MARKETCARE_{name.upper()}{where}): {msg}")
         raise SettingsError("\n".join(lines)) from None
     except Exception as exc:  # a malformed TOML file (bad syntax, not UTF-8)

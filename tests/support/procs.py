@@ -139,6 +139,8 @@ def run_cli(
     import time_machine
     from click.testing import CliRunner
 
+    from marketcare.cli.common import EXIT_INTERNAL, EXIT_INTERRUPTED
+
     if at is not None and at.tzinfo is None:
         raise ValueError("give an aware instant")
     changes: dict[str, str | None] = {k: None for k in os.environ if k not in env}
@@ -160,7 +162,7 @@ def run_cli(
     code, stderr = result.exit_code, result.stderr
     failure = result.exception
     if failure is not None and not isinstance(failure, SystemExit):
-        code = 130 if isinstance(failure, KeyboardInterrupt) else 70
+        code = EXIT_INTERRUPTED if isinstance(failure, KeyboardInterrupt) else EXIT_INTERNAL
         stderr += f"an exception escaped the command (main would exit {code}):\n" + "".join(
             traceback.format_exception(failure)
         )

@@ -156,24 +156,19 @@ def schedule_of_version(conn: sa.Connection, version_id: int) -> Schedule:
     return parsed
 
 
-def active_schedule(conn: sa.Connection) -> Schedule | None:
-    """The schedule the ledger was last materialised with, if any."""
+def active_schedule(conn: sa.Connection, *, digest: str | None = None) -> Schedule | None:
+    """The schedule the ledger was last materialised with, if any; given ``digest``, only
+    when that is its digest (its texts are not read otherwise)."""
     state = ledger_state(conn)
     if state is None or state.version_id is None:
         return None
+    if digest is not None:
+        applied = conn.execute(
+            sa.select(ScheduleVersion.digest).where(ScheduleVersion.id == state.version_id)
+        ).scalar_one_or_none()
+        if applied != digest:
+            return None
     return schedule_of_version(conn, state.version_id)
-
-
-def active_schedule_if(conn: sa.Connection, digest: str) -> Schedule | None:
-    """The schedule the ledger was last materialised with when its digest is ``digest``;
-    None otherwise, without reading the version's texts."""
-    state = ledger_state(conn)
-    if state is None or state.version_id is None:
-        return None
-    applied = conn.execute(
-        sa.select(ScheduleVersion.digest).where(ScheduleVersion.id == state.version_id)
-    ).scalar_one_or_none()
-    return schedule_of_version(conn, state.version_id) if applied == digest else None
 
 
 def ledger_state(conn: sa.Connection, *, lock: bool = False) -> sa.Row[Any] | None:

@@ -38,7 +38,7 @@ from marketcare.ledger.leader import (
 )
 from marketcare.ledger.materialise import MaterialiseResult, materialise
 from marketcare.ledger.sweep import SweepResult, sweep_all
-from marketcare.ledger.versions import active_schedule, active_schedule_if, ledger_state
+from marketcare.ledger.versions import active_schedule, ledger_state
 from marketcare.ops.validation import Verdict, check_in_child, wall_bound
 from marketcare.settings import Settings
 
@@ -168,7 +168,7 @@ class Daemon:
         """
         try:
             with self.engine.connect() as conn:
-                return active_schedule_if(conn, digest)
+                return active_schedule(conn, digest=digest)
         except MarketcareError:
             return None
 
